@@ -1,0 +1,56 @@
+"""`npuc inspect MODEL`: per-node op, shapes, MACs and parameters, with totals."""
+
+from __future__ import annotations
+
+import argparse
+
+from compiler.commands.common import format_table, human, print_json
+from compiler.cost import model_cost
+from compiler.io import load_model
+from passes.canonicalize import canonicalize
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `inspect` sub-command."""
+    p = sub.add_parser("inspect", help="per-node shapes, MACs and parameters of a model",
+                       description="Show each node's op, input/output shapes, MACs and "
+                                   "parameters, and the totals.")
+    p.add_argument("model", help="an .onnx model (or an npuc binary, model.bin)")
+    p.add_argument("--raw", action="store_true",
+                   help="show the model as loaded, without canonicalization (constant and "
+                        "BatchNorm folding)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the cost table (or disassemble a binary)."""
+    if _is_binary(args.model):
+        from targets.npusim.commands import inspect_binary
+
+        return inspect_binary(args)
+    model = load_model(args.model)
+    if not args.raw:
+        model = canonicalize(model).model
+    report = model_cost(model)
+    if args.json:
+        print_json({"model": args.model, "opset": model.opset, **report.to_dict()})
+        return 0
+    rows = [(n.name, n.op, _shapes(n.input_shapes[:1]), _shapes(n.output_shapes), n.macs,
+             n.params) for n in report.nodes]
+    print(format_table(rows, ["node", "op", "input", "output", "MACs", "params"]))
+    print(f"\ntotal: {len(report.nodes)} nodes, {human(report.macs)} MACs ({report.macs:,}), "
+          f"{human(report.ops)} other ops, {human(report.params)} params ({report.params:,})")
+    return 0
+
+
+def _shapes(shapes: list) -> str:
+    return " ".join("x".join(map(str, s)) if s is not None else "?" for s in shapes)
+
+
+def _is_binary(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"NPUB"
+    except OSError:
+        return False

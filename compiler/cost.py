@@ -1,0 +1,143 @@
+"""Cost accounting: per-node MACs, other arithmetic ops and parameters.
+
+MACs count the work of a MAC array: Conv, ConvTranspose, Gemm and MatMul. Everything else
+that computes (BatchNormalization, element-wise arithmetic, activations, pooling) is counted
+as `ops`, one per output element (pooling: one per window element). Parameters are the
+float weights a layer owns; BatchNormalization owns its scale and bias (running statistics
+are buffers), matching torchvision's parameter counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.ir import Model, const_value, static_shape
+
+_MOVEMENT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
+             "Slice", "Gather", "Identity", "Shape", "Pad", "Expand", "Tile", "Cast",
+             "QuantizeLinear", "DequantizeLinear", "Resize", "Upsample", "DepthToSpace",
+             "SpaceToDepth", "ConstantOfShape", "Dropout"}
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    """Cost of one node."""
+
+    name: str
+    op: str
+    input_shapes: list
+    output_shapes: list
+    macs: int
+    ops: int
+    params: int
+
+
+@dataclass
+class CostReport:
+    """Per-node costs and totals of a model."""
+
+    nodes: list[NodeCost] = field(default_factory=list)
+
+    @property
+    def macs(self) -> int:
+        """Total MACs."""
+        return sum(n.macs for n in self.nodes)
+
+    @property
+    def ops(self) -> int:
+        """Total non-MAC arithmetic ops."""
+        return sum(n.ops for n in self.nodes)
+
+    @property
+    def params(self) -> int:
+        """Total parameters."""
+        return sum(n.params for n in self.nodes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"nodes": [asdict(n) for n in self.nodes],
+                "totals": {"macs": self.macs, "ops": self.ops, "params": self.params}}
+
+
+def model_cost(model: Model) -> CostReport:
+    """Cost of every node; tensors of unknown shape contribute 0 MACs/ops."""
+    return CostReport([node_cost(n) for n in model.graph.nodes])
+
+
+def node_cost(node: gs.Node) -> NodeCost:
+    """Cost of one node."""
+    ins = [static_shape(t) if t.name else None for t in node.inputs]
+    outs = [static_shape(t) for t in node.outputs]
+    macs_fn = _MACS.get(node.op)
+    macs = macs_fn(node, ins, outs) if macs_fn and _known(ins[:1] + outs[:1]) else 0
+    ops = 0 if macs_fn or node.op in _MOVEMENT else _ops(node, ins, outs)
+    return NodeCost(node.name, node.op, [_fmt(s) for s in ins], [_fmt(s) for s in outs],
+                    int(macs), int(ops), int(_params(node)))
+
+
+def _known(shapes: list) -> bool:
+    return all(s is not None for s in shapes)
+
+
+def _fmt(shape: tuple | None) -> list | None:
+    return list(shape) if shape is not None else None
+
+
+def _conv_macs(node: gs.Node, ins: list, outs: list) -> int:
+    w = ins[1]
+    if w is None:
+        return 0
+    # weight [Cout, Cin/group, k...]: each output element needs Cin/group * prod(k) MACs
+    return int(np.prod(outs[0])) * int(np.prod(w[1:]))
+
+
+def _conv_transpose_macs(node: gs.Node, ins: list, outs: list) -> int:
+    w = ins[1]
+    if w is None:
+        return 0
+    # weight [Cin, Cout/group, k...]: each input element scatters into Cout/group * prod(k)
+    return int(np.prod(ins[0])) * int(np.prod(w[1:]))
+
+
+def _gemm_macs(node: gs.Node, ins: list, outs: list) -> int:
+    a = ins[0]
+    k = a[0] if node.attrs.get("transA", 0) else a[1]
+    return int(np.prod(outs[0])) * int(k)
+
+
+def _matmul_macs(node: gs.Node, ins: list, outs: list) -> int:
+    return int(np.prod(outs[0])) * int(ins[0][-1])
+
+
+_MACS = {"Conv": _conv_macs, "ConvInteger": _conv_macs, "ConvTranspose": _conv_transpose_macs,
+         "Gemm": _gemm_macs, "MatMul": _matmul_macs, "MatMulInteger": _matmul_macs}
+
+
+def _ops(node: gs.Node, ins: list, outs: list) -> int:
+    if node.op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum"):
+        return int(np.prod(ins[0])) if ins[0] else 0
+    if not outs or outs[0] is None:
+        return 0
+    window = int(np.prod(node.attrs.get("kernel_shape", [1])))
+    return int(np.prod(outs[0])) * window
+
+
+def _params(node: gs.Node) -> int:
+    if node.op == "BatchNormalization":
+        return sum(_size(t) for t in node.inputs[1:3])
+    if node.op in _MOVEMENT:
+        return 0
+    return sum(_size(t) for t in node.inputs[1:] if _is_float_const(t))
+
+
+def _size(t: gs.Tensor) -> int:
+    value = const_value(t)
+    return int(value.size) if value is not None else 0
+
+
+def _is_float_const(t: gs.Tensor) -> bool:
+    value = const_value(t)
+    return value is not None and np.issubdtype(value.dtype, np.floating)

@@ -1,0 +1,135 @@
+"""Run models in onnxruntime and compare them: the numerical oracle passes are tested with."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from compiler.errors import DataError, GraphError
+from compiler.io import to_proto
+from compiler.ir import Model
+
+_NP_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
+}
+
+
+def session(model: Model | onnx.ModelProto, *, threads: int = 0,
+            optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an IR model or protobuf."""
+    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return ort.InferenceSession(proto.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception hierarchy
+        first = str(e).strip().splitlines()[0]
+        raise GraphError(f"onnxruntime cannot load the model: {first}") from e
+
+
+def run(model: Model | onnx.ModelProto | ort.InferenceSession,
+        feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a model (or an existing session) and return outputs by name."""
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        values = sess.run(names, dict(feeds))
+    except Exception as e:  # onnxruntime's InvalidArgument etc.
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"cannot run the model on these inputs: {first}") from e
+    return dict(zip(names, values, strict=True))
+
+
+def random_feeds(model: Model | ort.InferenceSession, seed: int = 0,
+                 batch: int = 1) -> dict[str, np.ndarray]:
+    """Seeded standard-normal inputs (uniform ints for integer inputs); symbolic dims -> batch."""
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for inp in sess.get_inputs():
+        shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
+        dtype = _NP_TYPES.get(inp.type, np.float32)
+        if np.issubdtype(dtype, np.floating):
+            feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[inp.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feeds
+
+
+def relative_error(ref: np.ndarray, out: np.ndarray) -> float:
+    """max|ref - out| / max|ref| (absolute error when the reference is all zero)."""
+    ref64, out64 = np.asarray(ref, np.float64), np.asarray(out, np.float64)
+    if ref64.shape != out64.shape:
+        return float("inf")
+    if ref64.size == 0:
+        return 0.0
+    scale = float(np.max(np.abs(ref64)))
+    diff = float(np.max(np.abs(ref64 - out64)))
+    return diff / scale if scale > 0 else diff
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flattened tensors (1.0 when both are all zero)."""
+    a64, b64 = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(a64 @ b64 / (na * nb))
+
+
+def compare_models(before: Model | onnx.ModelProto, after: Model | onnx.ModelProto,
+                   feeds: Mapping[str, np.ndarray] | None = None,
+                   seed: int = 0) -> dict[str, float]:
+    """Relative error per output between two models on the same (seeded) inputs."""
+    sess_a = session(before)
+    feeds = dict(feeds) if feeds is not None else random_feeds(sess_a, seed)
+    ref, out = run(sess_a, feeds), run(after, feeds)
+    if ref.keys() != out.keys():
+        raise GraphError(f"outputs differ: {sorted(ref)} vs {sorted(out)}")
+    return {k: relative_error(ref[k], out[k]) for k in ref}
+
+
+def function_checker(rtol: float = 1e-4, seed: int = 0):
+    """A `(before, after)` check for `PassManager(check_function=...)`."""
+
+    def check(before: Model, after: Model) -> None:
+        errors = compare_models(before, after, seed=seed)
+        worst = max(errors, key=errors.get)
+        if errors[worst] > rtol:
+            raise GraphError(
+                f"output {worst!r} changed by {errors[worst]:.3g} relative (tolerance {rtol})")
+
+    return check
+
+
+def eval_node(node, opset: int) -> list[np.ndarray]:
+    """Evaluate one graphsurgeon node whose inputs are all constants.
+
+    Used by constant folding; onnxruntime runs the node, with the ONNX reference
+    evaluator as a fallback for ops onnxruntime lacks.
+    """
+    import onnx_graphsurgeon as gs
+    from onnx.reference import ReferenceEvaluator
+
+    clone = gs.Node(node.op, node.name or "fold", dict(node.attrs), domain=node.domain,
+                    inputs=[gs.Constant(t.name, np.asarray(t.values)) if t.name else t
+                            for t in node.inputs],
+                    outputs=[gs.Variable(t.name, dtype=t.dtype) for t in node.outputs])
+    graph = gs.Graph(nodes=[clone], outputs=list(clone.outputs), opset=opset)
+    proto = gs.export_onnx(graph, do_type_check=False)
+    names = [t.name for t in node.outputs]
+    try:
+        return session(proto, threads=1).run(names, {})
+    except Exception:  # fall back to the slower but more complete reference evaluator
+        return list(ReferenceEvaluator(proto).run(names, {}))

@@ -1,0 +1,121 @@
+"""The pass contract: `Pass`, `PassResult`, `PassManager`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from compiler.errors import NpucError, PassError
+from compiler.health import check_graph
+from compiler.ir import Model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassResult:
+    """What a pass returns.
+
+    Attributes:
+        model: The (possibly rewritten) model.
+        modified: Whether the pass changed anything.
+        info: Pass-specific facts for reports (counts, per-layer tables, errors introduced).
+    """
+
+    model: Model
+    modified: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Pass:
+    """Base class: a thin wrapper around a plain function doing the work.
+
+    Subclasses implement `call`; `requires` and `ensures` are optional pre/post checks.
+    A pass may rewrite the model it is given in place; `PassManager` hands it a copy.
+
+    Attributes:
+        preserves_function: True when outputs are unchanged (up to float rounding), so the
+            pass can be checked numerically against the previous graph.
+    """
+
+    preserves_function: ClassVar[bool] = True
+
+    @property
+    def name(self) -> str:
+        """The pass name used in logs and error messages."""
+        return type(self).__name__
+
+    def requires(self, model: Model) -> None:
+        """Raise when the model does not meet the pass's preconditions."""
+
+    def call(self, model: Model) -> PassResult:
+        """Run the pass."""
+        raise NotImplementedError
+
+    def ensures(self, result: PassResult) -> None:
+        """Raise when the result breaks the pass's postconditions."""
+
+    def __call__(self, model: Model) -> PassResult:
+        """Run `requires`, `call` and `ensures` in order."""
+        self.requires(model)
+        result = self.call(model)
+        self.ensures(result)
+        return result
+
+
+FunctionCheck = Callable[[Model, Model], None]
+
+
+class PassManager:
+    """Runs passes in order on a copy of the model.
+
+    Args:
+        passes: The passes, in order.
+        verify_each: Run the graph health check (`compiler.health.check_graph`) after each pass.
+        check_function: Optional `(before, after) -> None` callable (e.g. from
+            `compiler.numerics.function_checker`) run after each function-preserving pass.
+        fixed_point: Repeat the whole sequence until no pass modifies the model (max 10 rounds).
+    """
+
+    def __init__(self, passes: Sequence[Pass], *, verify_each: bool = False,
+                 check_function: FunctionCheck | None = None, fixed_point: bool = False) -> None:
+        self.passes = list(passes)
+        self.verify_each = verify_each
+        self.check_function = check_function
+        self.fixed_point = fixed_point
+
+    def __call__(self, model: Model) -> PassResult:
+        """Run the passes; the input model is never modified."""
+        current, done = model.copy(), []
+        modified_any, info = False, {}
+        for _ in range(10 if self.fixed_point else 1):
+            modified_round = False
+            for p in self.passes:
+                result = self._run_one(p, current, done)
+                current, modified_round = result.model, modified_round or result.modified
+                if result.modified or p.name not in info:
+                    info[p.name] = result.info
+                done.append(p.name)
+            modified_any |= modified_round
+            if not modified_round:
+                break
+        return PassResult(current, modified_any, info)
+
+    def _run_one(self, p: Pass, model: Model, done: list[str]) -> PassResult:
+        before = model.copy() if self.check_function and p.preserves_function else None
+        start = time.perf_counter()
+        try:
+            result = p(model)
+            if self.verify_each:
+                check_graph(result.model)
+            if before is not None and result.modified:
+                self.check_function(before, result.model)
+        except Exception as e:
+            detail = str(e) if isinstance(e, NpucError) else f"{type(e).__name__}: {e}"
+            raise PassError(f"error in pass {p.name} after passes {done}: {detail}") from e
+        log.debug("pass %s: modified=%s in %.3fs", p.name, result.modified,
+                  time.perf_counter() - start)
+        return result

@@ -1,0 +1,115 @@
+"""Fold inference-mode BatchNormalization into the preceding Conv / ConvTranspose / Gemm."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.ir import Model, bypass, const_value, is_graph_output, producer
+from passes.base import RewritePass
+
+
+def fold_batchnorm(model: Model) -> int:
+    """Fold each BatchNormalization whose input comes only from a foldable layer.
+
+    A BN without such a producer (e.g. after an Add, or on a graph input) is kept.
+
+    Returns:
+        The number of BatchNormalization nodes folded away.
+    """
+    graph, folded = model.graph, 0
+    for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
+        affine = bn_affine(bn)
+        layer = _foldable_producer(graph, bn)
+        if affine is None or layer is None or not _fold_into(layer, *affine):
+            continue
+        if bypass(graph, bn):
+            folded += 1
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    return folded
+
+
+def bn_affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) with BN(x) = scale·x + shift per channel, or None if not constant."""
+    if bn.attrs.get("training_mode", 0) or len(bn.outputs) != 1:
+        return None
+    params = [const_value(t) for t in bn.inputs[1:5]]
+    if any(p is None for p in params):
+        return None
+    gamma, beta, mean, var = (p.astype(np.float64) for p in params)
+    scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    return scale, beta - mean * scale
+
+
+def _foldable_producer(graph: gs.Graph, bn: gs.Node) -> gs.Node | None:
+    x = bn.inputs[0]
+    layer = producer(x)
+    if layer is None or len(x.outputs) != 1 or is_graph_output(graph, x):
+        return None
+    if layer.op not in _FOLDERS or const_value(layer.inputs[1]) is None:
+        return None
+    return layer
+
+
+def _fold_conv(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    w = const_value(layer.inputs[1]).astype(np.float64)
+    new_w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    _set_weights(layer, new_w, _bias(layer, w.shape[0]) * scale + shift)
+    return True
+
+
+def _fold_conv_transpose(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    w = const_value(layer.inputs[1]).astype(np.float64)  # [Cin, Cout/group, k...]
+    group = layer.attrs.get("group", 1)
+    cout_g = w.shape[1]
+    grouped = w.reshape((group, w.shape[0] // group, cout_g) + w.shape[2:])
+    grouped = grouped * scale.reshape((group, 1, cout_g) + (1,) * (w.ndim - 2))
+    _set_weights(layer, grouped.reshape(w.shape), _bias(layer, cout_g * group) * scale + shift)
+    return True
+
+
+def _fold_gemm(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    if len(layer.outputs[0].shape or ()) != 2 or layer.attrs.get("transA", 0):
+        return False
+    b = const_value(layer.inputs[1]).astype(np.float64)
+    trans_b = layer.attrs.get("transB", 0)
+    n = b.shape[0] if trans_b else b.shape[1]
+    c = _bias(layer, n)
+    if c is None or scale.size != n:
+        return False
+    alpha, beta = layer.attrs.get("alpha", 1.0), layer.attrs.get("beta", 1.0)
+    new_b = alpha * (b * scale[:, None] if trans_b else b * scale[None, :])
+    layer.attrs.update(alpha=1.0, beta=1.0)
+    _set_weights(layer, new_b, beta * c * scale + shift)
+    return True
+
+
+def _bias(layer: gs.Node, n: int) -> np.ndarray | None:
+    if len(layer.inputs) < 3 or layer.inputs[2].name == "":
+        return np.zeros(n)
+    c = const_value(layer.inputs[2])
+    if c is None or c.size not in (1, n):
+        return None
+    return np.broadcast_to(c.astype(np.float64).reshape(-1), (n,))
+
+
+def _set_weights(layer: gs.Node, w: np.ndarray, b: np.ndarray) -> None:
+    # Fresh constants: the old ones may be shared with other nodes.
+    dtype = layer.inputs[1].values.dtype
+    name = layer.name or layer.outputs[0].name
+    new_w = gs.Constant(f"{name}.weight_bnfold", w.astype(dtype))
+    new_b = gs.Constant(f"{name}.bias_bnfold", b.astype(dtype))
+    layer.inputs = [layer.inputs[0], new_w, new_b]
+
+
+_FOLDERS = {"Conv": _fold_conv, "ConvTranspose": _fold_conv_transpose, "Gemm": _fold_gemm}
+
+
+def _fold_into(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
+    return _FOLDERS[layer.op](layer, scale, shift)
+
+
+class FoldBatchNorm(RewritePass):
+    """Pass: fold BatchNormalization into the producing Conv/ConvTranspose/Gemm."""
+
+    rewrite = staticmethod(fold_batchnorm)
