@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny hand-built models and the ONNX light model zoo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+LIGHT_MODELS = sorted(p.stem.removeprefix("light_") for p in LIGHT_DIR.glob("light_*.onnx"))
+
+
+def light_path(name: str) -> Path:
+    """Path of one onnx light model-zoo graph."""
+    return LIGHT_DIR / f"light_{name}.onnx"
+
+
+def conv_model(opset: int = 17, batch: int | str = 1) -> onnx.ModelProto:
+    """Conv-BN-Relu-GAP-Flatten-Gemm, valid in every opset from 9 to 21."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "b"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "g"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.standard_normal(8).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "var"),
+        numpy_helper.from_array(rng.standard_normal((10, 8)).astype(np.float32), "fw"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32), "fb"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "g", "beta", "mean", "var"], ["n"],
+                         name="bn"),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "conv_model", [helper.make_tensor_value_info("x", 1, [batch, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", 1, [batch, 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 7 if opset <= 15 else 8
+    return model
+
+
+@pytest.fixture
+def tiny_model() -> onnx.ModelProto:
+    """A small valid opset-17 CNN."""
+    return conv_model()

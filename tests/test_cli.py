@@ -1,0 +1,69 @@
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from compiler.cli import main
+from tests.conftest import conv_model
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version_and_help():
+    result = subprocess.run([sys.executable, "-m", "compiler.cli", "--version"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.startswith("npuc ")
+    helped = subprocess.run([sys.executable, "-m", "compiler.cli", "--help"],
+                            capture_output=True, text=True, check=True)
+    assert "inspect" in helped.stdout
+
+
+def test_inspect_table_and_json(tmp_path, capsys):
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    code, out, _ = _run(["inspect", str(path)], capsys)
+    assert code == 0
+    assert "Conv" in out and "total:" in out
+    code, out, _ = _run(["inspect", str(path), "--json"], capsys)
+    data = json.loads(out)
+    assert data["totals"]["macs"] == 8 * 64 * 27 + 80
+    assert [n["op"] for n in data["nodes"]] == ["Conv", "Relu", "GlobalAveragePool",
+                                                "Flatten", "Gemm"]
+    code, out, _ = _run(["inspect", str(path), "--json", "--raw"], capsys)
+    assert "BatchNormalization" in [n["op"] for n in json.loads(out)["nodes"]]
+
+
+def _truncated(tmp_path):
+    data = conv_model().SerializeToString()
+    return data[: len(data) // 2]
+
+
+def _old_opset(tmp_path):
+    proto = conv_model()
+    proto.opset_import[0].version = 5
+    return proto.SerializeToString()
+
+
+@pytest.mark.parametrize("make", [
+    None,
+    lambda p: b"GIF89a not onnx",
+    _truncated,
+    _old_opset,
+])
+def test_bad_inputs_exit_2_with_one_line(tmp_path, make):
+    path = tmp_path / "bad.onnx"
+    if make is not None:
+        path.write_bytes(make(tmp_path))
+    result = subprocess.run([sys.executable, "-m", "compiler.cli", "inspect", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("npuc: error: ")
+    assert "Traceback" not in result.stderr
+    assert str(path) in lines[0]
