@@ -55,7 +55,7 @@ def _check_node(node: gs.Node, available: set[str]) -> None:
 def _check_onnx(model: Model) -> None:
     from compiler.io import to_proto  # io imports the IR; keep the dependency one-way at import
 
-    proto = to_proto(model)
+    proto = to_proto(model, skeleton=True)
     try:
         onnx.checker.check_model(proto)
         onnx.shape_inference.infer_shapes(proto, strict_mode=True)

@@ -193,10 +193,18 @@ def from_proto(proto: onnx.ModelProto, source: str | None = None) -> Model:
     return Model(graph, default_opset(proto), metadata, source)
 
 
-def to_proto(model: Model) -> onnx.ModelProto:
-    """Export the IR as a `ModelProto` (without touching the IR)."""
+def to_proto(model: Model, *, skeleton: bool = False) -> onnx.ModelProto:
+    """Export the IR as a `ModelProto` (without touching the IR).
+
+    Args:
+        model: The IR model.
+        skeleton: Export large constants as typed graph inputs instead of initializers:
+            enough for the ONNX checker and shape inference, without copying weights.
+    """
     graph = model.graph.copy()
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    if skeleton:
+        _weights_to_inputs(graph)
     graph.opset = model.opset
     proto = gs.export_onnx(graph, do_type_check=True)
     proto.ir_version = max(proto.ir_version, 8) if model.opset >= 15 else proto.ir_version
@@ -207,6 +215,15 @@ def to_proto(model: Model) -> onnx.ModelProto:
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "npuc"
     return proto
+
+
+def _weights_to_inputs(graph: gs.Graph, min_size: int = 64) -> None:
+    for name, tensor in list(graph.tensors().items()):
+        if isinstance(tensor, gs.Constant) and tensor.values.size >= min_size:
+            stub = gs.Variable(name, dtype=tensor.dtype, shape=list(tensor.shape))
+            for node in list(tensor.outputs):
+                node.inputs = [stub if t is tensor else t for t in node.inputs]
+            graph.inputs.append(stub)
 
 
 def _extra_domains(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:

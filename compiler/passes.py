@@ -109,7 +109,7 @@ class PassManager:
         start = time.perf_counter()
         try:
             result = p(model)
-            if self.verify_each:
+            if self.verify_each and result.modified:
                 check_graph(result.model)
             if before is not None and result.modified:
                 self.check_function(before, result.model)

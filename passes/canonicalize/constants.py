@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 # Ops whose value is not a function of their inputs alone.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                  "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
-_MAX_FOLDED_ELEMENTS = 1 << 24
+_MAX_FOLDED_ELEMENTS = 1 << 27  # 512 MiB of float32: room for VGG-sized FC weights
 
 
 def fold_constants(model: Model) -> int:

@@ -1,0 +1,257 @@
+"""Input and calibration data: `.npy`/`.npz` files, image folders, bundled datasets, readers.
+
+Every source becomes a `Feeds` object (a dict of input name -> array with the batch on axis
+0) checked against the model's inputs, so shape mistakes are reported once, up front, with
+the source and both shapes named.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from compiler.errors import DataError
+from compiler.ir import Model
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+class CalibrationReader(Protocol):
+    """onnxruntime's `CalibrationDataReader` shape: `get_next()` returns a feed dict or None."""
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """Next feed dict, or None when exhausted."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How image files become model inputs.
+
+    Attributes:
+        size: (height, width) to resize to; None keeps the model's input size.
+        mean: Per-channel mean subtracted after scaling to [0, 1].
+        std: Per-channel std divided by.
+        layout: "NCHW" or "NHWC".
+        channel_order: "RGB" or "BGR".
+        grayscale: Convert to one channel.
+    """
+
+    size: tuple[int, int] | None = None
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    layout: str = "NCHW"
+    channel_order: str = "RGB"
+    grayscale: bool = False
+
+
+@dataclass
+class Feeds:
+    """A set of inputs with the batch on axis 0.
+
+    Attributes:
+        arrays: Input name -> array [N, ...].
+        source: Where the data came from (for messages).
+        labels: Optional labels (classification ints or OCR strings).
+    """
+
+    arrays: dict[str, np.ndarray]
+    source: str
+    labels: Any = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values())))
+
+    def batches(self, batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+        """Yield feed dicts of at most `batch_size` samples, in order."""
+        for start in range(0, len(self), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in self.arrays.items()}
+
+    def take(self, n: int) -> Feeds:
+        """The first `n` samples."""
+        labels = self.labels[:n] if self.labels is not None else None
+        return Feeds({k: v[:n] for k, v in self.arrays.items()}, self.source, labels)
+
+    def split(self, fraction: float) -> tuple[Feeds, Feeds]:
+        """Split into (first part, held-out rest); the held-out part gets `fraction`."""
+        n_hold = max(1, int(round(len(self) * fraction)))
+        cut = len(self) - n_hold
+        head = Feeds({k: v[:cut] for k, v in self.arrays.items()}, self.source)
+        tail = Feeds({k: v[cut:] for k, v in self.arrays.items()}, self.source + " (held out)")
+        return head, tail
+
+
+def input_specs(model: Model) -> dict[str, tuple[list, np.dtype]]:
+    """Model input name -> (shape with symbolic dims as None, numpy dtype)."""
+    specs = {}
+    for t in model.graph.inputs:
+        shape = [d if isinstance(d, (int, np.integer)) and d > 0 else None
+                 for d in (t.shape or [])]
+        specs[t.name] = (shape, np.dtype(t.dtype or np.float32))
+    return specs
+
+
+def load_feeds(source: Any, model: Model, *, limit: int | None = None,
+               preprocess: Preprocess | None = None) -> Feeds:
+    """Turn any supported data source into validated `Feeds` for `model`.
+
+    Args:
+        source: An `.npy`/`.npz` path, an image folder, a bundled dataset name, a numpy array,
+            a dict of arrays, a `Feeds`, or a `CalibrationReader`.
+        model: The model whose inputs the data must match.
+        limit: Keep at most this many samples.
+        preprocess: Image preprocessing for folders of images.
+
+    Raises:
+        DataError: Unreadable or empty source, or data that does not match the inputs.
+    """
+    feeds = _to_feeds(source, model, preprocess)
+    if limit is not None:
+        feeds = feeds.take(limit)
+    check_feeds(feeds, model)
+    return feeds
+
+
+def _to_feeds(source: Any, model: Model, preprocess: Preprocess | None) -> Feeds:
+    names = list(input_specs(model))
+    if isinstance(source, Feeds):
+        return source
+    if isinstance(source, np.ndarray):
+        return Feeds({names[0]: source}, "<array>")
+    if isinstance(source, Mapping):
+        return Feeds({k: np.asarray(v) for k, v in source.items()}, "<dict>")
+    if hasattr(source, "get_next"):
+        return _from_reader(source)
+    path = Path(source)
+    if path.is_dir():
+        return _from_images(path, model, preprocess or Preprocess())
+    if path.suffix in (".npy", ".npz"):
+        return _from_numpy(path, names)
+    if not path.exists() and "/" not in str(source) and path.suffix == "":
+        return _from_dataset(str(source), names)
+    raise DataError(f"{source}: not a folder of images, an .npy/.npz file or a dataset name")
+
+
+def _from_reader(reader: CalibrationReader) -> Feeds:
+    batches = []
+    while (feed := reader.get_next()) is not None:
+        batches.append(feed)
+    if not batches:
+        raise DataError("calibration reader returned no data")
+    keys = list(batches[0])
+    return Feeds({k: np.concatenate([b[k] for b in batches]) for k in keys}, "<reader>")
+
+
+def _from_numpy(path: Path, names: list[str]) -> Feeds:
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read ({e})") from e
+    if isinstance(data, np.ndarray):
+        return Feeds({names[0]: data}, str(path))
+    with data:
+        arrays = {k: data[k] for k in data.files}
+    labels = arrays.pop("labels", None)
+    if len(names) == 1 and names[0] not in arrays:
+        key = "images" if "images" in arrays else next(iter(arrays), None)
+        if key is None:
+            raise DataError(f"{path}: holds no arrays")
+        arrays = {names[0]: arrays[key]}
+    return Feeds(arrays, str(path), labels)
+
+
+def _from_dataset(name: str, names: list[str]) -> Feeds:
+    try:
+        from models.datasets import load_dataset
+    except ImportError as e:
+        raise DataError(f"{name}: bundled datasets are unavailable ({e})") from e
+    ds = load_dataset(name)
+    return Feeds({names[0]: ds.inputs}, f"dataset {name}", ds.labels)
+
+
+def _from_images(folder: Path, model: Model, pre: Preprocess) -> Feeds:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    name, (shape, _) = next(iter(input_specs(model).items()))
+    size = pre.size or _spatial_size(shape, pre.layout, folder)
+    images = np.stack([read_image(p, size, pre) for p in files])
+    return Feeds({name: images}, str(folder))
+
+
+def _spatial_size(shape: list, layout: str, folder: Path) -> tuple[int, int]:
+    hw = shape[2:4] if layout == "NCHW" else shape[1:3]
+    if len(hw) != 2 or None in hw:
+        raise DataError(f"{folder}: the model's input size is dynamic; give a resize size")
+    return int(hw[0]), int(hw[1])
+
+
+def read_image(path: Path, size: tuple[int, int], pre: Preprocess) -> np.ndarray:
+    """Read one image file into a float32 array laid out as `pre.layout` (without batch)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if pre.grayscale else "RGB").resize(
+                (size[1], size[0]), Image.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"{path}: cannot read image ({e})") from e
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    if pre.channel_order == "BGR":
+        arr = arr[..., ::-1]
+    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1) if pre.layout == "NCHW" else arr)
+
+
+def check_feeds(feeds: Feeds, model: Model) -> None:
+    """Check names, dtypes and shapes of `feeds` against the model's inputs.
+
+    Raises:
+        DataError: naming the source, the input and both shapes.
+    """
+    specs = input_specs(model)
+    missing = sorted(set(specs) - set(feeds.arrays))
+    if missing:
+        raise DataError(f"{feeds.source}: no data for model input(s) {missing} "
+                        f"(has {sorted(feeds.arrays)})")
+    for name, (shape, dtype) in specs.items():
+        feeds.arrays[name] = _check_array(feeds.arrays[name], name, shape, dtype, feeds.source)
+    if len({len(a) for a in feeds.arrays.values()}) != 1:
+        raise DataError(f"{feeds.source}: inputs have different sample counts")
+
+
+def _check_array(arr: np.ndarray, name: str, shape: list, dtype: np.dtype,
+                 source: str) -> np.ndarray:
+    if arr.size == 0:
+        raise DataError(f"{source}: input {name!r} is empty")
+    if arr.dtype.kind not in "fiub" or (arr.dtype.kind == "f") != (dtype.kind == "f"):
+        raise DataError(f"{source}: input {name!r} has dtype {arr.dtype}, model expects {dtype}")
+    if arr.ndim == len(shape) - 1 and _matches(arr.shape, shape[1:]):
+        arr = arr[None]  # a single sample without its batch axis
+    if arr.ndim != len(shape) or not _matches(arr.shape[1:], shape[1:]):
+        want = "x".join("?" if d is None else str(d) for d in shape)
+        got = "x".join(str(d) for d in arr.shape)
+        raise DataError(f"{source}: input {name!r} has shape {got}, model expects {want}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise DataError(f"{source}: input {name!r} contains NaN or Inf")
+    return arr.astype(dtype, copy=False)
+
+
+def _matches(got: tuple, want: list) -> bool:
+    return len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want,
+                                                                              strict=True))
+
+
+def model_batch(model: Model) -> int | None:
+    """The model's fixed batch size, or None when the batch dimension is symbolic."""
+    shape, _ = next(iter(input_specs(model).values()))
+    return shape[0] if shape else None
