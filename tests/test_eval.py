@@ -114,7 +114,7 @@ def test_unknown_dataset_and_model(setup):
     tmp, data = setup
     with pytest.raises(DataError, match="unknown dataset 'cifar'"):
         evaluate(_classifier(tmp / "m.onnx"), "cifar")
-    with pytest.raises(ModelLoadError, match="absent.onnx: model file not found"):
+    with pytest.raises(ModelLoadError, match="absent.onnx: no such file"):
         evaluate(str(tmp / "absent.onnx"), data)
     (tmp / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="junk.onnx"):

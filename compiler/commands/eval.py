@@ -1,0 +1,48 @@
+"""``npuc eval MODEL --data NAME|PATH``: accuracy on labelled data, fidelity vs a reference."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from compiler.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``eval`` sub-command to the CLI's subparsers."""
+    p = sub.add_parser("eval", help="accuracy / fidelity of a model on a dataset",
+                       description="Run MODEL with onnxruntime over a dataset and report top-1 "
+                                   "accuracy (labelled images), OCR exact match (text-lines) "
+                                   "and, with --reference, agreement/cosine/KL vs that model.")
+    p.add_argument("model", metavar="MODEL", help=".onnx file or zoo model name")
+    p.add_argument("--data", required=True, metavar="NAME|PATH",
+                   help="bundled dataset (fmnist-eval, fmnist-calib, fmnist-test, photos, "
+                        "text-lines) or an .npz with 'images' [N,C,H,W] and optional 'labels'")
+    p.add_argument("--reference", metavar="FLOAT.onnx",
+                   help="float model to compare outputs against")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
+                   help=f"samples per run for models with a symbolic batch (default "
+                        f"{DEFAULT_BATCH})")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="use only the first N samples")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def format_table(result: EvalResult) -> str:
+    """Two-column text table of the result."""
+    rows = [("model", result.model), ("data", f"{result.data} ({result.kind})"),
+            ("samples", str(result.samples))]
+    if result.reference:
+        rows.append(("reference", result.reference))
+    rows += [(k, f"{v:.6f}" if k == "kl" else f"{v:.4f}") for k, v in result.metrics.items()]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``npuc eval``; errors propagate as `NpucError` for the CLI to report."""
+    result = evaluate(args.model, args.data, reference=args.reference, batch=args.batch,
+                      limit=args.limit)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
+    return 0

@@ -1,0 +1,201 @@
+"""Accuracy and fidelity of an ONNX model on a dataset, run with onnxruntime.
+
+Metrics, depending on the data and options:
+
+- ``top1``: top-1 accuracy on labelled classification data;
+- ``exact_match``: OCR exact-match rate (CTC greedy decode, surrounding spaces ignored);
+- with a reference model: ``agreement`` (same arg-max, per sample or per sequence step),
+  ``cosine`` (mean per-sample cosine similarity of the raw outputs) and ``kl`` (mean
+  KL(reference || model) over the last axis; outputs that already are probability
+  distributions are used as they are, others go through a softmax first).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from compiler.errors import ConfigError, DataError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH = 32
+
+
+def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """Return ``(model, display name)`` for a proto, an ``.onnx`` path or a registry name.
+
+    Files go through `compiler.io.read_proto` (one-line errors); names through the registry.
+    """
+    if isinstance(model, onnx.ModelProto):
+        return model, model.graph.name or "<model>"
+    path = Path(model)
+    if path.suffix == ".onnx" or path.exists():
+        from compiler.io import read_proto
+
+        return read_proto(path), str(path)  # as-is: no opset/shape normalisation
+    from models.registry import get_model
+
+    return get_model(str(model))[0], str(model)
+
+
+class Runner:
+    """An onnxruntime session over the model's first input and first output.
+
+    Batches of any size are fed when the input's batch dim is symbolic; a fixed batch dim
+    ``b`` is fed in chunks of ``b`` (the last one zero-padded and trimmed).
+    """
+
+    def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        import onnxruntime as ort
+
+        self.name = name
+        try:
+            self.session = ort.InferenceSession(model.SerializeToString(),
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ModelLoadError(f"{name}: onnxruntime cannot load the model ({exc})") from exc
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.shape = [d if isinstance(d, int) and d > 0 else None for d in first.shape]
+
+    def check(self, inputs: np.ndarray, source: str) -> None:
+        """Raise `DataError` if `inputs` cannot feed the model input (rank or fixed dims)."""
+        want = ["N" if d is None else d for d in self.shape[1:]]
+        got = list(inputs.shape[1:])
+        ok = len(got) == len(want) and all(
+            w == "N" or w == g for w, g in zip(want, got, strict=True))
+        if not ok:
+            raise DataError(f"{source}: samples have shape {got} but model {self.name} "
+                            f"input {self.input_name!r} expects {want}")
+
+    def run(self, inputs: np.ndarray, batch: int = DEFAULT_BATCH) -> np.ndarray:
+        """First output for all samples, concatenated along axis 0."""
+        chunk = self.shape[0] or max(1, batch)
+        outs = []
+        for start in range(0, len(inputs), chunk):
+            x = inputs[start:start + chunk].astype(np.float32, copy=False)
+            n = len(x)
+            if self.shape[0] and n < chunk:
+                x = np.concatenate([x, np.zeros((chunk - n, *x.shape[1:]), x.dtype)])
+            outs.append(self.session.run(None, {self.input_name: x})[0][:n])
+        return np.concatenate(outs)
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` measured."""
+
+    model: str
+    data: str
+    kind: str
+    samples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    reference: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"model": self.model, "data": self.data, "kind": self.kind,
+                "samples": self.samples, "reference": self.reference, "metrics": self.metrics}
+
+
+def top1_accuracy(outputs: np.ndarray, labels: np.ndarray, source: str) -> float:
+    """Fraction of samples whose arg-max output equals the label."""
+    scores = outputs.reshape(len(outputs), -1)
+    if len(labels) and int(labels.max()) >= scores.shape[1]:
+        raise DataError(f"{source}: labels go up to {int(labels.max())} but the model has "
+                        f"only {scores.shape[1]} output classes")
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def ocr_exact_match(outputs: np.ndarray, labels: list[str], source: str) -> float:
+    """Fraction of CTC greedy decodes equal to the label (leading/trailing spaces ignored)."""
+    from models.pretrained.ppocr import ctc_greedy_decode, ocr_charset
+
+    charset = ocr_charset()
+    if outputs.ndim != 3 or outputs.shape[2] != len(charset):
+        raise DataError(f"{source}: OCR scoring needs [N, T, {len(charset)}] outputs, model "
+                        f"gives {list(outputs.shape)}")
+    texts = ctc_greedy_decode(outputs, charset)
+    return float(np.mean([t.strip() == lab.strip() for t, lab in zip(texts, labels, strict=True)]))
+
+
+def _as_distributions(x: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis: kept if already normalised, else softmax."""
+    x = x.astype(np.float64)
+    if x.min() >= 0 and np.allclose(x.sum(axis=-1), 1.0, atol=1e-3):
+        return x
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Agreement, mean cosine similarity and mean KL(reference || outputs)."""
+    if outputs.shape != reference.shape:
+        raise DataError(f"model output shape {list(outputs.shape)} differs from the "
+                        f"reference output shape {list(reference.shape)}")
+    n = len(outputs)
+    a, b = outputs.reshape(n, -1).astype(np.float64), reference.reshape(n, -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.maximum(norms, 1e-300), 1.0)
+    last = outputs if outputs.ndim > 2 else outputs.reshape(n, -1)
+    ref_last = reference.reshape(last.shape)
+    p, q = _as_distributions(ref_last), _as_distributions(last)
+    kl = (p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12)))).sum(axis=-1)
+    agree = last.argmax(axis=-1) == ref_last.argmax(axis=-1)
+    return {"agreement": float(agree.mean()), "cosine": float(cosine.mean()),
+            "kl": float(kl.mean())}
+
+
+def evaluate(model: str | Path | onnx.ModelProto, data: Any,
+             reference: str | Path | onnx.ModelProto | None = None,
+             batch: int = DEFAULT_BATCH, limit: int | None = None) -> EvalResult:
+    """Run `model` over `data` and score it.
+
+    Args:
+        model: ``.onnx`` path, registry name, or proto.
+        data: Bundled dataset name, ``.npz`` path, or a `models.datasets.Dataset`.
+        reference: Optional float model to compare against (same input/output shapes).
+        batch: Samples per run when the model's batch dim is symbolic.
+        limit: Use only the first `limit` samples.
+
+    Raises:
+        ConfigError: A non-positive batch size.
+        DataError: Data that does not fit the model (shape, label count/range).
+        ModelLoadError: A model that cannot be loaded or run.
+    """
+    from models.datasets import Dataset, load_dataset
+
+    if batch < 1:
+        raise ConfigError(f"batch: must be positive, got {batch}")
+    if isinstance(data, Dataset):
+        ds = data if limit is None else Dataset(data.inputs[:limit], None if data.labels is None
+                                                else data.labels[:limit], data.name, data.kind)
+    else:
+        ds = load_dataset(data, limit=limit)
+    proto, name = load_model(model)
+    runner = Runner(proto, name)
+    runner.check(ds.inputs, ds.name)
+    outputs = runner.run(ds.inputs, batch)
+    result = EvalResult(name, ds.name, ds.kind, len(ds))
+    result.metrics.update(_label_metrics(outputs, ds))
+    if reference is not None:
+        ref_proto, result.reference = load_model(reference)
+        ref_runner = Runner(ref_proto, result.reference)
+        ref_runner.check(ds.inputs, ds.name)
+        result.metrics.update(fidelity(outputs, ref_runner.run(ds.inputs, batch)))
+    logger.info("eval %s on %s: %s", name, ds.name, result.metrics)
+    return result
+
+
+def _label_metrics(outputs: np.ndarray, ds: Any) -> dict[str, float]:
+    if ds.labels is None:
+        return {}
+    if ds.kind == "ocr":
+        return {"exact_match": ocr_exact_match(outputs, list(ds.labels), ds.name)}
+    return {"top1": top1_accuracy(outputs, np.asarray(ds.labels), ds.name)}

@@ -1,0 +1,1 @@
+"""Pretrained models read from installed packages (the ``zoo`` extra), without torch."""
