@@ -169,6 +169,27 @@ class GraphBuilder:
             onnx.checker.check_model(model, full_check=True)
         return model
 
+    def build_lean(self, opset: int = INTERNAL_OPSET, check: bool = True,
+                   min_elements: int = 1 << 20) -> onnx.ModelProto:
+        """Like `build`, for models with huge weights (e.g. VGG's 400 MB FC layer).
+
+        Shape inference and the checker serialize the whole model; here they run on a
+        skeleton whose initializers of >= `min_elements` elements become typed graph inputs
+        (small ones such as Reshape shapes keep their data, which inference needs); the big
+        initializers are appended to the checked skeleton afterwards.
+        """
+        big = [t for t in self._inits if int(np.prod(t.dims)) >= min_elements]
+        names = {t.name for t in big}
+        skeleton = GraphBuilder(self.name)
+        skeleton._nodes, skeleton._outputs = self._nodes, self._outputs
+        skeleton._inits = [t for t in self._inits if t.name not in names]
+        skeleton._inputs = self._inputs + [
+            helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in big]
+        model = skeleton.build(opset, check)
+        del model.graph.input[len(self._inputs):]
+        model.graph.initializer.extend(big)  # the one unavoidable copy of the big weights
+        return model
+
 
 def he_normal(rng: np.random.Generator, shape: Sequence[int]) -> np.ndarray:
     """He-normal weights for a conv/fc weight whose fan-in is prod(shape[1:])."""

@@ -11,8 +11,9 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from compiler.errors import ConfigError, DataError
+from compiler.errors import ConfigError, DataError, GraphError
 from models.zoo import ARCHITECTURES, mobilenetv2, resnet50, ssd_resnet50, vgg16
+from models.zoo.eager import EagerBuilder
 from models.zoo.ssd_postprocess import decode, default_boxes, detect, feature_sizes, nms
 from models.zoo.stats import count_macs, count_params
 
@@ -60,6 +61,20 @@ def exercise(model: onnx.ModelProto, sample: dict[str, np.ndarray],
 def classes(finals: list[list[np.ndarray]]) -> set[int]:
     """Predicted class of each fresh input (the sample itself is excluded)."""
     return {int(c) for f in finals[1:] for c in f[0].argmax(axis=-1)}
+
+
+def test_eager_values_match_the_built_model():
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+    b = EagerBuilder("tiny", calib={"input": x})
+    y = b.relu6(b.conv(b.input("input", ["N", 3, 8, 8]), np.ones((4, 3, 3, 3), np.float32)))
+    out = b.add(b.reshape(y, [0, -1]), b.reshape(y, [0, -1]))  # repeated input
+    expected = b.activation(out)
+    b.output(out)
+    model = b.build()
+    np.testing.assert_allclose(session(model).run(None, {"input": x})[0], expected, atol=1e-5)
+    assert count_params(model) == 4 * 3 * 9 and count_macs(model) == 4 * 64 * 27
+    with pytest.raises(GraphError):
+        b.activation("nope")
 
 
 def test_registry():
