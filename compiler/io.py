@@ -116,6 +116,7 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
         raise ModelLoadError(f"{label}: graph has no outputs (truncated or not a model)")
     _check(proto, label)
     _drop_initializer_inputs(proto)
+    _clear_negative_dims(proto)
     _name_nodes(proto)
     if opset != INTERNAL_OPSET:
         proto = _convert_opset(proto, label, opset)
@@ -141,6 +142,15 @@ def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
     if len(keep) != len(proto.graph.input):
         del proto.graph.input[:]
         proto.graph.input.extend(keep)
+
+
+def _clear_negative_dims(proto: onnx.ModelProto) -> None:
+    # Some exporters (Paddle) write -1 for "unknown"; ONNX wants the dim left empty.
+    graph = proto.graph
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value") and dim.dim_value < 0:
+                dim.Clear()
 
 
 def _name_nodes(proto: onnx.ModelProto) -> None:
