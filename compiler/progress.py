@@ -1,0 +1,42 @@
+"""Progress bars for long stages (calibration, search, reconstruction).
+
+Bars go to stderr and are off unless a caller (the CLI) turns them on, so library use and
+tests stay silent.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+_ENABLED: ContextVar[bool] = ContextVar("npuc_progress", default=False)
+
+
+def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """Iterate over `items`, showing a progress bar when progress output is on."""
+    if not _ENABLED.get():
+        yield from items
+        return
+    yield from tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False,
+                    dynamic_ncols=True)
+
+
+@contextmanager
+def progress_output(enabled: bool) -> Iterator[None]:
+    """Turn progress bars on or off inside the `with` block."""
+    token = _ENABLED.set(enabled)
+    try:
+        yield
+    finally:
+        _ENABLED.reset(token)
+
+
+def progress_enabled() -> bool:
+    """Whether progress bars are currently shown."""
+    return _ENABLED.get()
