@@ -57,3 +57,10 @@ def test_parse_override():
 def test_schema_markdown_lists_every_key():
     table = schema_markdown()
     assert all(f"`{k}`" in table for k in defaults())
+
+
+def test_docs_config_is_current():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "config.md").read_text()
+    assert schema_markdown() in doc
