@@ -1,0 +1,248 @@
+"""`prune_model`: options -> groups -> scores -> kept counts -> apply -> reconstruct -> report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from compiler.data import Feeds, load_feeds
+from compiler.errors import ConfigError, DataError
+from compiler.ir import Model
+from compiler.passes import Pass, PassResult
+from passes.canonicalize import canonicalize
+from passes.prune.apply import apply_with_layout
+from passes.prune.costmodel import CostModel, batch1_cost, counts_for_target
+from passes.prune.criteria import CRITERIA, score_groups, select
+from passes.prune.groups import Analysis, analyze
+from passes.prune.rates import keep_counts, rates_from_spec, uniform_rates
+from passes.prune.reconstruct import METHODS, affected_layers, reconstruct
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneConfig:
+    """Options of `prune_model` (the CLI flags of `npuc prune`).
+
+    Attributes:
+        ratio: Uniform fraction of channels removed from every prunable group, in [0, 1).
+        rates: Per-group rates: list, map or HRankPlus expression (see `rates.parse_rates`).
+        target_macs: Global pruning until MACs fall to this fraction of the original.
+        criterion: l1, l2, random, hrank or css.
+        round_to: Keep channel counts a multiple of this.
+        search: "abc" to search per-group rates (needs target_macs as the budget).
+        reconstruct: False, True / "lsq" (ridge re-fit) or "bias" (mean folding only).
+        seed: Seed of random choices.
+        calib_limit: Calibration samples used at most.
+        holdout: Fraction of calibration data held out for the ABC fitness.
+        max_rate: Largest fraction removed from one group by target_macs / ABC.
+        lam: Relative ridge strength of the reconstruction.
+        max_rows: Sampled positions per layer for the reconstruction.
+        abc_cycles: ABC cycles T.
+        abc_sources: ABC food sources n.
+        abc_limit: ABC trial limit M before a source is abandoned.
+        workers: ABC worker processes (None: all cores).
+    """
+
+    ratio: float | None = None
+    rates: Any = None
+    target_macs: float | None = None
+    criterion: str = "l1"
+    round_to: int = 1
+    search: str | None = None
+    reconstruct: bool | str = False
+    seed: int = 0
+    calib_limit: int = 256
+    holdout: float = 0.25
+    max_rate: float = 0.9
+    lam: float = 1e-3
+    max_rows: int = 4096
+    abc_cycles: int = 5
+    abc_sources: int = 6
+    abc_limit: int = 3
+    workers: int | None = None
+
+    def recon_method(self) -> str | None:
+        """The reconstruction method, or None."""
+        if self.reconstruct in (False, None, "", "none"):
+            return None
+        return "lsq" if self.reconstruct is True else str(self.reconstruct)
+
+
+def make_config(config: PruneConfig | dict | None = None, **kwargs) -> PruneConfig:
+    """A validated `PruneConfig` from a config object, a dict and/or keyword arguments."""
+    base = asdict(config) if isinstance(config, PruneConfig) else dict(config or {})
+    base.update({k: v for k, v in kwargs.items() if v is not None})
+    names = {f.name for f in fields(PruneConfig)}
+    unknown = sorted(set(base) - names)
+    if unknown:
+        raise ConfigError(f"prune: unknown option(s) {unknown} (known: {sorted(names)})")
+    cfg = PruneConfig(**base)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: PruneConfig) -> None:
+    modes = [m for m in ("ratio", "rates", "target_macs") if getattr(cfg, m) is not None]
+    if cfg.search is None and len(modes) != 1:
+        raise ConfigError("prune: give exactly one of --ratio, --rates, --target-macs "
+                          f"(got {', '.join(modes) or 'none'})")
+    if cfg.search not in (None, "abc"):
+        raise ConfigError(f"--search: unknown {cfg.search!r} (only 'abc')")
+    if cfg.search == "abc" and modes != ["target_macs"]:
+        raise ConfigError("--search abc needs --target-macs (the MACs budget) and no other rate")
+    if cfg.ratio is not None and not 0.0 <= float(cfg.ratio) < 1.0:
+        raise ConfigError(f"--ratio: {cfg.ratio:g} is outside [0, 1)")
+    if cfg.target_macs is not None and not 0.0 < float(cfg.target_macs) <= 1.0:
+        raise ConfigError(f"--target-macs: {cfg.target_macs:g} is outside (0, 1]")
+    if int(cfg.round_to) < 1:
+        raise ConfigError(f"--round-to: {cfg.round_to} must be >= 1")
+    if cfg.criterion not in CRITERIA:
+        raise ConfigError(f"--criterion: unknown {cfg.criterion!r} "
+                          f"(choose from {', '.join(CRITERIA)})")
+    method = cfg.recon_method()
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"--reconstruct: unknown method {method!r} ({', '.join(METHODS)})")
+    for name in ("abc_cycles", "abc_sources", "abc_limit"):
+        if int(getattr(cfg, name)) < 1:
+            raise ConfigError(f"{name}: must be >= 1")
+
+
+def needs_calib(cfg: PruneConfig) -> bool:
+    """Whether these options need calibration data."""
+    return cfg.criterion == "hrank" or cfg.recon_method() is not None or cfg.search == "abc"
+
+
+def prune_model(model: Model, config: PruneConfig | dict | None = None, calib: Any = None,
+                **kwargs) -> tuple[Model, dict]:
+    """Prune channels of `model` post-training.
+
+    Args:
+        model: The IR model (not modified); it is canonicalized first.
+        config: A `PruneConfig` or dict of its fields; keyword arguments override it.
+        calib: Calibration data (any `compiler.data.load_feeds` source), needed by hrank,
+            reconstruction and the ABC search.
+        **kwargs: `PruneConfig` fields (None values are ignored).
+
+    Returns:
+        (pruned model, report dict: per-group widths, MACs/params before and after, times).
+
+    Raises:
+        ConfigError: Invalid options or no prunable group. DataError: bad or missing data.
+    """
+    start = time.perf_counter()
+    cfg = make_config(config, **kwargs)
+    canonical = canonicalize(model).model
+    feeds = _load_calib(calib, canonical, cfg)
+    analysis = analyze(canonical)
+    _require_prunable(analysis)
+    t_groups = time.perf_counter() - start
+    fit_feeds, held = _split(feeds, cfg) if feeds is not None else (None, None)
+    scores = score_groups(analysis, cfg.criterion, calib=fit_feeds, seed=cfg.seed)
+    cost = CostModel(analysis)
+    search_info = None
+    if cfg.search == "abc":
+        from passes.prune.abc import abc_search
+
+        counts, search_info = abc_search(canonical, analysis, scores, cost, cfg, fit_feeds, held)
+    else:
+        counts = _counts(analysis, cfg, scores, cost)
+    keep = {gid: select(scores[gid], n) for gid, n in counts.items()
+            if n < analysis.groups[gid].channels}
+    pruned, layout = apply_with_layout(canonical, keep, analysis=analysis)
+    recon = None
+    if cfg.recon_method() and keep:
+        layers = affected_layers(analysis, keep)
+        recon = reconstruct(pruned, canonical, layout, layers, fit_feeds,
+                            method=cfg.recon_method(), lam=cfg.lam, max_rows=cfg.max_rows,
+                            seed=cfg.seed)
+    report = _report(analysis, cfg, counts, canonical, pruned, start, t_groups)
+    report["reconstruction"], report["search"] = recon, search_info
+    return pruned, report
+
+
+def _load_calib(calib: Any, model: Model, cfg: PruneConfig) -> Feeds | None:
+    if calib is None:
+        if needs_calib(cfg):
+            what = "hrank" if cfg.criterion == "hrank" else (
+                "--search abc" if cfg.search else "--reconstruct")
+            raise DataError(f"{what} needs calibration data (--calib DATA)")
+        return None
+    return load_feeds(calib, model, limit=cfg.calib_limit)
+
+
+def _split(feeds: Feeds, cfg: PruneConfig) -> tuple[Feeds, Feeds | None]:
+    if cfg.search != "abc" or len(feeds) < 4:
+        return feeds, None
+    fit, held = feeds.split(cfg.holdout)
+    if feeds.labels is not None:
+        held.labels = feeds.labels[len(fit):]
+    return fit, held
+
+
+def _require_prunable(analysis: Analysis) -> None:
+    if any(g.prunable for g in analysis.groups):
+        return
+    reasons = Counter(g.reason for g in analysis.groups)
+    top = "; ".join(f"{r} ({n})" for r, n in reasons.most_common(3))
+    raise ConfigError(f"the model has no prunable channel group ({len(analysis.groups)} "
+                      f"groups: {top})")
+
+
+def _counts(analysis: Analysis, cfg: PruneConfig, scores: dict, cost: CostModel) -> dict:
+    groups = analysis.groups
+    if cfg.ratio is not None:
+        return keep_counts(groups, uniform_rates(groups, cfg.ratio), cfg.round_to)
+    if cfg.rates is not None:
+        return keep_counts(groups, rates_from_spec(groups, cfg.rates), cfg.round_to)
+    return counts_for_target(cost, groups, scores, float(cfg.target_macs), cfg.round_to,
+                             cfg.max_rate)
+
+
+def _report(analysis: Analysis, cfg: PruneConfig, counts: dict, before: Model, after: Model,
+            start: float, t_groups: float) -> dict:
+    cb, ca = batch1_cost(before), batch1_cost(after)
+    rows = [{"id": g.id, "kind": g.kind, "members": g.members[:3], "n_members": len(g.members),
+             "before": g.channels, "after": int(counts.get(g.id, g.channels)),
+             "prunable": g.prunable, "reason": g.reason} for g in analysis.groups]
+    return {
+        "criterion": cfg.criterion,
+        "mode": "abc" if cfg.search else next(m for m in ("ratio", "rates", "target_macs")
+                                               if getattr(cfg, m) is not None),
+        "config": {k: v for k, v in asdict(cfg).items() if k != "rates" or v is None
+                   or isinstance(v, (str, list, dict))},
+        "groups": rows,
+        "macs": {"before": cb.macs, "after": ca.macs, "ratio": ca.macs / max(cb.macs, 1)},
+        "params": {"before": cb.params, "after": ca.params,
+                   "ratio": ca.params / max(cb.params, 1)},
+        "time_s": {"groups": round(t_groups, 3), "total": round(time.perf_counter() - start, 3)},
+    }
+
+
+class ChannelPrune(Pass):
+    """Pass wrapper around `prune_model` (changes the model's function)."""
+
+    preserves_function = False
+
+    def __init__(self, config: PruneConfig | dict | None = None, calib: Any = None,
+                 **kwargs) -> None:
+        self.config = make_config(config, **kwargs)
+        self.calib = calib
+
+    def call(self, model: Model) -> PassResult:
+        """Prune; `info` is the report."""
+        pruned, report = prune_model(model, self.config, calib=self.calib)
+        modified = any(r["after"] < r["before"] for r in report["groups"])
+        return PassResult(pruned, modified, report)
+
+
+def group_widths(report: dict) -> list[tuple[int, int]]:
+    """(before, after) channel counts of the prunable groups, in order."""
+    return [(r["before"], r["after"]) for r in report["groups"] if r["prunable"]]
+
+
+__all__ = ["ChannelPrune", "PruneConfig", "group_widths", "make_config", "needs_calib",
+           "prune_model"]

@@ -1,0 +1,146 @@
+"""Post-training recovery after channel removal, with the float model as teacher.
+
+Each consumer that lost input channels is re-fitted by ridge regression so that its
+pre-activation output on calibration data matches the original model's output at the same
+(sampled) positions, using the *pruned* model's inputs, so upstream errors are compensated
+too. Layers are re-fitted in topological order, in up to `max_passes` chunks, each chunk
+seeing the already re-fitted layers before it. The fitted intercept absorbs the mean
+contribution of the removed channels; method "bias" does only that mean folding.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from compiler.errors import ConfigError
+from compiler.ir import Model
+from passes.prune.groups import Analysis
+from passes.recon import collect_rows, refit_reason, ridge_fit, set_layer_weights, weight_matrix
+
+log = logging.getLogger(__name__)
+
+METHODS = ("lsq", "bias")
+
+
+def affected_layers(analysis: Analysis, keep: Mapping[int, np.ndarray]) -> list[str]:
+    """Consumers (in topological order) whose input channels lost members."""
+    cut = {gid for gid, idx in keep.items() if len(idx) < analysis.groups[gid].channels}
+    names = {c for gid in cut for c in analysis.groups[gid].consumers}
+    return [n.name for n in analysis.order if n.name in names]
+
+
+def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds, *,
+                method: str = "lsq", lam: float = 1e-3, max_rows: int = 4096,
+                batch_size: int = 32, seed: int = 0, max_passes: int = 24) -> dict:
+    """Re-fit `layers` of `pruned` (in place) against `teacher`.
+
+    Args:
+        pruned: The pruned model (modified in place).
+        teacher: The original model.
+        layout: The `ApplyTracer` of the pruning (maps new channel positions to old ones).
+        layers: Node names to re-fit, topological order.
+        feeds: Calibration inputs.
+        method: "lsq" (ridge re-fit) or "bias" (fold removed channels' mean only).
+        lam: Relative ridge strength.
+        max_rows: Sampled output positions per layer.
+        batch_size: Samples per onnxruntime run.
+        seed: Position sampling seed.
+        max_passes: Most student re-runs; layers are chunked to stay within it.
+
+    Returns:
+        Report: per layer, the relative error of its output before and after.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"reconstruction method {method!r}: choose from {', '.join(METHODS)}")
+    start = time.perf_counter()
+    kw = {"max_rows": max_rows, "batch_size": batch_size, "seed": seed}
+    layers = [n for n in layers if refit_reason(_node(pruned, n)) is None]
+    if not layers:
+        return {"method": method, "layers": [], "time_s": 0.0}
+    t_in = collect_rows(teacher, layers, feeds, outputs=False, **kw)
+    t_out = collect_rows(teacher, layers, feeds, outputs=True, **kw)
+    rows = []
+    for chunk in np.array_split(np.array(layers, dtype=object), min(len(layers), max_passes)):
+        chunk = list(chunk)
+        s_in = collect_rows(pruned, chunk, feeds, outputs=False, **kw)
+        for name in chunk:
+            rows.append(_refit(pruned, teacher, layout, name, t_in[name], t_out[name],
+                               s_in[name], method, lam))
+    return {"method": method, "lambda": lam, "layers": rows,
+            "time_s": round(time.perf_counter() - start, 3)}
+
+
+def _node(model: Model, name: str):
+    return next(n for n in model.graph.nodes if n.name == name)
+
+
+def _refit(pruned: Model, teacher: Model, layout, name: str, x_t: np.ndarray, y_t: np.ndarray,
+           x_s: np.ndarray, method: str, lam: float) -> dict:
+    node_s, node_t = _node(pruned, name), _node(teacher, name)
+    out_pos = layout.old_positions(node_s.outputs[0].name)
+    in_pos = layout.old_positions(node_s.inputs[0].name)
+    w_s, b_s = weight_matrix(node_s), _bias(node_s)
+    groups = w_s.shape[0]
+    y = _take_outputs(y_t, out_pos, groups)
+    before = _rel_err(x_s, w_s, b_s, y)
+    if method == "lsq" and groups == 1:
+        w, b = ridge_fit(x_s[0], y[0], lam=lam, fit_intercept=True)
+        w, b = w[None], b
+    else:
+        w, b = w_s, b_s + _removed_mean(node_t, x_t, in_pos, out_pos, groups)
+    after = _rel_err(x_s, w, b, y)
+    if after <= before:
+        set_layer_weights(pruned, name, w, b if _has_bias_slot(node_s) else None)
+    else:
+        after = before
+    log.debug("reconstruct %s: rel err %.4f -> %.4f", name, before, after)
+    return {"layer": name, "err_before": round(before, 5), "err_after": round(after, 5)}
+
+
+def _has_bias_slot(node) -> bool:
+    return node.op != "MatMul"
+
+
+def _bias(node) -> np.ndarray:
+    from compiler.ir import const_value
+
+    m = weight_matrix(node)
+    g, _, per = m.shape
+    if node.op != "MatMul" and len(node.inputs) > 2 and node.inputs[2].name:
+        return np.broadcast_to(const_value(node.inputs[2]).reshape(-1), (g * per,)).astype(
+            np.float32)
+    return np.zeros(g * per, np.float32)
+
+
+def _take_outputs(y: np.ndarray, out_pos: np.ndarray, groups: int) -> np.ndarray:
+    flat = y.transpose(1, 0, 2).reshape(y.shape[1], -1)[:, out_pos]
+    return flat.reshape(y.shape[1], groups, -1).transpose(1, 0, 2)
+
+
+def _rel_err(x: np.ndarray, w: np.ndarray, b: np.ndarray, y: np.ndarray) -> float:
+    pred = np.einsum("gnk,gkm->gnm", x, w) + b.reshape(w.shape[0], 1, -1)
+    return float(np.sum((pred - y) ** 2) / max(float(np.sum(y ** 2)), 1e-30))
+
+
+def _removed_mean(node_t, x_t: np.ndarray, in_pos: np.ndarray, out_pos: np.ndarray,
+                  groups: int) -> np.ndarray:
+    # Expected contribution of the removed input channels: mean(x_removed) @ W_removed.
+    w_t = weight_matrix(node_t)  # [G, k_old, m_old]
+    g_old, k_old, m_old = w_t.shape
+    c_old = _input_width(node_t)
+    per_channel = k_old // (c_old // g_old)
+    kept = np.zeros(c_old, bool)
+    kept[in_pos] = True
+    removed_cols = ~np.repeat(kept.reshape(g_old, -1), per_channel, axis=1)  # [G, k_old]
+    mean = x_t.mean(axis=1)  # [G, k_old]
+    contrib = np.einsum("gk,gkm->gm", mean * removed_cols, w_t).reshape(-1)
+    return contrib[out_pos].astype(np.float32)
+
+
+def _input_width(node) -> int:
+    shape = node.inputs[0].shape
+    return int(shape[-1] if node.op in ("Gemm", "MatMul") else shape[1])
