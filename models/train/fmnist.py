@@ -1,0 +1,613 @@
+"""Train small Fashion-MNIST CNNs and write them as clean ONNX graphs.
+
+Three subcommands share this module (torch is only needed for ``train``)::
+
+    python -m models.train.fmnist train --arch resnet --epochs 15 --out models/trained
+    python -m models.train.fmnist data --out models/data
+    python -m models.train.fmnist evaluate --models models/trained --data models/data
+
+``train`` writes ``fmnist_<arch>.onnx`` (opset 17, input ``input`` [N,1,28,28], output
+``logits`` [N,10]; only Conv, BatchNormalization, Relu, Clip, Add, GlobalAveragePool, Flatten,
+Gemm), plus ``fmnist_<arch>.train.json`` (training record) and ``fmnist_<arch>.ref.npz``
+(torch eval-mode logits of the first 64 test images, used by ``evaluate``; not committed).
+``--arch`` and ``--epochs`` given without a subcommand mean ``train``.
+
+The ONNX file is written with ``onnx.helper`` from the trained weights rather than by
+``torch.onnx.export``, so the graph holds exactly the operators listed above, with
+BatchNormalization kept unfolded and node names equal to the torch module names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from models.datasets.fmnist_idx import MEAN, STD, load_fmnist, preprocess, stratified_indices
+
+try:  # torch is only needed to train; `data` and `evaluate` run in the torch-free venv.
+    import torch
+    import torch.nn.functional as F  # noqa: N812
+    from torch import nn
+except ImportError:  # pragma: no cover - exercised in the main venv
+    torch = None
+    F = None
+    nn = SimpleNamespace(Module=object)
+
+logger = logging.getLogger(__name__)
+
+ARCHS = ("resnet", "mobilenetv2")
+OPSET = 17
+REF_IMAGES = 64
+EVAL_PER_CLASS = 200
+CALIB_SIZE = 256
+SEED = 0
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX emission (numpy weights -> onnx.helper)
+# --------------------------------------------------------------------------------------------
+
+
+class OnnxWriter:
+    """Accumulates nodes and initializers for a single-input, single-output float graph."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.inits: list[Any] = []
+
+    def _init(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def _node(self, op: str, name: str, inputs: list[str], **attrs: Any) -> str:
+        from onnx import helper
+
+        out = f"{name}.out" if op != "Gemm" else "logits"
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, **attrs))
+        return out
+
+    def conv(self, name: str, conv: nn.Module, x: str) -> str:
+        """Emit a Conv node (no bias when the torch conv has none)."""
+        inputs = [x, self._init(f"{name}.weight", _np(conv.weight))]
+        if conv.bias is not None:
+            inputs.append(self._init(f"{name}.bias", _np(conv.bias)))
+        ph, pw = conv.padding
+        return self._node(
+            "Conv", name, inputs,
+            kernel_shape=list(conv.kernel_size), strides=list(conv.stride),
+            pads=[ph, pw, ph, pw], dilations=list(conv.dilation), group=conv.groups,
+        )
+
+    def bn(self, name: str, bn: nn.Module, x: str) -> str:
+        """Emit an inference-mode BatchNormalization node."""
+        inputs = [
+            x,
+            self._init(f"{name}.weight", _np(bn.weight)),
+            self._init(f"{name}.bias", _np(bn.bias)),
+            self._init(f"{name}.running_mean", _np(bn.running_mean)),
+            self._init(f"{name}.running_var", _np(bn.running_var)),
+        ]
+        return self._node("BatchNormalization", name, inputs, epsilon=float(bn.eps))
+
+    def relu(self, name: str, x: str) -> str:
+        """Emit a Relu node."""
+        return self._node("Relu", name, [x])
+
+    def relu6(self, name: str, x: str) -> str:
+        """Emit ReLU6 as Clip with min/max given as constant (initializer) inputs."""
+        lo = self._init(f"{name}.min", np.array(0.0, dtype=np.float32))
+        hi = self._init(f"{name}.max", np.array(6.0, dtype=np.float32))
+        return self._node("Clip", name, [x, lo, hi])
+
+    def add(self, name: str, a: str, b: str) -> str:
+        """Emit an elementwise Add node."""
+        return self._node("Add", name, [a, b])
+
+    def head(self, fc: nn.Module, x: str) -> str:
+        """Emit GlobalAveragePool -> Flatten -> Gemm producing ``logits``."""
+        x = self._node("GlobalAveragePool", "pool", [x])
+        x = self._node("Flatten", "flatten", [x], axis=1)
+        w = self._init("fc.weight", _np(fc.weight))
+        b = self._init("fc.bias", _np(fc.bias))
+        return self._node("Gemm", "fc", [x, w, b], transB=1)
+
+    def model(self, graph_name: str, doc: str) -> Any:
+        """Assemble the ModelProto (dynamic batch dim ``N``)."""
+        from onnx import TensorProto, checker, helper
+
+        inp = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 28, 28])
+        out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])
+        graph = helper.make_graph(self.nodes, graph_name, [inp], [out], self.inits, doc)
+        proto = helper.make_model(
+            graph, producer_name="npuc-train", opset_imports=[helper.make_opsetid("", OPSET)]
+        )
+        proto.ir_version = 8
+        helper.set_model_props(
+            proto, {"preprocessing": json.dumps(preprocessing_record()), "dataset": "fmnist"}
+        )
+        checker.check_model(proto, full_check=True)
+        return proto
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN + shortcut (1x1 conv+BN if reshaped)."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the block."""
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = self.bn2(self.conv2(y))
+        s = x if self.downsample is None else self.downsample(x)
+        return F.relu(y + s)
+
+    def emit(self, w: OnnxWriter, p: str, x: str) -> str:
+        """Emit the block into ``w`` under name prefix ``p``."""
+        y = w.relu(f"{p}.relu1", w.bn(f"{p}.bn1", self.bn1, w.conv(f"{p}.conv1", self.conv1, x)))
+        y = w.bn(f"{p}.bn2", self.bn2, w.conv(f"{p}.conv2", self.conv2, y))
+        s = x
+        if self.downsample is not None:
+            s = w.conv(f"{p}.downsample.0", self.downsample[0], x)
+            s = w.bn(f"{p}.downsample.1", self.downsample[1], s)
+        return w.relu(f"{p}.relu2", w.add(f"{p}.add", y, s))
+
+
+class ResNet(nn.Module):
+    """Small CIFAR-style ResNet for 28x28 grey images."""
+
+    def __init__(
+        self, stem: int = 16, widths: tuple[int, ...] = (24, 48, 96),
+        blocks: tuple[int, ...] = (2, 2, 2), strides: tuple[int, ...] = (1, 2, 2),
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        layers, cin = [], stem
+        for width, n, stride in zip(widths, blocks, strides, strict=True):
+            stage = [BasicBlock(cin if i == 0 else width, width, stride if i == 0 else 1)
+                     for i in range(n)]
+            layers.append(nn.Sequential(*stage))
+            cin = width
+        self.layers = nn.ModuleList(layers)
+        self.fc = nn.Linear(cin, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits [N, 10]."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        for stage in self.layers:
+            x = stage(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def emit(self, w: OnnxWriter) -> str:
+        """Emit the whole network into ``w``; returns the output name."""
+        x = w.relu("relu1", w.bn("bn1", self.bn1, w.conv("conv1", self.conv1, "input")))
+        for si, stage in enumerate(self.layers):
+            for bi, block in enumerate(stage):
+                x = block.emit(w, f"layers.{si}.{bi}", x)
+        return w.head(self.fc, x)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: [1x1 expand-BN-ReLU6] - 3x3 dw-BN-ReLU6 - 1x1 project-BN (+ x)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.expand = None
+        if expand != 1:
+            self.expand = nn.Conv2d(cin, hidden, 1, 1, 0, bias=False)
+            self.bn0 = nn.BatchNorm2d(hidden)
+        self.dw = nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.project = nn.Conv2d(hidden, cout, 1, 1, 0, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Run the block."""
+        y = x if self.expand is None else F.relu6(self.bn0(self.expand(x)))
+        y = F.relu6(self.bn1(self.dw(y)))
+        y = self.bn2(self.project(y))
+        return x + y if self.use_res else y
+
+    def emit(self, w: OnnxWriter, p: str, x: str) -> str:
+        """Emit the block into ``w`` under name prefix ``p``."""
+        y = x
+        if self.expand is not None:
+            y = w.conv(f"{p}.expand", self.expand, y)
+            y = w.relu6(f"{p}.relu0", w.bn(f"{p}.bn0", self.bn0, y))
+        y = w.relu6(f"{p}.relu1", w.bn(f"{p}.bn1", self.bn1, w.conv(f"{p}.dw", self.dw, y)))
+        y = w.bn(f"{p}.bn2", self.bn2, w.conv(f"{p}.project", self.project, y))
+        return w.add(f"{p}.add", x, y) if self.use_res else y
+
+
+# (expansion t, output channels c, repeats n, first stride s): the MobileNetV2 paper's first
+# five stages with t=4 instead of 6 (about 1.4x cheaper to train on CPU, same block structure).
+MBV2_CFG: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),   # 28x28, no expand conv (t=1), as in the paper
+    (4, 24, 2, 2),   # 14x14
+    (4, 32, 3, 1),
+    (4, 64, 3, 2),   # 7x7
+    (4, 96, 2, 1),
+)
+
+
+class MobileNetV2(nn.Module):
+    """Small MobileNetV2 for 28x28 grey images."""
+
+    def __init__(
+        self, stem: int = 16, cfg: tuple[tuple[int, int, int, int], ...] = MBV2_CFG,
+        last: int = 256,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        blocks, cin = [], stem
+        for t, c, n, s in cfg:
+            for i in range(n):
+                blocks.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        self.blocks = nn.Sequential(*blocks)
+        self.conv2 = nn.Conv2d(cin, last, 1, 1, 0, bias=False)
+        self.bn2 = nn.BatchNorm2d(last)
+        self.fc = nn.Linear(last, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits [N, 10]."""
+        x = F.relu6(self.bn1(self.conv1(x)))
+        x = self.blocks(x)
+        x = F.relu6(self.bn2(self.conv2(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+    def emit(self, w: OnnxWriter) -> str:
+        """Emit the whole network into ``w``; returns the output name."""
+        x = w.relu6("relu1", w.bn("bn1", self.bn1, w.conv("conv1", self.conv1, "input")))
+        for i, block in enumerate(self.blocks):
+            x = block.emit(w, f"blocks.{i}", x)
+        x = w.relu6("relu2", w.bn("bn2", self.bn2, w.conv("conv2", self.conv2, x)))
+        return w.head(self.fc, x)
+
+
+def build_model(arch: str) -> nn.Module:
+    """Build an untrained model.
+
+    Args:
+        arch: ``"resnet"`` or ``"mobilenetv2"``.
+
+    Returns:
+        The torch module.
+    """
+    if arch == "resnet":
+        return ResNet()
+    if arch == "mobilenetv2":
+        return MobileNetV2()
+    raise ValueError(f"unknown arch {arch!r}; choose from {ARCHS}")
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop 28x28 from the image zero-padded by 2 (in normalised space), random h-flip."""
+    b = x.shape[0]
+    pad_value = -MEAN / STD  # a black pixel after normalisation
+    padded = F.pad(x, (2, 2, 2, 2), value=pad_value)
+    oy = torch.randint(0, 5, (b,), generator=gen)
+    ox = torch.randint(0, 5, (b,), generator=gen)
+    ar = torch.arange(28)
+    rows = (oy[:, None] + ar)[:, :, None]
+    cols = (ox[:, None] + ar)[:, None, :]
+    out = padded[torch.arange(b)[:, None, None], 0, rows, cols].unsqueeze(1)
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on BN parameters and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def torch_logits(model: nn.Module, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    """Eval-mode logits of ``model`` on preprocessed images ``x`` [N,1,28,28]."""
+    model.eval()
+    with torch.no_grad():
+        outs = [model(torch.from_numpy(x[i:i + batch])).numpy()
+                for i in range(0, len(x), batch)]
+    return np.concatenate(outs)
+
+
+def train(
+    arch: str, epochs: int, out: Path, max_steps: int | None = None, threads: int = 2
+) -> dict[str, Any]:
+    """Train one model on the 60k training images and write its ONNX file.
+
+    Args:
+        arch: ``"resnet"`` or ``"mobilenetv2"``.
+        epochs: Number of epochs (OneCycle schedule spans all of them).
+        out: Output directory.
+        max_steps: Stop after this many steps (timing runs); no export when set.
+        threads: torch intra-op threads.
+
+    Returns:
+        The training record (also written to ``fmnist_<arch>.train.json``).
+    """
+    if torch is None:
+        raise SystemExit("train needs torch: use /work/torchvenv (see models/train/README.md)")
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    np.random.seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+
+    xtr_u8, ytr_np = load_fmnist("train")
+    xte_u8, yte = load_fmnist("test")
+    xtr = torch.from_numpy(preprocess(xtr_u8))
+    ytr = torch.from_numpy(ytr_np)
+    xte = preprocess(xte_u8)
+
+    model = build_model(arch).to(memory_format=torch.channels_last)  # ~1.3x faster on CPU
+    n_params = sum(p.numel() for p in model.parameters())
+    batch = 128
+    steps_per_epoch = math.ceil(len(xtr) / batch)
+    if arch == "resnet":
+        opt = torch.optim.SGD(_param_groups(model, 5e-4), lr=0.1, momentum=0.9, nesterov=True)
+        max_lr = 0.2
+    else:
+        opt = torch.optim.SGD(_param_groups(model, 1e-4), lr=0.1, momentum=0.9, nesterov=True)
+        max_lr = 0.2
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=0.2,
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+    print(f"[{arch}] params={n_params} epochs={epochs} steps/epoch={steps_per_epoch}", flush=True)
+
+    t0 = time.time()
+    epoch_times: list[float] = []
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        te = time.time()
+        perm = torch.randperm(len(xtr), generator=gen)
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(xtr), batch):
+            idx = perm[i:i + batch]
+            xb = _augment(xtr[idx], gen).contiguous(memory_format=torch.channels_last)
+            yb = ytr[idx]
+            logits = model(xb)
+            loss = criterion(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.argmax(1) == yb).sum())
+            step += 1
+            if max_steps is not None and step >= max_steps:
+                dt = time.time() - te
+                print(f"[{arch}] {step} steps in {dt:.1f}s -> "
+                      f"{dt / step * steps_per_epoch:.0f}s/epoch (est.)", flush=True)
+                return {"steps": step, "seconds": dt}
+        epoch_times.append(time.time() - te)
+        acc = float((torch_logits(model, xte).argmax(1) == yte).mean())
+        print(f"[{arch}] epoch {epoch + 1}/{epochs} loss={total_loss / len(xtr):.4f} "
+              f"train_acc={correct / len(xtr):.4f} test_acc={acc:.4f} "
+              f"time={epoch_times[-1]:.0f}s", flush=True)
+    train_seconds = time.time() - t0
+    return _finish(arch, model, out, xte, yte, epochs, n_params, train_seconds, epoch_times)
+
+
+def _finish(
+    arch: str, model: nn.Module, out: Path, xte: np.ndarray, yte: np.ndarray, epochs: int,
+    n_params: int, train_seconds: float, epoch_times: list[float],
+) -> dict[str, Any]:
+    """Export ONNX, reference logits and the training record."""
+    import onnx
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    writer = OnnxWriter()
+    model.emit(writer)
+    proto = writer.model(f"fmnist_{arch}", f"Fashion-MNIST {arch}, trained {epochs} epochs")
+    onnx_path = out / f"fmnist_{arch}.onnx"
+    onnx.save(proto, onnx_path)
+    np.savez(out / f"fmnist_{arch}.ref.npz", logits=torch_logits(model, xte[:REF_IMAGES]))
+    full = torch_logits(model, xte)
+    subset = stratified_indices(yte, EVAL_PER_CLASS, SEED)
+    record = {
+        "arch": arch,
+        "epochs": epochs,
+        "params": int(n_params),
+        "train_seconds": round(train_seconds, 1),
+        "seconds_per_epoch": round(float(np.mean(epoch_times)), 1),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "torch_top1_test10k": float((full.argmax(1) == yte).mean()),
+        "torch_top1_eval2k": float((full[subset].argmax(1) == yte[subset]).mean()),
+        "onnx_bytes": onnx_path.stat().st_size,
+    }
+    (out / f"fmnist_{arch}.train.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2), flush=True)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# Committed data subsets and ONNX evaluation (torch-free)
+# --------------------------------------------------------------------------------------------
+
+
+def preprocessing_record() -> dict[str, Any]:
+    """Describe the input preprocessing the models expect."""
+    return {
+        "formula": "x = (uint8 / 255 - mean) / std",
+        "mean": MEAN,
+        "std": STD,
+        "layout": "NCHW float32 [N,1,28,28]",
+    }
+
+
+def make_data(out: Path) -> dict[str, Path]:
+    """Write ``fmnist_eval.npz`` (2,000 test images) and ``fmnist_calib.npz`` (256 train).
+
+    Args:
+        out: Output directory.
+
+    Returns:
+        Paths of the two files by name.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    xte, yte = load_fmnist("test")
+    idx = stratified_indices(yte, EVAL_PER_CLASS, SEED)
+    eval_path = out / "fmnist_eval.npz"
+    np.savez_compressed(eval_path, images=preprocess(xte[idx]), labels=yte[idx], indices=idx)
+    xtr, ytr = load_fmnist("train")
+    cidx = np.sort(np.random.default_rng(SEED).choice(len(xtr), CALIB_SIZE, replace=False))
+    calib_path = out / "fmnist_calib.npz"
+    np.savez_compressed(
+        calib_path, images=preprocess(xtr[cidx]), labels=ytr[cidx], indices=cidx.astype(np.int64)
+    )
+    return {"eval": eval_path, "calib": calib_path}
+
+
+def _ort_logits(path: Path, x: np.ndarray, batch: int = 500) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [sess.run(["logits"], {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    )
+
+
+def _check_ops(path: Path) -> list[str]:
+    import onnx
+
+    allowed = {"Conv", "BatchNormalization", "Relu", "Clip", "Add", "GlobalAveragePool",
+               "Flatten", "Gemm"}
+    ops = sorted({n.op_type for n in onnx.load(str(path)).graph.node})
+    bad = [op for op in ops if op not in allowed]
+    if bad:
+        raise SystemExit(f"{path}: unexpected operators {bad}")
+    return ops
+
+
+def evaluate(models_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """Check every trained ONNX model with onnxruntime and write ``accuracy.json``.
+
+    For each ``fmnist_<arch>.onnx``: compares its logits with the torch reference logits
+    (max abs diff), and measures top-1 on the full 10k test set and on the committed
+    2,000-image eval subset.
+
+    Args:
+        models_dir: Directory with the ONNX files and the ``*.train.json``/``*.ref.npz``.
+        data_dir: Directory with ``fmnist_eval.npz``.
+
+    Returns:
+        The accuracy record (also written to ``models_dir/accuracy.json``).
+    """
+    xte_u8, yte = load_fmnist("test")
+    xte = preprocess(xte_u8)
+    ev = np.load(data_dir / "fmnist_eval.npz")
+    record: dict[str, Any] = {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+                              "preprocessing": preprocessing_record(),
+                              "eval_subset": f"{len(ev['labels'])} test images, "
+                                             f"{EVAL_PER_CLASS}/class, seed {SEED}",
+                              "models": {}}
+    for arch in ARCHS:
+        path = models_dir / f"fmnist_{arch}.onnx"
+        if not path.exists():
+            continue
+        entry = json.loads((models_dir / f"fmnist_{arch}.train.json").read_text())
+        ref = np.load(models_dir / f"fmnist_{arch}.ref.npz")["logits"]
+        full = _ort_logits(path, xte)
+        sub = _ort_logits(path, ev["images"])
+        entry.update({
+            "onnx": path.name,
+            "onnx_bytes": path.stat().st_size,
+            "onnx_ops": _check_ops(path),
+            "onnx_top1_test10k": float((full.argmax(1) == yte).mean()),
+            "onnx_top1_eval2k": float((sub.argmax(1) == ev["labels"]).mean()),
+            "onnx_vs_torch_max_abs_diff_64": float(np.abs(full[:REF_IMAGES] - ref).max()),
+        })
+        record["models"][arch] = entry
+    (models_dir / "accuracy.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m models.train.fmnist", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one model and export ONNX (needs torch)")
+    t.add_argument("--arch", choices=ARCHS, required=True)
+    t.add_argument("--epochs", type=int, required=True)
+    t.add_argument("--out", type=Path, default=Path("models/trained"))
+    t.add_argument("--max-steps", type=int, default=None, help="timing run: stop early")
+    t.add_argument("--threads", type=int, default=2)
+    d = sub.add_parser("data", help="write the committed eval/calib subsets (torch-free)")
+    d.add_argument("--out", type=Path, default=Path("models/data"))
+    e = sub.add_parser("evaluate", help="check ONNX files, write accuracy.json (torch-free)")
+    e.add_argument("--models", type=Path, default=Path("models/trained"))
+    e.add_argument("--data", type=Path, default=Path("models/data"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].startswith("--"):
+        argv.insert(0, "train")
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.cmd == "train":
+        train(args.arch, args.epochs, args.out, args.max_steps, args.threads)
+    elif args.cmd == "data":
+        for name, path in make_data(args.out).items():
+            print(f"{name}: {path} ({path.stat().st_size} bytes)")
+    else:
+        print(json.dumps(evaluate(args.models, args.data), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
