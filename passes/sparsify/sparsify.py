@@ -1,0 +1,250 @@
+"""1xN block sparsification of a model: plan, (reorder), score, mask, (reconstruct), record.
+
+`sparsify_model` is the plain function the CLI and the compile pipeline call; `BlockSparsify`
+is the pass wrapping it. Shapes never change: zeroed blocks are zeros in the original weight
+initializers, and the masks travel in the model's metadata (see `metadata.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import ConfigError
+from compiler.ir import Model
+from compiler.passes import Pass, PassResult
+from passes.sparsify.activation import (
+    ChannelStats,
+    bias_correct,
+    block_input_scale,
+    input_channel_stats,
+)
+from passes.sparsify.criteria import (
+    CRITERIA,
+    NEEDS_DATA,
+    block_mask,
+    element_mask,
+    select_global,
+    select_uniform,
+    unit_scores,
+)
+from passes.sparsify.layers import (
+    BLOCK_SIZES,
+    Layer,
+    boundary_layers,
+    ineligible_reason,
+    matches_any,
+    node_macs,
+    weight_layers,
+)
+from passes.sparsify.metadata import LayerMask, write_sparsity_metadata
+from passes.sparsify.reconstruct import ReconOptions, reconstruct
+from passes.sparsify.reorder import reorder_layers
+from passes.sparsify.report import build_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SparsifyOptions:
+    """What to sparsify and how (mirrors `npuc sparsify`).
+
+    Attributes:
+        block: N, output channels per block (2, 4, 8, 16 or 32).
+        sparsity: Fraction of blocks zeroed per layer (global: of the layers' MACs), in [0, 1).
+        criterion: "l1" or "l2" block norm, "act" (block L1 x input-channel RMS on
+            calibration data), or "css" (CHEX-style whole filters).
+        global_budget: One MACs-weighted budget across layers instead of per-layer sparsity.
+        exclude: Node names or glob patterns never sparsified.
+        include_first_last: Also sparsify the first conv(s) and last classifier(s).
+        reorder: Permute output channels by filter L1 norm before forming blocks.
+        reconstruct: Re-fit surviving weights on calibration data (needs `calib`).
+        ridge: Relative ridge strength of the reconstruction.
+        rows: Regression rows sampled per layer in the reconstruction.
+    """
+
+    block: int = 4
+    sparsity: float = 0.5
+    criterion: str = "l1"
+    global_budget: bool = False
+    exclude: Sequence[str] = ()
+    include_first_last: bool = False
+    reorder: bool = False
+    reconstruct: bool = False
+    ridge: float = 1e-3
+    rows: int = 8192
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the bad option."""
+        if self.block not in BLOCK_SIZES:
+            raise ConfigError(f"--block {self.block}: N must be one of "
+                              f"{', '.join(map(str, BLOCK_SIZES))}")
+        if not 0.0 <= float(self.sparsity) < 1.0:
+            raise ConfigError(f"--sparsity {self.sparsity}: must be in [0, 1)")
+        if self.criterion not in CRITERIA:
+            raise ConfigError(f"--criterion {self.criterion!r}: unknown criterion "
+                              f"(choose from {', '.join(CRITERIA)})")
+        if self.ridge < 0 or self.rows < 1:
+            raise ConfigError("ridge must be >= 0 and rows >= 1")
+
+
+@dataclass
+class Plan:
+    """Which layers are sparsified and why the others are not."""
+
+    layers: list[Layer] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def plan_layers(model: Model, opts: SparsifyOptions) -> Plan:
+    """Split the weight layers into eligible ones and skipped ones with their reason."""
+    layers = weight_layers(model, node_macs(model))
+    first, last = boundary_layers(model, layers)
+    plan = Plan()
+    for layer in layers:
+        reason = _exclusion(layer.name, first, last, opts) or ineligible_reason(layer, opts.block)
+        if reason:
+            plan.skipped[layer.name] = reason
+        else:
+            plan.layers.append(layer)
+    return plan
+
+
+def _exclusion(name: str, first: set[str], last: set[str], opts: SparsifyOptions) -> str | None:
+    if matches_any(name, opts.exclude):
+        return "excluded by --exclude"
+    if not opts.include_first_last and name in first:
+        return "first layer (kept dense by default; --include-first-last)"
+    if not opts.include_first_last and name in last:
+        return "last layer (kept dense by default; --include-first-last)"
+    return None
+
+
+def _check_plan(plan: Plan, block: int) -> None:
+    if plan.layers:
+        return
+    divisibility = [n for n, r in plan.skipped.items() if "not a multiple of N" in r]
+    if divisibility:
+        raise ConfigError(f"--block {block}: N divides the output channels of no eligible "
+                          f"layer (e.g. {divisibility[0]!r}: {plan.skipped[divisibility[0]]})")
+    why = "; ".join(f"{n}: {r}" for n, r in list(plan.skipped.items())[:3])
+    raise ConfigError("no layer can be sparsified: "
+                      + (why or "no Conv/Gemm/MatMul with a constant weight"))
+
+
+def select_masks(layers: Sequence[Layer], opts: SparsifyOptions,
+                 stats: Mapping[str, ChannelStats] | None = None) -> dict[str, LayerMask]:
+    """Block masks of the eligible layers (criterion + uniform or global selection).
+
+    `stats` (node -> input channel statistics) is needed by the activation-aware criterion.
+    """
+    scales = [block_input_scale(x, stats[x.name].std, opts.block)
+              if opts.criterion in NEEDS_DATA else None for x in layers]
+    scores = [unit_scores(layer.logical(), opts.block, opts.criterion, scale)
+              for layer, scale in zip(layers, scales, strict=True)]
+    if opts.global_budget:
+        unit_macs = [layer.macs / s.size for layer, s in zip(layers, scores, strict=True)]
+        keeps = select_global(scores, unit_macs, opts.sparsity)
+    else:
+        keeps = [select_uniform(s, opts.sparsity) for s in scores]
+    block = 1 if opts.criterion == "css" else opts.block
+    masks = {}
+    for layer, keep in zip(layers, keeps, strict=True):
+        mask = block_mask(keep, layer.cin, opts.criterion)
+        masks[layer.name] = LayerMask(layer.name, layer.weight.name, block, mask, layer.layout,
+                                      float(1.0 - mask.mean()))
+    return masks
+
+
+def _bias_correct(layers: Sequence[Layer], masks: Mapping[str, LayerMask],
+                  stats: Mapping[str, ChannelStats]) -> list[str]:
+    """Fold the mean contribution of the blocks about to be zeroed into each layer's bias."""
+    done = []
+    for layer in layers:
+        m = masks[layer.name]
+        keep = element_mask(m.mask, m.block, layer.logical().shape)
+        if bias_correct(layer, keep, stats[layer.name].mean):
+            done.append(layer.name)
+    return done
+
+
+def apply_masks(layers: Sequence[Layer], masks: Mapping[str, LayerMask]) -> None:
+    """Zero the masked blocks of each layer's weight, in place."""
+    for layer in layers:
+        m = masks[layer.name]
+        w = layer.logical()
+        layer.store(np.where(element_mask(m.mask, m.block, w.shape), w, 0).astype(w.dtype))
+
+
+def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
+                   calib: Mapping[str, np.ndarray] | Any = None,
+                   **options: Any) -> tuple[Model, dict[str, Any]]:
+    """1xN-sparsify a (canonicalized) model; the input model is not modified.
+
+    Args:
+        model: The float model, BatchNorm already folded (`passes.canonicalize`).
+        block: N, output channels per block.
+        sparsity: Block sparsity per layer, or of the eligible MACs with `global_budget`.
+        calib: Calibration inputs (dict of arrays or `compiler.data.Feeds`); needed by
+            `reconstruct=True`.
+        **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
+            include_first_last, reorder, reconstruct, ridge, rows).
+
+    Returns:
+        (sparse model with metadata `npuc.sparsity`, report dict).
+
+    Raises:
+        ConfigError: Bad options, N dividing no eligible layer, or reconstruction without data.
+    """
+    unknown = set(options) - set(SparsifyOptions.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"unknown sparsify option(s): {', '.join(sorted(unknown))}")
+    opts = SparsifyOptions(block=block, sparsity=sparsity, **options)
+    opts.validate()
+    if opts.reconstruct and calib is None:
+        raise ConfigError("--reconstruct needs calibration data (--calib DATA)")
+    if opts.criterion in NEEDS_DATA and calib is None:
+        raise ConfigError(f"--criterion {opts.criterion} needs calibration data (--calib DATA)")
+    return _run(model.copy(), opts, calib)
+
+
+def _run(model: Model, opts: SparsifyOptions, calib: Any) -> tuple[Model, dict[str, Any]]:
+    plan = plan_layers(model, opts)
+    _check_plan(plan, opts.block)
+    reorder_info: dict[str, str] = {}
+    if opts.reorder:
+        model, reorder_info = reorder_layers(model, [layer.name for layer in plan.layers])
+        plan = plan_layers(model, opts)
+    teacher = model.copy() if opts.reconstruct else None
+    feeds = calib.arrays if hasattr(calib, "arrays") else calib
+    stats = input_channel_stats(model, plan.layers, feeds) if feeds is not None else None
+    masks = select_masks(plan.layers, opts, stats)
+    corrected = _bias_correct(plan.layers, masks, stats) if stats else []
+    apply_masks(plan.layers, masks)
+    recon = {}
+    if teacher is not None:
+        recon = reconstruct(model, teacher, masks, feeds, ReconOptions(opts.rows, opts.ridge))
+    write_sparsity_metadata(model, opts.block, masks, opts.criterion)
+    report = build_report(model, plan, masks, opts, reorder_info, recon)
+    report["bias_corrected"] = corrected
+    return model, report
+
+
+class BlockSparsify(Pass):
+    """Pass wrapper around `sparsify_model` (changes the function: not checked numerically)."""
+
+    preserves_function = False
+
+    def __init__(self, block: int = 4, sparsity: float = 0.5, *, calib: Any = None,
+                 **options: Any) -> None:
+        self.block, self.sparsity, self.calib, self.options = block, sparsity, calib, options
+
+    def call(self, model: Model) -> PassResult:
+        """Sparsify; `info` is the report of `sparsify_model`."""
+        out, report = sparsify_model(model, self.block, self.sparsity, calib=self.calib,
+                                     **self.options)
+        return PassResult(out, report["zero_blocks"] > 0 or report["reordered"] > 0, report)

@@ -1,0 +1,125 @@
+"""Masked reconstruction: fits lower the layer error, zero blocks stay exactly zero."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.numerics import random_feeds, relative_error, run
+from passes.sparsify import check_masks, read_sparsity_metadata, sparsify_model, zero_blocks
+from passes.sparsify.layers import weight_layers
+from passes.sparsify.metadata import LayerMask
+from passes.sparsify.reconstruct import refit_layer
+from tests.test_sparsify_blocks import tiny_net
+
+
+def _calib(model, n=64, seed=5):
+    return random_feeds(model, seed=seed, batch=n)
+
+
+def test_reconstruction_keeps_zero_blocks_and_lowers_error():
+    model = tiny_net(batch="N")
+    calib = _calib(model)
+    plain, _ = sparsify_model(model, 4, 0.5)
+    fitted, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib)
+    check_masks(fitted)
+    masks = read_sparsity_metadata(fitted)
+    for layer in weight_layers(fitted):
+        if layer.name in masks:
+            m = masks[layer.name]
+            assert np.array_equal(zero_blocks(layer.logical(), 4), ~m.mask)
+    recon = {r["node"]: r["recon"] for r in report["layers"]}
+    assert all(r["error_after"] <= r["error_before"] for r in recon.values())
+    assert recon["a"]["error_after"] < 0.8 * recon["a"]["error_before"]
+    held_out = _calib(model, 32, seed=11)
+    ref = run(model, held_out)["fc2"]
+    err_plain = relative_error(ref, run(plain, held_out)["fc2"])
+    err_fit = relative_error(ref, run(fitted, held_out)["fc2"])
+    assert err_fit < 0.8 * err_plain
+
+
+def test_refit_recovers_weights_of_a_sparse_teacher():
+    """When the teacher itself satisfies the mask, the fit recovers it (up to the ridge)."""
+    model = tiny_net()
+    layer = next(x for x in weight_layers(model) if x.name == "c")
+    rng = np.random.default_rng(0)
+    mask = rng.random((8, 16)) > 0.5
+    em = np.repeat(mask, 4, axis=0)[:, :, None, None]
+    w_true = (rng.standard_normal((32, 16, 3, 3)) * em).astype(np.float32)
+    b_true = rng.standard_normal(32).astype(np.float32)
+    x = rng.standard_normal((3000, 16 * 9)).astype(np.float32)
+    y = x @ w_true.reshape(32, -1).T + b_true
+    info = refit_layer(layer, LayerMask("c", layer.weight.name, 4, mask), x, y, ridge=1e-8)
+    assert info["error_after"] < 1e-4 < info["error_before"]
+    assert np.allclose(layer.logical(), w_true, atol=1e-3)
+    assert not layer.logical()[~np.broadcast_to(em, w_true.shape)].any()
+
+
+def grouped_net():
+    from compiler.builder import GraphBuilder, he_normal
+    from compiler.io import load_model
+    from passes.canonicalize import canonicalize
+
+    b = GraphBuilder("grouped", 0)
+    r = b.rng
+    x = b.input("x", ["N", 3, 10, 10])
+    s = b.relu(b.conv(x, he_normal(r, (8, 3, 3, 3)), r.standard_normal(8) * 0.1, name="stem"))
+    g = b.relu(b.conv(s, he_normal(r, (16, 4, 3, 3)), r.standard_normal(16) * 0.1, group=2,
+                      name="g"))
+    h = b.relu(b.conv(g, he_normal(r, (16, 16, 1, 1)), r.standard_normal(16) * 0.1, name="h"))
+    b.output(b.gemm(b.flatten(b.global_avgpool(h)), he_normal(r, (10, 16)), None, name="fc"))
+    return canonicalize(load_model(b.build())).model
+
+
+def test_grouped_conv_blocks_stay_in_their_group_and_refit():
+    model = grouped_net()
+    calib = _calib(model)
+    sparse, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, reorder=True)
+    check_masks(sparse)
+    rows = {r["node"]: r for r in report["layers"]}
+    assert rows["g"]["blocks"] == 16 and rows["g"]["zero_blocks"] == 8  # [16/4, 16/2] mask
+    assert rows["g"]["reorder"] == "grouped conv: filters cannot move between groups"
+    assert rows["g"]["recon"]["error_after"] < rows["g"]["recon"]["error_before"]
+
+
+def test_bias_correction_restores_output_mean():
+    """With calibration data, the mean contribution of zeroed blocks moves into the bias."""
+    model = tiny_net(batch="N")
+    calib = _calib(model, 64)
+    plain, _ = sparsify_model(model, 4, 0.5)
+    corrected, report = sparsify_model(model, 4, 0.5, calib=calib)
+    assert set(report["bias_corrected"]) == {"a", "b", "c", "pw", "fc1"}
+    check_masks(corrected)
+    from passes.recon import iter_tensors
+
+    def mean_of(m, tensor="c"):
+        return next(iter_tensors(m, [tensor], calib, 64))[tensor].mean(axis=(0, 2, 3))
+
+    ref = mean_of(model)
+    err_plain = np.abs(mean_of(plain) - ref).mean()
+    err_corr = np.abs(mean_of(corrected) - ref).mean()
+    assert err_corr < 0.5 * err_plain
+
+
+def test_activation_aware_criterion_weighs_blocks_by_input_std():
+    from passes.sparsify.activation import block_input_scale, input_channel_stats
+    from passes.sparsify.criteria import unit_scores
+
+    model = tiny_net(batch="N")
+    calib = _calib(model, 32)
+    layer = next(x for x in weight_layers(model) if x.name == "c")
+    stats = input_channel_stats(model, [layer], calib)["c"]
+    x = run_tensor(model, layer.node.inputs[0].name, calib)
+    assert np.allclose(stats.std, x.std(axis=(0, 2, 3)), rtol=1e-4)
+    scale = block_input_scale(layer, stats.std, 4)
+    scores = unit_scores(layer.logical(), 4, "act", scale)
+    l1 = unit_scores(layer.logical(), 4, "l1")
+    assert np.allclose(scores, l1 * stats.std[None, :])
+    sparse, _ = sparsify_model(model, 4, 0.5, criterion="act", calib=calib)
+    m = read_sparsity_metadata(sparse)["c"]
+    assert np.array_equal(~m.mask, scores <= np.sort(scores.ravel())[63])
+
+
+def run_tensor(model, name, feeds):
+    from passes.recon import iter_tensors
+
+    return next(iter_tensors(model, [name], feeds, 1000))[name]
