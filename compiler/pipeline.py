@@ -19,6 +19,7 @@ from compiler.config import load_config
 from compiler.errors import NpucError, PassError
 from compiler.ir import Model
 from compiler.report import write_html, write_json
+from compiler.summary import summarize
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def stage_list(config: dict[str, Any]) -> list[tuple[str, Stage]]:
         if config["target.verify"]:
             chosen.append(("verify", stages.verify))
         chosen.append(("perf", stages.perf))
-    if config["eval.data"]:
+    if config["eval.data"] or stages.BUNDLED_DATA.get(config["model"], (None, None))[1]:
         chosen.append(("eval", stages.evaluate))
     return chosen
 
@@ -99,6 +100,8 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
         cfg = load_config(overrides=config)
     else:
         cfg = load_config(config)
+    if isinstance(model, (str, Path)):
+        cfg["model"], model = str(model), None
     ctx = Context(cfg, Path(out_dir))
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
     ctx.results["input"] = model if model is not None else cfg["model"]
@@ -107,7 +110,7 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
         if progress:
             progress(name)
         _run_stage(ctx, name, fn)
-    stages.summarize(ctx)
+    summarize(ctx)
     _write_reports(ctx)
     return Result(ctx.out_dir, ctx.files, ctx.report, ctx.model, ctx.results)
 

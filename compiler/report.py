@@ -96,9 +96,9 @@ def table_html(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def _td(value: Any) -> str:
     text = html.escape(_fmt(value))
-    if value in ("ok", "yes", True):
+    if isinstance(value, (str, bool)) and value in ("ok", "bit-exact", True):
         return f"<td class='l ok'>{text}</td>"
-    if value in ("failed", "no", False):
+    if isinstance(value, (str, bool)) and value in ("failed", "MISMATCH", False):
         return f"<td class='l bad'>{text}</td>"
     cls = "" if isinstance(value, (int, float)) else " class='l'"
     return f"<td{cls}>{text}</td>"

@@ -99,3 +99,146 @@ def save_stage_model(ctx: Context, role: str, filename: str) -> Path:
     path = save_model(ctx.model, ctx.out_dir / filename)
     ctx.files[role] = path
     return path
+
+
+def prune(ctx: Context) -> str:
+    """Channel pruning (criterion, rates / target MACs / ABC search, reconstruction)."""
+    from passes.prune.pipeline import prune_model
+
+    c = ctx.config
+    options = {"criterion": c["prune.criterion"], "ratio": c["prune.ratio"],
+               "rates": c["prune.rates"], "target_macs": c["prune.target_macs"],
+               "round_to": c["prune.round_to"], "search": c["prune.search"],
+               "reconstruct": c["prune.reconstruct"], "seed": c["seed"],
+               "abc_cycles": c["prune.abc_cycles"], "abc_sources": c["prune.abc_food_sources"],
+               "abc_limit": c["prune.abc_trial_limit"]}
+    needs_data = c["prune.reconstruct"] or c["prune.criterion"] == "hrank" or c["prune.search"]
+    calib = calibration_feeds(ctx) if needs_data else None
+    ctx.model, report = prune_model(ctx.model, options, calib=calib)
+    ctx.results["prune"] = report
+    save_stage_model(ctx, "pruned", "model.pruned.onnx")
+    macs = report["macs"]
+    return f"MACs {macs['before']:,} -> {macs['after']:,} ({macs['ratio']:.1%})"
+
+
+def sparsify(ctx: Context) -> str:
+    """1xN block sparsification (reorder, masked reconstruction)."""
+    from passes.sparsify.sparsify import sparsify_model
+
+    c = ctx.config
+    calib = calibration_feeds(ctx) if c["sparsify.reconstruct"] else None
+    ctx.model, report = sparsify_model(
+        ctx.model, c["sparsify.block"], c["sparsify.sparsity"], calib=calib,
+        criterion=c["sparsify.criterion"], reorder=c["sparsify.reorder"],
+        reconstruct=c["sparsify.reconstruct"])
+    ctx.results["sparsify"] = report
+    save_stage_model(ctx, "sparse", "model.sparse.onnx")
+    return f"1x{c['sparsify.block']} blocks at {c['sparsify.sparsity']:.0%}"
+
+
+def quantize(ctx: Context) -> str:
+    """int8 quantization: model.quant.onnx, model.qdq.onnx, calibration.json."""
+    from passes.quantize.api import quantize_model
+
+    c = ctx.config
+    percentile = c["calibration.percentile"] if c["calibration.calibrator"] == "percentile" \
+        else None
+    result = quantize_model(ctx.model, calibration_feeds(ctx), c["calibration.calibrator"],
+                            percentile=percentile, cle=c["quantize.cle"],
+                            bias_correction=c["quantize.bias_correction"])
+    ctx.results["quant"] = result
+    for role, filename, model in (("quant", "model.quant.onnx", result.quant_model),
+                                  ("qdq", "model.qdq.onnx", result.qdq_model)):
+        ctx.files[role] = save_model(model, ctx.out_dir / filename)
+    ctx.files["calibration"] = ctx.out_dir / "calibration.json"
+    result.table.save(ctx.files["calibration"])
+    ctx.results["compare_layers"] = _compare_layers(ctx, result)
+    ops = result.report.get("op_counts", {})
+    return f"{sum(ops.values()) if ops else len(result.qgraph.ops)} quantized ops"
+
+
+def _compare_layers(ctx: Context, result: Any) -> list[dict]:
+    """Per-layer cosine of the int8 model (dequantized) against the float model it came from."""
+    from passes.quantize.compare import compare_models_on_data
+
+    feeds = calibration_feeds(ctx).take(32)
+    report = compare_models_on_data(result.float_model, result.quant_model, feeds)
+    return [row.to_dict() for row in report.outputs + report.layers]
+
+
+def build(ctx: Context) -> str:
+    """Lower model.quant.onnx to the accelerator binary model.bin."""
+    from targets.npusim import build_binary
+
+    built = build_binary(ctx.results["quant"].quant_model, ctx.config["target.arch"],
+                         options={"seed": ctx.config["seed"]})
+    ctx.files["binary"] = ctx.out_dir / "model.bin"
+    built.write(ctx.files["binary"])
+    ctx.results["build"] = built
+    npu = sum(p["unit"] == "NPU" for p in built.placement)
+    return f"{npu}/{len(built.placement)} nodes on the NPU, {built.cpu_partitions} CPU partitions"
+
+
+def verify(ctx: Context) -> str:
+    """Bit-exact check of model.bin against model.quant.onnx on calibration samples."""
+    from compiler.errors import MismatchError
+    from targets.npusim import verify as run_verify
+
+    feeds = calibration_feeds(ctx).take(ctx.config["target.verify_samples"])
+    report = run_verify(ctx.results["quant"].quant_model, ctx.files["binary"], feeds.arrays)
+    ctx.results["verify"] = report
+    mismatched = sum(o["mismatched"] for o in report.outputs)
+    if not report.consistent:
+        raise MismatchError(f"model.bin differs from model.quant.onnx in {mismatched} elements")
+    elements = sum(o["elements"] for o in report.outputs)
+    return f"0 of {elements:,} output elements differ ({report.samples} samples)"
+
+
+def perf(ctx: Context) -> str:
+    """Cycle-model latency (1 core, 1 thread) and FPS (cores x threads)."""
+    from targets.npusim import estimate_perf
+
+    c, binary = ctx.config, ctx.files["binary"]
+    single = estimate_perf(binary, c["target.arch"], cores=1, threads=1, frames=c["target.frames"])
+    multi = estimate_perf(binary, c["target.arch"], cores=c["target.cores"],
+                          threads=c["target.threads"], frames=c["target.frames"])
+    ctx.results["perf"] = {"single": single, "multi": multi}
+    ctx.results["perf_baseline"] = _baseline_perf(ctx) if _compressed(ctx) else ctx.results["perf"]
+    return (f"{single.latency_ms:.3f} ms (1 core, 1 thread), {multi.fps:.0f} FPS "
+            f"({c['target.cores']} cores, {c['target.threads']} threads)")
+
+
+def _compressed(ctx: Context) -> bool:
+    return bool(ctx.config["prune.enabled"] or ctx.config["sparsify.enabled"])
+
+
+def _baseline_perf(ctx: Context) -> dict[str, Any]:
+    """Latency/FPS of the uncompressed model, quantized and built the same way."""
+    from passes.quantize.api import quantize_model
+    from targets.npusim import build_binary, estimate_perf
+
+    c = ctx.config
+    base = quantize_model(ctx.original, calibration_feeds(ctx), c["calibration.calibrator"])
+    data = build_binary(base.quant_model, c["target.arch"]).data
+    return {"single": estimate_perf(data, c["target.arch"], cores=1, threads=1,
+                                    frames=c["target.frames"]),
+            "multi": estimate_perf(data, c["target.arch"], cores=c["target.cores"],
+                                   threads=c["target.threads"], frames=c["target.frames"])}
+
+
+def evaluate(ctx: Context) -> str:
+    """Accuracy of the float original, the compressed float model and the int8 model."""
+    from compiler.evaluate import evaluate as run_eval
+    from compiler.io import to_proto
+
+    source, limit = eval_source(ctx), ctx.config["eval.limit"]
+    variants = {"float": ctx.original, "compressed": ctx.model}
+    if "quant" in ctx.results:
+        variants["int8"] = ctx.results["quant"].quant_model
+    scores = {name: run_eval(to_proto(m), source, limit=limit).metrics
+              for name, m in variants.items()}
+    ctx.results["eval"] = scores
+    key = next(iter(scores["float"]), None)
+    if key is None:
+        return f"no labels in {source}"
+    return ", ".join(f"{name} {s[key]:.4f}" for name, s in scores.items())

@@ -1,0 +1,120 @@
+"""Accuracy of int8 model.quant.onnx vs the float model, per calibrator and option.
+
+    python benchmarks/eval_quantize.py [--models efficientnet_lite0,ppocr_rec,...]
+        [--calibrators max,percentile,kl,mse] [--variants plain,cle,bc] [--json]
+
+Calibration / evaluation data (all offline, docs/quantization.md):
+  fmnist_*            calib: fmnist-calib (256 train images)   eval: fmnist-eval (2,000 test)
+  efficientnet_lite0  calib: every 10th `photos` crop (32)      eval: all 320 `photos` crops
+  ppocr_rec           calib: first 32 `text-lines`              eval: all 200 `text-lines`
+Also reports the QDQ model's metrics and the fraction of output elements where QDQ and the
+integer model differ by more than one output LSB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+DATA = {"fmnist_resnet": ("fmnist-calib", "fmnist-eval"),
+        "fmnist_mobilenetv2": ("fmnist-calib", "fmnist-eval"),
+        "efficientnet_lite0": ("photos", "photos"),
+        "ppocr_rec": ("text-lines", "text-lines")}
+VARIANTS = {"plain": {}, "cle": {"cle": True}, "bc": {"bias_correction": True},
+            "cle+bc": {"cle": True, "bias_correction": True}}
+
+
+def calib_inputs(name: str) -> np.ndarray:
+    """The calibration images of a model (see module docstring)."""
+    from models.datasets import load_dataset
+
+    calib, _ = DATA[name]
+    x = load_dataset(calib).inputs
+    return x[::10][:32] if calib == "photos" else (x[:32] if calib == "text-lines" else x)
+
+
+def lsb_fraction(result, x: np.ndarray) -> float:
+    """Fraction of output elements where QDQ and integer differ by > 1 LSB (first 16 samples)."""
+    from compiler.numerics import run
+
+    qg = result.qgraph
+    key = qg.inputs[0]
+    name = qg.outputs[0]
+    t = qg.tensors.get(f"{name}__q")
+    if t is None:  # output computed on the CPU: no int8 LSB
+        return float("nan")
+    fixed = qg.tensor(key).shape[0] > 0
+    diffs = []
+    for i in range(0, 16, 1 if fixed else 16):
+        a, b = run(result.quant_model, {key: x[i:i + (1 if fixed else 16)]}), run(
+            result.qdq_model, {key: x[i:i + (1 if fixed else 16)]})
+        diffs.append((np.abs(a[name] - b[name]) / t.scale > 1.0 + 1e-6).ravel())
+    return float(np.mean(np.concatenate(diffs)))
+
+
+def eval_data(name: str, step: int):
+    """The evaluation set, every `step`-th sample."""
+    from models.datasets import Dataset, load_dataset
+
+    ds = load_dataset(DATA[name][1])
+    labels = None if ds.labels is None else ds.labels[::step]
+    return Dataset(ds.inputs[::step], labels, ds.name, ds.kind)
+
+
+def evaluate_one(name: str, calibrator: str, variant: str, step: int = 1) -> dict:
+    """Quantize one model one way and score float, int8 and QDQ."""
+    from compiler.evaluate import evaluate
+    from compiler.io import to_proto
+    from models.registry import get_model
+    from passes.quantize.api import quantize_model
+
+    proto, _ = get_model(name)
+    key = proto.graph.input[0].name
+    start = time.perf_counter()
+    result = quantize_model(proto, {key: calib_inputs(name)}, calibrator, **VARIANTS[variant])
+    seconds = time.perf_counter() - start
+    data = eval_data(name, step)
+    float_proto = to_proto(result.float_model)
+    flt = evaluate(float_proto, data).metrics
+    int8 = evaluate(to_proto(result.quant_model), data, reference=float_proto).metrics
+    qdq = evaluate(to_proto(result.qdq_model), data, reference=float_proto).metrics
+    return {"model": name, "calibrator": calibrator, "variant": variant, "float": flt,
+            "int8": int8, "qdq": qdq, "quantize_s": round(seconds, 2),
+            "samples": len(data), "qdq_vs_int_gt1lsb": lsb_fraction(result, data.inputs),
+            "cpu_nodes": result.report["cpu_nodes"], "int8_nodes": result.report["int8_nodes"]}
+
+
+def _row(r: dict) -> str:
+    key = "top1" if "top1" in r["float"] else ("exact_match" if "exact_match" in r["float"]
+                                                else "agreement")
+    f, i, d = r["float"].get(key, 1.0), r["int8"].get(key), r["qdq"].get(key)
+    return (f"| {r['model']} | {r['calibrator']} | {r['variant']} | {key} | {f:.4f} | {i:.4f} | "
+            f"{(f - i) * 100:+.2f} | {r['int8']['agreement']:.4f} | {r['int8']['cosine']:.4f} | "
+            f"{d:.4f} | {r['qdq_vs_int_gt1lsb']:.4f} | {r['quantize_s']} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="efficientnet_lite0,ppocr_rec")
+    parser.add_argument("--calibrators", default="max")
+    parser.add_argument("--variants", default="plain")
+    parser.add_argument("--step", type=int, default=1, help="evaluate every N-th sample")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    rows = [evaluate_one(m, c, v, args.step) for m in args.models.split(",")
+            for c in args.calibrators.split(",") for v in args.variants.split(",")]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    print("| model | calibrator | variant | metric | float | int8 | drop pt | int8/float "
+          "agreement | cosine | QDQ | QDQ≠int >1LSB | quantize s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(_row(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`npuc build QUANT.onnx -o model.bin`: legalize, lower and write an accelerator binary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from compiler.commands.common import format_table, print_json
+from compiler.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `build` sub-command."""
+    p = sub.add_parser("build", help="build an accelerator binary from model.quant.onnx",
+                       description="Check which nodes run on the NPU (printing the placement "
+                                   "and CPU partitions), lower the quantized model and write "
+                                   "the binary.")
+    p.add_argument("model", help="DIR/model.quant.onnx written by `npuc quantize`")
+    p.add_argument("-o", "--output", help="binary to write (default: model.bin next to MODEL)")
+    p.add_argument("--target", default="npusim", help="target backend (npusim)")
+    p.add_argument("--arch", default="default", help="architecture preset or YAML file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build, print the placement, write the binary."""
+    if args.target != "npusim":
+        raise ConfigError(f"--target {args.target!r}: unknown target (targets: npusim)")
+    from targets.npusim import build_binary
+
+    result = build_binary(args.model, args.arch, {"target": args.target, "arch": args.arch})
+    out = Path(args.output) if args.output else Path(args.model).with_name("model.bin")
+    result.write(out)
+    summary = {"output": str(out), **result.summary()}
+    if args.json:
+        print_json({**summary, "placement": result.placement})
+        return 0
+    rows = [(p["node"], p["op"], p["unit"], p["reason"]) for p in result.placement]
+    print(format_table(rows, ["node", "op", "unit", "reason"]))
+    print(f"\n{summary['npu_nodes']} nodes on the NPU, {summary['cpu_nodes']} on the CPU, "
+          f"{result.cpu_partitions} CPU partition(s); {summary['instructions']} instructions, "
+          f"{summary['sparse_layers']} 1xN-sparse layer(s), arena {summary['arena_bytes']:,} B "
+          f"(no reuse: {summary['arena_no_reuse_bytes']:,} B)")
+    print(f"wrote {out} ({summary['bytes']:,} bytes)")
+    return 0

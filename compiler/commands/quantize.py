@@ -1,0 +1,101 @@
+"""`npuc quantize MODEL -o DIR --calib DATA`: symmetric int8 post-training quantization.
+
+Writes DIR/model.quant.onnx (integer ONNX, QGraph embedded), DIR/model.qdq.onnx and
+DIR/calibration.json. Everything is computed in memory first and the three files are moved
+into DIR only when all of them are written, so a failure leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from compiler.commands.common import format_table, print_json
+from compiler.errors import ConfigError
+from compiler.io import to_proto, write_atomic
+
+OUTPUTS = ("model.quant.onnx", "model.qdq.onnx", "calibration.json")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `quantize` sub-command."""
+    p = sub.add_parser("quantize", help="int8 post-training quantization (integer + QDQ ONNX)",
+                       description="Calibrate activations, quantize weights per channel and "
+                                   "write model.quant.onnx, model.qdq.onnx and "
+                                   "calibration.json into DIR (docs/quantization.md).")
+    p.add_argument("model", help="float .onnx model")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--calib", metavar="DATA",
+                   help="calibration data: .npy/.npz, image folder or bundled dataset name")
+    p.add_argument("--calibrator", default="max", help="max | percentile | kl | mse")
+    p.add_argument("--percentile", type=float, help="percentile for --calibrator percentile")
+    p.add_argument("--calib-limit", type=int, metavar="N", help="use at most N samples")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
+    p.add_argument("--cle", action="store_true", help="cross-layer equalization first")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="correct biases for the weight quantization error")
+    p.add_argument("--calib-table", metavar="FILE",
+                   help="reuse a saved calibration.json instead of calibrating")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Quantize and write the three outputs."""
+    from passes.quantize.api import quantize_model
+
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o {out_dir}: exists and is not a folder")
+    if args.calib is None and args.calib_table is None:
+        raise ConfigError("--calib DATA is required (or --calib-table FILE)")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    result = quantize_model(args.model, args.calib, args.calibrator, percentile=args.percentile,
+                            cle=args.cle, bias_correction=args.bias_correction,
+                            table=args.calib_table, batch_size=args.batch_size,
+                            calib_limit=args.calib_limit)
+    blobs = {OUTPUTS[0]: to_proto(result.quant_model).SerializeToString(),
+             OUTPUTS[1]: to_proto(result.qdq_model).SerializeToString()}
+    written = write_outputs(out_dir, blobs, result.table)
+    summary = {k: v for k, v in result.report.items() if k != "nodes"}
+    if args.json:
+        print_json({"model": args.model, "outputs": [str(p) for p in written], **summary})
+        return 0
+    _print(summary, written)
+    return 0
+
+
+def write_outputs(out_dir: Path, blobs: dict[str, bytes], table) -> list[Path]:
+    """Write everything to a staging folder inside DIR, then move the files into place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".npuc-quantize-", dir=out_dir))
+    try:
+        for name, data in blobs.items():
+            write_atomic(stage / name, data)
+        table.save(stage / OUTPUTS[2])
+        written = []
+        for name in OUTPUTS:
+            os.replace(stage / name, out_dir / name)
+            written.append(out_dir / name)
+        return written
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _print(summary: dict, written: list[Path]) -> None:
+    rows = sorted(summary["ops"].items(), key=lambda kv: -kv[1])
+    print(format_table(rows, ["op", "count"]))
+    print(f"\n{summary['int8_nodes']} of {summary['float_nodes']} float nodes run in int8; "
+          f"{summary['cpu_nodes']} stay float on the CPU")
+    for node, reason in list(summary["cpu_reasons"].items())[:20]:
+        print(f"  cpu: {node}: {reason}")
+    if len(summary["cpu_reasons"]) > 20:
+        print(f"  ... and {len(summary['cpu_reasons']) - 20} more (--json lists all)")
+    times = ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in summary["timings"].items())
+    print(f"time: {times}")
+    for path in written:
+        print(f"wrote {path}")

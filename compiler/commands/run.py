@@ -1,0 +1,51 @@
+"""`npuc run model.bin --inputs DATA -o out.npz`: execute a binary in the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+
+from compiler.commands.common import format_table, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the `run` sub-command."""
+    p = sub.add_parser("run", help="run a binary in the bit-exact simulator",
+                       description="Execute model.bin on input data and save the outputs.")
+    p.add_argument("binary", help="model.bin")
+    p.add_argument("--inputs", help="input data: .npy/.npz, image folder or dataset name "
+                                    "(default: seeded random inputs)")
+    p.add_argument("--samples", type=int, default=None, help="use at most this many inputs")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    p.add_argument("-o", "--output", help="write the outputs to this .npz")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run and summarize (or save) the outputs."""
+    from compiler.io import write_atomic
+    from targets.npusim import Simulator
+    from targets.npusim.commands import feeds_for
+
+    sim = Simulator(args.binary)
+    samples = args.samples or (None if args.inputs else 1)
+    feeds, source = feeds_for(sim.program, args.inputs, samples, args.seed)
+    outputs = sim.run(feeds)
+    if args.output:
+        buf = io.BytesIO()
+        np.savez(buf, **outputs)
+        write_atomic(Path(args.output), buf.getvalue())
+    rows = [{"name": n, "shape": list(v.shape), "dtype": str(v.dtype),
+             "min": float(v.min()) if v.size else 0.0, "max": float(v.max()) if v.size else 0.0}
+            for n, v in outputs.items()]
+    if args.json:
+        print_json({"inputs": source, "output_file": args.output, "outputs": rows})
+        return 0
+    print(format_table([(r["name"], "x".join(map(str, r["shape"])), r["dtype"], r["min"],
+                         r["max"]) for r in rows], ["output", "shape", "dtype", "min", "max"]))
+    print(f"\ninputs: {source}" + (f"; wrote {args.output}" if args.output else ""))
+    return 0

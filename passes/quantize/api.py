@@ -1,0 +1,193 @@
+"""`quantize_model`: float ONNX + calibration data -> integer ONNX, QDQ ONNX, QGraph, table.
+
+Stages (torch.ao / TVM QNN style): canonicalize → optional CLE → optional bias correction →
+partition into int8 units / CPU nodes → calibrate the tensors that need a scale (streaming)
+→ build the QGraph → emit `model.quant.onnx` and `model.qdq.onnx`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx_graphsurgeon as gs
+
+from compiler.data import Feeds, load_feeds
+from compiler.errors import ConfigError
+from compiler.io import ModelSource, from_proto, infer_shapes, load_model, model_hash, to_proto
+from compiler.ir import Model
+from compiler.passes import Pass, PassResult
+from compiler.qonnx import load_lean, release_memory
+from passes.canonicalize import canonical_passes
+from passes.quantize import qgraph as q
+from passes.quantize.absmax import abs_max_ranges
+from passes.quantize.build import build_qgraph, calibration_tensors
+from passes.quantize.calibrate import METHODS, CalibrationTable, collect_ranges
+from passes.quantize.emit_int import emit_int
+from passes.quantize.emit_qdq import emit_qdq
+from passes.quantize.fixedpoint import fake_quant_weights
+from passes.quantize.patterns import partition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantResult:
+    """Everything `quantize_model` produces.
+
+    Attributes:
+        quant_model: Integer ONNX model (`model.quant.onnx`) with the QGraph embedded.
+        qdq_model: QuantizeLinear/DequantizeLinear model (`model.qdq.onnx`).
+        qgraph: The typed quantized graph.
+        table: The calibration table (thresholds and scales per tensor).
+        float_model: The canonical float model the QGraph was built from (after CLE/BC).
+        report: Per-node placement (`nodes`), op counts, CPU reasons, timings.
+    """
+
+    quant_model: Model
+    qdq_model: Model
+    qgraph: q.QGraph
+    table: CalibrationTable
+    float_model: Model
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def prepare_float(model: ModelSource, *, cle: bool = False) -> Model:
+    """Load (copy), canonicalize, optionally equalize, and re-infer shapes."""
+    m = load_lean(model) if isinstance(model, (str, os.PathLike)) else load_model(model)
+    m = canonicalize_in_place(m)
+    if cle:
+        from passes.quantize.equalize import equalize
+        m = equalize(m)
+    if _all_typed(m):
+        return m
+    return from_proto(infer_shapes(to_proto(m)), m.source)
+
+
+def canonicalize_in_place(model: Model, rounds: int = 10) -> Model:
+    """`passes.canonicalize.canonicalize` without the PassManager's defensive copy.
+
+    The model was loaded by us, so nobody else holds it; skipping the copy halves the peak
+    memory of this stage for large models.
+    """
+    for _ in range(rounds):
+        modified = False
+        for p in canonical_passes():
+            result = p(model)
+            model, modified = result.model, modified or result.modified
+        if not modified:
+            break
+    release_memory()  # replaced weights sit in node<->tensor reference cycles: free them now
+    return model
+
+
+def _all_typed(m: Model) -> bool:
+    return all(t.dtype is not None and t.shape is not None
+               for t in m.graph.tensors().values() if isinstance(t, gs.Variable))
+
+
+def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator: str,
+                table: CalibrationTable | str | Path | None, batch_size: int,
+                opts: dict[str, Any]) -> CalibrationTable:
+    if table is not None:
+        table = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
+        missing = [n for n in names if n not in table.thresholds]
+        if missing:
+            raise ConfigError(f"calibration table lacks {len(missing)} tensor(s) of this model, "
+                              f"e.g. {missing[:3]} (made for another model or options?)")
+        return table
+    if feeds is None:
+        raise ConfigError("calibration data is required (--calib) unless a table is given")
+    if calibrator == "max":  # same thresholds, reduced inside onnxruntime
+        ranges = abs_max_ranges(model, feeds, names, batch_size)
+    else:
+        ranges = collect_ranges(model, feeds, names, calibrator, batch_size, **opts)
+    return CalibrationTable(calibrator, ranges, model_hash(model), dict(opts))
+
+
+def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str = "max", *,
+                   percentile: float | None = None, cle: bool = False,
+                   bias_correction: bool = False,
+                   table: CalibrationTable | str | Path | None = None,
+                   batch_size: int = 8, calib_limit: int | None = None) -> QuantResult:
+    """Post-training symmetric int8 quantization (docs/quantization.md).
+
+    Args:
+        model: Float model (path, ModelProto or IR Model; never modified).
+        calib_feeds: Calibration data (anything `compiler.data.load_feeds` accepts).
+        calibrator: "max", "percentile", "kl" or "mse".
+        percentile: Percentile for the "percentile" calibrator.
+        cle: Cross-layer equalization before quantizing.
+        bias_correction: Correct biases for the weight quantization error.
+        table: A saved calibration table (or its path) to use instead of calibrating.
+        batch_size: Calibration batch size (models with a symbolic batch).
+        calib_limit: Use at most this many calibration samples.
+
+    Raises:
+        ConfigError: Unknown calibrator/option, or a table missing tensors.
+        DataError: Calibration data of the wrong shape/dtype, empty, or with NaN/Inf.
+        GraphError: NaN/Inf weights, or a graph that cannot be represented.
+    """
+    if calibrator not in METHODS:
+        raise ConfigError(f"unknown calibrator {calibrator!r} (valid: {', '.join(METHODS)})")
+    opts = {"percentile": percentile} if percentile is not None else {}
+    if percentile is not None and calibrator != "percentile":
+        raise ConfigError("--percentile only applies to the percentile calibrator")
+    timings, start = {}, time.perf_counter()
+    fm = prepare_float(model, cle=cle)
+    feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm, limit=calib_limit)
+    if bias_correction:
+        if feeds is None:
+            raise ConfigError("--bias-correction needs calibration data")
+        from passes.quantize.bias_correction import correct_bias
+        fm = correct_bias(fm, fake_quant_weights, feeds, batch_size)
+    timings["prepare_s"] = time.perf_counter() - start
+    units = partition(fm.graph)
+    names = calibration_tensors(units)
+    t0 = time.perf_counter()
+    table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts)
+    timings["calibrate_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
+            "float_model_hash": model_hash(fm)}
+    qg, nodes = build_qgraph(fm, table.thresholds, units, info)
+    quant, qdq = emit_int(qg), emit_qdq(fm, qg)
+    timings["build_emit_s"] = time.perf_counter() - t0
+    return QuantResult(quant, qdq, qg, table, fm, summarize(qg, nodes, timings))
+
+
+def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, float]) -> dict:
+    """The report: per-node placement, op counts, CPU nodes with reasons, timings."""
+    cpu = [n for n in nodes if n["qop"] == "QCpuPartition"]
+    return {
+        "nodes": nodes,
+        "ops": dict(Counter(op.kind for op in qg.ops)),
+        "op_counts": dict(Counter(op.kind for op in qg.ops)),
+        "float_nodes": len(nodes), "int8_nodes": len(nodes) - len(cpu), "cpu_nodes": len(cpu),
+        "cpu_reasons": {n["node"]: f'{n["op"]}: {n["reason"]}' for n in cpu},
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+class Quantize(Pass):
+    """Pass wrapper: float model -> integer ONNX model (`model.quant.onnx`).
+
+    The full result (QDQ model, QGraph, table, report) is in `PassResult.info["result"]`.
+    """
+
+    preserves_function = False
+
+    def __init__(self, calib_feeds: Any = None, calibrator: str = "max", **options: Any) -> None:
+        self.calib_feeds = calib_feeds
+        self.calibrator = calibrator
+        self.options = options
+
+    def call(self, model: Model) -> PassResult:
+        """Quantize `model`."""
+        result = quantize_model(model, self.calib_feeds, self.calibrator, **self.options)
+        return PassResult(result.quant_model, True, {**result.report, "result": result})

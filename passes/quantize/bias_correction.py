@@ -1,0 +1,229 @@
+"""Empirical bias correction (Nagel et al. 2019, "Data-Free Quantization", section 4.2).
+
+Quantizing weights W to W_q shifts a layer's output by (W_q - W)·x, whose mean per output
+channel is generally not zero (e.g. ReLU inputs have a positive mean). For every Conv/Gemm
+with constant weights, this module estimates E[(W_q - W)·x] per output channel on
+calibration data, with x the layer's input in the *float* model, and subtracts it from the
+bias (creating a bias when the layer has none).
+
+The estimate streams: a probe copy of the float model computes, next to every layer, the
+same layer applied to its input with weights W_q - W and no bias, reduced to its mean per
+output channel; onnxruntime runs the probe batch by batch and only those per-channel means
+are accumulated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.data import Feeds, load_feeds
+from compiler.errors import GraphError
+from compiler.ir import Model, static_shape
+from compiler.numerics import run, session
+from passes.quantize.calibrate import iter_batches
+
+log = logging.getLogger(__name__)
+
+WEIGHT_MAX = 127
+PROBE_SUFFIX = "__bias_error"
+WeightQuantizer = Callable[[np.ndarray], np.ndarray]
+
+
+def fake_quant_weight(w: np.ndarray) -> np.ndarray:
+    """Per-output-channel (axis 0) symmetric int8 quantize-dequantize (docs/fixed-point.md §1).
+
+    `Sw[c] = f32(max|W[c]| / 127)`, `Wq = clamp(floor(W / Sw + 0.5), -127, 127)`; an all-zero
+    channel keeps zeros. Returns `Wq·Sw` in the weight's dtype.
+    """
+    w64 = np.asarray(w, np.float64)
+    if not np.all(np.isfinite(w64)):
+        raise GraphError("weights contain NaN or Inf")
+    if w64.size == 0:
+        return np.asarray(w).copy()
+    peak = np.abs(w64.reshape(w64.shape[0], -1)).max(axis=1)
+    scale = (peak / WEIGHT_MAX).astype(np.float32).astype(np.float64)
+    scale = np.where(scale > 0, scale, 1.0).reshape((-1,) + (1,) * (w64.ndim - 1))
+    q = np.clip(np.floor(w64 / scale + 0.5), -WEIGHT_MAX, WEIGHT_MAX)
+    return (q * scale).astype(np.asarray(w).dtype)
+
+
+def correct_bias(float_model: Model, quantize_weight: WeightQuantizer = fake_quant_weight,
+                 feeds: Any = None, batch_size: int = 8) -> Model:
+    """Bias-corrected copy of `float_model` (weights unchanged, biases shifted).
+
+    Args:
+        float_model: The float model (IR), canonicalized (BatchNorm folded).
+        quantize_weight: Maps a float weight, output channels first (OIHW for Conv,
+            [out, in] for Gemm), to its quantize-dequantized value.
+        feeds: Calibration data (`Feeds` or anything `compiler.data.load_feeds` accepts).
+        batch_size: Samples per run when the model's batch is symbolic.
+
+    Returns:
+        A new model whose bias b of each corrected layer is b - E[(W_q - W)·x].
+    """
+    return correct_bias_with_report(float_model, quantize_weight, feeds, batch_size)[0]
+
+
+def correct_bias_with_report(float_model: Model,
+                             quantize_weight: WeightQuantizer = fake_quant_weight,
+                             feeds: Any = None,
+                             batch_size: int = 8) -> tuple[Model, dict[str, Any]]:
+    """Like `correct_bias`; also returns {"corrected": {layer: max|shift|}, "skipped": {...}}."""
+    if feeds is None:
+        raise GraphError("bias correction needs calibration data (feeds)")
+    feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, float_model)
+    out = float_model.copy()
+    layers, skipped = eligible_layers(out)
+    deltas = {n.name: _delta(n, quantize_weight) for n in layers}
+    means = _mean_errors(float_model, layers, deltas, feeds, batch_size)
+    corrected = {}
+    for node in layers:
+        _subtract_bias(out, node, means[node.name])
+        corrected[node.name] = float(np.max(np.abs(means[node.name]), initial=0.0))
+    log.info("bias correction: %d layers corrected, %d skipped", len(corrected), len(skipped))
+    return out, {"corrected": corrected, "skipped": skipped}
+
+
+def eligible_layers(model: Model) -> tuple[list[gs.Node], dict[str, str]]:
+    """Conv/Gemm nodes whose bias can be corrected, and {name: reason} for the others."""
+    layers, skipped = [], {}
+    for node in model.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul"):
+            continue
+        reason = _ineligible(node)
+        if reason:
+            skipped[node.name] = reason
+        else:
+            layers.append(node)
+    return layers, skipped
+
+
+def _ineligible(node: gs.Node) -> str | None:
+    if node.op == "MatMul":
+        return "MatMul has no bias input (canonicalize to Gemm to correct it)"
+    if not isinstance(node.inputs[1], gs.Constant):
+        return "weights are not constant"
+    if len(node.inputs) > 2 and not isinstance(node.inputs[2], gs.Constant):
+        return "bias is not constant"
+    if node.op == "Gemm":
+        if node.attrs.get("transA", 0) or np.asarray(node.inputs[1].values).ndim != 2:
+            return "Gemm with transA or a non-2-D weight"
+        if len(node.inputs) > 2 and _gemm_bias(node) is None:
+            return "Gemm bias C is not per output channel"
+    if static_shape(node.outputs[0]) is None and node.outputs[0].shape is None:
+        return "output rank unknown"
+    return None
+
+
+def _out_channels(node: gs.Node) -> int:
+    w = np.asarray(node.inputs[1].values)
+    if node.op == "Gemm" and not node.attrs.get("transB", 0):
+        return w.shape[1]
+    return w.shape[0]
+
+
+def _gemm_bias(node: gs.Node) -> np.ndarray | None:
+    """Gemm's effective bias beta·C as a length-N vector, or None when not per channel."""
+    n = _out_channels(node)
+    if len(node.inputs) < 3:
+        return np.zeros(n)
+    c = np.asarray(node.inputs[2].values, np.float64)
+    beta = float(node.attrs.get("beta", 1.0))
+    if c.size == 1 or (c.size == n and c.shape[-1] == n):
+        return beta * np.broadcast_to(c.reshape(-1), (n,))
+    return None
+
+
+def _delta(node: gs.Node, quantize_weight: WeightQuantizer) -> np.ndarray:
+    """W_q - W in the node's own weight layout."""
+    w = np.asarray(node.inputs[1].values)
+    transposed = node.op == "Gemm" and not node.attrs.get("transB", 0)
+    major = w.T if transposed else w
+    wq = np.asarray(quantize_weight(np.ascontiguousarray(major)))
+    if wq.shape != major.shape:
+        raise GraphError(f"node {node.name!r}: quantize_weight returned shape {wq.shape}, "
+                         f"expected {major.shape}")
+    delta = wq.astype(np.float64) - major.astype(np.float64)
+    return (delta.T if transposed else delta).astype(np.float32)
+
+
+def _mean_errors(model: Model, layers: list[gs.Node], deltas: dict[str, np.ndarray],
+                 feeds: Feeds, batch_size: int) -> dict[str, np.ndarray]:
+    if not layers:
+        return {}
+    probe, names = _probe(model, [n.name for n in layers], deltas)
+    sess = session(probe)
+    sums = {n: 0.0 for n in names}
+    total = 0
+    for batch in iter_batches(model, feeds, batch_size):
+        count = len(next(iter(batch.values())))
+        values = run(sess, batch)
+        for layer, output in names.items():
+            sums[layer] = sums[layer] + np.asarray(values[output], np.float64) * count
+        total += count
+    return {n: sums[n] / total for n in names}
+
+
+def _probe(model: Model, layer_names: list[str],
+           deltas: dict[str, np.ndarray]) -> tuple[Model, dict[str, str]]:
+    """A copy of `model` with, per layer, an extra output: mean per channel of op(x, W_q - W)."""
+    probe = model.copy()
+    probe.graph.outputs = []  # only the means are fetched; unneeded nodes are dropped
+    by_name = {n.name: n for n in probe.nodes}
+    names = {}
+    for name in layer_names:
+        node = by_name[name]
+        names[name] = _add_error_branch(probe, node, deltas[name])
+    return probe, names
+
+
+def _add_error_branch(probe: Model, node: gs.Node, delta: np.ndarray) -> str:
+    weight = gs.Constant(f"{node.name}{PROBE_SUFFIX}_dw", delta)
+    raw = gs.Variable(f"{node.name}{PROBE_SUFFIX}_raw", dtype=np.float32)
+    attrs = {k: v for k, v in node.attrs.items() if k != "beta"}
+    branch = gs.Node(node.op, f"{node.name}{PROBE_SUFFIX}_op", attrs,
+                     inputs=[node.inputs[0], weight], outputs=[raw])
+    rank = len(node.outputs[0].shape)
+    axes = [a for a in range(rank) if a != (1 if node.op == "Conv" else rank - 1)]
+    mean = gs.Variable(f"{node.name}{PROBE_SUFFIX}", dtype=np.float32)
+    inputs, attrs = [raw], {"keepdims": 0}
+    if probe.opset >= 18:
+        inputs.append(gs.Constant(f"{node.name}{PROBE_SUFFIX}_axes", np.array(axes, np.int64)))
+    else:
+        attrs["axes"] = axes
+    reduce = gs.Node("ReduceMean", f"{node.name}{PROBE_SUFFIX}_mean", attrs, inputs=inputs,
+                     outputs=[mean])
+    probe.graph.nodes.extend([branch, reduce])
+    probe.graph.outputs.append(mean)
+    return mean.name
+
+
+def _subtract_bias(model: Model, node: gs.Node, mean_error: np.ndarray) -> None:
+    dtype = np.asarray(node.inputs[1].values).dtype
+    if node.op == "Gemm":
+        bias = _gemm_bias(node) - mean_error
+        node.attrs["beta"] = 1.0
+    else:
+        old = node.inputs[2].values if len(node.inputs) > 2 else 0.0
+        bias = np.asarray(old, np.float64) - mean_error
+    if len(node.inputs) > 2 and len(node.inputs[2].outputs) == 1:
+        node.inputs[2].values = bias.astype(dtype)  # sole user: replace the value in place
+        return
+    const = gs.Constant(_fresh_name(model, f"{node.name}.bias_corrected"), bias.astype(dtype))
+    if len(node.inputs) > 2:
+        node.inputs[2] = const
+    else:
+        node.inputs.append(const)
+
+
+def _fresh_name(model: Model, base: str) -> str:
+    taken = model.graph.tensors()
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name

@@ -1,0 +1,245 @@
+"""Float model + calibrated thresholds -> QGraph (docs/fixed-point.md §12-§13).
+
+`partition` (patterns.py) splits the canonical float graph into quantizable units and CPU
+nodes; `QGraphBuilder` walks the units in topological order, inserts QQuantize/QDequantize
+at float/int8 boundaries, groups consecutive CPU nodes into partitions and lowers every
+other unit to a QOp (lower.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.errors import ConfigError, GraphError
+from compiler.ir import Model, const_value, is_const
+from passes.quantize import fixedpoint as fp
+from passes.quantize import qgraph as q
+from passes.quantize.lower import UnitIO, lower
+from passes.quantize.patterns import Unit, partition
+
+log = logging.getLogger(__name__)
+
+
+def calibration_tensors(units: list[Unit]) -> list[str]:
+    """Float tensors that need a threshold: outputs of scaling units, int8 entry points."""
+    made_by = {t.name: u for u in units for t in u.outputs}
+    names: list[str] = []
+    for unit in units:
+        if unit.kind == "cpu":
+            continue
+        if not unit.scale_preserving:
+            names += [t.name for t in unit.outputs]
+        for t in unit.inputs:
+            src = made_by.get(t.name)
+            if not is_const(t) and (src is None or src.kind == "cpu"):
+                names.append(t.name)
+    return list(dict.fromkeys(names))
+
+
+def _shape(t: gs.Tensor) -> tuple[int, ...]:
+    if t.shape is None:
+        return ()
+    return tuple(int(d) if isinstance(d, (int, np.integer)) and d >= 0 else -1 for d in t.shape)
+
+
+def _dtype(t: gs.Tensor) -> str:
+    return np.dtype(t.dtype).name if t.dtype is not None else "float32"
+
+
+@dataclass
+class QGraphBuilder:
+    """Stateful walk over the units (one instance per build)."""
+
+    model: Model
+    thresholds: Mapping[str, float]
+    tensors: dict[str, q.QTensor] = field(default_factory=dict)
+    ops: list[q.QOp] = field(default_factory=list)
+    int8: dict[str, str] = field(default_factory=dict)     # float name -> int8 tensor name
+    floats: dict[str, str] = field(default_factory=dict)   # float name -> float tensor name
+    scales: dict[str, float] = field(default_factory=dict)  # float name -> int8 scale
+    report: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        g = self.model.graph
+        self.outputs = {t.name for t in g.outputs}
+        for t in g.inputs:
+            self._add(t.name, _shape(t), _dtype(t), None)
+            self.floats[t.name] = t.name
+
+    # -- tensors ---------------------------------------------------------------------------
+    def _add(self, name: str, shape: tuple, dtype: str, scale: float | None,
+             data: np.ndarray | None = None) -> str:
+        if name in self.tensors:
+            raise GraphError(f"qgraph: tensor name {name!r} used twice")
+        self.tensors[name] = q.QTensor(name, shape, dtype, scale, data)
+        return name
+
+    def threshold_scale(self, name: str) -> float:
+        """Scale of a calibrated float tensor."""
+        if name not in self.thresholds:
+            raise ConfigError(f"no calibrated threshold for tensor {name!r} "
+                              "(calibration table from another model?)")
+        return fp.activation_scale(self.thresholds[name], name)
+
+    def int8_of(self, t: gs.Tensor, owner: str) -> str:
+        """The int8 tensor for float tensor `t`, quantizing constants and float values."""
+        if t.name in self.int8:
+            return self.int8[t.name]
+        if is_const(t):
+            values = np.asarray(const_value(t), np.float32)
+            if not np.all(np.isfinite(values)):
+                raise GraphError(f"node {owner!r}: constant {t.name!r} contains NaN or Inf")
+            scale = fp.constant_scale(values)
+            name = self._add(f"{t.name}__q", values.shape, "int8", scale,
+                             fp.quantize_constant(values, scale))
+        else:
+            scale = self.threshold_scale(t.name)
+            name = self._add(f"{t.name}__q", _shape(t), "int8", scale)
+            self.ops.append(q.QQuantize(f"{t.name}__quantize", (self.floats[t.name],), (name,),
+                                        scale=scale, inv_scale=fp.inverse_scale(scale)))
+        self.int8[t.name], self.scales[t.name] = name, scale
+        return name
+
+    def float_of(self, t: gs.Tensor) -> str:
+        """The float tensor for `t`, dequantizing an int8 tensor when needed."""
+        if t.name in self.floats:
+            return self.floats[t.name]
+        if t.name not in self.int8:
+            raise GraphError(f"qgraph: tensor {t.name!r} used before it is produced")
+        name = self._add(f"{t.name}__dq", _shape(t), "float32", None)
+        self.ops.append(q.QDequantize(f"{t.name}__dequantize", (self.int8[t.name],), (name,),
+                                      scale=self.scales[t.name]))
+        self.floats[t.name] = name
+        return name
+
+    # -- units -----------------------------------------------------------------------------
+    def add_unit(self, unit: Unit) -> None:
+        """Lower one quantizable unit and register its int8 outputs."""
+        inputs = [self.int8_of(t, unit.anchor.name) for t in unit.inputs]
+        in_scales = [self.scales[t.name] for t in unit.inputs]
+        out_scale = in_scales[0] if unit.scale_preserving else self.threshold_scale(
+            unit.outputs[0].name)
+        names = [f"{t.name}__q" if t.name in self.outputs else t.name for t in unit.outputs]
+        io = UnitIO(unit.anchor.name, inputs, in_scales, names, out_scale, self.model.opset)
+        op = lower(unit, io)
+        for t, name in zip(unit.outputs, names, strict=True):
+            self._add(name, _shape(t), "int8", out_scale)
+            self.int8[t.name], self.scales[t.name] = name, out_scale
+        self.ops.append(op)
+        for t in unit.outputs:
+            if t.name in self.outputs:
+                self._dequantize_output(t)
+        self._record(unit, op.kind, op.name)
+
+    def _dequantize_output(self, t: gs.Tensor) -> None:
+        self._add(t.name, _shape(t), "float32", None)
+        self.ops.append(q.QDequantize(f"{t.name}__dequantize", (self.int8[t.name],), (t.name,),
+                                      scale=self.scales[t.name]))
+        self.floats[t.name] = t.name
+
+    def add_cpu_run(self, run: list[Unit], index: int, later: set[str]) -> None:
+        """One QCpuPartition for consecutive CPU units."""
+        nodes = [u.anchor for u in run]
+        made = {o.name for n in nodes for o in n.outputs if o.name}
+        rename, constants = {}, {}
+        for n in nodes:
+            for t in n.inputs:
+                if not t.name or t.name in made:
+                    continue
+                if is_const(t):
+                    constants[t.name] = np.asarray(const_value(t))
+                else:
+                    rename[t.name] = self.float_of(t)
+        outs = [name for name in made if name in later or name in self.outputs]
+        for n in nodes:
+            for t in n.outputs:
+                if t.name in outs:
+                    self._add(t.name, _shape(t), _dtype(t), None)
+                    self.floats[t.name] = t.name
+        name = f"cpu_partition_{index}"
+        self.ops.append(q.QCpuPartition(
+            name, tuple(dict.fromkeys(rename.values())), tuple(sorted(outs)),
+            nodes=tuple(float_node(n, rename) for n in nodes), constants=constants,
+            reasons={u.anchor.name: u.reason for u in run}))
+        for u in run:
+            self._record(u, "QCpuPartition", name)
+
+    def _record(self, unit: Unit, kind: str, op_name: str) -> None:
+        for node in unit.nodes:
+            self.report.append({"node": node.name, "op": node.op, "qop": kind, "qop_name": op_name,
+                                "reason": unit.reason})
+
+    def build(self, units: list[Unit], info: dict[str, Any]) -> q.QGraph:
+        """Walk all units and return the validated QGraph."""
+        runs = _runs(units)
+        for i, run in enumerate(runs):
+            if run[0].kind == "cpu":
+                later = {t.name for r in runs[i + 1:] for u in r for t in u.inputs}
+                self.add_cpu_run(run, sum(r[0].kind == "cpu" for r in runs[:i]), later)
+            else:
+                self.add_unit(run[0])
+        g = self.model.graph
+        for t in g.outputs:
+            self.float_of(t)
+        graph = q.QGraph(dict(self.tensors), tuple(self.ops), tuple(t.name for t in g.inputs),
+                         tuple(t.name for t in g.outputs), info)
+        graph.validate()
+        return graph
+
+
+def _runs(units: list[Unit]) -> list[list[Unit]]:
+    runs: list[list[Unit]] = []
+    for u in units:
+        if u.kind == "cpu" and runs and runs[-1][0].kind == "cpu":
+            runs[-1].append(u)
+        else:
+            runs.append([u])
+    return runs
+
+
+def _attr(value: Any) -> Any:
+    if isinstance(value, gs.Constant):
+        return np.asarray(value.values)
+    if isinstance(value, gs.Graph):
+        raise GraphError("nodes with subgraph attributes (If/Loop/Scan) cannot be partitioned")
+    if isinstance(value, gs.Tensor):
+        raise GraphError(f"unsupported tensor attribute {value.name!r}")
+    return value
+
+
+def float_node(node: gs.Node, rename: Mapping[str, str]) -> q.FloatNode:
+    """A CPU-partition node, reading dequantized copies where the renaming says so."""
+    try:
+        attrs = {k: _attr(v) for k, v in node.attrs.items()}
+    except GraphError as e:
+        raise GraphError(f"node {node.name!r} ({node.op}): {e}") from e
+    return q.FloatNode(node.op, node.name, tuple(rename.get(t.name, t.name) for t in node.inputs),
+                       tuple(t.name for t in node.outputs), attrs, node.domain or "")
+
+
+def build_qgraph(model: Model, thresholds: Mapping[str, float],
+                 units: list[Unit] | None = None,
+                 info: dict[str, Any] | None = None) -> tuple[q.QGraph, list[dict[str, Any]]]:
+    """Quantize a canonical float model with calibrated thresholds.
+
+    Args:
+        model: Canonicalized float model (shapes inferred). Its graph is re-sorted in place.
+        thresholds: Float tensor name -> threshold T (see `calibration_tensors`).
+        units: A precomputed `partition(model.graph)`.
+        info: Provenance stored in the QGraph.
+
+    Returns:
+        The QGraph and a per-node report (node, op, qop, qop_name, reason).
+    """
+    units = units if units is not None else partition(model.graph)
+    builder = QGraphBuilder(model, thresholds)
+    graph = builder.build(units, dict(info or {}))
+    log.info("quantized %d nodes into %d ops (%d CPU partitions)", len(builder.report),
+             len(graph.ops), sum(isinstance(o, q.QCpuPartition) for o in graph.ops))
+    return graph, builder.report

@@ -1,0 +1,344 @@
+"""Streaming activation calibration: per-tensor symmetric thresholds T (int8 scale T/127).
+
+The requested intermediate tensors become extra graph outputs of a copy of the model, which
+onnxruntime runs batch by batch; each batch updates a fixed-size per-tensor state (a running
+max, or an `AbsHistogram` of |x|) and is then dropped, so memory does not grow with the
+amount of calibration data.
+
+Safe fallbacks (documented in docs/calibration.md):
+
+- a tensor that is zero on every calibration sample gets `ZERO_RANGE_THRESHOLD` (1.0): any
+  scale represents 0 exactly, and 1/127 keeps requantization multipliers ordinary;
+- a threshold is never below `MIN_THRESHOLD` (1e-8) nor below one histogram bin width;
+- NaN or Inf in an activation is a `DataError` naming the tensor and the batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compiler.data import Feeds, load_feeds, model_batch
+from compiler.errors import ConfigError, DataError, GraphError
+from compiler.io import model_hash, to_proto, write_atomic
+from compiler.ir import Model, const_value
+from compiler.numerics import run, session
+from passes.quantize.histogram import (
+    DEFAULT_BINS,
+    KL_QUANT_BINS,
+    LEVELS,
+    AbsHistogram,
+    kl_threshold,
+    mse_threshold,
+    percentile_threshold,
+)
+
+log = logging.getLogger(__name__)
+
+METHODS = ("max", "percentile", "kl", "mse")
+OPTIONS = {"max": (), "percentile": ("percentile", "bins"), "kl": ("bins", "quant_bins"),
+           "mse": ("bins",)}
+DEFAULT_PERCENTILE = 99.99
+ZERO_RANGE_THRESHOLD = 1.0
+MIN_THRESHOLD = 1e-8
+TABLE_VERSION = 1
+ACTIVATION_BUDGET = 256 << 20  # bytes of activations fetched per onnxruntime run
+
+
+class RunningMax:
+    """O(1) state of the `max` calibrator."""
+
+    def __init__(self) -> None:
+        self.max = 0.0
+
+    def update(self, values: np.ndarray) -> None:
+        """Fold a batch into the running max|x| (ValueError on NaN/Inf)."""
+        a = np.asarray(values)
+        if a.size == 0:
+            return
+        m = max(float(a.max()), -float(a.min()))  # no |x| temporary; NaN propagates
+        if not math.isfinite(m):
+            raise ValueError("NaN or Inf values")
+        self.max = max(self.max, m)
+
+
+def _check_method(method: str, opts: dict[str, Any]) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown calibrator {method!r} (valid: {', '.join(METHODS)})")
+    unknown = sorted(set(opts) - set(OPTIONS[method]))
+    if unknown:
+        valid = ", ".join(OPTIONS[method]) or "none"
+        raise ConfigError(f"calibrator {method!r} has no option(s) {unknown} (valid: {valid})")
+    if method == "percentile":
+        pct = opts.get("percentile", DEFAULT_PERCENTILE)
+        if not isinstance(pct, (int, float)) or not 0 < pct <= 100:
+            raise ConfigError(f"percentile must be a number in (0, 100], got {pct!r}")
+
+
+def new_state(method: str, **opts: Any) -> RunningMax | AbsHistogram:
+    """The per-tensor streaming state for `method`."""
+    _check_method(method, opts)
+    if method == "max":
+        return RunningMax()
+    return AbsHistogram(opts.get("bins", DEFAULT_BINS))
+
+
+def finalize(state: RunningMax | AbsHistogram, method: str, name: str = "<tensor>",
+             **opts: Any) -> float:
+    """The threshold of one tensor's state, with the safe fallbacks applied."""
+    if state.max == 0.0:
+        log.warning("tensor %r is zero on all calibration data; using threshold %g",
+                    name, ZERO_RANGE_THRESHOLD)
+        return ZERO_RANGE_THRESHOLD
+    if method == "max":
+        t = state.max
+    elif method == "percentile":
+        t = percentile_threshold(state, float(opts.get("percentile", DEFAULT_PERCENTILE)))
+    elif method == "kl":
+        t = kl_threshold(state, opts.get("quant_bins", KL_QUANT_BINS))
+    else:
+        t = mse_threshold(state)
+    floor = max(MIN_THRESHOLD, state.width) if isinstance(state, AbsHistogram) else MIN_THRESHOLD
+    return float(max(t, floor))
+
+
+def collect_ranges(model: Model, feeds: Any, tensors: list[str], method: str = "max",
+                   batch_size: int = 8, **opts: Any) -> dict[str, float]:
+    """Calibrate symmetric thresholds for `tensors` by streaming `feeds` through `model`.
+
+    Args:
+        model: The float model (IR).
+        feeds: Calibration data: `Feeds` or anything `compiler.data.load_feeds` accepts.
+        tensors: Names of the tensors to calibrate (activations, graph inputs or constants).
+        method: "max", "percentile", "kl" or "mse".
+        batch_size: Samples per onnxruntime run when the model's batch is symbolic (a fixed
+            batch dimension is always respected). It is lowered so that one batch of the
+            requested activations stays within `ACTIVATION_BUDGET` bytes.
+        **opts: `percentile` (default 99.99) for "percentile"; `bins` (histogram size,
+            default 2048) for the histogram methods; `quant_bins` (default 128) for "kl".
+
+    Returns:
+        Tensor name -> threshold T > 0, finite (the int8 scale is T / 127).
+
+    Raises:
+        ConfigError: Unknown method or option.
+        GraphError: A tensor name is not in the model.
+        DataError: Unusable data, or NaN/Inf in a calibrated tensor.
+    """
+    _check_method(method, opts)
+    states = {name: new_state(method, **opts) for name in dict.fromkeys(tensors)}
+    batch_size = _fit_batch(model, list(states), batch_size)
+    batches = stream_tensors(model, feeds, list(states), batch_size)
+    for step, batch in enumerate(batches):
+        for name, values in batch.items():
+            _update(states[name], values, name, step)
+    return {name: finalize(state, method, name, **opts) for name, state in states.items()}
+
+
+def _update(state: RunningMax | AbsHistogram, values: np.ndarray, name: str, step: int) -> None:
+    try:
+        state.update(values)
+    except ValueError as e:
+        raise DataError(f"tensor {name!r} has NaN or Inf values on calibration batch {step} "
+                        f"(check the model's weights and the data)") from e
+
+
+def stream_tensors(model: Model, feeds: Any, tensors: list[str],
+                   batch_size: int = 8) -> Iterator[dict[str, np.ndarray]]:
+    """Yield, batch by batch, the values of `tensors` when running `model` on `feeds`.
+
+    Constants are yielded once with the first batch; graph inputs come from the feeds; every
+    other tensor is an output of a copy of the model. When the model's batch dimension is
+    fixed to B, data is fed in chunks of B and a last partial chunk is skipped.
+
+    Raises:
+        GraphError: A name is not a tensor of the model.
+        DataError: The data does not fit the model, or is smaller than its fixed batch.
+    """
+    feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, model)
+    consts, inputs, inner = _classify(model, tensors)
+    sess = session(with_outputs(model, inner)) if inner else None
+    first = True
+    for batch in iter_batches(model, feeds, batch_size):
+        out = run(sess, batch) if sess else {}
+        out.update({n: batch[n] for n in inputs})
+        if first:
+            out.update(consts)
+            first = False
+        yield out
+
+
+def _classify(model: Model, names: list[str]) -> tuple[dict, list[str], list[str]]:
+    known = model.graph.tensors()
+    graph_inputs = {t.name for t in model.graph.inputs}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise GraphError(f"tensor(s) {missing[:5]} not found in the model")
+    consts = {n: const_value(known[n]) for n in names if const_value(known[n]) is not None}
+    inputs = [n for n in names if n in graph_inputs]
+    inner = [n for n in names if n not in consts and n not in graph_inputs]
+    return consts, inputs, inner
+
+
+def with_outputs(model: Model, names: list[str]):
+    """A `ModelProto` of `model` whose graph outputs are exactly `names`.
+
+    Nodes that no requested tensor depends on are dropped, so onnxruntime only computes
+    what is asked for.
+    """
+    tapped = model.copy()
+    known = tapped.graph.tensors()
+    outputs = []
+    for name in dict.fromkeys(names):
+        tensor = known[name]
+        if tensor.dtype is None:
+            raise GraphError(f"tensor {name!r} has no known dtype; run shape inference")
+        outputs.append(tensor)
+    tapped.graph.outputs = outputs
+    return to_proto(tapped)
+
+
+def _fit_batch(model: Model, names: list[str], batch_size: int) -> int:
+    """`batch_size` lowered so one batch of the (statically shaped) tensors fits the budget."""
+    known = model.graph.tensors()
+    per_sample = 0
+    for name in names:
+        shape = known[name].shape if name in known else None
+        if shape and all(isinstance(d, (int, np.integer)) for d in shape[1:]):
+            per_sample += 4 * int(np.prod(shape[1:], dtype=np.int64))
+    fit = max(1, ACTIVATION_BUDGET // max(per_sample, 1))
+    if isinstance(batch_size, int) and fit < batch_size:
+        log.info("calibration batch lowered from %d to %d (%.0f MiB of activations per "
+                 "sample)", batch_size, fit, per_sample / 2**20)
+        return int(fit)
+    return batch_size
+
+
+def iter_batches(model: Model, feeds: Feeds,
+                 batch_size: int = 8) -> Iterator[dict[str, np.ndarray]]:
+    """Feed dicts of `batch_size` samples, or of the model's fixed batch (remainder skipped).
+
+    Raises:
+        ConfigError: `batch_size` is not a positive integer.
+        DataError: Fewer samples than the model's fixed batch.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    fixed = model_batch(model)
+    size = fixed or batch_size
+    usable = len(feeds) - len(feeds) % size if fixed else len(feeds)
+    if usable == 0:
+        raise DataError(f"{feeds.source}: {len(feeds)} sample(s), fewer than the model's "
+                        f"fixed batch size {fixed}")
+    if usable < len(feeds):
+        log.warning("%s: skipping the last %d sample(s), which do not fill the model's fixed "
+                    "batch of %d", feeds.source, len(feeds) - usable, fixed)
+    for start in range(0, usable, size):
+        yield {k: v[start:start + size] for k, v in feeds.arrays.items()}
+
+
+@dataclass
+class CalibrationTable:
+    """Calibrated thresholds of one model, savable as JSON to skip calibration next time.
+
+    Attributes:
+        method: The calibrator used.
+        thresholds: Tensor name -> threshold T (scale = T / 127).
+        model_hash: `compiler.io.model_hash` of the calibrated model ("" if unknown).
+        options: The calibrator options used (for provenance).
+    """
+
+    method: str
+    thresholds: dict[str, float]
+    model_hash: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scales(self) -> dict[str, float]:
+        """Tensor name -> int8 scale T / 127."""
+        return {name: t / LEVELS for name, t in self.thresholds.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document."""
+        tensors = {n: {"threshold": t, "scale": t / LEVELS} for n, t in self.thresholds.items()}
+        return {"version": TABLE_VERSION, "method": self.method, "model_hash": self.model_hash,
+                "options": self.options, "tensors": tensors}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table atomically as JSON."""
+        path = Path(path)
+        write_atomic(path, (json.dumps(self.to_dict(), indent=1) + "\n").encode())
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> CalibrationTable:
+        """Read and validate a saved table.
+
+        Raises:
+            ConfigError: Missing file, bad JSON, missing keys, or a threshold/scale that is
+                not a positive finite number (or a scale that disagrees with its threshold).
+        """
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"calibration table {path}: cannot read ({e.strerror})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"calibration table {path}: not valid JSON ({e})") from e
+        return cls.from_dict(doc, str(path))
+
+    @classmethod
+    def from_dict(cls, doc: Any, label: str = "<table>") -> CalibrationTable:
+        """Validate a table document (see `load`)."""
+        where = f"calibration table {label}"
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where}: expected a JSON object")
+        for key in ("method", "tensors"):
+            if key not in doc:
+                raise ConfigError(f"{where}: missing key {key!r}")
+        if doc["method"] not in METHODS:
+            raise ConfigError(f"{where}: unknown method {doc['method']!r} "
+                              f"(valid: {', '.join(METHODS)})")
+        if not isinstance(doc["tensors"], dict):
+            raise ConfigError(f"{where}: 'tensors' must be an object of name -> entry")
+        thresholds = {n: _entry_threshold(e, f"{where}: tensor {n!r}")
+                      for n, e in doc["tensors"].items()}
+        return cls(doc["method"], thresholds, str(doc.get("model_hash", "")),
+                   dict(doc.get("options") or {}))
+
+    def check_model(self, model: Model) -> bool:
+        """True when the table was calibrated on exactly this model (hashes match)."""
+        return bool(self.model_hash) and self.model_hash == model_hash(model)
+
+
+def _entry_threshold(entry: Any, where: str) -> float:
+    if not isinstance(entry, dict) or "threshold" not in entry:
+        raise ConfigError(f"{where}: missing key 'threshold'")
+    t = _positive(entry["threshold"], f"{where}: threshold")
+    if "scale" in entry:
+        s = _positive(entry["scale"], f"{where}: scale")
+        if not math.isclose(s, t / LEVELS, rel_tol=1e-6):
+            raise ConfigError(f"{where}: scale {s!r} is not threshold/{LEVELS} ({t / LEVELS!r})")
+    return t
+
+
+def _positive(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{where} must be positive and finite, got {value!r}")
+    return float(value)
+
+
+def calibrate(model: Model, feeds: Any, tensors: list[str], method: str = "max",
+              batch_size: int = 8, **opts: Any) -> CalibrationTable:
+    """`collect_ranges` wrapped into a `CalibrationTable` carrying the model's hash."""
+    thresholds = collect_ranges(model, feeds, tensors, method, batch_size, **opts)
+    return CalibrationTable(method, thresholds, model_hash(model), dict(opts))

@@ -1,0 +1,135 @@
+"""QGraph scales -> `model.qdq.onnx`: the float model with QuantizeLinear/DequantizeLinear.
+
+Every int8 tensor of the QGraph becomes a Q/DQ pair on its float counterpart (same float32
+scale, zero point 0); Conv/Gemm/MatMul weights and biases become DequantizeLinear of the
+QGraph's own int8 weights / int32 biases (per output channel), so other runtimes see
+exactly our scales. The arithmetic in between is the runtime's (float32, round half to
+even): it can differ from model.quant.onnx by about one LSB.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.errors import GraphError
+from compiler.ir import Model, is_graph_output
+from passes.quantize import qgraph as q
+from passes.quantize.fixedpoint import quantize_weights
+
+
+def float_name(name: str) -> str:
+    """The float-model tensor an int8 QGraph tensor stands for (docs/fixed-point.md §13)."""
+    return name[:-3] if name.endswith("__q") else name
+
+
+class QdqEmitter:
+    """Inserts Q/DQ nodes into a copy of the float model (use `emit_qdq`)."""
+
+    def __init__(self, model: Model, graph: q.QGraph) -> None:
+        # a shallow copy: weights are shared, never modified (replaced ones are dropped)
+        self.model = Model(model.graph.copy(), model.opset, dict(model.metadata))
+        self.qg = graph
+        self.g = self.model.graph
+        self.tensors = self.g.tensors()
+        self.nodes = {n.name: n for n in self.g.nodes}
+
+    def dq(self, name: str, values: np.ndarray, scale: np.ndarray | float,
+           axis: int | None = None) -> gs.Variable:
+        """DequantizeLinear of a constant integer array."""
+        zero = np.zeros(np.shape(scale), values.dtype)
+        out = gs.Variable(f"{name}__dq", dtype=np.float32)
+        attrs = {"axis": axis} if axis is not None else {}
+        self.g.nodes.append(gs.Node("DequantizeLinear", f"{name}/DequantizeLinear", attrs,
+                                    inputs=[gs.Constant(f"{name}__int", values),
+                                            gs.Constant(f"{name}__scale",
+                                                        np.asarray(scale, np.float32)),
+                                            gs.Constant(f"{name}__zp", zero)],
+                                    outputs=[out]))
+        return out
+
+    def qdq_activation(self, name: str, scale: float) -> None:
+        """Q/DQ on a float tensor; consumers (and a graph output) read the DQ value."""
+        t = self.tensors.get(name)
+        if t is None:
+            raise GraphError(f"qdq: float model has no tensor {name!r}")
+        users = list(t.outputs)
+        s, zp = (gs.Constant(f"{name}__s", np.array(scale, np.float32)),
+                 gs.Constant(f"{name}__z", np.array(0, np.int8)))
+        qt = gs.Variable(f"{name}__qdq_q", dtype=np.int8)
+        dqt = gs.Variable(f"{name}__qdq", dtype=np.float32, shape=t.shape)
+        self.g.nodes.append(gs.Node("QuantizeLinear", f"{name}/QuantizeLinear",
+                                    inputs=[t, s, zp], outputs=[qt]))
+        self.g.nodes.append(gs.Node("DequantizeLinear", f"{name}/DequantizeLinear",
+                                    inputs=[qt, s, zp], outputs=[dqt]))
+        for node in users:
+            node.inputs = [dqt if x is t else x for x in node.inputs]
+        if is_graph_output(self.g, t):
+            t.name, dqt.name = f"{name}__float", name
+            self.g.outputs = [dqt if x is t else x for x in self.g.outputs]
+
+    def weights(self, op: q.QConv | q.QGemm) -> None:
+        """Replace the float weight/bias of the op's anchor node by DQ of the int8/int32 data."""
+        node = self.nodes.get(op.name)
+        if node is None:
+            raise GraphError(f"qdq: float model has no node {op.name!r}")
+        sx = self.qg.tensor(op.inputs[0]).scale
+        sw = self._weight_scale(node, op)
+        bias = self.dq(f"{op.name}_bias", op.bias, (np.float64(sx) * sw).astype(np.float32), 0)
+        if isinstance(op, q.QConv):
+            w = self.dq(f"{op.name}_weight", op.weight, sw, 0)
+            node.inputs = [node.inputs[0], w, bias]
+        elif node.op == "Gemm":
+            w = self.dq(f"{op.name}_weight", op.weight, sw, 0)
+            node.inputs = [node.inputs[0], w, bias]
+            node.attrs.update(transB=1, alpha=1.0, beta=1.0)
+        else:
+            node.inputs[1] = self.dq(f"{op.name}_weight", np.ascontiguousarray(op.weight.T), sw, 1)
+            self._matmul_bias(node, bias)
+
+    def _weight_scale(self, node: gs.Node, op: q.QConv | q.QGemm) -> np.ndarray:
+        w = np.asarray(node.inputs[1].values, np.float64)
+        if node.op == "Gemm":
+            w = (w if node.attrs.get("transB", 0) else w.T) * float(node.attrs.get("alpha", 1.0))
+        elif node.op == "MatMul":
+            w = w.T
+        wq, sw = quantize_weights(w, node.name)
+        if not np.array_equal(wq, op.weight):
+            raise GraphError(f"qdq: weights of {node.name!r} differ from the QGraph's")
+        return sw
+
+    def _matmul_bias(self, node: gs.Node, bias: gs.Tensor) -> None:
+        user = node.outputs[0].outputs[0] if len(node.outputs[0].outputs) == 1 else None
+        if user is not None and user.op == "Add":
+            user.inputs = [bias if isinstance(x, gs.Constant) else x for x in user.inputs]
+
+    def run(self) -> Model:
+        """Insert everything and return the QDQ model."""
+        for op in self.qg.ops:
+            if isinstance(op, (q.QConv, q.QGemm)):
+                self.weights(op)
+        for name, t in self.qg.tensors.items():
+            if t.is_quantized and t.data is None:
+                self.qdq_activation(float_name(name), t.scale)
+            elif t.is_quantized:
+                self._const_operand(float_name(name), t)
+        self.g.cleanup().toposort()
+        self.model.metadata["npuc.qdq"] = "1"
+        return self.model
+
+    def _const_operand(self, name: str, t: q.QTensor) -> None:
+        const = self.tensors.get(name)
+        if const is None:
+            return
+        dq = self.dq(name, t.data, np.array(t.scale, np.float32))
+        for node in list(const.outputs):
+            node.inputs = [dq if x is const else x for x in node.inputs]
+
+
+def emit_qdq(model: Model, graph: q.QGraph) -> Model:
+    """The QDQ model of a QGraph.
+
+    `model` is the canonical float model the QGraph was built from; the result has Q/DQ at
+    every int8 tensor and dequantized int8 weights / int32 biases.
+    """
+    return QdqEmitter(model, graph).run()

@@ -1,0 +1,247 @@
+"""Fixed-point primitives of docs/fixed-point.md: scales, multipliers, requantization, LUTs.
+
+Build-time helpers (turning float scales into integers) and the run-time integer kernels
+share this module; `reference.py` executes a QGraph with the run-time ones only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from compiler.errors import DataError, GraphError
+
+log = logging.getLogger(__name__)
+
+INT8_MIN, INT8_MAX = -128, 127
+WEIGHT_MAX = 127
+MAX_SHIFT = 62
+M0_MIN, M0_LIMIT = 1 << 30, 1 << 31
+PRODUCT_BOUND = 1 << 14          # |x·w| ≤ 128·127 < 2^14
+ACC_MAX = (1 << 31) - 1
+T_MIN = 1e-6
+
+
+def qround(v: np.ndarray | float) -> np.ndarray | float:
+    """Round half up in float64: floor(v + 0.5) (build time only)."""
+    return np.floor(np.asarray(v, np.float64) + 0.5)
+
+
+# --- scales ---------------------------------------------------------------------------------
+
+def activation_scale(threshold: float, name: str = "<tensor>") -> float:
+    """S = f32(T/127) with the §1 fallbacks: non-finite T -> DataError, T < T_MIN -> T_MIN."""
+    t = float(threshold)
+    if not math.isfinite(t):
+        raise DataError(f"tensor {name!r}: calibrated range is {t} (NaN/Inf in activations?)")
+    if t < T_MIN:
+        log.warning("tensor %r: calibrated range %g below %g, using %g", name, t, T_MIN, T_MIN)
+        t = T_MIN
+    return float(np.float32(t / 127.0))
+
+
+def inverse_scale(scale: float) -> float:
+    """f32(1 / S), the multiplier of input quantization (§4)."""
+    return float(np.float32(1.0 / float(scale)))
+
+
+def constant_scale(values: np.ndarray) -> float:
+    """Per-tensor scale of a constant operand: f32(max|c|/127), 1.0 when all zero."""
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    return float(np.float32(peak / WEIGHT_MAX)) if peak > 0 else 1.0
+
+
+BLOCK = 1 << 22  # elements per float64 temporary when quantizing large weights
+
+
+def quantize_weights(w: np.ndarray, name: str = "<node>") -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (axis 0) symmetric int8 weights and float32 scales (§1).
+
+    Works in blocks of output channels so float64 temporaries stay small.
+    """
+    w = np.asarray(w)
+    flat = w.reshape(w.shape[0], -1) if w.size else w.reshape(len(w), 0)
+    rows = max(1, BLOCK // max(flat.shape[1], 1))
+    peak = np.zeros(len(flat), np.float64)
+    for i in range(0, len(flat), rows):
+        block = flat[i:i + rows].astype(np.float64)
+        if not np.all(np.isfinite(block)):
+            raise GraphError(f"node {name!r}: weights contain NaN or Inf")
+        peak[i:i + rows] = np.max(np.abs(block), axis=1) if block.shape[1] else 0.0
+    scale = (peak / WEIGHT_MAX).astype(np.float32)
+    fallback = float(scale.max()) if scale.size and scale.max() > 0 else 1.0
+    scale = np.where(scale > 0, scale, np.float32(fallback)).astype(np.float32)
+    q = np.empty(flat.shape, np.int8)
+    s64 = scale.astype(np.float64).reshape(-1, 1)
+    for i in range(0, len(flat), rows):
+        v = qround(flat[i:i + rows].astype(np.float64) / s64[i:i + rows])
+        q[i:i + rows] = np.clip(v, -WEIGHT_MAX, WEIGHT_MAX)
+    return q.reshape(w.shape), scale
+
+
+def fake_quant_weights(w: np.ndarray) -> np.ndarray:
+    """Wq·Sw in the weight's dtype: what the integer model computes with (bias correction)."""
+    q, scale = quantize_weights(w)
+    bshape = (-1,) + (1,) * (np.ndim(w) - 1)
+    return (q.astype(np.float64) * scale.astype(np.float64).reshape(bshape)).astype(
+        np.asarray(w).dtype)
+
+
+def quantize_constant(values: np.ndarray, scale: float) -> np.ndarray:
+    """A constant operand as int8 with a given per-tensor scale."""
+    q = np.clip(qround(np.asarray(values, np.float64) / scale), INT8_MIN, INT8_MAX)
+    return np.asarray(q, np.int8)
+
+
+def bias_bound(k: int, name: str = "<node>") -> int:
+    """B = 2^31 - 1 - K·2^14: a bias within ±B keeps the int32 accumulator from overflowing."""
+    bound = ACC_MAX - k * PRODUCT_BOUND
+    if k >= 1 << 17 or bound <= 0:
+        raise GraphError(f"node {name!r}: reduction length {k} too large for an int32 accumulator")
+    return bound
+
+
+def quantize_bias(b: np.ndarray | None, x_scale: float, w_scale: np.ndarray, k: int,
+                  name: str = "<node>") -> np.ndarray:
+    """int32 bias round(b / (Sx·Sw[c])), saturated to ±bias_bound(K) (§1)."""
+    bound = bias_bound(k, name)
+    if b is None:
+        return np.zeros(len(w_scale), np.int32)
+    b64 = np.asarray(b, np.float64).reshape(-1)
+    if not np.all(np.isfinite(b64)):
+        raise GraphError(f"node {name!r}: bias contains NaN or Inf")
+    denom = np.float64(x_scale) * w_scale.astype(np.float64)
+    return np.clip(qround(b64 / denom), -bound, bound).astype(np.int32)
+
+
+def clamp_bounds(lo: float | None, hi: float | None, scale: float) -> tuple[int, int]:
+    """Integer clamp bounds for a fused ReLU/Clip with real bounds lo/hi (None: unbounded)."""
+    qlo = INT8_MIN if lo is None or not math.isfinite(lo) else int(qround(lo / scale))
+    qhi = INT8_MAX if hi is None or not math.isfinite(hi) else int(qround(hi / scale))
+    qlo, qhi = min(max(qlo, INT8_MIN), INT8_MAX), min(max(qhi, INT8_MIN), INT8_MAX)
+    return qlo, max(qlo, qhi)
+
+
+# --- multipliers ----------------------------------------------------------------------------
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """M -> (M0, s) with M ≈ M0·2^-s, M0 in [2^30, 2^31), s in [1, 62] (§2).
+
+    Tiny M (< 2^-32) flushes to (0, 62), M ≥ 2^30 saturates to (2^31-1, 1); both give the
+    ideal result for any |acc| ≤ 2^31.
+    """
+    m = float(m)
+    if not math.isfinite(m) or m < 0:
+        raise GraphError(f"requantization multiplier {m} is not a finite non-negative number")
+    if m == 0:
+        return 0, MAX_SHIFT
+    f, e = math.frexp(m)
+    m0 = math.floor(f * M0_LIMIT + 0.5)
+    if m0 == M0_LIMIT:
+        m0, e = M0_MIN, e + 1
+    s = 31 - e
+    if s > MAX_SHIFT:
+        return 0, MAX_SHIFT
+    if s < 1:
+        return M0_LIMIT - 1, 1
+    return m0, s
+
+
+def quantize_multipliers(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Elementwise `quantize_multiplier` -> (m0 int64, shift int64) of the same shape."""
+    flat = np.asarray(ms, np.float64).reshape(-1)
+    pairs = [quantize_multiplier(m) for m in flat]
+    m0 = np.array([p[0] for p in pairs], np.int64).reshape(np.shape(ms))
+    shift = np.array([p[1] for p in pairs], np.int64).reshape(np.shape(ms))
+    return m0, shift
+
+
+def add_multipliers(ma: float, mb: float) -> tuple[int, int, int]:
+    """Signed multipliers (A_a, A_b) sharing one shift s for QAdd (§6)."""
+    big = max(abs(ma), abs(mb))
+    m0, s = quantize_multiplier(big)
+
+    def scaled(m: float) -> int:
+        if abs(m) == big:
+            mag = m0
+        else:
+            mag = min(math.floor(math.ldexp(abs(m), s) + 0.5), M0_LIMIT - 1)
+        return -mag if m < 0 else mag
+
+    return scaled(ma), scaled(mb), s
+
+
+# --- run-time integer kernels -------------------------------------------------------------
+
+def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
+               lo: int = INT8_MIN, hi: int = INT8_MAX, dtype: type = np.int8) -> np.ndarray:
+    """clamp((acc·M0 + 2^(s-1)) >> s, lo, hi) in int64 with an arithmetic shift (§3).
+
+    The result is cast to `dtype` (int8; tests use int64 with wider bounds).
+    """
+    shift = np.asarray(shift, np.int64)
+    v = np.asarray(acc, np.int64) * np.asarray(m0, np.int64)
+    v = v + np.left_shift(np.int64(1), shift - 1)
+    return np.clip(np.right_shift(v, shift), lo, hi).astype(dtype)
+
+
+def shift_round(acc: np.ndarray, shift: int, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:
+    """clamp((acc + 2^(s-1)) >> s, lo, hi): requantize with M0 = 1 (QAdd's final step)."""
+    return requantize(acc, 1, shift, lo, hi)
+
+
+def quantize_input(x: np.ndarray, inv_scale: float) -> np.ndarray:
+    """float32 -> int8: clamp(floor(x ⊗ inv ⊕ 0.5), -128, 127), all in float32 (§4)."""
+    v = np.asarray(x, np.float32) * np.float32(inv_scale)
+    v = np.floor(v + np.float32(0.5))
+    return np.clip(v, np.float32(INT8_MIN), np.float32(INT8_MAX)).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
+    """int8 -> float32: float32(q) ⊗ S (§5)."""
+    return np.asarray(q).astype(np.float32) * np.float32(scale)
+
+
+# --- lookup tables --------------------------------------------------------------------------
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * v))  # overflow-free form of 1/(1+e^-v)
+
+
+def _hardsigmoid(v: np.ndarray, alpha: float = 0.2, beta: float = 0.5) -> np.ndarray:
+    return np.clip(alpha * v + beta, 0.0, 1.0)
+
+
+LUT_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
+    "Sigmoid": _sigmoid,
+    "Tanh": np.tanh,
+    "HardSigmoid": _hardsigmoid,
+    "HardSwish": lambda v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "SiLU": lambda v: v * _sigmoid(v),
+    "HardSigmoidMul": lambda v, alpha=0.2, beta=0.5: v * _hardsigmoid(v, alpha, beta),
+    "LeakyRelu": lambda v, alpha=0.01: np.where(v >= 0, v, alpha * v),
+    "Relu": lambda v: np.maximum(v, 0.0),
+    "Clip": lambda v, lo=-np.inf, hi=np.inf: np.clip(v, lo, hi),
+    "Elu": lambda v, alpha=1.0: np.where(v >= 0, v, alpha * np.expm1(np.minimum(v, 0.0))),
+    "Softplus": lambda v: np.logaddexp(0.0, v),
+    "Softsign": lambda v: v / (1.0 + np.abs(v)),
+    "Abs": np.abs,
+    "Neg": np.negative,
+}
+
+
+def build_lut(fn: str, x_scale: float, y_scale: float, **params: float) -> np.ndarray:
+    """table[i] = clamp(qround(f((i-128)·Sx)/Sy), -128, 127), float64 (§10)."""
+    if fn not in LUT_FUNCTIONS:
+        raise GraphError(f"no lookup table for {fn!r}")
+    v = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64) * np.float64(x_scale)
+    y = LUT_FUNCTIONS[fn](v, **params) / np.float64(y_scale)
+    return np.clip(qround(y), INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def apply_lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Y = table[x + 128]."""
+    return table[np.asarray(x, np.int64) + 128]

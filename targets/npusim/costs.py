@@ -1,0 +1,114 @@
+"""Per-instruction work: MACs, MAC-array cycles or vector elements, and bytes touched.
+
+The perf model (`perf.py`) turns this work into time for a given architecture and number of
+active cores. Array mapping follows the usual output-stationary picture (compare SCALE-Sim
+and Arm Vela): per cycle a core multiplies `pixels` output positions x `in_channels` x
+`out_channels`, so partial tiles waste lanes (`ceil` below); 1xN-sparse weights skip zero
+blocks with the architecture's efficiency for that N.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import ceil, prod
+
+from targets.npusim import isa
+from targets.npusim.arch import Arch
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one instruction does, independent of timing."""
+
+    macs: int = 0  # multiply-accumulates actually performed (zero blocks skipped)
+    array_cycles: float = 0.0  # MAC-array cycles (0 for non-MAC instructions)
+    vector_elements: int = 0  # elements through the vector unit
+    weight_bytes: int = 0  # constant bytes read (encoded size)
+    in_bytes: int = 0
+    out_bytes: int = 0
+    sparse_block: int = 0
+    zero_fraction: float = 0.0
+
+
+def _bytes(p: isa.Program, ids: list[int]) -> int:
+    return sum(p.tensors[i].nbytes for i in ids)
+
+
+def _shape(p: isa.Program, i: int) -> tuple[int, ...]:
+    return p.tensors[i].shape
+
+
+def _const_bytes(p: isa.Program, ins: isa.Instr) -> int:
+    return sum(p.blobs[b].stored_bytes or p.blobs[b].array.nbytes for b in ins.refs(ins.BLOBS)
+               if p.blobs[b].array is not None or p.blobs[b].raw)
+
+
+def _sparsity(p: isa.Program, ins: isa.Instr, arch: Arch) -> tuple[int, float, float]:
+    """(block N, zero-block fraction, fraction of array cycles skipped)."""
+    blob = p.blobs[ins.weights]
+    if not blob.block or not blob.total_blocks:
+        return 0, 0.0, 0.0
+    zero = 1.0 - blob.nonzero_blocks / blob.total_blocks
+    return blob.block, zero, zero * arch.sparse_efficiency.get(blob.block, 0.0)
+
+
+def conv_work(p: isa.Program, ins: isa.Conv, arch: Arch) -> Work:
+    """Dense/grouped conv on the MAC array; depthwise on its own datapath."""
+    w = p.blobs[ins.weights].array
+    n, _, oh, ow = _shape(p, ins.ofm)
+    cout, cin_g, kh, kw = w.shape
+    positions = n * oh * ow
+    macs = positions * cout * cin_g * kh * kw
+    block, zero, skip = _sparsity(p, ins, arch)
+    px, ic, oc = arch.mac_array
+    if isinstance(ins, isa.DepthwiseConv):
+        cycles = ceil(macs / arch.depthwise_macs_per_cycle)
+    else:
+        cycles = ins.group * ceil(positions / px) * ceil(cin_g / ic) * \
+            ceil(cout // ins.group / oc) * kh * kw
+    return Work(round(macs * (1 - zero)), cycles * (1 - skip), 0, _const_bytes(p, ins),
+                _bytes(p, ins.reads()), _bytes(p, ins.writes()), block, zero)
+
+
+def fc_work(p: isa.Program, ins: isa.FullyConnected, arch: Arch) -> Work:
+    """x[M, K] · Wᵀ: rows map to pixel lanes."""
+    nout, k = p.blobs[ins.weights].array.shape
+    rows = prod(_shape(p, ins.ifm)[:-1])
+    block, zero, skip = _sparsity(p, ins, arch)
+    px, ic, oc = arch.mac_array
+    cycles = ceil(rows / px) * ceil(k / ic) * ceil(nout / oc)
+    return Work(round(rows * nout * k * (1 - zero)), cycles * (1 - skip), 0,
+                _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()),
+                block, zero)
+
+
+def vector_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
+    """Element-wise, pooling, LUT and data movement: elements through the vector unit."""
+    out = sum(prod(_shape(p, i)) for i in ins.writes())
+    elements = out
+    if isinstance(ins, (isa.AvgPool, isa.MaxPool)):
+        elements = out * prod(ins.kernel)
+    elif isinstance(ins, (isa.GlobalAvgPool, isa.Concat, isa.Add, isa.Mul)):
+        elements = max(out, sum(prod(_shape(p, i)) for i in ins.reads()))
+    return Work(0, 0.0, elements, _const_bytes(p, ins), _bytes(p, ins.reads()),
+                _bytes(p, ins.writes()))
+
+
+def free_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
+    """A reshape only rewrites the tensor descriptor."""
+    return Work(in_bytes=_bytes(p, ins.reads()), out_bytes=_bytes(p, ins.writes()))
+
+
+def cpu_work(p: isa.Program, ins: isa.CpuCall, arch: Arch) -> Work:
+    """A float partition: bytes in and out; its compute is estimated in `perf`."""
+    return Work(0, 0.0, sum(prod(_shape(p, i)) for i in ins.reads() + ins.writes()),
+                _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()))
+
+
+WORK = {isa.Conv: conv_work, isa.DepthwiseConv: conv_work, isa.FullyConnected: fc_work,
+        isa.Reshape: free_work, isa.CpuCall: cpu_work}
+
+
+def work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
+    """The work of one instruction."""
+    return WORK.get(type(ins), vector_work)(p, ins, arch)

@@ -1,0 +1,157 @@
+"""Exact integer kernels of the simulator (docs/fixed-point.md), written from the spec.
+
+Integer GEMMs run through float32 BLAS, which is exact as long as every partial sum is an
+integer of magnitude ≤ 2^24 (all such integers are float32 numbers, so no addition order —
+blocked, FMA or not — ever rounds). `k_splits` proves that per weight matrix: with
+`|x| ≤ 128`, any partial sum over a K-range is bounded by `128·max_n Σ_k |W[n, k]|`, so K is
+cut into ranges whose bound stays ≤ 2^24 and the float32 results of the ranges (exact
+integers) are summed in int64. Requantization is the int64 formula of §3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+EXACT_F32 = 1 << 24
+X_MAX = 128  # |int8| bound of an activation
+
+
+def k_splits(w: np.ndarray) -> list[tuple[int, int]]:
+    """K ranges `[k0, k1)` of a `[N, K]` int weight whose float32 products sum exactly."""
+    n, k = w.shape
+    limit = EXACT_F32 // X_MAX
+    splits, k0 = [], 0
+    while k0 < k:
+        k1 = _reach(w, k0, limit)
+        splits.append((k0, k1))
+        k0 = k1
+    return splits
+
+
+def _reach(w: np.ndarray, k0: int, limit: int, step: int = 512) -> int:
+    """The largest k1 > k0 with max_n Σ_{k0 ≤ k < k1} |W[n, k]| ≤ limit (block-wise scan)."""
+    carry = np.zeros(w.shape[0], np.int32)
+    for start in range(k0, w.shape[1], step):
+        part = np.cumsum(np.abs(w[:, start:start + step].astype(np.int32)), axis=1)
+        part += carry[:, None]
+        reach = part.max(axis=0) if w.shape[0] else np.zeros(part.shape[1], np.int32)
+        fits = int(np.searchsorted(reach, limit, side="right"))
+        if fits < part.shape[1]:
+            return max(start + fits, k0 + 1)
+        carry = part[:, -1]
+    return w.shape[1]
+
+
+def exact_matmul(w32: np.ndarray, x32: np.ndarray, splits: list[tuple[int, int]]) -> np.ndarray:
+    """`w @ x` for integer-valued float32 operands, exact, as int64 ([N, K] @ [K, M])."""
+    if len(splits) == 1:
+        return (w32 @ x32).astype(np.int64)
+    acc = np.zeros((w32.shape[0], x32.shape[1]), np.int64)
+    for k0, k1 in splits:
+        acc += (w32[:, k0:k1] @ x32[k0:k1]).astype(np.int64)
+    return acc
+
+
+def requant(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, lo: int,
+            hi: int) -> np.ndarray:
+    """§3: `clamp((acc·M0 + 2^(s-1)) >> s, lo, hi)` in int64 with an arithmetic shift."""
+    m0 = np.asarray(m0, np.int64)
+    shift = np.asarray(shift, np.int64)
+    v = acc.astype(np.int64, copy=False) * m0
+    v += np.left_shift(np.int64(1), shift - 1)
+    v >>= shift
+    return np.clip(v, lo, hi).astype(np.int8)
+
+
+def pad_spatial(x: np.ndarray, pads: tuple[int, ...], value: float, dtype: type) -> np.ndarray:
+    """[C, H, W] padded by (top, left, bottom, right) with `value`, converted to `dtype`."""
+    c, h, w = x.shape
+    top, left, bottom, right = pads
+    if not any(pads):
+        return x.astype(dtype, copy=False)
+    out = np.full((c, h + top + bottom, w + left + right), value, dtype)
+    out[:, top:top + h, left:left + w] = x
+    return out
+
+
+def windows(xp: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+            dilation: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
+    """A read-only [C, kh, kw, OH, OW] strided view of a padded [C, Hp, Wp] array."""
+    sc, sh, sw = xp.strides
+    shape = (xp.shape[0], kernel[0], kernel[1], out_hw[0], out_hw[1])
+    strides = (sc, dilation[0] * sh, dilation[1] * sw, stride[0] * sh, stride[1] * sw)
+    return as_strided(xp, shape, strides, writeable=False)
+
+
+def im2col(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+           pads: tuple[int, ...], dilation: tuple[int, ...],
+           out_hw: tuple[int, int]) -> np.ndarray:
+    """[C·kh·kw, OH·OW] float32 patch matrix of an int8 [C, H, W] input (zero padding)."""
+    c = x.shape[0]
+    if kernel == (1, 1) and stride == (1, 1) and not any(pads):
+        return x.reshape(c, -1).astype(np.float32)
+    xp = pad_spatial(x, pads, 0, np.float32)
+    cols = windows(xp, kernel, stride, dilation, out_hw)
+    return cols.reshape(c * kernel[0] * kernel[1], out_hw[0] * out_hw[1])
+
+
+def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple[int, ...],
+              dilation: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
+    """Per-channel window dot products of int8 [C, H, W] with [C, 1, kh, kw], as int64."""
+    kh, kw = w.shape[2:]
+    # Each product is < 2^14: float32 sums stay exact up to 1024 taps, else use float64.
+    dtype = np.float32 if kh * kw <= EXACT_F32 >> 14 else np.float64
+    xp = pad_spatial(x, pads, 0, dtype)
+    view = windows(xp, (kh, kw), stride, dilation, out_hw)
+    wf = w[:, 0].astype(dtype)
+    acc = np.zeros((x.shape[0],) + tuple(out_hw), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            acc += view[:, i, j] * wf[:, i, j, None, None]
+    return acc.astype(np.int64)
+
+
+def window_sum(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+               pads: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
+    """Zero-padded window sums of int8 [C, H, W] as int64 (average pooling numerator)."""
+    xp = pad_spatial(x, pads, 0, np.int32)
+    view = windows(xp, kernel, stride, (1, 1), out_hw)
+    return view.sum(axis=(1, 2), dtype=np.int64)
+
+
+def window_max(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+               pads: tuple[int, ...], dilation: tuple[int, ...],
+               out_hw: tuple[int, int]) -> np.ndarray:
+    """Window max of int8 [C, H, W].
+
+    Padding with -128 never changes a max: each window holds at least one input element
+    (checked on load).
+    """
+    xp = pad_spatial(x, pads, -128, np.int8)
+    view = windows(xp, kernel, stride, dilation, out_hw)
+    return view.max(axis=(1, 2))
+
+
+def quantize(x: np.ndarray, inv_scale: float) -> np.ndarray:
+    """§4 in float32: `clamp(floor(x ⊗ inv ⊕ 0.5), -128, 127)` (separate ufuncs: no FMA)."""
+    v = np.multiply(x.astype(np.float32, copy=False), np.float32(inv_scale), dtype=np.float32)
+    v = np.add(v, np.float32(0.5), dtype=np.float32)
+    return np.clip(np.floor(v), -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
+    """§5: `float32(q) ⊗ S`."""
+    return np.multiply(q.astype(np.float32), np.float32(scale), dtype=np.float32)
+
+
+def add(a: np.ndarray, b: np.ndarray, mult_a: int, mult_b: int, shift: int, lo: int,
+        hi: int) -> np.ndarray:
+    """§6: one rounding of `xa·A + xb·B` at a common shift."""
+    acc = a.astype(np.int64) * mult_a + b.astype(np.int64) * mult_b
+    return requant(acc, 1, shift, lo, hi)
+
+
+def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """§10: `table[x + 128]` (x + 128 is the int8 bit pattern with the sign bit flipped)."""
+    return table[x.view(np.uint8) ^ np.uint8(0x80)]

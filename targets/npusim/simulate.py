@@ -1,0 +1,120 @@
+"""The bit-exact simulator: executes a validated `Program` over one flat byte arena.
+
+Every tensor is a view into the arena at its allocated offset, so an allocation bug would
+corrupt results and be caught by `npuc verify`. Each instruction is compiled once into a
+closure over its views and prepared constants (float32 weight copies, exact K splits);
+running a frame is then a loop over closures. Batches run frame by frame.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import DataError
+from targets.npusim import isa
+from targets.npusim.binary import load_binary
+from targets.npusim.ops import COMPILERS
+
+log = logging.getLogger(__name__)
+
+
+class Simulator:
+    """Run an npusim binary: `Simulator("model.bin").run({"input": x}) -> {name: array}`."""
+
+    def __init__(self, source: str | os.PathLike | bytes | isa.Program,
+                 blas_threads: int | None = 1) -> None:
+        self.blas_threads = blas_threads
+        self.program = source if isinstance(source, isa.Program) else load_binary(source)
+        self.arena = np.zeros(max(self.program.arena_size, 16), np.uint8)
+        self.views = [self._view(t) for t in self.program.tensors]
+        for t, view in zip(self.program.tensors, self.views, strict=True):
+            if t.region == "const":
+                view[...] = self.program.blobs[t.blob].array
+        self.steps: list[Callable[[], None]] = [COMPILERS[type(ins)](self, ins)
+                                                for ins in self.program.code]
+
+    def _view(self, t: isa.Tensor) -> np.ndarray:
+        raw = self.arena[t.offset:t.offset + t.nbytes]
+        return raw.view(np.dtype(t.dtype)).reshape(t.shape)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Names of the program inputs."""
+        return [self.program.tensors[i].name for i in self.program.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the program outputs."""
+        return [self.program.tensors[i].name for i in self.program.outputs]
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Execute one batch (frames one at a time); float inputs are quantized per spec.
+
+        Raises:
+            DataError: A missing input, or an input whose shape does not match the program.
+        """
+        arrays = self._check_feeds(feeds)
+        frames = next(iter(arrays.values())).shape[0] if arrays else 1
+        results: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
+        with _blas_limit(self.blas_threads):
+            for f in range(frames):
+                out = self.run_frame({n: a[f:f + 1] for n, a in arrays.items()})
+                for name, value in out.items():
+                    results[name].append(value)
+        return {n: np.concatenate(v, axis=0) if v and v[0].ndim else np.stack(v)
+                for n, v in results.items()}
+
+    def run_frame(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Execute one frame whose feeds already have the program's exact shapes."""
+        for i in self.program.inputs:
+            self.views[i][...] = feeds[self.program.tensors[i].name]
+        for step in self.steps:
+            step()
+        return {self.program.tensors[i].name: self.views[i].copy() for i in self.program.outputs}
+
+    def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        arrays, frames = {}, set()
+        for i in self.program.inputs:
+            t = self.program.tensors[i]
+            if t.name not in feeds:
+                raise DataError(f"missing input {t.name!r} (inputs: {self.input_names})")
+            a = np.asarray(feeds[t.name])
+            if a.ndim == len(t.shape) - 1:
+                a = a[None]
+            if a.ndim != len(t.shape) or (a.ndim and tuple(a.shape[1:]) != t.shape[1:]):
+                raise DataError(f"input {t.name!r}: shape {a.shape} does not match the "
+                                f"binary's {t.shape} (any batch size)")
+            arrays[t.name] = a.astype(t.dtype, copy=False)
+            frames.add(a.shape[0] if a.ndim else 1)
+        if len(frames) > 1:
+            raise DataError(f"inputs have different batch sizes {sorted(frames)}")
+        return arrays
+
+
+def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager:
+    """Limit BLAS threads while simulating.
+
+    The GEMMs here are small; a multi-threaded OpenBLAS collapses (10x measured) when the
+    machine is oversubscribed, while one thread runs at full speed.
+    """
+    if threads is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=threads, user_api="blas")
+
+
+def run(binary: str | os.PathLike | bytes, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One-shot convenience: load, run, return the outputs."""
+    return Simulator(binary).run(feeds)
+
+
+

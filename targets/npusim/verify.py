@@ -1,0 +1,89 @@
+"""`verify`: the binary (simulator) against `model.quant.onnx` (onnxruntime), output by output.
+
+Both sides implement docs/fixed-point.md, so every output element must be identical; the
+report gives, per output, the element count, the number of mismatched elements, the
+largest absolute and relative differences, and whether it is consistent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compiler.errors import DataError
+from compiler.io import load_model, model_hash
+from compiler.ir import Model
+from compiler.numerics import run, session
+from targets.npusim.isa import Program
+from targets.npusim.simulate import Simulator
+
+
+@dataclass
+class VerifyReport:
+    """Per-output comparison; `consistent` is True when no element differs."""
+
+    outputs: list[dict[str, Any]]
+    samples: int
+    source_match: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        """True when every output matches bit for bit."""
+        return all(o["consistent"] for o in self.outputs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for `--json`."""
+        return {"consistent": self.consistent, "samples": self.samples,
+                "source_match": self.source_match, "outputs": self.outputs, "notes": self.notes}
+
+
+def compare_output(name: str, ref: np.ndarray, got: np.ndarray) -> dict[str, Any]:
+    """Element-wise comparison of one output (shapes must agree)."""
+    if ref.shape != got.shape:
+        return {"name": name, "elements": int(ref.size), "mismatched": int(ref.size),
+                "max_abs": float("inf"), "max_rel": float("inf"), "consistent": False,
+                "note": f"shape {got.shape} != {ref.shape}"}
+    a, b = ref.astype(np.float64), got.astype(np.float64)
+    diff = np.abs(a - b)
+    mismatched = int(np.count_nonzero(~((a == b) | (np.isnan(a) & np.isnan(b)))))
+    max_abs = float(np.nanmax(diff)) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(a), np.finfo(np.float32).tiny)
+    return {"name": name, "elements": int(ref.size), "mismatched": mismatched,
+            "max_abs": max_abs, "max_rel": float(np.nanmax(rel)) if rel.size else 0.0,
+            "consistent": mismatched == 0}
+
+
+def verify(quant_model: Model | str | os.PathLike, binary: str | os.PathLike | bytes | Program,
+           feeds: dict[str, np.ndarray]) -> VerifyReport:
+    """Run both on `feeds` (name -> batch array) and compare every output.
+
+    Raises:
+        DataError: Feeds missing an input or of the wrong shape.
+        TargetError: The binary is invalid.
+    """
+    model = quant_model if isinstance(quant_model, Model) else load_model(quant_model)
+    sim = Simulator(binary)
+    got = sim.run(feeds)
+    ref = reference_outputs(model, {n: np.asarray(feeds[n]) for n in sim.input_names})
+    missing = [n for n in sim.output_names if n not in ref]
+    if missing:
+        raise DataError(f"the quantized model has no outputs {missing} (binary built from a "
+                        "different model?)")
+    outputs = [compare_output(n, np.asarray(ref[n]), got[n]) for n in sim.output_names]
+    source = sim.program.metadata.get("source_hash")
+    match = None if source is None else source == model_hash(model)
+    notes = [] if match is not False else ["the binary was built from a different model file"]
+    samples = next(iter(feeds.values())).shape[0] if feeds else 0
+    return VerifyReport(outputs, samples, match, notes)
+
+
+def reference_outputs(model: Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Outputs of `model` in onnxruntime, frame by frame (its batch may be fixed to 1)."""
+    sess = session(model)
+    frames = next(iter(feeds.values())).shape[0] if feeds else 1
+    outs = [run(sess, {n: a[f:f + 1] for n, a in feeds.items()}) for f in range(frames)]
+    return {n: np.concatenate([o[n] for o in outs], axis=0) for n in outs[0]}

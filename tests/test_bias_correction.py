@@ -1,0 +1,133 @@
+"""Empirical bias correction: the mean output shift of weight quantization is removed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compiler.builder import GraphBuilder, he_normal
+from compiler.errors import GraphError
+from compiler.io import load_model, to_proto
+from compiler.numerics import run
+from passes.quantize.bias_correction import (
+    correct_bias,
+    correct_bias_with_report,
+    fake_quant_weight,
+)
+
+
+def net(seed: int = 0):
+    """conv(bias)→relu→depthwise(no bias)→relu→conv→relu→GAP→flatten→gemm(transB=0)."""
+    b = GraphBuilder("bc", seed)
+    rng = b.rng
+    x = b.input("x", ["N", 3, 12, 12])
+    h = b.relu(b.conv(x, he_normal(rng, (16, 3, 3, 3)), rng.standard_normal(16) * 0.1,
+                      name="c1"))
+    h = b.relu(b.conv(h, he_normal(rng, (16, 1, 3, 3)), None, group=16, name="dw"))
+    h = b.relu(b.conv(h, he_normal(rng, (24, 16, 1, 1)), rng.standard_normal(24) * 0.1,
+                      name="c2"))
+    h = b.flatten(b.global_avgpool(h))
+    w = b.const(he_normal(rng, (10, 24)).T.copy(), "fc.weight")
+    y = b.node("Gemm", [h, w, b.const(np.zeros(10, np.float32), "fc.bias")], name="fc",
+               beta=0.5)
+    b.output(y)
+    return load_model(b.build())
+
+
+def fake_quant4(w: np.ndarray) -> np.ndarray:
+    """4-bit per-channel symmetric: a coarse quantizer makes the bias shift obvious."""
+    peak = np.abs(w.reshape(len(w), -1)).max(axis=1).reshape((-1,) + (1,) * (w.ndim - 1)) / 7
+    return (np.clip(np.round(w / peak), -7, 7) * peak).astype(w.dtype)
+
+
+def with_quantized_weights(model, quantize):
+    q = model.copy()
+    for node in q.nodes:
+        if node.op in ("Conv", "Gemm"):
+            w = np.asarray(node.inputs[1].values)
+            t = node.op == "Gemm" and not node.attrs.get("transB", 0)
+            node.inputs[1].values = quantize(w.T.copy()).T.copy() if t else quantize(w)
+    return q
+
+
+def data(seed: int, n: int = 48) -> np.ndarray:
+    # Positive-mean inputs: E[x] != 0 is what makes the quantization error biased.
+    return (np.random.default_rng(seed).uniform(0, 1, (n, 3, 12, 12)) + 0.5).astype(np.float32)
+
+
+def output_mse(model, reference, x) -> float:
+    return float(np.mean((run(model, {"x": x})["fc"] - run(reference, {"x": x})["fc"]) ** 2))
+
+
+@pytest.mark.parametrize("quantize, gain", [(fake_quant_weight, 5.0), (fake_quant4, 5.0)])
+def test_correction_reduces_output_error_on_held_out_data(quantize, gain):
+    m = net()
+    corrected = correct_bias(m, quantize, data(1))
+    held_out = data(2)
+    plain = output_mse(with_quantized_weights(m, quantize), m, held_out)
+    fixed = output_mse(with_quantized_weights(corrected, quantize), m, held_out)
+    assert fixed * gain < plain
+
+
+def test_shift_equals_mean_error_and_weights_unchanged():
+    m = net()
+    calib = data(3, 16)
+    corrected, report = correct_bias_with_report(m, fake_quant4, calib)
+    assert sorted(report["corrected"]) == ["c1", "c2", "dw", "fc"]
+    # The float model's output on the calibration data minus the last layer's own weight
+    # error: after correction the mean error of fc alone (float inputs) is zero.
+    only_fc = m.copy()
+    fc = next(n for n in only_fc.nodes if n.name == "fc")
+    fc.inputs[1].values = fake_quant4(np.asarray(fc.inputs[1].values).T.copy()).T.copy()
+    fc_c = next(n for n in corrected.nodes if n.name == "fc")
+    fc.inputs[2].values, fc.attrs["beta"] = fc_c.inputs[2].values, fc_c.attrs["beta"]
+    err = run(only_fc, {"x": calib})["fc"] - run(m, {"x": calib})["fc"]
+    assert np.abs(err.mean(axis=0)).max() < 1e-5
+    assert np.abs(err).max() > 1e-3  # the weights really are quantized
+    for a, b in zip(m.nodes, corrected.nodes, strict=True):
+        if a.op in ("Conv", "Gemm"):
+            assert np.array_equal(a.inputs[1].values, b.inputs[1].values)
+
+
+def test_bias_created_when_absent_and_model_valid():
+    m = net()
+    corrected = correct_bias(m, fake_quant4, data(4, 8))
+    dw = next(n for n in corrected.nodes if n.name == "dw")
+    assert len(dw.inputs) == 3 and dw.inputs[2].values.shape == (16,)
+    assert np.abs(dw.inputs[2].values).max() > 0
+    assert not any("__bias_error" in t for t in corrected.graph.tensors())
+    load_model(to_proto(corrected))  # passes the ONNX checker
+    assert len(next(n for n in m.nodes if n.name == "dw").inputs) == 2  # input untouched
+
+
+def test_fake_quant_weight_follows_the_spec():
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    w[2] = 0.0
+    w[1, 0, 0, 0] = 2.5 * (np.abs(w[1]).max() / 127)  # exactly halfway: rounds up
+    q = fake_quant_weight(w)
+    scale = (np.abs(w.reshape(4, -1)).max(axis=1) / 127).astype(np.float32)
+    assert np.all(q[2] == 0)
+    for c in (0, 1, 3):
+        levels = q[c].astype(np.float64) / scale[c]
+        np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+        assert np.abs(levels).max() == pytest.approx(127, abs=1e-3)
+    assert q[1, 0, 0, 0] / scale[1] == pytest.approx(3.0, abs=1e-4)
+    with pytest.raises(GraphError, match="NaN"):
+        fake_quant_weight(np.array([[np.nan]], np.float32))
+
+
+def test_fake_quant_matches_fixedpoint_module_when_present():
+    fixedpoint = pytest.importorskip("passes.quantize.fixedpoint")
+    w = np.random.default_rng(6).standard_normal((8, 4, 3, 3)).astype(np.float32)
+    q, s = fixedpoint.quantize_weights(w)
+    want = (q.astype(np.float64) * s.astype(np.float64).reshape(-1, 1, 1, 1)).astype(np.float32)
+    np.testing.assert_array_equal(fake_quant_weight(w), want)
+
+
+def test_requires_data_and_rejects_bad_quantizer():
+    m = net()
+    with pytest.raises(GraphError, match="calibration data"):
+        correct_bias(m, fake_quant_weight)
+    with pytest.raises(GraphError, match="returned shape"):
+        correct_bias(m, lambda w: w.ravel(), data(7, 4))

@@ -1,0 +1,189 @@
+"""Fixed-point primitives against exact rational arithmetic (docs/fixed-point.md §2-§4, §6)."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from compiler.errors import DataError, GraphError
+from passes.quantize import fixedpoint as fp
+
+
+def exact_requant(acc: int, m0: int, s: int, lo: int = -128, hi: int = 127) -> int:
+    """Round half up of acc·M0·2^-s with Fraction arithmetic, then clamp."""
+    v = Fraction(acc * m0, 2 ** s)
+    return min(max(math.floor(v + Fraction(1, 2)), lo), hi)
+
+
+def ideal(acc: int, m: float, lo: int = -128, hi: int = 127) -> int:
+    """The real-number result round_half_up(acc·M) with M taken exactly from the float."""
+    return min(max(math.floor(Fraction(acc) * Fraction(m) + Fraction(1, 2)), lo), hi)
+
+
+def check(accs, m0, s, lo=-128, hi=127):
+    wide = np.int8 if (lo, hi) == (-128, 127) or max(abs(lo), abs(hi)) < 128 else np.int64
+    got = fp.requantize(np.array(accs, np.int64), m0, s, lo, hi, dtype=wide)
+    want = [exact_requant(a, m0, s, lo, hi) for a in accs]
+    assert got.tolist() == want
+    return want
+
+
+@pytest.mark.parametrize("m", [0.5, 0.75, 1.0, 1.5, 3.5, 0.1, 1e-3, 2 ** -20, 0.9999999999,
+                               1.0000000001, 2 ** 29, 1 / 3])
+def test_quantize_multiplier_range_and_error(m):
+    m0, s = fp.quantize_multiplier(m)
+    assert 1 << 30 <= m0 < 1 << 31 and 1 <= s <= 62
+    err = abs(Fraction(m0, 2 ** s) - Fraction(m)) / Fraction(m)
+    assert err <= Fraction(1, 2 ** 31)
+
+
+def test_quantize_multiplier_edges():
+    assert fp.quantize_multiplier(1.0) == (1 << 30, 30)
+    assert fp.quantize_multiplier(0.0) == (0, 62)
+    assert fp.quantize_multiplier(2 ** -40) == (0, 62)             # flushed
+    assert fp.quantize_multiplier(2.0 ** 31) == ((1 << 31) - 1, 1)  # saturated
+    # f·2^31 rounding up to 2^31 renormalises to 2^30 with one less shift
+    m0, s = fp.quantize_multiplier(1 - 2 ** -40)
+    assert (m0, s) == (1 << 30, 30)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(GraphError):
+            fp.quantize_multiplier(bad)
+
+
+def test_ties_round_half_up():
+    # M = 1/2 exactly: acc odd gives exact .5 ties
+    m0, s = fp.quantize_multiplier(0.5)
+    assert check([1, 3, 5, -1, -3, -5, 0], m0, s) == [1, 2, 3, 0, -1, -2, 0]
+
+
+def test_negative_ties_toward_plus_infinity():
+    m0, s = fp.quantize_multiplier(0.25)
+    # -2·0.25 = -0.5 -> 0 ; -6·0.25 = -1.5 -> -1 ; -10·0.25 = -2.5 -> -2
+    assert check([-2, -6, -10, 2, 6, 10], m0, s) == [0, -1, -2, 1, 2, 3]
+
+
+def test_identity_multiplier_is_exact():
+    m0, s = fp.quantize_multiplier(1.0)
+    accs = list(range(-128, 128))
+    assert check(accs, m0, s) == accs
+
+
+@pytest.mark.parametrize("m", [0.999999, 1.0 + 2 ** -30, 1.7, 5.25, 100.0])
+def test_m_near_one_and_above(m):
+    m0, s = fp.quantize_multiplier(m)
+    accs = list(range(-200, 201, 7)) + [-(2 ** 31), 2 ** 31 - 1]
+    check(accs, m0, s)
+    # agrees with the ideal real result except where M0 rounding crosses a tie
+    rng = np.random.default_rng(0)
+    for acc in rng.integers(-100, 100, 200).tolist():
+        assert abs(exact_requant(acc, m0, s) - ideal(acc, m)) <= 1
+
+
+def test_tiny_multiplier_gives_zero_even_at_accumulator_extremes():
+    for m in (2 ** -32 * 0.999, 2 ** -35, 1e-12):
+        m0, s = fp.quantize_multiplier(m)
+        accs = [-(2 ** 31), -(2 ** 31) + 1, -1, 0, 1, 2 ** 31 - 1]
+        assert check(accs, m0, s) == [ideal(a, m) for a in accs] == [0] * 6
+    # smallest non-flushed multiplier: shift 62 at the int32 extremes, no overflow
+    m0, s = fp.quantize_multiplier(2.0 ** -32)
+    assert s == 62
+    check([-(2 ** 31), 2 ** 31 - 1], m0, s, lo=-(2 ** 40), hi=2 ** 40)
+
+
+def test_saturation_and_clamp_bounds():
+    m0, s = fp.quantize_multiplier(0.9)
+    assert check([1000, -1000, 141, -143], m0, s) == [127, -128, 127, -128]
+    assert check([-50, 50, 200], m0, s, lo=0, hi=60) == [0, 45, 60]
+    m0, s = fp.quantize_multiplier(2.0 ** 35)          # saturated multiplier
+    assert check([-1, 0, 1], m0, s) == [-128, 0, 127]
+
+
+def test_int32_accumulator_extremes_exact():
+    rng = np.random.default_rng(1)
+    accs = [-(2 ** 31), 2 ** 31 - 1, 2 ** 31, -(2 ** 31) + 1] + rng.integers(
+        -(2 ** 31), 2 ** 31, 500).tolist()
+    for m in (0.5, 2 ** -10, 2 ** -24, 0.7 * 2 ** -31, 1.3e-5):
+        m0, s = fp.quantize_multiplier(m)
+        check(accs, m0, s, lo=-(2 ** 62), hi=2 ** 62)   # no clamp: checks the full int64 path
+
+
+def test_random_multipliers_against_fractions():
+    rng = np.random.default_rng(2)
+    for m in np.exp(rng.uniform(np.log(1e-9), np.log(1e3), 60)):
+        m0, s = fp.quantize_multiplier(float(m))
+        check(rng.integers(-(2 ** 31), 2 ** 31, 64).tolist(), m0, s)
+
+
+def test_per_channel_broadcast():
+    m0, s = fp.quantize_multipliers(np.array([0.5, 0.25, 3.0]))
+    acc = np.array([[[3]], [[-6]], [[7]]], np.int64)            # [C,1,1]
+    got = fp.requantize(acc, m0.reshape(3, 1, 1), s.reshape(3, 1, 1))
+    assert got.ravel().tolist() == [2, -1, 21]
+
+
+def test_add_multipliers_share_shift_and_single_rounding():
+    a, b, s = fp.add_multipliers(0.7, -0.3)
+    assert b < 0 < a and (1 << 30) <= a < (1 << 31)
+    xs = np.arange(-128, 128)
+    acc = xs * a + xs[::-1] * b
+    got = fp.shift_round(acc, s)
+    want = [exact_requant(int(v), 1, s) for v in acc]
+    assert got.tolist() == want
+    # multipliers exact to 2^-31 relative for the larger one
+    assert abs(Fraction(a, 2 ** s) - Fraction(0.7)) <= Fraction(0.7) / 2 ** 31
+
+
+def test_input_quantization_float32_rules():
+    inv = fp.inverse_scale(0.1)
+    x = np.array([0.0, 0.05, -0.05, 0.15, -0.15, 1e9, -np.inf, np.inf, 12.7, -12.8],
+                 np.float32)
+    q = fp.quantize_input(x, inv)
+    v = np.floor(x * np.float32(inv) + np.float32(0.5))
+    assert q.tolist() == np.clip(v, -128, 127).astype(np.int8).tolist()
+    assert q[5] == 127 and q[6] == -128 and q[7] == 127
+    # float32 (not float64) arithmetic: 0.49999997 + 0.5 rounds to 1.0 in float32
+    assert fp.quantize_input(np.array([0.49999997], np.float32), 1.0)[0] == 1
+
+
+def test_scales_and_fallbacks():
+    assert fp.activation_scale(127.0) == 1.0
+    assert fp.activation_scale(0.0) == pytest.approx(fp.T_MIN / 127)
+    with pytest.raises(DataError):
+        fp.activation_scale(float("nan"))
+    with pytest.raises(DataError):
+        fp.activation_scale(float("inf"))
+    w = np.array([[1.0, -2.0], [0.0, 0.0], [0.5, 0.25]], np.float32)
+    q, sw = fp.quantize_weights(w)
+    assert q.tolist() == [[64, -127], [0, 0], [127, 64]]
+    assert sw[1] == sw.max() and np.all(sw > 0)
+    with pytest.raises(GraphError):
+        fp.quantize_weights(np.array([[np.nan, 1.0]], np.float32))
+
+
+def test_bias_saturates_to_accumulator_budget():
+    sw = np.array([1e-6, 0.01], np.float32)
+    b = fp.quantize_bias(np.array([1e6, 1.0]), 1e-3, sw, k=9)
+    assert b[0] == 2 ** 31 - 1 - 9 * 2 ** 14 and b[1] == 100000
+    with pytest.raises(GraphError):
+        fp.bias_bound(1 << 17)
+
+
+def test_lut_tables():
+    t = fp.build_lut("Sigmoid", 8 / 127, 1 / 127)
+    assert t.dtype == np.int8 and t.shape == (256,)
+    assert t[128] == 64 and t[0] == 0 and t[255] == 127     # sigmoid(0)=0.5 -> 63.5 -> 64
+    x = np.array([-128, 0, 127], np.int8)
+    assert fp.apply_lut(x, t).tolist() == [0, 64, 127]
+    relu = fp.build_lut("Relu", 0.1, 0.1)
+    assert fp.apply_lut(np.arange(-128, 128), relu).tolist() == [0] * 128 + list(range(128))
+    with pytest.raises(GraphError):
+        fp.build_lut("Nope", 1.0, 1.0)
+
+
+def test_clamp_bounds():
+    assert fp.clamp_bounds(0.0, 6.0, 6 / 127) == (0, 127)
+    assert fp.clamp_bounds(0.0, 6.0, 0.1) == (0, 60)
+    assert fp.clamp_bounds(None, None, 0.1) == (-128, 127)
