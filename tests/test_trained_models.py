@@ -1,0 +1,44 @@
+"""The committed Fashion-MNIST models: accuracy, int8 accuracy, and the default compile."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.evaluate import evaluate
+
+TRAINED = Path(__file__).parent.parent / "models" / "trained"
+NAMES = ["fmnist_resnet", "fmnist_mobilenetv2"]
+
+
+def _require(name):
+    path = TRAINED / f"{name}.onnx"
+    if not path.exists():
+        pytest.skip(f"{path} not committed yet")
+    return path
+
+
+def _committed_accuracy(name):
+    data = json.loads((TRAINED / "accuracy.json").read_text())
+    entry = data[name] if name in data else data["models"][name]
+    return entry["onnx_top1_eval2k"] if "onnx_top1_eval2k" in entry else entry["top1_eval2k"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trained_model_reaches_committed_accuracy(name):
+    path = _require(name)
+    top1 = evaluate(str(path), "fmnist-eval").metrics["top1"]
+    assert top1 == pytest.approx(_committed_accuracy(name), abs=0.005)
+    assert path.stat().st_size < 2 * 1024 * 1024
+
+
+def test_default_compile_bundled_model(tmp_path):
+    _require("fmnist_resnet")
+    from compiler.pipeline import compile_model
+
+    result = compile_model(None, None, tmp_path)
+    summary = result.report["summary"]
+    assert summary["binary vs model.quant.onnx"]["after"] == "bit-exact"
+    drop = summary["top1"]["before"] - summary["top1"]["after"]
+    assert drop <= 0.003  # int8 loses at most 0.3 pt on the 2,000-image eval set
+    assert (tmp_path / "report.html").exists() and (tmp_path / "model.bin").exists()
