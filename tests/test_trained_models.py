@@ -22,7 +22,7 @@ def _committed_accuracy(name):
     summary = TRAINED / "accuracy.json"
     if summary.exists():
         entry = json.loads(summary.read_text())
-        entry = entry.get(name, entry.get("models", {}).get(name, {}))
+        entry = entry.get("models", {}).get(name.removeprefix("fmnist_"), {})
         for key in ("onnx_top1_eval2k", "top1_eval2k", "torch_top1_eval2k"):
             if key in entry:
                 return entry[key]
