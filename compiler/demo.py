@@ -100,7 +100,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
     if isinstance(value, int):
         return f"{value:,}"
     return "-" if value is None else str(value)
