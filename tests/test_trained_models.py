@@ -47,3 +47,17 @@ def test_default_compile_bundled_model(tmp_path):
     drop = summary["top1"]["before"] - summary["top1"]["after"]
     assert drop <= 0.003  # int8 loses at most 0.3 pt on the 2,000-image eval set
     assert (tmp_path / "report.html").exists() and (tmp_path / "model.bin").exists()
+
+
+def test_mobilenetv2_int8_accuracy_and_shape_1_clip_bounds(tmp_path):
+    # The exported ReLU6 Clips carry [1]-shaped min/max (not scalars); they must still fuse.
+    _require("fmnist_mobilenetv2")
+    from passes.quantize.api import quantize_model
+
+    result = quantize_model(str(TRAINED / "fmnist_mobilenetv2.onnx"), "fmnist-calib")
+    path = tmp_path / "q.onnx"
+    from compiler.io import save_model
+
+    save_model(result.quant_model, path)
+    int8 = evaluate(str(path), "fmnist-eval").metrics["top1"]
+    assert _committed_accuracy("fmnist_mobilenetv2") - int8 <= 0.005

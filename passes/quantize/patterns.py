@@ -82,8 +82,9 @@ def clip_bounds(node: gs.Node) -> tuple[float | None, float | None] | None:
         t = node.inputs[i] if len(node.inputs) > i else None
         if t is None or not t.name:
             bounds.append(None)
-        elif is_const(t):
-            bounds.append(float(const_value(t)))
+        elif is_const(t) and const_value(t).size == 1:
+            # ONNX wants scalar bounds, but exporters also write shape [1]
+            bounds.append(float(const_value(t).reshape(-1)[0]))
         else:
             return None
     return bounds[0], bounds[1]
