@@ -35,8 +35,3 @@ def progress_output(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _ENABLED.reset(token)
-
-
-def progress_enabled() -> bool:
-    """Whether progress bars are currently shown."""
-    return _ENABLED.get()

@@ -138,14 +138,7 @@ def sparsify(ctx: Context) -> str:
 
 def quantize(ctx: Context) -> str:
     """int8 quantization: model.quant.onnx, model.qdq.onnx, calibration.json."""
-    from passes.quantize.api import quantize_model
-
-    c = ctx.config
-    percentile = c["calibration.percentile"] if c["calibration.calibrator"] == "percentile" \
-        else None
-    result = quantize_model(ctx.model, calibration_feeds(ctx), c["calibration.calibrator"],
-                            percentile=percentile, cle=c["quantize.cle"],
-                            bias_correction=c["quantize.bias_correction"])
+    result = _quantize(ctx, ctx.model)
     ctx.results["quant"] = result
     for role, filename, model in (("quant", "model.quant.onnx", result.quant_model),
                                   ("qdq", "model.qdq.onnx", result.qdq_model)):
@@ -155,6 +148,18 @@ def quantize(ctx: Context) -> str:
     ctx.results["compare_layers"] = _compare_layers(ctx, result)
     ops = result.report.get("op_counts", {})
     return f"{sum(ops.values()) if ops else len(result.qgraph.ops)} quantized ops"
+
+
+def _quantize(ctx: Context, model: Any) -> Any:
+    """Quantize `model` with the configured calibrator and options."""
+    from passes.quantize.api import quantize_model
+
+    c = ctx.config
+    percentile = c["calibration.percentile"] if c["calibration.calibrator"] == "percentile" \
+        else None
+    return quantize_model(model, calibration_feeds(ctx), c["calibration.calibrator"],
+                          percentile=percentile, cle=c["quantize.cle"],
+                          bias_correction=c["quantize.bias_correction"])
 
 
 def _compare_layers(ctx: Context, result: Any) -> list[dict]:
@@ -196,16 +201,22 @@ def verify(ctx: Context) -> str:
 
 def perf(ctx: Context) -> str:
     """Cycle-model latency (1 core, 1 thread) and FPS (cores x threads)."""
-    from targets.npusim import estimate_perf
-
-    c, binary = ctx.config, ctx.files["binary"]
-    single = estimate_perf(binary, c["target.arch"], cores=1, threads=1, frames=c["target.frames"])
-    multi = estimate_perf(binary, c["target.arch"], cores=c["target.cores"],
-                          threads=c["target.threads"], frames=c["target.frames"])
-    ctx.results["perf"] = {"single": single, "multi": multi}
+    c = ctx.config
+    ctx.results["perf"] = _perf_pair(ctx.files["binary"], c)
     ctx.results["perf_baseline"] = _baseline_perf(ctx) if _compressed(ctx) else ctx.results["perf"]
+    single, multi = ctx.results["perf"]["single"], ctx.results["perf"]["multi"]
     return (f"{single.latency_ms:.3f} ms (1 core, 1 thread), {multi.fps:.0f} FPS "
             f"({c['target.cores']} cores, {c['target.threads']} threads)")
+
+
+def _perf_pair(binary: Any, c: dict[str, Any]) -> dict[str, Any]:
+    """Latency on one core and thread, FPS on the configured cores and threads."""
+    from targets.npusim import estimate_perf
+
+    return {"single": estimate_perf(binary, c["target.arch"], cores=1, threads=1,
+                                    frames=c["target.frames"]),
+            "multi": estimate_perf(binary, c["target.arch"], cores=c["target.cores"],
+                                   threads=c["target.threads"], frames=c["target.frames"])}
 
 
 def _compressed(ctx: Context) -> bool:
@@ -214,16 +225,10 @@ def _compressed(ctx: Context) -> bool:
 
 def _baseline_perf(ctx: Context) -> dict[str, Any]:
     """Latency/FPS of the uncompressed model, quantized and built the same way."""
-    from passes.quantize.api import quantize_model
-    from targets.npusim import build_binary, estimate_perf
+    from targets.npusim import build_binary
 
-    c = ctx.config
-    base = quantize_model(ctx.original, calibration_feeds(ctx), c["calibration.calibrator"])
-    data = build_binary(base.quant_model, c["target.arch"]).data
-    return {"single": estimate_perf(data, c["target.arch"], cores=1, threads=1,
-                                    frames=c["target.frames"]),
-            "multi": estimate_perf(data, c["target.arch"], cores=c["target.cores"],
-                                   threads=c["target.threads"], frames=c["target.frames"])}
+    base = _quantize(ctx, ctx.original)
+    return _perf_pair(build_binary(base.quant_model, ctx.config["target.arch"]).data, ctx.config)
 
 
 def evaluate(ctx: Context) -> str:

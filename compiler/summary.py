@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from compiler.cost import model_cost
-from compiler.ir import Model, const_value
+from compiler.ir import const_value
 
 if TYPE_CHECKING:
     from compiler.pipeline import Context
@@ -156,8 +156,3 @@ def _variants(ctx: Context) -> list[dict[str, Any]]:
     macs["int8"] = macs["compressed"]
     return [{"name": name, "macs": macs[name], "accuracy": s.get(metric)}
             for name, s in scores.items()]
-
-
-def float_size(model: Model) -> int:
-    """Bytes of float32 parameters."""
-    return 4 * model_cost(model).params
