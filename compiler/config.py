@@ -81,8 +81,12 @@ SCHEMA: dict[str, Field] = {
                                     _in("max", "percentile", "kl", "mse")),
     "calibration.percentile": Field(_NUM, 99.99, "percentile calibrator: percentile",
                                     _range(50, 100)),
+    "calibration.batch_size": Field((int,), 8, "samples per calibration run", _positive),
+    "calibration.table": Field(_OPT_STR, None,
+                               "saved calibration.json to reuse instead of calibrating"),
     "eval.data": Field(_OPT_STR, None, "labelled evaluation data (dataset name or .npz)"),
     "eval.limit": Field((int, type(None)), None, "evaluate on at most this many samples"),
+    "eval.batch_size": Field((int,), 64, "samples per evaluation run", _positive),
     "prune.enabled": Field((bool,), False, "run channel pruning"),
     "prune.criterion": Field((str,), "l1", "l1, l2, random, hrank or css",
                              _in("l1", "l2", "random", "hrank", "css")),
@@ -97,13 +101,29 @@ SCHEMA: dict[str, Field] = {
     "prune.abc_cycles": Field((int,), 4, "ABC: cycles T", _positive),
     "prune.abc_food_sources": Field((int,), 6, "ABC: food sources n", _positive),
     "prune.abc_trial_limit": Field((int,), 3, "ABC: trial limit M", _positive),
-    "prune.reconstruct": Field((bool,), True, "least-squares recovery of consumers"),
+    "prune.reconstruct": Field((bool, str), True,
+                               "recovery of consumers: true/lsq (ridge re-fit), bias (mean "
+                               "folding only) or false", _in(True, False, "lsq", "bias")),
+    "prune.ridge": Field(_NUM, 1e-3, "reconstruction: relative ridge strength",
+                         lambda v: None if v >= 0 else "must be >= 0"),
+    "prune.rows": Field((int,), 4096, "reconstruction: sampled positions per layer", _positive),
+    "prune.workers": Field((int, type(None)), None, "ABC worker processes (null: all cores)",
+                           _positive),
     "sparsify.enabled": Field((bool,), False, "run 1xN block sparsification"),
     "sparsify.block": Field((int,), 4, "block size N", _in(2, 4, 8, 16, 32)),
     "sparsify.sparsity": Field(_NUM, 0.5, "fraction of blocks zeroed", _range(0, 1, True)),
-    "sparsify.criterion": Field((str,), "l1", "l1, l2 or css", _in("l1", "l2", "css")),
+    "sparsify.criterion": Field((str,), "obs",
+                                "l1, l2, act, obs (needs reconstruct) or css (whole filters)",
+                                _in("l1", "l2", "act", "obs", "css")),
+    "sparsify.global": Field((bool,), False, "one MACs-weighted budget across layers"),
+    "sparsify.exclude": Field((list,), [], "node names or glob patterns kept dense"),
+    "sparsify.include_first_last": Field((bool,), False,
+                                         "also sparsify the first conv and last classifier"),
     "sparsify.reorder": Field((bool,), True, "reorder filters before forming blocks"),
     "sparsify.reconstruct": Field((bool,), True, "masked least-squares recovery"),
+    "sparsify.refit_dense": Field((bool,), True,
+                                  "reconstruct: also re-fit dense layers after sparse ones"),
+    "sparsify.rows": Field((int,), 8192, "reconstruct: sampled positions per layer", _positive),
     "quantize.enabled": Field((bool,), True, "quantize to int8"),
     "quantize.cle": Field((bool,), False, "cross-layer equalization before quantizing"),
     "quantize.bias_correction": Field((bool,), False, "empirical bias correction"),
@@ -111,9 +131,66 @@ SCHEMA: dict[str, Field] = {
     "target.arch": Field((str,), "default", "architecture preset name or YAML file"),
     "target.verify": Field((bool,), True, "check the binary against model.quant.onnx"),
     "target.verify_samples": Field((int,), 8, "samples used by verify", _positive),
+    "target.verify_data": Field(_OPT_STR, None, "inputs for verify (default: calibration data)"),
     "target.cores": Field((int,), 2, "perf: cores for the FPS figure", _in(1, 2)),
     "target.threads": Field((int,), 8, "perf: threads for the FPS figure", _positive),
     "target.frames": Field((int,), 1000, "perf: frames averaged", _positive),
+    "report.top_layers": Field((int,), 5, "slowest layers printed after the summary (0: none)",
+                               lambda v: None if v >= 0 else "must be >= 0"),
+}
+
+# Every flag of the single-step sub-commands (positionals by name) -> the config key
+# `npuc compile` reads instead (a string), or why there is none (a sentence in parentheses).
+# tests/test_config.py checks that this covers every flag; docs/config.md lists it.
+SUBCOMMAND_KEYS: dict[str, dict[str, str]] = {
+    "prune": {
+        "model": "model", "--output": "(written as model.pruned.onnx in -o DIR)",
+        "--ratio": "prune.ratio", "--rates": "prune.rates", "--target-macs": "prune.target_macs",
+        "--criterion": "prune.criterion", "--round-to": "prune.round_to",
+        "--search": "prune.search", "--abc-cycles": "prune.abc_cycles",
+        "--abc-sources": "prune.abc_food_sources", "--abc-limit": "prune.abc_trial_limit",
+        "--workers": "prune.workers", "--calib": "calibration.data",
+        "--calib-limit": "calibration.limit", "--reconstruct": "prune.reconstruct",
+        "--seed": "seed",
+        "--json": "(npuc compile --json)",
+    },
+    "sparsify": {
+        "model": "model", "--output": "(written as model.sparse.onnx in -o DIR)",
+        "--block": "sparsify.block", "--sparsity": "sparsify.sparsity",
+        "--criterion": "sparsify.criterion", "--global": "sparsify.global",
+        "--exclude": "sparsify.exclude", "--include-first-last": "sparsify.include_first_last",
+        "--reorder": "sparsify.reorder", "--calib": "calibration.data",
+        "--calib-limit": "calibration.limit", "--reconstruct": "sparsify.reconstruct",
+        "--no-refit-dense": "sparsify.refit_dense", "--rows": "sparsify.rows",
+        "--json": "(npuc compile --json)",
+    },
+    "quantize": {
+        "model": "model", "--output": "(written as model.quant.onnx / model.qdq.onnx in -o DIR)",
+        "--calib": "calibration.data", "--calibrator": "calibration.calibrator",
+        "--percentile": "calibration.percentile", "--calib-limit": "calibration.limit",
+        "--batch-size": "calibration.batch_size", "--cle": "quantize.cle",
+        "--bias-correction": "quantize.bias_correction", "--calib-table": "calibration.table",
+        "--json": "(npuc compile --json)",
+    },
+    "build": {
+        "model": "(the quantized model of the run)", "--output": "(written as model.bin in -o DIR)",
+        "--target": "target.name", "--arch": "target.arch", "--json": "(npuc compile --json)",
+    },
+    "verify": {
+        "model": "(the quantized model of the run)", "binary": "(model.bin of the run)",
+        "--inputs": "target.verify_data", "--samples": "target.verify_samples", "--seed": "seed",
+        "--json": "(npuc compile --json)",
+    },
+    "perf": {
+        "binary": "(model.bin of the run)", "--cores": "target.cores",
+        "--threads": "target.threads", "--frames": "target.frames", "--arch": "target.arch",
+        "--top": "report.top_layers", "--json": "(npuc compile --json)",
+    },
+    "eval": {
+        "model": "(float, compressed and int8 models of the run)", "--data": "eval.data",
+        "--reference": "(always the float model of the run)", "--batch": "eval.batch_size",
+        "--limit": "eval.limit", "--json": "(npuc compile --json)",
+    },
 }
 
 
@@ -229,4 +306,14 @@ def schema_markdown() -> str:
     """The schema as a Markdown table (used to write docs/config.md)."""
     rows = ["| key | default | description |", "|---|---|---|"]
     rows += [f"| `{k}` | `{f.default!r}` | {f.help} |" for k, f in SCHEMA.items()]
+    return "\n".join(rows)
+
+
+def flags_markdown() -> str:
+    """The sub-command flag -> config key table (docs/config.md)."""
+    rows = ["| command | flag | config key |", "|---|---|---|"]
+    for command, flags in SUBCOMMAND_KEYS.items():
+        for flag, key in flags.items():
+            cell = key if key.startswith("(") else f"`{key}`"
+            rows.append(f"| `npuc {command}` | `{flag}` | {cell} |")
     return "\n".join(rows)

@@ -111,7 +111,8 @@ def prune(ctx: Context) -> str:
                "round_to": c["prune.round_to"], "search": c["prune.search"],
                "reconstruct": c["prune.reconstruct"], "seed": c["seed"],
                "abc_cycles": c["prune.abc_cycles"], "abc_sources": c["prune.abc_food_sources"],
-               "abc_limit": c["prune.abc_trial_limit"]}
+               "abc_limit": c["prune.abc_trial_limit"], "workers": c["prune.workers"],
+               "lam": c["prune.ridge"], "max_rows": c["prune.rows"]}
     needs_data = c["prune.reconstruct"] or c["prune.criterion"] == "hrank" or c["prune.search"]
     calib = calibration_feeds(ctx) if needs_data else None
     ctx.model, report = prune_model(ctx.model, options, calib=calib)
@@ -126,11 +127,18 @@ def sparsify(ctx: Context) -> str:
     from passes.sparsify.sparsify import sparsify_model
 
     c = ctx.config
-    calib = calibration_feeds(ctx) if c["sparsify.reconstruct"] else None
+    if c["sparsify.criterion"] == "obs" and not c["sparsify.reconstruct"]:
+        raise ConfigError("sparsify.criterion 'obs' chooses blocks during the re-fit: set "
+                          "sparsify.reconstruct: true or pick l1/l2/act/css")
+    needs_data = c["sparsify.reconstruct"] or c["sparsify.criterion"] in ("act", "obs")
+    calib = calibration_feeds(ctx) if needs_data else None
     ctx.model, report = sparsify_model(
         ctx.model, c["sparsify.block"], c["sparsify.sparsity"], calib=calib,
         criterion=c["sparsify.criterion"], reorder=c["sparsify.reorder"],
-        reconstruct=c["sparsify.reconstruct"])
+        reconstruct=c["sparsify.reconstruct"], global_budget=c["sparsify.global"],
+        exclude=tuple(c["sparsify.exclude"]),
+        include_first_last=c["sparsify.include_first_last"],
+        refit_dense=c["sparsify.refit_dense"], rows=c["sparsify.rows"])
     ctx.results["sparsify"] = report
     save_stage_model(ctx, "sparse", "model.sparse.onnx")
     return f"1x{c['sparsify.block']} blocks at {c['sparsify.sparsity']:.0%}"
@@ -150,8 +158,12 @@ def quantize(ctx: Context) -> str:
     return f"{sum(ops.values()) if ops else len(result.qgraph.ops)} quantized ops"
 
 
-def _quantize(ctx: Context, model: Any) -> Any:
-    """Quantize `model` with the configured calibrator and options."""
+def _quantize(ctx: Context, model: Any, saved_table: bool = True) -> Any:
+    """Quantize `model` with the configured calibrator and options.
+
+    `saved_table=False` ignores calibration.table (it describes the compressed model, not
+    the baseline).
+    """
     from passes.quantize.api import quantize_model
 
     c = ctx.config
@@ -159,7 +171,9 @@ def _quantize(ctx: Context, model: Any) -> Any:
         else None
     return quantize_model(model, calibration_feeds(ctx), c["calibration.calibrator"],
                           percentile=percentile, cle=c["quantize.cle"],
-                          bias_correction=c["quantize.bias_correction"])
+                          bias_correction=c["quantize.bias_correction"],
+                          table=c["calibration.table"] if saved_table else None,
+                          batch_size=c["calibration.batch_size"])
 
 
 def _compare_layers(ctx: Context, result: Any) -> list[dict]:
@@ -189,7 +203,7 @@ def verify(ctx: Context) -> str:
     from compiler.errors import MismatchError
     from targets.npusim import verify as run_verify
 
-    feeds = calibration_feeds(ctx).take(ctx.config["target.verify_samples"])
+    feeds = _verify_feeds(ctx).take(ctx.config["target.verify_samples"])
     report = run_verify(ctx.results["quant"].quant_model, ctx.files["binary"], feeds.arrays)
     ctx.results["verify"] = report
     mismatched = sum(o["mismatched"] for o in report.outputs)
@@ -197,6 +211,17 @@ def verify(ctx: Context) -> str:
         raise MismatchError(f"model.bin differs from model.quant.onnx in {mismatched} elements")
     elements = sum(o["elements"] for o in report.outputs)
     return f"0 of {elements:,} output elements differ ({report.samples} samples)"
+
+
+def _verify_feeds(ctx: Context) -> Feeds:
+    """target.verify_data when given (same preprocessing), else the calibration data."""
+    from compiler.data import load_feeds
+
+    source = ctx.config["target.verify_data"]
+    if source is None:
+        return calibration_feeds(ctx)
+    return load_feeds(source, ctx.original, limit=ctx.config["target.verify_samples"],
+                      preprocess=_preprocess(ctx.config))
 
 
 def perf(ctx: Context) -> str:
@@ -227,7 +252,7 @@ def _baseline_perf(ctx: Context) -> dict[str, Any]:
     """Latency/FPS of the uncompressed model, quantized and built the same way."""
     from targets.npusim import build_binary
 
-    base = _quantize(ctx, ctx.original)
+    base = _quantize(ctx, ctx.original, saved_table=False)
     return _perf_pair(build_binary(base.quant_model, ctx.config["target.arch"]).data, ctx.config)
 
 
@@ -240,7 +265,8 @@ def evaluate(ctx: Context) -> str:
     variants = {"float": ctx.original, "compressed": ctx.model}
     if "quant" in ctx.results:
         variants["int8"] = ctx.results["quant"].quant_model
-    scores = {name: run_eval(to_proto(m), source, limit=limit).metrics
+    batch = ctx.config["eval.batch_size"]
+    scores = {name: run_eval(to_proto(m), source, limit=limit, batch=batch).metrics
               for name, m in variants.items()}
     ctx.results["eval"] = scores
     key = next(iter(scores["float"]), None)

@@ -162,6 +162,21 @@ def collect_rows(model: Model, layers: Sequence[str], feeds, *, max_rows: int = 
     return _rows_from(model, nodes, feeds, batch_size, per_batch, seed, use_output=outputs)
 
 
+def collect_rows_like(model: Model, layer: str, tensor: str, feeds, *, max_rows: int = 4096,
+                      batch_size: int = 16, seed: int = 0) -> np.ndarray:
+    """Rows of `tensor` at the output positions `collect_rows` samples for `layer`.
+
+    `tensor` must have the layer output's shape in `model` (e.g. the other operand of the
+    residual Add the layer feeds), so its rows line up with the layer's target rows.
+    """
+    node = _nodes_by_name(model, [layer])[layer]
+    batch_size = effective_batch(model, batch_size)
+    n_samples = len(next(iter(_feed_dict(feeds).values())))
+    per_batch = max(1, -(-max_rows // max(1, -(-n_samples // batch_size))))
+    return _rows_from(model, {layer: node}, feeds, batch_size, per_batch, seed,
+                      use_output=True, tensor_of={layer: tensor})[layer]
+
+
 def _nodes_by_name(model: Model, names: Sequence[str]) -> dict[str, gs.Node]:
     by_name = {n.name: n for n in model.graph.nodes}
     out = {}
@@ -177,9 +192,10 @@ def _nodes_by_name(model: Model, names: Sequence[str]) -> dict[str, gs.Node]:
 
 
 def _rows_from(model: Model, nodes: dict[str, gs.Node], feeds, batch_size: int, per_batch: int,
-               seed: int, *, use_output: bool) -> dict[str, np.ndarray]:
-    tensor_of = {name: (n.outputs[0] if use_output else n.inputs[0]).name
-                 for name, n in nodes.items()}
+               seed: int, *, use_output: bool,
+               tensor_of: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+    tensor_of = tensor_of or {name: (n.outputs[0] if use_output else n.inputs[0]).name
+                              for name, n in nodes.items()}
     parts: dict[str, list[np.ndarray]] = {name: [] for name in nodes}
     shapes = {name: _out_shape_hint(n) for name, n in nodes.items()}
     for b, values in enumerate(iter_tensors(model, list(dict.fromkeys(tensor_of.values())),

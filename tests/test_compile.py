@@ -147,3 +147,41 @@ def test_report_renders_in_headless_chromium(compiled, tmp_path):
     # the "after" bars of the channels plot are drawn in #3b6ea8: the plot was decoded and shown
     bar_blue = np.all(np.abs(pixels - np.array([59, 110, 168])) < 12, axis=-1)
     assert bar_blue.sum() > 2000
+
+
+def test_sparsify_and_report_keys_reach_their_stages(small_model, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"calibration: {{data: {small_model / 'calib.npz'}}}\n"
+        "sparsify: {enabled: true, criterion: l1, reconstruct: false, global: true,\n"
+        "           exclude: ['features.2.*'], block: 8, sparsity: 0.4}\n"
+        "target: {frames: 20, verify_samples: 2}\nreport: {top_layers: 3}\n")
+    assert main(["compile", str(small_model / "m.onnx"), "-c", str(config), "-o",
+                 str(tmp_path / "o"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") > 3 and "slowest layers" in out
+    slowest = out[out.index("slowest layers"):].splitlines()[2:5]
+    assert len(slowest) == 3 and all("," in line or line.split()[2].isdigit() for line in slowest)
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    sp = report["sparsify"]
+    assert sp["global"] and sp["criterion"] == "l1" and sp["block"] == 8
+    assert not sp["reconstruct"] and sp["refit_dense"] == {}
+    for name in ("features.2.conv.0.0", "features.2.conv.2"):
+        assert sp["skipped"][name] == "excluded by --exclude"
+    assert "features.3.conv.2" in {row["node"] for row in sp["layers"]}
+
+
+def test_saved_calibration_table_replaces_calibration(small_model, tmp_path):
+    base = {"calibration.data": str(small_model / "calib.npz"), "target.frames": 20,
+            "target.verify_samples": 2}
+    first = compile_model(str(small_model / "m.onnx"), base, tmp_path / "o1")
+    other = np.random.default_rng(1).standard_normal((16, 3, 32, 32)).astype(np.float32) * 3
+    np.savez(tmp_path / "other.npz", images=other)
+    config = {**base, "calibration.data": str(tmp_path / "other.npz")}
+    reused = compile_model(str(small_model / "m.onnx"),
+                           {**config, "calibration.table": str(first.out_dir / "calibration.json")},
+                           tmp_path / "o2")
+    fresh = compile_model(str(small_model / "m.onnx"), config, tmp_path / "o3")
+    binary = (first.out_dir / "model.bin").read_bytes()
+    assert (reused.out_dir / "model.bin").read_bytes() == binary
+    assert (fresh.out_dir / "model.bin").read_bytes() != binary

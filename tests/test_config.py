@@ -64,3 +64,34 @@ def test_docs_config_is_current():
 
     doc = (Path(__file__).parent.parent / "docs" / "config.md").read_text()
     assert schema_markdown() in doc
+
+
+def _subcommand_flags(name):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"compiler.commands.{name}").register(parser.add_subparsers())
+    sub = parser._subparsers._group_actions[0].choices[name]
+    return {a.option_strings[-1] if a.option_strings else a.dest
+            for a in sub._actions if a.dest != "help"}
+
+
+@pytest.mark.parametrize("command", ["prune", "sparsify", "quantize", "build", "verify", "perf",
+                                     "eval"])
+def test_every_subcommand_flag_has_a_config_key(command):
+    from compiler.config import SUBCOMMAND_KEYS
+
+    mapped = SUBCOMMAND_KEYS[command]
+    assert _subcommand_flags(command) == set(mapped)
+    for key in mapped.values():
+        assert key.startswith("(") or key in SCHEMA, key
+
+
+def test_docs_config_lists_flag_keys():
+    from pathlib import Path
+
+    from compiler.config import flags_markdown
+
+    doc = (Path(__file__).parent.parent / "docs" / "config.md").read_text()
+    assert flags_markdown() in doc

@@ -181,6 +181,8 @@ def test_global_budget_hits_mac_target():
     ({"criterion": "hrank"}, "unknown criterion"),
     ({"reconstruct": True}, "needs calibration data"),
     ({"criterion": "act"}, "--criterion act needs calibration data"),
+    ({"criterion": "obs"}, "--criterion obs chooses blocks during the re-fit"),
+    ({"criterion": "obs", "reconstruct": True, "global_budget": True}, "--global is not"),
     ({"block": 32, "exclude": ("c",)}, "N divides the output channels of no eligible layer"),
 ])
 def test_bad_options_raise_config_error(kwargs, match):

@@ -54,7 +54,7 @@ def test_sparsify_text_report_with_reconstruction(model_path, tmp_path, capsys):
     (["--block", "4", "--sparsity", "1.0"], "--sparsity 1.0: must be in [0, 1)"),
     (["--block", "4", "--sparsity", "-0.2"], "--sparsity -0.2: must be in [0, 1)"),
     (["--block", "4", "--sparsity", "0.5", "--criterion", "hrank"],
-     "--criterion 'hrank': unknown criterion (choose from l1, l2, act, css)"),
+     "--criterion 'hrank': unknown criterion (choose from l1, l2, act, obs, css)"),
     (["--block", "4", "--sparsity", "0.5", "--reconstruct"], "--reconstruct needs calibration"),
 ])
 def test_bad_input_is_one_line_exit_2(model_path, tmp_path, capsys, args, message):

@@ -123,3 +123,36 @@ def run_tensor(model, name, feeds):
     from passes.recon import iter_tensors
 
     return next(iter_tensors(model, [name], feeds, 1000))[name]
+
+
+def test_dense_followers_are_refitted_and_stay_dense():
+    model = tiny_net(batch="N")
+    calib = _calib(model)
+    only, _ = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, refit_dense=False)
+    both, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib)
+    # dw (depthwise, ineligible) and fc2 (last layer) follow sparsified layers; stem does not.
+    assert set(report["refit_dense"]) == {"dw", "fc2"}
+    dw = report["refit_dense"]["dw"]
+    assert dw["error_after"] < dw["error_before"]
+    assert set(read_sparsity_metadata(both)) == set(read_sparsity_metadata(only))
+    assert not {"dw", "fc2"} & set(read_sparsity_metadata(both))
+    w_only = {x.name: x.logical() for x in weight_layers(only)}
+    w_both = {x.name: x.logical() for x in weight_layers(both)}
+    assert not np.array_equal(w_only["dw"], w_both["dw"])
+    assert np.array_equal(w_only["stem"], w_both["stem"])
+
+
+def test_refit_that_overfits_held_out_rows_is_rejected():
+    """25 parameters per output fitted on 32 noisy rows: worse on held-out rows, so not kept."""
+    model = tiny_net()
+    layer = next(x for x in weight_layers(model) if x.name == "fc1")
+    rng = np.random.default_rng(0)
+    w_true = layer.logical().copy()
+    x = rng.standard_normal((40, 24)).astype(np.float32)
+    y = x @ w_true.T + rng.standard_normal((40, 16)).astype(np.float32) * 3
+    b_true = np.asarray(layer.node.inputs[2].values).copy()
+    y = y + b_true
+    info = refit_layer(layer, LayerMask("fc1", layer.weight.name, 1, np.ones((16, 24), bool)),
+                       x, y, ridge=1e-8)
+    assert info["error_after"] == info["error_before"]
+    assert np.array_equal(layer.logical(), w_true)

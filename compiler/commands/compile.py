@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.report)
         return 0
     print(summary_text(result.report))
+    slowest = slowest_layers_text(result.report, config["report.top_layers"])
+    if slowest:
+        print("\n" + slowest)
     print(f"\nreport: {result.files['report_html']}  ({result.files['report_json']})")
     return 0
 
@@ -91,6 +94,16 @@ def summary_text(report: dict) -> str:
     for key, value in report.get("summary", {}).items():
         rows.append((key, _cell(value.get("before")), _cell(value.get("after"))))
     return format_table(rows, ["metric", "before", "after"])
+
+
+def slowest_layers_text(report: dict, top: int) -> str:
+    """The `top` layers with the most cycles (1 core, 1 thread), or "" when there are none."""
+    timed = [r for r in report.get("layers", []) if r.get("cycles") is not None]
+    rows = sorted(timed, key=lambda r: -r["cycles"])[:top]
+    if not rows:
+        return ""
+    return format_table([(r["layer"], r["op"], f"{r['cycles']:,}", r.get("unit") or "-")
+                         for r in rows], ["slowest layers", "op", "cycles", "unit"])
 
 
 def _cell(value) -> str:

@@ -10,6 +10,7 @@ from compiler.errors import ConfigError
 from compiler.io import load_model, save_model
 from passes.canonicalize import canonicalize
 from passes.sparsify import SparsifyOptions, sparsify_model
+from passes.sparsify.criteria import NEEDS_DATA
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,10 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sparsity", type=float, required=True, metavar="S",
                    help="fraction of blocks zeroed per layer, in [0, 1) (with --global: "
                         "fraction of the eligible layers' MACs)")
-    p.add_argument("--criterion", default="l1", metavar="l1|l2|act|css",
+    p.add_argument("--criterion", default="l1", metavar="l1|l2|act|obs|css",
                    help="block L1 or L2 norm; act: block L1 x input-channel RMS on --calib; "
-                        "css: CHEX-style column subset selection zeroing whole filters "
-                        "(default l1)")
+                        "obs: output error of removing the block, chosen during "
+                        "--reconstruct (most accurate); css: CHEX-style column subset "
+                        "selection zeroing whole filters (default l1)")
     p.add_argument("--global", dest="global_budget", action="store_true",
                    help="one MACs-weighted budget across layers instead of per-layer sparsity")
     p.add_argument("--exclude", default="", metavar="NAMES",
@@ -45,6 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="re-fit surviving weights by least squares to the float model's "
                         "layer outputs on --calib")
+    p.add_argument("--no-refit-dense", dest="refit_dense", action="store_false",
+                   help="with --reconstruct, leave the dense layers after sparsified ones "
+                        "(classifier, depthwise) as they are")
+    p.add_argument("--rows", type=int, default=8192, metavar="R",
+                   help="regression rows sampled per layer by --reconstruct (default 8192)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -56,12 +63,12 @@ def options_from_args(args: argparse.Namespace) -> SparsifyOptions:
         global_budget=args.global_budget,
         exclude=tuple(x.strip() for x in args.exclude.split(",") if x.strip()),
         include_first_last=args.include_first_last, reorder=args.reorder,
-        reconstruct=args.reconstruct)
+        reconstruct=args.reconstruct, refit_dense=args.refit_dense, rows=args.rows)
     opts.validate()
     if args.reconstruct and not args.calib:
         raise ConfigError("--reconstruct needs calibration data (--calib DATA)")
-    if opts.criterion == "act" and not args.calib:
-        raise ConfigError("--criterion act needs calibration data (--calib DATA)")
+    if opts.criterion in NEEDS_DATA and not args.calib:
+        raise ConfigError(f"--criterion {opts.criterion} needs calibration data (--calib DATA)")
     return opts
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from compiler.ir import Model
+from compiler.progress import track
 from passes.prune.costmodel import CostModel
 from passes.prune.groups import Analysis
 from passes.prune.rates import round_keep
@@ -133,7 +134,7 @@ class _Colony:
                               + [self.random_source(base) for _ in range(n - 1)])
         self.fit = self.fitness(list(self.foods))
         trials = np.zeros(n, int)
-        for cycle in range(cycles):
+        for cycle in track(range(cycles), "ABC search (cycles)"):
             self._phase(range(n), trials)  # employed bees
             weights = self.fit - self.fit.min() + 1e-6
             onlookers = self.rng.choice(n, size=n, p=weights / weights.sum())

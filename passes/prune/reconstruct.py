@@ -18,6 +18,7 @@ import numpy as np
 
 from compiler.errors import ConfigError
 from compiler.ir import Model
+from compiler.progress import track
 from passes.prune.groups import Analysis
 from passes.recon import collect_rows, refit_reason, ridge_fit, set_layer_weights, weight_matrix
 
@@ -64,7 +65,8 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
     t_in = collect_rows(teacher, layers, feeds, outputs=False, **kw)
     t_out = collect_rows(teacher, layers, feeds, outputs=True, **kw)
     rows = []
-    for chunk in np.array_split(np.array(layers, dtype=object), min(len(layers), max_passes)):
+    chunks = np.array_split(np.array(layers, dtype=object), min(len(layers), max_passes))
+    for chunk in track(chunks, "reconstruct (layer groups)"):
         chunk = list(chunk)
         s_in = collect_rows(pruned, chunk, feeds, outputs=False, **kw)
         for name in chunk:

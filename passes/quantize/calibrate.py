@@ -30,6 +30,7 @@ from compiler.errors import ConfigError, DataError, GraphError
 from compiler.io import model_hash, to_proto, write_atomic
 from compiler.ir import Model, const_value
 from compiler.numerics import run, session
+from compiler.progress import track
 from passes.quantize.histogram import (
     DEFAULT_BINS,
     KL_QUANT_BINS,
@@ -136,7 +137,7 @@ def collect_ranges(model: Model, feeds: Any, tensors: list[str], method: str = "
     states = {name: new_state(method, **opts) for name in dict.fromkeys(tensors)}
     batch_size = _fit_batch(model, list(states), batch_size)
     batches = stream_tensors(model, feeds, list(states), batch_size)
-    for step, batch in enumerate(batches):
+    for step, batch in enumerate(track(batches, f"calibrate ({method}, batches)")):
         for name, values in batch.items():
             _update(states[name], values, name, step)
     return {name: finalize(state, method, name, **opts) for name, state in states.items()}

@@ -5,6 +5,8 @@ A *unit* is what one mask bit covers:
 - `l1`/`l2` (1xN): a block of N consecutive output channels x 1 input channel x the whole
   kernel; scores have shape `[Cout/N, Cin]` (the 1xN authors' block norm).
 - `act` (1xN): the block L1 norm times the RMS of its input channel on calibration data.
+- `obs` (1xN): the output error left by removing the block when the rest of the layer is
+  re-fitted (Optimal Brain Surgeon); computed during reconstruction, see `obs.py`.
 - `css` (CHEX-style): a whole filter (output channel), scored by its leverage score in the
   column subset selection sense; scores have shape `[Cout]` and a zeroed filter is a mask
   row of zeros at block size 1.
@@ -21,8 +23,8 @@ import numpy as np
 
 from compiler.errors import ConfigError
 
-CRITERIA = ("l1", "l2", "act", "css")
-NEEDS_DATA = ("act",)
+CRITERIA = ("l1", "l2", "act", "obs", "css")
+NEEDS_DATA = ("act", "obs")
 MAX_LAYER_SPARSITY = 0.95  # global mode never empties a layer
 
 

@@ -154,12 +154,12 @@ def boundary_layers(model: Model, layers: Sequence[Layer]) -> tuple[set[str], se
     all count as last layers.
     """
     names = {layer.name for layer in layers}
-    first = {x.name for x in layers if not _reaches(x.node, names, upstream=True)}
-    last = {x.name for x in layers if not _reaches(x.node, names, upstream=False)}
+    first = {x.name for x in layers if not reaches(x.node, names, upstream=True)}
+    last = {x.name for x in layers if not reaches(x.node, names, upstream=False)}
     return first, last
 
 
-def _reaches(start: gs.Node, targets: set[str], *, upstream: bool) -> bool:
+def reaches(start: gs.Node, targets: set[str], *, upstream: bool) -> bool:
     """True when another node named in `targets` is up/downstream of `start`."""
     seen, stack = {id(start)}, [start]
     while stack:

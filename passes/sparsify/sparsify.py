@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ from passes.sparsify.layers import (
     weight_layers,
 )
 from passes.sparsify.metadata import LayerMask, write_sparsity_metadata
-from passes.sparsify.reconstruct import ReconOptions, reconstruct
+from passes.sparsify.reconstruct import ReconOptions, dense_followers, obs_mask, reconstruct
 from passes.sparsify.reorder import reorder_layers
 from passes.sparsify.report import build_report
 
@@ -57,12 +58,15 @@ class SparsifyOptions:
         block: N, output channels per block (2, 4, 8, 16 or 32).
         sparsity: Fraction of blocks zeroed per layer (global: of the layers' MACs), in [0, 1).
         criterion: "l1" or "l2" block norm, "act" (block L1 x input-channel RMS on
-            calibration data), or "css" (CHEX-style whole filters).
+            calibration data), "obs" (output error of removing the block, chosen during
+            the re-fit), or "css" (CHEX-style whole filters).
         global_budget: One MACs-weighted budget across layers instead of per-layer sparsity.
         exclude: Node names or glob patterns never sparsified.
         include_first_last: Also sparsify the first conv(s) and last classifier(s).
         reorder: Permute output channels by filter L1 norm before forming blocks.
         reconstruct: Re-fit surviving weights on calibration data (needs `calib`).
+        refit_dense: With `reconstruct`, also re-fit the dense layers downstream of a
+            sparsified one (classifier, depthwise, excluded layers).
         ridge: Relative ridge strength of the reconstruction.
         rows: Regression rows sampled per layer in the reconstruction.
     """
@@ -75,6 +79,7 @@ class SparsifyOptions:
     include_first_last: bool = False
     reorder: bool = False
     reconstruct: bool = False
+    refit_dense: bool = True
     ridge: float = 1e-3
     rows: int = 8192
 
@@ -88,6 +93,11 @@ class SparsifyOptions:
         if self.criterion not in CRITERIA:
             raise ConfigError(f"--criterion {self.criterion!r}: unknown criterion "
                               f"(choose from {', '.join(CRITERIA)})")
+        if self.criterion == "obs" and not self.reconstruct:
+            raise ConfigError("--criterion obs chooses blocks during the re-fit: "
+                              "add --reconstruct")
+        if self.criterion == "obs" and self.global_budget:
+            raise ConfigError("--criterion obs selects per layer: --global is not supported")
         if self.ridge < 0 or self.rows < 1:
             raise ConfigError("ridge must be >= 0 and rows >= 1")
 
@@ -192,7 +202,7 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
         calib: Calibration inputs (dict of arrays or `compiler.data.Feeds`); needed by
             `reconstruct=True`.
         **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
-            include_first_last, reorder, reconstruct, ridge, rows).
+            include_first_last, reorder, reconstruct, refit_dense, ridge, rows).
 
     Returns:
         (sparse model with metadata `npuc.sparsity`, report dict).
@@ -222,15 +232,25 @@ def _run(model: Model, opts: SparsifyOptions, calib: Any) -> tuple[Model, dict[s
     teacher = model.copy() if opts.reconstruct else None
     feeds = calib.arrays if hasattr(calib, "arrays") else calib
     stats = input_channel_stats(model, plan.layers, feeds) if feeds is not None else None
-    masks = select_masks(plan.layers, opts, stats)
-    corrected = _bias_correct(plan.layers, masks, stats) if stats else []
-    apply_masks(plan.layers, masks)
-    recon = {}
+    masks, corrected, pending = {}, [], [layer.name for layer in plan.layers]
+    if opts.criterion != "obs":
+        masks, pending = select_masks(plan.layers, opts, stats), []
+        corrected = _bias_correct(plan.layers, masks, stats) if stats else []
+        apply_masks(plan.layers, masks)
+    recon, dense = {}, {}
     if teacher is not None:
-        recon = reconstruct(model, teacher, masks, feeds, ReconOptions(opts.rows, opts.ridge))
+        sparse = [layer.name for layer in plan.layers]
+        dense = dense_followers(weight_layers(model), sparse) if opts.refit_dense else {}
+        masks.update(dense)
+        select = partial(obs_mask, block=opts.block, sparsity=opts.sparsity)
+        recon = reconstruct(model, teacher, masks, feeds, ReconOptions(opts.rows, opts.ridge),
+                            select=select, pending=pending)
+        for name in dense:
+            del masks[name]
     write_sparsity_metadata(model, opts.block, masks, opts.criterion)
     report = build_report(model, plan, masks, opts, reorder_info, recon)
     report["bias_corrected"] = corrected
+    report["refit_dense"] = {name: recon[name] for name in dense}
     return model, report
 
 

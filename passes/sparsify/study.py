@@ -51,6 +51,12 @@ def sparse_runs(model: Model, blocks: Sequence[int], sparsities: Sequence[float]
                                           calib=calib if recon else None)
                 yield {"method": f"1x{block} l1", "N": block, "S": s, "reorder": reorder,
                        "recon": recon}, out, rep
+    for block in blocks:
+        for s in sparsities:
+            out, rep = sparsify_model(model, block, s, criterion="obs", reorder=True,
+                                      reconstruct=True, calib=calib)
+            yield {"method": f"1x{block} obs", "N": block, "S": s, "reorder": True,
+                   "recon": True}, out, rep
     for s in sparsities:
         for recon in (False, True):
             out, rep = sparsify_model(model, 4, s, criterion="act", reorder=True,
@@ -82,10 +88,10 @@ def prune_runs(model: Model, sparsities: Sequence[float],
 
 
 def study_model(path: str, blocks: Sequence[int], sparsities: Sequence[float],
-                calib_limit: int = 256) -> list[dict[str, Any]]:
+                calib_limit: int = 256, eval_data: str = "fmnist-eval") -> list[dict[str, Any]]:
     """All rows of the table for one trained model."""
     model = canonicalize(load_model(path)).model
-    evals = load_feeds("fmnist-eval", model)
+    evals = load_feeds(eval_data, model)
     calib = load_feeds("fmnist-calib", model, limit=calib_limit)
     base = accuracy(model, evals)
     macs = sum(node_macs(model).values())
@@ -117,10 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                    "models/trained/fmnist_mobilenetv2.onnx"])
     p.add_argument("--blocks", nargs="+", type=int, default=[2, 4, 8, 16])
     p.add_argument("--sparsities", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    p.add_argument("--eval", default="fmnist-eval",
+                   help="labelled evaluation set (fmnist-test: the 10,000 test images)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = [r for m in args.models for r in study_model(m, args.blocks, args.sparsities)]
+    rows = [r for m in args.models
+            for r in study_model(m, args.blocks, args.sparsities, eval_data=args.eval)]
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

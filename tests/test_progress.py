@@ -1,0 +1,42 @@
+"""Progress bars: shown on stderr by the long loops only when turned on."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler.numerics import random_feeds
+from compiler.progress import progress_output
+from passes.prune import prune_model
+from passes.quantize.calibrate import collect_ranges
+from passes.sparsify import sparsify_model
+from tests.test_prune_recon import _images, small_resnet
+from tests.test_sparsify_blocks import tiny_net
+
+
+def _sparsify(model):
+    sparsify_model(model, 4, 0.5, reconstruct=True, calib=random_feeds(model, seed=0, batch=8))
+
+
+def _stem_output(model):
+    return next(n for n in model.graph.nodes if n.name == "stem").outputs[0].name
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_calibration_and_reconstruction_report_progress(enabled, capsys):
+    model = tiny_net(batch="N")
+    with progress_output(enabled):
+        collect_ranges(model, random_feeds(model, seed=0, batch=16), [_stem_output(model)],
+                       "percentile", batch_size=4)
+        _sparsify(model)
+        prune_model(small_resnet(), ratio=0.3, reconstruct=True, calib={"x": _images(8, 0)})
+    err = capsys.readouterr().err
+    for label in ("calibrate (percentile, batches)", "reconstruct:",
+                  "reconstruct (layer groups)"):
+        assert (label in err) is enabled, label
+
+
+def test_abc_search_reports_cycles(capsys):
+    with progress_output(True):
+        prune_model(small_resnet(), search="abc", target_macs=0.7, calib={"x": _images(16, 0)},
+                    abc_cycles=1, abc_sources=2, abc_limit=1, workers=1, seed=0)
+    assert "ABC search (cycles)" in capsys.readouterr().err
