@@ -27,11 +27,25 @@ METHODS: dict[str, dict[str, Any]] = {
                       "prune.target_macs": 0.7, "prune.reconstruct": True},
     "ABC pruning": {"prune.enabled": True, "prune.criterion": "l1", "prune.target_macs": 0.7,
                     "prune.search": "abc", "prune.reconstruct": True},
-    "1xN sparsity (1x4, 50%)": {"sparsify.enabled": True, "sparsify.block": 4,
-                                "sparsify.sparsity": 0.5, "sparsify.reorder": True,
-                                "sparsify.reconstruct": True},
+    "1xN sparsity (1x4, 50%, L1 blocks as in the paper)": {
+        "sparsify.enabled": True, "sparsify.block": 4, "sparsify.sparsity": 0.5,
+        "sparsify.criterion": "l1", "sparsify.reorder": True, "sparsify.reconstruct": True},
+    "1xN sparsity (1x4, 50%, obs blocks)": {
+        "sparsify.enabled": True, "sparsify.block": 4, "sparsify.sparsity": 0.5,
+        "sparsify.criterion": "obs", "sparsify.reorder": True, "sparsify.reconstruct": True},
     "CHEX-style CSS sparsity (30%)": {"sparsify.enabled": True, "sparsify.criterion": "css",
                                       "sparsify.sparsity": 0.3, "sparsify.reconstruct": True},
+}
+# Random-weight architectures: data-free variants (accuracy means nothing there; the rows
+# show what the compression does to MACs, latency and FPS).
+ARCH_METHODS: dict[str, dict[str, Any]] = {
+    "baseline (random weights)": {},
+    "channel pruning (30% fewer MACs, l1, round_to 16)": {
+        "prune.enabled": True, "prune.criterion": "l1", "prune.target_macs": 0.7,
+        "prune.round_to": 16, "prune.reconstruct": False},
+    "1xN sparsity (1x4, 50%, l1)": {
+        "sparsify.enabled": True, "sparsify.block": 4, "sparsify.sparsity": 0.5,
+        "sparsify.criterion": "l1", "sparsify.reorder": False, "sparsify.reconstruct": False},
 }
 HEADERS = ["model", "method", "top-1 int8", "MACs", "params", "latency ms (1c/1t)",
            "FPS (2c/8t)", "verify"]
@@ -53,13 +67,15 @@ def method_row(model: str, method: str, overrides: dict[str, Any], out: Path) ->
 
 def seed_table(models: tuple[str, ...] = TRAINED, architectures: tuple[str, ...] = ARCHITECTURES,
                methods: dict[str, dict[str, Any]] | None = None,
-               progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """All rows: every method on the trained models, the baseline on the architectures.
+               progress: Callable[[str], None] | None = None,
+               arch_methods: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """All rows: every method on the trained models, `ARCH_METHODS` on the architectures.
 
     The architectures have random weights and no labels, so they are calibrated on seeded
     random images and reported for MACs, latency and FPS only.
     """
     methods = methods or METHODS
+    arch_methods = arch_methods or ARCH_METHODS
     rows = []
     with tempfile.TemporaryDirectory(prefix="npuc-demo-") as tmp:
         for model in models:
@@ -68,12 +84,13 @@ def seed_table(models: tuple[str, ...] = TRAINED, architectures: tuple[str, ...]
                     progress(f"{model}: {name}")
                 rows.append(method_row(model, name, overrides, Path(tmp) / f"{model}-{name}"))
         for arch in architectures:
-            if progress:
-                progress(f"{arch}: baseline")
             calib = _random_calib(arch, Path(tmp))
-            rows.append(method_row(arch, "baseline (random weights)",
-                                   {"calibration.data": str(calib), "calibration.limit": 4,
-                                    "target.verify_samples": 1}, Path(tmp) / arch))
+            for i, (name, overrides) in enumerate(arch_methods.items()):
+                if progress:
+                    progress(f"{arch}: {name}")
+                config = {"calibration.data": str(calib), "calibration.limit": 4,
+                          "target.verify_samples": 1, **overrides}
+                rows.append(method_row(arch, name, config, Path(tmp) / f"{arch}-{i}"))
     return rows
 
 

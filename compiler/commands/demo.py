@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="fmnist_resnet,fmnist_mobilenetv2",
                    help="comma-separated trained models (every method runs on each)")
     p.add_argument("--architectures", default="resnet50,mobilenetv2,ssd_resnet50",
-                   help="comma-separated architectures (baseline only); '' for none")
+                   help="comma-separated architectures (random weights: baseline, pruned, 1x4 "
+                        "sparse); '' for none")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
