@@ -77,7 +77,9 @@ def evaluate_one(name: str, calibrator: str, variant: str, step: int = 1) -> dic
     result = quantize_model(proto, {key: calib_inputs(name)}, calibrator, **VARIANTS[variant])
     seconds = time.perf_counter() - start
     data = eval_data(name, step)
-    float_proto = to_proto(result.float_model)
+    # The reference is the model as given: with bias correction `result.float_model` carries
+    # the corrected biases, which is not the float model a user validated.
+    float_proto = proto
     flt = evaluate(float_proto, data).metrics
     int8 = evaluate(to_proto(result.quant_model), data, reference=float_proto).metrics
     qdq = evaluate(to_proto(result.qdq_model), data, reference=float_proto).metrics
