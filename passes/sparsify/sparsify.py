@@ -43,7 +43,13 @@ from passes.sparsify.layers import (
     weight_layers,
 )
 from passes.sparsify.metadata import LayerMask, write_sparsity_metadata
-from passes.sparsify.reconstruct import ReconOptions, dense_followers, obs_mask, reconstruct
+from passes.sparsify.reconstruct import (
+    ReconOptions,
+    dense_followers,
+    mask_weights,
+    obs_mask,
+    reconstruct,
+)
 from passes.sparsify.reorder import reorder_layers
 from passes.sparsify.report import build_report
 
@@ -185,9 +191,7 @@ def _bias_correct(layers: Sequence[Layer], masks: Mapping[str, LayerMask],
 def apply_masks(layers: Sequence[Layer], masks: Mapping[str, LayerMask]) -> None:
     """Zero the masked blocks of each layer's weight, in place."""
     for layer in layers:
-        m = masks[layer.name]
-        w = layer.logical()
-        layer.store(np.where(element_mask(m.mask, m.block, w.shape), w, 0).astype(w.dtype))
+        mask_weights(layer, masks[layer.name])
 
 
 def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
