@@ -45,6 +45,8 @@ def test_sparsify_text_report_with_reconstruction(model_path, tmp_path, capsys):
     assert code == 0 and out.exists()
     assert "left dense:" in text and "stem: first layer" in text
     assert "->" in text.splitlines()[2]  # the recon error column of the first layer
+    assert "dense layers re-fitted after the sparse ones" in text
+    assert "  fc2: " in text  # the last layer follows sparsified ones
 
 
 @pytest.mark.parametrize("args, message", [

@@ -99,6 +99,9 @@ def format_report(report: dict) -> str:
     if report["skipped"]:
         lines.append("\nleft dense:")
         lines += [f"  {name}: {reason}" for name, reason in report["skipped"].items()]
+    if report.get("refit_dense"):
+        lines.append("\ndense layers re-fitted after the sparse ones (recon err):")
+        lines += [f"  {name}: {_recon(recon)}" for name, recon in report["refit_dense"].items()]
     lines.append(f"\n{report['zero_blocks']:,}/{report['blocks']:,} blocks zero "
                  f"({report['zero_block_fraction']:.1%}); MACs {human(report['macs'])} -> "
                  f"{human(report['effective_macs'])} effective "
