@@ -156,9 +156,7 @@ def collect_rows(model: Model, layers: Sequence[str], feeds, *, max_rows: int = 
     so inputs of one model can be paired with outputs of another.
     """
     nodes = _nodes_by_name(model, layers)
-    batch_size = effective_batch(model, batch_size)
-    n_samples = len(next(iter(_feed_dict(feeds).values())))
-    per_batch = max(1, -(-max_rows // max(1, -(-n_samples // batch_size))))
+    batch_size, per_batch = _sampling(model, feeds, max_rows, batch_size)
     return _rows_from(model, nodes, feeds, batch_size, per_batch, seed, use_output=outputs)
 
 
@@ -170,11 +168,16 @@ def collect_rows_like(model: Model, layer: str, tensor: str, feeds, *, max_rows:
     residual Add the layer feeds), so its rows line up with the layer's target rows.
     """
     node = _nodes_by_name(model, [layer])[layer]
-    batch_size = effective_batch(model, batch_size)
-    n_samples = len(next(iter(_feed_dict(feeds).values())))
-    per_batch = max(1, -(-max_rows // max(1, -(-n_samples // batch_size))))
+    batch_size, per_batch = _sampling(model, feeds, max_rows, batch_size)
     return _rows_from(model, {layer: node}, feeds, batch_size, per_batch, seed,
                       use_output=True, tensor_of={layer: tensor})[layer]
+
+
+def _sampling(model: Model, feeds, max_rows: int, batch_size: int) -> tuple[int, int]:
+    """(samples per run, rows drawn per run) so that about `max_rows` rows are kept."""
+    batch_size = effective_batch(model, batch_size)
+    n_samples = len(next(iter(_feed_dict(feeds).values())))
+    return batch_size, max(1, -(-max_rows // max(1, -(-n_samples // batch_size))))
 
 
 def _nodes_by_name(model: Model, names: Sequence[str]) -> dict[str, gs.Node]:

@@ -9,8 +9,9 @@ block is N rows at the same K kernel positions of one input channel, so its scor
 sum of N such terms sharing one `K x K` matrix.
 
 The scores are computed inside the sequential reconstruction (`reconstruct.py`): H comes
-from the layer's inputs in the sparse model so far and w from an unmasked ridge fit to the
-float teacher's outputs, so a block is judged by what the masked re-fit will actually lose.
+from the layer's inputs in the sparse model so far and w from the least-squares fit of each
+block row to the float teacher's outputs on its kept columns, so a block is judged by what
+the masked re-fit will actually lose.
 """
 
 from __future__ import annotations
@@ -18,44 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 DAMP = 0.01  # relative diagonal damping of H, as in OBC/SparseGPT
-
-
-def obs_block_scores(weight: np.ndarray, x: np.ndarray, block: int, cin: int, *,
-                     centre: bool = True) -> np.ndarray:
-    """OBS saliency of every 1xN block of one layer (higher = keep).
-
-    Args:
-        weight: `[Cout, Cin/G * K]` rows in the column order of `x`.
-        x: Layer inputs `[G, P, Cin/G * K]` (one slice per conv group).
-        block: N (output channels per block, within a group).
-        cin: Input channels per group (columns of x are `cin` runs of K kernel taps).
-        centre: Centre x first (the layer has a bias that absorbs the mean).
-
-    Returns:
-        `[Cout/N, Cin/G]` scores.
-    """
-    groups = x.shape[0]
-    per = weight.shape[0] // groups
-    rows = [_row_saliency(weight[g * per:(g + 1) * per], x[g], cin, centre)
-            for g in range(groups)]
-    sal = np.concatenate(rows)  # [Cout, Cin]
-    return sal.reshape(-1, block, cin).sum(axis=1)
-
-
-def _row_saliency(w: np.ndarray, x: np.ndarray, cin: int, centre: bool) -> np.ndarray:
-    """`[rows, Cin]`: error of removing each row's weights at one input channel."""
-    x64 = np.asarray(x, np.float64)
-    if centre:
-        x64 = x64 - x64.mean(axis=0)
-    gram = x64.T @ x64 / max(len(x64), 1)
-    gram += DAMP * max(float(np.mean(np.diag(gram))), 1e-12) * np.eye(len(gram))
-    hinv = np.linalg.inv(gram)
-    k = len(gram) // cin
-    idx = np.arange(cin * k).reshape(cin, k)
-    blocks = hinv[idx[:, :, None], idx[:, None, :]]  # [Cin, K, K] diagonal blocks of H^-1
-    inv_blocks = np.linalg.inv(blocks)
-    wk = np.asarray(w, np.float64).reshape(len(w), cin, k)
-    return np.einsum("ock,ckl,ocl->oc", wk, inv_blocks, wk)
 
 
 def gradual_obs_keep(x: np.ndarray, y: np.ndarray, block: int, cin: int, sparsity: float, *,
