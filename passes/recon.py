@@ -160,17 +160,35 @@ def collect_rows(model: Model, layers: Sequence[str], feeds, *, max_rows: int = 
     return _rows_from(model, nodes, feeds, batch_size, per_batch, seed, use_output=outputs)
 
 
-def collect_rows_like(model: Model, layer: str, tensor: str, feeds, *, max_rows: int = 4096,
-                      batch_size: int = 16, seed: int = 0) -> np.ndarray:
-    """Rows of `tensor` at the output positions `collect_rows` samples for `layer`.
+def collect_layer_tensors(model: Model, layer: str, specs: Mapping[str, tuple[str, bool]],
+                          feeds, *, max_rows: int = 4096, batch_size: int = 16,
+                          seed: int = 0) -> dict[str, np.ndarray]:
+    """Rows of several tensors at one layer's sampled positions, from a single run of `model`.
 
-    `tensor` must have the layer output's shape in `model` (e.g. the other operand of the
-    residual Add the layer feeds), so its rows line up with the layer's target rows.
+    Args:
+        model: The model to run.
+        layer: The layer whose output positions are sampled (as in `collect_rows`).
+        specs: Key -> (tensor name, is_output). `is_output=False` turns the tensor into the
+            layer's input patches; `True` reads it like the layer's output, so it must have
+            the output's shape (e.g. the other operand of a residual Add).
+        feeds: Calibration inputs.
+        max_rows: Rows kept (spread evenly over batches).
+        batch_size: Samples per onnxruntime run.
+        seed: Seed of the position sampling (same positions as `collect_rows`).
+
+    Returns:
+        Key -> rows `[G, n, k]`.
     """
     node = _nodes_by_name(model, [layer])[layer]
     batch_size, per_batch = _sampling(model, feeds, max_rows, batch_size)
-    return _rows_from(model, {layer: node}, feeds, batch_size, per_batch, seed,
-                      use_output=True, tensor_of={layer: tensor})[layer]
+    shape = _out_shape_hint(node)
+    names = list(dict.fromkeys(tensor for tensor, _ in specs.values()))
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in specs}
+    for b, values in enumerate(iter_tensors(model, names, feeds, batch_size)):
+        for key, (tensor, is_output) in specs.items():
+            rng = np.random.default_rng([seed, zlib.crc32(layer.encode()), b])
+            parts[key].append(layer_rows(node, values[tensor], per_batch, rng, is_output, shape))
+    return {key: np.concatenate(p, axis=1) for key, p in parts.items()}
 
 
 def _sampling(model: Model, feeds, max_rows: int, batch_size: int) -> tuple[int, int]:
@@ -195,10 +213,9 @@ def _nodes_by_name(model: Model, names: Sequence[str]) -> dict[str, gs.Node]:
 
 
 def _rows_from(model: Model, nodes: dict[str, gs.Node], feeds, batch_size: int, per_batch: int,
-               seed: int, *, use_output: bool,
-               tensor_of: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    tensor_of = tensor_of or {name: (n.outputs[0] if use_output else n.inputs[0]).name
-                              for name, n in nodes.items()}
+               seed: int, *, use_output: bool) -> dict[str, np.ndarray]:
+    tensor_of = {name: (n.outputs[0] if use_output else n.inputs[0]).name
+                 for name, n in nodes.items()}
     parts: dict[str, list[np.ndarray]] = {name: [] for name in nodes}
     shapes = {name: _out_shape_hint(n) for name, n in nodes.items()}
     for b, values in enumerate(iter_tensors(model, list(dict.fromkeys(tensor_of.values())),

@@ -10,7 +10,7 @@ from passes.sparsify import check_masks, read_sparsity_metadata, sparsify_model,
 from passes.sparsify.criteria import select_uniform, unit_scores, zero_count
 from passes.sparsify.layers import weight_layers
 from passes.sparsify.obs import gradual_obs_keep
-from passes.sparsify.reconstruct import ReconOptions, reconstruct, residual_target
+from passes.sparsify.reconstruct import ReconOptions, layer_io, reconstruct
 from tests.test_sparsify_blocks import tiny_net
 
 
@@ -69,7 +69,7 @@ def test_residual_target_equals_layer_output_when_nothing_changed():
     calib = random_feeds(model, seed=5, batch=8)
     layer = next(x for x in weight_layers(model) if x.name == "b")  # b feeds Add(b, stem)
     io = collect_layer_io(model, ["b"], calib, max_rows=500)["b"]
-    res = residual_target(model, model.copy(), layer, io, calib, ReconOptions(rows=500))
+    res = layer_io(model, model.copy(), layer, calib, ReconOptions(rows=500))
     assert res.y.shape == io.y.shape
     assert np.allclose(res.y, io.y, atol=1e-4 * np.abs(io.y).max())
 

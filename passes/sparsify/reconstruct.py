@@ -20,7 +20,7 @@ import onnx_graphsurgeon as gs
 
 from compiler.ir import Model, const_value, is_const, is_graph_output
 from compiler.progress import track
-from passes.recon import LayerIO, collect_layer_io, collect_rows_like, refit_reason, ridge_fit
+from passes.recon import LayerIO, collect_layer_tensors, refit_reason, ridge_fit
 from passes.sparsify.criteria import element_mask, select_uniform, unit_scores
 from passes.sparsify.layers import Layer, reaches, weight_layers
 from passes.sparsify.metadata import LayerMask
@@ -73,11 +73,7 @@ def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
     todo = set(masks) | set(pending)
     for layer in track([x for x in weight_layers(student) if x.name in todo], "reconstruct"):
         reason = refit_reason(layer.node)
-        io = None if reason else collect_layer_io(
-            student, [layer.name], feeds, teacher=teacher, max_rows=opts.rows,
-            seed=opts.seed)[layer.name]
-        if io is not None and opts.residual:
-            io = residual_target(student, teacher, layer, io, feeds, opts)
+        io = None if reason else layer_io(student, teacher, layer, feeds, opts)
         if layer.name in pending and select is not None:
             masks[layer.name] = select(layer, io and io.x, io and io.y)
             mask_weights(layer, masks[layer.name])
@@ -101,22 +97,28 @@ def residual_add(layer: Layer, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | N
     return add, other[0]
 
 
-def residual_target(student: Model, teacher: Model, layer: Layer, io: LayerIO, feeds,
-                    opts: ReconOptions) -> LayerIO:
-    """Targets that also cancel the error the shortcut brings into the residual Add.
+def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
+             opts: ReconOptions) -> LayerIO:
+    """Regression rows of one layer: one run of the student, one of the teacher.
 
-    A layer feeding `Add(layer, shortcut)` is fitted to `teacher(Add) - student(shortcut)`
-    instead of `teacher(layer)`: the sum then matches the float model even though the
-    shortcut carries the error of every earlier block, which nothing else compensates.
+    Regressors are the layer's input patches in the student. Targets are the teacher's
+    layer output, except for a layer feeding `Add(layer, shortcut)` (with `opts.residual`):
+    there they are `teacher(Add) - student(shortcut)`, so the sum matches the float model
+    even though the shortcut carries the error of every earlier block, which nothing else
+    compensates.
     """
-    found = residual_add(layer, student.graph)
-    if found is None:
-        return io
-    add, other = found
     kw = {"max_rows": opts.rows, "seed": opts.seed}
-    total = collect_rows_like(teacher, layer.name, add.outputs[0].name, feeds, **kw)
-    shortcut = collect_rows_like(student, layer.name, other.name, feeds, **kw)
-    return LayerIO(io.node, io.x, total - shortcut)
+    found = residual_add(layer, student.graph) if opts.residual else None
+    x_specs = {"x": (layer.node.inputs[0].name, False)}
+    y_specs = {"y": (layer.node.outputs[0].name, True)}
+    if found is not None:
+        add, other = found
+        x_specs["shortcut"] = (other.name, True)
+        y_specs = {"y": (add.outputs[0].name, True)}
+    xs = collect_layer_tensors(student, layer.name, x_specs, feeds, **kw)
+    ys = collect_layer_tensors(teacher, layer.name, y_specs, feeds, **kw)
+    y = ys["y"] - xs["shortcut"] if found is not None else ys["y"]
+    return LayerIO(layer.name, xs["x"], y)
 
 
 def mask_weights(layer: Layer, mask: LayerMask) -> None:
