@@ -1,7 +1,7 @@
 """Accuracy of int8 model.quant.onnx vs the float model, per calibrator and option.
 
     python benchmarks/eval_quantize.py [--models efficientnet_lite0,ppocr_rec,...]
-        [--calibrators max,percentile,kl,mse] [--variants plain,cle,bc] [--json]
+        [--calibrators max,percentile,kl,mse] [--variants plain,cle,bc,gptq,gptq+bc] [--json]
 
 Calibration / evaluation data (all offline, docs/quantization.md):
   fmnist_*            calib: fmnist-calib (256 train images)   eval: fmnist-eval (2,000 test)
@@ -24,6 +24,7 @@ DATA = {"fmnist_resnet": ("fmnist-calib", "fmnist-eval"),
         "efficientnet_lite0": ("photos", "photos"),
         "ppocr_rec": ("text-lines", "text-lines")}
 VARIANTS = {"plain": {}, "cle": {"cle": True}, "bc": {"bias_correction": True},
+            "gptq": {"rounding": "gptq"}, "gptq+bc": {"rounding": "gptq", "bias_correction": True},
             "cle+bc": {"cle": True, "bias_correction": True}}
 
 

@@ -127,6 +127,8 @@ SCHEMA: dict[str, Field] = {
     "quantize.enabled": Field((bool,), True, "quantize to int8"),
     "quantize.cle": Field((bool,), False, "cross-layer equalization before quantizing"),
     "quantize.bias_correction": Field((bool,), False, "empirical bias correction"),
+    "quantize.rounding": Field((str,), "nearest", "weight rounding: nearest | gptq",
+                               _in("nearest", "gptq")),
     "target.name": Field((str,), "npusim", "target backend", _in("npusim")),
     "target.arch": Field((str,), "default", "architecture preset name or YAML file"),
     "target.verify": Field((bool,), True, "check the binary against model.quant.onnx"),
@@ -170,6 +172,7 @@ SUBCOMMAND_KEYS: dict[str, dict[str, str]] = {
         "--percentile": "calibration.percentile", "--calib-limit": "calibration.limit",
         "--batch-size": "calibration.batch_size", "--cle": "quantize.cle",
         "--bias-correction": "quantize.bias_correction", "--calib-table": "calibration.table",
+        "--rounding": "quantize.rounding",
         "--json": "(npuc compile --json)",
     },
     "build": {

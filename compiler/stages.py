@@ -172,6 +172,7 @@ def _quantize(ctx: Context, model: Any, saved_table: bool = True) -> Any:
     return quantize_model(model, calibration_feeds(ctx), c["calibration.calibrator"],
                           percentile=percentile, cle=c["quantize.cle"],
                           bias_correction=c["quantize.bias_correction"],
+                          rounding=c["quantize.rounding"],
                           table=c["calibration.table"] if saved_table else None,
                           batch_size=c["calibration.batch_size"])
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,14 +148,16 @@ def collect_layer_io(model: Model, layers: Sequence[str], feeds, *, teacher: Mod
 
 
 def collect_rows(model: Model, layers: Sequence[str], feeds, *, max_rows: int = 4096,
-                 batch_size: int = 16, seed: int = 0,
-                 outputs: bool = False) -> dict[str, np.ndarray]:
+                 batch_size: int = 16, seed: int = 0, outputs: bool = False,
+                 reason: Callable[[gs.Node], str | None] = refit_reason,
+                 ) -> dict[str, np.ndarray]:
     """Only the regressors (`outputs=False`) or only the targets of `collect_layer_io`.
 
     Calls with equal `feeds`, `max_rows`, `batch_size` and `seed` sample the same positions,
-    so inputs of one model can be paired with outputs of another.
+    so inputs of one model can be paired with outputs of another. `reason` says why a layer
+    cannot be used (default: `refit_reason`; weight rounding ignores a Gemm's beta).
     """
-    nodes = _nodes_by_name(model, layers)
+    nodes = _nodes_by_name(model, layers, reason)
     batch_size, per_batch = _sampling(model, feeds, max_rows, batch_size)
     return _rows_from(model, nodes, feeds, batch_size, per_batch, seed, use_output=outputs)
 
@@ -198,14 +200,16 @@ def _sampling(model: Model, feeds, max_rows: int, batch_size: int) -> tuple[int,
     return batch_size, max(1, -(-max_rows // max(1, -(-n_samples // batch_size))))
 
 
-def _nodes_by_name(model: Model, names: Sequence[str]) -> dict[str, gs.Node]:
+def _nodes_by_name(model: Model, names: Sequence[str],
+                   reason_of: Callable[[gs.Node], str | None] = refit_reason,
+                   ) -> dict[str, gs.Node]:
     by_name = {n.name: n for n in model.graph.nodes}
     out = {}
     for name in names:
         node = by_name.get(name)
         if node is None:
             raise GraphError(f"layer {name!r} is not in the model")
-        reason = refit_reason(node)
+        reason = reason_of(node)
         if reason:
             raise GraphError(f"layer {name!r} cannot be re-fitted: {reason}")
         out[name] = node

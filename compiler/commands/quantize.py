@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from compiler.commands.common import format_table, print_json
 from compiler.errors import ConfigError
 from compiler.io import to_proto, write_atomic
@@ -37,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cle", action="store_true", help="cross-layer equalization first")
     p.add_argument("--bias-correction", action="store_true",
                    help="correct biases for the weight quantization error")
+    p.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"),
+                   help="weight rounding: nearest, or gptq (error-compensating on the "
+                        "calibration data; slower, usually more accurate)")
     p.add_argument("--calib-table", metavar="FILE",
                    help="reuse a saved calibration.json instead of calibrating")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -56,12 +61,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     result = quantize_model(args.model, args.calib, args.calibrator, percentile=args.percentile,
                             cle=args.cle, bias_correction=args.bias_correction,
-                            table=args.calib_table, batch_size=args.batch_size,
-                            calib_limit=args.calib_limit)
+                            rounding=args.rounding, table=args.calib_table,
+                            batch_size=args.batch_size, calib_limit=args.calib_limit)
     blobs = {OUTPUTS[0]: to_proto(result.quant_model).SerializeToString(),
              OUTPUTS[1]: to_proto(result.qdq_model).SerializeToString()}
     written = write_outputs(out_dir, blobs, result.table)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
+    if not args.json:
+        summary.pop("weight_rounding_skipped", None)
     if args.json:
         print_json({"model": args.model, "outputs": [str(p) for p in written], **summary})
         return 0
@@ -95,7 +102,18 @@ def _print(summary: dict, written: list[Path]) -> None:
         print(f"  cpu: {node}: {reason}")
     if len(summary["cpu_reasons"]) > 20:
         print(f"  ... and {len(summary['cpu_reasons']) - 20} more (--json lists all)")
+    if "weight_rounding" in summary:
+        print(rounding_line(summary["weight_rounding"]))
     times = ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in summary["timings"].items())
     print(f"time: {times}")
     for path in written:
         print(f"wrote {path}")
+
+
+def rounding_line(errors: dict[str, dict[str, float]]) -> str:
+    """One line on GPTQ rounding: layers rounded and how much output error it removed."""
+    ratios = [e["gptq_mse"] / e["nearest_mse"] for e in errors.values() if e["nearest_mse"] > 0]
+    if not ratios:
+        return f"gptq rounding: {len(errors)} layers (no output error to reduce)"
+    return (f"gptq rounding: {len(errors)} layers; layer output error vs round-to-nearest: "
+            f"median x{float(np.median(ratios)):.2f}, worst x{max(ratios):.2f}")

@@ -35,6 +35,8 @@ from passes.quantize.patterns import partition
 
 log = logging.getLogger(__name__)
 
+ROUNDINGS = ("nearest", "gptq")
+
 
 @dataclass
 class QuantResult:
@@ -112,7 +114,7 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
 
 def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str = "max", *,
                    percentile: float | None = None, cle: bool = False,
-                   bias_correction: bool = False,
+                   bias_correction: bool = False, rounding: str = "nearest",
                    table: CalibrationTable | str | Path | None = None,
                    batch_size: int = 8, calib_limit: int | None = None) -> QuantResult:
     """Post-training symmetric int8 quantization (docs/quantization.md).
@@ -124,6 +126,8 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
         percentile: Percentile for the "percentile" calibrator.
         cle: Cross-layer equalization before quantizing.
         bias_correction: Correct biases for the weight quantization error.
+        rounding: Weight rounding: "nearest", or "gptq" (error-compensating, needs data;
+            passes/quantize/rounding.py).
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
         calib_limit: Use at most this many calibration samples.
@@ -138,14 +142,12 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     opts = {"percentile": percentile} if percentile is not None else {}
     if percentile is not None and calibrator != "percentile":
         raise ConfigError("--percentile only applies to the percentile calibrator")
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"unknown rounding {rounding!r} (valid: {', '.join(ROUNDINGS)})")
     timings, start = {}, time.perf_counter()
     fm = prepare_float(model, cle=cle)
     feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm, limit=calib_limit)
-    if bias_correction:
-        if feeds is None:
-            raise ConfigError("--bias-correction needs calibration data")
-        from passes.quantize.bias_correction import correct_bias
-        fm = correct_bias(fm, fake_quant_weights, feeds, batch_size)
+    fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding, batch_size)
     timings["prepare_s"] = time.perf_counter() - start
     units = partition(fm.graph)
     names = calibration_tensors(units)
@@ -154,11 +156,43 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     timings["calibrate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
-            "float_model_hash": model_hash(fm)}
+            "rounding": rounding, "float_model_hash": model_hash(fm)}
     qg, nodes = build_qgraph(fm, table.thresholds, units, info)
     quant, qdq = emit_int(qg), emit_qdq(fm, qg)
     timings["build_emit_s"] = time.perf_counter() - t0
-    return QuantResult(quant, qdq, qg, table, fm, summarize(qg, nodes, timings))
+    return QuantResult(quant, qdq, qg, table, fm,
+                       summarize(qg, nodes, timings) | weight_report)
+
+
+def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, rounding: str,
+                    batch_size: int) -> tuple[Model, dict[str, Any]]:
+    """GPTQ rounding and/or bias correction of the float model; report entries for both.
+
+    Bias correction is measured against the float weights with the rounding that the
+    integer model will use, so the two compose.
+    """
+    if not bias_correction and rounding == "nearest":
+        return fm, {}
+    if feeds is None:
+        flag = "--bias-correction" if bias_correction else f"--rounding {rounding}"
+        raise ConfigError(f"{flag} needs calibration data")
+    report: dict[str, Any] = {}
+    rounded = None
+    if rounding == "gptq":
+        from passes.quantize.rounding import round_weights
+        rounded = round_weights(fm, feeds, batch_size=batch_size)
+        report["weight_rounding"] = {name: {"nearest_mse": rounded.error_nearest[name],
+                                     "gptq_mse": rounded.error_rounded[name]}
+                              for name in rounded.weights}
+        report["weight_rounding_skipped"] = rounded.skipped
+    if bias_correction:
+        from passes.quantize.bias_correction import correct_bias
+        fm = correct_bias(fm, fake_quant_weights, feeds, batch_size,
+                          quantized=rounded.weights if rounded else None)
+    if rounded:
+        from passes.quantize.rounding import apply_weights
+        apply_weights(fm, rounded.weights)
+    return fm, report
 
 
 def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, float]) -> dict:

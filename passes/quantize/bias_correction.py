@@ -15,7 +15,7 @@ are accumulated.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,8 @@ def fake_quant_weight(w: np.ndarray) -> np.ndarray:
 
 
 def correct_bias(float_model: Model, quantize_weight: WeightQuantizer = fake_quant_weight,
-                 feeds: Any = None, batch_size: int = 8) -> Model:
+                 feeds: Any = None, batch_size: int = 8,
+                 quantized: Mapping[str, np.ndarray] | None = None) -> Model:
     """Bias-corrected copy of `float_model` (weights unchanged, biases shifted).
 
     Args:
@@ -62,24 +63,28 @@ def correct_bias(float_model: Model, quantize_weight: WeightQuantizer = fake_qua
             [out, in] for Gemm), to its quantize-dequantized value.
         feeds: Calibration data (`Feeds` or anything `compiler.data.load_feeds` accepts).
         batch_size: Samples per run when the model's batch is symbolic.
+        quantized: Layer name -> the quantize-dequantized weight (node layout) the integer
+            model will use, for layers not rounded by `quantize_weight` (e.g. GPTQ rounding).
 
     Returns:
         A new model whose bias b of each corrected layer is b - E[(W_q - W)·x].
     """
-    return correct_bias_with_report(float_model, quantize_weight, feeds, batch_size)[0]
+    return correct_bias_with_report(float_model, quantize_weight, feeds, batch_size, quantized)[0]
 
 
 def correct_bias_with_report(float_model: Model,
                              quantize_weight: WeightQuantizer = fake_quant_weight,
-                             feeds: Any = None,
-                             batch_size: int = 8) -> tuple[Model, dict[str, Any]]:
+                             feeds: Any = None, batch_size: int = 8,
+                             quantized: Mapping[str, np.ndarray] | None = None,
+                             ) -> tuple[Model, dict[str, Any]]:
     """Like `correct_bias`; also returns {"corrected": {layer: max|shift|}, "skipped": {...}}."""
     if feeds is None:
         raise GraphError("bias correction needs calibration data (feeds)")
     feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, float_model)
     out = float_model.copy()
     layers, skipped = eligible_layers(out)
-    deltas = {n.name: _delta(n, quantize_weight) for n in layers}
+    quantized = quantized or {}
+    deltas = {n.name: _delta(n, quantize_weight, quantized.get(n.name)) for n in layers}
     means = _mean_errors(float_model, layers, deltas, feeds, batch_size)
     corrected = {}
     for node in layers:
@@ -139,9 +144,12 @@ def _gemm_bias(node: gs.Node) -> np.ndarray | None:
     return None
 
 
-def _delta(node: gs.Node, quantize_weight: WeightQuantizer) -> np.ndarray:
-    """W_q - W in the node's own weight layout."""
+def _delta(node: gs.Node, quantize_weight: WeightQuantizer,
+           given: np.ndarray | None = None) -> np.ndarray:
+    """W_q - W in the node's own weight layout (`given`: W_q already known, node layout)."""
     w = np.asarray(node.inputs[1].values)
+    if given is not None:
+        return (np.asarray(given, np.float64) - w.astype(np.float64)).astype(np.float32)
     transposed = node.op == "Gemm" and not node.attrs.get("transB", 0)
     major = w.T if transposed else w
     wq = np.asarray(quantize_weight(np.ascontiguousarray(major)))

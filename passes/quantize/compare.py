@@ -241,7 +241,8 @@ def reference_model(float_model: Model, test_model: Model) -> tuple[Model, str]:
     ref = prepare_float(float_model, cle=cle)
     label = "canonicalized float model" + (" + CLE" if cle else "")
     want = info.get("float_model_hash")
-    if want and not info.get("bias_correction") and model_hash(ref) != want:
+    adjusted = info.get("bias_correction") or info.get("rounding", "nearest") != "nearest"
+    if want and not adjusted and model_hash(ref) != want:
         log.warning("the float model is not the one %s was quantized from (hash differs)",
                     "the test model")
         label += " (hash differs from the quantized model's source)"
