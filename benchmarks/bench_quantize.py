@@ -49,14 +49,11 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def run_npuc(model: Path, calib: Path, out: Path) -> None:
     """npuc: quantize_model + write model.quant.onnx, model.qdq.onnx, calibration.json."""
-    from compiler.commands.quantize import write_outputs
-    from compiler.io import to_proto
+    from compiler.commands.quantize import result_blobs, write_outputs
     from passes.quantize.api import quantize_model
 
     result = quantize_model(str(model), str(calib), "max")
-    blobs = {"model.quant.onnx": to_proto(result.quant_model).SerializeToString(),
-             "model.qdq.onnx": to_proto(result.qdq_model).SerializeToString()}
-    write_outputs(out, blobs, result.table)
+    write_outputs(out, result_blobs(result), result.table)
 
 
 def run_ort(model: Path, calib: Path, out: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
@@ -203,6 +204,10 @@ def from_proto(proto: onnx.ModelProto, source: str | None = None) -> Model:
     return Model(graph, default_opset(proto), metadata, source)
 
 
+SKELETON_MIN_SIZE = 64
+"""Constants with at least this many elements become graph inputs of a skeleton export."""
+
+
 def to_proto(model: Model, *, skeleton: bool = False) -> onnx.ModelProto:
     """Export the IR as a `ModelProto` (without touching the IR).
 
@@ -227,9 +232,9 @@ def to_proto(model: Model, *, skeleton: bool = False) -> onnx.ModelProto:
     return proto
 
 
-def _weights_to_inputs(graph: gs.Graph, min_size: int = 64) -> None:
+def _weights_to_inputs(graph: gs.Graph) -> None:
     for name, tensor in list(graph.tensors().items()):
-        if isinstance(tensor, gs.Constant) and tensor.values.size >= min_size:
+        if isinstance(tensor, gs.Constant) and tensor.values.size >= SKELETON_MIN_SIZE:
             stub = gs.Variable(name, dtype=tensor.dtype, shape=list(tensor.shape))
             for node in list(tensor.outputs):
                 node.inputs = [stub if t is tensor else t for t in node.inputs]
@@ -273,9 +278,30 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def model_hash(model: Model | onnx.ModelProto) -> str:
-    """SHA-256 of the serialized model, for provenance in reports and binaries."""
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
-    return hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+    """SHA-256 identifying a model, for provenance in reports and binaries.
+
+    An IR model is hashed as its weightless skeleton followed by each large constant's name
+    and raw bytes, streamed from the arrays, so hashing never holds a serialized copy of the
+    weights (that copy was the memory peak of quantizing ResNet-50). A `ModelProto` is
+    hashed as its deterministic serialization; the two forms of one model hash differently.
+    """
+    if isinstance(model, onnx.ModelProto):
+        return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+    skeleton = to_proto(model, skeleton=True)
+    digest = hashlib.sha256(skeleton.SerializeToString(deterministic=True))
+    tensors = model.graph.tensors()
+    for value in skeleton.graph.input:
+        tensor = tensors.get(value.name)
+        if isinstance(tensor, gs.Constant):
+            digest.update(value.name.encode())
+            digest.update(_raw_bytes(np.asarray(tensor.values)))
+    return digest.hexdigest()
+
+
+def _raw_bytes(array: np.ndarray) -> bytes | memoryview:
+    if array.dtype.hasobject:  # e.g. string constants: no buffer to view
+        return repr(array.tolist()).encode()
+    return memoryview(np.ascontiguousarray(array)).cast("B")
 
 
 def _copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:

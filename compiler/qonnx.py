@@ -7,8 +7,9 @@
   arrays are attached to the IR afterwards. Same result, ≈2× the model size at peak.
 * `shared_weight_session`: `compiler.numerics.session` serializes the whole model and
   onnxruntime parses its own copy. Here the graph is exported without weight data (each
-  large initializer is an external-data placeholder) and onnxruntime receives the IR's
-  numpy arrays directly through `SessionOptions.add_external_initializers` (no copy).
+  large constant becomes a graph input) and every run feeds the IR's numpy arrays, which
+  onnxruntime reads in place; initializers, even ones handed over as external buffers,
+  would be copied.
 """
 
 from __future__ import annotations
@@ -23,10 +24,9 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from compiler.errors import GraphError
-from compiler.io import from_proto, normalize_proto, read_proto, to_proto
+from compiler.io import SKELETON_MIN_SIZE, from_proto, normalize_proto, read_proto, to_proto
 from compiler.ir import Model
 
-PLACEHOLDER = "npuc-shared-weights.bin"
 DETACH_BYTES = 4096
 
 
@@ -78,25 +78,44 @@ def load_lean(path: str | Path) -> Model:
     return model
 
 
-def _placeholder(name: str, array: np.ndarray, elem_type: int) -> onnx.TensorProto:
-    t = onnx.TensorProto(name=name, data_type=elem_type, dims=list(array.shape))
-    t.data_location = onnx.TensorProto.EXTERNAL
-    for key, value in (("location", PLACEHOLDER), ("offset", "0"), ("length", str(array.nbytes))):
-        t.external_data.add(key=key, value=value)
-    return t
+class SharedWeightSession:
+    """An onnxruntime session whose weights are graph inputs, fed from the IR's arrays.
+
+    onnxruntime copies every initializer it is given, including buffers handed over with
+    `SessionOptions.add_external_initializers` (+1x the weights, measured on 1.32), but it
+    reads input tensors in place. So the session is built from the weightless skeleton and
+    each `run` passes the weights along with the data. They must stay alive and unchanged
+    while the session is used; the session keeps references to them.
+    """
+
+    def __init__(self, sess: ort.InferenceSession, weights: dict[str, np.ndarray]) -> None:
+        self._sess = sess
+        self._weights = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in weights.items()}
+        self._arrays = weights
+
+    def get_inputs(self) -> list:
+        """The data inputs (weights excluded)."""
+        return [i for i in self._sess.get_inputs() if i.name not in self._weights]
+
+    def get_outputs(self) -> list:
+        """The graph outputs."""
+        return self._sess.get_outputs()
+
+    def run(self, output_names: list[str] | None, feeds: dict[str, np.ndarray]) -> list:
+        """Like `InferenceSession.run`, with the weights added to `feeds`."""
+        names = output_names or [o.name for o in self._sess.get_outputs()]
+        values = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                  for n, v in feeds.items()}
+        return [v.numpy() for v in self._sess.run_with_ort_values(names, values | self._weights)]
 
 
-def shared_weight_session(model: Model, *, threads: int = 0, min_size: int = 64,
-                          layout_optimizations: bool = False) -> ort.InferenceSession:
+def shared_weight_session(model: Model, *, threads: int = 0,
+                          layout_optimizations: bool = False) -> SharedWeightSession:
     """An onnxruntime CPU session reading the model's large constants in place.
-
-    The arrays must stay alive and unchanged while the session is used (the session keeps
-    references to them).
 
     Args:
         model: The IR model.
         threads: intra-op threads (0: onnxruntime's default).
-        min_size: Constants with at least this many elements are shared, not copied.
         layout_optimizations: Allow onnxruntime's layout (NCHWc) rewrites. They make
             convolutions faster but copy every conv weight into a blocked layout, which
             costs about 2.5x the weight size in memory; off by default.
@@ -104,16 +123,7 @@ def shared_weight_session(model: Model, *, threads: int = 0, min_size: int = 64,
     proto = to_proto(model, skeleton=True)
     weights = {name: np.ascontiguousarray(np.asarray(t.values))
                for name, t in model.graph.tensors().items()
-               if isinstance(t, gs.Constant) and t.values.size >= min_size}
-    inputs = []
-    for value in proto.graph.input:
-        if value.name in weights:
-            elem = value.type.tensor_type.elem_type
-            proto.graph.initializer.append(_placeholder(value.name, weights[value.name], elem))
-        else:
-            inputs.append(value)
-    del proto.graph.input[:]
-    proto.graph.input.extend(inputs)
+               if isinstance(t, gs.Constant) and t.values.size >= SKELETON_MIN_SIZE}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
@@ -122,14 +132,10 @@ def shared_weight_session(model: Model, *, threads: int = 0, min_size: int = 64,
     opts.enable_mem_pattern = False
     if not layout_optimizations:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    names = list(weights)
-    values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
-    opts.add_external_initializers(names, values)
     try:
         sess = ort.InferenceSession(proto.SerializeToString(), opts,
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception hierarchy
         first = str(e).strip().splitlines()[0]
         raise GraphError(f"onnxruntime cannot load the model: {first}") from e
-    sess.npuc_shared = (weights, values)  # keep the buffers alive with the session
-    return sess
+    return SharedWeightSession(sess, weights)

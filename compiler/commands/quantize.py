@@ -11,6 +11,7 @@ import argparse
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +64,7 @@ def run(args: argparse.Namespace) -> int:
                             cle=args.cle, bias_correction=args.bias_correction,
                             rounding=args.rounding, table=args.calib_table,
                             batch_size=args.batch_size, calib_limit=args.calib_limit)
-    blobs = {OUTPUTS[0]: to_proto(result.quant_model).SerializeToString(),
-             OUTPUTS[1]: to_proto(result.qdq_model).SerializeToString()}
-    written = write_outputs(out_dir, blobs, result.table)
+    written = write_outputs(out_dir, result_blobs(result), result.table)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
     if not args.json:
         summary.pop("weight_rounding_skipped", None)
@@ -76,13 +75,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_outputs(out_dir: Path, blobs: dict[str, bytes], table) -> list[Path]:
-    """Write everything to a staging folder inside DIR, then move the files into place."""
+def result_blobs(result) -> dict[str, Callable[[], bytes]]:
+    """The two ONNX files of a `QuantResult`, serialized only when written (one at a time)."""
+    return {OUTPUTS[0]: lambda: to_proto(result.quant_model).SerializeToString(),
+            OUTPUTS[1]: lambda: to_proto(result.qdq_model).SerializeToString()}
+
+
+def write_outputs(out_dir: Path, blobs: dict[str, Callable[[], bytes]], table) -> list[Path]:
+    """Write everything to a staging folder inside DIR, then move the files into place.
+
+    Each blob is produced right before it is written, so only one serialized model is in
+    memory at a time.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".npuc-quantize-", dir=out_dir))
     try:
-        for name, data in blobs.items():
-            write_atomic(stage / name, data)
+        for name, make in blobs.items():
+            write_atomic(stage / name, make())
         table.save(stage / OUTPUTS[2])
         written = []
         for name in OUTPUTS:

@@ -95,7 +95,7 @@ def _all_typed(m: Model) -> bool:
 
 def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator: str,
                 table: CalibrationTable | str | Path | None, batch_size: int,
-                opts: dict[str, Any]) -> CalibrationTable:
+                opts: dict[str, Any], digest: str) -> CalibrationTable:
     if table is not None:
         table = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
         missing = [n for n in names if n not in table.thresholds]
@@ -109,7 +109,7 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
         ranges = abs_max_ranges(model, feeds, names, batch_size)
     else:
         ranges = collect_ranges(model, feeds, names, calibrator, batch_size, **opts)
-    return CalibrationTable(calibrator, ranges, model_hash(model), dict(opts))
+    return CalibrationTable(calibrator, ranges, digest, dict(opts))
 
 
 def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str = "max", *,
@@ -152,11 +152,12 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     units = partition(fm.graph)
     names = calibration_tensors(units)
     t0 = time.perf_counter()
-    table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts)
+    digest = model_hash(fm)
+    table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
     timings["calibrate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
-            "rounding": rounding, "float_model_hash": model_hash(fm)}
+            "rounding": rounding, "float_model_hash": digest}
     qg, nodes = build_qgraph(fm, table.thresholds, units, info)
     quant, qdq = emit_int(qg), emit_qdq(fm, qg)
     timings["build_emit_s"] = time.perf_counter() - t0

@@ -88,9 +88,11 @@ class QdqEmitter:
             self._matmul_bias(node, bias)
 
     def _weight_scale(self, node: gs.Node, op: q.QConv | q.QGemm) -> np.ndarray:
-        w = np.asarray(node.inputs[1].values, np.float64)
+        w = np.asarray(node.inputs[1].values)  # quantize_weights widens block by block
         if node.op == "Gemm":
-            w = (w if node.attrs.get("transB", 0) else w.T) * float(node.attrs.get("alpha", 1.0))
+            w = w if node.attrs.get("transB", 0) else w.T
+            alpha = float(node.attrs.get("alpha", 1.0))
+            w = w if alpha == 1.0 else w.astype(np.float64) * alpha
         elif node.op == "MatMul":
             w = w.T
         wq, sw = quantize_weights(w, node.name)

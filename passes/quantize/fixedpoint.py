@@ -54,7 +54,7 @@ def constant_scale(values: np.ndarray) -> float:
     return float(np.float32(peak / WEIGHT_MAX)) if peak > 0 else 1.0
 
 
-BLOCK = 1 << 22  # elements per float64 temporary when quantizing large weights
+BLOCK = 1 << 20  # elements per float64 temporary when quantizing large weights
 
 
 def quantize_weights(w: np.ndarray, name: str = "<node>") -> tuple[np.ndarray, np.ndarray]:
