@@ -1,12 +1,12 @@
 """Accuracy of int8 model.quant.onnx vs the float model, per calibrator and option.
 
     python benchmarks/eval_quantize.py [--models efficientnet_lite0,ppocr_rec,...]
-        [--calibrators max,percentile,kl,mse] [--variants plain,cle,bc,gptq,gptq+bc] [--json]
+        [--calibrators max,percentile,kl,mse] [--variants plain,bc,gptq,gptq+bc,...] [--json]
 
-Calibration / evaluation data (all offline, docs/quantization.md):
+Calibration / evaluation data (all offline, docs/quantization.md); evaluation is held out:
   fmnist_*            calib: fmnist-calib (256 train images)   eval: fmnist-eval (2,000 test)
-  efficientnet_lite0  calib: every 10th `photos` crop (32)      eval: all 320 `photos` crops
-  ppocr_rec           calib: first 32 `text-lines`              eval: all 200 `text-lines`
+  efficientnet_lite0  calib: every 10th `photos` crop (32)      eval: the other 288 crops
+  ppocr_rec           calib: first 32 `text-lines`              eval: the other 168 lines
 Also reports the QDQ model's metrics and the fraction of output elements where QDQ and the
 integer model differ by more than one output LSB.
 """
@@ -25,7 +25,10 @@ DATA = {"fmnist_resnet": ("fmnist-calib", "fmnist-eval"),
         "ppocr_rec": ("text-lines", "text-lines")}
 VARIANTS = {"plain": {}, "cle": {"cle": True}, "bc": {"bias_correction": True},
             "gptq": {"rounding": "gptq"}, "gptq+bc": {"rounding": "gptq", "bias_correction": True},
-            "cle+bc": {"cle": True, "bias_correction": True}}
+            "cle+bc": {"cle": True, "bias_correction": True},
+            "float-last": {"keep_float": "last"}, "gptq+float-last": {
+                "rounding": "gptq", "keep_float": "last"}}
+"""`keep_float: "last"` keeps the model's last Conv/Gemm/MatMul (the classifier) in float."""
 
 
 def calib_inputs(name: str) -> np.ndarray:
@@ -56,13 +59,29 @@ def lsb_fraction(result, x: np.ndarray) -> float:
     return float(np.mean(np.concatenate(diffs)))
 
 
+def last_layer(proto) -> str:
+    """Name of the last Conv/Gemm/MatMul node (the classifier of these models)."""
+    return [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")][-1]
+
+
+def held_out(name: str, n: int) -> np.ndarray:
+    """Indices of the evaluation samples that are not calibration samples."""
+    calib, evaluation = DATA[name]
+    if calib != evaluation:
+        return np.arange(n)
+    if calib == "photos":
+        return np.array([i for i in range(n) if i % 10 != 0 or i >= 320])
+    return np.arange(32, n)  # text-lines: the first 32 calibrate
+
+
 def eval_data(name: str, step: int):
-    """The evaluation set, every `step`-th sample."""
+    """The held-out evaluation set (`held_out`), every `step`-th sample."""
     from models.datasets import Dataset, load_dataset
 
     ds = load_dataset(DATA[name][1])
-    labels = None if ds.labels is None else ds.labels[::step]
-    return Dataset(ds.inputs[::step], labels, ds.name, ds.kind)
+    keep = held_out(name, len(ds.inputs))[::step]
+    labels = None if ds.labels is None else ds.labels[keep]
+    return Dataset(ds.inputs[keep], labels, ds.name, ds.kind)
 
 
 def evaluate_one(name: str, calibrator: str, variant: str, step: int = 1) -> dict:
@@ -75,7 +94,10 @@ def evaluate_one(name: str, calibrator: str, variant: str, step: int = 1) -> dic
     proto, _ = get_model(name)
     key = proto.graph.input[0].name
     start = time.perf_counter()
-    result = quantize_model(proto, {key: calib_inputs(name)}, calibrator, **VARIANTS[variant])
+    options = dict(VARIANTS[variant])
+    if options.get("keep_float") == "last":
+        options["keep_float"] = [last_layer(proto)]
+    result = quantize_model(proto, {key: calib_inputs(name)}, calibrator, **options)
     seconds = time.perf_counter() - start
     data = eval_data(name, step)
     # The reference is the model as given: with bias correction `result.float_model` carries

@@ -129,6 +129,7 @@ SCHEMA: dict[str, Field] = {
     "quantize.bias_correction": Field((bool,), False, "empirical bias correction"),
     "quantize.rounding": Field((str,), "nearest", "weight rounding: nearest | gptq",
                                _in("nearest", "gptq")),
+    "quantize.keep_float": Field((list,), [], "node names left in float on the CPU"),
     "target.name": Field((str,), "npusim", "target backend", _in("npusim")),
     "target.arch": Field((str,), "default", "architecture preset name or YAML file"),
     "target.verify": Field((bool,), True, "check the binary against model.quant.onnx"),
@@ -172,7 +173,7 @@ SUBCOMMAND_KEYS: dict[str, dict[str, str]] = {
         "--percentile": "calibration.percentile", "--calib-limit": "calibration.limit",
         "--batch-size": "calibration.batch_size", "--cle": "quantize.cle",
         "--bias-correction": "quantize.bias_correction", "--calib-table": "calibration.table",
-        "--rounding": "quantize.rounding",
+        "--rounding": "quantize.rounding", "--keep-float": "quantize.keep_float",
         "--json": "(npuc compile --json)",
     },
     "build": {

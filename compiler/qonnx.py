@@ -90,8 +90,9 @@ class SharedWeightSession:
 
     def __init__(self, sess: ort.InferenceSession, weights: dict[str, np.ndarray]) -> None:
         self._sess = sess
-        self._weights = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in weights.items()}
-        self._arrays = weights
+        used = {i.name for i in sess.get_inputs()}  # export drops constants no output needs
+        self._arrays = {n: w for n, w in weights.items() if n in used}
+        self._weights = {n: ort.OrtValue.ortvalue_from_numpy(w) for n, w in self._arrays.items()}
 
     def get_inputs(self) -> list:
         """The data inputs (weights excluded)."""

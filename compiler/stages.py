@@ -173,6 +173,7 @@ def _quantize(ctx: Context, model: Any, saved_table: bool = True) -> Any:
                           percentile=percentile, cle=c["quantize.cle"],
                           bias_correction=c["quantize.bias_correction"],
                           rounding=c["quantize.rounding"],
+                          keep_float=tuple(c["quantize.keep_float"]),
                           table=c["calibration.table"] if saved_table else None,
                           batch_size=c["calibration.batch_size"])
 

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"),
                    help="weight rounding: nearest, or gptq (error-compensating on the "
                         "calibration data; slower, usually more accurate)")
+    p.add_argument("--keep-float", default="", metavar="NODES",
+                   help="comma-separated node names to leave in float on the CPU "
+                        "(mixed precision, e.g. the classifier)")
     p.add_argument("--calib-table", metavar="FILE",
                    help="reuse a saved calibration.json instead of calibrating")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -63,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     result = quantize_model(args.model, args.calib, args.calibrator, percentile=args.percentile,
                             cle=args.cle, bias_correction=args.bias_correction,
                             rounding=args.rounding, table=args.calib_table,
+                            keep_float=[x.strip() for x in args.keep_float.split(",")
+                                        if x.strip()],
                             batch_size=args.batch_size, calib_limit=args.calib_limit)
     written = write_outputs(out_dir, result_blobs(result), result.table)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}

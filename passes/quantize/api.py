@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,7 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
 def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str = "max", *,
                    percentile: float | None = None, cle: bool = False,
                    bias_correction: bool = False, rounding: str = "nearest",
+                   keep_float: Sequence[str] = (),
                    table: CalibrationTable | str | Path | None = None,
                    batch_size: int = 8, calib_limit: int | None = None) -> QuantResult:
     """Post-training symmetric int8 quantization (docs/quantization.md).
@@ -128,6 +130,8 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
         bias_correction: Correct biases for the weight quantization error.
         rounding: Weight rounding: "nearest", or "gptq" (error-compensating, needs data;
             passes/quantize/rounding.py).
+        keep_float: Names of nodes to leave in float on the CPU (mixed precision), e.g. a
+            classifier whose int8 logits cost too much accuracy.
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
         calib_limit: Use at most this many calibration samples.
@@ -149,7 +153,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm, limit=calib_limit)
     fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding, batch_size)
     timings["prepare_s"] = time.perf_counter() - start
-    units = partition(fm.graph)
+    units = partition(fm.graph, _keep_float_names(fm, keep_float))
     names = calibration_tensors(units)
     t0 = time.perf_counter()
     digest = model_hash(fm)
@@ -157,12 +161,21 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     timings["calibrate_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
-            "rounding": rounding, "float_model_hash": digest}
+            "rounding": rounding, "keep_float": sorted(keep_float), "float_model_hash": digest}
     qg, nodes = build_qgraph(fm, table.thresholds, units, info)
     quant, qdq = emit_int(qg), emit_qdq(fm, qg)
     timings["build_emit_s"] = time.perf_counter() - t0
     return QuantResult(quant, qdq, qg, table, fm,
                        summarize(qg, nodes, timings) | weight_report)
+
+
+def _keep_float_names(model: Model, names: Sequence[str]) -> frozenset[str]:
+    known = {n.name for n in model.graph.nodes}
+    missing = [n for n in names if n not in known]
+    if missing:
+        raise ConfigError(f"--keep-float: no node named {missing[0]!r} in the (canonicalized) "
+                          f"model; `npuc inspect MODEL` lists the node names")
+    return frozenset(names)
 
 
 def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, rounding: str,

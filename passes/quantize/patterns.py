@@ -359,17 +359,30 @@ def _cpu(node: gs.Node, reason: str) -> Unit:
     return Unit("cpu", [node], inputs, [o for o in node.outputs if o.name], reason=reason)
 
 
-def partition(graph: gs.Graph) -> list[Unit]:
-    """Units in topological order; each node belongs to exactly one unit."""
+KEEP_FLOAT_REASON = "kept in float by request (--keep-float)"
+
+
+def partition(graph: gs.Graph, keep_float: frozenset[str] = frozenset()) -> list[Unit]:
+    """Units in topological order; each node belongs to exactly one unit.
+
+    Nodes named in `keep_float` become cpu units (mixed precision chosen by the user), and
+    no fused pattern swallows them.
+    """
     graph.toposort()
     order = {id(n): i for i, n in enumerate(graph.nodes)}
-    taken: set[int] = set()
+    taken: set[int] = {id(n) for n in graph.nodes if n.name in keep_float}
     units = []
     for node in graph.nodes:
+        if node.name in keep_float:
+            units.append(_cpu(node, KEEP_FLOAT_REASON))
+            continue
         if id(node) in taken:
             continue
         unit = match_node(node, graph, order)
-        if any(id(n) in taken for n in unit.nodes[1:]):  # defensive: fusions only look forward
+        kept = [n.name for n in unit.nodes[1:] if n.name in keep_float]
+        if kept:
+            unit = _cpu(node, f"its int8 pattern would fuse {kept[0]!r}, which is kept in float")
+        elif any(id(n) in taken for n in unit.nodes[1:]):  # defensive: fusions look forward
             unit = _cpu(node, "overlapping quantization patterns")
         taken.update(id(n) for n in unit.nodes)
         units.append(unit)
