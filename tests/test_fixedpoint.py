@@ -187,3 +187,44 @@ def test_clamp_bounds():
     assert fp.clamp_bounds(0.0, 6.0, 6 / 127) == (0, 127)
     assert fp.clamp_bounds(0.0, 6.0, 0.1) == (0, 60)
     assert fp.clamp_bounds(None, None, 0.1) == (-128, 127)
+
+
+def test_bias_scale_floor_is_the_smallest_scale_that_keeps_the_bias_unsaturated():
+    b = np.array([7.07, -7.07, 0.5, 0.0, 123.0])
+    sx, k = 0.00787, 27
+    floor = fp.bias_scale_floor(b, sx, k)
+    assert floor[3] == 0.0  # no bias: no floor
+    floor[3] = 1e-3
+    bound = fp.bias_bound(k)
+    q = fp.quantize_bias(b, sx, floor, k)
+    assert np.all(np.abs(q.astype(np.int64)) <= bound)
+    denom = np.float64(sx) * floor.astype(np.float64)
+    assert np.all(np.abs(q * denom - b) <= 0.5 * denom + 1e-12)  # no saturation error
+    below = np.nextafter(floor, np.float32(0))
+    nonzero = b != 0
+    assert np.all(np.abs(b[nonzero]) / (np.float64(sx) * below[nonzero]) > bound)
+    assert fp.bias_scale_floor(None, sx, k) is None
+
+
+def test_near_dead_channel_keeps_its_bias_through_int8():
+    # BatchNorm folding of a channel with gamma ~ 0 leaves weights ~1e-7 and a bias of
+    # several units; a plain per-channel scale (1e-9) would saturate the int32 bias and
+    # output ~0 for that channel of a linear (no activation) layer.
+    from compiler.builder import GraphBuilder
+    from compiler.numerics import run
+    from passes.quantize.api import quantize_model
+
+    gb = GraphBuilder("dead", 0)
+    x = gb.input("x", ["N", 4, 6, 6])
+    w = gb.rng.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    w[1] = 1e-7
+    y = gb.conv(x, w, np.array([0.2, 3.0, -0.4], np.float32), name="c")
+    gb.output(y)
+    model = gb.build()
+    feeds = {"x": np.random.default_rng(1).standard_normal((8, 4, 6, 6)).astype(np.float32)}
+    result = quantize_model(model, feeds, "max")
+    out = run(result.quant_model, feeds)["c"]
+    op = next(o for o in result.qgraph.ops if o.name == "c")
+    assert np.max(np.abs(op.bias.astype(np.int64))) < fp.bias_bound(36)
+    step = result.qgraph.tensors["c__q"].scale
+    np.testing.assert_allclose(out[:, 1], 3.0, atol=step)

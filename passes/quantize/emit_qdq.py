@@ -95,7 +95,7 @@ class QdqEmitter:
             w = w if alpha == 1.0 else w.astype(np.float64) * alpha
         elif node.op == "MatMul":
             w = w.T
-        wq, sw = quantize_weights(w, node.name)
+        wq, sw = quantize_weights(w, node.name, op.weight_scale)
         if not np.array_equal(wq, op.weight):
             raise GraphError(f"qdq: weights of {node.name!r} differ from the QGraph's")
         return sw

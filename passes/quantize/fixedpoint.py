@@ -57,10 +57,13 @@ def constant_scale(values: np.ndarray) -> float:
 BLOCK = 1 << 20  # elements per float64 temporary when quantizing large weights
 
 
-def quantize_weights(w: np.ndarray, name: str = "<node>") -> tuple[np.ndarray, np.ndarray]:
+def quantize_weights(w: np.ndarray, name: str = "<node>",
+                     min_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel (axis 0) symmetric int8 weights and float32 scales (§1).
 
-    Works in blocks of output channels so float64 temporaries stay small.
+    `min_scale` (per channel, from `bias_scale_floor`) raises a channel's scale so its bias
+    fits the int32 accumulator. Works in blocks of output channels so float64 temporaries
+    stay small.
     """
     w = np.asarray(w)
     flat = w.reshape(w.shape[0], -1) if w.size else w.reshape(len(w), 0)
@@ -74,6 +77,8 @@ def quantize_weights(w: np.ndarray, name: str = "<node>") -> tuple[np.ndarray, n
     scale = (peak / WEIGHT_MAX).astype(np.float32)
     fallback = float(scale.max()) if scale.size and scale.max() > 0 else 1.0
     scale = np.where(scale > 0, scale, np.float32(fallback)).astype(np.float32)
+    if min_scale is not None:
+        scale = np.maximum(scale, np.asarray(min_scale, np.float32))
     q = np.empty(flat.shape, np.int8)
     s64 = scale.astype(np.float64).reshape(-1, 1)
     for i in range(0, len(flat), rows):
@@ -102,6 +107,25 @@ def bias_bound(k: int, name: str = "<node>") -> int:
     if k >= 1 << 17 or bound <= 0:
         raise GraphError(f"node {name!r}: reduction length {k} too large for an int32 accumulator")
     return bound
+
+
+def bias_scale_floor(b: np.ndarray | None, x_scale: float, k: int,
+                     name: str = "<node>") -> np.ndarray | None:
+    """Smallest float32 `Sw[c]` with `|b[c]| / (Sx·Sw[c]) ≤ B` (§1), or None without bias.
+
+    A channel whose weights are (nearly) zero but whose bias is not would otherwise get a
+    weight scale so fine that its bias saturates the int32 range and the channel outputs
+    ~0 instead of its bias.
+    """
+    if b is None:
+        return None
+    b64 = np.abs(np.asarray(b, np.float64).reshape(-1))
+    if not np.all(np.isfinite(b64)):
+        raise GraphError(f"node {name!r}: bias contains NaN or Inf")
+    need = b64 / (np.float64(x_scale) * bias_bound(k, name))
+    floor = need.astype(np.float32)
+    return np.where(floor.astype(np.float64) < need, np.nextafter(floor, np.float32(np.inf)),
+                    floor).astype(np.float32)
 
 
 def quantize_bias(b: np.ndarray | None, x_scale: float, w_scale: np.ndarray, k: int,

@@ -83,8 +83,10 @@ def lower_conv(unit: Unit, io: UnitIO) -> q.QOp:
     node = unit.anchor
     w = const_value(node.inputs[1])
     b = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-    wq, sw = fp.quantize_weights(w, node.name)
-    bq = fp.quantize_bias(b, io.in_scales[0], sw, int(np.prod(w.shape[1:])), node.name)
+    k = int(np.prod(w.shape[1:]))
+    wq, sw = fp.quantize_weights(w, node.name,
+                                 fp.bias_scale_floor(b, io.in_scales[0], k, node.name))
+    bq = fp.quantize_bias(b, io.in_scales[0], sw, k, node.name)
     m0, shift = _channel_requant(io.in_scales[0], sw, io.out_scale)
     kernel = list(w.shape[2:])
     strides = [int(s) for s in node.attrs.get("strides", [1, 1])]
@@ -92,7 +94,7 @@ def lower_conv(unit: Unit, io: UnitIO) -> q.QOp:
     lo, hi = _bounds(unit, io.out_scale)
     return q.QConv(**_io(io), weight=wq, bias=bq, m0=m0, shift=shift, lo=lo, hi=hi,
                    strides=strides, pads=_same_pads(node, kernel, strides, dilations),
-                   dilations=dilations, group=int(node.attrs.get("group", 1)))
+                   dilations=dilations, group=int(node.attrs.get("group", 1)), weight_scale=sw)
 
 
 def _gemm_weights(unit: Unit) -> tuple[np.ndarray, np.ndarray | None]:
@@ -113,12 +115,15 @@ def _gemm_weights(unit: Unit) -> tuple[np.ndarray, np.ndarray | None]:
 def lower_gemm(unit: Unit, io: UnitIO) -> q.QOp:
     """Gemm/MatMul with a constant right operand -> QGemm/QMatMul (weight [N, K])."""
     w, bias = _gemm_weights(unit)
-    wq, sw = fp.quantize_weights(w, unit.anchor.name)
-    bq = fp.quantize_bias(bias, io.in_scales[0], sw, w.shape[1], unit.anchor.name)
+    name = unit.anchor.name
+    floor = fp.bias_scale_floor(bias, io.in_scales[0], w.shape[1], name)
+    wq, sw = fp.quantize_weights(w, name, floor)
+    bq = fp.quantize_bias(bias, io.in_scales[0], sw, w.shape[1], name)
     m0, shift = _channel_requant(io.in_scales[0], sw, io.out_scale)
     lo, hi = _bounds(unit, io.out_scale)
     cls = q.QMatMul if unit.kind == "matmul" else q.QGemm
-    return cls(**_io(io), weight=wq, bias=bq, m0=m0, shift=shift, lo=lo, hi=hi)
+    return cls(**_io(io), weight=wq, bias=bq, m0=m0, shift=shift, lo=lo, hi=hi,
+               weight_scale=sw)
 
 
 def lower_add(unit: Unit, io: UnitIO) -> q.QOp:

@@ -122,7 +122,8 @@ class QConv(QOp):
     """2-D convolution (incl. grouped/depthwise) + bias + per-channel requant (§11).
 
     `weight` int8 [Cout, Cin/group, kh, kw]; `bias` int32 [Cout]; `m0`, `shift` int64 [Cout];
-    `pads` in ONNX order (top, left, bottom, right).
+    `pads` in ONNX order (top, left, bottom, right); `weight_scale` float32 [Cout] (`Sw`,
+    needed to export the QDQ model; None in QGraphs written before it was recorded).
     """
 
     weight: np.ndarray
@@ -135,6 +136,7 @@ class QConv(QOp):
     pads: tuple[int, ...] = (0, 0, 0, 0)
     dilations: tuple[int, ...] = (1, 1)
     group: int = 1
+    weight_scale: np.ndarray | None = None
 
     @property
     def depthwise(self) -> bool:
@@ -146,7 +148,8 @@ class QConv(QOp):
 class QGemm(QOp):
     """x[..., K] · Wᵀ + bias with per-output-channel requant along the last axis (§11).
 
-    `weight` int8 [N, K] (output-channel major); `bias` int32 [N]; `m0`, `shift` int64 [N].
+    `weight` int8 [N, K] (output-channel major); `bias` int32 [N]; `m0`, `shift` int64 [N];
+    `weight_scale` float32 [N] (the `Sw` that `m0`/`shift` and the bias were derived from).
     """
 
     weight: np.ndarray
@@ -155,6 +158,7 @@ class QGemm(QOp):
     shift: np.ndarray
     lo: int
     hi: int
+    weight_scale: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -423,6 +427,9 @@ def _check_tensor(t: QTensor, op: QOp) -> None:
 
 # --- JSON encoding ------------------------------------------------------------------------
 
+INLINE_FIELDS = frozenset({"weight_scale"})
+"""Small arrays no integer op reads (kept in the metadata JSON, not as initializers)."""
+
 def _encode_record(rec: _Record, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     out = {}
     for f in fields(rec):
@@ -430,6 +437,8 @@ def _encode_record(rec: _Record, prefix: str, arrays: dict[str, np.ndarray]) -> 
         if isinstance(rec, QCpuPartition) and f.name == "constants":
             arrays.update(value)  # keep the float model's names: the float nodes read them
             out[f.name] = {"$constants": sorted(value)}
+        elif f.name in INLINE_FIELDS:
+            out[f.name] = _encode_inline(value)
         else:
             out[f.name] = _encode(value, prefix + f.name, arrays)
     return out
