@@ -80,8 +80,15 @@ def eval_data(name: str, step: int):
 
     ds = load_dataset(DATA[name][1])
     keep = held_out(name, len(ds.inputs))[::step]
-    labels = None if ds.labels is None else ds.labels[keep]
+    labels = None if ds.labels is None else _take(ds.labels, keep)
     return Dataset(ds.inputs[keep], labels, ds.name, ds.kind)
+
+
+def _take(labels, keep: np.ndarray):
+    """Labels at `keep` (an array, or a list such as OCR strings)."""
+    if isinstance(labels, np.ndarray):
+        return labels[keep]
+    return type(labels)(labels[i] for i in keep)
 
 
 def evaluate_one(name: str, calibrator: str, variant: str, step: int = 1) -> dict:

