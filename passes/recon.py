@@ -77,6 +77,21 @@ def refit_reason(node: gs.Node) -> str | None:
     return None
 
 
+def split_layers(model: Model, reason_of: Callable[[gs.Node], str | None],
+                 ) -> tuple[list[gs.Node], dict[str, str]]:
+    """Conv/Gemm/MatMul nodes `reason_of` accepts, and {name: reason} for the others."""
+    layers, skipped = [], {}
+    for node in model.graph.nodes:
+        if node.op not in REFITTABLE:
+            continue
+        reason = reason_of(node)
+        if reason:
+            skipped[node.name] = reason
+        else:
+            layers.append(node)
+    return layers, skipped
+
+
 def _feed_dict(feeds) -> Mapping[str, np.ndarray]:
     return feeds.arrays if hasattr(feeds, "arrays") else feeds
 

@@ -26,6 +26,7 @@ from compiler.errors import GraphError
 from compiler.ir import Model, static_shape
 from compiler.numerics import run, session
 from passes.quantize.calibrate import iter_batches
+from passes.recon import split_layers
 
 log = logging.getLogger(__name__)
 
@@ -96,16 +97,7 @@ def correct_bias_with_report(float_model: Model,
 
 def eligible_layers(model: Model) -> tuple[list[gs.Node], dict[str, str]]:
     """Conv/Gemm nodes whose bias can be corrected, and {name: reason} for the others."""
-    layers, skipped = [], {}
-    for node in model.nodes:
-        if node.op not in ("Conv", "Gemm", "MatMul"):
-            continue
-        reason = _ineligible(node)
-        if reason:
-            skipped[node.name] = reason
-        else:
-            layers.append(node)
-    return layers, skipped
+    return split_layers(model, _ineligible)
 
 
 def _ineligible(node: gs.Node) -> str | None:

@@ -37,7 +37,7 @@ from compiler.data import Feeds
 from compiler.errors import GraphError
 from compiler.ir import Model, const_value
 from compiler.progress import track
-from passes.recon import blas_single_thread, collect_rows, weight_matrix
+from passes.recon import blas_single_thread, collect_rows, split_layers, weight_matrix
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def round_weights(model: Model, feeds: Feeds | dict, *, rows: int = 4096,
     Returns:
         A `RoundingResult` keyed by node name, weights in the node's own layout.
     """
-    layers, skipped = _eligible(model)
+    layers, skipped = split_layers(model, rounding_reason)
     weights, before, after = {}, {}, {}
     chunks = list(_chunks(layers, rows))
     with blas_single_thread():
@@ -190,19 +190,6 @@ def round_weights(model: Model, feeds: Feeds | dict, *, rows: int = 4096,
                 after[node.name] = output_error(x, w, wq)
     log.info("gptq rounding: %d layers rounded, %d skipped", len(weights), len(skipped))
     return RoundingResult(weights, before, after, skipped)
-
-
-def _eligible(model: Model) -> tuple[list[gs.Node], dict[str, str]]:
-    layers, skipped = [], {}
-    for node in model.graph.nodes:
-        if node.op not in ("Conv", "Gemm", "MatMul"):
-            continue
-        reason = rounding_reason(node)
-        if reason:
-            skipped[node.name] = reason
-        else:
-            layers.append(node)
-    return layers, skipped
 
 
 def _chunks(layers: Sequence[gs.Node], rows: int) -> Iterator[list[gs.Node]]:
