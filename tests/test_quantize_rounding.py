@@ -81,7 +81,7 @@ def test_round_weights_on_a_model_reports_lower_errors_per_layer():
     result = round_weights(model, {"x": data(0)}, rows=512)
     assert sorted(result.weights) == ["c1", "c2", "dw", "fc"]
     assert sum(result.error_rounded.values()) < 0.8 * sum(result.error_nearest.values())
-    assert model.graph.nodes[0].inputs[1].name != "c1.weight.rounded"  # input untouched
+    assert model.graph.nodes[0].inputs[1].name != "c1.weight_rounded"  # input untouched
     rounded = model.copy()
     apply_weights(rounded, result.weights)
     for node in rounded.graph.nodes:
@@ -169,3 +169,27 @@ def test_cli_rounding_flag_writes_outputs_and_reports_the_error_ratio(tmp_path, 
               "--rounding", "up"])
     assert exc.value.code == 2
     assert "invalid choice: 'up'" in capsys.readouterr().err
+
+
+def test_a_weight_shared_by_two_layers_gets_one_rounded_copy_per_layer():
+    from compiler.builder import GraphBuilder
+
+    gb = GraphBuilder("shared", 0)
+    x = gb.input("x", ["N", 4, 6, 6])
+    w = edge_filters(gb.rng, 1, 36, 4)[0].T.reshape(4, 4, 3, 3).copy()
+    a = gb.relu(gb.conv(x, w, None, name="a"))
+    b = gb.conv(a, w, None, name="b")
+    gb.output(b)
+    model = load_model(gb.build())
+    conv_a, conv_b = (n for n in model.graph.nodes if n.op == "Conv")
+    conv_b.inputs[1] = conv_a.inputs[1]  # tie the weights
+    shared = {conv_a.inputs[1].name}
+    feeds = {"x": np.random.default_rng(3).uniform(0, 2, (16, 4, 6, 6)).astype(np.float32)}
+    result = round_weights(model, feeds, rows=256)
+    assert not np.array_equal(result.weights["a"], result.weights["b"])  # own inputs, own rounding
+    rounded = model.copy()
+    apply_weights(rounded, result.weights)
+    names = [n.inputs[1].name for n in rounded.graph.nodes if n.op == "Conv"]
+    assert len(set(names)) == 2 and set(names).isdisjoint(shared)
+    out = run(rounded, {"x": np.ones((1, 4, 6, 6), np.float32)})
+    assert np.all(np.isfinite(next(iter(out.values()))))

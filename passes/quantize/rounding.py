@@ -232,4 +232,4 @@ def apply_weights(model: Model, weights: dict[str, np.ndarray]) -> None:
         if np.shape(new) != np.shape(old.values):
             raise GraphError(f"node {node.name!r}: rounded weight shape {np.shape(new)} "
                              f"!= {np.shape(old.values)}")
-        node.inputs[1] = gs.Constant(f"{old.name}.rounded", np.asarray(new))
+        node.inputs[1] = gs.Constant(f"{node.name}.weight_rounded", np.asarray(new))
