@@ -195,10 +195,7 @@ def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, round
     if rounding == "gptq":
         from passes.quantize.rounding import round_weights
         rounded = round_weights(fm, feeds, batch_size=batch_size)
-        report["weight_rounding"] = {name: {"nearest_mse": rounded.error_nearest[name],
-                                     "gptq_mse": rounded.error_rounded[name]}
-                              for name in rounded.weights}
-        report["weight_rounding_skipped"] = rounded.skipped
+        report |= rounded.report()
     if bias_correction:
         from passes.quantize.bias_correction import correct_bias
         fm = correct_bias(fm, fake_quant_weights, feeds, batch_size,

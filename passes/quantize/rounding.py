@@ -55,6 +55,12 @@ class RoundingResult:
     error_rounded: dict[str, float]
     skipped: dict[str, str]
 
+    def report(self) -> dict[str, dict]:
+        """Entries for the quantization report: per-layer errors and skipped layers."""
+        errors = {name: {"nearest_mse": self.error_nearest[name],
+                         "gptq_mse": self.error_rounded[name]} for name in self.weights}
+        return {"weight_rounding": errors, "weight_rounding_skipped": self.skipped}
+
 
 def rounding_reason(node: gs.Node) -> str | None:
     """Why a layer keeps round-to-nearest weights, or None when it can be rounded here."""
