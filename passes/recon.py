@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,14 +77,20 @@ def refit_reason(node: gs.Node) -> str | None:
     return None
 
 
+NOT_INT8 = "runs in float on the CPU (not quantized)"
+
+
 def split_layers(model: Model, reason_of: Callable[[gs.Node], str | None],
-                 ) -> tuple[list[gs.Node], dict[str, str]]:
-    """Conv/Gemm/MatMul nodes `reason_of` accepts, and {name: reason} for the others."""
+                 only: Collection[str] | None = None) -> tuple[list[gs.Node], dict[str, str]]:
+    """Conv/Gemm/MatMul nodes `reason_of` accepts, and {name: reason} for the others.
+
+    With `only` (e.g. the layers that will run in int8), any other layer is skipped too.
+    """
     layers, skipped = [], {}
     for node in model.graph.nodes:
         if node.op not in REFITTABLE:
             continue
-        reason = reason_of(node)
+        reason = NOT_INT8 if only is not None and node.name not in only else reason_of(node)
         if reason:
             skipped[node.name] = reason
         else:

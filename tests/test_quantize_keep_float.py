@@ -46,3 +46,20 @@ def test_a_kept_activation_stops_the_fusion_with_a_reason():
 def test_unknown_node_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match=r"--keep-float: no node named 'classifier'"):
         quantize_model(net(0), {"x": data(0)}, keep_float=["classifier"])
+
+
+def test_kept_layers_are_neither_rounded_nor_bias_corrected():
+    from compiler.io import load_model
+    from passes.recon import NOT_INT8
+
+    model = net(0)
+    result = quantize_model(model, {"x": data(0)}, "max", keep_float=["fc"], rounding="gptq",
+                            bias_correction=True)
+    original = {n.name: n for n in load_model(model).graph.nodes}
+    kept = next(n for n in result.float_model.graph.nodes if n.name == "fc")
+    for i in (1, 2):  # weight and bias exactly as given
+        np.testing.assert_array_equal(kept.inputs[i].values, original["fc"].inputs[i].values)
+    assert result.report["weight_rounding_skipped"] == {"fc": NOT_INT8}
+    assert set(result.report["weight_rounding"]) == {"c1", "dw", "c2"}
+    conv = next(n for n in result.float_model.graph.nodes if n.name == "c2")
+    assert not np.array_equal(conv.inputs[2].values, original["c2"].inputs[2].values)

@@ -151,9 +151,11 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     timings, start = {}, time.perf_counter()
     fm = prepare_float(model, cle=cle)
     feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm, limit=calib_limit)
-    fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding, batch_size)
+    keep = _keep_float_names(fm, keep_float)
+    int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
+    fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding, batch_size, int8)
     timings["prepare_s"] = time.perf_counter() - start
-    units = partition(fm.graph, _keep_float_names(fm, keep_float))
+    units = partition(fm.graph, keep)  # again: bias correction returns a new model
     names = calibration_tensors(units)
     t0 = time.perf_counter()
     digest = model_hash(fm)
@@ -179,11 +181,11 @@ def _keep_float_names(model: Model, names: Sequence[str]) -> frozenset[str]:
 
 
 def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, rounding: str,
-                    batch_size: int) -> tuple[Model, dict[str, Any]]:
-    """GPTQ rounding and/or bias correction of the float model; report entries for both.
+                    batch_size: int, int8: set[str]) -> tuple[Model, dict[str, Any]]:
+    """GPTQ rounding and/or bias correction of the layers in `int8`; report entries for both.
 
     Bias correction is measured against the float weights with the rounding that the
-    integer model will use, so the two compose.
+    integer model will use, so the two compose. Layers left on the CPU keep their weights.
     """
     if not bias_correction and rounding == "nearest":
         return fm, {}
@@ -194,12 +196,12 @@ def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, round
     rounded = None
     if rounding == "gptq":
         from passes.quantize.rounding import round_weights
-        rounded = round_weights(fm, feeds, batch_size=batch_size)
+        rounded = round_weights(fm, feeds, batch_size=batch_size, only=int8)
         report |= rounded.report()
     if bias_correction:
         from passes.quantize.bias_correction import correct_bias
         fm = correct_bias(fm, fake_quant_weights, feeds, batch_size,
-                          quantized=rounded.weights if rounded else None)
+                          quantized=rounded.weights if rounded else None, only=int8)
     if rounded:
         from passes.quantize.rounding import apply_weights
         apply_weights(fm, rounded.weights)

@@ -15,7 +15,7 @@ are accumulated.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -55,7 +55,8 @@ def fake_quant_weight(w: np.ndarray) -> np.ndarray:
 
 def correct_bias(float_model: Model, quantize_weight: WeightQuantizer = fake_quant_weight,
                  feeds: Any = None, batch_size: int = 8,
-                 quantized: Mapping[str, np.ndarray] | None = None) -> Model:
+                 quantized: Mapping[str, np.ndarray] | None = None,
+                 only: Collection[str] | None = None) -> Model:
     """Bias-corrected copy of `float_model` (weights unchanged, biases shifted).
 
     Args:
@@ -66,24 +67,28 @@ def correct_bias(float_model: Model, quantize_weight: WeightQuantizer = fake_qua
         batch_size: Samples per run when the model's batch is symbolic.
         quantized: Layer name -> the quantize-dequantized weight (node layout) the integer
             model will use, for layers not rounded by `quantize_weight` (e.g. GPTQ rounding).
+        only: Correct only these layers (e.g. the ones that will run in int8); others are
+            reported as skipped.
 
     Returns:
         A new model whose bias b of each corrected layer is b - E[(W_q - W)·x].
     """
-    return correct_bias_with_report(float_model, quantize_weight, feeds, batch_size, quantized)[0]
+    return correct_bias_with_report(float_model, quantize_weight, feeds, batch_size, quantized,
+                                    only)[0]
 
 
 def correct_bias_with_report(float_model: Model,
                              quantize_weight: WeightQuantizer = fake_quant_weight,
                              feeds: Any = None, batch_size: int = 8,
                              quantized: Mapping[str, np.ndarray] | None = None,
+                             only: Collection[str] | None = None,
                              ) -> tuple[Model, dict[str, Any]]:
     """Like `correct_bias`; also returns {"corrected": {layer: max|shift|}, "skipped": {...}}."""
     if feeds is None:
         raise GraphError("bias correction needs calibration data (feeds)")
     feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, float_model)
     out = float_model.copy()
-    layers, skipped = eligible_layers(out)
+    layers, skipped = eligible_layers(out, only)
     quantized = quantized or {}
     deltas = {n.name: _delta(n, quantize_weight, quantized.get(n.name)) for n in layers}
     means = _mean_errors(float_model, layers, deltas, feeds, batch_size)
@@ -95,9 +100,10 @@ def correct_bias_with_report(float_model: Model,
     return out, {"corrected": corrected, "skipped": skipped}
 
 
-def eligible_layers(model: Model) -> tuple[list[gs.Node], dict[str, str]]:
+def eligible_layers(model: Model, only: Collection[str] | None = None,
+                    ) -> tuple[list[gs.Node], dict[str, str]]:
     """Conv/Gemm nodes whose bias can be corrected, and {name: reason} for the others."""
-    return split_layers(model, _ineligible)
+    return split_layers(model, _ineligible, only)
 
 
 def _ineligible(node: gs.Node) -> str | None:

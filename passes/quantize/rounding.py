@@ -27,7 +27,7 @@ docs/quantization.md measures the effect on held-out data.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -167,7 +167,8 @@ def output_error(x: np.ndarray, w: np.ndarray, wq: np.ndarray) -> float:
 
 
 def round_weights(model: Model, feeds: Feeds | dict, *, rows: int = 4096,
-                  batch_size: int = 8, damp: float = 0.01) -> RoundingResult:
+                  batch_size: int = 8, damp: float = 0.01,
+                  only: Collection[str] | None = None) -> RoundingResult:
     """GPTQ-rounded weights of every eligible Conv/Gemm/MatMul of `model` (not modified).
 
     Args:
@@ -176,11 +177,12 @@ def round_weights(model: Model, feeds: Feeds | dict, *, rows: int = 4096,
         rows: Sampled output positions per layer.
         batch_size: Samples per onnxruntime run (symbolic batch).
         damp: Relative ridge on H.
+        only: Round only these layers (the ones that will run in int8); others are skipped.
 
     Returns:
         A `RoundingResult` keyed by node name, weights in the node's own layout.
     """
-    layers, skipped = split_layers(model, rounding_reason)
+    layers, skipped = split_layers(model, rounding_reason, only)
     weights, before, after = {}, {}, {}
     chunks = list(_chunks(layers, rows))
     with blas_single_thread():
