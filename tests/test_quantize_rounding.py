@@ -193,3 +193,13 @@ def test_a_weight_shared_by_two_layers_gets_one_rounded_copy_per_layer():
     assert len(set(names)) == 2 and set(names).isdisjoint(shared)
     out = run(rounded, {"x": np.ones((1, 4, 6, 6), np.float32)})
     assert np.all(np.isfinite(next(iter(out.values()))))
+
+
+def test_quadratic_error_from_the_hessian_equals_the_error_on_the_rows():
+    from passes.quantize.rounding import hessians, quadratic_error
+
+    rng = np.random.default_rng(4)
+    w = edge_filters(rng, 3, 9, 2)
+    x = np.stack([correlated_rows(rng, 200, 9) for _ in range(3)])
+    wq = nearest_round(w)
+    assert quadratic_error(hessians(x), w, wq) == pytest.approx(output_error(x, w, wq), rel=1e-9)

@@ -97,60 +97,74 @@ def gptq_round(w: np.ndarray, x: np.ndarray, damp: float = 0.01) -> np.ndarray:
         float32 [G, k, m] on the per-channel int8 grid of round-to-nearest: the peak weight
         of each channel unchanged, every other weight q·scale with |q| <= 127.
     """
-    scale, peak = channel_scales(w)
-    out = np.empty(w.shape, np.float32)
-    for g in range(w.shape[0]):
-        q = _gptq_group(w[g].astype(np.float64), _hessian(x[g], damp), scale[g])
-        out[g] = _on_grid(q, scale[g], w[g], peak[g])
-    return out
+    return gptq_from_hessian(w, hessians(x), damp)
 
 
-def _hessian(x: np.ndarray, damp: float) -> np.ndarray:
+def hessians(x: np.ndarray) -> np.ndarray:
+    """H = XᵀX / n per group, float64 [G, k, k], from rows [G, n, k]."""
     xd = x.astype(np.float64)
-    h = xd.T @ xd / max(len(xd), 1)
-    dead = np.diag(h) <= 0  # an input that is always zero: any rounding is exact there
-    h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += damp * float(np.mean(np.diag(h)))
+    return np.matmul(xd.transpose(0, 2, 1), xd) / max(x.shape[1], 1)
+
+
+def gptq_from_hessian(w: np.ndarray, h: np.ndarray, damp: float = 0.01) -> np.ndarray:
+    """`gptq_round` with H given; all groups at once (depthwise convs have thousands)."""
+    scale, peak = channel_scales(w)
+    h = _damped(h, damp)
+    order = np.argsort(-np.diagonal(h, axis1=1, axis2=2), axis=1, kind="stable")  # [G, k]
+    g = np.arange(len(w))[:, None]
+    wp = np.take_along_axis(w.astype(np.float64), order[:, :, None], axis=1)
+    u = np.linalg.cholesky(np.linalg.inv(h[g[:, :, None], order[:, :, None],
+                                           order[:, None, :]])).transpose(0, 2, 1)
+    q = np.take_along_axis(_levels(wp, u, scale), np.argsort(order, axis=1)[:, :, None], axis=1)
+    return _on_grid(q, scale, w, peak)
+
+
+def _damped(h: np.ndarray, damp: float) -> np.ndarray:
+    h = h.copy()
+    diag = np.diagonal(h, axis1=1, axis2=2).copy()  # [G, k]
+    diag = np.where(diag > 0, diag, 1.0)  # an input that is always zero: any rounding is exact
+    diag += damp * diag.mean(axis=1, keepdims=True)
+    idx = np.arange(h.shape[1])
+    h[:, idx, idx] = diag
     return h
 
 
-def _gptq_group(w: np.ndarray, h: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Integer levels [k, m] for one group (float64 in, float64 integers out)."""
-    order = np.argsort(-np.diag(h), kind="stable")
-    w, h = w[order].copy(), h[np.ix_(order, order)]
-    pinned = _pinned_rows(w)  # [m]: row of each channel's peak weight, never moved
-    pin_value = w[pinned, np.arange(w.shape[1])]
-    u = np.linalg.cholesky(np.linalg.inv(h)).T  # upper factor of H^-1
+def _levels(w: np.ndarray, u: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Integer levels [G, k, m] of act-ordered weights `w` (float64, consumed) given U."""
+    pinned = np.abs(w).argmax(axis=1)  # [G, m]: row of each channel's peak, never moved
+    pin_value = np.take_along_axis(w, pinned[:, None, :], axis=1)[:, 0]
     q = np.empty_like(w)
-    for start in range(0, len(w), BLOCK):
-        stop = min(start + BLOCK, len(w))
-        err = np.empty((stop - start, w.shape[1]))
+    k = w.shape[1]
+    for start in range(0, k, BLOCK):
+        stop = min(start + BLOCK, k)
+        err = np.empty((len(w), stop - start, w.shape[2]))
         for i in range(start, stop):
-            row = np.where(pinned == i, pin_value, w[i])
-            q[i] = np.clip(np.floor(row / scale + 0.5), -WEIGHT_MAX, WEIGHT_MAX)
-            err[i - start] = (row - q[i] * scale) / u[i, i]
-            w[i + 1:stop] -= np.outer(u[i, i + 1:stop], err[i - start])
-        w[stop:] -= u[start:stop, stop:].T @ err
-    return q[np.argsort(order)]
-
-
-def _pinned_rows(w: np.ndarray) -> np.ndarray:
-    return np.abs(w).argmax(axis=0)
+            row = np.where(pinned == i, pin_value, w[:, i])
+            q[:, i] = np.clip(np.floor(row / scale + 0.5), -WEIGHT_MAX, WEIGHT_MAX)
+            err[:, i - start] = (row - q[:, i] * scale) / u[:, i, i, None]
+            w[:, i + 1:stop] -= u[:, i, i + 1:stop, None] * err[:, i - start, None, :]
+        w[:, stop:] -= np.matmul(u[:, start:stop, stop:].transpose(0, 2, 1), err)
+    return q
 
 
 def _on_grid(q: np.ndarray, scale: np.ndarray, w: np.ndarray, peak: np.ndarray) -> np.ndarray:
-    """q·scale in float32, the original peak weights restored, nothing above the peak.
+    """q·scale in float32 [G, k, m], original peak weights restored, nothing above the peak.
 
     Keeping each channel's peak weight bit-for-bit keeps its scale bit-for-bit; capping
     the others at the peak stops a float32 rounding of 127·scale from raising it.
     """
-    v = (q * scale).astype(np.float32)
-    cap = peak.astype(np.float32)
+    v = (q * scale[:, None, :]).astype(np.float32)
+    cap = peak.astype(np.float32)[:, None, :]
     v = np.clip(v, -cap, cap)
-    cols = np.arange(w.shape[1])
-    rows = _pinned_rows(w)
-    v[rows, cols] = w[rows, cols]
+    rows = np.abs(w).argmax(axis=1)[:, None, :]
+    np.put_along_axis(v, rows, np.take_along_axis(w, rows, axis=1), axis=1)
     return v
+
+
+def quadratic_error(h: np.ndarray, w: np.ndarray, wq: np.ndarray) -> float:
+    """Mean squared output error of `wq` vs `w` from H = XᵀX/n [G, k, k] (no rows needed)."""
+    d = wq.astype(np.float64) - w.astype(np.float64)
+    return float(np.sum(d * np.matmul(h, d)) / (d.shape[0] * d.shape[2]))
 
 
 def nearest_round(w: np.ndarray) -> np.ndarray:
@@ -190,12 +204,11 @@ def round_weights(model: Model, feeds: Feeds | dict, *, rows: int = 4096,
             xs = collect_rows(model, [n.name for n in chunk], _as_dict(feeds),
                               max_rows=rows, batch_size=batch_size, reason=rounding_reason)
             for node in chunk:
-                w = weight_matrix(node)
-                x = xs.pop(node.name)
-                wq = gptq_round(w, x, damp)
+                w, h = weight_matrix(node), hessians(xs.pop(node.name))
+                wq = gptq_from_hessian(w, h, damp)
                 weights[node.name] = _node_layout(node, wq)
-                before[node.name] = output_error(x, w, nearest_round(w))
-                after[node.name] = output_error(x, w, wq)
+                before[node.name] = quadratic_error(h, w, nearest_round(w))
+                after[node.name] = quadratic_error(h, w, wq)
     log.info("gptq rounding: %d layers rounded, %d skipped", len(weights), len(skipped))
     return RoundingResult(weights, before, after, skipped)
 
