@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, calib_limit=args.calib_limit)
     written = write_outputs(out_dir, result_blobs(result), result.table)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
-    if not args.json:
-        summary.pop("weight_rounding_skipped", None)
     if args.json:
         print_json({"model": args.model, "outputs": [str(p) for p in written], **summary})
         return 0

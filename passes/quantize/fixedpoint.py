@@ -57,6 +57,16 @@ def constant_scale(values: np.ndarray) -> float:
 BLOCK = 1 << 20  # elements per float64 temporary when quantizing large weights
 
 
+def weight_scales(peak: np.ndarray) -> np.ndarray:
+    """`Sw[c] = f32(max|W[c]| / 127)` from per-channel peaks (§1).
+
+    An all-zero channel gets the layer's largest scale (1.0 if every channel is zero).
+    """
+    scale = (np.asarray(peak, np.float64) / WEIGHT_MAX).astype(np.float32)
+    fallback = float(scale.max()) if scale.size and scale.max() > 0 else 1.0
+    return np.where(scale > 0, scale, np.float32(fallback)).astype(np.float32)
+
+
 def quantize_weights(w: np.ndarray, name: str = "<node>",
                      min_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel (axis 0) symmetric int8 weights and float32 scales (§1).
@@ -74,9 +84,7 @@ def quantize_weights(w: np.ndarray, name: str = "<node>",
         if not np.all(np.isfinite(block)):
             raise GraphError(f"node {name!r}: weights contain NaN or Inf")
         peak[i:i + rows] = np.max(np.abs(block), axis=1) if block.shape[1] else 0.0
-    scale = (peak / WEIGHT_MAX).astype(np.float32)
-    fallback = float(scale.max()) if scale.size and scale.max() > 0 else 1.0
-    scale = np.where(scale > 0, scale, np.float32(fallback)).astype(np.float32)
+    scale = weight_scales(peak)
     if min_scale is not None:
         scale = np.maximum(scale, np.asarray(min_scale, np.float32))
     q = np.empty(flat.shape, np.int8)

@@ -37,6 +37,7 @@ from compiler.data import Feeds
 from compiler.errors import GraphError
 from compiler.ir import Model, const_value
 from compiler.progress import track
+from passes.quantize.fixedpoint import weight_scales
 from passes.recon import blas_single_thread, collect_rows, split_layers, weight_matrix
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,10 @@ def rounding_reason(node: gs.Node) -> str | None:
 
 
 def channel_scales(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Round-to-nearest scales and peaks of weight matrices [G, k, m] (one per output channel)."""
+    """Round-to-nearest scales (float64) and peaks of weight matrices [G, k, m], per channel."""
     peak = np.abs(w).max(axis=1)  # [G, m], in the weight's own dtype as quantize_weights sees it
-    scale = (peak.astype(np.float64) / WEIGHT_MAX).astype(np.float32).astype(np.float64)
-    return np.where(scale > 0, scale, 1.0), peak
+    scale = weight_scales(peak.reshape(-1)).reshape(peak.shape)
+    return scale.astype(np.float64), peak
 
 
 def gptq_round(w: np.ndarray, x: np.ndarray, damp: float = 0.01) -> np.ndarray:
