@@ -8,6 +8,11 @@ Metrics, depending on the data and options:
   ``cosine`` (mean per-sample cosine similarity of the raw outputs) and ``kl`` (mean
   KL(reference || model) over the last axis; outputs that already are probability
   distributions are used as they are, others go through a softmax first).
+  For one class vector per sample (``[N, classes]``) also ``ref_top1_in_top5`` (the
+  reference's class is among the model's five highest) and ``agreement_decisive`` over the
+  ``decisive`` fraction of samples on which the reference gives its top class at least
+  `DECISIVE_PROBABILITY` — so a flip between two near-equal classes (a coin toss the float
+  model itself loses to noise) is told apart from a changed decision.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from compiler.errors import ConfigError, DataError, ModelLoadError
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 32
+DECISIVE_PROBABILITY = 0.5
+TOP_K = 5
 
 
 def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -148,8 +155,24 @@ def fidelity(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     p, q = _as_distributions(ref_last), _as_distributions(last)
     kl = (p * (np.log(np.maximum(p, 1e-12)) - np.log(np.maximum(q, 1e-12)))).sum(axis=-1)
     agree = last.argmax(axis=-1) == ref_last.argmax(axis=-1)
-    return {"agreement": float(agree.mean()), "cosine": float(cosine.mean()),
-            "kl": float(kl.mean())}
+    metrics = {"agreement": float(agree.mean()), "cosine": float(cosine.mean()),
+               "kl": float(kl.mean())}
+    if outputs.ndim == 2 and outputs.shape[1] > TOP_K:
+        metrics |= _decision_metrics(last, p, agree)
+    return metrics
+
+
+def _decision_metrics(outputs: np.ndarray, ref_probs: np.ndarray,
+                      agree: np.ndarray) -> dict[str, float]:
+    """Top-5 containment and agreement on the samples the reference is decisive about."""
+    ref_top = ref_probs.argmax(axis=1)
+    top_k = np.argpartition(-outputs, TOP_K - 1, axis=1)[:, :TOP_K]
+    decisive = ref_probs.max(axis=1) >= DECISIVE_PROBABILITY
+    metrics = {"ref_top1_in_top5": float((top_k == ref_top[:, None]).any(axis=1).mean()),
+               "decisive": float(decisive.mean())}
+    if decisive.any():
+        metrics["agreement_decisive"] = float(agree[decisive].mean())
+    return metrics
 
 
 def evaluate(model: str | Path | onnx.ModelProto, data: Any,

@@ -84,6 +84,28 @@ def test_fidelity_matches_numpy():
     assert got["agreement"] == pytest.approx(np.mean(a.argmax(1) == b.argmax(1)))
 
 
+def test_decision_metrics_separate_near_ties_from_changed_decisions():
+    # Sample 0: reference decisive (p(class 0) ~ 0.9), model flips it -> a changed decision.
+    # Sample 1: reference near-tie between classes 1 and 2 (p < 0.5), model flips it.
+    # Sample 2: decisive and kept.
+    ref = np.log(np.array([[90, 2, 2, 2, 2, 2], [2, 40, 39, 9, 5, 5],
+                           [2, 2, 2, 90, 2, 2]], np.float64))
+    out = np.array([[2, 9, 1, 1, 1, 1], [0, 1, 9, 0, 0, 0], [5, 4, 3, 9, 2, 1]], np.float64)
+    got = fidelity(out, ref)
+    assert got["agreement"] == pytest.approx(1 / 3)
+    assert got["decisive"] == pytest.approx(2 / 3)
+    assert got["agreement_decisive"] == pytest.approx(1 / 2)
+    # the reference's class is the model's 2nd, 2nd and 1st choice
+    assert got["ref_top1_in_top5"] == pytest.approx(1.0)
+    out[0] = [-5, 9, 1, 1, 1, 1]  # sample 0's reference class is now the model's 6th choice
+    assert fidelity(out, ref)["ref_top1_in_top5"] == pytest.approx(2 / 3)
+
+
+def test_decision_metrics_only_for_class_vectors():
+    seq = np.random.default_rng(0).standard_normal((2, 4, 8))  # OCR-style [N, T, classes]
+    assert set(fidelity(seq, seq)) == {"agreement", "cosine", "kl"}
+
+
 def test_probabilities_are_not_softmaxed_twice():
     p = np.array([[0.7, 0.2, 0.1]])
     assert fidelity(p, p)["kl"] == pytest.approx(0.0, abs=1e-12)
