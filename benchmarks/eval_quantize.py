@@ -134,7 +134,8 @@ def noise_floor(name: str, step: int = 1, seeds: int = 5) -> list[dict]:
 
     proto, _ = get_model(name)
     data = eval_data(name, step)
-    reference = Runner(proto, name).run(data.inputs)
+    runner = Runner(proto, name)
+    reference = runner.run(data.inputs)
     rows = []
     half = from_proto(proto)
     for tensor in half.graph.tensors().values():
@@ -150,7 +151,7 @@ def noise_floor(name: str, step: int = 1, seeds: int = 5) -> list[dict]:
             rng = np.random.default_rng(draw)
             noise = rng.uniform(-fraction * step_size, fraction * step_size, data.inputs.shape)
             noisy = (data.inputs + noise).astype(data.inputs.dtype)
-            draws.append(fidelity(Runner(proto, name).run(noisy), reference))
+            draws.append(fidelity(runner.run(noisy), reference))
         agreement = [d["agreement"] for d in draws]
         rows.append({"perturbation": f"input noise +-{fraction} int8 step, {seeds} draws",
                      **{k: float(np.mean([d[k] for d in draws])) for k in draws[0]},
