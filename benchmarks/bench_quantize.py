@@ -49,7 +49,7 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def run_npuc(model: Path, calib: Path, out: Path) -> None:
     """npuc: quantize_model + write model.quant.onnx, model.qdq.onnx, calibration.json."""
-    from compiler.commands.quantize import result_blobs, write_outputs
+    from compiler.cli.quantize import result_blobs, write_outputs
     from passes.quantize.api import quantize_model
 
     result = quantize_model(str(model), str(calib), "max")

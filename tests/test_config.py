@@ -71,7 +71,7 @@ def _subcommand_flags(name):
     import importlib
 
     parser = argparse.ArgumentParser()
-    importlib.import_module(f"compiler.commands.{name}").register(parser.add_subparsers())
+    importlib.import_module(f"compiler.cli.{name}").register(parser.add_subparsers())
     sub = parser._subparsers._group_actions[0].choices[name]
     return {a.option_strings[-1] if a.option_strings else a.dest
             for a in sub._actions if a.dest != "help"}

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from compiler.builder import GraphBuilder
-from compiler.commands import eval as eval_cmd
+from compiler.cli import eval as eval_cmd
 from compiler.errors import DataError, ModelLoadError
 from compiler.evaluate import evaluate, fidelity
 

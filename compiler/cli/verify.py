@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.commands.common import format_table, print_json
+from compiler.cli.common import format_table, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     """Verify and print the per-output table; 1 when anything differs."""
     from compiler.errors import ConfigError
     from targets.npusim import load_binary, verify
-    from targets.npusim.commands import feeds_for
+    from targets.npusim.interface import feeds_for
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")

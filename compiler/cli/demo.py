@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compiler.commands.common import print_json
+from compiler.cli.common import print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

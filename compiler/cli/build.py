@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compiler.commands.common import format_table, print_json
+from compiler.cli.common import format_table, print_json
 from compiler.errors import ConfigError
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.commands.common import format_table, human, print_json
+from compiler.cli.common import format_table, human, print_json
 from compiler.cost import model_cost
 from compiler.io import load_model
 from passes.canonicalize import canonicalize
@@ -26,9 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the cost table (or disassemble a binary)."""
     if _is_binary(args.model):
-        from targets.npusim.commands import inspect_binary
-
-        return inspect_binary(args)
+        return _inspect_binary(args)
     model = load_model(args.model)
     if not args.raw:
         model = canonicalize(model).model
@@ -41,6 +39,34 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(rows, ["node", "op", "input", "output", "MACs", "params"]))
     print(f"\ntotal: {len(report.nodes)} nodes, {human(report.macs)} MACs ({report.macs:,}), "
           f"{human(report.ops)} other ops, {human(report.params)} params ({report.params:,})")
+    return 0
+
+
+def _inspect_binary(args: argparse.Namespace) -> int:
+    """Disassemble a binary: header, sections, tensors and instructions."""
+    from pathlib import Path
+
+    from targets.npusim import container
+    from targets.npusim.binary import load_binary
+    from targets.npusim.interface import binary_dict, disassemble
+
+    data = Path(args.model).read_bytes()
+    program = load_binary(args.model)
+    sections = container.unpack(data)
+    if args.json:
+        print_json(binary_dict(program, sections, len(data)))
+        return 0
+    meta = program.metadata
+    print(f"{args.model}: npusim binary v{container.VERSION[0]}.{container.VERSION[1]}, "
+          f"{human(len(data))}B, arch {meta.get('arch')}, source {meta.get('source')}")
+    print(format_table([(s.name, len(v)) for s, v in sections.items()], ["section", "bytes"]))
+    print("\ntensors")
+    print(format_table([(i, t.name, "x".join(map(str, t.shape)), t.dtype, t.scale, t.region,
+                         t.offset) for i, t in enumerate(program.tensors)],
+                       ["id", "name", "shape", "dtype", "scale", "region", "offset"]))
+    print(f"arena {program.arena_size:,} bytes\n\ninstructions")
+    for i, ins in enumerate(program.code):
+        print(f"{i:5d}  {disassemble(program, ins)}")
     return 0
 
 

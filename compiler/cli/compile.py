@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from compiler.commands.common import format_table, print_json
+from compiler.cli.common import format_table, print_json
 from compiler.config import load_config, parse_override
 
 # Shortcut flags -> config keys (everything else goes through --set KEY=VALUE).

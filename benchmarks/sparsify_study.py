@@ -1,6 +1,6 @@
 """Accuracy study behind docs/sparsity.md: 1xN vs CHEX-style filters vs channel pruning.
 
-    python -m passes.sparsify.study [--models fmnist_resnet fmnist_mobilenetv2]
+    python benchmarks/sparsify_study.py [--models fmnist_resnet fmnist_mobilenetv2]
         [--blocks 2 4 8 16] [--sparsities 0.3 0.5 0.7] [--json OUT.json]
 
 No fine-tuning anywhere: every number is a post-training transform of the trained float
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.commands.common import format_table
+from compiler.cli.common import format_table
 from compiler.data import load_feeds
 from compiler.io import load_model
 from compiler.ir import Model

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.commands.common import format_table, print_json
+from compiler.cli.common import format_table, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """Run and summarize (or save) the outputs."""
     from compiler.io import write_atomic
     from targets.npusim import Simulator
-    from targets.npusim.commands import feeds_for
+    from targets.npusim.interface import feeds_for
 
     sim = Simulator(args.binary)
     samples = args.samples or (None if args.inputs else 1)

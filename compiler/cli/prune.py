@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.commands.common import format_table, human, print_json
+from compiler.cli.common import format_table, human, print_json
 from compiler.io import load_model, save_model
 from passes.prune.criteria import CRITERIA
 from passes.prune.pipeline import prune_model

@@ -1,4 +1,4 @@
-"""The `npuc` command line: sub-commands live in `compiler.commands.<name>`."""
+"""The `npuc` command line: sub-commands live in `compiler.cli.<name>`."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"compiler.commands.{name}")
+            module = importlib.import_module(f"compiler.cli.{name}")
         except ModuleNotFoundError as e:  # only a command not written yet is skipped
-            if e.name != f"compiler.commands.{name}":
+            if e.name != f"compiler.cli.{name}":
                 raise
             continue
         module.register(sub)
@@ -61,6 +61,3 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 3
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.commands.common import format_table, human, print_json
+from compiler.cli.common import format_table, human, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

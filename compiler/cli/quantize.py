@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.commands.common import format_table, print_json
+from compiler.cli.common import format_table, print_json
 from compiler.errors import ConfigError
 from compiler.io import to_proto, write_atomic
 

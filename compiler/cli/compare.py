@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.commands.common import format_table, print_json
+from compiler.cli.common import format_table, print_json
 from compiler.data import check_feeds, load_feeds
 from compiler.io import load_model
 

@@ -1,22 +1,18 @@
-"""CLI helpers of the npusim target: `npuc inspect model.bin`, input data for `run`/`verify`.
+"""How tools talk to an npusim binary: its input interface, a description, the disassembler.
 
-The sub-command modules in `compiler/commands/` (build, verify, run, perf) stay thin and
-call these; everything prints through the shared table/JSON helpers.
+The sub-commands in `compiler/cli/` (inspect, build, verify, run, perf) call these and do
+the printing.
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.commands.common import format_table, human, print_json
 from compiler.ir import Model
 from targets.npusim import container, isa
-from targets.npusim.binary import load_binary
 
 
 def interface_model(program: isa.Program) -> Model:
@@ -47,29 +43,8 @@ def feeds_for(program: isa.Program, source: Any, samples: int, seed: int
     return arrays, f"random (seed {seed})"
 
 
-def inspect_binary(args: argparse.Namespace) -> int:
-    """Disassemble a binary: header, sections, tensors, blobs and instructions."""
-    data = Path(args.model).read_bytes()
-    program = load_binary(args.model)
-    sections = container.unpack(data)
-    if getattr(args, "json", False):
-        print_json(_binary_dict(program, sections, len(data)))
-        return 0
-    meta = program.metadata
-    print(f"{args.model}: npusim binary v{container.VERSION[0]}.{container.VERSION[1]}, "
-          f"{human(len(data))}B, arch {meta.get('arch')}, source {meta.get('source')}")
-    print(format_table([(s.name, len(v)) for s, v in sections.items()], ["section", "bytes"]))
-    print("\ntensors")
-    print(format_table([(i, t.name, "x".join(map(str, t.shape)), t.dtype, t.scale, t.region,
-                         t.offset) for i, t in enumerate(program.tensors)],
-                       ["id", "name", "shape", "dtype", "scale", "region", "offset"]))
-    print(f"arena {program.arena_size:,} bytes\n\ninstructions")
-    for i, ins in enumerate(program.code):
-        print(f"{i:5d}  {disassemble(program, ins)}")
-    return 0
-
-
-def _binary_dict(program: isa.Program, sections: dict, size: int) -> dict[str, Any]:
+def binary_dict(program: isa.Program, sections: dict, size: int) -> dict[str, Any]:
+    """Everything `npuc inspect model.bin` shows, as plain data (JSON-ready)."""
     return {"bytes": size, "version": list(container.VERSION),
             "sections": {s.name: len(v) for s, v in sections.items()},
             "metadata": program.metadata, "arena_bytes": program.arena_size,
