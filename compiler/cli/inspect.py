@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from compiler.cli.common import format_table, human, print_json
 from compiler.cost import model_cost
@@ -44,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _inspect_binary(args: argparse.Namespace) -> int:
     """Disassemble a binary: header, sections, tensors and instructions."""
-    from pathlib import Path
-
     from targets.npusim import container
     from targets.npusim.binary import load_binary
     from targets.npusim.interface import binary_dict, disassemble
