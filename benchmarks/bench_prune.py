@@ -20,7 +20,7 @@ import numpy as np
 
 
 def npuc_times(ratios: list[float]) -> list[dict]:
-    from compiler.io import load_model
+    from compiler.core.io import load_model
     from models.zoo import resnet50
     from passes.canonicalize import canonicalize
     from passes.prune import analyze, prune_model
@@ -63,7 +63,7 @@ def torch_pruning_times(ratios: list[float]) -> list[dict]:
 
 
 def _top1(model, feeds, labels) -> float:
-    from compiler.numerics import session
+    from compiler.core.numerics import session
 
     sess = session(model)
     name = sess.get_inputs()[0].name
@@ -75,7 +75,7 @@ def _top1(model, feeds, labels) -> float:
 
 
 def accuracy_table(path: str, target: float, abc: tuple[int, int, int], seed: int) -> list[dict]:
-    from compiler.io import load_model
+    from compiler.core.io import load_model
     from models.datasets import load_dataset
     from passes.prune import prune_model
 
@@ -101,8 +101,8 @@ def accuracy_table(path: str, target: float, abc: tuple[int, int, int], seed: in
 
 
 def efficientnet_agreement(target: float, seed: int) -> list[dict]:
-    from compiler.io import load_model
-    from compiler.numerics import run
+    from compiler.core.io import load_model
+    from compiler.core.numerics import run
     from models.datasets import load_dataset
     from models.registry import get_model
     from passes.prune import prune_model

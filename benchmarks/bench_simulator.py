@@ -23,8 +23,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compiler.io import load_model  # noqa: E402
-from compiler.numerics import session  # noqa: E402
+from compiler.core.io import load_model  # noqa: E402
+from compiler.core.numerics import session  # noqa: E402
 from models.zoo import ARCHITECTURES  # noqa: E402
 from passes.quantize.api import quantize_model  # noqa: E402
 from targets.npusim import Simulator, build_binary  # noqa: E402
@@ -55,7 +55,7 @@ def variants(model):
 
 
 def perf_table(names: list[str]) -> int:
-    from compiler.cost import model_cost
+    from compiler.core.cost import model_cost
     from models.registry import get_model
     from targets.npusim import estimate_perf, verify
 

@@ -43,7 +43,7 @@ def calib_inputs(name: str) -> np.ndarray:
 
 def lsb_fraction(result, x: np.ndarray) -> float:
     """Fraction of output elements where QDQ and integer differ by > 1 LSB (first 16 samples)."""
-    from compiler.numerics import run
+    from compiler.core.numerics import run
 
     qg = result.qgraph
     key = qg.inputs[0]
@@ -94,8 +94,8 @@ def _take(labels, keep: np.ndarray):
 
 def evaluate_one(name: str, calibrator: str, variant: str, step: int = 1) -> dict:
     """Quantize one model one way and score float, int8 and QDQ."""
-    from compiler.evaluate import evaluate
-    from compiler.io import to_proto
+    from compiler.core.io import to_proto
+    from compiler.driver.evaluate import evaluate
     from models.registry import get_model
     from passes.quantize.api import quantize_model
 
@@ -128,8 +128,8 @@ def noise_floor(name: str, step: int = 1, seeds: int = 5) -> list[dict]:
     `seeds` seeded draws each (mean, and the agreement's range). A set on which these
     already flip top-1 often cannot show much higher agreement for any int8 model.
     """
-    from compiler.evaluate import Runner, fidelity
-    from compiler.io import from_proto, to_proto
+    from compiler.core.io import from_proto, to_proto
+    from compiler.driver.evaluate import Runner, fidelity
     from models.registry import get_model
 
     proto, _ = get_model(name)

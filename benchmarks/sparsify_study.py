@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from compiler.cli.common import format_table
-from compiler.data import load_feeds
-from compiler.io import load_model
-from compiler.ir import Model
-from compiler.numerics import run, session
+from compiler.core.io import load_model
+from compiler.core.ir import Model
+from compiler.core.numerics import run, session
+from compiler.driver.data import load_data
 from passes.canonicalize import canonicalize
 from passes.sparsify.layers import node_macs
 from passes.sparsify.sparsify import sparsify_model
@@ -91,8 +91,8 @@ def study_model(path: str, blocks: Sequence[int], sparsities: Sequence[float],
                 calib_limit: int = 256, eval_data: str = "fmnist-eval") -> list[dict[str, Any]]:
     """All rows of the table for one trained model."""
     model = canonicalize(load_model(path)).model
-    evals = load_feeds(eval_data, model)
-    calib = load_feeds("fmnist-calib", model, limit=calib_limit)
+    evals = load_data(eval_data, model)
+    calib = load_data("fmnist-calib", model, limit=calib_limit)
     base = accuracy(model, evals)
     macs = sum(node_macs(model).values())
     rows = [{"model": path, "method": "float", "N": 0, "S": 0.0, "reorder": False,

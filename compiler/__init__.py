@@ -1,10 +1,12 @@
 """npuc: post-training compression compiler for ONNX CNNs on int8 accelerators."""
 
-__version__ = "0.1.0"
+from compiler.core import __version__
+
+__all__ = ["__version__", "compile"]
 
 
 def compile(model=None, config=None, out_dir="npuc-out"):  # noqa: A001 - mirrors `npuc compile`
-    """Run the whole pipeline (see `compiler.pipeline.compile_model`).
+    """Run the whole pipeline (see `compiler.driver.pipeline.compile_model`).
 
     Args:
         model: ONNX path, bundled model name, `ModelProto` or IR model; None for the config's.
@@ -12,8 +14,8 @@ def compile(model=None, config=None, out_dir="npuc-out"):  # noqa: A001 - mirror
         out_dir: Output folder.
 
     Returns:
-        `compiler.pipeline.Result` with `.files`, `.report` and `.results`.
+        `compiler.driver.pipeline.Result` with `.files`, `.report` and `.results`.
     """
-    from compiler.pipeline import compile_model
+    from compiler.driver.pipeline import compile_model
 
     return compile_model(model, config, out_dir)

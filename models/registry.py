@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compiler.errors import ModelLoadError, NpucError
+from compiler.core.errors import ModelLoadError, NpucError
 
 TRAINED_DIR = Path(__file__).resolve().parent / "trained"
 Loader = Callable[[], tuple[onnx.ModelProto, dict[str, np.ndarray]]]

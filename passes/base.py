@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compiler.ir import Model
-from compiler.passes import Pass, PassResult
+from compiler.core.ir import Model
+from compiler.core.pass_manager import Pass, PassResult
 
 
 class RewritePass(Pass):

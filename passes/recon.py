@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
-from compiler.ir import Model, const_value
-from compiler.numerics import session
+from compiler.core.errors import GraphError
+from compiler.core.ir import Model, const_value
+from compiler.core.numerics import session
 
 REFITTABLE = ("Conv", "Gemm", "MatMul")
 # onnxruntime intra-op threads for calibration runs (0: all cores); worker processes set 1.
@@ -109,7 +109,7 @@ def iter_tensors(model: Model, names: Sequence[str], feeds,
     Args:
         model: The model (not modified: intermediates are exposed on a copy).
         names: Tensor names to expose.
-        feeds: A dict of input arrays with the batch on axis 0, or a `compiler.data.Feeds`.
+        feeds: A dict of input arrays with the batch on axis 0, or a `compiler.core.feeds.Feeds`.
         batch_size: Samples per onnxruntime run.
     """
     exposed = model.copy()

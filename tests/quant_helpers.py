@@ -6,11 +6,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.io import load_model, to_proto
-from compiler.numerics import cosine, run
+from compiler.core.io import load_model, to_proto
+from compiler.core.numerics import cosine, run
+from compiler.core.qgraph import QGraph
 from passes.quantize.api import QuantResult, quantize_model
 from passes.quantize.emit_int import emit_int
-from passes.quantize.qgraph import QGraph
 from passes.quantize.reference import execute
 
 

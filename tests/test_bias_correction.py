@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.errors import GraphError
-from compiler.io import load_model, to_proto
-from compiler.numerics import run
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.errors import GraphError
+from compiler.core.io import load_model, to_proto
+from compiler.core.numerics import run
 from passes.quantize.bias_correction import (
     correct_bias,
     correct_bias_with_report,
@@ -118,7 +118,7 @@ def test_fake_quant_weight_follows_the_spec():
 
 
 def test_fake_quant_matches_fixedpoint_module_when_present():
-    fixedpoint = pytest.importorskip("passes.quantize.fixedpoint")
+    fixedpoint = pytest.importorskip("compiler.core.fixedpoint")
     w = np.random.default_rng(6).standard_normal((8, 4, 3, 3)).astype(np.float32)
     q, s = fixedpoint.quantize_weights(w)
     want = (q.astype(np.float64) * s.astype(np.float64).reshape(-1, 1, 1, 1)).astype(np.float32)

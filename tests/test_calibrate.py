@@ -8,10 +8,10 @@ import logging
 import numpy as np
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.data import Feeds
-from compiler.errors import ConfigError, DataError, GraphError
-from compiler.io import load_model
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.errors import ConfigError, DataError, GraphError
+from compiler.core.feeds import Feeds
+from compiler.core.io import load_model
 from passes.quantize.calibrate import (
     MIN_THRESHOLD,
     ZERO_RANGE_THRESHOLD,

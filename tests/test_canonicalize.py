@@ -3,9 +3,9 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from compiler.health import check_graph
-from compiler.io import load_model
-from compiler.numerics import compare_models
+from compiler.core.health import check_graph
+from compiler.core.io import load_model
+from compiler.core.numerics import compare_models
 from passes.canonicalize import (
     canonicalize,
     drop_identities,

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
 from compiler.cli import main
-from compiler.io import load_model, save_model
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.io import load_model, save_model
 from passes.quantize.compare import (
     Accumulator,
     compare_models_on_data,
@@ -107,7 +107,7 @@ def test_qdq_model_pairs_dequantize_outputs(tmp_path, data):
 
 def npuc_quant_net(scale: float):
     """A stand-in for model.quant.onnx: int8 tensor 'relu' + npuc.qgraph metadata."""
-    from passes.quantize.qgraph import METADATA_KEY, QGraph, QTensor
+    from compiler.core.qgraph import METADATA_KEY, QGraph, QTensor
 
     b = GraphBuilder("q", 0)
     rng = b.rng

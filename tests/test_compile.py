@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from compiler.cli import main
-from compiler.errors import ConfigError, PassError
-from compiler.pipeline import compile_model
+from compiler.core.errors import ConfigError, PassError
+from compiler.driver.pipeline import compile_model
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import pytest
 
-from compiler.config import SCHEMA, defaults, load_config, parse_override, schema_markdown
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
+from compiler.driver.config import SCHEMA, defaults, load_config, parse_override, schema_markdown
 
 
 def test_defaults_validate():
@@ -80,7 +80,7 @@ def _subcommand_flags(name):
 @pytest.mark.parametrize("command", ["prune", "sparsify", "quantize", "build", "verify", "perf",
                                      "eval"])
 def test_every_subcommand_flag_has_a_config_key(command):
-    from compiler.config import SUBCOMMAND_KEYS
+    from compiler.driver.config import SUBCOMMAND_KEYS
 
     mapped = SUBCOMMAND_KEYS[command]
     assert _subcommand_flags(command) == set(mapped)
@@ -91,7 +91,7 @@ def test_every_subcommand_flag_has_a_config_key(command):
 def test_docs_config_lists_flag_keys():
     from pathlib import Path
 
-    from compiler.config import flags_markdown
+    from compiler.driver.config import flags_markdown
 
     doc = (Path(__file__).parent.parent / "docs" / "config.md").read_text()
     assert flags_markdown() in doc

@@ -3,8 +3,8 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from compiler.cost import model_cost
-from compiler.io import load_model
+from compiler.core.cost import model_cost
+from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 from tests.conftest import light_path
 

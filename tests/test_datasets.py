@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from compiler.errors import DataError
+from compiler.core.errors import DataError
 from models.datasets import DATA_DIR, DATASETS, load_dataset, load_npz
 
 

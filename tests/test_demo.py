@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from compiler.demo import HEADERS, markdown, seed_table
+from compiler.driver.demo import HEADERS, markdown, seed_table
 
 
 def test_seed_table_rows_are_measured_compiles():

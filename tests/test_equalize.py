@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.io import load_model
-from compiler.numerics import compare_models, random_feeds
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.io import load_model
+from compiler.core.numerics import compare_models, random_feeds
 from passes.canonicalize import canonicalize
 from passes.quantize.equalize import (
     CrossLayerEqualization,

@@ -1,4 +1,4 @@
-"""`compiler.evaluate` and `npuc eval` on a hand-made linear classifier."""
+"""`compiler.driver.evaluate` and `npuc eval` on a hand-made linear classifier."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.builder import GraphBuilder
 from compiler.cli import eval as eval_cmd
-from compiler.errors import DataError, ModelLoadError
-from compiler.evaluate import evaluate, fidelity
+from compiler.core.builder import GraphBuilder
+from compiler.core.errors import DataError, ModelLoadError
+from compiler.driver.evaluate import evaluate, fidelity
 
 # Class k's logit is the mean of image row k, so a bright row k means label k.
 W = np.zeros((3, 16), np.float32)

@@ -8,8 +8,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from compiler.errors import DataError, GraphError
-from passes.quantize import fixedpoint as fp
+from compiler.core import fixedpoint as fp
+from compiler.core.errors import DataError, GraphError
 
 
 def exact_requant(acc: int, m0: int, s: int, lo: int = -128, hi: int = 127) -> int:
@@ -210,8 +210,8 @@ def test_near_dead_channel_keeps_its_bias_through_int8():
     # BatchNorm folding of a channel with gamma ~ 0 leaves weights ~1e-7 and a bias of
     # several units; a plain per-channel scale (1e-9) would saturate the int32 bias and
     # output ~0 for that channel of a linear (no activation) layer.
-    from compiler.builder import GraphBuilder
-    from compiler.numerics import run
+    from compiler.core.builder import GraphBuilder
+    from compiler.core.numerics import run
     from passes.quantize.api import quantize_model
 
     gb = GraphBuilder("dead", 0)

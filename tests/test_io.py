@@ -6,9 +6,9 @@ import onnx
 import pytest
 from onnx import external_data_helper
 
-from compiler.errors import ModelLoadError
-from compiler.io import INTERNAL_OPSET, load_model, save_model, to_proto
-from compiler.numerics import compare_models, random_feeds, run
+from compiler.core.errors import ModelLoadError
+from compiler.core.io import INTERNAL_OPSET, load_model, save_model, to_proto
+from compiler.core.numerics import compare_models, random_feeds, run
 from tests.conftest import conv_model
 
 

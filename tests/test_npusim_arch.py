@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from compiler.cli import main
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 from targets.npusim.arch import PRESET_DIR, load_arch, presets
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.errors import NpucError, TargetError
+from compiler.core.errors import NpucError, TargetError
 from passes.quantize.api import quantize_model
 from targets.npusim import Simulator, build_binary, estimate_perf, load_binary
 from targets.npusim import weights as W

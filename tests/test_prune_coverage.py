@@ -8,7 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from compiler.io import load_model
+from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 from passes.prune import analyze, prune_model
 from tests.test_prune_oracle import check_oracle, random_keep, zoo_canonical

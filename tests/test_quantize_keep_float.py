@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.errors import ConfigError
-from compiler.numerics import cosine, run
-from passes.quantize import qgraph as q
+from compiler.core import qgraph as q
+from compiler.core.errors import ConfigError
+from compiler.core.numerics import cosine, run
 from passes.quantize.api import quantize_model
 from passes.quantize.patterns import KEEP_FLOAT_REASON
 from tests.quant_helpers import mismatches
@@ -49,7 +49,7 @@ def test_unknown_node_is_a_one_line_config_error():
 
 
 def test_kept_layers_are_neither_rounded_nor_bias_corrected():
-    from compiler.io import load_model
+    from compiler.core.io import load_model
     from passes.recon import NOT_INT8
 
     model = net(0)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from passes.quantize import qgraph as q
+from compiler.core import qgraph as q
 from tests.quant_helpers import check_quantized, make_model
 
 rng = np.random.default_rng(0)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.errors import ConfigError
-from compiler.io import load_model
-from compiler.numerics import cosine, run
+from compiler.core.errors import ConfigError
+from compiler.core.fixedpoint import fake_quant_weights, quantize_weights
+from compiler.core.io import load_model
+from compiler.core.numerics import cosine, run
 from passes.quantize.api import quantize_model
 from passes.quantize.bias_correction import correct_bias
-from passes.quantize.fixedpoint import fake_quant_weights, quantize_weights
 from passes.quantize.rounding import (
     apply_weights,
     gptq_round,
@@ -154,7 +154,7 @@ def test_bad_options_and_ineligible_layers_have_reasons():
 
 def test_cli_rounding_flag_writes_outputs_and_reports_the_error_ratio(tmp_path, capsys):
     from compiler.cli import main
-    from compiler.io import save_model
+    from compiler.core.io import save_model
 
     model_path, calib = tmp_path / "net.onnx", tmp_path / "calib.npy"
     save_model(net(0), model_path)
@@ -172,7 +172,7 @@ def test_cli_rounding_flag_writes_outputs_and_reports_the_error_ratio(tmp_path, 
 
 
 def test_a_weight_shared_by_two_layers_gets_one_rounded_copy_per_layer():
-    from compiler.builder import GraphBuilder
+    from compiler.core.builder import GraphBuilder
 
     gb = GraphBuilder("shared", 0)
     x = gb.input("x", ["N", 4, 6, 6])

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import pytest
 
-from compiler.numerics import cosine, run
+from compiler.core.numerics import cosine, run
+from compiler.core.qgraph import QCpuPartition
 from passes.quantize.api import quantize_model
-from passes.quantize.qgraph import QCpuPartition
 from tests.conftest import LIGHT_MODELS, light_path
 from tests.quant_helpers import mismatches
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.errors import GraphError
-from compiler.io import load_model
-from compiler.numerics import run
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.errors import GraphError
+from compiler.core.io import load_model
+from compiler.core.numerics import run
 from passes.recon import (
     collect_layer_io,
     fit_layer,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.builder import GraphBuilder, he_normal
-from compiler.errors import ConfigError
-from compiler.io import load_model
-from compiler.numerics import random_feeds, run
+from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.errors import ConfigError
+from compiler.core.io import load_model
+from compiler.core.numerics import random_feeds, run
 from passes.canonicalize import canonicalize
 from passes.sparsify import plan_layers, read_sparsity_metadata, sparsify_model, zero_blocks
 from passes.sparsify.criteria import (
@@ -200,7 +200,7 @@ def test_input_model_is_not_modified():
 
 
 def test_block_sparsify_pass_in_pass_manager():
-    from compiler.passes import PassManager
+    from compiler.core.pass_manager import PassManager
     from passes.sparsify import BlockSparsify
 
     model = tiny_net()

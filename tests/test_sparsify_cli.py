@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from compiler.cli import main
-from compiler.io import load_model, save_model
-from compiler.numerics import random_feeds, run
+from compiler.core.io import load_model, save_model
+from compiler.core.numerics import random_feeds, run
 from passes.sparsify import check_masks, read_sparsity_metadata
 from tests.test_sparsify_blocks import tiny_net
 

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from compiler.errors import GraphError
-from compiler.io import load_model, save_model
+from compiler.core.errors import GraphError
+from compiler.core.io import load_model, save_model
 from passes.sparsify import (
     METADATA_KEY,
     LayerMask,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.numerics import random_feeds, relative_error
+from compiler.core.numerics import random_feeds, relative_error
 from passes.recon import collect_layer_io
 from passes.sparsify import check_masks, read_sparsity_metadata, sparsify_model, zero_blocks
 from passes.sparsify.criteria import select_uniform, unit_scores, zero_count

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.numerics import random_feeds, relative_error, run
+from compiler.core.numerics import random_feeds, relative_error, run
+from compiler.core.sparsity import LayerMask
 from passes.sparsify import check_masks, read_sparsity_metadata, sparsify_model, zero_blocks
 from passes.sparsify.layers import weight_layers
-from passes.sparsify.metadata import LayerMask
 from passes.sparsify.reconstruct import refit_layer
 from tests.test_sparsify_blocks import tiny_net
 
@@ -55,8 +55,8 @@ def test_refit_recovers_weights_of_a_sparse_teacher():
 
 
 def grouped_net():
-    from compiler.builder import GraphBuilder, he_normal
-    from compiler.io import load_model
+    from compiler.core.builder import GraphBuilder, he_normal
+    from compiler.core.io import load_model
     from passes.canonicalize import canonicalize
 
     b = GraphBuilder("grouped", 0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.io import load_model
-from compiler.numerics import random_feeds, relative_error, run
+from compiler.core.io import load_model
+from compiler.core.numerics import random_feeds, relative_error, run
 from passes.canonicalize import canonicalize
 from passes.sparsify import read_sparsity_metadata, sparsify_model
 from passes.sparsify.layers import weight_layers

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compiler.io import load_model
-from compiler.ir import static_shape
-from compiler.numerics import random_feeds, run, session
+from compiler.core.io import load_model
+from compiler.core.ir import static_shape
+from compiler.core.numerics import random_feeds, run, session
 from passes.canonicalize import canonicalize
 from passes.sparsify import check_masks, read_sparsity_metadata, sparsify_model
 from tests.conftest import LIGHT_MODELS, light_path

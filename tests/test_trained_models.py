@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.evaluate import evaluate
+from compiler.driver.data import resolve_source
+from compiler.driver.evaluate import evaluate
 
 TRAINED = Path(__file__).parent.parent / "models" / "trained"
 NAMES = ["fmnist_resnet", "fmnist_mobilenetv2"]
@@ -39,7 +40,7 @@ def test_trained_model_reaches_committed_accuracy(name):
 
 def test_default_compile_bundled_model(tmp_path):
     _require("fmnist_resnet")
-    from compiler.pipeline import compile_model
+    from compiler.driver.pipeline import compile_model
 
     result = compile_model(None, None, tmp_path)
     summary = result.report["summary"]
@@ -54,9 +55,10 @@ def test_mobilenetv2_int8_accuracy_and_shape_1_clip_bounds(tmp_path):
     _require("fmnist_mobilenetv2")
     from passes.quantize.api import quantize_model
 
-    result = quantize_model(str(TRAINED / "fmnist_mobilenetv2.onnx"), "fmnist-calib")
+    result = quantize_model(str(TRAINED / "fmnist_mobilenetv2.onnx"),
+                            resolve_source("fmnist-calib"))
     path = tmp_path / "q.onnx"
-    from compiler.io import save_model
+    from compiler.core.io import save_model
 
     save_model(result.quant_model, path)
     int8 = evaluate(str(path), "fmnist-eval").metrics["top1"]

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper
 
-from compiler.errors import ConfigError, DataError, GraphError
+from compiler.core.errors import ConfigError, DataError, GraphError
 from models.zoo import ARCHITECTURES, mobilenetv2, resnet50, ssd_resnet50, vgg16
 from models.zoo.eager import EagerBuilder
 from models.zoo.ssd_postprocess import decode, default_boxes, detect, feature_sizes, nms

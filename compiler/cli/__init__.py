@@ -8,8 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from compiler import __version__
-from compiler.errors import NpucError
+from compiler.core import __version__
+from compiler.core.errors import NpucError
 
 # Each module defines `register(subparsers)`, which adds its parser with `func=run`.
 COMMANDS = ("inspect", "groups", "prune", "sparsify", "quantize", "compare", "build", "verify",

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from compiler.cli.common import format_table, print_json
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:

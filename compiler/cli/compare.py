@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import format_table, print_json
-from compiler.data import check_feeds, load_feeds
-from compiler.io import load_model
+from compiler.core.feeds import check_feeds
+from compiler.core.io import load_model
+from compiler.driver.data import load_data
 
 HEADERS = ("tensor", "cosine", "max abs err", "max |ref|", "SNR dB")
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     float_model = load_model(args.float_model)
     test_model = load_model(args.test_model)
-    feeds = load_feeds(args.calib, float_model, limit=args.limit)
+    feeds = load_data(args.calib, float_model, limit=args.limit)
     check_feeds(feeds, test_model)
     report = compare_models_on_data(float_model, test_model, feeds, args.batch,
                                     layers=not args.outputs_only)

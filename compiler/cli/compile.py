@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from compiler.cli.common import format_table, print_json
-from compiler.config import load_config, parse_override
+from compiler.driver.config import load_config, parse_override
 
 # Shortcut flags -> config keys (everything else goes through --set KEY=VALUE).
 FLAG_KEYS = {
@@ -65,8 +65,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print the summary (or the JSON report)."""
-    from compiler.pipeline import compile_model
-    from compiler.progress import progress_output
+    from compiler.core.progress import progress_output
+    from compiler.driver.pipeline import compile_model
 
     config = load_config(args.config, overrides_from_args(args))
     show = not args.quiet and not args.json

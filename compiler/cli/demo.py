@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute and print the table (Markdown, or JSON rows)."""
-    from compiler.demo import markdown, seed_table
+    from compiler.driver.demo import markdown, seed_table
 
     rows = seed_table(_names(args.models), _names(args.architectures),
                       progress=None if args.json else

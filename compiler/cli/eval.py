@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from compiler.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+from compiler.driver.evaluate import DEFAULT_BATCH, EvalResult, evaluate
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import format_table, print_json
-from compiler.io import load_model
+from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 from passes.prune.groups import build_groups
 

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from compiler.cli.common import format_table, human, print_json
-from compiler.cost import model_cost
-from compiler.io import load_model
+from compiler.core.cost import model_cost
+from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 
 

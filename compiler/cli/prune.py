@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import format_table, human, print_json
-from compiler.io import load_model, save_model
+from compiler.core.io import load_model, save_model
+from compiler.driver.data import load_data
 from passes.prune.criteria import CRITERIA
 from passes.prune.pipeline import prune_model
 
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
                "abc_cycles": args.abc_cycles, "abc_sources": args.abc_sources,
                "abc_limit": args.abc_limit, "workers": args.workers, "seed": args.seed,
                "calib_limit": args.calib_limit, "reconstruct": args.reconstruct or False}
-    pruned, report = prune_model(model, calib=args.calib, **options)
+    calib = load_data(args.calib, model, limit=args.calib_limit) if args.calib else None
+    pruned, report = prune_model(model, calib=calib, **options)
     save_model(pruned, args.output)
     report["output"] = args.output
     if args.json:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from compiler.cli.common import format_table, print_json
-from compiler.errors import ConfigError
-from compiler.io import to_proto, write_atomic
+from compiler.core.errors import ConfigError
+from compiler.core.io import to_proto, write_atomic
 
 OUTPUTS = ("model.quant.onnx", "model.qdq.onnx", "calibration.json")
 
@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize and write the three outputs."""
+    from compiler.driver.data import resolve_source
     from passes.quantize.api import quantize_model
 
     out_dir = Path(args.output)
@@ -63,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--calib DATA is required (or --calib-table FILE)")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    result = quantize_model(args.model, args.calib, args.calibrator, percentile=args.percentile,
+    result = quantize_model(args.model, resolve_source(args.calib, args.calib_limit),
+                            args.calibrator, percentile=args.percentile,
                             cle=args.cle, bias_correction=args.bias_correction,
                             rounding=args.rounding, table=args.calib_table,
                             keep_float=[x.strip() for x in args.keep_float.split(",")

@@ -27,13 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run and summarize (or save) the outputs."""
-    from compiler.io import write_atomic
+    from compiler.core.io import write_atomic
+    from compiler.driver.data import load_data
     from targets.npusim import Simulator
-    from targets.npusim.interface import feeds_for
+    from targets.npusim.interface import feeds_for, interface_model
 
     sim = Simulator(args.binary)
     samples = args.samples or (None if args.inputs else 1)
-    feeds, source = feeds_for(sim.program, args.inputs, samples, args.seed)
+    data = load_data(args.inputs, interface_model(sim.program), limit=samples) \
+        if args.inputs is not None else None
+    feeds, source = feeds_for(sim.program, data, samples, args.seed, label=args.inputs)
     outputs = sim.run(feeds)
     if args.output:
         buf = io.BytesIO()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import format_table, human, print_json
-from compiler.data import load_feeds
-from compiler.errors import ConfigError
-from compiler.io import load_model, save_model
+from compiler.core.errors import ConfigError
+from compiler.core.io import load_model, save_model
+from compiler.driver.data import load_data
 from passes.canonicalize import canonicalize
 from passes.sparsify import SparsifyOptions, sparsify_model
 from passes.sparsify.criteria import NEEDS_DATA
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     """Sparsify, save, print the per-layer report."""
     opts = options_from_args(args)
     model = canonicalize(load_model(args.model)).model
-    calib = load_feeds(args.calib, model, limit=args.calib_limit) if args.calib else None
+    calib = load_data(args.calib, model, limit=args.calib_limit) if args.calib else None
     options = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity")}
     sparse, report = sparsify_model(model, opts.block, opts.sparsity, calib=calib, **options)
     path = save_model(sparse, args.output)

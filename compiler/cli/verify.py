@@ -25,14 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Verify and print the per-output table; 1 when anything differs."""
-    from compiler.errors import ConfigError
+    from compiler.core.errors import ConfigError
+    from compiler.driver.data import load_data
     from targets.npusim import load_binary, verify
-    from targets.npusim.interface import feeds_for
+    from targets.npusim.interface import feeds_for, interface_model
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
     program = load_binary(args.binary)
-    feeds, source = feeds_for(program, args.inputs, args.samples, args.seed)
+    data = load_data(args.inputs, interface_model(program), limit=args.samples) \
+        if args.inputs is not None else None
+    feeds, source = feeds_for(program, data, args.samples, args.seed, label=args.inputs)
     report = verify(args.model, program, feeds)
     if args.json:
         print_json({"inputs": source, **report.to_dict()})

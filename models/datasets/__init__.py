@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from compiler.errors import DataError
+from compiler.core.errors import DataError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ACCURACY_JSON = Path(__file__).resolve().parent.parent / "trained" / "accuracy.json"

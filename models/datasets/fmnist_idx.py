@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import DataError
+from compiler.core.errors import DataError
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.errors import DataError, NpucError
+from compiler.core.errors import DataError, NpucError
 
 FONT_DIR = Path(__file__).resolve().parent.parent / "data" / "fonts"
 FONTS = ("DejaVuSans.ttf", "DejaVuSansMono.ttf")
@@ -139,7 +139,7 @@ def random_text(rng: np.random.Generator, allowed: set[str] | None = None) -> st
 def _allowed_chars() -> set[str] | None:
     """The rec charset when the zoo extra is installed (labels must be spellable by the model)."""
     try:
-        from models.pretrained.ppocr import ocr_charset
+        from models.packaged import ocr_charset
         return set(ocr_charset()[1:])
     except NpucError:  # the charset is only a filter; without the zoo extra, render anyway
         return None

@@ -25,18 +25,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from compiler.builder import GraphBuilder
-from compiler.errors import ModelLoadError
+from compiler.core.builder import GraphBuilder
+from compiler.core.errors import ModelLoadError
+from models.datasets.photos import IMAGE_SIZE, preprocess_imagenet
 from models.pretrained.torchzip import load_state_dict
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SIZE = 224
 BN_EPS = 1e-3
-# The TF Lite checkpoints were trained on (x - 127) / 128 inputs, i.e. mean = std = 0.5 on
-# [0, 1] pixels; ImageNet mean/std input lowers confidence on every sample image we tried.
-MEAN = np.array([0.5, 0.5, 0.5], np.float32)
-STD = np.array([0.5, 0.5, 0.5], np.float32)
 # Stride of the first block of each stage, keyed by the stage's output channels
 # (EfficientNet-Lite block table r1_k3_s11_e1_i32_o16 ... r1_k3_s11_e6_i192_o320).
 STAGE_STRIDES = {16: 1, 24: 2, 40: 2, 80: 2, 112: 1, 192: 2, 320: 1}
@@ -173,28 +169,6 @@ def build_efficientnet_lite0(sd: dict[str, np.ndarray], batch: int | str = 1) ->
         raise ModelLoadError(f"EfficientNet-Lite0 state_dict has unexpected tensors: {unused[:3]}")
     writer.gb.output(logits)
     return writer.gb.build()
-
-
-def preprocess_imagenet(img: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Resize the shorter side to size*256/224 (bicubic), center-crop, normalise to ±1.
-
-    Args:
-        img: uint8 image ``[H, W, 3]`` (RGB); grayscale ``[H, W]`` and RGBA are converted.
-        size: Output height and width.
-
-    Returns:
-        float32 ``[1, 3, size, size]``.
-    """
-    from PIL import Image
-
-    pil = Image.fromarray(np.asarray(img, np.uint8)).convert("RGB")
-    scale = round(size * 256 / 224) / min(pil.size)
-    w, h = max(size, round(pil.width * scale)), max(size, round(pil.height * scale))
-    pil = pil.resize((w, h), Image.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    pil = pil.crop((left, top, left + size, top + size))
-    x = (np.asarray(pil, np.float32) / 255.0 - MEAN) / STD
-    return x.transpose(2, 0, 1)[None].astype(np.float32)
 
 
 def efficientnet_lite0(batch: int | str = 1) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

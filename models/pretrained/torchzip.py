@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import ModelLoadError
+from compiler.core.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 

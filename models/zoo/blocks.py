@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.builder import he_normal
-from compiler.errors import ConfigError
+from compiler.core.builder import he_normal
+from compiler.core.errors import ConfigError
 from models.zoo.eager import EagerBuilder
 
 #: Calibration images used to fit BN statistics (a few suffice: stats are per channel).

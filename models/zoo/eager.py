@@ -15,8 +15,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from compiler.builder import INTERNAL_OPSET, GraphBuilder
-from compiler.errors import GraphError
+from compiler.core.builder import INTERNAL_OPSET, GraphBuilder
+from compiler.core.errors import GraphError
 
 
 class EagerBuilder(GraphBuilder):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 from models.zoo.blocks import GAMMA, GAMMA_RESIDUAL, classifier, conv_bn, finish, start
 from models.zoo.eager import EagerBuilder
 

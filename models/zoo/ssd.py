@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.builder import he_normal
+from compiler.core.builder import he_normal
 from models.zoo.blocks import conv_bn, finish, start
 from models.zoo.eager import EagerBuilder
 from models.zoo.resnet import RESNET50_LAYERS, resnet_layer, resnet_stem

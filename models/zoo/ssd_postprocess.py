@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from compiler.errors import ConfigError, DataError
+from compiler.core.errors import ConfigError, DataError
 
 #: Per feature map: stride in pixels at 300, and aspect ratios besides 1 (each adds 2 anchors).
 STEPS_300 = (8, 16, 32, 64, 100, 300)

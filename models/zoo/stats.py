@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.errors import GraphError
+from compiler.core.errors import GraphError
 
 #: Node inputs that are learnable parameters (BN running mean/var are buffers, not params).
 PARAM_INPUTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (1,),

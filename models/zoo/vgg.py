@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.builder import he_normal
-from compiler.errors import ConfigError
+from compiler.core.builder import he_normal
+from compiler.core.errors import ConfigError
 from models.zoo.blocks import centering_bias, conv_bn, dense, finish, start
 from models.zoo.eager import EagerBuilder
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from compiler.ir import Model
-from compiler.passes import PassManager, PassResult
+from compiler.core.ir import Model
+from compiler.core.pass_manager import PassManager, PassResult
 from passes.canonicalize.batchnorm import FoldBatchNorm, bn_affine, fold_batchnorm
 from passes.canonicalize.constants import FoldConstants, fold_constants
 from passes.canonicalize.simplify import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, bypass, const_value, is_graph_output, producer
+from compiler.core.ir import Model, bypass, const_value, is_graph_output, producer
 from passes.base import RewritePass
 
 

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, is_const, is_graph_output, replace_uses, static_shape
-from compiler.numerics import eval_node
+from compiler.core.ir import Model, is_const, is_graph_output, replace_uses, static_shape
+from compiler.core.numerics import eval_node
 from passes.base import RewritePass
 
 log = logging.getLogger(__name__)

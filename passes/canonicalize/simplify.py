@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, bypass, const_value, is_graph_output
+from compiler.core.ir import Model, bypass, const_value, is_graph_output
 from passes.base import RewritePass
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.ir import Model
-from compiler.progress import track
+from compiler.core.ir import Model
+from compiler.core.progress import track
 from passes.prune.costmodel import CostModel
 from passes.prune.groups import Analysis
 from passes.prune.rates import round_keep
@@ -167,7 +167,7 @@ class _Colony:
 def _payload(model: Model, scores: dict, cfg, fit_feeds, held) -> dict:
     from dataclasses import asdict
 
-    from compiler.io import to_proto
+    from compiler.core.io import to_proto
 
     return {"model": to_proto(model).SerializeToString(), "scores": scores, "cfg": asdict(cfg),
             "fit": dict(fit_feeds.arrays), "held": dict(held.arrays),
@@ -178,7 +178,7 @@ def _init_worker(payload: dict) -> None:
     import onnx
 
     import passes.recon
-    from compiler.io import from_proto
+    from compiler.core.io import from_proto
     from passes.prune.groups import analyze
 
     passes.recon.ORT_THREADS = 1  # the workers already fill the cores
@@ -208,7 +208,7 @@ def _evaluate(counts: dict[int, int]) -> float:
 
 def evaluate_candidate(state: dict, counts: dict[int, int]) -> float:
     """Prune (and reconstruct), then score on the held-out data."""
-    from compiler.numerics import cosine
+    from compiler.core.numerics import cosine
     from passes.prune.apply import apply_with_layout
     from passes.prune.criteria import select
     from passes.prune.reconstruct import affected_layers, reconstruct

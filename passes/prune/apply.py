@@ -13,8 +13,8 @@ from collections.abc import Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import ConfigError, GraphError
-from compiler.ir import Model, const_value
+from compiler.core.errors import ConfigError, GraphError
+from compiler.core.ir import Model, const_value
 from passes.prune.groups import Analysis, analyze
 from passes.prune.rewrite import rewrite_node
 from passes.prune.trace import Slot, Tracer, trace

@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.cost import CostReport, model_cost
-from compiler.ir import Model
+from compiler.core.cost import CostReport, model_cost
+from compiler.core.ir import Model
 from passes.prune.groups import Analysis, Group
 from passes.prune.rates import round_keep
 from passes.prune.trace import WEIGHTED

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import ConfigError, DataError
-from compiler.ir import const_value
+from compiler.core.errors import ConfigError, DataError
+from compiler.core.ir import const_value
 from passes.prune.groups import Analysis, Group
 from passes.recon import blas_single_thread, iter_tensors
 

@@ -17,7 +17,7 @@ import networkx as nx
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model
+from compiler.core.ir import Model
 from passes.prune.trace import ELEMENTWISE, WEIGHTED, Slot, Tracer, reshape_kind, trace
 
 log = logging.getLogger(__name__)

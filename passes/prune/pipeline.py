@@ -8,10 +8,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from compiler.data import Feeds, load_feeds
-from compiler.errors import ConfigError, DataError
-from compiler.ir import Model
-from compiler.passes import Pass, PassResult
+from compiler.core.errors import ConfigError, DataError
+from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.ir import Model
+from compiler.core.pass_manager import Pass, PassResult
 from passes.canonicalize import canonicalize
 from passes.prune.apply import apply_with_layout
 from passes.prune.costmodel import CostModel, batch1_cost, counts_for_target
@@ -123,7 +123,7 @@ def prune_model(model: Model, config: PruneConfig | dict | None = None, calib: A
     Args:
         model: The IR model (not modified); it is canonicalized first.
         config: A `PruneConfig` or dict of its fields; keyword arguments override it.
-        calib: Calibration data (any `compiler.data.load_feeds` source), needed by hrank,
+        calib: Calibration data (any `compiler.core.feeds.load_feeds` source), needed by hrank,
             reconstruction and the ABC search.
         **kwargs: `PruneConfig` fields (None values are ignored).
 

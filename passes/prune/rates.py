@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 from passes.prune.groups import Group
 
 log = logging.getLogger(__name__)

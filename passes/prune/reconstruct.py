@@ -16,9 +16,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from compiler.errors import ConfigError
-from compiler.ir import Model
-from compiler.progress import track
+from compiler.core.errors import ConfigError
+from compiler.core.ir import Model
+from compiler.core.progress import track
 from passes.prune.groups import Analysis
 from passes.recon import collect_rows, refit_reason, ridge_fit, set_layer_weights, weight_matrix
 
@@ -108,7 +108,7 @@ def _has_bias_slot(node) -> bool:
 
 
 def _bias(node) -> np.ndarray:
-    from compiler.ir import const_value
+    from compiler.core.ir import const_value
 
     m = weight_matrix(node)
     g, _, per = m.shape

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
-from compiler.ir import const_value
+from compiler.core.errors import GraphError
+from compiler.core.ir import const_value
 from passes.prune.trace import reshape_kind, shape_of, slice_params
 
 

@@ -3,7 +3,7 @@
 Same result as `calibrate.collect_ranges(..., method="max")` (same fallbacks), but every
 calibrated tensor gets `ReduceMax(Abs(t))` and `ReduceSum(Abs(t))` nodes in the graph, so a
 run returns two scalars per tensor instead of whole activations, and the session shares the
-IR's weights (`compiler.qonnx`). The sum detects NaN/Inf (it is non-finite iff some value
+IR's weights (`compiler.core.qonnx`). The sum detects NaN/Inf (it is non-finite iff some value
 is, barring an overflow of finite values beyond 3e38, which is reported the same way).
 """
 
@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.data import Feeds, load_feeds
-from compiler.errors import DataError, GraphError
-from compiler.ir import Model, const_value
-from compiler.qonnx import release_memory, shared_weight_session
+from compiler.core.errors import DataError, GraphError
+from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.ir import Model, const_value
+from compiler.core.qonnx import release_memory, shared_weight_session
 from passes.quantize.calibrate import MIN_THRESHOLD, ZERO_RANGE_THRESHOLD, iter_batches
 
 

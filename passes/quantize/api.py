@@ -18,20 +18,20 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from compiler.data import Feeds, load_feeds
-from compiler.errors import ConfigError
-from compiler.io import ModelSource, from_proto, infer_shapes, load_model, model_hash, to_proto
-from compiler.ir import Model
-from compiler.passes import Pass, PassResult
-from compiler.qonnx import load_lean, release_memory
+from compiler.core import qgraph as q
+from compiler.core.errors import ConfigError
+from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.fixedpoint import fake_quant_weights
+from compiler.core.io import ModelSource, from_proto, infer_shapes, load_model, model_hash, to_proto
+from compiler.core.ir import Model
+from compiler.core.pass_manager import Pass, PassResult
+from compiler.core.qonnx import load_lean, release_memory
 from passes.canonicalize import canonical_passes
-from passes.quantize import qgraph as q
 from passes.quantize.absmax import abs_max_ranges
 from passes.quantize.build import build_qgraph, calibration_tensors
 from passes.quantize.calibrate import METHODS, CalibrationTable, collect_ranges
 from passes.quantize.emit_int import emit_int
 from passes.quantize.emit_qdq import emit_qdq
-from passes.quantize.fixedpoint import fake_quant_weights
 from passes.quantize.patterns import partition
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
 
     Args:
         model: Float model (path, ModelProto or IR Model; never modified).
-        calib_feeds: Calibration data (anything `compiler.data.load_feeds` accepts).
+        calib_feeds: Calibration data (anything `compiler.core.feeds.load_feeds` accepts).
         calibrator: "max", "percentile", "kl" or "mse".
         percentile: Percentile for the "percentile" calibrator.
         cle: Cross-layer equalization before quantizing.

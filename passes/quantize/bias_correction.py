@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.data import Feeds, load_feeds
-from compiler.errors import GraphError
-from compiler.ir import Model, static_shape
-from compiler.numerics import run, session
+from compiler.core.errors import GraphError
+from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.ir import Model, static_shape
+from compiler.core.numerics import run, session
 from passes.quantize.calibrate import iter_batches
 from passes.recon import split_layers
 
@@ -63,7 +63,7 @@ def correct_bias(float_model: Model, quantize_weight: WeightQuantizer = fake_qua
         float_model: The float model (IR), canonicalized (BatchNorm folded).
         quantize_weight: Maps a float weight, output channels first (OIHW for Conv,
             [out, in] for Gemm), to its quantize-dequantized value.
-        feeds: Calibration data (`Feeds` or anything `compiler.data.load_feeds` accepts).
+        feeds: Calibration data (`Feeds` or anything `compiler.core.feeds.load_feeds` accepts).
         batch_size: Samples per run when the model's batch is symbolic.
         quantized: Layer name -> the quantize-dequantized weight (node layout) the integer
             model will use, for layers not rounded by `quantize_weight` (e.g. GPTQ rounding).

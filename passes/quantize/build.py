@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import ConfigError, GraphError
-from compiler.ir import Model, const_value, is_const
-from passes.quantize import fixedpoint as fp
-from passes.quantize import qgraph as q
+from compiler.core import fixedpoint as fp
+from compiler.core import qgraph as q
+from compiler.core.errors import ConfigError, GraphError
+from compiler.core.ir import Model, const_value, is_const
 from passes.quantize.lower import UnitIO, lower
 from passes.quantize.patterns import Unit, partition
 

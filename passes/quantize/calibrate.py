@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from compiler.data import Feeds, load_feeds, model_batch
-from compiler.errors import ConfigError, DataError, GraphError
-from compiler.io import model_hash, to_proto, write_atomic
-from compiler.ir import Model, const_value
-from compiler.numerics import run, session
-from compiler.progress import track
+from compiler.core.errors import ConfigError, DataError, GraphError
+from compiler.core.feeds import Feeds, load_feeds, model_batch
+from compiler.core.io import model_hash, to_proto, write_atomic
+from compiler.core.ir import Model, const_value
+from compiler.core.numerics import run, session
+from compiler.core.progress import track
 from passes.quantize.histogram import (
     DEFAULT_BINS,
     KL_QUANT_BINS,
@@ -116,7 +116,7 @@ def collect_ranges(model: Model, feeds: Any, tensors: list[str], method: str = "
 
     Args:
         model: The float model (IR).
-        feeds: Calibration data: `Feeds` or anything `compiler.data.load_feeds` accepts.
+        feeds: Calibration data: `Feeds` or anything `compiler.core.feeds.load_feeds` accepts.
         tensors: Names of the tensors to calibrate (activations, graph inputs or constants).
         method: "max", "percentile", "kl" or "mse".
         batch_size: Samples per onnxruntime run when the model's batch is symbolic (a fixed
@@ -252,7 +252,7 @@ class CalibrationTable:
     Attributes:
         method: The calibrator used.
         thresholds: Tensor name -> threshold T (scale = T / 127).
-        model_hash: `compiler.io.model_hash` of the calibrated model ("" if unknown).
+        model_hash: `compiler.core.io.model_hash` of the calibrated model ("" if unknown).
         options: The calibrator options used (for provenance).
     """
 

@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.data import Feeds, check_feeds, load_feeds, model_batch
-from compiler.errors import DataError, GraphError
-from compiler.io import model_hash
-from compiler.ir import Model
-from compiler.numerics import run, session
+from compiler.core.errors import DataError, GraphError
+from compiler.core.feeds import Feeds, check_feeds, load_feeds, model_batch
+from compiler.core.io import model_hash
+from compiler.core.ir import Model
+from compiler.core.numerics import run, session
 from passes.quantize.calibrate import iter_batches, with_outputs
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _activations(model: Model) -> dict[str, gs.Tensor]:
 
 
 def _pair_qgraph(test_model: Model, float_names: dict[str, gs.Tensor]) -> list[Pairing]:
-    from passes.quantize.qgraph import METADATA_KEY, QGraph
+    from compiler.core.qgraph import METADATA_KEY, QGraph
 
     if METADATA_KEY not in test_model.metadata:
         return []
@@ -227,7 +227,7 @@ def reference_model(float_model: Model, test_model: Model) -> tuple[Model, str]:
     Returns:
         The reference model and a description of it for reports.
     """
-    from passes.quantize.qgraph import METADATA_KEY, QGraph
+    from compiler.core.qgraph import METADATA_KEY, QGraph
 
     if METADATA_KEY in test_model.metadata:
         info = QGraph.from_model(test_model).info
@@ -264,7 +264,7 @@ def compare_models_on_data(float_model: Model, test_model: Model, feeds: Any,
     Args:
         float_model: The reference (float) model.
         test_model: The model under test (model.quant.onnx, a QDQ model, any ONNX model).
-        feeds: Data (`Feeds` or anything `compiler.data.load_feeds` accepts).
+        feeds: Data (`Feeds` or anything `compiler.core.feeds.load_feeds` accepts).
         batch_size: Samples per run when both models' batch dims are symbolic.
         layers: Also compare intermediate tensors (else graph outputs only).
 

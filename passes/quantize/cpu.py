@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.io import INTERNAL_OPSET
-from compiler.ir import Model
-from compiler.numerics import run
-from passes.quantize import qgraph as q
+from compiler.core import qgraph as q
+from compiler.core.io import INTERNAL_OPSET
+from compiler.core.ir import Model
+from compiler.core.numerics import run
 
 TensorFn = Callable[[str], gs.Tensor]
 

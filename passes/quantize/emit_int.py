@@ -14,10 +14,10 @@ import json
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
-from compiler.io import INTERNAL_OPSET
-from compiler.ir import Model
-from passes.quantize import qgraph as q
+from compiler.core import qgraph as q
+from compiler.core.errors import GraphError
+from compiler.core.io import INTERNAL_OPSET
+from compiler.core.ir import Model
 from passes.quantize.cpu import partition_nodes
 
 IDENTITY = (1 << 30, 30)

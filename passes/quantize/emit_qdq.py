@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
-from compiler.ir import Model, is_graph_output
-from passes.quantize import qgraph as q
-from passes.quantize.fixedpoint import quantize_weights
+from compiler.core import qgraph as q
+from compiler.core.errors import GraphError
+from compiler.core.fixedpoint import quantize_weights
+from compiler.core.ir import Model, is_graph_output
 
 
 def float_name(name: str) -> str:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, consumers, is_graph_output
-from compiler.passes import Pass, PassResult
+from compiler.core.ir import Model, consumers, is_graph_output
+from compiler.core.pass_manager import Pass, PassResult
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 
 DEFAULT_BINS = 2048
 KL_QUANT_BINS = 128  # int8 magnitude levels, as in TensorRT's entropy calibrator

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
-from compiler.ir import const_value, static_shape
-from compiler.numerics import eval_node
-from passes.quantize import fixedpoint as fp
-from passes.quantize import qgraph as q
+from compiler.core import fixedpoint as fp
+from compiler.core import qgraph as q
+from compiler.core.errors import GraphError
+from compiler.core.ir import const_value, static_shape
+from compiler.core.numerics import eval_node
 from passes.quantize.patterns import Unit
 from passes.quantize.regions import region_table
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import const_value, consumers, is_const, is_graph_output, static_shape
-from passes.quantize.fixedpoint import LUT_FUNCTIONS
+from compiler.core.fixedpoint import LUT_FUNCTIONS
+from compiler.core.ir import const_value, consumers, is_const, is_graph_output, static_shape
 from passes.quantize.regions import BINARY, UNARY, grow_region
 
 SCALE_PRESERVING = ("maxpool", "resize", "move")

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from compiler.errors import DataError, GraphError
-from passes.quantize import fixedpoint as fp
-from passes.quantize import qgraph as q
+from compiler.core import fixedpoint as fp
+from compiler.core import qgraph as q
+from compiler.core.errors import DataError, GraphError
 from passes.quantize.cpu import run_partition
 
 Env = dict[str, np.ndarray]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, const_value, consumers, is_const, is_graph_output
-from compiler.numerics import run
-from passes.quantize import fixedpoint as fp
+from compiler.core import fixedpoint as fp
+from compiler.core.ir import Model, const_value, consumers, is_const, is_graph_output
+from compiler.core.numerics import run
 
 UNARY = {"Relu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu",
          "Selu", "Softplus", "Softsign", "Abs", "Neg", "Exp", "Erf", "Sqrt", "Reciprocal", "Log",

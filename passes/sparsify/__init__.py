@@ -1,6 +1,6 @@
 """1xN block sparsification: zero blocks of N output channels x 1 input channel, shapes kept."""
 
-from passes.sparsify.metadata import (
+from compiler.core.sparsity import (
     METADATA_KEY,
     LayerMask,
     check_masks,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model
+from compiler.core.ir import Model
 from passes.recon import iter_tensors
 from passes.sparsify.layers import Layer
 

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 
 CRITERIA = ("l1", "l2", "act", "obs", "css")
 NEEDS_DATA = ("act", "obs")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.cost import model_cost, node_cost
-from compiler.io import load_model, to_proto
-from compiler.ir import Model, const_value, is_const
+from compiler.core.cost import model_cost, node_cost
+from compiler.core.io import load_model, to_proto
+from compiler.core.ir import Model, const_value, is_const
 
 MAC_OPS = ("Conv", "Gemm", "MatMul")
 BLOCK_SIZES = (2, 4, 8, 16, 32)
@@ -137,7 +137,7 @@ def weight_layers(model: Model, macs: dict[str, int] | None = None) -> list[Laye
 def node_macs(model: Model) -> dict[str, int]:
     """MACs per node name, per image: a symbolic batch is costed as batch 1.
 
-    `compiler.cost` counts 0 MACs for tensors of unknown shape, which a symbolic batch makes
+    `compiler.core.cost` counts 0 MACs for tensors of unknown shape, which a symbolic batch makes
     every tensor; a batch-1 copy gives the per-image cost the budgets need.
     """
     costs = {c.name: c.macs for c in model_cost(model).nodes}

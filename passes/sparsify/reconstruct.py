@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, const_value, is_const, is_graph_output
-from compiler.progress import track
+from compiler.core.ir import Model, const_value, is_const, is_graph_output
+from compiler.core.progress import track
+from compiler.core.sparsity import LayerMask
 from passes.recon import LayerIO, collect_layer_tensors, refit_reason, ridge_fit
 from passes.sparsify.criteria import element_mask, select_uniform, unit_scores
 from passes.sparsify.layers import Layer, reaches, weight_layers
-from passes.sparsify.metadata import LayerMask
 from passes.sparsify.obs import gradual_obs_keep
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from compiler.ir import Model
+from compiler.core.ir import Model
 from passes.sparsify.layers import Layer, weight_layers
 
 log = logging.getLogger(__name__)

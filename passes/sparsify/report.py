@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from compiler.ir import Model
+from compiler.core.ir import Model
+from compiler.core.sparsity import LayerMask
 from passes.sparsify.layers import node_macs
-from passes.sparsify.metadata import LayerMask
-
-if TYPE_CHECKING:
-    from passes.sparsify.sparsify import Plan, SparsifyOptions
+from passes.sparsify.options import Plan, SparsifyOptions
 
 
 def build_report(model: Model, plan: Plan, masks: Mapping[str, LayerMask],

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import numpy as np
 
-from compiler.errors import ConfigError
-from compiler.ir import Model
-from compiler.passes import Pass, PassResult
+from compiler.core.errors import ConfigError
+from compiler.core.ir import Model
+from compiler.core.pass_manager import Pass, PassResult
+from compiler.core.sparsity import LayerMask, write_sparsity_metadata
 from passes.sparsify.activation import (
     ChannelStats,
     bias_correct,
@@ -25,7 +25,6 @@ from passes.sparsify.activation import (
     input_channel_stats,
 )
 from passes.sparsify.criteria import (
-    CRITERIA,
     NEEDS_DATA,
     block_mask,
     element_mask,
@@ -34,7 +33,6 @@ from passes.sparsify.criteria import (
     unit_scores,
 )
 from passes.sparsify.layers import (
-    BLOCK_SIZES,
     Layer,
     boundary_layers,
     ineligible_reason,
@@ -42,7 +40,7 @@ from passes.sparsify.layers import (
     node_macs,
     weight_layers,
 )
-from passes.sparsify.metadata import LayerMask, write_sparsity_metadata
+from passes.sparsify.options import Plan, SparsifyOptions
 from passes.sparsify.reconstruct import (
     ReconOptions,
     dense_followers,
@@ -54,66 +52,6 @@ from passes.sparsify.reorder import reorder_layers
 from passes.sparsify.report import build_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class SparsifyOptions:
-    """What to sparsify and how (mirrors `npuc sparsify`).
-
-    Attributes:
-        block: N, output channels per block (2, 4, 8, 16 or 32).
-        sparsity: Fraction of blocks zeroed per layer (global: of the layers' MACs), in [0, 1).
-        criterion: "l1" or "l2" block norm, "act" (block L1 x input-channel RMS on
-            calibration data), "obs" (output error of removing the block, chosen during
-            the re-fit), or "css" (CHEX-style whole filters).
-        global_budget: One MACs-weighted budget across layers instead of per-layer sparsity.
-        exclude: Node names or glob patterns never sparsified.
-        include_first_last: Also sparsify the first conv(s) and last classifier(s).
-        reorder: Permute output channels by filter L1 norm before forming blocks.
-        reconstruct: Re-fit surviving weights on calibration data (needs `calib`).
-        refit_dense: With `reconstruct`, also re-fit the dense layers downstream of a
-            sparsified one (classifier, depthwise, excluded layers).
-        ridge: Relative ridge strength of the reconstruction.
-        rows: Regression rows sampled per layer in the reconstruction.
-    """
-
-    block: int = 4
-    sparsity: float = 0.5
-    criterion: str = "l1"
-    global_budget: bool = False
-    exclude: Sequence[str] = ()
-    include_first_last: bool = False
-    reorder: bool = False
-    reconstruct: bool = False
-    refit_dense: bool = True
-    ridge: float = 1e-3
-    rows: int = 8192
-
-    def validate(self) -> None:
-        """Raise `ConfigError` naming the bad option."""
-        if self.block not in BLOCK_SIZES:
-            raise ConfigError(f"--block {self.block}: N must be one of "
-                              f"{', '.join(map(str, BLOCK_SIZES))}")
-        if not 0.0 <= float(self.sparsity) < 1.0:
-            raise ConfigError(f"--sparsity {self.sparsity}: must be in [0, 1)")
-        if self.criterion not in CRITERIA:
-            raise ConfigError(f"--criterion {self.criterion!r}: unknown criterion "
-                              f"(choose from {', '.join(CRITERIA)})")
-        if self.criterion == "obs" and not self.reconstruct:
-            raise ConfigError("--criterion obs chooses blocks during the re-fit: "
-                              "add --reconstruct")
-        if self.criterion == "obs" and self.global_budget:
-            raise ConfigError("--criterion obs selects per layer: --global is not supported")
-        if self.ridge < 0 or self.rows < 1:
-            raise ConfigError("ridge must be >= 0 and rows >= 1")
-
-
-@dataclass
-class Plan:
-    """Which layers are sparsified and why the others are not."""
-
-    layers: list[Layer] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def plan_layers(model: Model, opts: SparsifyOptions) -> Plan:
@@ -203,7 +141,7 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
         model: The float model, BatchNorm already folded (`passes.canonicalize`).
         block: N, output channels per block.
         sparsity: Block sparsity per layer, or of the eligible MACs with `global_budget`.
-        calib: Calibration inputs (dict of arrays or `compiler.data.Feeds`); needed by
+        calib: Calibration inputs (dict of arrays or `compiler.core.feeds.Feeds`); needed by
             `reconstruct=True`.
         **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
             include_first_last, reorder, reconstruct, refit_dense, ridge, rows).

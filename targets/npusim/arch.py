@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SPARSE_BLOCKS = (1, 2, 4, 8, 16, 32)

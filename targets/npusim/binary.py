@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 from targets.npusim import codec, container
 from targets.npusim.check import check_program
 from targets.npusim.isa import Program

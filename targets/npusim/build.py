@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compiler import __version__
-from compiler.errors import GraphError, TargetError
-from compiler.io import load_model, model_hash, write_atomic
-from compiler.ir import Model
-from passes.quantize.qgraph import METADATA_KEY, QGraph
+from compiler.core import __version__
+from compiler.core.errors import GraphError, TargetError
+from compiler.core.io import load_model, model_hash, write_atomic
+from compiler.core.ir import Model
+from compiler.core.qgraph import METADATA_KEY, QGraph
 from targets.npusim import isa
 from targets.npusim.alloc import Allocation
 from targets.npusim.arch import load_arch
@@ -102,7 +102,7 @@ def _qgraph(model: Model, label: str) -> QGraph:
 def _block_hints(model: Model) -> dict[str, int]:
     """Node -> 1xN block from the sparsity metadata, when it survived quantization."""
     try:
-        from passes.sparsify.metadata import read_sparsity_metadata
+        from compiler.core.sparsity import read_sparsity_metadata
 
         layers = read_sparsity_metadata(model)
     except (ImportError, GraphError, ValueError, KeyError) as e:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from passes.quantize.qgraph import QGraph, QOp
+from compiler.core.qgraph import QGraph, QOp
 
 Check = Callable[[QOp, QGraph], tuple[bool, str]]
 MAX_CHANNELS = 4096

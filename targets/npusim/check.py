@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 from targets.npusim import isa
 from targets.npusim.shapes import SHAPE_RULES
 

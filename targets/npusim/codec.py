@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 from targets.npusim import weights
 from targets.npusim.container import Reader, Section, alignment
 from targets.npusim.isa import (

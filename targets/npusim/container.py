@@ -13,7 +13,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 
 MAGIC = b"NPUB"
 VERSION = (1, 0)

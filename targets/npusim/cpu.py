@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 from targets.npusim import isa
 
 

@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model
+from compiler.core.feeds import Feeds
+from compiler.core.ir import Model
 from targets.npusim import container, isa
 
 
 def interface_model(program: isa.Program) -> Model:
     """A node-less model with the binary's inputs.
 
-    `compiler.data.load_feeds` then checks data sources against a binary exactly as it does
+    The driver's data loader then checks data sources against a binary exactly as it does
     against an ONNX model.
     """
     inputs = [gs.Variable(program.tensors[i].name, np.dtype(program.tensors[i].dtype),
@@ -27,14 +28,11 @@ def interface_model(program: isa.Program) -> Model:
     return Model(gs.Graph(inputs=inputs, outputs=[]), 17)
 
 
-def feeds_for(program: isa.Program, source: Any, samples: int, seed: int
-              ) -> tuple[dict[str, np.ndarray], str]:
-    """Feeds from a data source (`--inputs`), or seeded standard-normal ones."""
-    if source is not None:
-        from compiler.data import load_feeds
-
-        feeds = load_feeds(source, interface_model(program), limit=samples)
-        return feeds.arrays, str(source)
+def feeds_for(program: isa.Program, data: Feeds | None, samples: int | None, seed: int,
+              label: Any = None) -> tuple[dict[str, np.ndarray], str]:
+    """The given feeds (`--inputs`, loaded by the driver), or seeded standard-normal ones."""
+    if data is not None:
+        return data.arrays, str(label if label is not None else data.source)
     rng = np.random.default_rng(seed)
     arrays = {}
     for i in program.inputs:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import TargetError
-from passes.quantize import qgraph as q
+from compiler.core import qgraph as q
+from compiler.core.errors import TargetError
 from targets.npusim import isa, weights
 from targets.npusim.alloc import Allocation, allocate, live_ranges
 from targets.npusim.capability import legalize

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compiler.errors import TargetError
-from passes.quantize.qgraph import QMove
+from compiler.core.errors import TargetError
+from compiler.core.qgraph import QMove
 from targets.npusim import isa
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")

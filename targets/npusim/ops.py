@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 from targets.npusim import isa
 from targets.npusim import kernels as K
 

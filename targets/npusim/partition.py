@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import TargetError
-from compiler.io import INTERNAL_OPSET, to_proto
-from compiler.ir import Model
-from passes.quantize.qgraph import QCpuPartition, QGraph
+from compiler.core.errors import TargetError
+from compiler.core.io import INTERNAL_OPSET, to_proto
+from compiler.core.ir import Model
+from compiler.core.qgraph import QCpuPartition, QGraph
 
 
 def partition_onnx(op: QCpuPartition, graph: QGraph, shapes: dict[str, tuple[int, ...]],

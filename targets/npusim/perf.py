@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from math import prod
 from typing import Any
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 from targets.npusim import isa
 from targets.npusim.arch import Arch, load_arch, presets
 from targets.npusim.binary import load_binary
@@ -87,8 +87,8 @@ def _partition_macs(p: isa.Program, ins: isa.Instr) -> int:
     if not isinstance(ins, isa.CpuCall):
         return 0
     try:
-        from compiler.cost import model_cost
-        from compiler.io import load_model, parse_proto
+        from compiler.core.cost import model_cost
+        from compiler.core.io import load_model, parse_proto
 
         return model_cost(load_model(parse_proto(p.blobs[ins.partition].raw, ins.name))).macs
     except Exception:  # an unmeasurable partition is costed by its elements only

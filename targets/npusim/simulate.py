@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import DataError
+from compiler.core.errors import DataError
 from targets.npusim import isa
 from targets.npusim.binary import load_binary
 from targets.npusim.ops import COMPILERS

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from compiler.builder import GraphBuilder
+from compiler.core.builder import GraphBuilder
 
 
 def _w(b: GraphBuilder, *shape: int) -> np.ndarray:

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import DataError
-from compiler.io import load_model, model_hash
-from compiler.ir import Model
-from compiler.numerics import run, session
+from compiler.core.errors import DataError
+from compiler.core.io import load_model, model_hash
+from compiler.core.ir import Model
+from compiler.core.numerics import run, session
 from targets.npusim.isa import Program
 from targets.npusim.simulate import Simulator
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler.errors import TargetError
+from compiler.core.errors import TargetError
 
 BLOCK_CHOICES = (32, 16, 8, 4, 2)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from compiler.errors import ConfigError
+from compiler.core.errors import ConfigError
 
 DEFAULT_MODEL = "fmnist_resnet"
 

@@ -1,7 +1,7 @@
 """The stages of `npuc compile`, each a plain function of the pipeline context.
 
 Every stage reads what earlier stages left in `ctx`, writes its output files into
-`ctx.out_dir` (atomically, through `compiler.io`) and returns a one-line detail for the
+`ctx.out_dir` (atomically, through `compiler.core.io`) and returns a one-line detail for the
 report. Heavy modules are imported inside the stages so `npuc --help` stays fast.
 """
 
@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from compiler.cost import model_cost
-from compiler.errors import ConfigError
-from compiler.io import load_model, save_model
+from compiler.core.cost import model_cost
+from compiler.core.errors import ConfigError
+from compiler.core.io import load_model, save_model
 
 if TYPE_CHECKING:
-    from compiler.data import Feeds
-    from compiler.pipeline import Context
+    from compiler.core.feeds import Feeds
+    from compiler.driver.context import Context
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def bundled_name(ctx: Context) -> str | None:
 def calibration_feeds(ctx: Context) -> Feeds:
     """Calibration data (loaded once), from the config or the bundled model's default."""
     if "calib" not in ctx.results:
-        from compiler.data import load_feeds
+        from compiler.driver.data import load_data
 
         source = ctx.config["calibration.data"]
         if source is None and bundled_name(ctx):
@@ -69,14 +69,14 @@ def calibration_feeds(ctx: Context) -> Feeds:
         if source is None:
             raise ConfigError("calibration.data is required (a folder of images, an .npy/.npz "
                               "file or a dataset name)")
-        ctx.results["calib"] = load_feeds(source, ctx.original,
+        ctx.results["calib"] = load_data(source, ctx.original,
                                           limit=ctx.config["calibration.limit"],
                                           preprocess=_preprocess(ctx.config))
     return ctx.results["calib"]
 
 
 def _preprocess(config: dict[str, Any]):
-    from compiler.data import Preprocess
+    from compiler.core.feeds import Preprocess
 
     resize = config["input.resize"]
     return Preprocess(size=tuple(resize) if resize else None,
@@ -202,7 +202,7 @@ def build(ctx: Context) -> str:
 
 def verify(ctx: Context) -> str:
     """Bit-exact check of model.bin against model.quant.onnx on calibration samples."""
-    from compiler.errors import MismatchError
+    from compiler.core.errors import MismatchError
     from targets.npusim import verify as run_verify
 
     feeds = _verify_feeds(ctx).take(ctx.config["target.verify_samples"])
@@ -217,12 +217,12 @@ def verify(ctx: Context) -> str:
 
 def _verify_feeds(ctx: Context) -> Feeds:
     """target.verify_data when given (same preprocessing), else the calibration data."""
-    from compiler.data import load_feeds
+    from compiler.driver.data import load_data
 
     source = ctx.config["target.verify_data"]
     if source is None:
         return calibration_feeds(ctx)
-    return load_feeds(source, ctx.original, limit=ctx.config["target.verify_samples"],
+    return load_data(source, ctx.original, limit=ctx.config["target.verify_samples"],
                       preprocess=_preprocess(ctx.config))
 
 
@@ -260,8 +260,8 @@ def _baseline_perf(ctx: Context) -> dict[str, Any]:
 
 def evaluate(ctx: Context) -> str:
     """Accuracy of the float original, the compressed float model and the int8 model."""
-    from compiler.evaluate import evaluate as run_eval
-    from compiler.io import to_proto
+    from compiler.core.io import to_proto
+    from compiler.driver.evaluate import evaluate as run_eval
 
     source, limit = eval_source(ctx), ctx.config["eval.limit"]
     variants = {"float": ctx.original, "compressed": ctx.model}

@@ -1,4 +1,4 @@
-"""Input and calibration data: `.npy`/`.npz` files, image folders, bundled datasets, readers.
+"""Input and calibration data: `.npy`/`.npz` files, image folders, arrays, readers.
 
 Every source becomes a `Feeds` object (a dict of input name -> array with the batch on axis
 0) checked against the model's inputs, so shape mistakes are reported once, up front, with
@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from compiler.errors import DataError
-from compiler.ir import Model
+from compiler.core.errors import DataError
+from compiler.core.ir import Model
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ def load_feeds(source: Any, model: Model, *, limit: int | None = None,
     """Turn any supported data source into validated `Feeds` for `model`.
 
     Args:
-        source: An `.npy`/`.npz` path, an image folder, a bundled dataset name, a numpy array,
-            a dict of arrays, a `Feeds`, or a `CalibrationReader`.
+        source: An `.npy`/`.npz` path, an image folder, a numpy array, a dict of arrays, a
+            `Feeds`, or a `CalibrationReader` (bundled dataset names are resolved by the
+            driver, `compiler.driver.data.load_data`).
         model: The model whose inputs the data must match.
         limit: Keep at most this many samples.
         preprocess: Image preprocessing for folders of images.
@@ -133,8 +134,6 @@ def _to_feeds(source: Any, model: Model, preprocess: Preprocess | None) -> Feeds
         return _from_images(path, model, preprocess or Preprocess())
     if path.suffix in (".npy", ".npz"):
         return _from_numpy(path, names)
-    if not path.exists() and "/" not in str(source) and path.suffix == "":
-        return _from_dataset(str(source), names)
     raise DataError(f"{source}: not a folder of images, an .npy/.npz file or a dataset name")
 
 
@@ -166,15 +165,6 @@ def _from_numpy(path: Path, names: list[str]) -> Feeds:
             raise DataError(f"{path}: holds no arrays")
         arrays = {names[0]: arrays[key]}
     return Feeds(arrays, str(path), labels)
-
-
-def _from_dataset(name: str, names: list[str]) -> Feeds:
-    try:
-        from models.datasets import load_dataset
-    except ImportError as e:
-        raise DataError(f"{name}: bundled datasets are unavailable ({e})") from e
-    ds = load_dataset(name)
-    return Feeds({names[0]: ds.inputs}, f"dataset {name}", ds.labels)
 
 
 def _from_images(folder: Path, model: Model, pre: Preprocess) -> Feeds:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from compiler.errors import DataError, GraphError
+from compiler.core.errors import DataError, GraphError
 
 log = logging.getLogger(__name__)
 

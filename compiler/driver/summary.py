@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from compiler.cost import model_cost
-from compiler.ir import const_value
+from compiler.core.cost import model_cost
+from compiler.core.ir import const_value
 
 if TYPE_CHECKING:
-    from compiler.pipeline import Context
+    from compiler.driver.context import Context
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 

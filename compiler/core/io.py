@@ -14,8 +14,8 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, version_converter
 
-from compiler.errors import ModelLoadError
-from compiler.ir import Model
+from compiler.core.errors import ModelLoadError
+from compiler.core.ir import Model
 
 log = logging.getLogger(__name__)
 

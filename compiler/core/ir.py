@@ -1,7 +1,7 @@
 """The IR: an onnx-graphsurgeon graph plus the model-level facts passes must carry along.
 
 Passes work on `Model.graph` (graphsurgeon nodes and tensors) and never on protobufs;
-`compiler.io` converts between the two.
+`compiler.core.io` converts between the two.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
+from compiler.core.errors import GraphError
 
 
 @dataclass

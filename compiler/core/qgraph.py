@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import GraphError
-from compiler.ir import Model
+from compiler.core.errors import GraphError
+from compiler.core.ir import Model
 
 FORMAT = "npuc.qgraph"
 VERSION = 1

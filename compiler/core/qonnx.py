@@ -1,11 +1,11 @@
 """Memory-lean loading and onnxruntime sessions for large models (used by quantization).
 
-* `load_lean`: `compiler.io.load_model` checks and shape-infers the full protobuf, which
+* `load_lean`: `compiler.core.io.load_model` checks and shape-infers the full protobuf, which
   serializes and copies every weight several times (≈5× the model size at peak). Here the
   weights are moved to numpy arrays right after parsing; checker, opset conversion and shape
   inference run on the weightless graph (weights stand in as typed graph inputs), and the
   arrays are attached to the IR afterwards. Same result, ≈2× the model size at peak.
-* `shared_weight_session`: `compiler.numerics.session` serializes the whole model and
+* `shared_weight_session`: `compiler.core.numerics.session` serializes the whole model and
   onnxruntime parses its own copy. Here the graph is exported without weight data (each
   large constant becomes a graph input) and every run feeds the IR's numpy arrays, which
   onnxruntime reads in place; initializers, even ones handed over as external buffers,
@@ -23,9 +23,9 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from compiler.errors import GraphError
-from compiler.io import SKELETON_MIN_SIZE, from_proto, normalize_proto, read_proto, to_proto
-from compiler.ir import Model
+from compiler.core.errors import GraphError
+from compiler.core.io import SKELETON_MIN_SIZE, from_proto, normalize_proto, read_proto, to_proto
+from compiler.core.ir import Model
 
 DETACH_BYTES = 4096
 
@@ -64,7 +64,7 @@ def detach_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, n
 
 
 def load_lean(path: str | Path) -> Model:
-    """`compiler.io.load_model(path)` with a peak memory of about twice the weights."""
+    """`compiler.core.io.load_model(path)` with a peak memory of about twice the weights."""
     path = Path(path)
     proto = read_proto(path)
     light, arrays = detach_weights(proto)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.ir import Model, const_value, static_shape
+from compiler.core.ir import Model, const_value, static_shape
 
 _MOVEMENT = {"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
              "Slice", "Gather", "Identity", "Shape", "Pad", "Expand", "Tile", "Cast",

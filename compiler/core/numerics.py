@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.errors import DataError, GraphError
-from compiler.io import to_proto
-from compiler.ir import Model
+from compiler.core.errors import DataError, GraphError
+from compiler.core.io import to_proto
+from compiler.core.ir import Model
 
 _NP_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,

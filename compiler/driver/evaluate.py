@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compiler.errors import ConfigError, DataError, ModelLoadError
+from compiler.core.errors import ConfigError, DataError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,13 @@ TOP_K = 5
 def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Return ``(model, display name)`` for a proto, an ``.onnx`` path or a registry name.
 
-    Files go through `compiler.io.read_proto` (one-line errors); names through the registry.
+    Files go through `compiler.core.io.read_proto` (one-line errors); names through the registry.
     """
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "<model>"
     path = Path(model)
     if path.suffix == ".onnx" or path.exists():
-        from compiler.io import read_proto
+        from compiler.core.io import read_proto
 
         return read_proto(path), str(path)  # as-is: no opset/shape normalisation
     from models.registry import get_model

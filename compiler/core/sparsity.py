@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from compiler.errors import GraphError
-from compiler.ir import Model, const_value
+from compiler.core.errors import GraphError
+from compiler.core.ir import Model, const_value
 
 METADATA_KEY = "npuc.sparsity"
 FORMAT_VERSION = 1

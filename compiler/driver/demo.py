@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compiler.pipeline import compile_model
+from compiler.driver.pipeline import compile_model
 
 log = logging.getLogger(__name__)
 

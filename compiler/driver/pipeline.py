@@ -10,41 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compiler import stages
-from compiler.config import load_config
-from compiler.errors import NpucError, PassError
-from compiler.ir import Model
-from compiler.report import write_html, write_json
-from compiler.summary import summarize
+from compiler.core.errors import NpucError, PassError
+from compiler.core.ir import Model
+from compiler.driver import stages
+from compiler.driver.config import load_config
+from compiler.driver.context import Context
+from compiler.driver.report import write_html, write_json
+from compiler.driver.summary import summarize
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Context:
-    """State handed from stage to stage.
-
-    Attributes:
-        config: Flat validated configuration.
-        out_dir: Output folder.
-        model: The current float model (after the stages run so far).
-        original: The canonicalized input model (the float teacher / reference).
-        files: Output files written so far, by role.
-        report: The report being assembled (`report.json` content).
-        results: Stage-specific objects later stages need (quant result, binary, ...).
-    """
-
-    config: dict[str, Any]
-    out_dir: Path
-    model: Model | None = None
-    original: Model | None = None
-    files: dict[str, Path] = field(default_factory=dict)
-    report: dict[str, Any] = field(default_factory=dict)
-    results: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from compiler.errors import NpucError, PassError
-from compiler.health import check_graph
-from compiler.ir import Model
+from compiler.core.errors import NpucError, PassError
+from compiler.core.health import check_graph
+from compiler.core.ir import Model
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,10 @@ class PassManager:
 
     Args:
         passes: The passes, in order.
-        verify_each: Run the graph health check (`compiler.health.check_graph`) after each pass.
+        verify_each: Run the graph health check (`compiler.core.health.check_graph`) after
+            each pass.
         check_function: Optional `(before, after) -> None` callable (e.g. from
-            `compiler.numerics.function_checker`) run after each function-preserving pass.
+            `compiler.core.numerics.function_checker`) run after each function-preserving pass.
         fixed_point: Repeat the whole sequence until no pass modifies the model (max 10 rounds).
     """
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from compiler.errors import GraphError
-from compiler.ir import Model
+from compiler.core.errors import GraphError
+from compiler.core.ir import Model
 
 
 def check_graph(model: Model, *, onnx_checks: bool = True) -> None:
@@ -53,7 +53,9 @@ def _check_node(node: gs.Node, available: set[str]) -> None:
 
 
 def _check_onnx(model: Model) -> None:
-    from compiler.io import to_proto  # io imports the IR; keep the dependency one-way at import
+    from compiler.core.io import (
+        to_proto,  # io imports the IR; keep the dependency one-way at import
+    )
 
     proto = to_proto(model, skeleton=True)
     try:
