@@ -8,7 +8,7 @@ import pytest
 from compiler.driver.data import resolve_source
 from compiler.driver.evaluate import evaluate
 
-TRAINED = Path(__file__).parent.parent / "models" / "trained"
+TRAINED = Path(__file__).resolve().parents[2] / "models" / "trained"
 NAMES = ["fmnist_resnet", "fmnist_mobilenetv2"]
 
 
