@@ -12,8 +12,8 @@ from compiler.cli import main
 from compiler.core.builder import GraphBuilder, he_normal
 from compiler.core.io import load_model
 from compiler.core.numerics import random_feeds, run
-from tests.test_prune_oracle import kitchen_sink
-from tests.test_prune_recon import _images, small_resnet
+from tests.passes.prune.test_prune_oracle import kitchen_sink
+from tests.passes.prune.test_prune_recon import _images, small_resnet
 
 
 def _run(argv, capsys):

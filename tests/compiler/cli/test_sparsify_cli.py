@@ -11,7 +11,7 @@ from compiler.cli import main
 from compiler.core.io import load_model, save_model
 from compiler.core.numerics import random_feeds, run
 from passes.sparsify import check_masks, read_sparsity_metadata
-from tests.test_sparsify_blocks import tiny_net
+from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from compiler.core.progress import progress_output
 from passes.prune import prune_model
 from passes.quantize.calibrate import collect_ranges
 from passes.sparsify import sparsify_model
-from tests.test_prune_recon import _images, small_resnet
-from tests.test_sparsify_blocks import tiny_net
+from tests.passes.prune.test_prune_recon import _images, small_resnet
+from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 def _sparsify(model):

@@ -18,7 +18,7 @@ from passes.sparsify import (
     sparsify_model,
 )
 from passes.sparsify.layers import weight_layers
-from tests.test_sparsify_blocks import tiny_net
+from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 def test_mask_packing_is_row_major_msb_first():

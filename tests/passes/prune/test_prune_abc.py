@@ -7,7 +7,7 @@ import pytest
 
 from compiler.core.errors import ConfigError
 from passes.prune import prune_model
-from tests.test_prune_recon import _images, small_resnet
+from tests.passes.prune.test_prune_recon import _images, small_resnet
 
 
 @pytest.mark.slow

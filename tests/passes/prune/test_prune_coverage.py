@@ -11,7 +11,7 @@ import pytest
 from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 from passes.prune import analyze, prune_model
-from tests.test_prune_oracle import check_oracle, random_keep, zoo_canonical
+from tests.passes.prune.test_prune_oracle import check_oracle, random_keep, zoo_canonical
 
 # model -> (groups, prunable): the counts docs/pruning.md reports
 EXPECTED = {"resnet50": (39, 37), "mobilenetv2": (27, 25), "vgg16": (17, 15),

@@ -10,8 +10,8 @@ from compiler.core.errors import ConfigError
 from compiler.core.numerics import cosine, run
 from passes.quantize.api import quantize_model
 from passes.quantize.patterns import KEEP_FLOAT_REASON
+from tests.passes.quantize.test_bias_correction import data, net
 from tests.quant_helpers import mismatches
-from tests.test_bias_correction import data, net
 
 
 def test_kept_classifier_runs_in_float_and_the_rest_stays_bit_exact():

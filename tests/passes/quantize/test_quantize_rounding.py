@@ -19,8 +19,8 @@ from passes.quantize.rounding import (
     round_weights,
     rounding_reason,
 )
+from tests.passes.quantize.test_bias_correction import data, net
 from tests.quant_helpers import mismatches
-from tests.test_bias_correction import data, net
 
 
 def correlated_rows(rng: np.random.Generator, n: int, k: int) -> np.ndarray:

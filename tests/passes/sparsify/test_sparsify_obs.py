@@ -11,7 +11,7 @@ from passes.sparsify.criteria import select_uniform, unit_scores, zero_count
 from passes.sparsify.layers import weight_layers
 from passes.sparsify.obs import gradual_obs_keep
 from passes.sparsify.reconstruct import ReconOptions, layer_io, reconstruct
-from tests.test_sparsify_blocks import tiny_net
+from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 def _block_sparse_problem(seed: int = 0):

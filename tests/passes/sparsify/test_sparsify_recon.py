@@ -9,7 +9,7 @@ from compiler.core.sparsity import LayerMask
 from passes.sparsify import check_masks, read_sparsity_metadata, sparsify_model, zero_blocks
 from passes.sparsify.layers import weight_layers
 from passes.sparsify.reconstruct import refit_layer
-from tests.test_sparsify_blocks import tiny_net
+from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 def _calib(model, n=64, seed=5):

@@ -12,7 +12,7 @@ from passes.sparsify import read_sparsity_metadata, sparsify_model
 from passes.sparsify.layers import weight_layers
 from passes.sparsify.reorder import filter_order
 from tests.conftest import light_path
-from tests.test_sparsify_blocks import tiny_net
+from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 def _weights(model):
