@@ -14,7 +14,8 @@ def compile(model=None, config=None, out_dir="npuc-out"):  # noqa: A001 - mirror
         out_dir: Output folder.
 
     Returns:
-        `compiler.driver.pipeline.Result` with `.files`, `.report` and `.results`.
+        `compiler.driver.pipeline.Result` with `.files`, `.report` and `.state` (typed stage
+        results).
     """
     from compiler.driver.pipeline import compile_model
 

@@ -69,6 +69,22 @@ class Pass:
 FunctionCheck = Callable[[Model, Model], None]
 
 
+class PassObserver:
+    """Told when each pass of a `PassManager` run starts, finishes or fails (no-ops here).
+
+    The driver subclasses it to time passes, save their outputs and write partial reports.
+    """
+
+    def started(self, p: Pass) -> None:
+        """`p` is about to run."""
+
+    def finished(self, p: Pass, result: PassResult, seconds: float) -> None:
+        """`p` returned `result` after `seconds`."""
+
+    def failed(self, p: Pass, error: Exception, seconds: float) -> None:
+        """`p` raised `error` (the manager then raises a `PassError`)."""
+
+
 class PassManager:
     """Runs passes in order on a copy of the model.
 
@@ -79,14 +95,17 @@ class PassManager:
         check_function: Optional `(before, after) -> None` callable (e.g. from
             `compiler.core.numerics.function_checker`) run after each function-preserving pass.
         fixed_point: Repeat the whole sequence until no pass modifies the model (max 10 rounds).
+        observer: Told when each pass starts, finishes or fails.
     """
 
     def __init__(self, passes: Sequence[Pass], *, verify_each: bool = False,
-                 check_function: FunctionCheck | None = None, fixed_point: bool = False) -> None:
+                 check_function: FunctionCheck | None = None, fixed_point: bool = False,
+                 observer: PassObserver | None = None) -> None:
         self.passes = list(passes)
         self.verify_each = verify_each
         self.check_function = check_function
         self.fixed_point = fixed_point
+        self.observer = observer or PassObserver()
 
     def __call__(self, model: Model) -> PassResult:
         """Run the passes; the input model is never modified."""
@@ -107,6 +126,7 @@ class PassManager:
 
     def _run_one(self, p: Pass, model: Model, done: list[str]) -> PassResult:
         before = model.copy() if self.check_function and p.preserves_function else None
+        self.observer.started(p)
         start = time.perf_counter()
         try:
             result = p(model)
@@ -115,8 +135,10 @@ class PassManager:
             if before is not None and result.modified:
                 self.check_function(before, result.model)
         except Exception as e:
+            self.observer.failed(p, e, time.perf_counter() - start)
             detail = str(e) if isinstance(e, NpucError) else f"{type(e).__name__}: {e}"
             raise PassError(f"error in pass {p.name} after passes {done}: {detail}") from e
-        log.debug("pass %s: modified=%s in %.3fs", p.name, result.modified,
-                  time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        log.debug("pass %s: modified=%s in %.3fs", p.name, result.modified, seconds)
+        self.observer.finished(p, result, seconds)
         return result

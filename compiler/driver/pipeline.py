@@ -1,8 +1,9 @@
-"""`npuc compile`: load → canonicalize → prune → sparsify → quantize → build → verify → perf → eval.
+"""`npuc compile`: load → [canonicalize, prune, sparsify, quantize] → build, verify, perf, eval.
 
-Each stage is a plain function `(ctx) -> detail` registered in `STAGES`; the runner times it,
-records its status and, on failure, keeps earlier outputs, writes the partial report and
-raises one error naming the stage.
+The bracketed part is one `PassManager` run of the same `Pass` objects the step commands
+use (`npuc prune`, `npuc sparsify`, `npuc quantize`); the stages after it drive the target
+and the evaluation. Every stage is timed and recorded; on failure the earlier outputs and a
+partial report are kept and one error names the stage.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Any
 
 from compiler.core.errors import NpucError, PassError
 from compiler.core.ir import Model
-from compiler.driver import stages
+from compiler.core.pass_manager import Pass, PassManager, PassObserver, PassResult
+from compiler.driver import stages, target_stages
 from compiler.driver.config import load_config
-from compiler.driver.context import Context
+from compiler.driver.context import CompileState
 from compiler.driver.report import write_html, write_json
 from compiler.driver.summary import summarize
 
@@ -27,33 +29,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Result:
-    """What `compile` returns."""
+    """What `compile` returns.
+
+    Attributes:
+        out_dir: The output folder.
+        files: Output files by role (`quant`, `binary`, `report_html`, ...).
+        report: The `report.json` content.
+        model: The compressed float model.
+        state: Every stage's typed result (`CompileState`).
+    """
 
     out_dir: Path
     files: dict[str, Path]
     report: dict[str, Any]
     model: Model | None
-    results: dict[str, Any]
-
-
-Stage = Callable[[Context], str | None]
-
-
-def stage_list(config: dict[str, Any]) -> list[tuple[str, Stage]]:
-    """The stages this configuration enables, in order."""
-    chosen = [("load", stages.load), ("canonicalize", stages.canonicalize)]
-    if config["prune.enabled"]:
-        chosen.append(("prune", stages.prune))
-    if config["sparsify.enabled"]:
-        chosen.append(("sparsify", stages.sparsify))
-    if config["quantize.enabled"]:
-        chosen += [("quantize", stages.quantize), ("build", stages.build)]
-        if config["target.verify"]:
-            chosen.append(("verify", stages.verify))
-        chosen.append(("perf", stages.perf))
-    if config["eval.data"] or stages.BUNDLED_DATA.get(config["model"], (None, None))[1]:
-        chosen.append(("eval", stages.evaluate))
-    return chosen
+    state: CompileState
 
 
 def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None = None,
@@ -69,28 +59,25 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
         progress: Called with each stage name as it starts.
 
     Returns:
-        The outputs, the report dict and stage results.
+        The outputs, the report dict and the typed stage results.
 
     Raises:
         NpucError: "stage X failed: ..." — outputs of earlier stages are kept.
     """
-    if isinstance(config, dict):
-        cfg = load_config(overrides=config)
-    else:
-        cfg = load_config(config)
+    cfg = load_config(overrides=config) if isinstance(config, dict) else load_config(config)
     if isinstance(model, (str, Path)):
         cfg["model"], model = str(model), None
-    ctx = Context(cfg, Path(out_dir))
-    ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    ctx.results["input"] = model if model is not None else cfg["model"]
-    ctx.report = {"model": _model_label(ctx.results["input"]), "config": cfg, "stages": []}
-    for name, fn in stage_list(cfg):
-        if progress:
-            progress(name)
-        _run_stage(ctx, name, fn)
-    summarize(ctx)
-    _write_reports(ctx)
-    return Result(ctx.out_dir, ctx.files, ctx.report, ctx.model, ctx.results)
+    state = CompileState(cfg, Path(out_dir), source=model if model is not None else cfg["model"])
+    state.out_dir.mkdir(parents=True, exist_ok=True)
+    state.report = {"model": _model_label(state.source), "config": cfg, "stages": []}
+    recorder = StageRecorder(state, progress)
+    recorder.run("load", stages.load)
+    recorder.run_passes(stages.model_passes(state))
+    for name, step in target_stages.target_steps(state):
+        recorder.run(name, step)
+    summarize(state)
+    _write_reports(state)
+    return Result(state.out_dir, state.files, state.report, state.model, state)
 
 
 def _model_label(model: Any) -> str:
@@ -99,25 +86,64 @@ def _model_label(model: Any) -> str:
     return getattr(model, "source", None) or type(model).__name__
 
 
-def _run_stage(ctx: Context, name: str, fn: Stage) -> None:
-    start = time.perf_counter()
-    record = {"name": name, "status": "running"}
-    ctx.report["stages"].append(record)
-    try:
-        detail = fn(ctx)
-    except Exception as e:
-        record.update(status="failed", seconds=time.perf_counter() - start, detail=str(e))
-        _write_reports(ctx)
-        if isinstance(e, NpucError):
-            raise PassError(f"stage {name} failed: {e}") from e
-        raise PassError(f"stage {name} failed: {type(e).__name__}: {e}") from e
-    record.update(status="ok", seconds=round(time.perf_counter() - start, 3),
-                  detail=detail or "")
-    log.info("stage %s done in %.2fs", name, record["seconds"])
+class StageRecorder(PassObserver):
+    """Times each stage, records it in the report, announces it, and names it on failure."""
+
+    def __init__(self, state: CompileState, progress: Callable[[str], None] | None) -> None:
+        self.state, self.progress = state, progress
+        self.names: dict[int, str] = {}
+        self.record: dict[str, Any] = {}
+        self.start = 0.0
+
+    def run(self, name: str, step: Callable[[CompileState], str | None]) -> None:
+        """Run a driver stage (not a pass) as a recorded stage."""
+        self._begin(name)
+        try:
+            detail = step(self.state)
+        except Exception as e:
+            raise self._fail(e) from e
+        self._end(detail)
+
+    def run_passes(self, passes: list[tuple[str, Pass]]) -> None:
+        """Run the model passes as one `PassManager` run; each pass is a recorded stage."""
+        self.names = {id(p): name for name, p in passes}
+        manager = PassManager([p for _, p in passes], observer=self)
+        try:
+            manager(self.state.model)
+        except Exception as e:  # a PassError wraps the pass's own error: report that one
+            cause = e.__cause__ if isinstance(e, PassError) and e.__cause__ else e
+            raise self._fail(cause) from e
+
+    def started(self, p: Pass) -> None:
+        """PassObserver: a model pass begins."""
+        self._begin(self.names[id(p)])
+
+    def finished(self, p: Pass, result: PassResult, seconds: float) -> None:
+        """PassObserver: keep the pass's result in the state and write its outputs."""
+        self._end(stages.AFTER_PASS[self.names[id(p)]](self.state, result))
+
+    def _begin(self, name: str) -> None:
+        if self.progress:
+            self.progress(name)
+        self.start = time.perf_counter()
+        self.record = {"name": name, "status": "running"}
+        self.state.report["stages"].append(self.record)
+
+    def _end(self, detail: str | None) -> None:
+        self.record.update(status="ok", seconds=round(time.perf_counter() - self.start, 3),
+                           detail=detail or "")
+        log.info("stage %s done in %.2fs", self.record["name"], self.record["seconds"])
+
+    def _fail(self, error: BaseException) -> PassError:
+        self.record.update(status="failed", seconds=time.perf_counter() - self.start,
+                           detail=str(error))
+        _write_reports(self.state)
+        text = str(error) if isinstance(error, NpucError) else f"{type(error).__name__}: {error}"
+        return PassError(f"stage {self.record['name']} failed: {text}")
 
 
-def _write_reports(ctx: Context) -> None:
-    json_path, html_path = ctx.out_dir / "report.json", ctx.out_dir / "report.html"
-    write_json(ctx.report, json_path)
-    write_html(ctx.report, html_path)
-    ctx.files.update(report_json=json_path, report_html=html_path)
+def _write_reports(state: CompileState) -> None:
+    json_path, html_path = state.out_dir / "report.json", state.out_dir / "report.html"
+    write_json(state.report, json_path)
+    write_html(state.report, html_path)
+    state.files.update(report_json=json_path, report_html=html_path)

@@ -10,59 +10,53 @@ from compiler.core.cost import model_cost
 from compiler.core.ir import const_value
 
 if TYPE_CHECKING:
-    from compiler.driver.context import Context
+    from compiler.driver.context import CompileState
 
 LAYER_OPS = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 
 
-def summarize(ctx: Context) -> None:
-    """Fill `ctx.report` with summary, layers, variants and the stage reports."""
-    if ctx.original is None:
+def summarize(state: CompileState) -> None:
+    """Fill `state.report` with summary, layers, variants and the stage reports."""
+    if state.original is None:
         return
-    r, res = ctx.report, ctx.results
-    r["summary"] = _summary(ctx)
-    r["layers"] = layer_table(ctx)
-    r["variants"] = _variants(ctx)
-    for key in ("prune", "sparsify"):
-        if key in res:
-            r[key] = res[key]
-    if "quant" in res:
-        r["quantize"] = res["quant"].report
-    if "verify" in res:
-        r["verify"] = res["verify"].to_dict()
-    if "perf" in res:
-        r["perf"] = {k: v.to_dict() for k, v in res["perf"].items()}
-    if "eval" in res:
-        r["eval"] = res["eval"]
-    r["files"] = {k: str(v) for k, v in ctx.files.items()}
+    r = state.report
+    r["summary"] = _summary(state)
+    r["layers"] = layer_table(state)
+    r["variants"] = _variants(state)
+    stage_reports = {
+        "prune": state.prune, "sparsify": state.sparsify,
+        "quantize": state.quant and state.quant.report,
+        "verify": state.verify and state.verify.to_dict(),
+        "perf": state.perf and state.perf.to_dict(), "eval": state.eval}
+    r.update({k: v for k, v in stage_reports.items() if v is not None})
+    r["files"] = {k: str(v) for k, v in state.files.items()}
 
 
-def _summary(ctx: Context) -> dict[str, dict[str, Any]]:
-    before, after = ctx.results["cost_before"], model_cost(ctx.model)
+def _summary(state: CompileState) -> dict[str, dict[str, Any]]:
+    before, after = state.cost_before, model_cost(state.model)
     summary = {"MACs": {"before": before.macs, "after": after.macs},
                "params": {"before": before.params, "after": after.params},
-               "size (bytes)": {"before": 4 * before.params, "after": _binary_size(ctx)}}
-    if "sparsify" in ctx.results:
-        saved = ctx.results["sparsify"]["macs"] - ctx.results["sparsify"]["effective_macs"]
+               "size (bytes)": {"before": 4 * before.params, "after": _binary_size(state)}}
+    if state.sparsify is not None:
+        saved = state.sparsify["macs"] - state.sparsify["effective_macs"]
         summary["effective MACs (zero blocks skipped)"] = {"before": before.macs,
                                                           "after": after.macs - saved}
-    summary.update(_accuracy_rows(ctx.results.get("eval")))
-    perf, base = ctx.results.get("perf"), ctx.results.get("perf_baseline")
+    summary.update(_accuracy_rows(state.eval))
+    perf, base = state.perf, state.perf_baseline
     if perf:
         summary["latency ms (1 core, 1 thread)"] = {
-            "before": base["single"].latency_ms if base else None,
-            "after": perf["single"].latency_ms}
+            "before": base.single.latency_ms if base else None,
+            "after": perf.single.latency_ms}
         summary["FPS (2 cores, 8 threads)"] = {
-            "before": base["multi"].fps if base else None, "after": perf["multi"].fps}
-    if "verify" in ctx.results:
-        v = ctx.results["verify"]
+            "before": base.multi.fps if base else None, "after": perf.multi.fps}
+    if state.verify is not None:
         summary["binary vs model.quant.onnx"] = {
-            "before": None, "after": "bit-exact" if v.consistent else "MISMATCH"}
+            "before": None, "after": "bit-exact" if state.verify.consistent else "MISMATCH"}
     return summary
 
 
-def _binary_size(ctx: Context) -> int | None:
-    path = ctx.files.get("binary")
+def _binary_size(state: CompileState) -> int | None:
+    path = state.files.get("binary")
     return path.stat().st_size if path and path.exists() else None
 
 
@@ -76,14 +70,14 @@ def _accuracy_rows(scores: dict | None) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def layer_table(ctx: Context) -> list[dict[str, Any]]:
+def layer_table(state: CompileState) -> list[dict[str, Any]]:
     """One row per Conv/Gemm of the original model."""
-    final = {n.name: n for n in ctx.model.nodes}
-    cos = _layer_cosines(ctx)
-    cycles = _layer_cycles(ctx)
-    units = {p["node"]: p["unit"] for p in getattr(ctx.results.get("build"), "placement", [])}
+    final = {n.name: n for n in state.model.nodes}
+    cos = _layer_cosines(state)
+    cycles = _layer_cycles(state)
+    units = {p["node"]: p["unit"] for p in (state.build.placement if state.build else [])}
     rows = []
-    for node in ctx.original.nodes:
+    for node in state.original.nodes:
         if node.op not in LAYER_OPS:
             continue
         after = final.get(node.name)
@@ -119,11 +113,10 @@ def _zero_fraction(node: Any) -> float | None:
     return None if w is None or w.size == 0 else round(float(np.mean(w == 0)), 4)
 
 
-def _layer_cosines(ctx: Context) -> dict[str, float]:
-    rows = ctx.results.get("compare_layers", [])
-    by_tensor = {row["name"]: row["cosine"] for row in rows}
+def _layer_cosines(state: CompileState) -> dict[str, float]:
+    by_tensor = {row["name"]: row["cosine"] for row in state.compare_layers}
     out = {}
-    for node in ctx.model.nodes:
+    for node in state.model.nodes:
         for tensor in _fused_outputs(node):
             if tensor in by_tensor:
                 out[node.name] = by_tensor[tensor]
@@ -140,19 +133,19 @@ def _fused_outputs(node: Any) -> list[str]:
     return names[::-1]
 
 
-def _layer_cycles(ctx: Context) -> dict[str, int]:
-    perf = ctx.results.get("perf")
-    if not perf:
+def _layer_cycles(state: CompileState) -> dict[str, int]:
+    if not state.perf:
         return {}
-    return {row.get("source", row.get("name")): row["cycles"] for row in perf["single"].layers}
+    return {row.get("source", row.get("name")): row["cycles"]
+            for row in state.perf.single.layers}
 
 
-def _variants(ctx: Context) -> list[dict[str, Any]]:
-    scores = ctx.results.get("eval") or {}
+def _variants(state: CompileState) -> list[dict[str, Any]]:
+    scores = state.eval or {}
     metric = next(iter(scores.get("float", {})), None)
     if metric is None:
         return []
-    macs = {"float": ctx.results["cost_before"].macs, "compressed": model_cost(ctx.model).macs}
+    macs = {"float": state.cost_before.macs, "compressed": model_cost(state.model).macs}
     macs["int8"] = macs["compressed"]
     return [{"name": name, "macs": macs[name], "accuracy": s.get(metric)}
             for name, s in scores.items()]

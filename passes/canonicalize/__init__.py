@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from compiler.core.ir import Model
-from compiler.core.pass_manager import PassManager, PassResult
+from compiler.core.pass_manager import Pass, PassManager, PassResult
 from passes.canonicalize.batchnorm import FoldBatchNorm, bn_affine, fold_batchnorm
 from passes.canonicalize.constants import FoldConstants, fold_constants
 from passes.canonicalize.simplify import (
@@ -34,12 +34,9 @@ def canonicalize(model: Model, *, verify_each: bool = False, check_function=None
     return manager(model)
 
 
-class Canonicalize:
-    """Pass-like wrapper so canonicalization can sit inside a larger `PassManager` list."""
+class Canonicalize(Pass):
+    """Canonicalization (to a fixed point) as one pass of a larger `PassManager` list."""
 
-    preserves_function = True
-    name = "Canonicalize"
-
-    def __call__(self, model: Model) -> PassResult:
+    def call(self, model: Model) -> PassResult:
         """Canonicalize `model` (returns a new model)."""
         return canonicalize(model)

@@ -1,0 +1,112 @@
+"""The stages after the model passes: build, verify, perf (the target) and eval."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from compiler.core.errors import MismatchError
+from compiler.driver.context import CompileState, PerfPair
+from compiler.driver.stages import Step, eval_source, preprocess, quantize_pass
+
+if TYPE_CHECKING:
+    from compiler.core.feeds import Feeds
+
+
+def target_steps(state: CompileState) -> list[tuple[str, Step]]:
+    """(stage name, step) for the stages after the model passes."""
+    c, chosen = state.config, []
+    if c["quantize.enabled"]:
+        chosen.append(("build", build))
+        if c["target.verify"]:
+            chosen.append(("verify", verify))
+        chosen.append(("perf", perf))
+    if eval_source(state):
+        chosen.append(("eval", evaluate))
+    return chosen
+
+
+def build(state: CompileState) -> str:
+    """Lower model.quant.onnx to the accelerator binary model.bin."""
+    from targets.npusim import build_binary
+
+    built = build_binary(state.quant.quant_model, state.config["target.arch"],
+                         options={"seed": state.config["seed"]})
+    state.files["binary"] = state.out_dir / "model.bin"
+    built.write(state.files["binary"])
+    state.build = built
+    npu = sum(p["unit"] == "NPU" for p in built.placement)
+    return f"{npu}/{len(built.placement)} nodes on the NPU, {built.cpu_partitions} CPU partitions"
+
+
+def verify(state: CompileState) -> str:
+    """Bit-exact check of model.bin against model.quant.onnx on calibration samples."""
+    from targets.npusim import verify as run_verify
+
+    feeds = _verify_feeds(state).take(state.config["target.verify_samples"])
+    report = run_verify(state.quant.quant_model, state.files["binary"], feeds.arrays)
+    state.verify = report
+    mismatched = sum(o["mismatched"] for o in report.outputs)
+    if not report.consistent:
+        raise MismatchError(f"model.bin differs from model.quant.onnx in {mismatched} elements")
+    elements = sum(o["elements"] for o in report.outputs)
+    return f"0 of {elements:,} output elements differ ({report.samples} samples)"
+
+
+def _verify_feeds(state: CompileState) -> Feeds:
+    """target.verify_data when given (same preprocessing), else the calibration data."""
+    from compiler.driver.data import load_data
+
+    source = state.config["target.verify_data"]
+    if source is None:
+        return state.calib
+    return load_data(source, state.original, limit=state.config["target.verify_samples"],
+                     preprocess=preprocess(state.config))
+
+
+def perf(state: CompileState) -> str:
+    """Cycle-model latency (1 core, 1 thread) and FPS (cores x threads)."""
+    c = state.config
+    state.perf = _perf_pair(state.files["binary"], c)
+    compressed = c["prune.enabled"] or c["sparsify.enabled"]
+    state.perf_baseline = _baseline_perf(state) if compressed else state.perf
+    return (f"{state.perf.single.latency_ms:.3f} ms (1 core, 1 thread), "
+            f"{state.perf.multi.fps:.0f} FPS ({c['target.cores']} cores, "
+            f"{c['target.threads']} threads)")
+
+
+def _perf_pair(binary: Any, c: dict[str, Any]) -> PerfPair:
+    from targets.npusim import estimate_perf
+
+    return PerfPair(
+        single=estimate_perf(binary, c["target.arch"], cores=1, threads=1,
+                             frames=c["target.frames"]),
+        multi=estimate_perf(binary, c["target.arch"], cores=c["target.cores"],
+                            threads=c["target.threads"], frames=c["target.frames"]))
+
+
+def _baseline_perf(state: CompileState) -> PerfPair:
+    """Latency/FPS of the uncompressed model, quantized and built the same way."""
+    from targets.npusim import build_binary
+
+    base = quantize_pass(state, saved_table=False)(state.original).info["result"]
+    built = build_binary(base.quant_model, state.config["target.arch"])
+    return _perf_pair(built.data, state.config)
+
+
+def evaluate(state: CompileState) -> str:
+    """Accuracy of the float original, the compressed float model and the int8 model."""
+    from compiler.core.io import to_proto
+    from compiler.driver.evaluate import evaluate as run_eval
+
+    source, limit = eval_source(state), state.config["eval.limit"]
+    variants = {"float": state.original, "compressed": state.model}
+    if state.quant is not None:
+        variants["int8"] = state.quant.quant_model
+    batch = state.config["eval.batch_size"]
+    scores = {name: run_eval(to_proto(m), source, limit=limit, batch=batch).metrics
+              for name, m in variants.items()}
+    state.eval = scores
+    key = next(iter(scores["float"]), None)
+    if key is None:
+        return f"no labels in {source}"
+    return ", ".join(f"{name} {s[key]:.4f}" for name, s in scores.items())
