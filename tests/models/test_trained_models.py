@@ -38,6 +38,7 @@ def test_trained_model_reaches_committed_accuracy(name):
     assert path.stat().st_size < 2 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_default_compile_bundled_model(tmp_path):
     _require("fmnist_resnet")
     from compiler.driver.pipeline import compile_model
@@ -50,6 +51,7 @@ def test_default_compile_bundled_model(tmp_path):
     assert (tmp_path / "report.html").exists() and (tmp_path / "model.bin").exists()
 
 
+@pytest.mark.slow
 def test_mobilenetv2_int8_accuracy_and_shape_1_clip_bounds(tmp_path):
     # The exported ReLU6 Clips carry [1]-shaped min/max (not scalars); they must still fuse.
     _require("fmnist_mobilenetv2")

@@ -35,6 +35,8 @@ def compiled(small_model):
     return compile_model(str(small_model / "m.onnx"), config, small_model / "out")
 
 
+@pytest.mark.slow  # whole compiles of a MobileNetV2 (the fast tier keeps the
+# failure, config and sparsify-keys compiles)
 def test_all_outputs_written_and_verified(compiled):
     out = compiled.out_dir
     for name in ("model.pruned.onnx", "model.sparse.onnx", "model.quant.onnx", "model.qdq.onnx",
@@ -51,6 +53,7 @@ def test_all_outputs_written_and_verified(compiled):
     json.loads((out / "calibration.json").read_text())
 
 
+@pytest.mark.slow
 def test_report_layers_carry_every_column(compiled):
     layers = compiled.report["layers"]
     assert layers and all(r["unit"] == "NPU" for r in layers)
@@ -79,6 +82,7 @@ class _Page(HTMLParser):
             self.cells.append(data.strip())
 
 
+@pytest.mark.slow
 def test_report_html_shows_plots_and_tables(compiled):
     page = _Page()
     page.feed((compiled.out_dir / "report.html").read_text())
@@ -94,6 +98,7 @@ def test_report_html_shows_plots_and_tables(compiled):
     assert compiled.report["layers"][0]["layer"] in page.cells
 
 
+@pytest.mark.slow
 def test_run_is_deterministic(small_model, compiled):
     config = dict(compiled.report["config"])
     compile_model(None, config, small_model / "again")
@@ -127,6 +132,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-component-update", "--disable-sync"]
 
 
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(compiled, tmp_path):
     import shutil
     import subprocess
@@ -171,6 +177,7 @@ def test_sparsify_and_report_keys_reach_their_stages(small_model, tmp_path, caps
     assert "features.3.conv.2" in {row["node"] for row in sp["layers"]}
 
 
+@pytest.mark.slow
 def test_saved_calibration_table_replaces_calibration(small_model, tmp_path):
     base = {"calibration.data": str(small_model / "calib.npz"), "target.frames": 20,
             "target.verify_samples": 2}

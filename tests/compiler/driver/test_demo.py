@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from compiler.driver.demo import HEADERS, markdown, seed_table
 
 
+@pytest.mark.slow
 def test_seed_table_rows_are_measured_compiles():
     fast = {"eval.limit": 400, "calibration.limit": 64, "target.verify_samples": 2}
     methods = {"baseline": fast,

@@ -14,7 +14,8 @@ from passes.quantize.api import quantize_model
 from tests.conftest import LIGHT_MODELS, light_path
 from tests.quant_helpers import mismatches
 
-SLOW_LIGHT = {"vgg19", "zfnet512", "bvlc_alexnet", "densenet121"}
+SLOW_LIGHT = {"vgg19", "zfnet512", "bvlc_alexnet", "densenet121", "inception_v2", "resnet50",
+              "inception_v1"}
 
 
 def _random(shape, seed):
@@ -41,7 +42,8 @@ def _zoo(name, size, **kw):
 
 
 @pytest.mark.parametrize("name,size", [
-    ("resnet50", 64), ("mobilenetv2", 64), pytest.param("vgg16", 32, marks=pytest.mark.slow),
+    pytest.param("resnet50", 64, marks=pytest.mark.slow), ("mobilenetv2", 64),
+    pytest.param("vgg16", 32, marks=pytest.mark.slow),
     pytest.param("ssd_resnet50", 260, marks=pytest.mark.slow)])
 def test_zoo_bit_exact_random_and_real(name, size):
     from models.datasets import load_dataset

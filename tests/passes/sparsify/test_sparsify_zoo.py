@@ -41,7 +41,7 @@ def test_light_zoo_sparsifies_and_runs(name):
 
 @pytest.mark.parametrize("arch, kwargs", [
     ("resnet50", {"image_size": 64}), ("mobilenetv2", {"image_size": 64}),
-    ("vgg16", {"image_size": 64}), ("ssd_resnet50", {}),
+    ("vgg16", {"image_size": 64}), pytest.param("ssd_resnet50", {}, marks=pytest.mark.slow),
 ])
 def test_zoo_architectures_sparsify_and_run(arch, kwargs):
     from models.zoo import ARCHITECTURES

@@ -17,7 +17,7 @@ from targets.npusim import Simulator, build_binary, verify
 from targets.npusim.testing import op_zoo_model, random_inputs
 from tests.conftest import LIGHT_MODELS, conv_model, light_path
 
-HEAVY_LIGHT = {"vgg19", "zfnet512", "bvlc_alexnet", "densenet121", "inception_v2"}
+HEAVY_LIGHT = {"vgg19", "zfnet512", "bvlc_alexnet", "densenet121", "inception_v2", "resnet50"}
 
 
 def _check(proto, calib_frames=4, frames=2, seed=1, feeds=None, model=None):
@@ -68,7 +68,7 @@ def _zoo(name, size):
 
 
 @pytest.mark.parametrize("name, size", [
-    ("mobilenetv2", 64), ("resnet50", 64),
+    ("mobilenetv2", 64), pytest.param("resnet50", 64, marks=pytest.mark.slow),
     pytest.param("vgg16", 32, marks=pytest.mark.slow),
     pytest.param("ssd_resnet50", 300, marks=pytest.mark.slow)])
 def test_zoo_models_are_bit_exact(name, size):
@@ -99,7 +99,8 @@ def _sparse(model_or_proto, block=4, sparsity=0.5):
     return sparsify_model(model, block=block, sparsity=sparsity)[0]
 
 
-@pytest.mark.parametrize("variant", ["pruned", "sparse", "pruned+sparse"])
+@pytest.mark.parametrize("variant", ["pruned", pytest.param("sparse", marks=pytest.mark.slow),
+                                     pytest.param("pruned+sparse", marks=pytest.mark.slow)])
 def test_compressed_variants_are_bit_exact(variant):
     proto = _zoo("resnet50", 64)
     model = _pruned(proto) if "pruned" in variant else load_model(proto, fix_batch=True)
