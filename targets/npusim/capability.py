@@ -17,10 +17,10 @@ import numpy as np
 
 from compiler.core.qgraph import QGraph, QOp
 from targets.npusim.constraints import Constraint
-from targets.npusim.optable import OP_TABLE, support
+from targets.npusim.optable import support, supported
 
 CAPABILITIES: Mapping[str, tuple[Constraint, ...]] = MappingProxyType(
-    {kind: s.constraints for kind, s in OP_TABLE.items() if not s.cpu_reason})
+    {kind: s.constraints for kind, s in supported().items() if s and not s.cpu_reason})
 
 
 def legalize(op: QOp, graph: QGraph) -> tuple[str, str]:
@@ -41,9 +41,9 @@ def supported_ops_markdown() -> str:
     """The op table as Markdown (generated into docs/binary-format.md)."""
     lines = ["| quantized op | NPU constraints (otherwise: host CPU, same integer kernel) |",
              "|---|---|"]
-    for kind, rules in OP_TABLE.items():
-        text = f"never: {rules.cpu_reason}" if rules.cpu_reason else \
-            "; ".join(r.text for r in rules.constraints)
+    for kind, rules in supported().items():
+        text = "never: no lowering" if rules is None else f"never: {rules.cpu_reason}" \
+            if rules.cpu_reason else "; ".join(r.text for r in rules.constraints)
         lines.append(f"| `{kind}` | {text} |")
     return "\n".join(lines)
 

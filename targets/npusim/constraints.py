@@ -90,6 +90,12 @@ def _one_side_broadcast(op: QOp, graph: QGraph) -> tuple[bool, str]:
     return ok, "" if ok else f"both operands {shapes} broadcast (one must have the output shape)"
 
 
+def _channels(op: QOp, graph: QGraph) -> tuple[bool, str]:
+    shape = _shape(graph, op.inputs[0])
+    ok = 2 <= len(shape) and shape[1] <= MAX_CHANNELS
+    return ok, "" if ok else f"input {shape} has no channel axis or > {MAX_CHANNELS} channels"
+
+
 def _concat_inputs(op: QOp, graph: QGraph) -> tuple[bool, str]:
     ok = len(op.inputs) <= 64
     return ok, "" if ok else f"{len(op.inputs)} inputs exceed 64"

@@ -14,6 +14,7 @@ import numpy as np
 
 from compiler.core import qgraph as q
 from compiler.core.errors import TargetError
+from compiler.core.qops import channel_tables
 from targets.npusim import isa, weights
 from targets.npusim.moves import lower_move
 from targets.npusim.partition import partition_onnx
@@ -164,6 +165,12 @@ def lut(ctx: Ctx, op: q.QLut, unit: int) -> None:
     """QLut -> Lut."""
     ctx.emit(isa.Lut(op.name, unit, **_io(ctx, op), table=ctx.blob("lut", op.table.astype(
         np.int8))))
+
+
+def channel_table(ctx: Ctx, op: q.QOp, unit: int) -> None:
+    """Any channelwise op -> ChannelLut with the op's reference tabulated per channel."""
+    table = channel_tables(op, ctx.shape(op.inputs[0])[1])
+    ctx.emit(isa.ChannelLut(op.name, unit, **_io(ctx, op), table=ctx.blob("lut", table)))
 
 
 def quantize(ctx: Ctx, op: q.QQuantize, unit: int) -> None:

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from compiler.core.qops import OPS
 from targets.npusim import lowerings as lw
 from targets.npusim.constraints import (
     RANK,
     Constraint,
+    _channels,
     _concat_inputs,
     _conv_channels,
     _dilation,
@@ -83,6 +85,21 @@ OP_TABLE: Mapping[str, OpSupport] = MappingProxyType({
 })
 
 
+# Generic rule: any channelwise op without an entry runs as per-channel tables, so a new
+# elementwise op (e.g. PRelu) needs no change here (docs/architecture.md, "Adding an int8 op").
+CHANNELWISE = OpSupport(lw.channel_table, (
+    RANK, Constraint("channel axis 1 with <= 4096 channels (one table per channel)",
+                     _channels)))
+
+
 def support(kind: str) -> OpSupport | None:
     """How npusim runs op kind `kind` (None: not at all)."""
-    return OP_TABLE.get(kind)
+    if kind in OP_TABLE:
+        return OP_TABLE[kind]
+    d = OPS.get(kind)
+    return CHANNELWISE if d is not None and d.channelwise else None
+
+
+def supported() -> dict[str, OpSupport | None]:
+    """Every op kind of `OPS` (spec order) -> its support (None: unsupported)."""
+    return {kind: support(kind) for kind in OPS}

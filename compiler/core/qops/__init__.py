@@ -13,12 +13,14 @@ import pkgutil
 from collections.abc import Mapping
 from types import MappingProxyType
 
+import numpy as np
+
 from compiler.core.errors import GraphError
 from compiler.core.qops.base import OpDef, OpWork, Unit, UnitIO
 from compiler.core.qops.record import FloatNode, QOp, QTensor
 
 __all__ = ["OPS", "OpDef", "OpWork", "Unit", "UnitIO", "FloatNode", "QOp", "QTensor", "op_def",
-           "by_unit_kind", "matchers"]
+           "by_unit_kind", "matchers", "channel_tables"]
 
 
 def _section(d: OpDef) -> int:
@@ -64,3 +66,18 @@ def by_unit_kind(kind: str) -> OpDef:
 def matchers() -> dict:
     """Float ONNX op type -> matcher, over all ops."""
     return {op: m for d in OPS.values() for op, m in d.matchers.items()}
+
+
+def channel_tables(op: QOp, channels: int) -> np.ndarray:
+    """int8 [channels, 256]: a channelwise op's reference on every int8 value, per channel.
+
+    Row c, entry x + 128 is the op's output for input x in channel c, so a target may run
+    any `OpDef.channelwise` op as one table lookup per channel, bit-exact by construction.
+    """
+    d = op_def(op.kind)
+    if not d.channelwise:
+        raise GraphError(f"{op.kind} is not channelwise: it cannot be tabulated per channel")
+    ramp = np.arange(-128, 128, dtype=np.int8)
+    x = np.ascontiguousarray(np.broadcast_to(ramp, (1, channels, 256)))
+    (y,) = d.reference(op, [x], None)
+    return np.ascontiguousarray(y[0], np.int8)

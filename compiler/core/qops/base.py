@@ -117,8 +117,10 @@ class OpDef:
         emit_qdq: QDQ hook (emitter, op), or None: generic Q/DQ on every int8 tensor.
         work: Target-independent work (MACs, elements, constant bytes).
         scale_preserving: Outputs reuse the input scale (no calibration of the output).
-        channelwise: y[:, c, ...] depends only on x[:, c, ...] elementwise and on c, with one
-            int8 input: a target may run the op as one 256-entry table per channel.
+        channelwise: One int8 input, and y[:, c, ...] depends only on x[:, c, ...]
+            elementwise and on c; the reference then accepts any [N, C, ...] input without a
+            graph, so a target may run the op as one 256-entry table per channel
+            (`channel_tables`).
     """
 
     cls: type[QOp]
