@@ -145,6 +145,7 @@ def conv_work(op: QConv, graph: GraphView) -> OpWork:
 
 DEFS = (OpDef(
     QConv, "§11", "acc = Σ x·W[c] + B[c] (int32); y = requant(acc, M0[c], s[c], lo, hi)",
-    run_conv, emit_conv, conv_work, patterns="Conv (2-D, constant weights, any group) "
+    run_conv, emit_conv, conv_work, patterns="Conv (2-D, constant weights; any group, "
+    "depthwise, dilation, auto_pad) "
     "[+ Relu/Clip]", matchers={"Conv": match_conv}, unit_kinds=("conv",), lower=lower_conv,
     emit_qdq=qdq_conv),)
