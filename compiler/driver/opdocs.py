@@ -32,6 +32,15 @@ def ops_table() -> str:
     return "\n".join(lines)
 
 
+def spec_index() -> str:
+    """docs/fixed-point.md: every op's section, integer formula and defining module."""
+    lines = ["| QOp | section | integer arithmetic | defined in |", "|---|---|---|---|"]
+    for kind, d in OPS.items():
+        module = d.cls.__module__.replace(".", "/") + ".py"
+        lines.append(f"| `{kind}` | {d.section} | {d.summary} | `{module}` |")
+    return "\n".join(lines)
+
+
 def _doc_line(cls: type) -> str:
     return (cls.__doc__ or "").strip().splitlines()[0]
 
@@ -48,6 +57,7 @@ def opcode_table() -> str:
 
 BLOCKS: dict[str, tuple[str, Callable[[], str]]] = {
     "ops": ("quantization.md", ops_table),
+    "spec": ("fixed-point.md", spec_index),
     "opcodes": ("binary-format.md", opcode_table),
     "capabilities": ("binary-format.md", supported_ops_markdown),
 }
