@@ -18,298 +18,49 @@ import base64
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from compiler.core.errors import GraphError
 from compiler.core.ir import Model
+from compiler.core.qops import OPS
+from compiler.core.qops.boundary import QDequantize, QQuantize
+from compiler.core.qops.concat import QConcat
+from compiler.core.qops.conv import QConv
+from compiler.core.qops.cpu_partition import QCpuPartition
+from compiler.core.qops.eltwise import QAdd, QMul
+from compiler.core.qops.gemm import QGemm, QMatMul
+from compiler.core.qops.lut import QLut
+from compiler.core.qops.move import MOVE_OPS, QMove
+from compiler.core.qops.pool import QAvgPool, QGlobalAvgPool, QMaxPool
+from compiler.core.qops.record import (
+    INT8_MAX,
+    INT8_MIN,
+    FloatNode,
+    QOp,
+    QTensor,
+    Record,
+    values_equal,
+)
+from compiler.core.qops.resize import QResizeNearest
+
+__all__ = ["QGraph", "QTensor", "QOp", "FloatNode", "OP_TYPES", "QConv", "QGemm", "QMatMul",
+           "QAdd", "QMul", "QConcat", "QAvgPool", "QGlobalAvgPool", "QMaxPool", "QResizeNearest",
+           "QMove", "QLut", "QQuantize", "QDequantize", "QCpuPartition", "MOVE_OPS", "INT8_MIN",
+           "INT8_MAX", "values_equal"]
 
 FORMAT = "npuc.qgraph"
 VERSION = 1
 METADATA_KEY = "npuc.qgraph"
-INT8_MIN, INT8_MAX = -128, 127
 
 
-def _freeze(value: Any) -> Any:
-    """Canonical immutable form: lists -> tuples, numpy scalars -> Python numbers."""
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return {str(k): _freeze(v) for k, v in value.items()}
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
-    return value
-
-
-def values_equal(a: Any, b: Any) -> bool:
-    """Deep equality where arrays must match in dtype, shape and every element."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and a.shape == b.shape and bool(np.array_equal(a, b)))
-    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
-        return len(a) == len(b) and all(values_equal(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(values_equal(a[k], b[k]) for k in a)
-    if type(a) is not type(b) and not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
-        return False
-    return a == b
-
-
-class _Record:
-    """Frozen-dataclass mixin: canonical field values and array-aware equality."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            object.__setattr__(self, f.name, _freeze(getattr(self, f.name)))
-
-    def __eq__(self, other: object) -> bool:
-        if type(self) is not type(other):
-            return NotImplemented
-        return all(values_equal(getattr(self, f.name), getattr(other, f.name))
-                   for f in fields(self))
-
-    __hash__ = None  # type: ignore[assignment]
+OP_TYPES: Mapping[str, type[QOp]] = MappingProxyType({kind: d.cls for kind, d in OPS.items()})
 
 
 @dataclass(frozen=True, eq=False)
-class QTensor(_Record):
-    """A tensor of the quantized graph.
-
-    Attributes:
-        name: Unique tensor name (naming rules: docs/fixed-point.md §13).
-        shape: Dimensions; -1 for a dimension unknown at build time (a dynamic batch).
-        dtype: numpy dtype name: "int8" for quantized tensors, "float32" at float
-            boundaries (or the float model's dtype for non-float CPU-partition inputs).
-        scale: float32 scale of an int8 tensor (r = scale·q), None for float tensors.
-        data: Value of a constant int8 tensor (e.g. a constant Add operand), else None.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "int8"
-    scale: float | None = None
-    data: np.ndarray | None = None
-
-    @property
-    def is_quantized(self) -> bool:
-        """True for int8 tensors."""
-        return self.dtype == "int8"
-
-
-@dataclass(frozen=True, eq=False)
-class QOp(_Record):
-    """Base of all quantized operations (name, input and output tensor names)."""
-
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-
-    @property
-    def kind(self) -> str:
-        """The op kind, e.g. "QConv" (the JSON `kind`)."""
-        return type(self).__name__
-
-
-@dataclass(frozen=True, eq=False)
-class QConv(QOp):
-    """2-D convolution (incl. grouped/depthwise) + bias + per-channel requant (§11).
-
-    `weight` int8 [Cout, Cin/group, kh, kw]; `bias` int32 [Cout]; `m0`, `shift` int64 [Cout];
-    `pads` in ONNX order (top, left, bottom, right); `weight_scale` float32 [Cout] (`Sw`,
-    needed to export the QDQ model; None in QGraphs written before it was recorded).
-    """
-
-    weight: np.ndarray
-    bias: np.ndarray
-    m0: np.ndarray
-    shift: np.ndarray
-    lo: int
-    hi: int
-    strides: tuple[int, ...] = (1, 1)
-    pads: tuple[int, ...] = (0, 0, 0, 0)
-    dilations: tuple[int, ...] = (1, 1)
-    group: int = 1
-    weight_scale: np.ndarray | None = None
-
-    @property
-    def depthwise(self) -> bool:
-        """True when every group has one input and one output channel."""
-        return self.group > 1 and self.weight.shape[1] == 1 and self.weight.shape[0] == self.group
-
-
-@dataclass(frozen=True, eq=False)
-class QGemm(QOp):
-    """x[..., K] · Wᵀ + bias with per-output-channel requant along the last axis (§11).
-
-    `weight` int8 [N, K] (output-channel major); `bias` int32 [N]; `m0`, `shift` int64 [N];
-    `weight_scale` float32 [N] (the `Sw` that `m0`/`shift` and the bias were derived from).
-    """
-
-    weight: np.ndarray
-    bias: np.ndarray
-    m0: np.ndarray
-    shift: np.ndarray
-    lo: int
-    hi: int
-    weight_scale: np.ndarray | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class QMatMul(QGemm):
-    """A MatMul with a constant right operand; same arithmetic as `QGemm`."""
-
-
-@dataclass(frozen=True, eq=False)
-class QAdd(QOp):
-    """y = clamp((xa·a_mult + xb·b_mult + 2^(shift-1)) >> shift, lo, hi) (§6; Sub: b_mult<0)."""
-
-    a_mult: int
-    b_mult: int
-    shift: int
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True, eq=False)
-class QMul(QOp):
-    """y = requant(xa·xb, m0, shift, lo, hi), numpy broadcasting (§7)."""
-
-    m0: int
-    shift: int
-    lo: int
-    hi: int
-
-
-@dataclass(frozen=True, eq=False)
-class QConcat(QOp):
-    """Each input requantized to the output scale with its own (m0, shift), then joined (§7)."""
-
-    axis: int
-    m0: tuple[int, ...]
-    shift: tuple[int, ...]
-
-
-@dataclass(frozen=True, eq=False)
-class QAvgPool(QOp):
-    """Padded 2-D window sum, requantized per output position with m0/shift [OH, OW] (§8)."""
-
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]
-    m0: np.ndarray
-    shift: np.ndarray
-    lo: int = INT8_MIN
-    hi: int = INT8_MAX
-
-
-@dataclass(frozen=True, eq=False)
-class QGlobalAvgPool(QOp):
-    """Sum over H·W, requantized with scalar m0/shift (§8)."""
-
-    m0: int
-    shift: int
-    lo: int = INT8_MIN
-    hi: int = INT8_MAX
-    keepdims: bool = True
-
-
-@dataclass(frozen=True, eq=False)
-class QMaxPool(QOp):
-    """2-D max pooling on int8 (ONNX semantics); output scale = input scale."""
-
-    kernel: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]
-    dilations: tuple[int, ...] = (1, 1)
-    ceil_mode: int = 0
-
-
-@dataclass(frozen=True, eq=False)
-class QResizeNearest(QOp):
-    """y = x gathered along each axis by `indices[axis]` (None: axis unchanged) (§9)."""
-
-    indices: tuple[np.ndarray | None, ...]
-
-
-MOVE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Split", "Pad")
-
-
-@dataclass(frozen=True, eq=False)
-class QMove(QOp):
-    """Integer data movement with ONNX semantics; every operand is in `attrs` (§9).
-
-    attrs by op: Reshape {shape}, Flatten {axis}, Transpose {perm}, Squeeze/Unsqueeze {axes},
-    Slice {starts, ends, axes, steps}, Split {axis, split}, Pad {pads, mode, value (int8)}.
-    """
-
-    op: str
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, eq=False)
-class QLut(QOp):
-    """y = table[x + 128]; `table` int8 [256]; `fn` names the function tabulated (§10)."""
-
-    table: np.ndarray
-    fn: str = ""
-
-
-@dataclass(frozen=True, eq=False)
-class QQuantize(QOp):
-    """float32 -> int8: clamp(floor(x ⊗ inv_scale ⊕ 0.5), -128, 127) in float32 (§4)."""
-
-    scale: float
-    inv_scale: float
-
-
-@dataclass(frozen=True, eq=False)
-class QDequantize(QOp):
-    """int8 -> float32: float32(q) ⊗ scale (§5)."""
-
-    scale: float
-
-
-@dataclass(frozen=True, eq=False)
-class FloatNode(_Record):
-    """One float ONNX node of a CPU partition (attribute tensors are numpy arrays)."""
-
-    op: str
-    name: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    domain: str = ""
-
-
-@dataclass(frozen=True, eq=False)
-class QCpuPartition(QOp):
-    """Float nodes run on the CPU, float tensors in and out (§12).
-
-    Attributes:
-        nodes: The float nodes in topological order.
-        constants: Float model initializers the nodes read, by their original names.
-        reasons: Node name -> why it could not be quantized (user-facing).
-    """
-
-    nodes: tuple[FloatNode, ...] = ()
-    constants: dict[str, np.ndarray] = field(default_factory=dict)
-    reasons: dict[str, str] = field(default_factory=dict)
-
-
-OP_TYPES: dict[str, type[QOp]] = {cls.__name__: cls for cls in (
-    QConv, QGemm, QMatMul, QAdd, QMul, QConcat, QAvgPool, QGlobalAvgPool, QMaxPool,
-    QResizeNearest, QMove, QLut, QQuantize, QDequantize, QCpuPartition)}
-
-
-@dataclass(frozen=True, eq=False)
-class QGraph(_Record):
+class QGraph(Record):
     """A quantized graph: tensors, topologically ordered ops, graph inputs and outputs.
 
     Attributes:
@@ -430,7 +181,7 @@ def _check_tensor(t: QTensor, op: QOp) -> None:
 INLINE_FIELDS = frozenset({"weight_scale"})
 """Small arrays no integer op reads (kept in the metadata JSON, not as initializers)."""
 
-def _encode_record(rec: _Record, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def _encode_record(rec: Record, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     out = {}
     for f in fields(rec):
         value = getattr(rec, f.name)

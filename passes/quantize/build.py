@@ -3,7 +3,7 @@
 `partition` (patterns.py) splits the canonical float graph into quantizable units and CPU
 nodes; `QGraphBuilder` walks the units in topological order, inserts QQuantize/QDequantize
 at float/int8 boundaries, groups consecutive CPU nodes into partitions and lowers every
-other unit to a QOp (lower.py).
+other unit to a QOp (the `lower` of its op, compiler/core/qops).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError, GraphError
 from compiler.core.ir import Model, const_value, is_const
-from passes.quantize.lower import UnitIO, lower
-from passes.quantize.patterns import Unit, partition
+from compiler.core.qops import UnitIO, by_unit_kind
+from passes.quantize.patterns import Unit, partition, scale_preserving
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def calibration_tensors(units: list[Unit]) -> list[str]:
     for unit in units:
         if unit.kind == "cpu":
             continue
-        if not unit.scale_preserving:
+        if not scale_preserving(unit):
             names += [t.name for t in unit.outputs]
         for t in unit.inputs:
             src = made_by.get(t.name)
@@ -123,11 +123,11 @@ class QGraphBuilder:
         """Lower one quantizable unit and register its int8 outputs."""
         inputs = [self.int8_of(t, unit.anchor.name) for t in unit.inputs]
         in_scales = [self.scales[t.name] for t in unit.inputs]
-        out_scale = in_scales[0] if unit.scale_preserving else self.threshold_scale(
+        out_scale = in_scales[0] if scale_preserving(unit) else self.threshold_scale(
             unit.outputs[0].name)
         names = [f"{t.name}__q" if t.name in self.outputs else t.name for t in unit.outputs]
         io = UnitIO(unit.anchor.name, inputs, in_scales, names, out_scale, self.model.opset)
-        op = lower(unit, io)
+        op = by_unit_kind(unit.kind).lower(unit, io)
         for t, name in zip(unit.outputs, names, strict=True):
             self._add(name, _shape(t), "int8", out_scale)
             self.int8[t.name], self.scales[t.name] = name, out_scale

@@ -1,8 +1,9 @@
 """QGraph scales -> `model.qdq.onnx`: the float model with QuantizeLinear/DequantizeLinear.
 
 Every int8 tensor of the QGraph becomes a Q/DQ pair on its float counterpart (same float32
-scale, zero point 0); Conv/Gemm/MatMul weights and biases become DequantizeLinear of the
-QGraph's own int8 weights / int32 biases (per output channel), so other runtimes see
+scale, zero point 0); ops with weights (Conv/Gemm/MatMul: the `emit_qdq` hook of their
+definition in compiler/core/qops) read DequantizeLinear of the QGraph's own int8 weights /
+int32 biases (per output channel) through `weight_inputs`, so other runtimes see
 exactly our scales. The arithmetic in between is the runtime's (float32, round half to
 even): it can differ from model.quant.onnx by about one LSB.
 """
@@ -16,6 +17,7 @@ from compiler.core import qgraph as q
 from compiler.core.errors import GraphError
 from compiler.core.fixedpoint import quantize_weights
 from compiler.core.ir import Model, is_graph_output
+from compiler.core.qops import op_def
 
 
 def float_name(name: str) -> str:
@@ -68,24 +70,15 @@ class QdqEmitter:
             t.name, dqt.name = f"{name}__float", name
             self.g.outputs = [dqt if x is t else x for x in self.g.outputs]
 
-    def weights(self, op: q.QConv | q.QGemm) -> None:
-        """Replace the float weight/bias of the op's anchor node by DQ of the int8/int32 data."""
+    def weight_inputs(self, op: q.QConv | q.QGemm) -> tuple[gs.Node, np.ndarray, gs.Tensor]:
+        """(float anchor node, weight scales, DQ of the int32 bias) of a weighted op."""
         node = self.nodes.get(op.name)
         if node is None:
             raise GraphError(f"qdq: float model has no node {op.name!r}")
         sx = self.qg.tensor(op.inputs[0]).scale
         sw = self._weight_scale(node, op)
         bias = self.dq(f"{op.name}_bias", op.bias, (np.float64(sx) * sw).astype(np.float32), 0)
-        if isinstance(op, q.QConv):
-            w = self.dq(f"{op.name}_weight", op.weight, sw, 0)
-            node.inputs = [node.inputs[0], w, bias]
-        elif node.op == "Gemm":
-            w = self.dq(f"{op.name}_weight", op.weight, sw, 0)
-            node.inputs = [node.inputs[0], w, bias]
-            node.attrs.update(transB=1, alpha=1.0, beta=1.0)
-        else:
-            node.inputs[1] = self.dq(f"{op.name}_weight", np.ascontiguousarray(op.weight.T), sw, 1)
-            self._matmul_bias(node, bias)
+        return node, sw, bias
 
     def _weight_scale(self, node: gs.Node, op: q.QConv | q.QGemm) -> np.ndarray:
         w = np.asarray(node.inputs[1].values)  # quantize_weights widens block by block
@@ -100,7 +93,8 @@ class QdqEmitter:
             raise GraphError(f"qdq: weights of {node.name!r} differ from the QGraph's")
         return sw
 
-    def _matmul_bias(self, node: gs.Node, bias: gs.Tensor) -> None:
+    def matmul_bias(self, node: gs.Node, bias: gs.Tensor) -> None:
+        """Point the fused bias Add after a MatMul at the dequantized int32 bias."""
         user = node.outputs[0].outputs[0] if len(node.outputs[0].outputs) == 1 else None
         if user is not None and user.op == "Add":
             user.inputs = [bias if isinstance(x, gs.Constant) else x for x in user.inputs]
@@ -108,8 +102,9 @@ class QdqEmitter:
     def run(self) -> Model:
         """Insert everything and return the QDQ model."""
         for op in self.qg.ops:
-            if isinstance(op, (q.QConv, q.QGemm)):
-                self.weights(op)
+            hook = op_def(op.kind).emit_qdq
+            if hook is not None:  # ops with float weights replace them by DQ of the int8 data
+                hook(self, op)
         for name, t in self.qg.tensors.items():
             if t.is_quantized and t.data is None:
                 self.qdq_activation(float_name(name), t.scale)

@@ -1,153 +1,36 @@
-"""What the npusim NPU runs: the capability table, as data.
+"""What the npusim NPU runs: a view of the op table (`optable.py`).
 
-`CAPABILITIES` maps each quantized op kind (`passes/quantize/qgraph.py`) to the constraints
-it must satisfy to run on the NPU; each constraint is a small function returning
-`(ok, reason)` (the reason is what `npuc build` prints). An op kind absent from the table, or
-an op failing a constraint, runs on the host CPU (the same integer kernel, bit-exact). Float
-CPU partitions from the quantizer always run on the CPU. `supported_ops_markdown()` renders
-the table for docs/binary-format.md-style docs.
+`CAPABILITIES` maps each quantized op kind (`compiler.core.qops`) to the constraints it must
+satisfy to run on the NPU; each constraint is a small function returning `(ok, reason)`
+(the reason is what `npuc build` prints). An op kind absent from the table, or an op
+failing a constraint, runs on the host CPU (the same integer kernel, bit-exact). Float CPU
+partitions from the quantizer always run on the CPU. `supported_ops_markdown()` renders the
+table for docs/binary-format.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import numpy as np
 
 from compiler.core.qgraph import QGraph, QOp
+from targets.npusim.constraints import Constraint
+from targets.npusim.optable import support, supported
 
-Check = Callable[[QOp, QGraph], tuple[bool, str]]
-MAX_CHANNELS = 4096
-MAX_DIM = 65536
-
-
-@dataclass(frozen=True)
-class Constraint:
-    """One eligibility rule: a description for docs and the check itself."""
-
-    text: str
-    check: Check
-
-
-def _shape(graph: QGraph, name: str) -> tuple[int, ...]:
-    return tuple(max(d, 1) for d in graph.tensor(name).shape)
-
-
-def _rank(limit: int) -> Check:
-    def check(op: QOp, graph: QGraph) -> tuple[bool, str]:
-        for name in op.inputs + op.outputs:
-            shape = _shape(graph, name)
-            if len(shape) > limit:
-                return False, f"tensor {name!r} has rank {len(shape)} (limit {limit}-D)"
-            if any(d > MAX_DIM for d in shape):
-                return False, f"tensor {name!r} has a dimension above {MAX_DIM}"
-        return True, ""
-    return check
-
-
-def _kernel(limit: int) -> Check:
-    def check(op: QOp, graph: QGraph) -> tuple[bool, str]:
-        kernel = op.weight.shape[2:] if hasattr(op, "weight") else op.kernel
-        ok = all(1 <= k <= limit for k in kernel)
-        return ok, "" if ok else f"kernel {tuple(kernel)} exceeds {limit}x{limit}"
-    return check
-
-
-def _stride(limit: int) -> Check:
-    def check(op: QOp, graph: QGraph) -> tuple[bool, str]:
-        ok = all(1 <= s <= limit for s in op.strides)
-        return ok, "" if ok else f"stride {tuple(op.strides)} exceeds {limit}"
-    return check
-
-
-def _dilation(limit: int) -> Check:
-    def check(op: QOp, graph: QGraph) -> tuple[bool, str]:
-        ok = all(1 <= d <= limit for d in getattr(op, "dilations", (1, 1)))
-        return ok, "" if ok else f"dilation {tuple(op.dilations)} exceeds {limit}"
-    return check
-
-
-def _pads_within_kernel(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    kernel = op.weight.shape[2:] if hasattr(op, "weight") else op.kernel
-    dil = getattr(op, "dilations", (1, 1))
-    limits = [d * (k - 1) for k, d in zip(kernel, dil, strict=True)] * 2
-    ok = all(p <= max(lim, 0) for p, lim in zip(op.pads, limits, strict=True))
-    return ok, "" if ok else f"padding {tuple(op.pads)} exceeds the (dilated) kernel extent - 1"
-
-
-def _conv_channels(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    cout, cin_g = op.weight.shape[:2]
-    ok = cout <= MAX_CHANNELS and cin_g * op.group <= MAX_CHANNELS
-    return ok, "" if ok else f"{cin_g * op.group} -> {cout} channels exceed {MAX_CHANNELS}"
-
-
-def _fc_size(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    n, k = op.weight.shape
-    ok = k <= MAX_DIM and n <= 2 * MAX_CHANNELS
-    return ok, "" if ok else f"weight {n}x{k} exceeds {2 * MAX_CHANNELS}x{MAX_DIM}"
-
-
-def _one_side_broadcast(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    out = _shape(graph, op.outputs[0])
-    shapes = [_shape(graph, n) for n in op.inputs]
-    ok = any(s == out for s in shapes)
-    return ok, "" if ok else f"both operands {shapes} broadcast (one must have the output shape)"
-
-
-def _concat_inputs(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    ok = len(op.inputs) <= 64
-    return ok, "" if ok else f"{len(op.inputs)} inputs exceed 64"
-
-
-def _pad_mode(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    ok = op.op != "Pad" or op.attrs.get("mode", "constant") in ("constant", "edge", "reflect")
-    return ok, "" if ok else f"pad mode {op.attrs.get('mode')!r} is not supported"
-
-
-def _resize_spatial(op: QOp, graph: QGraph) -> tuple[bool, str]:
-    axes = [a for a, idx in enumerate(op.indices) if idx is not None]
-    ok = all(a >= len(op.indices) - 2 for a in axes)
-    return ok, "" if ok else f"resize along non-spatial axes {axes}"
-
-
-RANK = Constraint("every tensor at most 4-D, each dimension <= 65536", _rank(4))
-# Data movement runs on the DMA engine, whose descriptors address up to 6-D (channel shuffle).
-MOVE_RANK = Constraint("every tensor at most 6-D, each dimension <= 65536", _rank(6))
-CAPABILITIES: dict[str, tuple[Constraint, ...]] = {
-    "QConv": (RANK, Constraint("kernel height and width 1..11", _kernel(11)),
-              Constraint("stride 1..4", _stride(4)), Constraint("dilation 1..4", _dilation(4)),
-              Constraint("padding <= dilated kernel extent - 1", _pads_within_kernel),
-              Constraint("input and output channels <= 4096", _conv_channels)),
-    "QGemm": (RANK, Constraint("N <= 8192 outputs, K <= 65536 inputs", _fc_size)),
-    "QMatMul": (RANK, Constraint("N <= 8192 outputs, K <= 65536 inputs", _fc_size)),
-    "QAdd": (RANK, Constraint("one operand has the output shape", _one_side_broadcast)),
-    "QMul": (RANK, Constraint("one operand has the output shape", _one_side_broadcast)),
-    "QConcat": (RANK, Constraint("at most 64 inputs", _concat_inputs)),
-    "QAvgPool": (RANK, Constraint("kernel 1..16", _kernel(16)), Constraint("stride 1..4",
-                                                                          _stride(4)),
-                 Constraint("padding <= kernel - 1", _pads_within_kernel)),
-    "QGlobalAvgPool": (RANK,),
-    "QMaxPool": (RANK, Constraint("kernel 1..16", _kernel(16)), Constraint("stride 1..4",
-                                                                          _stride(4)),
-                 Constraint("dilation 1", _dilation(1)),
-                 Constraint("padding <= kernel - 1", _pads_within_kernel)),
-    "QResizeNearest": (RANK, Constraint("resize only the two spatial axes", _resize_spatial)),
-    "QMove": (MOVE_RANK, Constraint("Pad mode constant, edge or reflect", _pad_mode)),
-    "QLut": (RANK,),
-    "QQuantize": (RANK,),
-    "QDequantize": (RANK,),
-}
+CAPABILITIES: Mapping[str, tuple[Constraint, ...]] = MappingProxyType(
+    {kind: s.constraints for kind, s in supported().items() if s and not s.cpu_reason})
 
 
 def legalize(op: QOp, graph: QGraph) -> tuple[str, str]:
     """("NPU" | "CPU", reason): the first failing constraint decides."""
-    if op.kind == "QCpuPartition":
-        return "CPU", "float CPU partition (not quantizable)"
-    rules = CAPABILITIES.get(op.kind)
+    rules = support(op.kind)
     if rules is None:
         return "CPU", f"{op.kind} is not in the NPU capability table"
-    for rule in rules:
+    if rules.cpu_reason:
+        return "CPU", rules.cpu_reason
+    for rule in rules.constraints:
         ok, reason = rule.check(op, graph)
         if not ok:
             return "CPU", reason
@@ -155,12 +38,13 @@ def legalize(op: QOp, graph: QGraph) -> tuple[str, str]:
 
 
 def supported_ops_markdown() -> str:
-    """The capability table as Markdown (generated into docs)."""
+    """The op table as Markdown (generated into docs/binary-format.md)."""
     lines = ["| quantized op | NPU constraints (otherwise: host CPU, same integer kernel) |",
              "|---|---|"]
-    for kind, rules in CAPABILITIES.items():
-        lines.append(f"| `{kind}` | " + "; ".join(r.text for r in rules) + " |")
-    lines.append("| `QCpuPartition` | never: float ops the quantizer left on the CPU |")
+    for kind, rules in supported().items():
+        text = "never: no lowering" if rules is None else f"never: {rules.cpu_reason}" \
+            if rules.cpu_reason else "; ".join(r.text for r in rules.constraints)
+        lines.append(f"| `{kind}` | {text} |")
     return "\n".join(lines)
 
 

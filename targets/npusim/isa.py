@@ -279,6 +279,22 @@ class Pad(Instr):
 
 
 @dataclass(frozen=True)
+class ChannelLut(Instr):
+    """`y[:, c, ...] = table[c, x[:, c, ...] + 128]`: one 256-entry table per channel (§10).
+
+    Runs every channelwise int8 op (`OpDef.channelwise`, e.g. PRelu) the target has no
+    dedicated instruction for; the tables are the op's reference on all 256 inputs.
+    """
+
+    OPCODE = 19
+    TENSORS = ("ifm", "ofm")
+    BLOBS = ("table",)
+    ifm: int = 0
+    ofm: int = 0
+    table: int = 0
+
+
+@dataclass(frozen=True)
 class CpuCall(Instr):
     """Run an embedded float ONNX partition on the host (onnxruntime)."""
 
@@ -294,13 +310,14 @@ class CpuCall(Instr):
 
 INSTRUCTIONS: tuple[type[Instr], ...] = (
     Quantize, Dequantize, Conv, DepthwiseConv, FullyConnected, Add, Mul, AvgPool, GlobalAvgPool,
-    MaxPool, Lut, Concat, Gather, Reshape, Transpose, Slice, Pad, CpuCall)
+    MaxPool, Lut, Concat, Gather, Reshape, Transpose, Slice, Pad, CpuCall, ChannelLut)
 BY_OPCODE = {cls.OPCODE: cls for cls in INSTRUCTIONS}
 MNEMONIC = {
     Quantize: "quantize", Dequantize: "dequantize", Conv: "conv", DepthwiseConv: "dwconv",
     FullyConnected: "fc", Add: "add", Mul: "mul", AvgPool: "avgpool", GlobalAvgPool: "gavgpool",
     MaxPool: "maxpool", Lut: "lut", Concat: "concat", Gather: "resize", Reshape: "reshape",
-    Transpose: "transpose", Slice: "slice", Pad: "pad", CpuCall: "cpu_call"}
+    Transpose: "transpose", Slice: "slice", Pad: "pad", CpuCall: "cpu_call",
+    ChannelLut: "channel_lut"}
 
 DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}

@@ -155,3 +155,9 @@ def add(a: np.ndarray, b: np.ndarray, mult_a: int, mult_b: int, shift: int, lo: 
 def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """§10: `table[x + 128]` (x + 128 is the int8 bit pattern with the sign bit flipped)."""
     return table[x.view(np.uint8) ^ np.uint8(0x80)]
+
+
+def channel_lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """`table[c, x + 128]` for x [N, C, ...] and table [C, 256]."""
+    channel = np.arange(table.shape[0]).reshape((1, -1) + (1,) * (x.ndim - 2))
+    return table[channel, x.view(np.uint8) ^ np.uint8(0x80)]

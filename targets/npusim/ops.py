@@ -133,6 +133,12 @@ def lut(sim: Any, ins: isa.Lut) -> Step:
     return lambda: y.__setitem__(..., K.lut(x, table))
 
 
+def channel_lut(sim: Any, ins: isa.ChannelLut) -> Step:
+    """One table per channel."""
+    x, y, table = sim.views[ins.ifm], sim.views[ins.ofm], _blob(sim, ins.table)
+    return lambda: y.__setitem__(..., K.channel_lut(x, table))
+
+
 def concat(sim: Any, ins: isa.Concat) -> Step:
     """Requantize inputs whose scale differs (M0/shift not the identity), then join."""
     xs, y = [sim.views[i] for i in ins.inputs], sim.views[ins.ofm]
@@ -221,4 +227,5 @@ COMPILERS: dict[type, Callable[[Any, Any], Step]] = {
     isa.Add: add, isa.Mul: mul, isa.AvgPool: avgpool, isa.GlobalAvgPool: global_avgpool,
     isa.MaxPool: maxpool, isa.Lut: lut, isa.Concat: concat, isa.Gather: gather,
     isa.Reshape: reshape, isa.Transpose: transpose, isa.Slice: slice_, isa.Pad: pad,
-    isa.Quantize: quantize, isa.Dequantize: dequantize, isa.CpuCall: cpu_call}
+    isa.Quantize: quantize, isa.Dequantize: dequantize, isa.CpuCall: cpu_call,
+    isa.ChannelLut: channel_lut}

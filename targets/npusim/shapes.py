@@ -158,6 +158,14 @@ def lut(p: isa.Program, ins: isa.Lut, req: Require) -> None:
     req(_t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "input and output shapes differ")
 
 
+def channel_lut(p: isa.Program, ins: isa.ChannelLut, req: Require) -> None:
+    """One 256-entry table per channel of an [N, C, ...] tensor."""
+    _dtypes(p, ins, req, "int8", "int8")
+    x = _t(p, ins.ifm).shape
+    req(len(x) >= 2 and x == _t(p, ins.ofm).shape, "channel tables need equal [N, C, ...] shapes")
+    req(_blob(p, ins.table, "lut", req).shape == (x[1], 256), "table must be [channels, 256]")
+
+
 def concat(p: isa.Program, ins: isa.Concat, req: Require) -> None:
     """Requantize each input and join."""
     _dtypes(p, ins, req, "int8", "int8")
@@ -249,4 +257,5 @@ SHAPE_RULES: dict[type, Callable] = {
     isa.Add: binary, isa.Mul: binary, isa.AvgPool: avgpool, isa.GlobalAvgPool: global_avgpool,
     isa.MaxPool: maxpool, isa.Lut: lut, isa.Concat: concat, isa.Gather: gather,
     isa.Reshape: reshape, isa.Transpose: transpose, isa.Slice: slice_, isa.Pad: pad,
-    isa.Quantize: quantize, isa.Dequantize: dequantize, isa.CpuCall: cpu_call}
+    isa.Quantize: quantize, isa.Dequantize: dequantize, isa.CpuCall: cpu_call,
+    isa.ChannelLut: channel_lut}

@@ -1,0 +1,59 @@
+"""QQuantize (§4) and QDequantize (§5): the float/int8 boundaries the builder inserts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from compiler.core import fixedpoint as fp
+from compiler.core.qops.base import GraphView, OpDef, out_elements
+from compiler.core.qops.record import QOp
+
+
+@dataclass(frozen=True, eq=False)
+class QQuantize(QOp):
+    """float32 -> int8: clamp(floor(x ⊗ inv_scale ⊕ 0.5), -128, 127) in float32 (§4)."""
+
+    scale: float
+    inv_scale: float
+
+
+@dataclass(frozen=True, eq=False)
+class QDequantize(QOp):
+    """int8 -> float32: float32(q) ⊗ scale (§5)."""
+
+    scale: float
+
+
+def run_quantize(op: QQuantize, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
+    """§4."""
+    return [fp.quantize_input(args[0], op.inv_scale)]
+
+
+def run_dequantize(op: QDequantize, args: list[np.ndarray],
+                   graph: GraphView) -> list[np.ndarray]:
+    """§5."""
+    return [fp.dequantize(args[0], op.scale)]
+
+
+def emit_quantize(e, op: QQuantize, ins: list, outs: list) -> None:
+    """§4."""
+    v = e.node("Mul", [ins[0], e.scalar(op.inv_scale, np.float32)])
+    v = e.node("Floor", [e.node("Add", [v, e.scalar(0.5, np.float32)])])
+    v = e.node("Clip", [v, e.scalar(-128, np.float32), e.scalar(127, np.float32)])
+    e.node("Cast", [v], out=outs[0], to=TensorProto.INT8)
+
+
+def emit_dequantize(e, op: QDequantize, ins: list, outs: list) -> None:
+    """§5."""
+    e.node("Mul", [e.cast(ins[0], np.float32), e.scalar(op.scale, np.float32)], out=outs[0])
+
+
+DEFS = (
+    OpDef(QQuantize, "§4", "q = clamp(floor(x ⊗ inv_scale ⊕ 0.5), -128, 127) in float32",
+          run_quantize, emit_quantize, out_elements),
+    OpDef(QDequantize, "§5", "x = float32(q) ⊗ scale", run_dequantize, emit_dequantize,
+          out_elements),
+)

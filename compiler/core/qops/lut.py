@@ -1,0 +1,110 @@
+"""QLut: smooth activations and elementwise regions as one 256-entry int8 table (§10).
+
+Matches unary functions (`LUT_OPS`), x·Sigmoid(x) (SiLU) and x·HardSigmoid(x) as one table;
+`passes/quantize/patterns.py` also forms multi-node elementwise regions (regions.py) whose
+units carry `params["region"]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.core import fixedpoint as fp
+from compiler.core.fixedpoint import LUT_FUNCTIONS
+from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, elements, io_fields
+from compiler.core.qops.match import clip_bounds, is_float, single_consumer
+from compiler.core.qops.record import QOp
+from compiler.core.qops.regions import region_table
+
+LUT_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Relu", "Clip", "Elu",
+           "Softplus", "Softsign", "Abs", "Neg")
+
+
+@dataclass(frozen=True, eq=False)
+class QLut(QOp):
+    """y = table[x + 128]; `table` int8 [256]; `fn` names the function tabulated (§10)."""
+
+    table: np.ndarray
+    fn: str = ""
+
+
+def match_gated(gate: gs.Node, graph: gs.Graph) -> Unit | None:
+    """x·Sigmoid(x) (SiLU) or x·HardSigmoid(x) as one table, matched at the gate node."""
+    x, gate_t = gate.inputs[0], gate.outputs[0]
+    mul = single_consumer(graph, gate_t)
+    if mul is None or mul.op != "Mul" or not {id(t) for t in mul.inputs} == {id(x), id(gate_t)}:
+        return None
+    if not is_float(mul.outputs[0]):
+        return None
+    if gate.op == "Sigmoid":
+        return Unit("lut", [gate, mul], [x], list(mul.outputs), {"fn": "SiLU"})
+    params = {"alpha": float(gate.attrs.get("alpha", 0.2)),
+              "beta": float(gate.attrs.get("beta", 0.5))}
+    return Unit("lut", [gate, mul], [x], list(mul.outputs),
+                {"fn": "HardSigmoidMul", "fn_params": params})
+
+
+def _fn_params(node: gs.Node) -> dict[str, float] | str:
+    if node.op == "Clip":
+        bounds = clip_bounds(node)
+        if bounds is None:
+            return "Clip bounds are not constant"
+        return {k: v for k, v in zip(("lo", "hi"), bounds, strict=True) if v is not None}
+    if node.op in ("LeakyRelu", "Elu"):
+        return {"alpha": float(node.attrs.get("alpha", 0.01 if node.op == "LeakyRelu" else 1.0))}
+    if node.op == "HardSigmoid":
+        return {"alpha": float(node.attrs.get("alpha", 0.2)),
+                "beta": float(node.attrs.get("beta", 0.5))}
+    return {}
+
+
+def match_lut(node: gs.Node, graph: gs.Graph) -> Unit | str:
+    """Elementwise unary functions tabulated in 256 entries."""
+    if node.op in ("Sigmoid", "HardSigmoid"):
+        gated = match_gated(node, graph)
+        if gated is not None:
+            return gated
+    params = _fn_params(node)
+    if isinstance(params, str):
+        return params
+    if node.op not in LUT_FUNCTIONS:
+        return f"no table for {node.op}"
+    return Unit("lut", [node], [node.inputs[0]], list(node.outputs),
+                {"fn": node.op, "fn_params": params})
+
+
+def lower_lut(unit: Unit, io: UnitIO) -> QOp:
+    """Unary function -> QLut (256-entry table)."""
+    fn = unit.params["fn"]
+    if unit.params.get("region"):
+        table = region_table(unit.nodes, unit.inputs[0], unit.outputs[0], io.in_scales[0],
+                             io.out_scale, io.opset)
+        return QLut(**io_fields(io), table=table, fn=fn)
+    table = fp.build_lut(fn, io.in_scales[0], io.out_scale, **unit.params.get("fn_params", {}))
+    return QLut(**io_fields(io), table=table, fn=fn)
+
+
+def run_lut(op: QLut, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
+    """§10 table lookup."""
+    return [fp.apply_lut(args[0], op.table)]
+
+
+def emit_lut(e, op: QLut, ins: list, outs: list) -> None:
+    """§10: table[x + 128] via Gather."""
+    idx = e.node("Add", [e.cast(ins[0], np.int64), e.scalar(128, np.int64)])
+    e.node("Gather", [e.array(f"{op.name}::table"), idx], out=outs[0], axis=0)
+
+
+def lut_work(op: QLut, graph: GraphView) -> OpWork:
+    """One lookup per output element."""
+    return OpWork(0, elements(graph, op.outputs), int(op.table.nbytes))
+
+
+DEFS = (OpDef(QLut, "§10", "y = table[x + 128] (int8 table of f, 256 entries)", run_lut,
+              emit_lut, lut_work, patterns=", ".join(LUT_OPS) + "; x·Sigmoid(x), "
+              "x·HardSigmoid(x); single-input elementwise regions (e.g. GELU)",
+              matchers=dict.fromkeys(LUT_OPS, match_lut), unit_kinds=("lut",),
+              lower=lower_lut, channelwise=True),)
