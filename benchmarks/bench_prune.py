@@ -32,7 +32,7 @@ def npuc_times(ratios: list[float]) -> list[dict]:
         start = time.perf_counter()
         groups = analyze(model).groups
         t_groups = time.perf_counter() - start
-        _, report = prune_model(model, ratio=ratio)
+        _, report = prune_model(model, ratio=ratio, reconstruct=False, round_to=1)
         rows.append({"tool": "npuc (ONNX)", "ratio": ratio, "groups": len(groups),
                      "analysis_s": round(t_groups, 3),
                      "prune_s": round(report["time_s"]["total"], 3),
@@ -89,7 +89,7 @@ def accuracy_table(path: str, target: float, abc: tuple[int, int, int], seed: in
         start = time.perf_counter()
         kw = {"abc_cycles": abc[0], "abc_sources": abc[1], "abc_limit": abc[2]} if search else {}
         pruned, rep = prune_model(model, target_macs=target, criterion=criterion,
-                                  reconstruct=recon, search=search, seed=seed,
+                                  reconstruct=recon, search=search, seed=seed, round_to=1,
                                   calib=calib.inputs, **kw)
         top1 = _top1(pruned, evald.inputs, evald.labels)
         rows.append({"method": (search or criterion) + (" + recon" if recon else ""),
@@ -117,7 +117,7 @@ def efficientnet_agreement(target: float, seed: int) -> list[dict]:
     rows = []
     for criterion, recon in (("l1", False), ("l1", True), ("hrank", True), ("css", True)):
         pruned, rep = prune_model(model, target_macs=target, criterion=criterion,
-                                  reconstruct=recon, calib=calib, seed=seed)
+                                  reconstruct=recon, calib=calib, seed=seed, round_to=1)
         rows.append({"method": criterion + (" + recon" if recon else ""),
                      "agreement": _top1(pruned, test, teacher),
                      "macs": round(rep["macs"]["ratio"], 4),

@@ -48,7 +48,7 @@ def sparse_runs(model: Model, blocks: Sequence[int], sparsities: Sequence[float]
         for s in sparsities:
             for reorder, recon in VARIANTS:
                 out, rep = sparsify_model(model, block, s, reorder=reorder, reconstruct=recon,
-                                          calib=calib if recon else None)
+                                          calib=calib if recon else None, criterion="l1")
                 yield {"method": f"1x{block} l1", "N": block, "S": s, "reorder": reorder,
                        "recon": recon}, out, rep
     for block in blocks:
@@ -82,7 +82,7 @@ def prune_runs(model: Model, sparsities: Sequence[float],
     for s in sparsities:
         for recon in (False, True):
             out, rep = prune_model(model, ratio=s, reconstruct=recon,
-                                   calib=calib if recon else None)
+                                   calib=calib if recon else None, round_to=1)
             yield {"method": "channel prune l1", "N": 0, "S": s, "reorder": False,
                    "recon": recon}, out, rep
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from compiler.cli.common import format_table, print_json
-from compiler.core.errors import ConfigError
+from compiler.cli.options import add_flags, from_args
+from targets.npusim.options import BuildOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,19 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "the binary.")
     p.add_argument("model", help="DIR/model.quant.onnx written by `npuc quantize`")
     p.add_argument("-o", "--output", help="binary to write (default: model.bin next to MODEL)")
-    p.add_argument("--target", default="npusim", help="target backend (npusim)")
-    p.add_argument("--arch", default="default", help="architecture preset or YAML file")
+    add_flags(p, BuildOptions)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build, print the placement, write the binary."""
-    if args.target != "npusim":
-        raise ConfigError(f"--target {args.target!r}: unknown target (targets: npusim)")
+    options = from_args(args, BuildOptions)
     from targets.npusim import build_binary
 
-    result = build_binary(args.model, args.arch, {"target": args.target, "arch": args.arch})
+    result = build_binary(args.model, options.arch, {"target": options.target,
+                                                     "arch": options.arch})
     out = Path(args.output) if args.output else Path(args.model).with_name("model.bin")
     result.write(out)
     summary = {"output": str(out), **result.summary()}

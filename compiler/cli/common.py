@@ -1,11 +1,30 @@
-"""Helpers shared by the sub-commands: tables and JSON output."""
+"""Helpers shared by the sub-commands: tables, JSON output, calibration-data flags."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from compiler.cli.options import add_flags, from_args
+from compiler.core.feeds import Preprocess
+from passes.quantize.options import CalibrationOptions
+
+CALIB_FIELDS = ("data", "limit")
+
+
+def add_step_data_flags(p: argparse.ArgumentParser, calib: Sequence[str] = CALIB_FIELDS) -> None:
+    """The calibration flags `calib` of `CalibrationOptions` and the preprocessing flags."""
+    add_flags(p.add_argument_group("calibration data"), CalibrationOptions, only=calib)
+    add_flags(p.add_argument_group("image preprocessing (folders of images)"), Preprocess)
+
+
+def step_data(args: argparse.Namespace) -> tuple[str | None, int, Preprocess]:
+    """(calibration source or None, sample limit, preprocessing) from the parsed flags."""
+    calib = from_args(args, CalibrationOptions)
+    return calib.data, calib.limit, from_args(args, Preprocess)
 
 
 def print_json(data: Any) -> None:

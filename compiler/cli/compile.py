@@ -6,18 +6,20 @@ import argparse
 import sys
 
 from compiler.cli.common import format_table, print_json
-from compiler.driver.config import load_config, parse_override
+from compiler.cli.options import add_flags, dest_of
+from compiler.core.options import options_of
+from compiler.driver.config import STEPS, load_config, parse_override
 
-# Shortcut flags -> config keys (everything else goes through --set KEY=VALUE).
-FLAG_KEYS = {
-    "calib": "calibration.data", "calibrator": "calibration.calibrator",
-    "data": "eval.data", "seed": "seed", "arch": "target.arch",
-    "prune_ratio": "prune.ratio", "target_macs": "prune.target_macs",
-    "criterion": "prune.criterion", "search": "prune.search",
-    "block": "sparsify.block", "sparsity": "sparsify.sparsity",
-}
-ENABLE_FLAGS = {"prune_ratio": "prune.enabled", "target_macs": "prune.enabled",
-                "search": "prune.enabled", "sparsity": "sparsify.enabled"}
+# Shortcut flags: (step, field, flag spelling when it differs from the declaration). Their
+# type, choices and help come from the declaration; everything else goes through --set.
+SHORTCUTS = (("calibration", "data", None), ("calibration", "calibrator", None),
+             ("eval", "data", "--data"), ("compile", "seed", None), ("build", "arch", None),
+             ("prune", "ratio", "--prune-ratio"), ("prune", "target_macs", None),
+             ("prune", "criterion", None), ("prune", "search", None),
+             ("sparsify", "block", None), ("sparsify", "sparsity", None))
+# Giving one of these keys on the command line also enables its step.
+ENABLES = {"prune.ratio": "prune.enabled", "prune.target_macs": "prune.enabled",
+           "prune.search": "prune.enabled", "sparsify.sparsity": "sparsify.enabled"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,20 +34,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="npuc-out", help="output folder (npuc-out)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set prune.ratio=0.3 (repeatable)")
-    p.add_argument("--calib", help="calibration data")
-    p.add_argument("--calibrator", help="max, percentile, kl or mse")
-    p.add_argument("--data", help="labelled evaluation data")
-    p.add_argument("--prune-ratio", type=float, help="enable pruning with this uniform ratio")
-    p.add_argument("--target-macs", type=float, help="enable pruning to this MACs fraction")
-    p.add_argument("--criterion", help="pruning criterion")
-    p.add_argument("--search", help="pruning rate search (abc)")
-    p.add_argument("--block", type=int, help="1xN block size")
-    p.add_argument("--sparsity", type=float, help="enable 1xN sparsity at this block ratio")
-    p.add_argument("--arch", help="target architecture preset or YAML")
-    p.add_argument("--seed", type=int, help="seed")
+    shortcuts = p.add_argument_group("shortcuts for config keys (see docs/config.md)")
+    for step, field, flag in SHORTCUTS:
+        add_flags(shortcuts, STEPS[step][1], only=[field], shortcut=True,
+                  flags={field: flag} if flag else None)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print report.json to stdout")
     p.set_defaults(func=run)
+
+
+def shortcut_keys() -> dict[str, str]:
+    """Shortcut flag -> config key (generated from the declarations)."""
+    keys = {}
+    for step, field, flag in SHORTCUTS:
+        prefix, cls = STEPS[step]
+        d = next(x for x in options_of(cls) if x.name == field)
+        keys[flag or d.flag] = d.key(prefix)
+    return keys
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
@@ -53,12 +58,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     overrides = {}
     if args.model:
         overrides["model"] = args.model
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag)
+    for flag, key in shortcut_keys().items():
+        value = getattr(args, dest_of(flag))
         if value is not None:
             overrides[key] = value
-            if flag in ENABLE_FLAGS:
-                overrides[ENABLE_FLAGS[flag]] = True
+            if key in ENABLES:
+                overrides[ENABLES[key]] = True
     overrides.update(parse_override(text) for text in args.set)
     return overrides
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from compiler.driver.evaluate import DEFAULT_BATCH, EvalResult, evaluate
+from compiler.cli.options import add_flags, from_args
+from compiler.driver.evaluate import EvalOptions, EvalResult, evaluate
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,16 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "accuracy (labelled images), OCR exact match (text-lines) "
                                    "and, with --reference, agreement/cosine/KL vs that model.")
     p.add_argument("model", metavar="MODEL", help=".onnx file or zoo model name")
-    p.add_argument("--data", required=True, metavar="NAME|PATH",
-                   help="bundled dataset (fmnist-eval, fmnist-calib, fmnist-test, photos, "
-                        "text-lines) or an .npz with 'images' [N,C,H,W] and optional 'labels'")
+    add_flags(p, EvalOptions)
     p.add_argument("--reference", metavar="FLOAT.onnx",
                    help="float model to compare outputs against")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH,
-                   help=f"samples per run for models with a symbolic batch (default "
-                        f"{DEFAULT_BATCH})")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="use only the first N samples")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -42,7 +36,8 @@ def format_table(result: EvalResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``npuc eval``; errors propagate as `NpucError` for the CLI to report."""
-    result = evaluate(args.model, args.data, reference=args.reference, batch=args.batch,
-                      limit=args.limit)
+    o = from_args(args, EvalOptions)
+    result = evaluate(args.model, o.data, reference=args.reference, batch=o.batch_size,
+                      limit=o.limit)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0

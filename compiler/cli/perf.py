@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import format_table, human, print_json
+from compiler.cli.options import add_flags, from_args
+from targets.npusim.options import PerfOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,12 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Estimate per-layer cycles, latency and throughput of a "
                                    "binary on an NPU architecture (docs/perf-model.md).")
     p.add_argument("binary", help="model.bin")
-    p.add_argument("--cores", type=int, default=1, help="NPU cores used (default 1)")
-    p.add_argument("--threads", type=int, default=1, help="host threads (default 1)")
-    p.add_argument("--frames", type=int, default=1000, help="frames averaged (default 1000)")
-    p.add_argument("--arch", default=None,
-                   help="architecture preset or YAML file (default: the build's)")
-    p.add_argument("--top", type=int, default=0, help="show only the N slowest layers")
+    add_flags(p, PerfOptions)
+    p.add_argument("--top", type=int, default=0, metavar="N",
+                   help="show only the N slowest layers (default 0: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -27,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     """Estimate and print."""
     from targets.npusim import estimate_perf
 
-    report = estimate_perf(args.binary, args.arch, args.cores, args.threads, args.frames)
+    o = from_args(args, PerfOptions)
+    report = estimate_perf(args.binary, o.arch, o.cores, o.threads, o.frames)
     if args.json:
         print_json(report.to_dict())
         return 0

@@ -4,59 +4,43 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.cli.common import format_table, human, print_json
+from compiler.cli.common import add_step_data_flags, format_table, human, print_json, step_data
+from compiler.cli.options import add_flags, from_args
+from compiler.core.errors import ConfigError
 from compiler.core.io import load_model, save_model
 from compiler.driver.data import load_data
-from passes.prune.criteria import CRITERIA
-from passes.prune.pipeline import prune_model
+from passes.prune.pipeline import PruneOptions, calib_missing, needs_calib, prune_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `prune` sub-command."""
+    """Add the `prune` sub-command (flags generated from `PruneOptions`)."""
     p = sub.add_parser("prune", help="remove channels (structured pruning), post-training",
                        description="Remove whole channels using shortcut-aware dependency "
                                    "groups; choose rates uniformly, per group, by a global "
-                                   "MACs target or by an ABC search; optionally re-fit "
-                                   "the affected layers against the original model.")
+                                   "MACs target or by an ABC search; re-fit the affected "
+                                   "layers against the original model (on by default: needs "
+                                   "--calib, or --no-reconstruct).")
     p.add_argument("model", help="an .onnx model")
     p.add_argument("-o", "--output", required=True, help="pruned .onnx to write")
-    rate = p.add_argument_group("how much (one of)")
-    rate.add_argument("--ratio", type=float, help="fraction of channels removed per group")
-    rate.add_argument("--rates", help="per-group rates: list '[0.1,0.2,...]' (group order of "
-                                      "`npuc groups`), map '{3: 0.5, conv1.out: 0.2}', YAML "
-                                      "file, or an HRankPlus ResNet compress_rate expression")
-    rate.add_argument("--target-macs", type=float, metavar="F",
-                      help="prune globally until MACs fall to F of the original")
-    p.add_argument("--criterion", default="l1", choices=CRITERIA,
-                   help="channel importance (default l1; hrank needs --calib)")
-    p.add_argument("--round-to", type=int, default=1, metavar="N",
-                   help="keep channel counts a multiple of N (default 1)")
-    p.add_argument("--search", choices=["abc"], help="search per-group rates (ABCPruner) "
-                                                     "under the --target-macs budget")
-    p.add_argument("--abc-cycles", type=int, default=5, metavar="T", help="ABC cycles")
-    p.add_argument("--abc-sources", type=int, default=6, metavar="N", help="ABC food sources")
-    p.add_argument("--abc-limit", type=int, default=3, metavar="M", help="ABC trial limit")
-    p.add_argument("--workers", type=int, help="ABC worker processes (default: all cores)")
-    p.add_argument("--calib", metavar="DATA", help="calibration data: .npy/.npz, image "
-                                                   "folder or bundled dataset name")
-    p.add_argument("--calib-limit", type=int, default=256, help="samples used at most")
-    p.add_argument("--reconstruct", nargs="?", const="lsq", choices=["lsq", "bias"],
-                   help="re-fit affected layers against the original model (needs --calib)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
+    add_flags(p.add_argument_group("how much (one of)"), PruneOptions, only=RATE_FIELDS)
+    add_flags(p, PruneOptions, skip=(*RATE_FIELDS, "calib_limit"))
+    add_step_data_flags(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)
 
 
+RATE_FIELDS = ("ratio", "rates", "target_macs")
+
+
 def run(args: argparse.Namespace) -> int:
     """Prune, save, print the report."""
+    options = from_args(args, PruneOptions)
+    source, limit, preprocess = step_data(args)
+    if source is None and needs_calib(options):
+        raise ConfigError(calib_missing(options))
     model = load_model(args.model)
-    options = {"ratio": args.ratio, "rates": args.rates, "target_macs": args.target_macs,
-               "criterion": args.criterion, "round_to": args.round_to, "search": args.search,
-               "abc_cycles": args.abc_cycles, "abc_sources": args.abc_sources,
-               "abc_limit": args.abc_limit, "workers": args.workers, "seed": args.seed,
-               "calib_limit": args.calib_limit, "reconstruct": args.reconstruct or False}
-    calib = load_data(args.calib, model, limit=args.calib_limit) if args.calib else None
-    pruned, report = prune_model(model, calib=calib, **options)
+    calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
+    pruned, report = prune_model(model, options, calib=calib)
     save_model(pruned, args.output)
     report["output"] = args.output
     if args.json:

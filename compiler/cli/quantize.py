@@ -13,64 +13,51 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from compiler.cli.common import format_table, print_json
+from compiler.cli.common import add_step_data_flags, format_table, print_json
+from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
-from compiler.core.io import to_proto, write_atomic
+from compiler.core.feeds import Preprocess
+from compiler.core.io import load_model, to_proto, write_atomic
+from compiler.core.options import options_of
+from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
 OUTPUTS = ("model.quant.onnx", "model.qdq.onnx", "calibration.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add the `quantize` sub-command."""
+    """Add the `quantize` sub-command (flags from `CalibrationOptions`, `QuantizeOptions`)."""
     p = sub.add_parser("quantize", help="int8 post-training quantization (integer + QDQ ONNX)",
                        description="Calibrate activations, quantize weights per channel and "
                                    "write model.quant.onnx, model.qdq.onnx and "
                                    "calibration.json into DIR (docs/quantization.md).")
     p.add_argument("model", help="float .onnx model")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--calib", metavar="DATA",
-                   help="calibration data: .npy/.npz, image folder or bundled dataset name")
-    p.add_argument("--calibrator", default="max", help="max | percentile | kl | mse")
-    p.add_argument("--percentile", type=float, help="percentile for --calibrator percentile")
-    p.add_argument("--calib-limit", type=int, metavar="N", help="use at most N samples")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration batch size")
-    p.add_argument("--cle", action="store_true", help="cross-layer equalization first")
-    p.add_argument("--bias-correction", action="store_true",
-                   help="correct biases for the weight quantization error")
-    p.add_argument("--rounding", default="nearest", choices=("nearest", "gptq"),
-                   help="weight rounding: nearest, or gptq (error-compensating on the "
-                        "calibration data; slower, usually more accurate)")
-    p.add_argument("--keep-float", default="", metavar="NODES",
-                   help="comma-separated node names to leave in float on the CPU "
-                        "(mixed precision, e.g. the classifier)")
-    p.add_argument("--calib-table", metavar="FILE",
-                   help="reuse a saved calibration.json instead of calibrating")
+    add_step_data_flags(p, calib=[d.name for d in options_of(CalibrationOptions)])
+    add_flags(p, QuantizeOptions)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Quantize and write the three outputs."""
-    from compiler.driver.data import resolve_source
     from passes.quantize.api import quantize_model
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"-o {out_dir}: exists and is not a folder")
-    if args.calib is None and args.calib_table is None:
+    calib, quant = from_args(args, CalibrationOptions), from_args(args, QuantizeOptions)
+    if calib.data is None and calib.table is None:
         raise ConfigError("--calib DATA is required (or --calib-table FILE)")
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    result = quantize_model(args.model, resolve_source(args.calib, args.calib_limit),
-                            args.calibrator, percentile=args.percentile,
-                            cle=args.cle, bias_correction=args.bias_correction,
-                            rounding=args.rounding, table=args.calib_table,
-                            keep_float=[x.strip() for x in args.keep_float.split(",")
-                                        if x.strip()],
-                            batch_size=args.batch_size, calib_limit=args.calib_limit)
+    feeds = _calib_feeds(args.model, calib, from_args(args, Preprocess))
+    result = quantize_model(args.model, feeds, calib.calibrator, percentile=calib.percentile,
+                            cle=quant.cle, bias_correction=quant.bias_correction,
+                            rounding=quant.rounding, table=calib.table,
+                            keep_float=list(quant.keep_float), batch_size=calib.batch_size,
+                            calib_limit=calib.limit)
     written = write_outputs(out_dir, result_blobs(result), result.table)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
     if args.json:
@@ -78,6 +65,18 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(summary, written)
     return 0
+
+
+def _calib_feeds(model: str, calib: CalibrationOptions, preprocess: Preprocess) -> Any:
+    """The calibration source for `quantize_model` (which loads the model itself).
+
+    Image preprocessing needs the model's input shape, so only then is the model loaded here.
+    """
+    from compiler.driver.data import load_data, resolve_source
+
+    if calib.data is None or preprocess == Preprocess():
+        return resolve_source(calib.data, calib.limit)
+    return load_data(calib.data, load_model(model), limit=calib.limit, preprocess=preprocess)
 
 
 def result_blobs(result) -> dict[str, Callable[[], bytes]]:

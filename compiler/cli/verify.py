@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import format_table, print_json
+from compiler.cli.options import add_flags, from_args
+from compiler.core.feeds import Preprocess
+from targets.npusim.options import VerifyOptions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,27 +18,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "output (exit code 1 on any mismatch).")
     p.add_argument("model", help="DIR/model.quant.onnx")
     p.add_argument("binary", help="model.bin built from it")
-    p.add_argument("--inputs", help="input data: .npy/.npz, image folder or dataset name "
-                                    "(default: seeded random inputs)")
-    p.add_argument("--samples", type=int, default=8, help="number of inputs (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    add_flags(p, VerifyOptions)
+    add_flags(p.add_argument_group("image preprocessing (folders of images)"), Preprocess)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Verify and print the per-output table; 1 when anything differs."""
-    from compiler.core.errors import ConfigError
     from compiler.driver.data import load_data
     from targets.npusim import load_binary, verify
     from targets.npusim.interface import feeds_for, interface_model
 
-    if args.samples < 1:
-        raise ConfigError(f"--samples must be >= 1, got {args.samples}")
+    options = from_args(args, VerifyOptions)
     program = load_binary(args.binary)
-    data = load_data(args.inputs, interface_model(program), limit=args.samples) \
-        if args.inputs is not None else None
-    feeds, source = feeds_for(program, data, args.samples, args.seed, label=args.inputs)
+    data = load_data(options.data, interface_model(program), limit=options.samples,
+                     preprocess=from_args(args, Preprocess)) \
+        if options.data is not None else None
+    feeds, source = feeds_for(program, data, options.samples, options.seed, label=options.data)
     report = verify(args.model, program, feeds)
     if args.json:
         print_json({"inputs": source, **report.to_dict()})

@@ -17,6 +17,7 @@ import numpy as np
 
 from compiler.core.errors import DataError
 from compiler.core.ir import Model
+from compiler.core.options import option, positive_ints
 
 log = logging.getLogger(__name__)
 
@@ -32,23 +33,27 @@ class CalibrationReader(Protocol):
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How image files become model inputs.
+    """How image files become model inputs: config keys `input.*` and the preprocessing flags.
 
-    Attributes:
-        size: (height, width) to resize to; None keeps the model's input size.
-        mean: Per-channel mean subtracted after scaling to [0, 1].
-        std: Per-channel std divided by.
-        layout: "NCHW" or "NHWC".
-        channel_order: "RGB" or "BGR".
-        grayscale: Convert to one channel.
+    Each field is declared once with `option(...)`; the config schema, the CLI flags and
+    docs/config.md are generated from these declarations.
     """
 
-    size: tuple[int, int] | None = None
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    layout: str = "NCHW"
-    channel_order: str = "RGB"
-    grayscale: bool = False
+    size: tuple[int, int] | None = option(
+        None, "image folders: resize to [height, width] (null: the model's input size)",
+        types=(list, tuple), key="resize", flag="--resize", item=int, list_sep="x",
+        check=lambda v: positive_ints(v) or (None if len(v) == 2 else "must be [height, width]"),
+        metavar="HxW")
+    mean: tuple[float, ...] = option((0.0,), "image folders: per-channel mean subtracted after "
+                                     "scaling to [0, 1]", item=float, list_sep=",",
+                                     metavar="M[,M,M]")
+    std: tuple[float, ...] = option((1.0,), "image folders: per-channel std divided by",
+                                    item=float, list_sep=",", metavar="S[,S,S]",
+                                    check=lambda v: None if all(x > 0 for x in v)
+                                    else "must be positive")
+    layout: str = option("NCHW", "image folders: NCHW or NHWC", choices=("NCHW", "NHWC"))
+    channel_order: str = option("RGB", "image folders: RGB or BGR", choices=("RGB", "BGR"))
+    grayscale: bool = option(False, "image folders: convert to one channel")
 
 
 @dataclass

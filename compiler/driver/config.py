@@ -1,15 +1,21 @@
 """The `npuc compile` configuration: schema, defaults, validation, CLI overrides.
 
-The schema is data: `SCHEMA` maps each dotted key to its `Field` (type, default, check),
-so validation, documentation (`docs/config.md`) and `--set key=value` overrides all read
-the same table.
+Every option is declared once, in the dataclass of the code that uses it (`PruneOptions`,
+`SparsifyOptions`, `CalibrationOptions`, `QuantizeOptions`, `Preprocess`, the npusim
+`BuildOptions` / `VerifyOptions` / `PerfOptions`, `EvalOptions`); the keys only the driver
+reads are declared here in `CompileOptions`. `SCHEMA` (dotted key -> `Field`) is generated
+from those declarations, so validation, `--set key=value` overrides, the CLI flags
+(`compiler.cli.options`) and `docs/config.md` all read the same records.
+
+`step_options(config, step)` turns a validated flat config into the typed options of a step.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,185 +23,162 @@ from typing import Any
 import yaml
 
 from compiler.core.errors import ConfigError
+from compiler.core.feeds import Preprocess
+from compiler.core.options import (
+    Declared,
+    from_mapping,
+    non_negative,
+    option,
+    options_of,
+    plain,
+    positive,
+    positive_ints,
+    problem,
+    type_names,
+)
+from compiler.driver.evaluate import EvalOptions
+from passes.prune.pipeline import PruneOptions
+from passes.quantize.options import CalibrationOptions, QuantizeOptions
+from passes.sparsify.options import SparsifyOptions
+from targets.npusim.options import BuildOptions, PerfOptions, VerifyOptions
 
 DEFAULT_MODEL = "fmnist_resnet"
 
 
+@dataclass
+class CompileOptions:
+    """The keys only `npuc compile` reads (which steps run, the report); full dotted keys."""
+
+    model: str = option(DEFAULT_MODEL, "ONNX file or bundled model name", flag="")
+    seed: int = option(0, "seed for every random choice (search, sampling, random inputs)")
+    shape: list | None = option(None, "concrete input shape, e.g. [1, 3, 224, 224] "
+                                "(reserved: not applied yet, the batch is fixed to 1)",
+                                types=(list,), key="input.shape", flag="",
+                                check=positive_ints)
+    prune: bool = option(False, "run channel pruning", key="prune.enabled", flag="")
+    sparsify: bool = option(False, "run 1xN block sparsification", key="sparsify.enabled",
+                            flag="")
+    quantize: bool = option(True, "quantize to int8", key="quantize.enabled", flag="")
+    verify: bool = option(True, "check the binary against model.quant.onnx",
+                          key="target.verify", flag="")
+    fps_cores: int = option(2, "cores of the report's FPS figure (latency: 1 core, 1 thread)",
+                            key="target.cores", choices=(1, 2), flag="")
+    fps_threads: int = option(8, "host threads of the report's FPS figure", key="target.threads",
+                              check=positive, flag="")
+    top_layers: int = option(5, "slowest layers printed after the summary (0: none)",
+                             key="report.top_layers", check=non_negative, flag="")
+
+
+# Step name -> (config section, options class). The order is the order of docs/config.md.
+STEPS: dict[str, tuple[str, type]] = {
+    "compile": ("", CompileOptions),
+    "input": ("input", Preprocess),
+    "calibration": ("calibration", CalibrationOptions),
+    "eval": ("eval", EvalOptions),
+    "prune": ("prune", PruneOptions),
+    "sparsify": ("sparsify", SparsifyOptions),
+    "quantize": ("quantize", QuantizeOptions),
+    "build": ("target", BuildOptions),
+    "verify": ("target", VerifyOptions),
+    "perf": ("target", PerfOptions),
+}
+_SECTION_ORDER = ("", "input", "calibration", "eval", "prune", "sparsify", "quantize", "target",
+                  "report")
+
+
 @dataclass(frozen=True)
 class Field:
-    """One configuration key.
+    """One configuration key, generated from its declaration.
 
     Attributes:
-        types: Accepted Python types (after YAML parsing).
-        default: Default value.
-        help: One-line description for docs and errors.
-        check: Optional `(value) -> reason or None` extra validation.
+        declared: The declaration (name, default, `Option`) in its options class.
+        owner: Name of the step whose class declares it.
     """
 
-    types: tuple[type, ...]
-    default: Any
-    help: str
-    check: Callable[[Any], str | None] | None = None
+    declared: Declared
+    owner: str
+
+    @property
+    def default(self) -> Any:
+        """Default value as YAML/the flat config holds it (lists, not tuples)."""
+        return plain(self.declared.default)
+
+    @property
+    def help(self) -> str:
+        """One-line description."""
+        return self.declared.option.help
+
+    @property
+    def types(self) -> tuple[type, ...]:
+        """Accepted types."""
+        return self.declared.types
 
 
-def _in(*choices: Any) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {list(choices)}"
+def _build_schema() -> dict[str, Field]:
+    entries = []
+    for step, (prefix, cls) in STEPS.items():
+        for d in options_of(cls):
+            if d.owns_key():
+                key = d.key(prefix)
+                entries.append((_rank(key, step), key, Field(d, step)))
+    entries.sort(key=lambda e: e[0])
+    return {key: field for _, key, field in entries}
 
 
-def _range(lo: float, hi: float, hi_open: bool = False) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        ok = lo <= v < hi if hi_open else lo <= v <= hi
-        return None if ok else f"must be in [{lo}, {hi}{')' if hi_open else ']'}"
-    return check
+def _rank(key: str, step: str) -> tuple[int, int]:
+    section = key.split(".")[0] if "." in key else ""
+    return _SECTION_ORDER.index(section), 0 if step == "compile" else 1
 
 
-def _positive(v: Any) -> str | None:
-    return None if v > 0 else "must be positive"
+SCHEMA: dict[str, Field] = _build_schema()
 
 
-def _shape(v: Any) -> str | None:
-    ok = all(isinstance(d, int) and d > 0 for d in v)
-    return None if ok else "must be a list of positive integers"
+def step_options(config: Mapping[str, Any], step: str, label: str = "config") -> Any:
+    """The typed options of `step` from a validated flat config.
+
+    Args:
+        config: Flat {dotted key: value} dict (`load_config`).
+        step: "compile", "input" (`Preprocess`), "calibration", "eval", "prune",
+            "sparsify", "quantize", "build", "verify", "perf", or "target" (a
+            `TargetOptions` with build, verify and perf).
+        label: Where the config came from, for messages.
+
+    Raises:
+        ConfigError: A bad value or combination, naming the key.
+    """
+    if step == "target":
+        return TargetOptions(*(step_options(config, s, label) for s in ("build", "verify",
+                                                                         "perf")))
+    if step not in STEPS:
+        raise ConfigError(f"unknown step {step!r} (steps: {', '.join(STEPS)}, target)")
+    prefix, cls = STEPS[step]
+    options = from_mapping(cls, config, prefix, label)
+    if hasattr(options, "validate"):
+        _validate_step(options, step, label)
+    return options
 
 
-_NUM = (int, float)
-_OPT_NUM = (int, float, type(None))
-_OPT_STR = (str, type(None))
+@dataclass(frozen=True)
+class TargetOptions:
+    """The target's options of one compile run."""
 
-SCHEMA: dict[str, Field] = {
-    "model": Field((str,), DEFAULT_MODEL, "ONNX file or bundled model name"),
-    "seed": Field((int,), 0, "seed for every random choice (search, sampling)"),
-    "input.shape": Field((list, type(None)), None, "concrete input shape, e.g. [1, 3, 224, 224]",
-                         lambda v: v and _shape(v)),
-    "input.resize": Field((list, type(None)), None, "image folders: [height, width]",
-                          lambda v: v and _shape(v)),
-    "input.mean": Field((list,), [0.0], "image folders: per-channel mean (after /255)"),
-    "input.std": Field((list,), [1.0], "image folders: per-channel std (after /255)"),
-    "input.layout": Field((str,), "NCHW", "image folders: NCHW or NHWC", _in("NCHW", "NHWC")),
-    "input.channel_order": Field((str,), "RGB", "image folders: RGB or BGR", _in("RGB", "BGR")),
-    "input.grayscale": Field((bool,), False, "image folders: convert to one channel"),
-    "calibration.data": Field(_OPT_STR, None,
-                              "calibration data: folder, .npy/.npz or dataset name"),
-    "calibration.limit": Field((int,), 256, "samples used for calibration", _positive),
-    "calibration.calibrator": Field((str,), "max", "max, percentile, kl or mse",
-                                    _in("max", "percentile", "kl", "mse")),
-    "calibration.percentile": Field(_NUM, 99.99, "percentile calibrator: percentile",
-                                    _range(50, 100)),
-    "calibration.batch_size": Field((int,), 8, "samples per calibration run", _positive),
-    "calibration.table": Field(_OPT_STR, None,
-                               "saved calibration.json to reuse instead of calibrating"),
-    "eval.data": Field(_OPT_STR, None, "labelled evaluation data (dataset name or .npz)"),
-    "eval.limit": Field((int, type(None)), None, "evaluate on at most this many samples"),
-    "eval.batch_size": Field((int,), 64, "samples per evaluation run", _positive),
-    "prune.enabled": Field((bool,), False, "run channel pruning"),
-    "prune.criterion": Field((str,), "l1", "l1, l2, random, hrank or css",
-                             _in("l1", "l2", "random", "hrank", "css")),
-    "prune.ratio": Field(_OPT_NUM, None, "uniform fraction of channels removed per group",
-                         lambda v: v is None or _range(0, 1, hi_open=True)(v)),
-    "prune.rates": Field((list, dict, str, type(None)), None,
-                         "per-group rates: list, map or YAML file"),
-    "prune.target_macs": Field(_OPT_NUM, None, "keep this fraction of the MACs (global)",
-                               lambda v: v is None or _range(0, 1)(v)),
-    "prune.round_to": Field((int,), 8, "keep channel counts a multiple of this", _positive),
-    "prune.search": Field(_OPT_STR, None, "rate search: abc", lambda v: _in(None, "abc")(v)),
-    "prune.abc_cycles": Field((int,), 4, "ABC: cycles T", _positive),
-    "prune.abc_food_sources": Field((int,), 6, "ABC: food sources n", _positive),
-    "prune.abc_trial_limit": Field((int,), 3, "ABC: trial limit M", _positive),
-    "prune.reconstruct": Field((bool, str), True,
-                               "recovery of consumers: true/lsq (ridge re-fit), bias (mean "
-                               "folding only) or false", _in(True, False, "lsq", "bias")),
-    "prune.ridge": Field(_NUM, 1e-3, "reconstruction: relative ridge strength",
-                         lambda v: None if v >= 0 else "must be >= 0"),
-    "prune.rows": Field((int,), 4096, "reconstruction: sampled positions per layer", _positive),
-    "prune.workers": Field((int, type(None)), None, "ABC worker processes (null: all cores)",
-                           _positive),
-    "sparsify.enabled": Field((bool,), False, "run 1xN block sparsification"),
-    "sparsify.block": Field((int,), 4, "block size N", _in(2, 4, 8, 16, 32)),
-    "sparsify.sparsity": Field(_NUM, 0.5, "fraction of blocks zeroed", _range(0, 1, True)),
-    "sparsify.criterion": Field((str,), "obs",
-                                "l1, l2, act, obs (needs reconstruct) or css (whole filters)",
-                                _in("l1", "l2", "act", "obs", "css")),
-    "sparsify.global": Field((bool,), False, "one MACs-weighted budget across layers"),
-    "sparsify.exclude": Field((list,), [], "node names or glob patterns kept dense"),
-    "sparsify.include_first_last": Field((bool,), False,
-                                         "also sparsify the first conv and last classifier"),
-    "sparsify.reorder": Field((bool,), True, "reorder filters before forming blocks"),
-    "sparsify.reconstruct": Field((bool,), True, "masked least-squares recovery"),
-    "sparsify.refit_dense": Field((bool,), True,
-                                  "reconstruct: also re-fit dense layers after sparse ones"),
-    "sparsify.rows": Field((int,), 8192, "reconstruct: sampled positions per layer", _positive),
-    "quantize.enabled": Field((bool,), True, "quantize to int8"),
-    "quantize.cle": Field((bool,), False, "cross-layer equalization before quantizing"),
-    "quantize.bias_correction": Field((bool,), False, "empirical bias correction"),
-    "quantize.rounding": Field((str,), "nearest", "weight rounding: nearest | gptq",
-                               _in("nearest", "gptq")),
-    "quantize.keep_float": Field((list,), [], "node names left in float on the CPU"),
-    "target.name": Field((str,), "npusim", "target backend", _in("npusim")),
-    "target.arch": Field((str,), "default", "architecture preset name or YAML file"),
-    "target.verify": Field((bool,), True, "check the binary against model.quant.onnx"),
-    "target.verify_samples": Field((int,), 8, "samples used by verify", _positive),
-    "target.verify_data": Field(_OPT_STR, None, "inputs for verify (default: calibration data)"),
-    "target.cores": Field((int,), 2, "perf: cores for the FPS figure", _in(1, 2)),
-    "target.threads": Field((int,), 8, "perf: threads for the FPS figure", _positive),
-    "target.frames": Field((int,), 1000, "perf: frames averaged", _positive),
-    "report.top_layers": Field((int,), 5, "slowest layers printed after the summary (0: none)",
-                               lambda v: None if v >= 0 else "must be >= 0"),
-}
+    build: BuildOptions
+    verify: VerifyOptions
+    perf: PerfOptions
 
-# Every flag of the single-step sub-commands (positionals by name) -> the config key
-# `npuc compile` reads instead (a string), or why there is none (a sentence in parentheses).
-# tests/test_config.py checks that this covers every flag; docs/config.md lists it.
-SUBCOMMAND_KEYS: dict[str, dict[str, str]] = {
-    "prune": {
-        "model": "model", "--output": "(written as model.pruned.onnx in -o DIR)",
-        "--ratio": "prune.ratio", "--rates": "prune.rates", "--target-macs": "prune.target_macs",
-        "--criterion": "prune.criterion", "--round-to": "prune.round_to",
-        "--search": "prune.search", "--abc-cycles": "prune.abc_cycles",
-        "--abc-sources": "prune.abc_food_sources", "--abc-limit": "prune.abc_trial_limit",
-        "--workers": "prune.workers", "--calib": "calibration.data",
-        "--calib-limit": "calibration.limit", "--reconstruct": "prune.reconstruct",
-        "--seed": "seed",
-        "--json": "(npuc compile --json)",
-    },
-    "sparsify": {
-        "model": "model", "--output": "(written as model.sparse.onnx in -o DIR)",
-        "--block": "sparsify.block", "--sparsity": "sparsify.sparsity",
-        "--criterion": "sparsify.criterion", "--global": "sparsify.global",
-        "--exclude": "sparsify.exclude", "--include-first-last": "sparsify.include_first_last",
-        "--reorder": "sparsify.reorder", "--calib": "calibration.data",
-        "--calib-limit": "calibration.limit", "--reconstruct": "sparsify.reconstruct",
-        "--no-refit-dense": "sparsify.refit_dense", "--rows": "sparsify.rows",
-        "--json": "(npuc compile --json)",
-    },
-    "quantize": {
-        "model": "model", "--output": "(written as model.quant.onnx / model.qdq.onnx in -o DIR)",
-        "--calib": "calibration.data", "--calibrator": "calibration.calibrator",
-        "--percentile": "calibration.percentile", "--calib-limit": "calibration.limit",
-        "--batch-size": "calibration.batch_size", "--cle": "quantize.cle",
-        "--bias-correction": "quantize.bias_correction", "--calib-table": "calibration.table",
-        "--rounding": "quantize.rounding", "--keep-float": "quantize.keep_float",
-        "--json": "(npuc compile --json)",
-    },
-    "build": {
-        "model": "(the quantized model of the run)", "--output": "(written as model.bin in -o DIR)",
-        "--target": "target.name", "--arch": "target.arch", "--json": "(npuc compile --json)",
-    },
-    "verify": {
-        "model": "(the quantized model of the run)", "binary": "(model.bin of the run)",
-        "--inputs": "target.verify_data", "--samples": "target.verify_samples", "--seed": "seed",
-        "--json": "(npuc compile --json)",
-    },
-    "perf": {
-        "binary": "(model.bin of the run)", "--cores": "target.cores",
-        "--threads": "target.threads", "--frames": "target.frames", "--arch": "target.arch",
-        "--top": "report.top_layers", "--json": "(npuc compile --json)",
-    },
-    "eval": {
-        "model": "(float, compressed and int8 models of the run)", "--data": "eval.data",
-        "--reference": "(always the float model of the run)", "--batch": "eval.batch_size",
-        "--limit": "eval.limit", "--json": "(npuc compile --json)",
-    },
-}
+
+def _validate_step(options: Any, step: str, label: str) -> None:
+    """The checks across options of `step`, with flags in messages named as config keys."""
+    try:
+        options.validate()
+    except ConfigError as e:
+        raise ConfigError(f"{label}: {_flags_to_keys(str(e), step)}") from e
+
+
+def _flags_to_keys(message: str, step: str) -> str:
+    prefix, cls = STEPS[step]
+    names = {d.flag: d.key(prefix) for d in options_of(cls) if d.flag and d.key(prefix)}
+    return re.sub(r"--[a-z][a-z-]*", lambda m: names.get(m.group(0), m.group(0)), message)
 
 
 def defaults() -> dict[str, Any]:
@@ -261,17 +244,19 @@ def _known(key: str, label: str) -> None:
 
 
 def validate(config: Mapping[str, Any], label: str = "config") -> None:
-    """Type- and range-check every key; raises `ConfigError` naming the key."""
+    """Type- and range-check every key, then the enabled steps' checks across options.
+
+    Raises:
+        ConfigError: naming the file and the key.
+    """
     for key, value in config.items():
-        spec = SCHEMA[key]
-        if isinstance(value, bool) and bool not in spec.types:
-            _bad(label, key, value, f"must be {_type_names(spec)}")
-        if not isinstance(value, spec.types):
-            _bad(label, key, value, f"must be {_type_names(spec)}")
-        reason = spec.check(value) if spec.check and value is not None else None
+        reason = problem(SCHEMA[key].declared, value)
         if reason:
             _bad(label, key, value, reason)
     _check_prune_rates(config, label)
+    for step in ("prune", "sparsify"):
+        if config.get(f"{step}.enabled"):
+            step_options(config, step, label)
 
 
 def _check_prune_rates(config: Mapping[str, Any], label: str) -> None:
@@ -279,19 +264,13 @@ def _check_prune_rates(config: Mapping[str, Any], label: str) -> None:
               if config.get(k) is not None]
     if len(chosen) > 1:
         raise ConfigError(f"{label}: give only one of {chosen}")
-    if config.get("prune.enabled") and not chosen and not config.get("prune.search"):
-        raise ConfigError(f"{label}: prune.enabled needs prune.ratio, prune.rates, "
-                          "prune.target_macs or prune.search")
+    if config.get("prune.enabled") and not chosen:
+        raise ConfigError(f"{label}: prune.enabled needs prune.ratio, prune.rates or "
+                          "prune.target_macs (the budget of prune.search)")
 
 
 def _bad(label: str, key: str, value: Any, reason: str) -> None:
     raise ConfigError(f"{label}: key '{key}' = {value!r} {reason}")
-
-
-def _type_names(spec: Field) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false",
-             list: "a list", dict: "a mapping", type(None): "null"}
-    return " or ".join(names[t] for t in spec.types)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -307,17 +286,20 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def schema_markdown() -> str:
-    """The schema as a Markdown table (used to write docs/config.md)."""
-    rows = ["| key | default | description |", "|---|---|---|"]
-    rows += [f"| `{k}` | `{f.default!r}` | {f.help} |" for k, f in SCHEMA.items()]
+    """The schema as a Markdown table (a generated block of docs/config.md)."""
+    rows = ["| key | default | type | description |", "|---|---|---|---|"]
+    for key, f in SCHEMA.items():
+        choices = f.declared.option.choices
+        kind = " / ".join(map(_yaml, choices)) if choices else type_names(f.types)
+        rows.append(f"| `{key}` | `{_yaml(f.default)}` | {kind} | {_cell(f.help)} |")
     return "\n".join(rows)
 
 
-def flags_markdown() -> str:
-    """The sub-command flag -> config key table (docs/config.md)."""
-    rows = ["| command | flag | config key |", "|---|---|---|"]
-    for command, flags in SUBCOMMAND_KEYS.items():
-        for flag, key in flags.items():
-            cell = key if key.startswith("(") else f"`{key}`"
-            rows.append(f"| `npuc {command}` | `{flag}` | {cell} |")
-    return "\n".join(rows)
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _yaml(value: Any) -> str:
+    """A value as YAML writes it (null, true, [0.0])."""
+    return yaml.safe_dump(plain(value), default_flow_style=True, width=1000).strip().removesuffix(
+        "\n...").removesuffix("...").strip()

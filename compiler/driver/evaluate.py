@@ -26,12 +26,27 @@ import numpy as np
 import onnx
 
 from compiler.core.errors import ConfigError, DataError, ModelLoadError
+from compiler.core.options import option, positive
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BATCH = 32
+DEFAULT_BATCH = 64
 DECISIVE_PROBABILITY = 0.5
 TOP_K = 5
+
+
+@dataclass
+class EvalOptions:
+    """What `evaluate` runs on: config keys `eval.*`, the flags of `npuc eval`."""
+
+    data: str | None = option(
+        None, "labelled evaluation data: bundled dataset name (fmnist-eval, fmnist-calib, "
+        "fmnist-test, photos, text-lines) or an .npz with 'images' and optional 'labels'",
+        types=(str,), required=True, metavar="NAME|PATH")
+    limit: int | None = option(None, "use only the first N samples", types=(int,),
+                               check=positive, metavar="N")
+    batch_size: int = option(DEFAULT_BATCH, "samples per run for models with a symbolic batch",
+                             flag="--batch", check=positive)
 
 
 def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:

@@ -11,6 +11,7 @@ from typing import Any
 from compiler.core.errors import ConfigError, DataError
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
+from compiler.core.options import in_range, non_negative, option, positive
 from compiler.core.pass_manager import Pass, PassResult
 from passes.canonicalize import canonicalize
 from passes.prune.apply import apply_with_layout
@@ -22,48 +23,54 @@ from passes.prune.reconstruct import METHODS, affected_layers, reconstruct
 
 log = logging.getLogger(__name__)
 
+ROUND_TO = 8  # measured: docs/config.md, "Defaults chosen"
+
 
 @dataclass
-class PruneConfig:
-    """Options of `prune_model` (the CLI flags of `npuc prune`).
+class PruneOptions:
+    """Options of `prune_model`: config keys `prune.*`, the flags of `npuc prune`.
 
-    Attributes:
-        ratio: Uniform fraction of channels removed from every prunable group, in [0, 1).
-        rates: Per-group rates: list, map or HRankPlus expression (see `rates.parse_rates`).
-        target_macs: Global pruning until MACs fall to this fraction of the original.
-        criterion: l1, l2, random, hrank or css.
-        round_to: Keep channel counts a multiple of this.
-        search: "abc" to search per-group rates (needs target_macs as the budget).
-        reconstruct: False, True / "lsq" (ridge re-fit) or "bias" (mean folding only).
-        seed: Seed of random choices.
-        calib_limit: Calibration samples used at most.
-        holdout: Fraction of calibration data held out for the ABC fitness.
-        max_rate: Largest fraction removed from one group by target_macs / ABC.
-        lam: Relative ridge strength of the reconstruction.
-        max_rows: Sampled positions per layer for the reconstruction.
-        abc_cycles: ABC cycles T.
-        abc_sources: ABC food sources n.
-        abc_limit: ABC trial limit M before a source is abandoned.
-        workers: ABC worker processes (None: all cores).
+    Each field is declared once with `option(...)` (default, help, key, flag, check); the
+    config schema, the CLI flags and docs/config.md are generated from these declarations.
     """
 
-    ratio: float | None = None
-    rates: Any = None
-    target_macs: float | None = None
-    criterion: str = "l1"
-    round_to: int = 1
-    search: str | None = None
-    reconstruct: bool | str = False
-    seed: int = 0
-    calib_limit: int = 256
-    holdout: float = 0.25
-    max_rate: float = 0.9
-    lam: float = 1e-3
-    max_rows: int = 4096
-    abc_cycles: int = 5
-    abc_sources: int = 6
-    abc_limit: int = 3
-    workers: int | None = None
+    ratio: float | None = option(
+        None, "uniform fraction of channels removed per group", types=(int, float),
+        check=in_range(0, 1, hi_open=True), metavar="R")
+    rates: Any = option(
+        None, "per-group rates: list (group order of `npuc groups`), map {group: rate}, YAML "
+        "file or HRankPlus compress_rate expression", types=(list, dict, str))
+    target_macs: float | None = option(
+        None, "prune globally until MACs fall to this fraction of the original",
+        types=(int, float), check=in_range(0, 1, lo_open=True), metavar="F")
+    criterion: str = option("l1", "channel importance (hrank needs calibration data)",
+                            choices=CRITERIA)
+    round_to: int = option(ROUND_TO, "keep channel counts a multiple of this", check=positive,
+                           metavar="N")
+    search: str | None = option(None, "search per-group rates (ABCPruner) under the "
+                                "target_macs budget", types=(str,), choices=("abc",))
+    reconstruct: bool | str = option(
+        True, "re-fit the consumers of pruned channels on calibration data: true/lsq (ridge "
+        "re-fit), bias (mean folding only) or false", types=(bool, str),
+        choices=(True, False, "lsq", "bias"), const=True, metavar="lsq|bias")
+    seed: int = option(0, "seed of random choices", shared="seed")
+    calib_limit: int = option(256, "calibration samples used at most",
+                              shared="calibration.limit")
+    holdout: float = option(0.25, "ABC: fraction of the calibration data held out for the "
+                            "fitness", check=in_range(0, 1, lo_open=True, hi_open=True))
+    max_rate: float = option(0.9, "largest fraction removed from one group by target_macs "
+                             "and the ABC search", check=in_range(0, 1, lo_open=True))
+    lam: float = option(1e-3, "reconstruction: relative ridge strength", key="ridge",
+                        flag="--ridge", check=non_negative)
+    max_rows: int = option(4096, "reconstruction: sampled positions per layer", key="rows",
+                           flag="--rows", check=positive)
+    abc_cycles: int = option(5, "ABC: cycles T", check=positive, metavar="T")
+    abc_sources: int = option(6, "ABC: food sources n", key="abc_food_sources",
+                              check=positive, metavar="N")
+    abc_limit: int = option(3, "ABC: trial limit M before a source is abandoned",
+                            key="abc_trial_limit", check=positive, metavar="M")
+    workers: int | None = option(None, "ABC worker processes (null: all cores)", types=(int,),
+                                 check=positive)
 
     def recon_method(self) -> str | None:
         """The reconstruction method, or None."""
@@ -71,21 +78,28 @@ class PruneConfig:
             return None
         return "lsq" if self.reconstruct is True else str(self.reconstruct)
 
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the bad option (the checks across options)."""
+        _validate(self)
 
-def make_config(config: PruneConfig | dict | None = None, **kwargs) -> PruneConfig:
-    """A validated `PruneConfig` from a config object, a dict and/or keyword arguments."""
-    base = asdict(config) if isinstance(config, PruneConfig) else dict(config or {})
+
+PruneConfig = PruneOptions  # the former name
+
+
+def make_config(config: PruneOptions | dict | None = None, **kwargs) -> PruneOptions:
+    """A validated `PruneOptions` from a config object, a dict and/or keyword arguments."""
+    base = asdict(config) if isinstance(config, PruneOptions) else dict(config or {})
     base.update({k: v for k, v in kwargs.items() if v is not None})
-    names = {f.name for f in fields(PruneConfig)}
+    names = {f.name for f in fields(PruneOptions)}
     unknown = sorted(set(base) - names)
     if unknown:
         raise ConfigError(f"prune: unknown option(s) {unknown} (known: {sorted(names)})")
-    cfg = PruneConfig(**base)
+    cfg = PruneOptions(**base)
     _validate(cfg)
     return cfg
 
 
-def _validate(cfg: PruneConfig) -> None:
+def _validate(cfg: PruneOptions) -> None:
     modes = [m for m in ("ratio", "rates", "target_macs") if getattr(cfg, m) is not None]
     if cfg.search is None and len(modes) != 1:
         raise ConfigError("prune: give exactly one of --ratio, --rates, --target-macs "
@@ -111,21 +125,30 @@ def _validate(cfg: PruneConfig) -> None:
             raise ConfigError(f"{name}: must be >= 1")
 
 
-def needs_calib(cfg: PruneConfig) -> bool:
+def needs_calib(cfg: PruneOptions) -> bool:
     """Whether these options need calibration data."""
     return cfg.criterion == "hrank" or cfg.recon_method() is not None or cfg.search == "abc"
 
 
-def prune_model(model: Model, config: PruneConfig | dict | None = None, calib: Any = None,
+def calib_missing(cfg: PruneOptions) -> str:
+    """The one-line message when these options need calibration data and there is none."""
+    if cfg.criterion == "hrank" or cfg.search:
+        what = "--criterion hrank" if cfg.criterion == "hrank" else "--search abc"
+        return f"prune: {what} needs calibration data: add --calib DATA"
+    return ("prune: --reconstruct (on by default) needs calibration data: add --calib DATA, "
+            "or opt out with --no-reconstruct")
+
+
+def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: Any = None,
                 **kwargs) -> tuple[Model, dict]:
     """Prune channels of `model` post-training.
 
     Args:
         model: The IR model (not modified); it is canonicalized first.
-        config: A `PruneConfig` or dict of its fields; keyword arguments override it.
+        config: A `PruneOptions` or dict of its fields; keyword arguments override it.
         calib: Calibration data (any `compiler.core.feeds.load_feeds` source), needed by hrank,
             reconstruction and the ABC search.
-        **kwargs: `PruneConfig` fields (None values are ignored).
+        **kwargs: `PruneOptions` fields (None values are ignored).
 
     Returns:
         (pruned model, report dict: per-group widths, MACs/params before and after, times).
@@ -164,17 +187,15 @@ def prune_model(model: Model, config: PruneConfig | dict | None = None, calib: A
     return pruned, report
 
 
-def _load_calib(calib: Any, model: Model, cfg: PruneConfig) -> Feeds | None:
+def _load_calib(calib: Any, model: Model, cfg: PruneOptions) -> Feeds | None:
     if calib is None:
         if needs_calib(cfg):
-            what = "hrank" if cfg.criterion == "hrank" else (
-                "--search abc" if cfg.search else "--reconstruct")
-            raise DataError(f"{what} needs calibration data (--calib DATA)")
+            raise DataError(calib_missing(cfg))
         return None
     return load_feeds(calib, model, limit=cfg.calib_limit)
 
 
-def _split(feeds: Feeds, cfg: PruneConfig) -> tuple[Feeds, Feeds | None]:
+def _split(feeds: Feeds, cfg: PruneOptions) -> tuple[Feeds, Feeds | None]:
     if cfg.search != "abc" or len(feeds) < 4:
         return feeds, None
     fit, held = feeds.split(cfg.holdout)
@@ -192,7 +213,7 @@ def _require_prunable(analysis: Analysis) -> None:
                       f"groups: {top})")
 
 
-def _counts(analysis: Analysis, cfg: PruneConfig, scores: dict, cost: CostModel) -> dict:
+def _counts(analysis: Analysis, cfg: PruneOptions, scores: dict, cost: CostModel) -> dict:
     groups = analysis.groups
     if cfg.ratio is not None:
         return keep_counts(groups, uniform_rates(groups, cfg.ratio), cfg.round_to)
@@ -202,7 +223,7 @@ def _counts(analysis: Analysis, cfg: PruneConfig, scores: dict, cost: CostModel)
                              cfg.max_rate)
 
 
-def _report(analysis: Analysis, cfg: PruneConfig, counts: dict, before: Model, after: Model,
+def _report(analysis: Analysis, cfg: PruneOptions, counts: dict, before: Model, after: Model,
             start: float, t_groups: float) -> dict:
     cb, ca = batch1_cost(before), batch1_cost(after)
     rows = [{"id": g.id, "kind": g.kind, "members": g.members[:3], "n_members": len(g.members),
@@ -227,7 +248,7 @@ class ChannelPrune(Pass):
 
     preserves_function = False
 
-    def __init__(self, config: PruneConfig | dict | None = None, calib: Any = None,
+    def __init__(self, config: PruneOptions | dict | None = None, calib: Any = None,
                  **kwargs) -> None:
         self.config = make_config(config, **kwargs)
         self.calib = calib
@@ -244,5 +265,5 @@ def group_widths(report: dict) -> list[tuple[int, int]]:
     return [(r["before"], r["after"]) for r in report["groups"] if r["prunable"]]
 
 
-__all__ = ["ChannelPrune", "PruneConfig", "group_widths", "make_config", "needs_calib",
-           "prune_model"]
+__all__ = ["ChannelPrune", "PruneConfig", "PruneOptions", "calib_missing", "group_widths",
+           "make_config", "needs_calib", "prune_model"]

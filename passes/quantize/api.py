@@ -32,11 +32,10 @@ from passes.quantize.build import build_qgraph, calibration_tensors
 from passes.quantize.calibrate import METHODS, CalibrationTable, collect_ranges
 from passes.quantize.emit_int import emit_int
 from passes.quantize.emit_qdq import emit_qdq
+from passes.quantize.options import DEFAULT_CALIB_LIMIT, DEFAULT_PERCENTILE, ROUNDINGS
 from passes.quantize.patterns import partition
 
 log = logging.getLogger(__name__)
-
-ROUNDINGS = ("nearest", "gptq")
 
 
 @dataclass
@@ -114,18 +113,20 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
 
 
 def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str = "max", *,
-                   percentile: float | None = None, cle: bool = False,
+                   percentile: float | None = DEFAULT_PERCENTILE, cle: bool = False,
                    bias_correction: bool = False, rounding: str = "nearest",
                    keep_float: Sequence[str] = (),
                    table: CalibrationTable | str | Path | None = None,
-                   batch_size: int = 8, calib_limit: int | None = None) -> QuantResult:
+                   batch_size: int = 8,
+                   calib_limit: int | None = DEFAULT_CALIB_LIMIT) -> QuantResult:
     """Post-training symmetric int8 quantization (docs/quantization.md).
 
     Args:
         model: Float model (path, ModelProto or IR Model; never modified).
         calib_feeds: Calibration data (anything `compiler.core.feeds.load_feeds` accepts).
         calibrator: "max", "percentile", "kl" or "mse".
-        percentile: Percentile for the "percentile" calibrator.
+        percentile: Percentile for the "percentile" calibrator (None: the default 99.99);
+            another value with another calibrator is an error.
         cle: Cross-layer equalization before quantizing.
         bias_correction: Correct biases for the weight quantization error.
         rounding: Weight rounding: "nearest", or "gptq" (error-compensating, needs data;
@@ -134,7 +135,10 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
             classifier whose int8 logits cost too much accuracy.
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
-        calib_limit: Use at most this many calibration samples.
+        calib_limit: Use at most this many calibration samples (None: all).
+
+    Defaults are declared once in `passes.quantize.options` (CalibrationOptions,
+    QuantizeOptions).
 
     Raises:
         ConfigError: Unknown calibrator/option, or a table missing tensors.
@@ -143,9 +147,10 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     """
     if calibrator not in METHODS:
         raise ConfigError(f"unknown calibrator {calibrator!r} (valid: {', '.join(METHODS)})")
-    opts = {"percentile": percentile} if percentile is not None else {}
-    if percentile is not None and calibrator != "percentile":
+    pct = DEFAULT_PERCENTILE if percentile is None else percentile
+    if pct != DEFAULT_PERCENTILE and calibrator != "percentile":
         raise ConfigError("--percentile only applies to the percentile calibrator")
+    opts = {"percentile": pct} if calibrator == "percentile" else {}
     if rounding not in ROUNDINGS:
         raise ConfigError(f"unknown rounding {rounding!r} (valid: {', '.join(ROUNDINGS)})")
     timings, start = {}, time.perf_counter()

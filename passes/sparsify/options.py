@@ -6,42 +6,43 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from compiler.core.errors import ConfigError
+from compiler.core.options import in_range, non_negative, option, positive
 from passes.sparsify.criteria import CRITERIA
 from passes.sparsify.layers import BLOCK_SIZES, Layer
 
 
 @dataclass
 class SparsifyOptions:
-    """What to sparsify and how (mirrors `npuc sparsify`).
+    """What to sparsify and how: config keys `sparsify.*`, the flags of `npuc sparsify`.
 
-    Attributes:
-        block: N, output channels per block (2, 4, 8, 16 or 32).
-        sparsity: Fraction of blocks zeroed per layer (global: of the layers' MACs), in [0, 1).
-        criterion: "l1" or "l2" block norm, "act" (block L1 x input-channel RMS on
-            calibration data), "obs" (output error of removing the block, chosen during
-            the re-fit), or "css" (CHEX-style whole filters).
-        global_budget: One MACs-weighted budget across layers instead of per-layer sparsity.
-        exclude: Node names or glob patterns never sparsified.
-        include_first_last: Also sparsify the first conv(s) and last classifier(s).
-        reorder: Permute output channels by filter L1 norm before forming blocks.
-        reconstruct: Re-fit surviving weights on calibration data (needs `calib`).
-        refit_dense: With `reconstruct`, also re-fit the dense layers downstream of a
-            sparsified one (classifier, depthwise, excluded layers).
-        ridge: Relative ridge strength of the reconstruction.
-        rows: Regression rows sampled per layer in the reconstruction.
+    Each field is declared once with `option(...)`; the config schema, the CLI flags and
+    docs/config.md are generated from these declarations. `criterion` "obs" and
+    `reconstruct` (the defaults) need calibration data.
     """
 
-    block: int = 4
-    sparsity: float = 0.5
-    criterion: str = "l1"
-    global_budget: bool = False
-    exclude: Sequence[str] = ()
-    include_first_last: bool = False
-    reorder: bool = False
-    reconstruct: bool = False
-    refit_dense: bool = True
-    ridge: float = 1e-3
-    rows: int = 8192
+    block: int = option(4, "N, output channels per block", choices=BLOCK_SIZES, metavar="N")
+    sparsity: float = option(
+        0.5, "fraction of blocks zeroed per layer (global: of the eligible layers' MACs)",
+        check=in_range(0, 1, hi_open=True), metavar="S")
+    criterion: str = option(
+        "obs", "l1 or l2 block norm; act: block L1 x input-channel RMS on calibration data; "
+        "obs: output error of removing the block, chosen during the re-fit (needs "
+        "reconstruct); css: CHEX-style whole filters", choices=CRITERIA)
+    global_budget: bool = option(False, "one MACs-weighted budget across layers instead of "
+                                 "per-layer sparsity", key="global", flag="--global")
+    exclude: Sequence[str] = option((), "node names or glob patterns kept dense", item=str,
+                                    list_sep=",", metavar="NAMES")
+    include_first_last: bool = option(False, "also sparsify the first conv and the last "
+                                      "classifier")
+    reorder: bool = option(False, "permute output channels by filter L1 norm before forming "
+                           "blocks")
+    reconstruct: bool = option(True, "re-fit surviving weights by masked least squares to the "
+                               "float model's layer outputs on calibration data")
+    refit_dense: bool = option(True, "with reconstruct: also re-fit the dense layers after "
+                               "sparsified ones (classifier, depthwise)")
+    ridge: float = option(1e-3, "reconstruction: relative ridge strength", check=non_negative)
+    rows: int = option(8192, "reconstruction: regression rows sampled per layer",
+                       check=positive, metavar="R")
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the bad option."""
@@ -55,7 +56,7 @@ class SparsifyOptions:
                               f"(choose from {', '.join(CRITERIA)})")
         if self.criterion == "obs" and not self.reconstruct:
             raise ConfigError("--criterion obs chooses blocks during the re-fit: "
-                              "add --reconstruct")
+                              "add --reconstruct or pick another criterion")
         if self.criterion == "obs" and self.global_budget:
             raise ConfigError("--criterion obs selects per layer: --global is not supported")
         if self.ridge < 0 or self.rows < 1:

@@ -157,11 +157,27 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
         raise ConfigError(f"unknown sparsify option(s): {', '.join(sorted(unknown))}")
     opts = SparsifyOptions(block=block, sparsity=sparsity, **options)
     opts.validate()
-    if opts.reconstruct and calib is None:
-        raise ConfigError("--reconstruct needs calibration data (--calib DATA)")
-    if opts.criterion in NEEDS_DATA and calib is None:
-        raise ConfigError(f"--criterion {opts.criterion} needs calibration data (--calib DATA)")
+    if calib is None and needs_calib(opts):
+        raise ConfigError(calib_missing(opts))
     return _run(model.copy(), opts, calib)
+
+
+def needs_calib(opts: SparsifyOptions) -> bool:
+    """Whether these options need calibration data."""
+    return opts.reconstruct or opts.criterion in NEEDS_DATA
+
+
+def calib_missing(opts: SparsifyOptions) -> str:
+    """The one-line message when these options need calibration data and there is none."""
+    data_criterion = opts.criterion in NEEDS_DATA
+    if data_criterion and opts.reconstruct:
+        return (f"sparsify: --criterion {opts.criterion} and --reconstruct need calibration "
+                "data: add --calib DATA, or opt out with --criterion l1 --no-reconstruct")
+    if data_criterion:
+        return (f"sparsify: --criterion {opts.criterion} needs calibration data: add "
+                "--calib DATA, or pick l1, l2 or css")
+    return ("sparsify: --reconstruct needs calibration data: add --calib DATA, or opt out "
+            "with --no-reconstruct")
 
 
 def _run(model: Model, opts: SparsifyOptions, calib: Any) -> tuple[Model, dict[str, Any]]:

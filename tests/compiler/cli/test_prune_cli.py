@@ -43,7 +43,7 @@ def test_groups_table_and_json(model_path, capsys):
 def test_prune_writes_valid_model(model_path, tmp_path, capsys):
     out_path = tmp_path / "p.onnx"
     code, out, err = _run(["prune", str(model_path), "-o", str(out_path), "--ratio", "0.5",
-                           "--json"], capsys)
+                           "--no-reconstruct", "--round-to", "1", "--json"], capsys)
     assert code == 0, err
     report = json.loads(out)
     assert report["macs"]["after"] < 0.5 * report["macs"]["before"]
@@ -52,7 +52,8 @@ def test_prune_writes_valid_model(model_path, tmp_path, capsys):
     feeds = random_feeds(orig, seed=0, batch=2)
     assert run(pruned, feeds)["fc"].shape == run(orig, feeds)["fc"].shape
     code, out, _ = _run(["prune", str(model_path), "-o", str(tmp_path / "q.onnx"),
-                         "--target-macs", "0.6", "--criterion", "css", "--round-to", "2"],
+                         "--target-macs", "0.6", "--criterion", "css", "--round-to", "2",
+                         "--no-reconstruct"],
                         capsys)
     assert code == 0 and "MACs" in out and "group" in out
 
@@ -70,7 +71,7 @@ def _no_prunable(tmp_path):
                                   "calib_shape", "calib_missing", "both_modes"])
 def test_bad_input_one_line_exit_2_no_file(case, model_path, tmp_path, capsys):
     out_path = tmp_path / "out.onnx"
-    base = ["prune", str(model_path), "-o", str(out_path)]
+    base = ["prune", str(model_path), "-o", str(out_path), "--no-reconstruct", "--round-to", "1"]
     bad_calib = tmp_path / "bad.npy"
     np.save(bad_calib, np.zeros((4, 3, 9, 9), np.float32))
     argv, expect = {
@@ -78,7 +79,8 @@ def test_bad_input_one_line_exit_2_no_file(case, model_path, tmp_path, capsys):
         "ratio_negative": (base + ["--ratio", "-0.1"], "outside [0, 1)"),
         "rates_length": (base + ["--rates", "[0.1, 0.2]"],
                          "got 2 rates, expected 11 (one per prunable group, in order 1:stem.out"),
-        "no_group": (["prune", str(_no_prunable(tmp_path)), "-o", str(out_path), "--ratio",
+        "no_group": (["prune", str(_no_prunable(tmp_path)), "-o", str(out_path),
+                      "--no-reconstruct", "--ratio",
                       "0.3"], "no prunable channel group"),
         "calib_shape": (base + ["--ratio", "0.3", "--reconstruct", "--calib", str(bad_calib)],
                         "has shape 4x3x9x9, model expects ?x3x8x8"),
@@ -100,7 +102,7 @@ def test_prune_reconstruct_cli(tmp_path, capsys):
     save_model(small_resnet(), path)
     np.save(calib, _images(32, 0))
     code, out, err = _run(["prune", str(path), "-o", str(tmp_path / "p.onnx"), "--ratio", "0.5",
-                           "--criterion", "hrank", "--calib", str(calib), "--reconstruct"],
-                          capsys)
+                           "--criterion", "hrank", "--calib", str(calib), "--reconstruct",
+                           "--round-to", "1"], capsys)
     assert code == 0, err
     assert "reconstruction (lsq): 5 layers" in out

@@ -22,7 +22,7 @@ def model_path(tmp_path):
 def test_sparsify_writes_model_and_json_report(model_path, tmp_path, capsys):
     out = tmp_path / "sparse.onnx"
     code = main(["sparsify", model_path, "-o", str(out), "--block", "4", "--sparsity", "0.5",
-                 "--json"])
+                 "--criterion", "l1", "--no-reconstruct", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert report["zero_block_fraction"] == pytest.approx(0.5)
@@ -61,7 +61,8 @@ def test_sparsify_text_report_with_reconstruction(model_path, tmp_path, capsys):
 ])
 def test_bad_input_is_one_line_exit_2(model_path, tmp_path, capsys, args, message):
     out = tmp_path / "never.onnx"
-    code = main(["sparsify", model_path, "-o", str(out), *args])
+    code = main(["sparsify", model_path, "-o", str(out), "--criterion", "l1", "--no-reconstruct",
+                 *args])
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("npuc: error: ") and message in err

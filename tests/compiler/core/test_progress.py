@@ -14,7 +14,8 @@ from tests.passes.sparsify.test_sparsify_blocks import tiny_net
 
 
 def _sparsify(model):
-    sparsify_model(model, 4, 0.5, reconstruct=True, calib=random_feeds(model, seed=0, batch=8))
+    sparsify_model(model, 4, 0.5, reconstruct=True, calib=random_feeds(model, seed=0, batch=8),
+                   criterion="l1")
 
 
 def _stem_output(model):
@@ -28,7 +29,8 @@ def test_calibration_and_reconstruction_report_progress(enabled, capsys):
         collect_ranges(model, random_feeds(model, seed=0, batch=16), [_stem_output(model)],
                        "percentile", batch_size=4)
         _sparsify(model)
-        prune_model(small_resnet(), ratio=0.3, reconstruct=True, calib={"x": _images(8, 0)})
+        prune_model(small_resnet(), ratio=0.3, reconstruct=True, calib={"x": _images(8, 0)},
+                    round_to=1)
     err = capsys.readouterr().err
     for label in ("calibrate (percentile, batches)", "reconstruct:",
                   "reconstruct (layer groups)"):
@@ -38,5 +40,6 @@ def test_calibration_and_reconstruction_report_progress(enabled, capsys):
 def test_abc_search_reports_cycles(capsys):
     with progress_output(True):
         prune_model(small_resnet(), search="abc", target_macs=0.7, calib={"x": _images(16, 0)},
-                    abc_cycles=1, abc_sources=2, abc_limit=1, workers=1, seed=0)
+                    abc_cycles=1, abc_sources=2, abc_limit=1, workers=1, seed=0,
+                    reconstruct=False, round_to=1)
     assert "ABC search (cycles)" in capsys.readouterr().err

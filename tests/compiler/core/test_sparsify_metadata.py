@@ -31,7 +31,7 @@ def test_mask_packing_is_row_major_msb_first():
 
 
 def test_metadata_survives_save_and_load(tmp_path):
-    sparse, report = sparsify_model(tiny_net(), 4, 0.5)
+    sparse, report = sparsify_model(tiny_net(), 4, 0.5, criterion="l1", reconstruct=False)
     path = save_model(sparse, tmp_path / "s.onnx")
     loaded = load_model(path)
     masks = read_sparsity_metadata(loaded)
@@ -43,7 +43,7 @@ def test_metadata_survives_save_and_load(tmp_path):
 
 
 def test_check_masks_detects_non_zero_in_masked_block():
-    sparse, _ = sparsify_model(tiny_net(), 4, 0.5)
+    sparse, _ = sparsify_model(tiny_net(), 4, 0.5, criterion="l1", reconstruct=False)
     masks = read_sparsity_metadata(sparse)
     layer = next(x for x in weight_layers(sparse) if x.name == "a")
     g, c = np.argwhere(~masks["a"].mask)[0]

@@ -66,24 +66,13 @@ def test_docs_config_is_current():
     assert schema_markdown() in doc
 
 
-def _subcommand_flags(name):
-    import argparse
-    import importlib
-
-    parser = argparse.ArgumentParser()
-    importlib.import_module(f"compiler.cli.{name}").register(parser.add_subparsers())
-    sub = parser._subparsers._group_actions[0].choices[name]
-    return {a.option_strings[-1] if a.option_strings else a.dest
-            for a in sub._actions if a.dest != "help"}
-
-
 @pytest.mark.parametrize("command", ["prune", "sparsify", "quantize", "build", "verify", "perf",
                                      "eval"])
 def test_every_subcommand_flag_has_a_config_key(command):
-    from compiler.driver.config import SUBCOMMAND_KEYS
+    from compiler.cli.options import command_parser, flag_keys, parser_flags
 
-    mapped = SUBCOMMAND_KEYS[command]
-    assert _subcommand_flags(command) == set(mapped)
+    mapped = flag_keys(command)
+    assert set(parser_flags(command_parser(command))) == set(mapped)
     for key in mapped.values():
         assert key.startswith("(") or key in SCHEMA, key
 
@@ -91,7 +80,7 @@ def test_every_subcommand_flag_has_a_config_key(command):
 def test_docs_config_lists_flag_keys():
     from pathlib import Path
 
-    from compiler.driver.config import flags_markdown
+    from compiler.cli.options import flags_markdown
 
     doc = (Path(__file__).resolve().parents[3] / "docs" / "config.md").read_text()
     assert flags_markdown() in doc

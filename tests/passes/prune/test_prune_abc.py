@@ -15,7 +15,7 @@ def test_abc_search_respects_budget_and_records_history():
     model = small_resnet()
     calib = {"x": _images(48, 0)}
     opts = dict(search="abc", target_macs=0.6, calib=calib, reconstruct=True, abc_cycles=2,
-                abc_sources=3, abc_limit=1, workers=2, seed=1)
+                abc_sources=3, abc_limit=1, workers=2, seed=1, round_to=1)
     pruned, report = prune_model(model, **opts)
     info = report["search"]
     assert report["macs"]["ratio"] <= 0.6 + 1e-9
@@ -30,5 +30,6 @@ def test_abc_search_respects_budget_and_records_history():
 
 def test_abc_needs_budget():
     with pytest.raises(ConfigError, match="needs --target-macs"):
-        prune_model(small_resnet(), search="abc", ratio=0.3, calib={"x": _images(8, 0)})
+        prune_model(small_resnet(), search="abc", ratio=0.3, calib={"x": _images(8, 0)},
+                    reconstruct=False, round_to=1)
     assert np.isfinite(0.0)

@@ -26,7 +26,7 @@ def resnet50():
 
 
 def test_hrankplus_resnet50_widths(resnet50):
-    pruned, report = prune_model(resnet50, rates=HRANKPLUS)
+    pruned, report = prune_model(resnet50, rates=HRANKPLUS, reconstruct=False, round_to=1)
     groups = report["groups"]
     residual = [r["after"] for r in groups if r["kind"] == "residual"]
     assert residual == [194, 389, 778, 2048]
@@ -91,7 +91,7 @@ def test_keep_count_and_round_to():
 
 
 def test_uniform_ratio_round_to(resnet50):
-    _, report = prune_model(resnet50, ratio=0.3, round_to=16)
+    _, report = prune_model(resnet50, ratio=0.3, round_to=16, reconstruct=False)
     for before, after in group_widths(report):
         assert after % 16 == 0 and after <= before
 
@@ -104,7 +104,7 @@ def test_target_macs(resnet50, target):
     counts = counts_for_target(cost, a.groups, scores, target)
     assert cost.macs(counts) <= target * cost.total_macs
     assert cost.macs(counts) >= (target - 0.03) * cost.total_macs
-    _, report = prune_model(resnet50, target_macs=target)
+    _, report = prune_model(resnet50, target_macs=target, reconstruct=False, round_to=1)
     assert abs(report["macs"]["ratio"] - cost.macs(counts) / cost.total_macs) < 1e-6
 
 
@@ -114,7 +114,8 @@ def test_cost_model_matches_real_cost(resnet50):
     rng = np.random.default_rng(0)
     counts = {g.id: int(rng.integers(1, g.channels + 1)) for g in a.groups if g.prunable}
     rates = {gid: 1 - n / a.groups[gid].channels for gid, n in counts.items()}
-    _, report = prune_model(resnet50, rates={k: min(v, 0.999) for k, v in rates.items()})
+    _, report = prune_model(resnet50, rates={k: min(v, 0.999) for k, v in rates.items()},
+                            reconstruct=False, round_to=1)
     got = {r["id"]: r["after"] for r in report["groups"]}
     real = cost.macs(got)
     assert abs(report["macs"]["after"] - real) / real < 1e-9

@@ -90,7 +90,7 @@ def test_select_global_meets_mac_budget_and_caps_layers():
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
 def test_exact_zero_blocks_per_layer(block, sparsity):
     model = tiny_net()
-    sparse, report = sparsify_model(model, block, sparsity)
+    sparse, report = sparsify_model(model, block, sparsity, criterion="l1", reconstruct=False)
     masks = read_sparsity_metadata(sparse)
     layers = {x.name: x for x in weight_layers(sparse)}
     assert set(masks) == {r["node"] for r in report["layers"]}
@@ -105,18 +105,19 @@ def test_exact_zero_blocks_per_layer(block, sparsity):
 
 
 def test_skipped_layers_have_reasons():
-    plan = plan_layers(tiny_net(), SparsifyOptions(block=8))
+    plan = plan_layers(tiny_net(), SparsifyOptions(block=8, criterion="l1", reconstruct=False))
     assert plan.skipped["stem"].startswith("first layer")
     assert plan.skipped["fc2"].startswith("last layer")
     assert plan.skipped["dw"].startswith("depthwise conv (group=32)")
     assert [x.name for x in plan.layers] == ["a", "b", "c", "pw", "fc1"]
-    plan16 = plan_layers(tiny_net(), SparsifyOptions(block=16))
+    plan16 = plan_layers(tiny_net(), SparsifyOptions(block=16, criterion="l1", reconstruct=False))
     assert plan16.skipped["pw"] == "Cout=24 is not a multiple of N=16"
 
 
 def test_include_first_last_and_exclude():
     plan = plan_layers(tiny_net(), SparsifyOptions(block=2, include_first_last=True,
-                                                   exclude=("f*",)))
+                                                   exclude=("f*",), criterion="l1",
+                                                   reconstruct=False))
     names = [x.name for x in plan.layers]
     assert "stem" in names and "fc1" not in names and "fc2" not in names
     assert plan.skipped["fc2"] == "excluded by --exclude"
@@ -124,7 +125,7 @@ def test_include_first_last_and_exclude():
 
 def test_sparsity_zero_keeps_function_and_output_shapes():
     model = tiny_net()
-    sparse, report = sparsify_model(model, 4, 0.0)
+    sparse, report = sparsify_model(model, 4, 0.0, criterion="l1", reconstruct=False)
     assert report["zero_blocks"] == 0
     feeds = random_feeds(model, seed=3, batch=2)
     ref, out = run(model, feeds), run(sparse, feeds)
@@ -133,7 +134,7 @@ def test_sparsity_zero_keeps_function_and_output_shapes():
 
 def test_sparse_model_runs_with_same_shapes_and_effective_macs():
     model = tiny_net()
-    sparse, report = sparsify_model(model, 4, 0.5)
+    sparse, report = sparsify_model(model, 4, 0.5, criterion="l1", reconstruct=False)
     feeds = random_feeds(model, seed=3, batch=2)
     ref, out = run(model, feeds), run(sparse, feeds)
     assert out["fc2"].shape == ref["fc2"].shape
@@ -145,7 +146,8 @@ def test_sparse_model_runs_with_same_shapes_and_effective_macs():
 
 def test_matmul_weight_in_io_layout_is_blocked_on_output_axis():
     model = tiny_net()
-    sparse, _ = sparsify_model(model, 2, 0.5, include_first_last=True)
+    sparse, _ = sparsify_model(model, 2, 0.5, include_first_last=True, criterion="l1",
+                               reconstruct=False)
     m = read_sparsity_metadata(sparse)["fc2"]
     assert m.layout == "IO" and m.mask.shape == (5, 16)
     w = np.asarray(sparse.graph.tensors()[m.weight].values)  # [in=16, out=10]
@@ -155,7 +157,7 @@ def test_matmul_weight_in_io_layout_is_blocked_on_output_axis():
 
 def test_css_zeroes_whole_filters():
     model = tiny_net()
-    sparse, report = sparsify_model(model, 4, 0.5, criterion="css")
+    sparse, report = sparsify_model(model, 4, 0.5, criterion="css", reconstruct=False)
     masks = read_sparsity_metadata(sparse)
     m = masks["c"]
     assert m.block == 1 and m.mask.shape == (32, 16)
@@ -167,7 +169,7 @@ def test_css_zeroes_whole_filters():
 
 def test_global_budget_hits_mac_target():
     model = tiny_net()
-    _, report = sparsify_model(model, 4, 0.5, global_budget=True)
+    _, report = sparsify_model(model, 4, 0.5, global_budget=True, criterion="l1", reconstruct=False)
     eligible = sum(r["macs"] for r in report["layers"])
     saved = sum(r["macs"] - r["effective_macs"] for r in report["layers"])
     assert 0.5 <= saved / eligible < 0.55
@@ -186,7 +188,7 @@ def test_global_budget_hits_mac_target():
     ({"block": 32, "exclude": ("c",)}, "N divides the output channels of no eligible layer"),
 ])
 def test_bad_options_raise_config_error(kwargs, match):
-    args = {"block": 4, "sparsity": 0.5, **kwargs}
+    args = {"block": 4, "sparsity": 0.5, "criterion": "l1", "reconstruct": False, **kwargs}
     with pytest.raises(ConfigError, match=match):
         sparsify_model(tiny_net(), **args)
 
@@ -194,7 +196,7 @@ def test_bad_options_raise_config_error(kwargs, match):
 def test_input_model_is_not_modified():
     model = tiny_net()
     before = {x.weight.name: np.array(x.weight.values) for x in weight_layers(model)}
-    sparsify_model(model, 4, 0.7)
+    sparsify_model(model, 4, 0.7, criterion="l1", reconstruct=False)
     for layer in weight_layers(model):
         assert np.array_equal(before[layer.weight.name], layer.weight.values)
 
@@ -204,7 +206,8 @@ def test_block_sparsify_pass_in_pass_manager():
     from passes.sparsify import BlockSparsify
 
     model = tiny_net()
-    result = PassManager([BlockSparsify(4, 0.5, reorder=True)], verify_each=True)(model)
+    result = PassManager([BlockSparsify(4, 0.5, reorder=True, criterion="l1", reconstruct=False)],
+                         verify_each=True)(model)
     info = result.info["BlockSparsify"]
     assert result.modified and info["zero_blocks"] == info["blocks"] // 2
     assert set(read_sparsity_metadata(result.model)) == {r["node"] for r in info["layers"]}
@@ -212,7 +215,7 @@ def test_block_sparsify_pass_in_pass_manager():
 
 
 def test_symbolic_batch_is_costed_per_image():
-    _, fixed = sparsify_model(tiny_net(batch=2), 4, 0.5)
-    _, symbolic = sparsify_model(tiny_net(batch="N"), 4, 0.5)
+    _, fixed = sparsify_model(tiny_net(batch=2), 4, 0.5, criterion="l1", reconstruct=False)
+    _, symbolic = sparsify_model(tiny_net(batch="N"), 4, 0.5, criterion="l1", reconstruct=False)
     assert symbolic["macs"] > 0 and 2 * symbolic["macs"] == fixed["macs"]
     assert 2 * symbolic["effective_macs"] == fixed["effective_macs"]

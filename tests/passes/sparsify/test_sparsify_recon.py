@@ -19,8 +19,8 @@ def _calib(model, n=64, seed=5):
 def test_reconstruction_keeps_zero_blocks_and_lowers_error():
     model = tiny_net(batch="N")
     calib = _calib(model)
-    plain, _ = sparsify_model(model, 4, 0.5)
-    fitted, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib)
+    plain, _ = sparsify_model(model, 4, 0.5, criterion="l1", reconstruct=False)
+    fitted, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, criterion="l1")
     check_masks(fitted)
     masks = read_sparsity_metadata(fitted)
     for layer in weight_layers(fitted):
@@ -73,7 +73,8 @@ def grouped_net():
 def test_grouped_conv_blocks_stay_in_their_group_and_refit():
     model = grouped_net()
     calib = _calib(model)
-    sparse, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, reorder=True)
+    sparse, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, reorder=True,
+                                    criterion="l1")
     check_masks(sparse)
     rows = {r["node"]: r for r in report["layers"]}
     assert rows["g"]["blocks"] == 16 and rows["g"]["zero_blocks"] == 8  # [16/4, 16/2] mask
@@ -85,8 +86,9 @@ def test_bias_correction_restores_output_mean():
     """With calibration data, the mean contribution of zeroed blocks moves into the bias."""
     model = tiny_net(batch="N")
     calib = _calib(model, 64)
-    plain, _ = sparsify_model(model, 4, 0.5)
-    corrected, report = sparsify_model(model, 4, 0.5, calib=calib)
+    plain, _ = sparsify_model(model, 4, 0.5, criterion="l1", reconstruct=False)
+    corrected, report = sparsify_model(model, 4, 0.5, calib=calib, criterion="l1",
+                                       reconstruct=False)
     assert set(report["bias_corrected"]) == {"a", "b", "c", "pw", "fc1"}
     check_masks(corrected)
     from passes.recon import iter_tensors
@@ -114,7 +116,7 @@ def test_activation_aware_criterion_weighs_blocks_by_input_std():
     scores = unit_scores(layer.logical(), 4, "act", scale)
     l1 = unit_scores(layer.logical(), 4, "l1")
     assert np.allclose(scores, l1 * stats.std[None, :])
-    sparse, _ = sparsify_model(model, 4, 0.5, criterion="act", calib=calib)
+    sparse, _ = sparsify_model(model, 4, 0.5, criterion="act", calib=calib, reconstruct=False)
     m = read_sparsity_metadata(sparse)["c"]
     assert np.array_equal(~m.mask, scores <= np.sort(scores.ravel())[63])
 
@@ -128,8 +130,9 @@ def run_tensor(model, name, feeds):
 def test_dense_followers_are_refitted_and_stay_dense():
     model = tiny_net(batch="N")
     calib = _calib(model)
-    only, _ = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, refit_dense=False)
-    both, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib)
+    only, _ = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, refit_dense=False,
+                             criterion="l1")
+    both, report = sparsify_model(model, 4, 0.5, reconstruct=True, calib=calib, criterion="l1")
     # dw (depthwise, ineligible) and fc2 (last layer) follow sparsified layers; stem does not.
     assert set(report["refit_dense"]) == {"dw", "fc2"}
     dw = report["refit_dense"]["dw"]

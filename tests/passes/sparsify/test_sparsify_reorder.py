@@ -21,7 +21,7 @@ def _weights(model):
 
 def test_reorder_at_sparsity_zero_equals_original():
     model = tiny_net()
-    out, report = sparsify_model(model, 4, 0.0, reorder=True)
+    out, report = sparsify_model(model, 4, 0.0, reorder=True, criterion="l1", reconstruct=False)
     feeds = random_feeds(model, seed=1, batch=2)
     assert relative_error(run(model, feeds)["fc2"], run(out, feeds)["fc2"]) <= 1e-5
     status = {r["node"]: r["reorder"] for r in report["layers"]}
@@ -40,7 +40,7 @@ def test_reorder_at_sparsity_zero_equals_original():
 
 def test_reorder_then_sparsify_keeps_masks_consistent():
     model = tiny_net()
-    out, report = sparsify_model(model, 4, 0.5, reorder=True)
+    out, report = sparsify_model(model, 4, 0.5, reorder=True, criterion="l1", reconstruct=False)
     masks = read_sparsity_metadata(out)
     for layer in weight_layers(out):
         if layer.name in masks:
@@ -53,8 +53,8 @@ def test_reorder_then_sparsify_keeps_masks_consistent():
 def test_reorder_lowers_pruned_l1_mass():
     """Sorting filters by norm groups big filters together, so the zeroed blocks are lighter."""
     model = tiny_net(seed=3)
-    plain = sparsify_model(model, 8, 0.5)[0]
-    sorted_ = sparsify_model(model, 8, 0.5, reorder=True)[0]
+    plain = sparsify_model(model, 8, 0.5, criterion="l1", reconstruct=False)[0]
+    sorted_ = sparsify_model(model, 8, 0.5, reorder=True, criterion="l1", reconstruct=False)[0]
     orig = sum(np.abs(w).sum() for w in _weights(model).values())
     kept_plain = sum(np.abs(w).sum() for w in _weights(plain).values())
     kept_sorted = sum(np.abs(w).sum() for w in _weights(sorted_).values())
@@ -65,7 +65,7 @@ def test_reorder_lowers_pruned_l1_mass():
 @pytest.mark.parametrize("name", ["resnet50", "squeezenet", "inception_v1"])
 def test_reorder_light_zoo_is_function_preserving(name):
     model = canonicalize(load_model(light_path(name))).model
-    out, report = sparsify_model(model, 4, 0.0, reorder=True)
+    out, report = sparsify_model(model, 4, 0.0, reorder=True, criterion="l1", reconstruct=False)
     assert report["reordered"] > 0
     feeds = random_feeds(model, seed=0)
     ref, got = run(model, feeds), run(out, feeds)

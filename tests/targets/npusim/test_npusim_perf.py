@@ -24,8 +24,8 @@ def variants():
     proto, _ = ARCHITECTURES["resnet50"](seed=0, batch=1, image_size=112)
     dense = canonicalize(load_model(proto, fix_batch=True)).model
     # 16 = the default MAC array's channel granularity (docs/perf-model.md)
-    pruned = prune_model(dense, target_macs=0.7, round_to=16)[0]
-    sparse = sparsify_model(dense, block=4, sparsity=0.5)[0]
+    pruned = prune_model(dense, target_macs=0.7, round_to=16, reconstruct=False)[0]
+    sparse = sparsify_model(dense, block=4, sparsity=0.5, criterion="l1", reconstruct=False)[0]
     calib = random_inputs(proto, 2, 0)
     out = {}
     for name, model in (("dense", dense), ("pruned", pruned), ("sparse", sparse)):

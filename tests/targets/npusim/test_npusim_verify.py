@@ -88,7 +88,8 @@ def test_zoo_resnet50_full_size_real_photos():
 def _pruned(proto, ratio=0.3):
     from passes.prune import prune_model
 
-    return prune_model(load_model(proto, fix_batch=True), ratio=ratio)[0]
+    return prune_model(load_model(proto, fix_batch=True), ratio=ratio, reconstruct=False,
+                       round_to=1)[0]
 
 
 def _sparse(model_or_proto, block=4, sparsity=0.5):
@@ -96,7 +97,8 @@ def _sparse(model_or_proto, block=4, sparsity=0.5):
     from passes.sparsify import sparsify_model
 
     model = canonicalize(load_model(model_or_proto, fix_batch=True)).model
-    return sparsify_model(model, block=block, sparsity=sparsity)[0]
+    return sparsify_model(model, block=block, sparsity=sparsity, criterion="l1",
+                          reconstruct=False)[0]
 
 
 @pytest.mark.parametrize("variant", ["pruned", pytest.param("sparse", marks=pytest.mark.slow),

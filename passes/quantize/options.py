@@ -1,0 +1,55 @@
+"""Options of calibration (`calibration.*`) and quantization (`quantize.*`), declared once.
+
+`quantize_model`'s keyword defaults, the flags of `npuc quantize` (and the calibration flags
+of `npuc prune` / `npuc sparsify`), the config schema and docs/config.md all come from these
+declarations. This module is light (no numpy/onnx) so the CLI can build its flags quickly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from compiler.core.options import in_range, option, positive
+
+CALIBRATORS = ("max", "percentile", "kl", "mse")  # = passes.quantize.calibrate.METHODS
+ROUNDINGS = ("nearest", "gptq")
+DEFAULT_PERCENTILE = 99.99
+DEFAULT_CALIB_LIMIT = 256
+
+
+@dataclass
+class CalibrationOptions:
+    """Where calibration data comes from and how activation thresholds are calibrated."""
+
+    data: str | None = option(
+        None, "calibration data: image folder, .npy/.npz file or bundled dataset name",
+        types=(str,), flag="--calib", metavar="DATA")
+    limit: int = option(DEFAULT_CALIB_LIMIT, "calibration samples used at most",
+                        flag="--calib-limit", check=positive, metavar="N")
+    calibrator: str = option("max", "activation calibrator", choices=CALIBRATORS)
+    percentile: float = option(DEFAULT_PERCENTILE, "percentile of |x| used by the percentile "
+                               "calibrator", check=in_range(0, 100, lo_open=True))
+    batch_size: int = option(8, "samples per calibration run (models with a symbolic batch)",
+                             check=positive)
+    table: str | None = option(None, "saved calibration.json to reuse instead of calibrating",
+                               types=(str,), flag="--calib-table", metavar="FILE")
+
+
+@dataclass
+class QuantizeOptions:
+    """How weights are prepared and which nodes stay in float."""
+
+    cle: bool = option(False, "cross-layer equalization before quantizing")
+    bias_correction: bool = option(False, "empirical bias correction of the weight "
+                                   "quantization error (needs calibration data)")
+    rounding: str = option("nearest", "weight rounding: nearest, or gptq (error-compensating "
+                           "on the calibration data; slower, usually more accurate)",
+                           choices=ROUNDINGS)
+    keep_float: Sequence[str] = option((), "node names left in float on the CPU (mixed "
+                                       "precision, e.g. the classifier)", item=str,
+                                       list_sep=",", metavar="NODES")
+
+
+__all__ = ["CALIBRATORS", "DEFAULT_CALIB_LIMIT", "DEFAULT_PERCENTILE", "ROUNDINGS",
+           "CalibrationOptions", "QuantizeOptions"]
