@@ -8,8 +8,9 @@ from compiler.cli.common import add_step_data_flags, format_table, human, print_
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.io import load_model, save_model
+from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
-from passes.prune.pipeline import PruneOptions, calib_missing, needs_calib, prune_model
+from passes.prune.pipeline import ChannelPrune, PruneOptions, calib_missing, needs_calib
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(calib_missing(options))
     model = load_model(args.model)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
-    pruned, report = prune_model(model, options, calib=calib)
+    result = PassManager([ChannelPrune(options, calib=calib)])(model)
+    pruned, report = result.model, result.info["ChannelPrune"]
     save_model(pruned, args.output)
     report["output"] = args.output
     if args.json:

@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Quantize and write the three outputs."""
-    from passes.quantize.api import quantize_model
+    from passes.quantize.api import quantize_kwargs, quantize_model
 
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
@@ -53,11 +53,8 @@ def run(args: argparse.Namespace) -> int:
     if calib.data is None and calib.table is None:
         raise ConfigError("--calib DATA is required (or --calib-table FILE)")
     feeds = _calib_feeds(args.model, calib, from_args(args, Preprocess))
-    result = quantize_model(args.model, feeds, calib.calibrator, percentile=calib.percentile,
-                            cle=quant.cle, bias_correction=quant.bias_correction,
-                            rounding=quant.rounding, table=calib.table,
-                            keep_float=list(quant.keep_float), batch_size=calib.batch_size,
-                            calib_limit=calib.limit)
+    # the model goes in as a path: quantize_model loads it lean (no PassManager copy)
+    result = quantize_model(args.model, feeds, **quantize_kwargs(calib, quant))
     written = write_outputs(out_dir, result_blobs(result), result.table)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
     if args.json:

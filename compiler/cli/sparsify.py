@@ -8,9 +8,10 @@ from compiler.cli.common import add_step_data_flags, format_table, human, print_
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.io import load_model, save_model
+from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
-from passes.canonicalize import canonicalize
-from passes.sparsify import SparsifyOptions, sparsify_model
+from passes.canonicalize import Canonicalize
+from passes.sparsify import BlockSparsify, SparsifyOptions
 from passes.sparsify.sparsify import calib_missing, needs_calib
 
 
@@ -43,11 +44,11 @@ def run(args: argparse.Namespace) -> int:
     """Sparsify, save, print the per-layer report."""
     opts = options_from_args(args)
     source, limit, preprocess = step_data(args)
-    model = canonicalize(load_model(args.model)).model
+    model = load_model(args.model)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
-    options = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity")}
-    sparse, report = sparsify_model(model, opts.block, opts.sparsity, calib=calib, **options)
-    path = save_model(sparse, args.output)
+    result = PassManager([Canonicalize(), BlockSparsify.from_options(opts, calib)])(model)
+    report = result.info["BlockSparsify"]
+    path = save_model(result.model, args.output)
     if args.json:
         print_json({"model": args.model, "output": str(path), **report})
         return 0

@@ -32,7 +32,6 @@ from compiler.core.options import (
     options_of,
     plain,
     positive,
-    positive_ints,
     problem,
     type_names,
 )
@@ -51,10 +50,6 @@ class CompileOptions:
 
     model: str = option(DEFAULT_MODEL, "ONNX file or bundled model name", flag="")
     seed: int = option(0, "seed for every random choice (search, sampling, random inputs)")
-    shape: list | None = option(None, "concrete input shape, e.g. [1, 3, 224, 224] "
-                                "(reserved: not applied yet, the batch is fixed to 1)",
-                                types=(list,), key="input.shape", flag="",
-                                check=positive_ints)
     prune: bool = option(False, "run channel pruning", key="prune.enabled", flag="")
     sparsify: bool = option(False, "run 1xN block sparsification", key="sparsify.enabled",
                             flag="")

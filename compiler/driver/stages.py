@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from compiler.core.cost import model_cost
 from compiler.core.errors import ConfigError
 from compiler.core.io import load_model, save_model
 from compiler.core.pass_manager import Pass, PassResult
+from compiler.driver.config import step_options
 from compiler.driver.context import CompileState
 
 if TYPE_CHECKING:
@@ -52,12 +54,11 @@ def load(state: CompileState) -> str:
 
 def needs_calibration(c: dict[str, Any]) -> bool:
     """Whether any enabled stage reads calibration data."""
-    from passes.prune.pipeline import make_config, needs_calib
-    from passes.sparsify.criteria import NEEDS_DATA
+    from passes.prune.pipeline import needs_calib as prune_needs
+    from passes.sparsify.sparsify import needs_calib as sparsify_needs
 
-    prune = c["prune.enabled"] and needs_calib(make_config(prune_options(c)))
-    sparsify = c["sparsify.enabled"] and (c["sparsify.reconstruct"]
-                                          or c["sparsify.criterion"] in NEEDS_DATA)
+    prune = c["prune.enabled"] and prune_needs(step_options(c, "prune"))
+    sparsify = c["sparsify.enabled"] and sparsify_needs(step_options(c, "sparsify"))
     return bool(c["quantize.enabled"] or prune or sparsify)
 
 
@@ -83,14 +84,7 @@ def calibration_feeds(state: CompileState) -> Feeds:
 
 def preprocess(config: dict[str, Any]) -> Preprocess:
     """The image preprocessing the config describes."""
-    from compiler.core.feeds import Preprocess
-
-    resize = config["input.resize"]
-    return Preprocess(size=tuple(resize) if resize else None,
-                      mean=tuple(config["input.mean"]), std=tuple(config["input.std"]),
-                      layout=config["input.layout"],
-                      channel_order=config["input.channel_order"],
-                      grayscale=config["input.grayscale"])
+    return step_options(config, "input")
 
 
 def eval_source(state: CompileState) -> str | None:
@@ -112,35 +106,15 @@ def model_passes(state: CompileState) -> list[tuple[str, Pass]]:
     if c["prune.enabled"]:
         from passes.prune.pipeline import ChannelPrune
 
-        chosen.append(("prune", ChannelPrune(prune_options(c), calib=state.calib)))
+        chosen.append(("prune", ChannelPrune(step_options(c, "prune"), calib=state.calib)))
     if c["sparsify.enabled"]:
         from passes.sparsify.sparsify import BlockSparsify
 
-        chosen.append(("sparsify", BlockSparsify(calib=state.calib, **sparsify_options(c))))
+        chosen.append(("sparsify", BlockSparsify.from_options(step_options(c, "sparsify"),
+                                                              state.calib)))
     if c["quantize.enabled"]:
         chosen.append(("quantize", quantize_pass(state)))
     return chosen
-
-
-def prune_options(c: dict[str, Any]) -> dict[str, Any]:
-    """`PruneConfig` fields from the config."""
-    return {"criterion": c["prune.criterion"], "ratio": c["prune.ratio"],
-            "rates": c["prune.rates"], "target_macs": c["prune.target_macs"],
-            "round_to": c["prune.round_to"], "search": c["prune.search"],
-            "reconstruct": c["prune.reconstruct"], "seed": c["seed"],
-            "abc_cycles": c["prune.abc_cycles"], "abc_sources": c["prune.abc_food_sources"],
-            "abc_limit": c["prune.abc_trial_limit"], "workers": c["prune.workers"],
-            "lam": c["prune.ridge"], "max_rows": c["prune.rows"]}
-
-
-def sparsify_options(c: dict[str, Any]) -> dict[str, Any]:
-    """`SparsifyOptions` fields from the config."""
-    return {"block": c["sparsify.block"], "sparsity": c["sparsify.sparsity"],
-            "criterion": c["sparsify.criterion"], "reorder": c["sparsify.reorder"],
-            "reconstruct": c["sparsify.reconstruct"], "global_budget": c["sparsify.global"],
-            "exclude": tuple(c["sparsify.exclude"]),
-            "include_first_last": c["sparsify.include_first_last"],
-            "refit_dense": c["sparsify.refit_dense"], "rows": c["sparsify.rows"]}
 
 
 def quantize_pass(state: CompileState, *, saved_table: bool = True) -> Pass:
@@ -151,14 +125,11 @@ def quantize_pass(state: CompileState, *, saved_table: bool = True) -> Pass:
     """
     from passes.quantize.api import Quantize
 
-    c = state.config
-    percentile = c["calibration.percentile"] if c["calibration.calibrator"] == "percentile" \
-        else None
-    return Quantize(state.calib, c["calibration.calibrator"], percentile=percentile,
-                    cle=c["quantize.cle"], bias_correction=c["quantize.bias_correction"],
-                    rounding=c["quantize.rounding"], keep_float=tuple(c["quantize.keep_float"]),
-                    table=c["calibration.table"] if saved_table else None,
-                    batch_size=c["calibration.batch_size"])
+    calibration = step_options(state.config, "calibration")
+    if not saved_table:
+        calibration = replace(calibration, table=None)
+    return Quantize.from_options(state.calib, calibration,
+                                 step_options(state.config, "quantize"))
 
 
 def after_canonicalize(state: CompileState, result: PassResult) -> str:

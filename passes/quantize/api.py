@@ -32,7 +32,13 @@ from passes.quantize.build import build_qgraph, calibration_tensors
 from passes.quantize.calibrate import METHODS, CalibrationTable, collect_ranges
 from passes.quantize.emit_int import emit_int
 from passes.quantize.emit_qdq import emit_qdq
-from passes.quantize.options import DEFAULT_CALIB_LIMIT, DEFAULT_PERCENTILE, ROUNDINGS
+from passes.quantize.options import (
+    DEFAULT_CALIB_LIMIT,
+    DEFAULT_PERCENTILE,
+    ROUNDINGS,
+    CalibrationOptions,
+    QuantizeOptions,
+)
 from passes.quantize.patterns import partition
 
 log = logging.getLogger(__name__)
@@ -226,6 +232,16 @@ def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, floa
     }
 
 
+def quantize_kwargs(calibration: CalibrationOptions, options: QuantizeOptions
+                    ) -> dict[str, Any]:
+    """`quantize_model` keyword arguments (after model and data) from the typed options."""
+    return {"calibrator": calibration.calibrator, "percentile": calibration.percentile,
+            "batch_size": calibration.batch_size, "calib_limit": calibration.limit,
+            "table": calibration.table, "cle": options.cle,
+            "bias_correction": options.bias_correction, "rounding": options.rounding,
+            "keep_float": tuple(options.keep_float)}
+
+
 class Quantize(Pass):
     """Pass wrapper: float model -> integer ONNX model (`model.quant.onnx`).
 
@@ -238,6 +254,13 @@ class Quantize(Pass):
         self.calib_feeds = calib_feeds
         self.calibrator = calibrator
         self.options = options
+
+    @classmethod
+    def from_options(cls, calib_feeds: Any, calibration: CalibrationOptions,
+                     options: QuantizeOptions) -> Quantize:
+        """The pass for typed options (what `npuc compile` builds)."""
+        kwargs = quantize_kwargs(calibration, options)
+        return cls(calib_feeds, kwargs.pop("calibrator"), **kwargs)
 
     def call(self, model: Model) -> PassResult:
         """Quantize `model`."""

@@ -221,6 +221,12 @@ class BlockSparsify(Pass):
                  **options: Any) -> None:
         self.block, self.sparsity, self.calib, self.options = block, sparsity, calib, options
 
+    @classmethod
+    def from_options(cls, opts: SparsifyOptions, calib: Any = None) -> BlockSparsify:
+        """The pass for typed options (what `npuc sparsify` and `npuc compile` build)."""
+        rest = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity")}
+        return cls(opts.block, opts.sparsity, calib=calib, **rest)
+
     def call(self, model: Model) -> PassResult:
         """Sparsify; `info` is the report of `sparsify_model`."""
         out, report = sparsify_model(model, self.block, self.sparsity, calib=self.calib,

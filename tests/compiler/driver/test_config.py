@@ -47,7 +47,7 @@ def test_missing_file():
 
 def test_parse_override():
     assert parse_override("prune.ratio=0.25") == ("prune.ratio", 0.25)
-    assert parse_override("input.shape=[1, 3, 8, 8]") == ("input.shape", [1, 3, 8, 8])
+    assert parse_override("input.resize=[8, 8]") == ("input.resize", [8, 8])
     with pytest.raises(ConfigError, match="unknown key"):
         parse_override("nope=1")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
