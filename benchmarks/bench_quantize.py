@@ -49,11 +49,11 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def run_npuc(model: Path, calib: Path, out: Path) -> None:
     """npuc: quantize_model + write model.quant.onnx, model.qdq.onnx, calibration.json."""
-    from compiler.cli.quantize import result_blobs, write_outputs
+    from compiler.driver.outputs import write_quantized
     from passes.quantize.api import quantize_model
 
     result = quantize_model(str(model), str(calib), "max")
-    write_outputs(out, result_blobs(result), result.table)
+    write_quantized(out, result)
 
 
 def run_ort(model: Path, calib: Path, out: Path) -> None:

@@ -8,10 +8,6 @@ into DIR only when all of them are written, so a failure leaves no half-written 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +17,10 @@ from compiler.cli.common import add_step_data_flags, format_table, print_json
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Preprocess
-from compiler.core.io import load_model, to_proto, write_atomic
+from compiler.core.io import load_model
 from compiler.core.options import options_of
+from compiler.driver.outputs import write_quantized
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
-
-OUTPUTS = ("model.quant.onnx", "model.qdq.onnx", "calibration.json")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     feeds = _calib_feeds(args.model, calib, from_args(args, Preprocess))
     # the model goes in as a path: quantize_model loads it lean (no PassManager copy)
     result = quantize_model(args.model, feeds, **quantize_kwargs(calib, quant))
-    written = write_outputs(out_dir, result_blobs(result), result.table)
+    written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
     if args.json:
         print_json({"model": args.model, "outputs": [str(p) for p in written], **summary})
@@ -74,33 +69,6 @@ def _calib_feeds(model: str, calib: CalibrationOptions, preprocess: Preprocess) 
     if calib.data is None or preprocess == Preprocess():
         return resolve_source(calib.data, calib.limit)
     return load_data(calib.data, load_model(model), limit=calib.limit, preprocess=preprocess)
-
-
-def result_blobs(result) -> dict[str, Callable[[], bytes]]:
-    """The two ONNX files of a `QuantResult`, serialized only when written (one at a time)."""
-    return {OUTPUTS[0]: lambda: to_proto(result.quant_model).SerializeToString(),
-            OUTPUTS[1]: lambda: to_proto(result.qdq_model).SerializeToString()}
-
-
-def write_outputs(out_dir: Path, blobs: dict[str, Callable[[], bytes]], table) -> list[Path]:
-    """Write everything to a staging folder inside DIR, then move the files into place.
-
-    Each blob is produced right before it is written, so only one serialized model is in
-    memory at a time.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".npuc-quantize-", dir=out_dir))
-    try:
-        for name, make in blobs.items():
-            write_atomic(stage / name, make())
-        table.save(stage / OUTPUTS[2])
-        written = []
-        for name in OUTPUTS:
-            os.replace(stage / name, out_dir / name)
-            written.append(out_dir / name)
-        return written
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _print(summary: dict, written: list[Path]) -> None:

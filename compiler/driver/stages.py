@@ -21,6 +21,7 @@ from compiler.core.io import load_model, save_model
 from compiler.core.pass_manager import Pass, PassResult
 from compiler.driver.config import step_options
 from compiler.driver.context import CompileState
+from compiler.driver.outputs import write_quantized
 
 if TYPE_CHECKING:
     from compiler.core.feeds import Feeds, Preprocess
@@ -160,11 +161,8 @@ def after_quantize(state: CompileState, result: PassResult) -> str:
     The float model stays `state.model` (the report compares float layers).
     """
     quant = state.quant = result.info["result"]
-    for role, filename, model in (("quant", "model.quant.onnx", quant.quant_model),
-                                  ("qdq", "model.qdq.onnx", quant.qdq_model)):
-        state.files[role] = save_model(model, state.out_dir / filename)
-    state.files["calibration"] = state.out_dir / "calibration.json"
-    quant.table.save(state.files["calibration"])
+    written = write_quantized(state.out_dir, quant)
+    state.files.update(zip(("quant", "qdq", "calibration"), written, strict=True))
     state.compare_layers = _compare_layers(state)
     ops = quant.report.get("op_counts", {})
     return f"{sum(ops.values()) if ops else len(quant.qgraph.ops)} quantized ops"
