@@ -96,20 +96,23 @@ class PassManager:
             `compiler.core.numerics.function_checker`) run after each function-preserving pass.
         fixed_point: Repeat the whole sequence until no pass modifies the model (max 10 rounds).
         observer: Told when each pass starts, finishes or fails.
+        copy_input: Copy the input model first (the default: callers keep theirs intact);
+            False hands the model over, for a caller that loaded it and keeps no reference.
     """
 
     def __init__(self, passes: Sequence[Pass], *, verify_each: bool = False,
                  check_function: FunctionCheck | None = None, fixed_point: bool = False,
-                 observer: PassObserver | None = None) -> None:
+                 observer: PassObserver | None = None, copy_input: bool = True) -> None:
         self.passes = list(passes)
         self.verify_each = verify_each
         self.check_function = check_function
         self.fixed_point = fixed_point
         self.observer = observer or PassObserver()
+        self.copy_input = copy_input
 
     def __call__(self, model: Model) -> PassResult:
-        """Run the passes; the input model is never modified."""
-        current, done = model.copy(), []
+        """Run the passes; the input model is not modified unless `copy_input` is False."""
+        current, done = (model.copy() if self.copy_input else model), []
         modified_any, info = False, {}
         for _ in range(10 if self.fixed_point else 1):
             modified_round = False

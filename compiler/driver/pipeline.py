@@ -107,7 +107,8 @@ class StageRecorder(PassObserver):
     def run_passes(self, passes: list[tuple[str, Pass]]) -> None:
         """Run the model passes as one `PassManager` run; each pass is a recorded stage."""
         self.names = {id(p): name for name, p in passes}
-        manager = PassManager([p for _, p in passes], observer=self)
+        # the loaded model is ours alone (load stage): no defensive copy of its weights
+        manager = PassManager([p for _, p in passes], observer=self, copy_input=False)
         try:
             manager(self.state.model)
         except Exception as e:  # a PassError wraps the pass's own error: report that one

@@ -6,7 +6,7 @@ from compiler.core.errors import GraphError, PassError
 from compiler.core.health import check_graph
 from compiler.core.io import load_model
 from compiler.core.numerics import function_checker
-from compiler.core.pass_manager import Pass, PassManager, PassResult
+from compiler.core.pass_manager import Pass, PassManager, PassObserver, PassResult
 from passes.canonicalize import FoldBatchNorm
 
 
@@ -90,3 +90,34 @@ def test_fixed_point_repeats_until_stable(tiny_model):
 
     PassManager([Counter()], fixed_point=True)(load_model(tiny_model))
     assert len(calls) == 3
+
+
+class Recorder(PassObserver):
+    def __init__(self):
+        self.events = []
+
+    def started(self, p):
+        self.events.append(("started", p.name))
+
+    def finished(self, p, result, seconds):
+        self.events.append(("finished", p.name, result.modified))
+
+    def failed(self, p, error, seconds):
+        self.events.append(("failed", p.name, type(error).__name__))
+
+
+def test_observer_sees_each_pass_and_the_failure(tiny_model):
+    seen = Recorder()
+    with pytest.raises(PassError, match="error in pass BreakEdge after passes"):
+        PassManager([FoldBatchNorm(), Noop(), BreakEdge()], verify_each=True,
+                    observer=seen)(load_model(tiny_model))
+    assert seen.events == [("started", "FoldBatchNorm"), ("finished", "FoldBatchNorm", True),
+                           ("started", "Noop"), ("finished", "Noop", False),
+                           ("started", "BreakEdge"), ("failed", "BreakEdge", "GraphError")]
+
+
+def test_copy_input_false_hands_the_model_over(tiny_model):
+    model = load_model(tiny_model)
+    result = PassManager([FoldBatchNorm()], copy_input=False)(model)
+    assert result.model is model
+    assert "BatchNormalization" not in [n.op for n in model.nodes]
