@@ -6,7 +6,6 @@ import argparse
 
 from compiler.cli.common import add_input_shape_flag, format_table, load_bound, print_json
 from compiler.core.feeds import check_feeds
-from compiler.core.io import load_model
 from compiler.driver.data import load_data
 
 HEADERS = ("tensor", "cosine", "max abs err", "max |ref|", "SNR dB")
@@ -46,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``npuc compare``; errors propagate as `NpucError` for the CLI to report."""
     from passes.quantize.compare import compare_models_on_data
 
-    float_model = load_bound(args.float_model, args)
-    test_model = load_model(args.test_model)
+    # both models bound alike; a batch the flag leaves symbolic stays so (batched runs)
+    float_model = load_bound(args.float_model, args, keep_batch=True)
+    test_model = load_bound(args.test_model, args, keep_batch=True)
     feeds = load_data(args.calib, float_model, limit=args.limit)
     check_feeds(feeds, test_model)
     report = compare_models_on_data(float_model, test_model, feeds, args.batch,
