@@ -23,9 +23,9 @@ from compiler.cli.common import (
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Preprocess
-from compiler.core.ir import Model
+from compiler.core.io import load_model
 from compiler.core.options import options_of
-from compiler.core.qonnx import load_lean
+from compiler.core.shapes import ShapeSpec
 from compiler.driver.outputs import write_quantized
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
@@ -55,10 +55,12 @@ def run(args: argparse.Namespace) -> int:
     calib, quant = from_args(args, CalibrationOptions), from_args(args, QuantizeOptions)
     if calib.data is None and calib.table is None:
         raise ConfigError("--calib DATA is required (or --calib-table FILE)")
-    # loaded lean (weights detached while normalizing), inputs bound by --input-shape
-    model = load_lean(args.model, input_shapes=input_shapes(args), bind=True)
-    feeds = _calib_feeds(model, calib, from_args(args, Preprocess))
-    result = quantize_model(model, feeds, **quantize_kwargs(calib, quant))
+    shapes = input_shapes(args)
+    feeds = _calib_feeds(args.model, shapes, calib, from_args(args, Preprocess))
+    # the model goes in as a path: quantize_model loads it lean (no PassManager copy) and
+    # binds its inputs (--input-shape, else a symbolic batch becomes 1)
+    result = quantize_model(args.model, feeds, input_shapes=shapes,
+                            **quantize_kwargs(calib, quant))
     written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
     if args.json:
@@ -68,15 +70,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calib_feeds(model: Model, calib: CalibrationOptions, preprocess: Preprocess) -> Any:
-    """The calibration source for `quantize_model` (converted here only for image folders).
+def _calib_feeds(path: str, shapes: ShapeSpec, calib: CalibrationOptions,
+                 preprocess: Preprocess) -> Any:
+    """The calibration source for `quantize_model` (which loads the model itself).
 
-    Image preprocessing needs the model's (bound) input shape.
+    Image preprocessing needs the model's bound input shape, so only then is it loaded here.
     """
     from compiler.driver.data import load_data, resolve_source
 
     if calib.data is None or preprocess == Preprocess():
         return resolve_source(calib.data, calib.limit)
+    model = load_model(path, input_shapes=shapes, bind=True)
     return load_data(calib.data, model, limit=calib.limit, preprocess=preprocess)
 
 

@@ -50,16 +50,19 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
         ModelLoadError: Missing/unreadable/non-ONNX/truncated file, unsafe external data,
             unsupported opset, or a graph that fails the ONNX checker.
     """
-    if isinstance(src, Model):
+    if isinstance(src, Model) and not (bind or input_shapes):
         return src.copy()
-    if isinstance(src, onnx.ModelProto):
+    if isinstance(src, Model):  # binding re-runs normalization and inference on a copy
+        proto, label, path = to_proto(src), src.source or "<model>", None
+    elif isinstance(src, onnx.ModelProto):
         proto, label, path = _copy_proto(src), "<ModelProto>", None
     else:
         path = Path(src)
         proto, label = read_proto(path), str(path)
     proto = normalize_proto(proto, label, fix_batch=fix_batch, infer=infer,
                             input_shapes=input_shapes, bind=bind, keep_batch=keep_batch)
-    return from_proto(proto, source=str(path.resolve()) if path else None)
+    source = src.source if isinstance(src, Model) else None
+    return from_proto(proto, source=str(path.resolve()) if path else source)
 
 
 def read_proto(path: Path) -> onnx.ModelProto:

@@ -192,6 +192,30 @@ def test_lean_load_binds_with_detached_weights(tmp_path):
     assert model_cost(model).macs == expected_macs(12, 20)
 
 
+def test_binding_an_ir_model_copies_it():
+    model = load_model(symbolic_net())
+    bound = load_model(model, input_shapes="1x3x12x20")
+    assert _input_shape(bound) == [1, 3, 12, 20] and _input_shape(model) == ["N", 3, "H", "W"]
+    assert model_cost(bound).macs == expected_macs(12, 20)
+
+
+def test_shape_arithmetic_folds_once_bound():
+    """Reshape to [N, -1] with N taken from Shape (torch's flatten): concrete once bound."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], name="shape"),
+             helper.make_node("Gather", ["s", "zero"], ["n"], name="batch"),
+             helper.make_node("Concat", ["n", "minus_one"], ["t"], name="target", axis=0),
+             helper.make_node("Reshape", ["x", "t"], ["y"], name="reshape")]
+    consts = [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]
+    graph = helper.make_graph(
+        nodes, "flat", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "M"])], consts)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert load_model(proto).graph.tensors()["y"].shape != [2, 60]
+    bound = load_model(proto, input_shapes="x:2x3x4x5")
+    assert bound.graph.tensors()["y"].shape == [2, 60]
+
+
 def test_config_key_input_shape():
     config = load_config(overrides={"input.shape": {"x": [1, 3, 12, 20]}})
     assert step_options(config, "shape").spec == {"x": (1, 3, 12, 20)}
