@@ -49,6 +49,8 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
     Raises:
         ModelLoadError: Missing/unreadable/non-ONNX/truncated file, unsafe external data,
             unsupported opset, or a graph that fails the ONNX checker.
+        ConfigError: An input-shape spec that does not fit the model, or a symbolic
+            non-batch input dim left unbound (one line naming the flag, input and dim).
     """
     if isinstance(src, Model) and not (bind or input_shapes):
         return src.copy()
