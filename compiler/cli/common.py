@@ -10,6 +10,9 @@ from typing import Any
 
 from compiler.cli.options import add_flags, from_args
 from compiler.core.feeds import Preprocess
+from compiler.core.io import load_model
+from compiler.core.ir import Model
+from compiler.core.shapes import InputShapes, ShapeSpec
 from passes.quantize.options import CalibrationOptions
 
 CALIB_FIELDS = ("data", "limit")
@@ -25,6 +28,25 @@ def step_data(args: argparse.Namespace) -> tuple[str | None, int, Preprocess]:
     """(calibration source or None, sample limit, preprocessing) from the parsed flags."""
     calib = from_args(args, CalibrationOptions)
     return calib.data, calib.limit, from_args(args, Preprocess)
+
+
+def add_input_shape_flag(p: argparse.ArgumentParser) -> None:
+    """`--input-shape [NAME:]1x3x224x224` (repeatable), declared by `InputShapes`."""
+    add_flags(p, InputShapes)
+
+
+def input_shapes(args: argparse.Namespace) -> ShapeSpec:
+    """The parsed `--input-shape` flags (`{name: dims}`, "" for a bare shape)."""
+    return from_args(args, InputShapes).spec
+
+
+def load_bound(path: str, args: argparse.Namespace, *, keep_batch: bool = False) -> Model:
+    """Load a float model with its inputs bound by `--input-shape` (else a batch of 1).
+
+    With `keep_batch` a symbolic batch the flag does not give stays symbolic (prune and
+    sparsify write a model that keeps the exporter's dynamic batch).
+    """
+    return load_model(path, input_shapes=input_shapes(args), bind=True, keep_batch=keep_batch)
 
 
 def print_json(data: Any) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.cli.common import format_table, print_json
+from compiler.cli.common import add_input_shape_flag, format_table, load_bound, print_json
 from compiler.core.feeds import check_feeds
-from compiler.core.io import load_model
 from compiler.driver.data import load_data
 
 HEADERS = ("tensor", "cosine", "max abs err", "max |ref|", "SNR dB")
@@ -31,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples per run for models with a symbolic batch (default 8)")
     p.add_argument("--top", type=int, default=20, metavar="K",
                    help="layers shown in the table, worst first (0: all; default 20)")
+    add_input_shape_flag(p)
     p.add_argument("--outputs-only", action="store_true", help="skip intermediate tensors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -45,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``npuc compare``; errors propagate as `NpucError` for the CLI to report."""
     from passes.quantize.compare import compare_models_on_data
 
-    float_model = load_model(args.float_model)
-    test_model = load_model(args.test_model)
+    # both models bound alike; a batch the flag leaves symbolic stays so (batched runs)
+    float_model = load_bound(args.float_model, args, keep_batch=True)
+    test_model = load_bound(args.test_model, args, keep_batch=True)
     feeds = load_data(args.calib, float_model, limit=args.limit)
     check_feeds(feeds, test_model)
     report = compare_models_on_data(float_model, test_model, feeds, args.batch,

@@ -12,7 +12,8 @@ from compiler.driver.config import STEPS, load_config, parse_override
 
 # Shortcut flags: (step, field, flag spelling when it differs from the declaration). Their
 # type, choices and help come from the declaration; everything else goes through --set.
-SHORTCUTS = (("calibration", "data", None), ("calibration", "calibrator", None),
+SHORTCUTS = (("shape", "shape", None), ("calibration", "data", None),
+             ("calibration", "calibrator", None),
              ("eval", "data", "--data"), ("compile", "seed", None), ("build", "arch", None),
              ("prune", "ratio", "--prune-ratio"), ("prune", "target_macs", None),
              ("prune", "criterion", None), ("prune", "search", None),

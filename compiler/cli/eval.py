@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from compiler.cli.common import add_input_shape_flag, input_shapes
 from compiler.cli.options import add_flags, from_args
 from compiler.driver.evaluate import EvalOptions, EvalResult, evaluate
 
@@ -19,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p, EvalOptions)
     p.add_argument("--reference", metavar="FLOAT.onnx",
                    help="float model to compare outputs against")
+    add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -38,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``npuc eval``; errors propagate as `NpucError` for the CLI to report."""
     o = from_args(args, EvalOptions)
     result = evaluate(args.model, o.data, reference=args.reference, batch=o.batch_size,
-                      limit=o.limit)
+                      limit=o.limit, input_shapes=input_shapes(args))
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0

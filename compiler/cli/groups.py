@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.cli.common import format_table, print_json
-from compiler.core.io import load_model
+from compiler.cli.common import add_input_shape_flag, format_table, load_bound, print_json
 from passes.canonicalize import canonicalize
 from passes.prune.groups import build_groups
 
@@ -19,13 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="an .onnx model")
     p.add_argument("--members", type=int, default=3, metavar="N",
                    help="members shown per group in the table (default 3; all in --json)")
+    add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the groups."""
-    model = canonicalize(load_model(args.model)).model
+    model = canonicalize(load_bound(args.model, args)).model
     groups = build_groups(model)
     prunable = sum(g.prunable for g in groups)
     if args.json:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from compiler.cli.common import format_table, human, print_json
+from compiler.cli.common import add_input_shape_flag, format_table, human, load_bound, print_json
 from compiler.core.cost import model_cost
-from compiler.core.io import load_model
 from passes.canonicalize import canonicalize
 
 
@@ -20,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--raw", action="store_true",
                    help="show the model as loaded, without canonicalization (constant and "
                         "BatchNorm folding)")
+    add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -28,15 +28,18 @@ def run(args: argparse.Namespace) -> int:
     """Print the cost table (or disassemble a binary)."""
     if _is_binary(args.model):
         return _inspect_binary(args)
-    model = load_model(args.model)
+    model = load_bound(args.model, args)
     if not args.raw:
         model = canonicalize(model).model
     report = model_cost(model)
     if args.json:
-        print_json({"model": args.model, "opset": model.opset, **report.to_dict()})
+        print_json({"model": args.model, "opset": model.opset, "inputs": _inputs(model),
+                    **report.to_dict()})
         return 0
     rows = [(n.name, n.op, _shapes(n.input_shapes[:1]), _shapes(n.output_shapes), n.macs,
              n.params) for n in report.nodes]
+    inputs = ", ".join(f"{name} {_shapes([shape])}" for name, shape in _inputs(model).items())
+    print(f"inputs: {inputs}\n")
     print(format_table(rows, ["node", "op", "input", "output", "MACs", "params"]))
     print(f"\ntotal: {len(report.nodes)} nodes, {human(report.macs)} MACs ({report.macs:,}), "
           f"{human(report.ops)} other ops, {human(report.params)} params ({report.params:,})")
@@ -67,6 +70,12 @@ def _inspect_binary(args: argparse.Namespace) -> int:
     for i, ins in enumerate(program.code):
         print(f"{i:5d}  {disassemble(program, ins)}")
     return 0
+
+
+def _inputs(model) -> dict[str, list | None]:
+    """{input name: bound shape} of the model's graph inputs."""
+    return {t.name: list(t.shape) if t.shape is not None else None
+            for t in model.graph.inputs}
 
 
 def _shapes(shapes: list) -> str:

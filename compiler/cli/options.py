@@ -84,6 +84,8 @@ def _add(parser: Any, d: Declared, flag: str, shortcut: bool) -> argparse.Action
         kw.pop("metavar", None)
         return parser.add_argument(flag, *opt.aliases, action=argparse.BooleanOptionalAction,
                                    **kw)
+    if opt.repeat:
+        return parser.add_argument(flag, *opt.aliases, action="append", **kw)
     if opt.const is not None:
         return parser.add_argument(flag, *opt.aliases, action=ValueOrBool, const=opt.const, **kw)
     return parser.add_argument(flag, *opt.aliases, type=_cli_type(d), **kw)

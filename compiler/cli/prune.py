@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.cli.common import add_step_data_flags, format_table, human, print_json, step_data
+from compiler.cli.common import (
+    add_input_shape_flag,
+    add_step_data_flags,
+    format_table,
+    human,
+    load_bound,
+    print_json,
+    step_data,
+)
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
-from compiler.core.io import load_model, save_model
+from compiler.core.io import save_model
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
 from passes.prune.pipeline import ChannelPrune, PruneOptions, calib_missing, needs_calib
@@ -26,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p.add_argument_group("how much (one of)"), PruneOptions, only=RATE_FIELDS)
     add_flags(p, PruneOptions, skip=(*RATE_FIELDS, "calib_limit"))
     add_step_data_flags(p)
+    add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)
 
@@ -39,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     source, limit, preprocess = step_data(args)
     if source is None and needs_calib(options):
         raise ConfigError(calib_missing(options))
-    model = load_model(args.model)
+    model = load_bound(args.model, args, keep_batch=True)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
     result = PassManager([ChannelPrune(options, calib=calib)])(model)
     pruned, report = result.model, result.info["ChannelPrune"]

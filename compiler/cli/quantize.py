@@ -13,12 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from compiler.cli.common import add_step_data_flags, format_table, print_json
+from compiler.cli.common import (
+    add_input_shape_flag,
+    add_step_data_flags,
+    format_table,
+    input_shapes,
+    print_json,
+)
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Preprocess
 from compiler.core.io import load_model
 from compiler.core.options import options_of
+from compiler.core.shapes import ShapeSpec
 from compiler.driver.outputs import write_quantized
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
@@ -33,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     add_step_data_flags(p, calib=[d.name for d in options_of(CalibrationOptions)])
     add_flags(p, QuantizeOptions)
+    add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -47,9 +55,12 @@ def run(args: argparse.Namespace) -> int:
     calib, quant = from_args(args, CalibrationOptions), from_args(args, QuantizeOptions)
     if calib.data is None and calib.table is None:
         raise ConfigError("--calib DATA is required (or --calib-table FILE)")
-    feeds = _calib_feeds(args.model, calib, from_args(args, Preprocess))
-    # the model goes in as a path: quantize_model loads it lean (no PassManager copy)
-    result = quantize_model(args.model, feeds, **quantize_kwargs(calib, quant))
+    shapes = input_shapes(args)
+    feeds = _calib_feeds(args.model, shapes, calib, from_args(args, Preprocess))
+    # the model goes in as a path: quantize_model loads it lean (no PassManager copy) and
+    # binds its inputs (--input-shape, else a symbolic batch becomes 1)
+    result = quantize_model(args.model, feeds, input_shapes=shapes,
+                            **quantize_kwargs(calib, quant))
     written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
     if args.json:
@@ -59,16 +70,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calib_feeds(model: str, calib: CalibrationOptions, preprocess: Preprocess) -> Any:
+def _calib_feeds(path: str, shapes: ShapeSpec, calib: CalibrationOptions,
+                 preprocess: Preprocess) -> Any:
     """The calibration source for `quantize_model` (which loads the model itself).
 
-    Image preprocessing needs the model's input shape, so only then is the model loaded here.
+    Image preprocessing needs the model's bound input shape, so only then is it loaded here.
     """
     from compiler.driver.data import load_data, resolve_source
 
     if calib.data is None or preprocess == Preprocess():
         return resolve_source(calib.data, calib.limit)
-    return load_data(calib.data, load_model(model), limit=calib.limit, preprocess=preprocess)
+    model = load_model(path, input_shapes=shapes, bind=True)
+    return load_data(calib.data, model, limit=calib.limit, preprocess=preprocess)
 
 
 def _print(summary: dict, written: list[Path]) -> None:

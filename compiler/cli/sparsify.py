@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from compiler.cli.common import add_step_data_flags, format_table, human, print_json, step_data
+from compiler.cli.common import (
+    add_input_shape_flag,
+    add_step_data_flags,
+    format_table,
+    human,
+    load_bound,
+    print_json,
+    step_data,
+)
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
-from compiler.core.io import load_model, save_model
+from compiler.core.io import save_model
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
 from passes.canonicalize import Canonicalize
@@ -28,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="output model")
     add_flags(p, SparsifyOptions)
     add_step_data_flags(p)
+    add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -44,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     """Sparsify, save, print the per-layer report."""
     opts = options_from_args(args)
     source, limit, preprocess = step_data(args)
-    model = load_model(args.model)
+    model = load_bound(args.model, args, keep_batch=True)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
     result = PassManager([Canonicalize(), BlockSparsify.from_options(opts, calib)])(model)
     report = result.info["BlockSparsify"]

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +15,33 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper, version_converter
 
-from compiler.core.errors import ModelLoadError
+from compiler.core.errors import ConfigError, ModelLoadError
 from compiler.core.ir import Model
+from compiler.core.shapes import FLAG, KEY, ShapeSpec, format_dims, parse_input_shapes
 
 log = logging.getLogger(__name__)
 
 INTERNAL_OPSET = 17
 MIN_OPSET, MAX_OPSET = 9, 21
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
+ShapeArg = ShapeSpec | str | list | None
 
 
-def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True) -> Model:
+def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
+               input_shapes: ShapeArg = None, bind: bool = False,
+               keep_batch: bool = False) -> Model:
     """Load a model into the IR: parse, check, upgrade to the internal opset, infer shapes.
 
     Args:
         src: Path to an `.onnx` file, a `ModelProto`, or an IR `Model` (returned as a copy).
         fix_batch: Replace a symbolic or unknown leading (batch) dimension of every input by 1.
         infer: Run ONNX shape inference so every tensor carries its shape.
+        input_shapes: The user's input shapes (`compiler.core.shapes`: `{name: dims}`, a
+            `1x3x224x224` string, ...); giving them implies `bind`.
+        bind: Make every input dim concrete (`bind_input_shapes`): the given shapes, then a
+            symbolic batch becomes 1; any other symbolic dim is an error naming the flag.
+        keep_batch: With `bind`, leave a symbolic batch the shapes do not give symbolic
+            (step commands whose output model keeps the exporter's dynamic batch).
 
     Returns:
         The IR model; the source is never modified.
@@ -38,16 +49,22 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True)
     Raises:
         ModelLoadError: Missing/unreadable/non-ONNX/truncated file, unsafe external data,
             unsupported opset, or a graph that fails the ONNX checker.
+        ConfigError: An input-shape spec that does not fit the model, or a symbolic
+            non-batch input dim left unbound (one line naming the flag, input and dim).
     """
-    if isinstance(src, Model):
+    if isinstance(src, Model) and not (bind or input_shapes):
         return src.copy()
-    if isinstance(src, onnx.ModelProto):
+    if isinstance(src, Model):  # binding re-runs normalization and inference on a copy
+        proto, label, path = to_proto(src), src.source or "<model>", None
+    elif isinstance(src, onnx.ModelProto):
         proto, label, path = _copy_proto(src), "<ModelProto>", None
     else:
         path = Path(src)
         proto, label = read_proto(path), str(path)
-    proto = normalize_proto(proto, label, fix_batch=fix_batch, infer=infer)
-    return from_proto(proto, source=str(path.resolve()) if path else None)
+    proto = normalize_proto(proto, label, fix_batch=fix_batch, infer=infer,
+                            input_shapes=input_shapes, bind=bind, keep_batch=keep_batch)
+    source = src.source if isinstance(src, Model) else None
+    return from_proto(proto, source=str(path.resolve()) if path else source)
 
 
 def read_proto(path: Path) -> onnx.ModelProto:
@@ -107,8 +124,13 @@ def default_opset(proto: onnx.ModelProto) -> int:
 
 
 def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = False,
-                    infer: bool = True) -> onnx.ModelProto:
-    """Check, upgrade to the internal opset, drop initializer inputs, fix batch, infer."""
+                    infer: bool = True, input_shapes: ShapeArg = None, bind: bool = False,
+                    keep_batch: bool = False, weights: Collection[str] = ()) -> onnx.ModelProto:
+    """Check, upgrade to the internal opset, drop initializer inputs, fix batch, bind, infer.
+
+    `weights` names graph inputs that hold detached weights (`qonnx.detach_weights`): never
+    bound to user shapes.
+    """
     opset = default_opset(proto)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ModelLoadError(
@@ -123,6 +145,8 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
         proto = _convert_opset(proto, label, opset)
     if fix_batch:
         _fix_batch(proto)
+    if bind or input_shapes:
+        bind_input_shapes(proto, input_shapes, label, keep_batch=keep_batch, skip=weights)
     if infer:
         proto = infer_shapes(proto, label)
     return proto
@@ -308,3 +332,128 @@ def _copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     return copy
+
+
+# -- binding the user's input shapes (--input-shape / input.shape) ---------------------------
+
+def bind_input_shapes(proto: onnx.ModelProto, shapes: ShapeArg, label: str = "<model>", *,
+                      keep_batch: bool = False, skip: Collection[str] = ()) -> bool:
+    """Make the input dims of `proto` concrete, in place; stale inferred shapes are dropped.
+
+    Inputs named in `shapes` take those dims (each must agree with the model's fixed dims
+    and rank); in other inputs a symbolic batch (dim 0) becomes 1 (kept symbolic with
+    `keep_batch`) and any other symbolic dim is an error.
+
+    Args:
+        proto: A model whose initializers are no longer listed as inputs.
+        shapes: `{name: dims}` or any form `compiler.core.shapes.parse_input_shapes` takes.
+        label: The model, for messages.
+        keep_batch: Leave an unbound symbolic batch symbolic (batched evaluation).
+        skip: Inputs that are not data (detached weights).
+
+    Returns:
+        Whether any dim changed.
+
+    Raises:
+        ConfigError: One line naming the flag, the input and the dim.
+    """
+    inits = {t.name for t in proto.graph.initializer} | set(skip)
+    inputs = {v.name: v for v in proto.graph.input
+              if v.type.HasField("tensor_type") and v.name not in inits}
+    spec = _resolve_names(_parsed(shapes), list(inputs), label)
+    changed = False
+    for name, value in inputs.items():
+        if name in spec:
+            changed |= _set_dims(value, spec[name], label)
+        else:
+            changed |= _default_dims(value, label, keep_batch)
+    if changed:
+        _drop_stale_shapes(proto)
+    return changed
+
+
+def _parsed(shapes: ShapeArg) -> ShapeSpec:
+    try:
+        return parse_input_shapes(shapes)
+    except ConfigError as e:
+        raise ConfigError(f"{FLAG} {e}") from e
+
+
+def _resolve_names(spec: ShapeSpec, names: list[str], label: str) -> ShapeSpec:
+    if "" in spec:
+        if len(names) != 1:
+            raise ConfigError(
+                f"{FLAG} {format_dims(spec[''])}: {label} has {len(names)} inputs "
+                f"({', '.join(names)}); name it, e.g. {FLAG} {names[0] if names else 'x'}:"
+                f"{format_dims(spec[''])}")
+        return {names[0]: spec[""]}
+    for name in spec:
+        if name not in names:
+            raise ConfigError(f"{FLAG} {name}:{format_dims(spec[name])}: {label} has no "
+                              f"input {name!r} (inputs: {', '.join(names)})")
+    return spec
+
+
+def _dim_text(dim: onnx.TensorShapeProto.Dimension) -> str:
+    if dim.HasField("dim_value"):
+        return str(dim.dim_value)
+    return dim.dim_param or "?"
+
+
+def _shape_text(value: onnx.ValueInfoProto) -> str:
+    return format_dims(_dim_text(d) for d in value.type.tensor_type.shape.dim)
+
+
+def _set_dims(value: onnx.ValueInfoProto, dims: tuple[int, ...], label: str) -> bool:
+    tensor = value.type.tensor_type
+    where = f"{FLAG} {value.name}:{format_dims(dims)}"
+    if tensor.HasField("shape") and len(tensor.shape.dim) != len(dims):
+        raise ConfigError(f"{where}: input {value.name!r} of {label} has rank "
+                          f"{len(tensor.shape.dim)} ({_shape_text(value)}), not {len(dims)}")
+    old = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    for i, (was, new) in enumerate(zip(old, dims, strict=False)):
+        if was is not None and was != new:
+            raise ConfigError(f"{where}: dim {i} of input {value.name!r} is fixed at {was} "
+                              f"in {label} ({_shape_text(value)})")
+    if old == list(dims):
+        return False
+    tensor.shape.Clear()
+    for d in dims:
+        tensor.shape.dim.add().dim_value = d
+    return True
+
+
+def _default_dims(value: onnx.ValueInfoProto, label: str, keep_batch: bool) -> bool:
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape"):
+        raise ConfigError(f"input {value.name!r} of {label} has no shape: give it with "
+                          f"{FLAG} {value.name}:DIMS (config: {KEY})")
+    changed = False
+    for i, dim in enumerate(tensor.shape.dim):
+        if dim.HasField("dim_value"):
+            continue
+        if i == 0 and not keep_batch:
+            dim.Clear()
+            dim.dim_value = 1
+            changed = True
+        elif i > 0:
+            raise ConfigError(_symbolic_error(value, i, label, keep_batch))
+    return changed
+
+
+def _symbolic_error(value: onnx.ValueInfoProto, index: int, label: str,
+                    keep_batch: bool) -> str:
+    dims = list(value.type.tensor_type.shape.dim)
+    example = [_dim_text(d) if d.HasField("dim_value") else ("1" if i == 0 and not keep_batch
+                                                              else _dim_text(d).upper())
+               for i, d in enumerate(dims)]
+    return (f"input {value.name!r} of {label} has a symbolic dim {index} "
+            f"({_dim_text(dims[index])!r} in {_shape_text(value)}): give the shape with "
+            f"{FLAG} {value.name}:{format_dims(example)} (config: {KEY})")
+
+
+def _drop_stale_shapes(proto: onnx.ModelProto) -> None:
+    # Inferred shapes of intermediates and outputs still hold the old symbolic dims.
+    del proto.graph.value_info[:]
+    for value in proto.graph.output:
+        value.type.tensor_type.ClearField("shape")

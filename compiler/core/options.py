@@ -43,6 +43,7 @@ class Option:
         metavar: CLI metavar.
         required: The CLI flag is required.
         const: For `bool | str` options: the value of the flag given without an argument.
+        repeat: The CLI flag may be given several times; its values are collected in a list.
     """
 
     help: str
@@ -60,6 +61,7 @@ class Option:
     metavar: str | None = None
     required: bool = False
     const: Any = None
+    repeat: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

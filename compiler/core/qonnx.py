@@ -24,7 +24,14 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
 from compiler.core.errors import GraphError
-from compiler.core.io import SKELETON_MIN_SIZE, from_proto, normalize_proto, read_proto, to_proto
+from compiler.core.io import (
+    SKELETON_MIN_SIZE,
+    ShapeArg,
+    from_proto,
+    normalize_proto,
+    read_proto,
+    to_proto,
+)
 from compiler.core.ir import Model
 
 DETACH_BYTES = 4096
@@ -63,13 +70,17 @@ def detach_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, n
     return light, arrays
 
 
-def load_lean(path: str | Path) -> Model:
-    """`compiler.core.io.load_model(path)` with a peak memory of about twice the weights."""
+def load_lean(path: str | Path, *, input_shapes: ShapeArg = None, bind: bool = False) -> Model:
+    """`compiler.core.io.load_model(path)` with a peak memory of about twice the weights.
+
+    `input_shapes` and `bind` are those of `load_model`.
+    """
     path = Path(path)
     proto = read_proto(path)
     light, arrays = detach_weights(proto)
     del proto
-    light = normalize_proto(light, str(path))
+    light = normalize_proto(light, str(path), input_shapes=input_shapes, bind=bind,
+                            weights=arrays.keys())
     model = from_proto(light, source=str(path.resolve()))
     detached = [t for t in model.graph.inputs if t.name in arrays]
     for t in detached:

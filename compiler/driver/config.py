@@ -35,6 +35,7 @@ from compiler.core.options import (
     problem,
     type_names,
 )
+from compiler.core.shapes import InputShapes
 from compiler.driver.evaluate import EvalOptions
 from passes.prune.pipeline import PruneOptions
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
@@ -68,6 +69,7 @@ class CompileOptions:
 STEPS: dict[str, tuple[str, type]] = {
     "compile": ("", CompileOptions),
     "input": ("input", Preprocess),
+    "shape": ("input", InputShapes),
     "calibration": ("calibration", CalibrationOptions),
     "eval": ("eval", EvalOptions),
     "prune": ("prune", PruneOptions),
@@ -133,8 +135,8 @@ def step_options(config: Mapping[str, Any], step: str, label: str = "config") ->
 
     Args:
         config: Flat {dotted key: value} dict (`load_config`).
-        step: "compile", "input" (`Preprocess`), "calibration", "eval", "prune",
-            "sparsify", "quantize", "build", "verify", "perf", or "target" (a
+        step: "compile", "input" (`Preprocess`), "shape" (`InputShapes`), "calibration",
+            "eval", "prune", "sparsify", "quantize", "build", "verify", "perf", or "target" (a
             `TargetOptions` with build, verify and perf).
         label: Where the config came from, for messages.
 

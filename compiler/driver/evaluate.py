@@ -27,6 +27,7 @@ import onnx
 
 from compiler.core.errors import ConfigError, DataError, ModelLoadError
 from compiler.core.options import option, positive
+from compiler.core.shapes import ShapeSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,28 @@ class EvalOptions:
                              flag="--batch", check=positive)
 
 
-def load_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+def load_model(model: str | Path | onnx.ModelProto,
+               input_shapes: ShapeSpec | None = None) -> tuple[onnx.ModelProto, str]:
     """Return ``(model, display name)`` for a proto, an ``.onnx`` path or a registry name.
 
     Files go through `compiler.core.io.read_proto` (one-line errors); names through the registry.
+    With `input_shapes` the inputs are bound on a copy (`bind_shapes`).
     """
+    proto, name = _read_model(model)
+    return (bind_shapes(proto, input_shapes, name) if input_shapes else proto), name
+
+
+def bind_shapes(proto: onnx.ModelProto, shapes: ShapeSpec, name: str) -> onnx.ModelProto:
+    """A copy of `proto` with the user's input shapes bound; an unbound batch stays symbolic."""
+    from compiler.core.io import bind_input_shapes
+
+    bound = onnx.ModelProto()
+    bound.CopyFrom(proto)
+    bind_input_shapes(bound, shapes, name, keep_batch=True)
+    return bound
+
+
+def _read_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "<model>"
     path = Path(model)
@@ -192,7 +210,8 @@ def _decision_metrics(outputs: np.ndarray, ref_probs: np.ndarray,
 
 def evaluate(model: str | Path | onnx.ModelProto, data: Any,
              reference: str | Path | onnx.ModelProto | None = None,
-             batch: int = DEFAULT_BATCH, limit: int | None = None) -> EvalResult:
+             batch: int = DEFAULT_BATCH, limit: int | None = None,
+             input_shapes: ShapeSpec | None = None) -> EvalResult:
     """Run `model` over `data` and score it.
 
     Args:
@@ -201,6 +220,8 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
         reference: Optional float model to compare against (same input/output shapes).
         batch: Samples per run when the model's batch dim is symbolic.
         limit: Use only the first `limit` samples.
+        input_shapes: The user's input shapes (`--input-shape`), bound in both models; a
+            symbolic batch they leave unbound stays symbolic (batched runs).
 
     Raises:
         ConfigError: A non-positive batch size.
@@ -216,14 +237,14 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
                                                 else data.labels[:limit], data.name, data.kind)
     else:
         ds = load_dataset(data, limit=limit)
-    proto, name = load_model(model)
+    proto, name = load_model(model, input_shapes)
     runner = Runner(proto, name)
     runner.check(ds.inputs, ds.name)
     outputs = runner.run(ds.inputs, batch)
     result = EvalResult(name, ds.name, ds.kind, len(ds))
     result.metrics.update(_label_metrics(outputs, ds))
     if reference is not None:
-        ref_proto, result.reference = load_model(reference)
+        ref_proto, result.reference = load_model(reference, input_shapes)
         ref_runner = Runner(ref_proto, result.reference)
         ref_runner.check(ds.inputs, ds.name)
         result.metrics.update(fidelity(outputs, ref_runner.run(ds.inputs, batch)))

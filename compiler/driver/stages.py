@@ -40,14 +40,15 @@ BUNDLED_DATA = {
 
 
 def load(state: CompileState) -> str:
-    """Load the input model (concrete batch of 1) and, when a stage needs it, the data."""
+    """Load the input model (shapes bound: `input.shape`, else batch 1) and the data."""
     source = state.source
     if isinstance(source, (str, Path)) and not Path(source).exists() and \
             not str(source).endswith(".onnx"):
         from models.registry import get_model
 
         source = get_model(str(source))[0]
-    state.model = load_model(source, fix_batch=True)
+    shapes = step_options(state.config, "shape").spec
+    state.model = load_model(source, input_shapes=shapes, bind=True)
     if needs_calibration(state.config):
         state.calib = calibration_feeds(state)
     return f"{len(state.model.nodes)} nodes, opset {state.model.opset}"

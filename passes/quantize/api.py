@@ -22,7 +22,15 @@ from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.fixedpoint import fake_quant_weights
-from compiler.core.io import ModelSource, from_proto, infer_shapes, load_model, model_hash, to_proto
+from compiler.core.io import (
+    ModelSource,
+    ShapeArg,
+    from_proto,
+    infer_shapes,
+    load_model,
+    model_hash,
+    to_proto,
+)
 from compiler.core.ir import Model
 from compiler.core.pass_manager import Pass, PassResult
 from compiler.core.qonnx import load_lean, release_memory
@@ -65,9 +73,18 @@ class QuantResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def prepare_float(model: ModelSource, *, cle: bool = False) -> Model:
-    """Load (copy), canonicalize, optionally equalize, and re-infer shapes."""
-    m = load_lean(model) if isinstance(model, (str, os.PathLike)) else load_model(model)
+def prepare_float(model: ModelSource, *, cle: bool = False,
+                  input_shapes: ShapeArg = None) -> Model:
+    """Load (copy), canonicalize, optionally equalize, and re-infer shapes.
+
+    With `input_shapes` (a spec, possibly empty) every input is bound at load
+    (`compiler.core.io.load_model`); None loads the model as it is.
+    """
+    bind = {"input_shapes": input_shapes, "bind": input_shapes is not None}
+    if isinstance(model, (str, os.PathLike)):
+        m = load_lean(model, **bind)
+    else:
+        m = load_model(model, **bind)
     m = canonicalize_in_place(m)
     if cle:
         from passes.quantize.equalize import equalize
@@ -124,7 +141,8 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
                    keep_float: Sequence[str] = (),
                    table: CalibrationTable | str | Path | None = None,
                    batch_size: int = 8,
-                   calib_limit: int | None = DEFAULT_CALIB_LIMIT) -> QuantResult:
+                   calib_limit: int | None = DEFAULT_CALIB_LIMIT,
+                   input_shapes: ShapeArg = None) -> QuantResult:
     """Post-training symmetric int8 quantization (docs/quantization.md).
 
     Args:
@@ -142,6 +160,8 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
         calib_limit: Use at most this many calibration samples (None: all).
+        input_shapes: Bind the inputs at load (`--input-shape`: `{name: dims}` or a
+            `1x3x224x224` string; an empty spec binds a symbolic batch to 1); None: as is.
 
     Defaults are declared once in `passes.quantize.options` (CalibrationOptions,
     QuantizeOptions).
@@ -160,7 +180,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     if rounding not in ROUNDINGS:
         raise ConfigError(f"unknown rounding {rounding!r} (valid: {', '.join(ROUNDINGS)})")
     timings, start = {}, time.perf_counter()
-    fm = prepare_float(model, cle=cle)
+    fm = prepare_float(model, cle=cle, input_shapes=input_shapes)
     feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm, limit=calib_limit)
     keep = _keep_float_names(fm, keep_float)
     int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
