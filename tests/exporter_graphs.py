@@ -72,3 +72,91 @@ def caffe2_resnet_block(c: int = 16, hw: int = 8) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("gpu_0/softmax_1", FLOAT, [1, 10])],
                               inits)
     return _model(graph, opset=9, ir_version=3)
+
+
+def _vi(name: str, shape: list) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, FLOAT, shape)
+
+
+def _single_op(node: onnx.NodeProto, in_shape: list, out_shape: list, opset: int,
+               inits: list | None = None, ir_version: int = 4) -> onnx.ModelProto:
+    """x -> Conv 1x1 -> node -> y: one old-style op behind a layer, as exporters leave it."""
+    rng = np.random.default_rng(opset)
+    c = in_shape[1]
+    conv = helper.make_node("Conv", ["x", "w"], ["h"], name="conv", kernel_shape=[1, 1])
+    node.input[0] = "h"
+    inits = [_init(rng, "w", (c, c, 1, 1))] + list(inits or [])
+    graph = helper.make_graph([conv, node], f"{node.op_type}_{opset}", [_vi("x", in_shape)],
+                              [_vi(o, out_shape) for o in node.output[:1]], inits)
+    return _model(graph, opset, ir_version)
+
+
+def upsample_model(opset: int, mode: str = "nearest",
+                   scales: tuple = (1.0, 1.0, 2.0, 2.0)) -> onnx.ModelProto:
+    """Upsample as opset 7 (scales attribute) or opset 9 (scales input) writes it."""
+    shape = [1, 4, 5, 5]
+    out = [int(d * s) for d, s in zip(shape, scales, strict=True)]
+    if opset < 9:
+        node = helper.make_node("Upsample", ["h"], ["y"], name="up", mode=mode,
+                                scales=[float(s) for s in scales])
+        return _single_op(node, shape, out, opset)
+    node = helper.make_node("Upsample", ["h", "scales"], ["y"], name="up", mode=mode)
+    scale = numpy_helper.from_array(np.asarray(scales, np.float32), "scales")
+    return _single_op(node, shape, out, opset, [scale])
+
+
+def spatial_bn_model(opset: int, spatial: int) -> onnx.ModelProto:
+    """BatchNormalization with the `spatial` attribute (opsets 7/8); spatial=0 has
+    per-activation statistics of shape (C, H, W)."""
+    rng = np.random.default_rng(3)
+    shape = [1, 4, 3, 3]
+    stats = (4,) if spatial else (4, 3, 3)
+    inits = [_init(rng, "bn_s", stats, 0.5), _init(rng, "bn_b", stats),
+             _init(rng, "bn_rm", stats), _init(rng, "bn_riv", stats, 0.5)]
+    node = helper.make_node("BatchNormalization", ["h", "bn_s", "bn_b", "bn_rm", "bn_riv"],
+                            ["y"], name="bn", epsilon=1e-3, spatial=spatial)
+    return _single_op(node, shape, shape, opset, inits)
+
+
+def clip_model(opset: int, lo: float | None, hi: float | None) -> onnx.ModelProto:
+    """Clip with min/max as attributes (opset < 11) or as inputs (>= 11; None: omitted)."""
+    shape = [1, 4, 3, 3]
+    if opset < 11:
+        bounds = {k: float(v) for k, v in (("min", lo), ("max", hi)) if v is not None}
+        return _single_op(helper.make_node("Clip", ["h"], ["y"], name="clip", **bounds),
+                          shape, shape, opset)
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), n)
+             for n, v in (("lo", lo), ("hi", hi)) if v is not None]
+    ins = ["h", "lo" if lo is not None else "", "hi" if hi is not None else ""]
+    while ins[-1] == "":
+        ins.pop()
+    return _single_op(helper.make_node("Clip", ins, ["y"], name="clip"), shape, shape,
+                      opset, inits)
+
+
+def dropout_model(opset: int, with_mask: bool = False) -> onnx.ModelProto:
+    """Dropout as exporters write it: `ratio` attribute (opsets 7-10), ratio and
+    training_mode inputs (>= 12), with the mask output listed or not."""
+    shape = [1, 4, 3, 3]
+    outs = ["y", "mask"] if with_mask else ["y"]
+    if opset < 12:
+        return _single_op(helper.make_node("Dropout", ["h"], outs, name="drop", ratio=0.3),
+                          shape, shape, opset)
+    inits = [numpy_helper.from_array(np.asarray(0.3, np.float32), "ratio"),
+             numpy_helper.from_array(np.asarray(False), "training")]
+    node = helper.make_node("Dropout", ["h", "ratio", "training"], outs, name="drop")
+    return _single_op(node, shape, shape, opset, inits)
+
+
+def variadic_model(op: str, opset: int, n: int = 3) -> onnx.ModelProto:
+    """Sum / Mean / Max of N inputs (N branches of one layer and a bias term, broadcast
+    from opset 8 on, as opset 8 introduced)."""
+    rng = np.random.default_rng(n)
+    shape = [1, 4, 3, 3]
+    nodes = [helper.make_node("Conv", ["x", f"w{i}"], [f"h{i}"], name=f"conv{i}",
+                              kernel_shape=[1, 1]) for i in range(n)]
+    nodes.append(helper.make_node(op, [f"h{i}" for i in range(n)] + ["bias"], ["y"], name="sum"))
+    inits = [_init(rng, f"w{i}", (4, 4, 1, 1)) for i in range(n)]
+    inits.append(_init(rng, "bias", (1, 4, 1, 1) if opset >= 8 else tuple(shape)))
+    graph = helper.make_graph(nodes, f"{op}{n}", [_vi("x", shape)], [_vi("y", shape)], inits)
+    return _model(graph, opset, 4)
