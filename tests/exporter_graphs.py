@@ -160,3 +160,79 @@ def variadic_model(op: str, opset: int, n: int = 3) -> onnx.ModelProto:
     inits.append(_init(rng, "bias", (1, 4, 1, 1) if opset >= 8 else tuple(shape)))
     graph = helper.make_graph(nodes, f"{op}{n}", [_vi("x", shape)], [_vi("y", shape)], inits)
     return _model(graph, opset, 4)
+
+
+def _shape_ints(prefix: str, src: str, axis: int) -> list[onnx.NodeProto]:
+    """Gather(Shape(src), axis) as a scalar named `{prefix}`, the torch.onnx way."""
+    return [helper.make_node("Shape", [src], [f"{prefix}_shape"]),
+            helper.make_node("Constant", [], [f"{prefix}_idx"],
+                             value=numpy_helper.from_array(np.asarray(axis, np.int64))),
+            helper.make_node("Gather", [f"{prefix}_shape", f"{prefix}_idx"], [prefix], axis=0)]
+
+
+def _const(name: str, value) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name],
+                            value=numpy_helper.from_array(np.asarray(value, np.int64)))
+
+
+def _unsqueeze(src: str, dst: str, opset: int) -> list[onnx.NodeProto]:
+    if opset < 13:  # axes became an input in opset 13
+        return [helper.make_node("Unsqueeze", [src], [dst], axes=[0])]
+    return [_const(f"{dst}_axes", [0]), helper.make_node("Unsqueeze", [src, f"{dst}_axes"], [dst])]
+
+
+def _channel_split(split: str, opset: int) -> list[onnx.NodeProto]:
+    """h -> a, b: torchvision ShuffleNetV2's `x.chunk(2, dim=1)` with bounds from Shape."""
+    nodes = _shape_ints("c", "h", 1) + [_const("two", 2),
+                                         helper.make_node("Div", ["c", "two"], ["half"]),
+                                         helper.make_node("Mul", ["half", "two"], ["c2"]),
+                                         helper.make_node("Sub", ["c2", "half"], ["rest"])]
+    nodes += (_unsqueeze("half", "half1", opset) + _unsqueeze("c2", "end1", opset)
+              + _unsqueeze("rest", "rest1", opset))
+    if split == "Split":
+        return nodes + [helper.make_node("Concat", ["half1", "rest1"], ["sizes"], axis=0),
+                        helper.make_node("Split", ["h", "sizes"], ["a", "b"], axis=1)]
+    return nodes + [_const("zero", [0]), _const("axis1", [1]),
+                    helper.make_node("Slice", ["h", "zero", "half1", "axis1"], ["a"]),
+                    helper.make_node("Slice", ["h", "half1", "end1", "axis1"], ["b"])]
+
+
+def _channel_shuffle(opset: int) -> list[onnx.NodeProto]:
+    """cat -> shuffled: Reshape(N, 2, C/2, H, W) - Transpose - Reshape(N, C, H, W), the
+    target shapes computed from Shape like torch.onnx writes them."""
+    nodes = []
+    for axis, name in enumerate(("n", "cc", "hh", "ww")):
+        nodes += _shape_ints(name, "cat", axis) + _unsqueeze(name, f"{name}1", opset)
+    nodes += [_const("two1", [2]), _const("two_s", 2),
+              helper.make_node("Div", ["cc", "two_s"], ["cg"])] + _unsqueeze("cg", "cg1", opset)
+    nodes += [helper.make_node("Concat", ["n1", "two1", "cg1", "hh1", "ww1"], ["shape5"], axis=0),
+              helper.make_node("Reshape", ["cat", "shape5"], ["r5"]),
+              helper.make_node("Transpose", ["r5"], ["t5"], perm=[0, 2, 1, 3, 4]),
+              helper.make_node("Concat", ["n1", "cc1", "hh1", "ww1"], ["shape4"], axis=0),
+              helper.make_node("Reshape", ["t5", "shape4"], ["shuffled"])]
+    return nodes
+
+
+def shufflenet_unit(split: str = "Slice", c: int = 16, hw: int = 8,
+                    opset: int = 13) -> onnx.ModelProto:
+    """A ShuffleNetV2 basic unit as torch.onnx exports it with Shape-computed split bounds.
+
+    x -> Conv 1x1 (h) -> channel split (Slice or Split, sizes from Shape/Gather/Div/Mul/Sub)
+    -> branch Conv 1x1 + Relu on the second half -> Concat -> channel shuffle (Reshape
+    shapes from Shape arithmetic) -> Conv 1x1 -> y.
+    """
+    rng = np.random.default_rng(11)
+    half = c // 2
+    inits = [_init(rng, "w0", (c, c, 1, 1)), _init(rng, "w1", (half, half, 1, 1)),
+             _init(rng, "w2", (c, c, 1, 1))]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h"], name="conv0", kernel_shape=[1, 1])]
+    nodes += _channel_split(split, opset)
+    nodes += [helper.make_node("Conv", ["b", "w1"], ["bc"], name="branch", kernel_shape=[1, 1]),
+              helper.make_node("Relu", ["bc"], ["br"]),
+              helper.make_node("Concat", ["a", "br"], ["cat"], axis=1)]
+    nodes += _channel_shuffle(opset)
+    nodes.append(helper.make_node("Conv", ["shuffled", "w2"], ["y"], name="conv2",
+                                  kernel_shape=[1, 1]))
+    graph = helper.make_graph(nodes, f"shufflenet_{split}", [_vi("x", [1, c, hw, hw])],
+                              [_vi("y", [1, c, hw, hw])], inits)
+    return _model(graph, opset, 8)
