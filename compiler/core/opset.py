@@ -89,9 +89,13 @@ def _converts_alone(proto: onnx.ModelProto, node: onnx.NodeProto, types: dict, i
 
 
 def _restore_names(proto: onnx.ModelProto, names: dict[str, str]) -> None:
+    # Some adapters keep the name on one of the nodes they expand into (Softmax 9 -> 13).
+    taken = {n.name for n in proto.graph.node if n.name}
     for node in proto.graph.node:
-        if not node.name and node.output and node.output[0] in names:
-            node.name = names[node.output[0]]
+        name = names.get(node.output[0]) if not node.name and node.output else None
+        if name and name not in taken:
+            node.name = name
+            taken.add(name)
 
 
 def _fix_upsample_resizes(proto: onnx.ModelProto, upsamples: dict[str, onnx.NodeProto]) -> None:

@@ -136,3 +136,11 @@ def test_converter_failure_names_the_node(monkeypatch):
                                              r"\(BatchNormalization\): .*spatial") as info:
         load_model(eg.spatial_bn_model(8, 0))
     assert "\n" not in str(info.value)
+
+
+def test_converted_node_names_stay_unique():
+    from tests.conftest import light_path
+
+    model = load_model(light_path("squeezenet"))  # opset 9: Softmax expands on conversion
+    names = [n.name for n in model.graph.nodes if n.name]
+    assert len(names) == len(set(names))
