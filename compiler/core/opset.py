@@ -33,7 +33,7 @@ def convert_opset(proto: onnx.ModelProto, label: str, opset: int,
     """
     if proto.ir_version < 4:
         proto.ir_version = 4
-    _rewrite_unconvertible(proto)
+    _rewrite_unconvertible(proto, label)
     names = {n.output[0]: n.name for n in proto.graph.node if n.output}
     upsamples = {n.output[0]: n for n in proto.graph.node if n.op_type == "Upsample"}
     try:
@@ -121,19 +121,19 @@ def _set_attr(node: onnx.NodeProto, name: str, value) -> None:
     node.attribute.extend(kept + [helper.make_attribute(name, value)])
 
 
-def _rewrite_unconvertible(proto: onnx.ModelProto) -> None:
+def _rewrite_unconvertible(proto: onnx.ModelProto, label: str) -> None:
     inits = {t.name: t for t in proto.graph.initializer}
     for node in list(proto.graph.node):
         if node.op_type == "BatchNormalization" and _attr(node, "spatial", 1) == 0:
-            _rewrite_per_activation_bn(proto, node, inits)
+            _rewrite_per_activation_bn(proto, node, inits, label)
 
 
 def _rewrite_per_activation_bn(proto: onnx.ModelProto, node: onnx.NodeProto,
-                               inits: dict[str, onnx.TensorProto]) -> None:
+                               inits: dict[str, onnx.TensorProto], label: str) -> None:
     """BatchNormalization(spatial=0) -> Mul + Add (per-channel stats: just spatial=1)."""
     params = [inits.get(name) for name in node.input[1:5]]
     if len(params) < 4 or any(p is None for p in params):
-        raise ModelLoadError(f"node {node.name!r} (BatchNormalization): spatial=0 with "
+        raise ModelLoadError(f"{label}: node {node.name!r} (BatchNormalization): spatial=0 with "
                              "non-constant statistics cannot be converted")
     gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
     if gamma.ndim == 1:  # per-channel statistics: spatial makes no difference

@@ -123,7 +123,8 @@ def test_unconvertible_node_is_named_in_one_line():
     proto = eg.spatial_bn_model(8, 0)
     proto.graph.initializer.pop()  # statistics no longer constant: cannot be rewritten
     proto.graph.input.append(onnx.helper.make_tensor_value_info("bn_riv", 1, [4, 3, 3]))
-    with pytest.raises(ModelLoadError, match=r"node 'bn' \(BatchNormalization\)") as info:
+    pattern = r"<ModelProto>: node 'bn' \(BatchNormalization\): spatial=0"
+    with pytest.raises(ModelLoadError, match=pattern) as info:
         load_model(proto)
     assert "\n" not in str(info.value)
 
@@ -131,7 +132,7 @@ def test_unconvertible_node_is_named_in_one_line():
 def test_converter_failure_names_the_node(monkeypatch):
     from compiler.core import opset
 
-    monkeypatch.setattr(opset, "_rewrite_unconvertible", lambda proto: None)
+    monkeypatch.setattr(opset, "_rewrite_unconvertible", lambda proto, label: None)
     with pytest.raises(ModelLoadError, match=r"cannot convert opset 8 to 17: node 'bn' "
                                              r"\(BatchNormalization\): .*spatial") as info:
         load_model(eg.spatial_bn_model(8, 0))
