@@ -13,16 +13,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
-from onnx import external_data_helper, version_converter
+from onnx import external_data_helper
 
 from compiler.core.errors import ConfigError, ModelLoadError
 from compiler.core.ir import Model
+from compiler.core.opset import convert_opset
 from compiler.core.shapes import FLAG, KEY, ShapeSpec, format_dims, parse_input_shapes
 
 log = logging.getLogger(__name__)
 
 INTERNAL_OPSET = 17
-MIN_OPSET, MAX_OPSET = 9, 21
+MIN_OPSET, MAX_OPSET = 7, 21
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
 ShapeArg = ShapeSpec | str | list | None
 
@@ -188,16 +189,7 @@ def _name_nodes(proto: onnx.ModelProto) -> None:
 
 
 def _convert_opset(proto: onnx.ModelProto, label: str, opset: int) -> onnx.ModelProto:
-    if proto.ir_version < 4:
-        proto.ir_version = 4
-    try:
-        converted = version_converter.convert_version(proto, INTERNAL_OPSET)
-    except Exception as e:  # the converter raises bare RuntimeErrors of many kinds
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(
-            f"{label}: cannot convert opset {opset} to {INTERNAL_OPSET} ({first})") from e
-    log.debug("%s: converted opset %d -> %d", label, opset, INTERNAL_OPSET)
-    return converted
+    return convert_opset(proto, label, opset, INTERNAL_OPSET)
 
 
 def _fix_batch(proto: onnx.ModelProto) -> None:

@@ -54,11 +54,13 @@ def detach_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, n
     """A weightless copy of `proto` (large initializers -> typed graph inputs) + the arrays."""
     arrays: dict[str, np.ndarray] = {}
     keep = []
+    listed = {i.name for i in proto.graph.input}  # IR v3 files list initializers as inputs
     for t in proto.graph.initializer:
         if len(t.raw_data) > DETACH_BYTES or len(t.float_data) > DETACH_BYTES // 4:
             arrays[t.name] = onnx.numpy_helper.to_array(t).copy()
-            proto.graph.input.append(onnx.helper.make_tensor_value_info(
-                t.name, t.data_type, list(t.dims)))
+            if t.name not in listed:
+                proto.graph.input.append(onnx.helper.make_tensor_value_info(
+                    t.name, t.data_type, list(t.dims)))
             t.ClearField("raw_data")
             t.ClearField("float_data")
         else:

@@ -9,6 +9,7 @@ import onnx_graphsurgeon as gs
 
 from compiler.core.ir import Model, is_const, is_graph_output, replace_uses, static_shape
 from compiler.core.numerics import eval_node
+from compiler.core.shape_inference import refresh_shapes
 from passes.base import RewritePass
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,23 @@ _MAX_FOLDED_ELEMENTS = 1 << 27  # 512 MiB of float32: room for VGG-sized FC weig
 def fold_constants(model: Model) -> int:
     """Replace every node whose outputs are known at compile time by initializers.
 
+    Rounds of folding alternate with shape inference until nothing more folds: folding
+    Shape arithmetic (ShuffleNet's channel split bounds, Reshape targets) makes the shapes
+    after a Slice/Split/Reshape known, which lets the next Shape of them fold in turn.
+
     Returns:
         The number of nodes folded.
     """
+    total = 0
+    while True:
+        folded = _fold_round(model)
+        total += folded
+        if not folded or not refresh_shapes(model):
+            return total
+
+
+def _fold_round(model: Model) -> int:
+    """One pass over the nodes in topological order; returns the number folded."""
     graph, folded = model.graph, 0
     for node in list(graph.nodes):
         values = constant_outputs(node, model.opset)

@@ -226,3 +226,16 @@ def test_pretrained_models_canonicalize_with_unchanged_outputs(name):
     # 1.07e-4 max, 3e-8 mean on the sigmoid map); the others stay well inside 1e-4.
     tolerance = 2e-4 if name == "ppocr_det" else 1e-4
     assert max(errors.values()) <= tolerance, errors
+
+
+@pytest.mark.parametrize("op", ["Sum", "Mean"])
+def test_sum_and_mean_chains_keep_intermediate_shapes(op):
+    names = ["a", "b", "c", "d"]
+    proto = _model([helper.make_node(op, names, ["y"], name="s")],
+                   [_vi(n, [1, 4, 3, 3]) for n in names[:3]] + [_vi("d", [1, 4, 1, 1])],
+                   [_vi("y", [1, 4, 3, 3])])
+    model, count, err = _apply(sum_to_add, proto)
+    assert count == 1 and err < 1e-6
+    assert set(_ops(model)) <= {"Add", "Mul"} and _ops(model).count("Add") == 3
+    adds = [n for n in model.graph.nodes if n.op == "Add"]
+    assert all(tuple(n.outputs[0].shape) == (1, 4, 3, 3) for n in adds)
