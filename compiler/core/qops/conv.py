@@ -11,7 +11,7 @@ from compiler.core import fixedpoint as fp
 from compiler.core.ir import const_value, is_const, static_shape
 from compiler.core.qops.arith import gemm_exact, nbytes, pad_nchw, windows
 from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, io_fields
-from compiler.core.qops.match import bounds, channel_requant, explicit_pads, single, with_activation
+from compiler.core.qops.match import bounds, explicit_pads, single, weight_layer, with_activation
 from compiler.core.qops.record import QOp
 
 
@@ -62,18 +62,14 @@ def lower_conv(unit: Unit, io: UnitIO) -> QOp:
     node = unit.anchor
     w = const_value(node.inputs[1])
     b = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
-    k = int(np.prod(w.shape[1:]))
-    wq, sw = fp.quantize_weights(w, node.name,
-                                 fp.bias_scale_floor(b, io.in_scales[0], k, node.name))
-    bq = fp.quantize_bias(b, io.in_scales[0], sw, k, node.name)
-    m0, shift = channel_requant(io.in_scales[0], sw, io.out_scale)
+    layer = weight_layer(w, b, io, node.name)
     kernel = list(w.shape[2:])
     strides = [int(s) for s in node.attrs.get("strides", [1, 1])]
     dilations = [int(d) for d in node.attrs.get("dilations", [1, 1])]
     lo, hi = bounds(unit, io.out_scale)
-    return QConv(**io_fields(io), weight=wq, bias=bq, m0=m0, shift=shift, lo=lo, hi=hi,
-                 strides=strides, pads=explicit_pads(node, kernel, strides, dilations),
-                 dilations=dilations, group=int(node.attrs.get("group", 1)), weight_scale=sw)
+    return QConv(**io_fields(io), **layer, lo=lo, hi=hi, strides=strides,
+                 pads=explicit_pads(node, kernel, strides, dilations), dilations=dilations,
+                 group=int(node.attrs.get("group", 1)))
 
 
 def conv_acc(x: np.ndarray, op: QConv) -> np.ndarray:

@@ -13,9 +13,9 @@ from compiler.core.qops.arith import gemm_exact, nbytes
 from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, elements, io_fields
 from compiler.core.qops.match import (
     bounds,
-    channel_requant,
     single,
     single_consumer,
+    weight_layer,
     with_activation,
 )
 from compiler.core.qops.record import QOp
@@ -95,15 +95,9 @@ def _gemm_weights(unit: Unit) -> tuple[np.ndarray, np.ndarray | None]:
 def lower_gemm(unit: Unit, io: UnitIO) -> QOp:
     """Gemm/MatMul with a constant right operand -> QGemm/QMatMul (weight [N, K])."""
     w, bias = _gemm_weights(unit)
-    name = unit.anchor.name
-    floor = fp.bias_scale_floor(bias, io.in_scales[0], w.shape[1], name)
-    wq, sw = fp.quantize_weights(w, name, floor)
-    bq = fp.quantize_bias(bias, io.in_scales[0], sw, w.shape[1], name)
-    m0, shift = channel_requant(io.in_scales[0], sw, io.out_scale)
     lo, hi = bounds(unit, io.out_scale)
     cls = QMatMul if unit.kind == "matmul" else QGemm
-    return cls(**io_fields(io), weight=wq, bias=bq, m0=m0, shift=shift, lo=lo, hi=hi,
-               weight_scale=sw)
+    return cls(**io_fields(io), **weight_layer(w, bias, io, unit.anchor.name), lo=lo, hi=hi)
 
 
 def run_gemm(op: QGemm, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:

@@ -13,7 +13,7 @@ import onnx_graphsurgeon as gs
 
 from compiler.core import fixedpoint as fp
 from compiler.core.ir import const_value, consumers, is_const, is_graph_output, static_shape
-from compiler.core.qops.base import Unit
+from compiler.core.qops.base import Unit, UnitIO
 
 
 def is_float(t: gs.Tensor) -> bool:
@@ -90,6 +90,20 @@ def channel_requant(sx: float, sw: np.ndarray, sy: float) -> tuple[np.ndarray, n
     """Per-channel (m0, shift) of Sx·Sw[c]/Sy."""
     m = f64(sx) * sw.astype(np.float64) / f64(sy)
     return fp.quantize_multipliers(m)
+
+
+def weight_layer(w: np.ndarray, b: np.ndarray | None, io: UnitIO, name: str
+                 ) -> dict[str, np.ndarray]:
+    """int8 per-channel weights, int32 bias and requant multipliers of a conv/FC layer.
+
+    `w` is [Cout, ...] (the reduction over the rest); returns the QOp fields `weight`,
+    `bias`, `m0`, `shift` and `weight_scale` (the bias-safe scale of docs/fixed-point.md §1).
+    """
+    sx, k = io.in_scales[0], int(np.prod(w.shape[1:]))
+    wq, sw = fp.quantize_weights(w, name, fp.bias_scale_floor(b, sx, k, name))
+    m0, shift = channel_requant(sx, sw, io.out_scale)
+    return {"weight": wq, "bias": fp.quantize_bias(b, sx, sw, k, name), "m0": m0,
+            "shift": shift, "weight_scale": sw}
 
 
 def explicit_pads(node: gs.Node, kernel: list[int], strides: list[int],
