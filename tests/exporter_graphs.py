@@ -236,3 +236,32 @@ def shufflenet_unit(split: str = "Slice", c: int = 16, hw: int = 8,
     graph = helper.make_graph(nodes, f"shufflenet_{split}", [_vi("x", [1, c, hw, hw])],
                               [_vi("y", [1, c, hw, hw])], inits)
     return _model(graph, opset, 8)
+
+
+def standalone_bn_model(c: int = 16, hw: int = 8) -> onnx.ModelProto:
+    """BatchNormalization with no producing layer to fold into, as PaddlePaddle and
+    DenseNet-style exports write it: on the graph input, after an Add and after a Concat."""
+    rng = np.random.default_rng(5)
+    inits = (_bn_inits(rng, "bn0", 3) + _bn_inits(rng, "bn1", c) + _bn_inits(rng, "bn2", 2 * c)
+             + [_init(rng, "w1", (c, 3, 3, 3)), _init(rng, "w2", (c, c, 3, 3)),
+                _init(rng, "w3", (c, 2 * c, 1, 1))])
+
+    def bn(p: str, x: str, y: str) -> onnx.NodeProto:
+        return helper.make_node("BatchNormalization", [x] + [f"{p}_{k}" for k in
+                                ("s", "b", "rm", "riv")], [y], name=p, epsilon=1e-5)
+
+    def conv(w: str, x: str, y: str, k: int) -> onnx.NodeProto:
+        return helper.make_node("Conv", [x, w], [y], name=f"conv_{w}", kernel_shape=[k, k],
+                                pads=[k // 2] * 4)
+
+    nodes = [
+        bn("bn0", "x", "x_bn"), conv("w1", "x_bn", "a", 3),
+        helper.make_node("Relu", ["a"], ["a_r"]), conv("w2", "a_r", "b", 3),
+        helper.make_node("Add", ["a_r", "b"], ["s"]), bn("bn1", "s", "s_bn"),
+        helper.make_node("Relu", ["s_bn"], ["s_r"]),
+        helper.make_node("Concat", ["s_r", "a_r"], ["cat"], axis=1), bn("bn2", "cat", "cat_bn"),
+        conv("w3", "cat_bn", "y", 1),
+    ]
+    graph = helper.make_graph(nodes, "standalone_bn", [_vi("x", [1, 3, hw, hw])],
+                              [_vi("y", [1, c, hw, hw])], inits)
+    return _model(graph, 13, 7)

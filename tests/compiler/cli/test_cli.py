@@ -24,6 +24,18 @@ def test_version_and_help():
     assert "inspect" in helped.stdout
 
 
+def test_closed_stdout_is_not_an_internal_error(tmp_path):
+    # `npuc inspect m.onnx | head -1`: the reader leaves before npuc writes.
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "inspect", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "internal error" not in err and "Traceback" not in err, err
+
+
 def test_inspect_table_and_json(tmp_path, capsys):
     path = tmp_path / "m.onnx"
     onnx.save(conv_model(), path)

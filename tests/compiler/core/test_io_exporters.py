@@ -12,7 +12,7 @@ from compiler.core.io import load_model
 from compiler.core.numerics import run
 from compiler.core.qonnx import detach_weights, load_lean
 from tests import exporter_graphs as eg
-from tests.exporter_graphs import caffe2_resnet_block
+from tests.exporter_graphs import caffe2_resnet_block, standalone_bn_model
 
 
 def _ort_reference(proto: onnx.ModelProto, feeds: dict) -> dict:
@@ -44,9 +44,10 @@ def test_detach_weights_does_not_list_an_initializer_input_twice():
     onnx.checker.check_model(light)
 
 
-def test_ir3_model_goes_through_every_command(tmp_path, capsys):
+@pytest.mark.parametrize("builder", [caffe2_resnet_block, standalone_bn_model])
+def test_exporter_model_goes_through_every_command(tmp_path, capsys, builder):
     src, calib = tmp_path / "c2.onnx", tmp_path / "calib.npy"
-    onnx.save(caffe2_resnet_block(), src)
+    onnx.save(builder(), src)
     rng = np.random.default_rng(0)
     np.save(calib, rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
     p, s, q, b = (str(tmp_path / n) for n in ("p.onnx", "s.onnx", "q", "m.bin"))
@@ -61,6 +62,9 @@ def test_ir3_model_goes_through_every_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", f"{q}/model.quant.onnx", b, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["consistent"] is True
+    # Every node, standalone BatchNorms included, runs on the NPU.
+    assert main(["build", f"{q}/model.quant.onnx", "-o", b, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu_partitions"] == 0
 
 
 def _check_against_original(proto: onnx.ModelProto, tol: float = 1e-5):
