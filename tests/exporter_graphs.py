@@ -265,3 +265,34 @@ def standalone_bn_model(c: int = 16, hw: int = 8) -> onnx.ModelProto:
     graph = helper.make_graph(nodes, "standalone_bn", [_vi("x", [1, 3, hw, hw])],
                               [_vi("y", [1, c, hw, hw])], inits)
     return _model(graph, 13, 7)
+
+
+def legacy_classifier(opset: int) -> onnx.ModelProto:
+    """Conv-BN-Relu-MaxPool-Flatten-Gemm written for `opset`, as the first model-zoo files
+    were: IR v3 with weights as graph inputs, `consumed_inputs` (< 6), `is_test` (< 7) and
+    Gemm `broadcast` (< 7); from opset 7 on the same graph in today's spelling."""
+    rng = np.random.default_rng(11)
+    inits = [_init(rng, "w", (4, 3, 3, 3)), *_bn_inits(rng, "bn", 4),
+             _init(rng, "gw", (64, 5)), _init(rng, "gb", (5,))]
+    old = opset < 7
+    bn_attrs = {"is_test": 1} if old else {}
+    if opset < 6:
+        bn_attrs["consumed_inputs"] = [0, 0, 0, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1],
+                         kernel_shape=[3, 3]),
+        helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_rm", "bn_riv"], ["n"],
+                         name="bn", **bn_attrs),
+        helper.make_node("Relu", ["n"], ["r"], name="relu",
+                         **({"consumed_inputs": [0]} if opset < 6 else {})),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], name="fc",
+                         **({"broadcast": 1} if old else {})),
+    ]
+    inputs = [_vi("x", [1, 3, 8, 8])]
+    if old:
+        inputs += [_vi(t.name, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "legacy", inputs, [_vi("y", [1, 5])], inits)
+    return _model(graph, opset, 3 if old else 8)

@@ -23,7 +23,9 @@ from compiler.core.shapes import FLAG, KEY, ShapeSpec, format_dims, parse_input_
 log = logging.getLogger(__name__)
 
 INTERNAL_OPSET = 17
-MIN_OPSET, MAX_OPSET = 7, 21
+# Opsets 1-6 go through the version converter in two steps (see opset.py); the newest is
+# whatever the installed onnx defines, converted down to the internal opset.
+MIN_OPSET, MAX_OPSET = 1, onnx.defs.onnx_opset_version()
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
 ShapeArg = ShapeSpec | str | list | None
 

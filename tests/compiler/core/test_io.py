@@ -127,7 +127,7 @@ def test_truncated_file_is_rejected(tmp_path, tiny_model):
         load_model(path)
 
 
-@pytest.mark.parametrize("opset", [5, 6, 22])
+@pytest.mark.parametrize("opset", [0, onnx.defs.onnx_opset_version() + 1])
 def test_unsupported_opset_is_rejected(opset):
     proto = conv_model(17)
     proto.opset_import[0].version = opset

@@ -8,11 +8,11 @@ import pytest
 
 from compiler.cli import main
 from compiler.core.errors import ModelLoadError
-from compiler.core.io import load_model
+from compiler.core.io import load_model, to_proto
 from compiler.core.numerics import run
 from compiler.core.qonnx import detach_weights, load_lean
 from tests import exporter_graphs as eg
-from tests.exporter_graphs import caffe2_resnet_block, standalone_bn_model
+from tests.exporter_graphs import caffe2_resnet_block, legacy_classifier, standalone_bn_model
 
 
 def _ort_reference(proto: onnx.ModelProto, feeds: dict) -> dict:
@@ -149,3 +149,14 @@ def test_converted_node_names_stay_unique():
     model = load_model(light_path("squeezenet"))  # opset 9: Softmax expands on conversion
     names = [n.name for n in model.graph.nodes if n.name]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("opset", [1, 3, 5, 6, 7, 22, onnx.defs.onnx_opset_version()])
+def test_oldest_and_newest_opsets_load_with_the_function_kept(opset):
+    # The opset-9 spelling is the reference every other one must compute.
+    reference = load_model(legacy_classifier(9))
+    model = load_model(legacy_classifier(opset))
+    assert model.opset == 17 and [n.op for n in model.nodes] == [n.op for n in reference.nodes]
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(to_proto(model), feeds)["y"],
+                                  run(to_proto(reference), feeds)["y"])
