@@ -19,18 +19,36 @@ _NP_TYPES = {
 }
 
 
-def session(model: Model | onnx.ModelProto, *, threads: int = 0,
-            optimize: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an IR model or protobuf."""
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+def session_options(*, threads: int = 0, optimize: bool = True) -> ort.SessionOptions:
+    """Quiet onnxruntime session options (warnings and errors reach the user as exceptions)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return opts
+
+
+def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
+                ) -> ort.InferenceSession:
+    """The one place the project opens an onnxruntime session: CPU only, telemetry off.
+
+    Raises whatever onnxruntime raises; callers turn it into their own one-line error.
+    """
+    # Telemetry is a process-wide switch; turning it off before each session also covers
+    # sessions opened after someone else turned it back on.
+    ort.disable_telemetry_events()
+    return ort.InferenceSession(model, opts or session_options(),
+                                providers=["CPUExecutionProvider"])
+
+
+def session(model: Model | onnx.ModelProto, *, threads: int = 0,
+            optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an IR model or protobuf."""
+    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        return ort_session(proto.SerializeToString(),
+                           session_options(threads=threads, optimize=optimize))
     except Exception as e:  # onnxruntime raises its own exception hierarchy
         first = str(e).strip().splitlines()[0]
         raise GraphError(f"onnxruntime cannot load the model: {first}") from e

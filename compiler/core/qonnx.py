@@ -33,6 +33,7 @@ from compiler.core.io import (
     to_proto,
 )
 from compiler.core.ir import Model
+from compiler.core.numerics import ort_session, session_options
 
 DETACH_BYTES = 4096
 
@@ -138,17 +139,14 @@ def shared_weight_session(model: Model, *, threads: int = 0,
     weights = {name: np.ascontiguousarray(np.asarray(t.values))
                for name, t in model.graph.tensors().items()
                if isinstance(t, gs.Constant) and t.values.size >= SKELETON_MIN_SIZE}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
+    opts = session_options(threads=threads)
     # no arena / memory pattern: buffers are freed after each op, not kept for the session
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False
     if not layout_optimizations:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
-        sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort_session(proto.SerializeToString(), opts)
     except Exception as e:  # onnxruntime raises its own exception hierarchy
         first = str(e).strip().splitlines()[0]
         raise GraphError(f"onnxruntime cannot load the model: {first}") from e

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from compiler.core.errors import ConfigError
+from compiler.core.safe_yaml import read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SPARSE_BLOCKS = (1, 2, 4, 8, 16, 32)
@@ -88,13 +87,7 @@ def load_arch(name_or_path: str | Path | None = "default") -> Arch:
 
 
 def _read(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read architecture file {path}: {e.strerror or e}") from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"architecture file {path} is not valid YAML: "
-                          f"{str(e).splitlines()[0]}") from e
+    return read_yaml(path, f"architecture file {path}")
 
 
 def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[Any], Any]:
