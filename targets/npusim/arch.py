@@ -7,6 +7,7 @@ negative number; errors are `ConfigError`s naming the file and the field.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,9 @@ def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[Any],
                 (kind is int and not float(value).is_integer()):
             raise ValueError(f"must be {'an integer' if kind is int else 'a number'}, "
                              f"got {value!r}")
-        if value < minimum or (strict and value == minimum) or value != value:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if value < minimum or (strict and value == minimum):
             raise ValueError(f"must be {'>' if strict else '>='} {minimum}, got {value!r}")
         return kind(value)
     return check
