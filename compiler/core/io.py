@@ -19,6 +19,7 @@ from compiler.core.errors import ConfigError, ModelLoadError
 from compiler.core.ir import Model
 from compiler.core.opset import convert_opset
 from compiler.core.shapes import FLAG, KEY, ShapeSpec, format_dims, parse_input_shapes
+from compiler.core.weight_check import check_weights_finite
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,9 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
     proto = normalize_proto(proto, label, fix_batch=fix_batch, infer=infer,
                             input_shapes=input_shapes, bind=bind, keep_batch=keep_batch)
     source = src.source if isinstance(src, Model) else None
-    return from_proto(proto, source=str(path.resolve()) if path else source)
+    model = from_proto(proto, source=str(path.resolve()) if path else source)
+    check_weights_finite(model, label)
+    return model
 
 
 def read_proto(path: Path) -> onnx.ModelProto:
