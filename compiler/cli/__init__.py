@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="npuc: %(levelname)s: %(message)s")
+    for noisy in ("PIL", "matplotlib"):  # -v is about npuc, not its libraries' internals
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

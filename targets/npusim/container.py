@@ -126,8 +126,11 @@ def _header(view: memoryview) -> Header:
     magic, major, minor, hsize, count, table, size, flags, reserved, _ = \
         HEADER.unpack_from(view, 0)
     if magic != MAGIC:
+        # An ONNX file starts with field 1 (ir_version) as a varint: tag byte 0x08.
+        hint = ("; it looks like an ONNX model: build it first with `npuc build MODEL -o "
+                "model.bin`" if bytes(magic[:1]) == b"\x08" else "")
         raise TargetError(f"binary: bad magic {bytes(magic)!r} (expected {MAGIC!r}); "
-                          "not an npuc binary")
+                          f"not an npuc binary{hint}")
     if major != VERSION[0]:
         raise TargetError(f"binary: unsupported format version {major}.{minor} "
                           f"(this npuc reads {VERSION[0]}.x)")

@@ -79,3 +79,13 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, make):
     assert len(lines) == 1 and lines[0].startswith("npuc: error: ")
     assert "Traceback" not in result.stderr
     assert str(path) in lines[0]
+
+
+def test_binary_commands_on_an_onnx_file_say_build_first(tmp_path, capsys):
+    import logging
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    code, _, err = _run(["-v", "perf", str(path)], capsys)
+    assert code == 2 and "looks like an ONNX model: build it first" in err
+    assert logging.getLogger("PIL").getEffectiveLevel() == logging.WARNING
