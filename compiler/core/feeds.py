@@ -130,6 +130,9 @@ def load_feeds(source: Any, model: Model, *, limit: int | None = None,
 def _to_feeds(source: Any, model: Model, preprocess: Preprocess | None,
               limit: int | None) -> Feeds:
     names = list(input_specs(model))
+    if not names:
+        raise DataError(f"{model.source or 'the model'}: has no inputs, so there is nothing "
+                        "to feed it (a constant graph)")
     if isinstance(source, Feeds):
         return source
     if isinstance(source, np.ndarray):

@@ -84,3 +84,17 @@ def test_decompression_bomb_image_is_one_data_error(tmp_path, monkeypatch):
     model = load_model(conv_model())
     with pytest.raises(DataError, match=r"big.png: 200x200 pixels; the limit is 10,000"):
         load_feeds(folder, model)
+
+
+def test_model_without_inputs_is_one_data_error(tmp_path):
+    import onnx
+    from onnx import helper, numpy_helper
+
+    c = numpy_helper.from_array(np.ones((1, 3, 4, 4), np.float32), "c")
+    graph = helper.make_graph([helper.make_node("Relu", ["c"], ["y"])], "g", [],
+                              [helper.make_tensor_value_info("y", 1, [1, 3, 4, 4])], [c])
+    path = tmp_path / "noin.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    np.save(tmp_path / "d.npy", np.zeros((2, 3, 4, 4), np.float32))
+    with pytest.raises(DataError, match="noin.onnx: has no inputs"):
+        load_feeds(tmp_path / "d.npy", load_model(path))
