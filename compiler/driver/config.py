@@ -198,9 +198,8 @@ def load_config(path: str | Path | None = None,
     if path is not None:
         label = str(path)
         config.update(flatten(_read_yaml(Path(path)), label))
-    for key, value in (overrides or {}).items():
-        _known(key, "command line")
-        config[key] = value
+    # Overrides may be flat ("prune.ratio") or nested like the YAML ({"prune": {"ratio"}}).
+    config.update(flatten(overrides or {}, "command line"))
     validate(config, label)
     return config
 
