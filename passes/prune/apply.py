@@ -187,7 +187,7 @@ def _update_shapes(model: Model, analysis: Analysis, tracer: ApplyTracer) -> Non
             continue
         shape = list(tensor.shape)
         dims = slot.dims if len(slot.dims) > 1 else (len(slot.arr),)
-        shape[1:1 + len(dims)] = list(dims)
+        shape[slot.axis:slot.axis + len(dims)] = list(dims)
         tensor.shape = shape
 
 

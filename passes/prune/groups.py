@@ -18,7 +18,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compiler.core.ir import Model
-from passes.prune.trace import ELEMENTWISE, WEIGHTED, Slot, Tracer, reshape_kind, trace
+from passes.prune.slots import label
+from passes.prune.trace import ELEMENTWISE, WEIGHTED, Slot, Tracer, trace
 
 log = logging.getLogger(__name__)
 
@@ -220,16 +221,15 @@ def _member_tensors(node: gs.Node) -> list[tuple[str, list[str]]]:
     if node.op in ("Split", "Slice", "Reshape", "Resize"):
         tag = {"Reshape": "shape", "Resize": "shape"}.get(node.op, node.op.lower())
         return [(tag, ins)]
-    if (node.op in ELEMENTWISE or node.op in ("PRelu", "BatchNormalization",
-                                              "InstanceNormalization")) \
+    if (node.op in ELEMENTWISE or node.op in ("BatchNormalization", "InstanceNormalization")) \
             and any(isinstance(t, gs.Constant) and t.values.size > 1 for t in node.inputs):
         return [("const", outs)]
     return []
 
 
 def _add_member(group: Group, node: gs.Node, tag: str, analysis: Analysis) -> None:
-    name = f"{node.name}.{tag}"
-    if tag == "shape" and node.op == "Reshape" and reshape_kind(node) == "keep":
+    name = f"{label(node)}.{tag}"
+    if tag == "shape" and node.op == "Reshape" and _same_layout(node, analysis):
         return
     if name in group.members:
         return
@@ -241,6 +241,13 @@ def _add_member(group: Group, node: gs.Node, tag: str, analysis: Analysis) -> No
         group.activations.append(_activation_of(node))
     elif tag == "in" and node.op in WEIGHTED and not _is_depthwise(node):
         group.consumers.append(node.name)
+
+
+def _same_layout(node: gs.Node, analysis: Analysis) -> bool:
+    # a Reshape that keeps the channel extent on the same axis needs no new target shape
+    x, y = analysis.slots.get(node.inputs[0].name), analysis.slots.get(node.outputs[0].name)
+    return x is not None and y is not None and len(x.arr) == len(y.arr) \
+        and (x.dims, x.axis) == (y.dims, y.axis)
 
 
 def _is_depthwise(node: gs.Node) -> bool:
