@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 from compiler.core.errors import GraphError
 from compiler.core.ir import const_value
 from passes.prune.slots import label
-from passes.prune.trace import shape_of, slice_params
+from passes.prune.trace import ELEMENTWISE, shape_of, slice_params
 
 
 def _changed(tracer, tensor: gs.Tensor) -> bool:
@@ -42,10 +42,10 @@ def _set_const(node: gs.Node, i: int, value: np.ndarray) -> None:
 def rewrite_node(node: gs.Node, tracer) -> None:
     """Apply the new channel layouts to `node`'s constants and attributes, in place."""
     fn = _REWRITES.get(node.op)
-    if fn is None:
+    if fn is not None:
+        fn(node, tracer)
+    elif node.op in ELEMENTWISE:  # not Pad pads, Clip bounds, Reshape shapes...
         _per_channel_consts(node, tracer)
-        return
-    fn(node, tracer)
 
 
 def _conv(node: gs.Node, tracer) -> None:

@@ -69,8 +69,14 @@ class Tracer:
         """Ids at equal positions of `a` and `b` must be removed together."""
         raise NotImplementedError
 
-    def block(self, arr: np.ndarray, reason: str) -> None:
-        """The channels in `arr` must not be removed."""
+    def block(self, arr: np.ndarray, reason: str, where: dict | None = None) -> None:
+        """The channels in `arr` must not be removed.
+
+        Args:
+            arr: The pinned ids.
+            reason: The user-facing reason.
+            where: What pins them: {"node", "op"} or {"input"} / {"output"} (a graph tensor).
+        """
 
     def cut(self, node: gs.Node, tensor: gs.Tensor, arr: np.ndarray,
             ranges: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -105,6 +111,11 @@ def describe(node: gs.Node) -> str:
     return f"{node.op} node (output {out!r})"
 
 
+def blocker(node: gs.Node) -> dict:
+    """The `where` of a block by a node: its label and op."""
+    return {"node": label(node), "op": node.op}
+
+
 def label(node: gs.Node) -> str:
     """A short node label for group members: its name, else its first output's name."""
     return node.name or (node.outputs[0].name if node.outputs else node.op)
@@ -116,14 +127,14 @@ def unknown(node: gs.Node, tr: Tracer, why: str | None = None) -> None:
     for t in node.inputs:
         s = tr.slot(t)
         if s is not None:
-            tr.block(s.arr, reason)
+            tr.block(s.arr, reason, blocker(node))
     for t in node.outputs:
         if carries_channels(t):
             axis = _guess_axis(node, tr, t)
             n = t.shape[axis] if isinstance(t.shape[axis], (int, np.integer)) else 1
             arr = tr.fresh(t, n)
             tr.set(t, flat(arr, axis))
-            tr.block(arr, reason)
+            tr.block(arr, reason, blocker(node))
 
 
 def _guess_axis(node: gs.Node, tr: Tracer, out: gs.Tensor) -> int:
@@ -148,7 +159,7 @@ def channel_input(node: gs.Node, tr: Tracer, axis: int) -> Slot | None:
     if x is None or (x.axis == axis and len(x.dims) == 1):
         return x
     tr.block(x.arr, f"{describe(node)}: reads channels on axis {axis}, traced on axis "
-                    f"{x.axis}" + (" as a shuffle" if len(x.dims) > 1 else ""))
+                    f"{x.axis}" + (" as a shuffle" if len(x.dims) > 1 else ""), blocker(node))
     return None
 
 

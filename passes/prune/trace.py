@@ -329,7 +329,7 @@ def trace(graph: gs.Graph, tr: Tracer) -> list[gs.Node]:
             n = shape_of(t)[1] if shape_of(t) else 1
             arr = tr.fresh(t, n)
             tr.set(t, flat(arr))
-            tr.block(arr, f"graph input {t.name!r}")
+            tr.block(arr, f"graph input {t.name!r}", {"input": t.name})
     order = topo_order(graph)
     for node in order:
         rule = RULES.get(node.op) if node.domain in (None, "", "ai.onnx") else None
@@ -344,5 +344,5 @@ def trace(graph: gs.Graph, tr: Tracer) -> list[gs.Node]:
     for t in graph.outputs:
         s = tr.slot(t)
         if s is not None:
-            tr.block(s.arr, f"graph output {t.name!r}")
+            tr.block(s.arr, f"graph output {t.name!r}", {"output": t.name})
     return order
