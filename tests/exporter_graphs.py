@@ -462,3 +462,37 @@ def se_block(c: int = 8, hw: int = 16, style: str = "mobilenetv3") -> onnx.Model
     w = n.rng.standard_normal((10, 4 * c)) * np.sqrt(1.0 / (4 * c))
     n.op("Gemm", [h, n.const(w), n.const(np.zeros(10))], name="y", transB=1)
     return n.model(f"se_{style}", {"x": [1, 3, hw, hw]}, ["y_out"], opset=14)  # HardSwish
+
+
+def shufflenet_v2(c: int = 16, hw: int = 32, units: int = 3) -> onnx.ModelProto:
+    """torchvision's ShuffleNetV2 stage with static shapes: a stride-2 unit (two branches,
+    Concat, channel shuffle) then `units - 1` basic units (channel Split into halves, the
+    second half through 1x1 / depthwise 3x3 / 1x1, Concat, shuffle); conv5, pool, Gemm."""
+    n = _Net(27)
+    x = n.op("MaxPool", [n.op("Relu", [n.conv("x", 3, c, 3, stride=2, name="conv1")])],
+             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b1 = n.op("Relu", [n.conv(n.conv(x, c, c, 3, stride=2, group=c, name="s0_b1_dw"), c, c,
+                              name="s0_b1_pw")])
+    b2 = _shuffle_branch(n, x, c, 2, "s0_b2")
+    x, size = _shuffle(n, n.op("Concat", [b1, b2], axis=1), 2 * c, hw // 8, "s0")
+    for u in range(1, units):
+        a, b = n.op("Split", [x, n.const([c, c], np.int64)], n_out=2, name=f"s{u}_chunk", axis=1)
+        x, _ = _shuffle(n, n.op("Concat", [a, _shuffle_branch(n, b, c, 1, f"s{u}_b2")], axis=1),
+                        2 * c, size, f"s{u}")
+    h = n.op("Relu", [n.conv(x, 2 * c, 4 * c, name="conv5")])
+    h = n.op("Flatten", [n.op("GlobalAveragePool", [h])], axis=1)
+    w = n.rng.standard_normal((10, 4 * c)) * np.sqrt(1.0 / (4 * c))
+    n.op("Gemm", [h, n.const(w), n.const(np.zeros(10))], name="fc", transB=1)
+    return n.model("shufflenet_v2", {"x": [1, 3, hw, hw]}, ["fc_out"])
+
+
+def _shuffle_branch(n: _Net, x: str, c: int, stride: int, name: str) -> str:
+    h = n.op("Relu", [n.conv(x, c, c, name=f"{name}_pw1")])
+    h = n.conv(h, c, c, 3, stride=stride, group=c, name=f"{name}_dw")
+    return n.op("Relu", [n.conv(h, c, c, name=f"{name}_pw2")])
+
+
+def _shuffle(n: _Net, x: str, c: int, size: int, name: str) -> tuple[str, int]:
+    h = n.op("Reshape", [x, n.const([1, 2, c // 2, size, size], np.int64)], name=f"{name}_view")
+    h = n.op("Transpose", [h], name=f"{name}_swap", perm=[0, 2, 1, 3, 4])
+    return n.op("Reshape", [h, n.const([1, c, size, size], np.int64)], name=f"{name}_flat"), size
