@@ -496,3 +496,30 @@ def _shuffle(n: _Net, x: str, c: int, size: int, name: str) -> tuple[str, int]:
     h = n.op("Reshape", [x, n.const([1, 2, c // 2, size, size], np.int64)], name=f"{name}_view")
     h = n.op("Transpose", [h], name=f"{name}_swap", perm=[0, 2, 1, 3, 4])
     return n.op("Reshape", [h, n.const([1, c, size, size], np.int64)], name=f"{name}_flat"), size
+
+
+def svtr_mixer(c: int = 8, h: int = 4, w: int = 16) -> onnx.ModelProto:
+    """PP-OCR rec's SVTR block as paddle2onnx writes it: Conv -> Reshape [N, C, H*W] ->
+    Transpose to [N, L, C] -> LayerNorm decomposed (ReduceMean, Sub, Pow, Sqrt, Div, scale,
+    shift) -> MLP (MatMul + Add, HardSwish, MatMul + Add) -> residual Add -> Transpose and
+    Reshape back to NCHW -> Conv."""
+    n = _Net(28)
+    x = n.op("Relu", [n.conv("x", 3, c, 3, name="conv_in")])
+    s = n.op("Transpose", [n.op("Reshape", [x, n.const([1, c, h * w], np.int64)],
+                                name="to_seq")], name="to_nlc", perm=[0, 2, 1])
+    d = n.op("Sub", [s, n.op("ReduceMean", [s], name="ln_mean", axes=[-1])], name="ln_sub")
+    var = n.op("ReduceMean", [n.op("Pow", [d, n.const(2.0)])], name="ln_var", axes=[-1])
+    y = n.op("Div", [d, n.op("Sqrt", [n.op("Add", [var, n.const(1e-5)])])], name="ln_div")
+    y = n.op("Add", [n.op("Mul", [y, n.per_channel(c, (c,))], name="ln_scale"),
+                     n.per_channel(c, (c,), -0.5)], name="ln_shift")
+    fc1 = n.rng.standard_normal((c, 2 * c)) * np.sqrt(2.0 / c)
+    y = n.op("MatMul", [y, n.const(fc1)], name="fc1")
+    y = n.op("HardSwish", [n.op("Add", [y, n.const(np.zeros(2 * c))], name="fc1_bias")])
+    fc2 = n.rng.standard_normal((2 * c, c)) * np.sqrt(1.0 / c)
+    y = n.op("Add", [n.op("MatMul", [y, n.const(fc2)], name="fc2"), n.const(np.zeros(c))],
+             name="fc2_bias")
+    s = n.op("Transpose", [n.op("Add", [s, y], name="residual")], name="to_ncl",
+             perm=[0, 2, 1])
+    x = n.op("Reshape", [s, n.const([1, c, h, w], np.int64)], name="to_map")
+    n.conv(x, c, 4, name="y")
+    return n.model("svtr_mixer", {"x": [1, 3, h, w]}, ["y_out"], opset=14)

@@ -38,6 +38,7 @@ BUILDERS: dict[str, Callable[[], onnx.ModelProto]] = {
     "shufflenet_unit_slice": eg.shufflenet_unit,
     "shufflenet_unit_split": lambda: eg.shufflenet_unit("Split"),
     "shufflenet_v2": eg.shufflenet_v2,
+    "svtr_mixer": eg.svtr_mixer,
 }
 # name -> (groups, prunable, MACs left at --ratio 0.3 with l1 and --round-to 1), measured
 EXPECTED = {
@@ -45,7 +46,7 @@ EXPECTED = {
     "fpn_upsample9": (7, 5, 0.4346), "db_head": (5, 3, 0.4966), "c2f_detect": (12, 7, 0.4521),
     "se_mobilenetv3": (6, 4, 0.5213), "se_efficientnet": (6, 4, 0.5213),
     "shufflenet_unit_slice": (4, 2, 0.5990), "shufflenet_unit_split": (4, 2, 0.5990),
-    "shufflenet_v2": (10, 8, 0.5715),
+    "shufflenet_v2": (10, 8, 0.5715), "svtr_mixer": (6, 1, 0.8413),
 }
 # name -> {a member of the group: (kind, reason or None when prunable, other members)}
 GROUPS = {
@@ -102,6 +103,13 @@ GROUPS = {
     "shufflenet_unit_split": {
         "branch.out": ("shuffle", None, ["conv0.out", "conv2.in"]),
         "branch.in": ("plain", None, ["conv0.out"]),
+    },
+    "svtr_mixer": {
+        # the MLP hidden width over the sequence axis is pruned; the model width is pinned by
+        # the LayerNorm statistics (ReduceMean over channels, after the Transpose to [N, L, C])
+        "fc1.out": ("plain", None, ["fc1_bias.const", "fc2.in"]),
+        "conv_in.out": ("residual", "ReduceMean node 'ln_mean': reduces over the channel axis",
+                        ["ln_scale.const", "ln_shift.const", "fc1.in", "fc2.out", "y.in"]),
     },
     "shufflenet_v2": {
         "s1_b2_pw1.out": ("plain", None, ["s1_b2_dw.in", "s1_b2_dw.out", "s1_b2_pw2.in"]),
@@ -173,6 +181,22 @@ def test_oracle(case, ratio):
     analysis = analyze(model)
     keep = random_keep(analysis, ratio, np.random.default_rng(7))
     check_oracle(model, keep, analysis, feeds=random_feeds(model, seed=5, batch=2))
+
+
+@pytest.mark.parametrize("name", ["tf2onnx_nhwc", "svtr_mixer", "c2f_detect"])
+@pytest.mark.parametrize("criterion", ["hrank", "css"])
+def test_data_criteria_and_reconstruction(name, criterion):
+    # HRank reads feature maps on the traced channel axis (NHWC, [N, L, C] sequences)
+    model = canonicalize(load_model(BUILDERS[name]())).model
+    calib = random_feeds(model, seed=8, batch=16)
+    pruned, report = prune_model(model, ratio=0.3, criterion=criterion, calib=calib,
+                                 round_to=1)
+    assert report["macs"]["after"] / report["macs"]["before"] == pytest.approx(
+        EXPECTED[name][2], abs=1e-4)
+    layers = report["reconstruction"]["layers"]
+    assert layers and all(r["err_after"] <= r["err_before"] for r in layers)
+    got = run(pruned, random_feeds(model, seed=9))
+    assert all(np.isfinite(v).all() for v in got.values())
 
 
 def test_sparsify_1x4_runs_and_reorder_keeps_function(case):
