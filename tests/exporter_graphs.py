@@ -296,3 +296,290 @@ def legacy_classifier(opset: int) -> onnx.ModelProto:
         inputs += [_vi(t.name, list(t.dims)) for t in inits]
     graph = helper.make_graph(nodes, "legacy", inputs, [_vi("y", [1, 5])], inits)
     return _model(graph, opset, 3 if old else 8)
+
+
+# --- Pruning-relevant structure as exporters write it (passes/prune) -------------------------
+
+
+class _Net:
+    """Nodes and seeded initializers of one exporter-style graph; onnx infers the shapes."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+    def const(self, value, dtype=np.float32, name: str | None = None) -> str:
+        name = name or self.fresh("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op: str, inputs: list[str], n_out: int = 1, name: str | None = None,
+           **attrs) -> str | list[str]:
+        name = name or self.fresh(op.lower())
+        outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 1, stride: int = 1, group: int = 1,
+             pad: int | None = None, name: str | None = None) -> str:
+        fan = cin // group * k * k
+        w = self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan)
+        pad = k // 2 if pad is None else pad
+        return self.op("Conv", [x, self.const(w), self.const(self.rng.standard_normal(cout) * 0.1)],
+                       name=name, kernel_shape=[k, k], strides=[stride, stride],
+                       pads=[pad] * 4, group=group)
+
+    def per_channel(self, c: int, shape: tuple, low: float = 0.5) -> str:
+        return self.const(self.rng.uniform(low, low + 1.0, c).reshape(shape))
+
+    def silu(self, x: str) -> str:
+        return self.op("Mul", [x, self.op("Sigmoid", [x])])
+
+    def model(self, name: str, inputs: dict, outputs: list[str], opset: int = 13,
+              ir_version: int = 8) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, [_vi(k, v) for k, v in inputs.items()],
+                                  [], self.inits)
+        model = onnx.shape_inference.infer_shapes(_model(graph, opset, ir_version))
+        infos = {v.name: v for v in model.graph.value_info}
+        model.graph.output.extend(infos[o] for o in outputs)  # shapes as the exporter wrote them
+        for o in outputs:
+            model.graph.value_info.remove(infos[o])
+        return model
+
+
+def tf2onnx_nhwc_stack(c: int = 8, hw: int = 16) -> onnx.ModelProto:
+    """A conv stack as tf2onnx writes a Keras NHWC model.
+
+    NHWC input -> Transpose -> Conv -> Relu -> Transpose to NHWC -> leftover BatchNorm as
+    Mul/Add with [C] constants -> explicit Pad of H and W (TF "SAME") -> Transpose -> stride-2
+    depthwise Conv -> Clip(0, 6) -> two 1x1 Convs, each Transposed to NHWC -> residual Add in
+    NHWC -> Relu -> Reshape [N, H*W, C] -> ReduceMean over H*W -> MatMul + Add -> Softmax.
+    """
+    n = _Net(21)
+    x = n.op("Transpose", ["x"], name="to_nchw", perm=[0, 3, 1, 2])
+    h = n.op("Relu", [n.conv(x, 3, c, 3, name="conv1")])
+    h = n.op("Transpose", [h], name="to_nhwc1", perm=[0, 2, 3, 1])
+    h = n.op("Mul", [h, n.per_channel(c, (c,))], name="bn_mul")
+    h = n.op("Add", [h, n.per_channel(c, (c,), -0.5)], name="bn_add")
+    pads = n.const([0, 1, 1, 0, 0, 1, 1, 0], np.int64)
+    h = n.op("Pad", [h, pads], name="same_pad")
+    h = n.op("Transpose", [h], name="to_nchw2", perm=[0, 3, 1, 2])
+    h = n.conv(h, c, c, 3, stride=2, group=c, pad=0, name="dw")
+    h = n.op("Clip", [h, n.const(0.0), n.const(6.0)], name="relu6")
+    a = n.op("Transpose", [n.conv(h, c, 2 * c, name="pw_a")], perm=[0, 2, 3, 1])
+    b = n.op("Transpose", [n.conv(h, c, 2 * c, name="pw_b")], perm=[0, 2, 3, 1])
+    s = n.op("Relu", [n.op("Add", [a, b], name="residual")])
+    s = n.op("Reshape", [s, n.const([1, -1, 2 * c], np.int64)], name="to_seq")
+    s = n.op("ReduceMean", [s], name="pool", axes=[1], keepdims=0)
+    w = n.rng.standard_normal((2 * c, 10)) * np.sqrt(1.0 / (2 * c))
+    y = n.op("Add", [n.op("MatMul", [s, n.const(w)], name="fc"), n.const(np.zeros(10))])
+    n.op("Softmax", [y], name="y", axis=-1)
+    return n.model("tf2onnx_nhwc", {"x": [1, hw, hw, 3]}, ["y_out"])
+
+
+def pad_conv(c: int = 8, hw: int = 16) -> onnx.ModelProto:
+    """Explicit Pad nodes in front of Convs (tflite2onnx / TF "SAME" on strided convs).
+
+    Conv -> Relu -> Pad (constant, bottom/right only) -> stride-2 Conv without pads ->
+    Relu -> Pad (reflect) -> depthwise Conv -> Relu -> Conv 1x1 -> y.
+    """
+    n = _Net(22)
+    h = n.op("Relu", [n.conv("x", 3, c, 3, name="conv1")])
+    h = n.op("Pad", [h, n.const([0, 0, 0, 0, 0, 0, 1, 1], np.int64), n.const(0.0)],
+             name="pad_br", mode="constant")
+    h = n.op("Relu", [n.conv(h, c, 2 * c, 3, stride=2, pad=0, name="conv2")])
+    h = n.op("Pad", [h, n.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], name="pad_reflect",
+             mode="reflect")
+    h = n.op("Relu", [n.conv(h, 2 * c, 2 * c, 3, group=2 * c, pad=0, name="dw")])
+    n.conv(h, 2 * c, 4, name="y")
+    return n.model("pad_conv", {"x": [1, 3, hw, hw]}, ["y_out"])
+
+
+def fpn_resize(c: int = 8, hw: int = 16, opset: int = 13) -> onnx.ModelProto:
+    """A feature pyramid: lateral 1x1 convs, top-down Resize (scales, and sizes that name the
+    channel count) added to the laterals, Concat of the levels, a BatchNormalization left
+    unfused after the Concat, a 3x3 head conv. Opset 9: Upsample instead of Resize."""
+    n = _Net(23)
+    c0 = n.op("Relu", [n.conv("x", 3, c, 3, name="stem")])
+    c1 = n.op("Relu", [n.conv(c0, c, 2 * c, 3, stride=2, name="down1")])
+    c2 = n.op("Relu", [n.conv(c1, 2 * c, 4 * c, 3, stride=2, name="down2")])
+    l2, l1, l0 = (n.conv(c2, 4 * c, c, name="lat2"), n.conv(c1, 2 * c, c, name="lat1"),
+                  n.conv(c0, c, c, name="lat0"))
+    p1 = n.op("Add", [l1, _upsample(n, l2, [1, c, hw // 2, hw // 2], opset, "up2")], name="td1")
+    p0 = n.op("Add", [l0, _upsample(n, p1, [1, c, hw, hw], opset, "up1", sizes=True)],
+              name="td0")
+    up = _upsample(n, l2, [1, c, hw, hw], opset, "up2x4", factor=4.0)
+    cat = n.op("Concat", [p0, up], name="fuse", axis=1)
+    cat = n.op("BatchNormalization", [cat, n.per_channel(2 * c, (2 * c,)),
+                                      n.per_channel(2 * c, (2 * c,), -0.5),
+                                      n.per_channel(2 * c, (2 * c,), -0.5),
+                                      n.per_channel(2 * c, (2 * c,))], name="fuse_bn")
+    h = n.op("Relu", [n.conv(n.op("Relu", [cat]), 2 * c, c, 3, name="head")])
+    n.conv(h, c, 2, name="y")
+    return n.model(f"fpn_{opset}", {"x": [1, 3, hw, hw]}, ["y_out"], opset=opset,
+                   ir_version=4 if opset < 10 else 8)
+
+
+def _upsample(n: _Net, x: str, out: list[int], opset: int, name: str, factor: float = 2.0,
+              sizes: bool = False) -> str:
+    if opset < 10:
+        return n.op("Upsample", [x, n.const([1.0, 1.0, factor, factor])], name=name,
+                    mode="nearest")
+    if sizes:
+        return n.op("Resize", [x, "", "", n.const(out, np.int64)], name=name, mode="nearest")
+    return n.op("Resize", [x, "", n.const([1.0, 1.0, factor, factor])], name=name,
+                mode="nearest")
+
+
+def db_head(c: int = 8, hw: int = 16) -> onnx.ModelProto:
+    """PP-OCR's DB detection head: Conv 3x3 + BN + Relu, ConvTranspose 2x2/2 + BN + Relu,
+    ConvTranspose 2x2/2 to one channel, Sigmoid (BNs written unfused, as paddle2onnx does)."""
+    n = _Net(24)
+    h = n.op("Relu", [n.conv("x", 3, 4 * c, 3, stride=2, name="backbone")])
+    h = n.op("Relu", [_bn(n, n.conv(h, 4 * c, c, 3, name="head_conv"), c)])
+    h = n.op("Relu", [_bn(n, _deconv(n, h, c, c, "head_up1"), c)])
+    n.op("Sigmoid", [_deconv(n, h, c, 1, "head_up2")], name="y")
+    return n.model("db_head", {"x": [1, 3, hw, hw]}, ["y_out"])
+
+
+def _bn(n: _Net, x: str, c: int) -> str:
+    stats = [n.per_channel(c, (c,)), n.per_channel(c, (c,), -0.5),
+             n.per_channel(c, (c,), -0.5), n.per_channel(c, (c,))]
+    return n.op("BatchNormalization", [x, *stats], epsilon=1e-5)
+
+
+def _deconv(n: _Net, x: str, cin: int, cout: int, name: str) -> str:
+    w = n.rng.standard_normal((cin, cout, 2, 2)) * np.sqrt(2.0 / cin)
+    return n.op("ConvTranspose", [x, n.const(w), n.const(np.zeros(cout))], name=name,
+                kernel_shape=[2, 2], strides=[2, 2])
+
+
+def c2f_detect(c: int = 8, hw: int = 16, reg: int = 4, nc: int = 3) -> onnx.ModelProto:
+    """An Ultralytics-style C2f block and a one-level detection head with DFL.
+
+    C2f: cv1 (Conv 1x1 to 2c, SiLU as Sigmoid*Mul) -> Split [c, c] -> a bottleneck on the
+    second half with a residual Add -> Concat of the three -> cv2. Head: box Conv to
+    4*reg, class Conv to nc, Concat -> Reshape [N, 4*reg+nc, H*W] -> Split [4*reg, nc];
+    DFL: Reshape [N, 4, reg, A] -> Transpose -> Softmax over the bins -> Conv with fixed
+    arange weights -> Reshape [N, 4, A]; classes Sigmoid; Concat -> y [N, 4+nc, A].
+    """
+    n = _Net(25)
+    x = n.silu(n.conv("x", 3, 2 * c, 3, stride=2, name="stem"))
+    y0, y1 = n.op("Split", [n.silu(n.conv(x, 2 * c, 2 * c, name="cv1")),
+                            n.const([c, c], np.int64)], n_out=2, name="chunk", axis=1)
+    m = n.silu(n.conv(n.silu(n.conv(y1, c, c, 3, name="m0_cv1")), c, c, 3, name="m0_cv2"))
+    y2 = n.op("Add", [y1, m], name="m0_add")
+    h = n.silu(n.conv(n.op("Concat", [y0, y1, y2], name="c2f_cat", axis=1), 3 * c, 2 * c,
+                      name="cv2"))
+    box = n.conv(n.silu(n.conv(h, 2 * c, c, 3, name="box0")), c, 4 * reg, name="box1")
+    cls = n.conv(n.silu(n.conv(h, 2 * c, c, 3, name="cls0")), c, nc, name="cls1")
+    a = (hw // 2) ** 2
+    cat = n.op("Reshape", [n.op("Concat", [box, cls], name="head_cat", axis=1),
+                           n.const([1, 4 * reg + nc, a], np.int64)], name="flat_anchors")
+    dist, scores = n.op("Split", [cat, n.const([4 * reg, nc], np.int64)], n_out=2,
+                        name="box_cls", axis=1)
+    bins = n.op("Reshape", [dist, n.const([1, 4, reg, a], np.int64)], name="dfl_bins")
+    bins = n.op("Softmax", [n.op("Transpose", [bins], perm=[0, 2, 1, 3])], name="dfl_softmax",
+                axis=1)
+    proj = n.const(np.arange(reg, dtype=np.float32).reshape(1, reg, 1, 1))
+    dist = n.op("Reshape", [n.op("Conv", [bins, proj], name="dfl"), n.const([1, 4, a], np.int64)])
+    n.op("Concat", [dist, n.op("Sigmoid", [scores])], name="y", axis=1)
+    return n.model("c2f_detect", {"x": [1, 3, hw, hw]}, ["y_out"])
+
+
+def se_block(c: int = 8, hw: int = 16, style: str = "mobilenetv3") -> onnx.ModelProto:
+    """An inverted residual with squeeze-excite as torchvision / timm export it.
+
+    mobilenetv3: HardSwish, GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid -> Mul.
+    efficientnet: SiLU (Sigmoid*Mul), ReduceMean over H, W -> Conv -> SiLU -> Conv ->
+    Sigmoid -> Mul. Both: stem -> expand 1x1 -> depthwise 3x3 -> SE -> project 1x1 ->
+    residual Add -> head Conv -> pool -> Flatten -> Gemm.
+    """
+    n = _Net(26)
+    act = n.silu if style == "efficientnet" else (lambda t: n.op("HardSwish", [t]))
+    x = act(n.conv("x", 3, c, 3, stride=2, name="stem"))
+    h = act(n.conv(x, c, 4 * c, name="expand"))
+    h = act(n.conv(h, 4 * c, 4 * c, 3, group=4 * c, name="dw"))
+    if style == "efficientnet":
+        s = n.op("ReduceMean", [h], name="se_pool", axes=[2, 3], keepdims=1)
+        s = n.op("Sigmoid", [n.conv(n.silu(n.conv(s, 4 * c, c, name="se_reduce")), c, 4 * c,
+                                    name="se_expand")], name="se_gate")
+    else:
+        s = n.op("GlobalAveragePool", [h], name="se_pool")
+        s = n.op("HardSigmoid", [n.conv(n.op("Relu", [n.conv(s, 4 * c, c, name="se_reduce")]),
+                                        c, 4 * c, name="se_expand")], name="se_gate",
+                 alpha=1 / 6, beta=0.5)
+    h = n.op("Add", [x, n.conv(n.op("Mul", [h, s], name="se_scale"), 4 * c, c,
+                               name="project")], name="residual")
+    h = act(n.conv(h, c, 4 * c, name="head"))
+    h = n.op("Flatten", [n.op("GlobalAveragePool", [h], name="pool")], axis=1)
+    w = n.rng.standard_normal((10, 4 * c)) * np.sqrt(1.0 / (4 * c))
+    n.op("Gemm", [h, n.const(w), n.const(np.zeros(10))], name="y", transB=1)
+    return n.model(f"se_{style}", {"x": [1, 3, hw, hw]}, ["y_out"], opset=14)  # HardSwish
+
+
+def shufflenet_v2(c: int = 16, hw: int = 32, units: int = 3) -> onnx.ModelProto:
+    """torchvision's ShuffleNetV2 stage with static shapes: a stride-2 unit (two branches,
+    Concat, channel shuffle) then `units - 1` basic units (channel Split into halves, the
+    second half through 1x1 / depthwise 3x3 / 1x1, Concat, shuffle); conv5, pool, Gemm."""
+    n = _Net(27)
+    x = n.op("MaxPool", [n.op("Relu", [n.conv("x", 3, c, 3, stride=2, name="conv1")])],
+             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b1 = n.op("Relu", [n.conv(n.conv(x, c, c, 3, stride=2, group=c, name="s0_b1_dw"), c, c,
+                              name="s0_b1_pw")])
+    b2 = _shuffle_branch(n, x, c, 2, "s0_b2")
+    x, size = _shuffle(n, n.op("Concat", [b1, b2], axis=1), 2 * c, hw // 8, "s0")
+    for u in range(1, units):
+        a, b = n.op("Split", [x, n.const([c, c], np.int64)], n_out=2, name=f"s{u}_chunk", axis=1)
+        x, _ = _shuffle(n, n.op("Concat", [a, _shuffle_branch(n, b, c, 1, f"s{u}_b2")], axis=1),
+                        2 * c, size, f"s{u}")
+    h = n.op("Relu", [n.conv(x, 2 * c, 4 * c, name="conv5")])
+    h = n.op("Flatten", [n.op("GlobalAveragePool", [h])], axis=1)
+    w = n.rng.standard_normal((10, 4 * c)) * np.sqrt(1.0 / (4 * c))
+    n.op("Gemm", [h, n.const(w), n.const(np.zeros(10))], name="fc", transB=1)
+    return n.model("shufflenet_v2", {"x": [1, 3, hw, hw]}, ["fc_out"])
+
+
+def _shuffle_branch(n: _Net, x: str, c: int, stride: int, name: str) -> str:
+    h = n.op("Relu", [n.conv(x, c, c, name=f"{name}_pw1")])
+    h = n.conv(h, c, c, 3, stride=stride, group=c, name=f"{name}_dw")
+    return n.op("Relu", [n.conv(h, c, c, name=f"{name}_pw2")])
+
+
+def _shuffle(n: _Net, x: str, c: int, size: int, name: str) -> tuple[str, int]:
+    h = n.op("Reshape", [x, n.const([1, 2, c // 2, size, size], np.int64)], name=f"{name}_view")
+    h = n.op("Transpose", [h], name=f"{name}_swap", perm=[0, 2, 1, 3, 4])
+    return n.op("Reshape", [h, n.const([1, c, size, size], np.int64)], name=f"{name}_flat"), size
+
+
+def svtr_mixer(c: int = 8, h: int = 4, w: int = 16) -> onnx.ModelProto:
+    """PP-OCR rec's SVTR block as paddle2onnx writes it: Conv -> Reshape [N, C, H*W] ->
+    Transpose to [N, L, C] -> LayerNorm decomposed (ReduceMean, Sub, Pow, Sqrt, Div, scale,
+    shift) -> MLP (MatMul + Add, HardSwish, MatMul + Add) -> residual Add -> Transpose and
+    Reshape back to NCHW -> Conv."""
+    n = _Net(28)
+    x = n.op("Relu", [n.conv("x", 3, c, 3, name="conv_in")])
+    s = n.op("Transpose", [n.op("Reshape", [x, n.const([1, c, h * w], np.int64)],
+                                name="to_seq")], name="to_nlc", perm=[0, 2, 1])
+    d = n.op("Sub", [s, n.op("ReduceMean", [s], name="ln_mean", axes=[-1])], name="ln_sub")
+    var = n.op("ReduceMean", [n.op("Pow", [d, n.const(2.0)])], name="ln_var", axes=[-1])
+    y = n.op("Div", [d, n.op("Sqrt", [n.op("Add", [var, n.const(1e-5)])])], name="ln_div")
+    y = n.op("Add", [n.op("Mul", [y, n.per_channel(c, (c,))], name="ln_scale"),
+                     n.per_channel(c, (c,), -0.5)], name="ln_shift")
+    fc1 = n.rng.standard_normal((c, 2 * c)) * np.sqrt(2.0 / c)
+    y = n.op("MatMul", [y, n.const(fc1)], name="fc1")
+    y = n.op("HardSwish", [n.op("Add", [y, n.const(np.zeros(2 * c))], name="fc1_bias")])
+    fc2 = n.rng.standard_normal((2 * c, c)) * np.sqrt(1.0 / c)
+    y = n.op("Add", [n.op("MatMul", [y, n.const(fc2)], name="fc2"), n.const(np.zeros(c))],
+             name="fc2_bias")
+    s = n.op("Transpose", [n.op("Add", [s, y], name="residual")], name="to_ncl",
+             perm=[0, 2, 1])
+    x = n.op("Reshape", [s, n.const([1, c, h, w], np.int64)], name="to_map")
+    n.conv(x, c, 4, name="y")
+    return n.model("svtr_mixer", {"x": [1, 3, h, w]}, ["y_out"], opset=14)

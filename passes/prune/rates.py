@@ -29,7 +29,12 @@ def keep_count(channels: int, rate: float, round_to: int = 1) -> int:
 
 
 def round_keep(channels: int, keep: int, round_to: int = 1) -> int:
-    """Round a kept count to the nearest multiple of `round_to` (never 0, never > channels)."""
+    """Round a kept count to the nearest multiple of `round_to` (never 0, never > channels).
+
+    A group kept whole stays whole (42 channels at rate 0 are not rounded to 40).
+    """
+    if keep >= channels:
+        return channels
     if round_to <= 1 or channels <= round_to:
         return min(channels, max(1, keep))
     rounded = max(round_to, int(round(keep / round_to)) * round_to)
