@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
@@ -442,11 +443,18 @@ def _symbolic_error(value: onnx.ValueInfoProto, index: int, label: str,
                     keep_batch: bool) -> str:
     dims = list(value.type.tensor_type.shape.dim)
     example = [_dim_text(d) if d.HasField("dim_value") else ("1" if i == 0 and not keep_batch
-                                                              else _dim_text(d).upper())
+                                                              else _placeholder(d))
                for i, d in enumerate(dims)]
     return (f"input {value.name!r} of {label} has a symbolic dim {index} "
             f"({_dim_text(dims[index])!r} in {_shape_text(value)}): give the shape with "
-            f"{FLAG} {value.name}:{format_dims(example)} (config: {KEY})")
+            f"{FLAG} {value.name}:{format_dims(example)}, each letter a size (config: {KEY})")
+
+
+def _placeholder(dim: onnx.TensorShapeProto.Dimension) -> str:
+    # Exporters name dims "height" or "p2o.DynamicDimension.1": a short name reads as a
+    # template ("HEIGHT"), anything else becomes "N".
+    name = _dim_text(dim)
+    return name.upper() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,11}", name) else "N"
 
 
 def _drop_stale_shapes(proto: onnx.ModelProto) -> None:
