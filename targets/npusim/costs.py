@@ -38,6 +38,11 @@ def _shape(p: isa.Program, i: int) -> tuple[int, ...]:
     return p.tensors[i].shape
 
 
+def elements(t: isa.Tensor) -> int:
+    """Element count; a run-time dimension counts as 1, so host tensors give a lower bound."""
+    return prod(1 if d == isa.RUNTIME_DIM else d for d in t.shape)
+
+
 def _const_bytes(p: isa.Program, ins: isa.Instr) -> int:
     return sum(p.blobs[b].stored_bytes or p.blobs[b].array.nbytes for b in ins.refs(ins.BLOBS)
                if p.blobs[b].array is not None or p.blobs[b].raw)
@@ -101,7 +106,7 @@ def free_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
 
 def cpu_work(p: isa.Program, ins: isa.CpuCall, arch: Arch) -> Work:
     """A float partition: bytes in and out; its compute is estimated in `perf`."""
-    return Work(0, 0.0, sum(prod(_shape(p, i)) for i in ins.reads() + ins.writes()),
+    return Work(0, 0.0, sum(elements(p.tensors[i]) for i in ins.reads() + ins.writes()),
                 _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()))
 
 

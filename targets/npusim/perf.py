@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any
 
 from compiler.core.errors import ConfigError
 from targets.npusim import isa
 from targets.npusim.arch import Arch, load_arch, presets
 from targets.npusim.binary import load_binary
-from targets.npusim.costs import Work, work
+from targets.npusim.costs import Work, elements, work
 
 log = logging.getLogger(__name__)
 CPU_OPS_PER_ELEMENT = 8  # host float ops per element of a partition's inputs/outputs
@@ -78,8 +77,8 @@ def _interface_bytes(p: isa.Program, ins: isa.Instr) -> int:
 def _host_seconds(p: isa.Program, ins: isa.Instr, w: Work, arch: Arch) -> float:
     """Host time of a CPU partition or CPU-fallback instruction (no call overhead)."""
     macs = w.macs or _partition_macs(p, ins)
-    elements = w.vector_elements + sum(prod(p.tensors[i].shape) for i in ins.writes())
-    flops = 2 * macs + CPU_OPS_PER_ELEMENT * elements
+    count = w.vector_elements + sum(elements(p.tensors[i]) for i in ins.writes())
+    flops = 2 * macs + CPU_OPS_PER_ELEMENT * count
     return flops / (arch.host.gflops_per_core * 1e9)
 
 
