@@ -1,6 +1,7 @@
 """Cost accounting: per-node MACs, other arithmetic ops and parameters.
 
-MACs count the work of a MAC array: Conv, ConvTranspose, Gemm and MatMul. Everything else
+MACs count the work of a MAC array: Conv, ConvTranspose, Gemm, MatMul and Einsum (products of
+two or more operands). Everything else
 that computes (BatchNormalization, element-wise arithmetic, activations, pooling) is counted
 as `ops`, one per output element (pooling: one per window element). Parameters are the
 float weights a layer owns; BatchNormalization owns its scale and bias (running statistics
@@ -112,8 +113,22 @@ def _matmul_macs(node: gs.Node, ins: list, outs: list) -> int:
     return int(np.prod(outs[0])) * int(ins[0][-1])
 
 
+def _einsum_macs(node: gs.Node, ins: list, outs: list) -> int:
+    # one multiply-accumulate per point of the joint index space (ellipsis: not counted)
+    terms = str(node.attrs.get("equation", "")).replace(" ", "").split("->")[0].split(",")
+    if "..." in "".join(terms) or len(terms) != len(ins) or any(s is None for s in ins):
+        return 0
+    sizes: dict[str, int] = {}
+    for term, shape in zip(terms, ins, strict=True):
+        if len(term) != len(shape):
+            return 0
+        sizes.update(zip(term, shape, strict=True))
+    return int(np.prod(list(sizes.values()))) if len(ins) > 1 else 0
+
+
 _MACS = {"Conv": _conv_macs, "ConvInteger": _conv_macs, "ConvTranspose": _conv_transpose_macs,
-         "Gemm": _gemm_macs, "MatMul": _matmul_macs, "MatMulInteger": _matmul_macs}
+         "Gemm": _gemm_macs, "MatMul": _matmul_macs, "MatMulInteger": _matmul_macs,
+         "Einsum": _einsum_macs}
 
 
 def _ops(node: gs.Node, ins: list, outs: list) -> int:
