@@ -72,7 +72,7 @@ class MacSplit:
 
     @property
     def fraction(self) -> float:
-        """npu / (npu + cpu), 1.0 for a model without MACs."""
+        """The NPU share of the MACs: npu / (npu + cpu); 1.0 without MACs."""
         total = self.npu_macs + self.cpu_macs
         return self.npu_macs / total if total else 1.0
 
