@@ -501,3 +501,77 @@ def missing_op_model(kind: str = "layernorm") -> onnx.ModelProto:
     return _graph_model(nodes, f"missing_{kind}", inits, [_vi("y", [1, 4, 8, 8])],
                         opset=17, domains=domains)
 
+
+
+def _loop_graph(name: str, nodes: list, carried: list, scans: list = ()) -> onnx.GraphProto:
+    """A Loop body: (iter, cond, *carried) -> (cond, *carried, *scans); `carried`/`scans`
+    as (name_in, name_out, shape) / (name, shape)."""
+    inputs = [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+              helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])]
+    outputs = [helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])]
+    inputs += [_vi(i, s) for i, _, s in carried]
+    outputs += [_vi(o, s) for _, o, s in carried] + [_vi(n, s) for n, s in scans]
+    body = [helper.make_node("Identity", ["c_in"], ["c_out"], name=f"{name}_cond")] + nodes
+    return helper.make_graph(body, name, inputs, outputs)
+
+
+def nested_control_flow_model() -> onnx.ModelProto:
+    """A Loop whose body holds an If whose branches read `feat` two scopes up, and a Conv
+    after the Loop (ONNX cannot infer the Loop output's shape: the Conv runs on the host).
+
+    acc <- acc + (Relu(feat) if mean(feat) > 0.3 else feat), twice, from 0 -> Conv 1x1.
+    """
+    rng = np.random.default_rng(26)
+    inits, nodes = _backbone(rng)
+    shape = [1, 8, 8, 8]
+    branches = {k: helper.make_graph([helper.make_node(op, ["feat"], [f"{k}_out"],
+                                                       name=f"inner_{k}")], f"inner_{k}", [],
+                                     [_vi(f"{k}_out", shape)])
+                for k, op in (("then", "Relu"), ("else", "Identity"))}
+    body = _loop_graph("body", [
+        helper.make_node("If", ["flag"], ["sel"], name="inner_if",
+                         then_branch=branches["then"], else_branch=branches["else"]),
+        helper.make_node("Add", ["acc", "sel"], ["acc_out"], name="body_add")],
+        [("acc", "acc_out", shape)])
+    inits += [_f32("thr", 0.3), _i64("trips", 2), _f32("zeros", np.zeros(shape)),
+              _init(rng, "after_w", (4, 8, 1, 1))]
+    nodes += [helper.make_node("ReduceMean", ["feat"], ["m"], keepdims=0, name="mean"),
+              helper.make_node("Greater", ["m", "thr"], ["flag"], name="flag"),
+              helper.make_node("Loop", ["trips", "", "zeros"], ["acc_final"], body=body,
+                               name="loop"),
+              helper.make_node("Conv", ["acc_final", "after_w"], ["y"], name="conv_after",
+                               kernel_shape=[1, 1])]
+    return _graph_model(nodes, "nested_control_flow", inits, [_vi("y", [1, 4, 8, 8])])
+
+
+def host_tensor_model() -> onnx.ModelProto:
+    """A run-time-shaped tensor crossing from one CPU partition to a later one over NPU work.
+
+    feat -> NonZero(feat > 1) -> Transpose (host); feat -> Softmax (host) -> Conv 1x1 (NPU);
+    GatherND(conv, peaks) (host) -> `vals` [P]; and a Loop whose trip count is computed from
+    the data (4·max of the pooled features), so its scan output `trace` has a run-time length.
+    """
+    rng = np.random.default_rng(27)
+    inits, nodes = _backbone(rng)
+    body = _loop_graph("body", [helper.make_node("Mul", ["v", "half"], ["v_out"], name="b_mul"),
+                                helper.make_node("Identity", ["v_out"], ["v_scan"],
+                                                 name="b_scan")],
+                       [("v", "v_out", [1, 8])], [("v_scan", [1, 8])])
+    inits += [_f32("one", 1.0), _f32("half", 0.5), _f32("four", 4.0),
+              _init(rng, "mix_w", (8, 8, 1, 1))]
+    nodes += [
+        helper.make_node("Softmax", ["feat"], ["sm"], axis=1, name="softmax"),
+        helper.make_node("Greater", ["feat", "one"], ["pos"], name="pos"),
+        helper.make_node("NonZero", ["pos"], ["nz"], name="nonzero"),
+        helper.make_node("Conv", ["sm", "mix_w"], ["mixed"], name="mix", kernel_shape=[1, 1]),
+        helper.make_node("Transpose", ["nz"], ["peaks"], perm=[1, 0], name="peaks"),
+        helper.make_node("GatherND", ["mixed", "peaks"], ["vals"], name="gather_vals"),
+        helper.make_node("GlobalAveragePool", ["feat"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["pooled"], name="flatten"),
+        helper.make_node("ReduceMax", ["pooled"], ["mx"], keepdims=0, name="max"),
+        helper.make_node("Mul", ["mx", "four"], ["mx4"], name="times4"),
+        helper.make_node("Cast", ["mx4"], ["trips"], to=TensorProto.INT64, name="trips"),
+        helper.make_node("Loop", ["trips", "", "pooled"], ["final", "trace"], body=body,
+                         name="loop")]
+    return _graph_model(nodes, "host_tensor", inits,
+                        [_vi("vals", ["P"]), _vi("final", [1, 8]), _vi("trace", ["T", 1, 8])])

@@ -73,14 +73,10 @@ def node_cost(node: gs.Node) -> NodeCost:
     ins = [static_shape(t) if t.name else None for t in node.inputs]
     outs = [static_shape(t) for t in node.outputs]
     macs_fn = _MACS.get(node.op)
-    macs = macs_fn(node, ins, outs) if macs_fn and _known(ins[:1] + outs[:1]) else 0
+    macs = macs_fn(node, ins, outs) if macs_fn else 0
     ops = 0 if macs_fn or node.op in _MOVEMENT else _ops(node, ins, outs)
     return NodeCost(node.name, node.op, [_fmt(s) for s in ins], [_fmt(s) for s in outs],
                     int(macs), int(ops), int(_params(node)))
-
-
-def _known(shapes: list) -> bool:
-    return all(s is not None for s in shapes)
 
 
 def _fmt(shape: tuple | None) -> list | None:
@@ -88,16 +84,16 @@ def _fmt(shape: tuple | None) -> list | None:
 
 
 def _conv_macs(node: gs.Node, ins: list, outs: list) -> int:
-    w = ins[1]
-    if w is None:
+    w = ins[1] if len(ins) > 1 else None
+    if w is None or outs[0] is None:  # the input shape is not needed
         return 0
     # weight [Cout, Cin/group, k...]: each output element needs Cin/group * prod(k) MACs
     return int(np.prod(outs[0])) * int(np.prod(w[1:]))
 
 
 def _conv_transpose_macs(node: gs.Node, ins: list, outs: list) -> int:
-    w = ins[1]
-    if w is None:
+    w = ins[1] if len(ins) > 1 else None
+    if w is None or ins[0] is None:
         return 0
     # weight [Cin, Cout/group, k...]: each input element scatters into Cout/group * prod(k)
     return int(np.prod(ins[0])) * int(np.prod(w[1:]))
@@ -105,11 +101,15 @@ def _conv_transpose_macs(node: gs.Node, ins: list, outs: list) -> int:
 
 def _gemm_macs(node: gs.Node, ins: list, outs: list) -> int:
     a = ins[0]
+    if a is None or outs[0] is None:
+        return 0
     k = a[0] if node.attrs.get("transA", 0) else a[1]
     return int(np.prod(outs[0])) * int(k)
 
 
 def _matmul_macs(node: gs.Node, ins: list, outs: list) -> int:
+    if ins[0] is None or outs[0] is None or not ins[0]:
+        return 0
     return int(np.prod(outs[0])) * int(ins[0][-1])
 
 
@@ -129,6 +129,8 @@ def _einsum_macs(node: gs.Node, ins: list, outs: list) -> int:
 _MACS = {"Conv": _conv_macs, "ConvInteger": _conv_macs, "ConvTranspose": _conv_transpose_macs,
          "Gemm": _gemm_macs, "MatMul": _matmul_macs, "MatMulInteger": _matmul_macs,
          "Einsum": _einsum_macs}
+MAC_OPS = frozenset(_MACS)
+"""Ops whose work is counted as MACs."""
 
 
 def _ops(node: gs.Node, ins: list, outs: list) -> int:

@@ -199,11 +199,13 @@ class QGraphBuilder:
 
 
 def npu_first(units: list[Unit]) -> list[Unit]:
-    """A topological order of the units that runs int8 units as early as possible.
+    """A topological order of the units with as few switches between int8 and CPU work as
+    a greedy choice gives: stay with the current kind while one of its units is ready,
+    starting with int8.
 
-    CPU units wait until nothing else is ready, so independent host work (the Gathers of
-    a detection tail around an int8 Squeeze of the boxes) lands in one CPU partition:
-    fewer host round trips, each of which costs a partition call.
+    Independent host work (the Gathers of a detection tail around an int8 Squeeze of the
+    boxes) then lands in one CPU partition: fewer host round trips, each of which costs a
+    partition call.
     """
     made = {t.name: i for i, u in enumerate(units) for n in u.nodes for t in n.outputs
             if t.name}
@@ -214,16 +216,19 @@ def npu_first(units: list[Unit]) -> list[Unit]:
         for d in deps:
             users.setdefault(d, []).append(i)
     waiting = [len(d) for d in needs]
-    ready = [(u.kind == "cpu", i) for i, u in enumerate(units) if not needs[i]]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, i = heapq.heappop(ready)
+    ready: dict[bool, list[int]] = {False: [], True: []}  # is_cpu -> heap of unit indices
+    for i, u in enumerate(units):
+        if not needs[i]:
+            heapq.heappush(ready[u.kind == "cpu"], i)
+    order, cpu = [], False
+    while ready[False] or ready[True]:
+        cpu = cpu if ready[cpu] else not cpu
+        i = heapq.heappop(ready[cpu])
         order.append(units[i])
         for j in users.get(i, []):
             waiting[j] -= 1
             if not waiting[j]:
-                heapq.heappush(ready, (units[j].kind == "cpu", j))
+                heapq.heappush(ready[units[j].kind == "cpu"], j)
     if len(order) != len(units):
         raise GraphError("qgraph: the quantization units form a cycle")
     return order

@@ -23,23 +23,33 @@ MAX_OPS_SHOWN = 4
 
 @dataclass(frozen=True)
 class PartitionInfo:
-    """The op types and float MACs of one embedded CPU partition."""
+    """The op types and float MACs of one embedded CPU partition.
+
+    `uncounted` names the MAC layers (Conv, Gemm, ...) whose MACs are not in `macs`: their
+    sizes are only known at run time, or they sit in an If/Loop body.
+    """
 
     ops: tuple[str, ...]
     macs: int
+    uncounted: tuple[str, ...] = ()
 
 
 def partition_info(raw: bytes, name: str) -> PartitionInfo:
     """Ops (in order, distinct) and MACs of a serialized partition; unreadable: no MACs."""
-    from compiler.core.cost import model_cost
+    from compiler.core.cost import MAC_OPS, model_cost
     from compiler.core.io import load_model, parse_proto
 
     try:
-        cost = model_cost(load_model(parse_proto(raw, name)))
+        model = load_model(parse_proto(raw, name))
     except Exception as e:  # an unmeasurable partition is costed by its elements only
         log.debug("cannot cost CPU partition %r: %s", name, e)
         return PartitionInfo((), 0)
-    return PartitionInfo(tuple(dict.fromkeys(n.op for n in cost.nodes)), cost.macs)
+    cost = model_cost(model)
+    uncounted = [n.name for n in cost.nodes if n.op in MAC_OPS and not n.macs]
+    uncounted += [n.name for g in model.graph.subgraphs(recursive=True) for n in g.nodes
+                  if n.op in MAC_OPS]
+    return PartitionInfo(tuple(dict.fromkeys(n.op for n in cost.nodes)), cost.macs,
+                         tuple(uncounted))
 
 
 @lru_cache(maxsize=2)  # perf and build ask for the same program several times
@@ -69,6 +79,7 @@ class MacSplit:
     npu_macs: int
     cpu_macs: int
     partitions: list[dict[str, Any]] = field(default_factory=list)
+    uncounted: list[str] = field(default_factory=list)  # host MAC layers of unknown size
 
     @property
     def fraction(self) -> float:
@@ -79,7 +90,8 @@ class MacSplit:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for reports."""
         return {"npu_mac_fraction": round(self.fraction, 6), "npu_macs": self.npu_macs,
-                "cpu_macs": self.cpu_macs, "cpu_partitions": self.partitions}
+                "cpu_macs": self.cpu_macs, "cpu_partitions": self.partitions,
+                "cpu_layers_uncounted": self.uncounted}
 
     def line(self) -> str:
         """E.g. `MACs on NPU: 97.3% (2 CPU partitions: NonMaxSuppression, Gather; TopK)`."""
@@ -87,8 +99,12 @@ class MacSplit:
         if not self.partitions:
             return head + " (no CPU partitions)"
         n = len(self.partitions)
+        tail = ""
+        if self.uncounted:  # say so rather than overstate the NPU share
+            tail = (f"; not counted: {len(self.uncounted)} CPU layer(s) of run-time size or "
+                    f"inside If/Loop bodies ({', '.join(self.uncounted[:3])})")
         return (f"{head} ({n} CPU partition{'s' if n > 1 else ''}: "
-                f"{'; '.join(_ops_text(r['ops']) for r in self.partitions)})")
+                f"{'; '.join(_ops_text(r['ops']) for r in self.partitions)}{tail})")
 
 
 def _ops_text(ops: list[str]) -> str:
@@ -110,6 +126,8 @@ def mac_split(p: isa.Program) -> MacSplit:
             run["ops"] = list(dict.fromkeys(run["ops"] + _ops(p, ins)))
             run["macs"] += macs
             split.cpu_macs += macs
+            if isinstance(ins, isa.CpuCall):
+                split.uncounted += program_partitions(p)[ins.partition].uncounted
         previous = ins.unit
     return split
 

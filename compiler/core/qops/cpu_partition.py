@@ -97,7 +97,7 @@ def run_partition(op: QCpuPartition, feeds: Mapping[str, np.ndarray],
     model = partition_model(op, feeds)
     for t in model.graph.outputs:
         t.dtype = np.dtype(graph.tensor(t.name).dtype)
-    out = run(model, {n: feeds[n] for n in op.inputs})
+    out = run(model, {n: np.asarray(feeds[n]) for n in op.inputs})  # numpy scalars too
     return [out[n] for n in op.outputs]
 
 
