@@ -199,10 +199,9 @@ class QGraphBuilder:
 
 
 def npu_first(units: list[Unit]) -> list[Unit]:
-    """A topological order of the units with as few switches between int8 and CPU work as
-    a greedy choice gives: stay with the current kind while one of its units is ready,
-    starting with int8.
+    """A topological order of the units with few switches between int8 and CPU work.
 
+    Greedy: stay with the current kind (int8 first) while one of its units is ready.
     Independent host work (the Gathers of a detection tail around an int8 Squeeze of the
     boxes) then lands in one CPU partition: fewer host round trips, each of which costs a
     partition call.
