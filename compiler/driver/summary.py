@@ -54,7 +54,7 @@ def _summary(state: CompileState) -> dict[str, dict[str, Any]]:
         summary["FPS (2 cores, 8 threads)"] = {
             "before": base.multi.fps if base else None, "after": perf.multi.fps}
     if state.build is not None:
-        summary["MACs on NPU"] = {"before": None, "after": f"{state.build.macs.fraction:.1%}"}
+        summary["MACs on NPU"] = {"before": None, "after": state.build.macs.percent}
     if state.verify is not None:
         summary["binary vs model.quant.onnx"] = {
             "before": None, "after": "bit-exact" if state.verify.consistent else "MISMATCH"}

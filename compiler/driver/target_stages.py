@@ -36,7 +36,7 @@ def build(state: CompileState) -> str:
     state.build = built
     npu = sum(p["unit"] == "NPU" for p in built.placement)
     return (f"{npu}/{len(built.placement)} nodes on the NPU, {built.cpu_partitions} CPU "
-            f"partitions, {built.macs.fraction:.1%} of the MACs on the NPU")
+            f"partitions, {built.macs.percent} of the MACs on the NPU")
 
 
 def verify(state: CompileState) -> str:

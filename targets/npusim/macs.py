@@ -18,7 +18,8 @@ from targets.npusim import isa
 from targets.npusim.costs import dense_macs
 
 log = logging.getLogger(__name__)
-MAX_OPS_SHOWN = 4
+MAX_OPS_SHOWN = 4  # per partition, in the one-line summary
+MAX_PARTITIONS_SHOWN = 6
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,17 @@ class MacSplit:
                 "cpu_macs": self.cpu_macs, "cpu_partitions": self.partitions,
                 "cpu_layers_uncounted": self.uncounted}
 
+    @property
+    def percent(self) -> str:
+        """The fraction as a percentage; never "100.0%" while the host has MACs."""
+        text = f"{self.fraction:.1%}"
+        if text == "100.0%" and self.cpu_macs:
+            text = f"{min(self.fraction, 0.99999):.3%}"
+        return text
+
     def line(self) -> str:
         """E.g. `MACs on NPU: 97.3% (2 CPU partitions: NonMaxSuppression, Gather; TopK)`."""
-        head = f"MACs on NPU: {self.fraction:.1%}"
+        head = f"MACs on NPU: {self.percent}"
         if not self.partitions:
             return head + " (no CPU partitions)"
         n = len(self.partitions)
@@ -103,8 +112,10 @@ class MacSplit:
         if self.uncounted:  # say so rather than overstate the NPU share
             tail = (f"; not counted: {len(self.uncounted)} CPU layer(s) of run-time size or "
                     f"inside If/Loop bodies ({', '.join(self.uncounted[:3])})")
-        return (f"{head} ({n} CPU partition{'s' if n > 1 else ''}: "
-                f"{'; '.join(_ops_text(r['ops']) for r in self.partitions)}{tail})")
+        shown = [_ops_text(r["ops"]) for r in self.partitions[:MAX_PARTITIONS_SHOWN]]
+        if n > MAX_PARTITIONS_SHOWN:
+            shown.append(f"... {n - MAX_PARTITIONS_SHOWN} more")
+        return f"{head} ({n} CPU partition{'s' if n > 1 else ''}: {'; '.join(shown)}{tail})"
 
 
 def _ops_text(ops: list[str]) -> str:

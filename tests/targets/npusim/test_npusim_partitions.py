@@ -19,6 +19,7 @@ from targets.npusim import Simulator, build_binary, estimate_perf, load_binary, 
 from targets.npusim.check import check_program
 from targets.npusim.container import ENTRY, HEADER, Section
 from targets.npusim.isa import RUNTIME_DIM, Program, Tensor
+from targets.npusim.macs import MacSplit
 from targets.npusim.testing import random_inputs
 from tests import exporter_graphs as eg
 
@@ -199,3 +200,14 @@ def test_conv_inside_a_loop_body_is_reported_uncounted():
     assert (macs.npu_macs, macs.cpu_macs, macs.uncounted) == (BACKBONE, 0, ["body_conv"])
     assert macs.line() == ("MACs on NPU: 100.0% (1 CPU partition: Loop; not counted: 1 CPU "
                            "layer(s) of run-time size or inside If/Loop bodies (body_conv))")
+
+
+def test_mac_line_stays_short_and_honest():
+    many = MacSplit(99_990, 10, [{"ops": ["ReduceMean"], "macs": 0}] * 8 + [
+        {"ops": ["A", "B", "C", "D", "E"], "macs": 10}])
+    assert many.percent == "99.990%"  # not "100.0%" while the host has MACs
+    assert many.line() == ("MACs on NPU: 99.990% (9 CPU partitions: ReduceMean; ReduceMean; "
+                           "ReduceMean; ReduceMean; ReduceMean; ReduceMean; ... 3 more)")
+    assert MacSplit(0, 0).line() == "MACs on NPU: 100.0% (no CPU partitions)"
+    assert MacSplit(1, 3, [{"ops": ["A", "B", "C", "D", "E"], "macs": 3}]).line() == \
+        "MACs on NPU: 25.0% (1 CPU partition: A, B, C, D, ...)"
