@@ -13,29 +13,61 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.ir import is_const
 from compiler.core.subgraphs import outer_inputs
+from compiler.core.subgraphs import subgraphs as subgraphs_of
 
 DATA_DEPENDENT = frozenset({"NonMaxSuppression", "NonZero", "Unique", "Compress", "TopK",
                             "Loop", "Scan", "If"})
 """Ops whose output size may depend on input values (not only on input shapes)."""
 
+SIZE_INPUTS = {"Reshape": (1,), "Expand": (1,), "Tile": (1,), "ConstantOfShape": (0,),
+               "Range": (0, 1, 2), "OneHot": (1,), "Resize": (2, 3), "Slice": (1, 2, 3, 4),
+               "Pad": (1,), "Split": (1,), "TopK": (1,)}
+"""Inputs whose values set an output size; when one is computed, the size may be data."""
+
 
 def runtime_tensors(graph: gs.Graph) -> dict[str, str]:
     """Tensor name -> the node it got its run-time shape from ("NonZero 'nz'").
 
-    `graph` must be topologically sorted.
+    `graph` must be topologically sorted. With a symbolic batch, an unknown dimension 0 is
+    taken for the batch unless the tensor is "tainted": computed by a data-dependent op, by
+    an op whose size input is computed from data values (Shape arithmetic on untainted
+    tensors does not count: its only unknown is the batch), or from a tainted tensor (the
+    Shape of NMS detections feeding a ConstantOfShape).
     """
     batch = _batch_symbols(graph)
     found: dict[str, str] = {t.name: f"input {t.name!r}" for t in graph.inputs
                              if _unknown(t.shape, batch, suspect=False)}
+    tainted: dict[str, str] = dict(found)  # values derived from run-time sizes or data
+    shapes: set[str] = set()  # values computed from the shapes of untainted tensors
     for node in graph.nodes:
-        origins = [found[t.name] for t in list(node.inputs) + outer_inputs(node)
-                   if t.name in found]
-        suspect = bool(origins) or node.op in DATA_DEPENDENT
+        origins = [tainted[t.name] for t in list(node.inputs) + outer_inputs(node)
+                   if t.name in tainted]
+        origin = origins[0] if origins else f"{node.op} {node.name!r}"
+        if not origins and _shape_arithmetic(node, shapes):
+            shapes.update(t.name for t in node.outputs if t.name)
+        suspect = bool(origins) or node.op in DATA_DEPENDENT or _data_size(node, shapes)
         for t in node.outputs:
+            if t.name and suspect:
+                tainted[t.name] = origin
             if t.name and _unknown(t.shape, batch, suspect):
-                found[t.name] = origins[0] if origins else f"{node.op} {node.name!r}"
+                found[t.name] = origin
     return found
+
+
+def _shape_arithmetic(node: gs.Node, shapes: set[str]) -> bool:
+    """Shape/Size of a tensor, or arithmetic on such values (the batch is the only unknown)."""
+    if node.op in ("Shape", "Size"):
+        return True
+    live = [t for t in node.inputs if t.name and not is_const(t)]
+    return bool(live) and not subgraphs_of(node) and all(t.name in shapes for t in live)
+
+
+def _data_size(node: gs.Node, shapes: set[str]) -> bool:
+    """True when a size input of the node is computed from data values (not from shapes)."""
+    return any(i < len(node.inputs) and node.inputs[i].name and not is_const(node.inputs[i])
+               and node.inputs[i].name not in shapes for i in SIZE_INPUTS.get(node.op, ()))
 
 
 def _batch_symbols(graph: gs.Graph) -> set | None:

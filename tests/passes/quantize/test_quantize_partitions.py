@@ -171,3 +171,20 @@ def test_int8_capable_node_after_nonzero_stays_on_host():
     cpu = {n["node"]: n["reason"] for n in result.report["nodes"] if n["qop"] == "QCpuPartition"}
     assert cpu["relu_after"].startswith("input 'f' has a shape known only at run time")
     assert mismatches(result.qgraph, {"x": np.array([[1, -1, 2, 0]], np.float32)}) == {}
+
+
+def test_symbolic_batch_sizes_computed_from_detections_are_run_time():
+    proto = eg.nonzero_model()
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    for out in proto.graph.output:
+        for i, dim in enumerate(out.type.tensor_type.shape.dim):
+            dim.dim_param = f"{out.name}_{i}"
+    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(proto, data_prop=True))
+    graph.toposort()
+    found = runtime_tensors(graph)
+    # ConstantOfShape's [?, 2] has an unknown dim 0 like a batch, but its size comes from
+    # the Shape of the NonZero output: run-time
+    assert {"nz", "coords", "ones"} <= set(found)
+    assert found["ones"] == "NonZero 'nonzero'"
+    # Shape arithmetic on ordinary tensors only carries the batch: not run-time
+    assert not {"feat", "heat", "heat_shape", "batch1", "flat_shape"} & set(found)
