@@ -3,7 +3,8 @@
 MACs count the work of a MAC array: Conv, ConvTranspose, Gemm, MatMul and Einsum (products of
 two or more operands). Everything else
 that computes (BatchNormalization, element-wise arithmetic, activations, pooling) is counted
-as `ops`, one per output element (pooling: one per window element). Parameters are the
+as `ops`, one per output element (pooling: one per window element; NonMaxSuppression: per
+class, a sort of the boxes and one overlap test per box and kept box). Parameters are the
 float weights a layer owns; BatchNormalization owns its scale and bias (running statistics
 are buffers), matching torchvision's parameter counts.
 """
@@ -133,9 +134,24 @@ MAC_OPS = frozenset(_MACS)
 """Ops whose work is counted as MACs."""
 
 
+def _nms_ops(node: gs.Node, ins: list) -> int:
+    """Sort the scores of each class, then test each box against the kept ones."""
+    scores = ins[1] if len(ins) > 1 else None
+    if scores is None or len(scores) != 3:
+        return 0
+    batch, classes, boxes = scores
+    limit = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name \
+        else None
+    kept = min(int(limit.ravel()[0]), boxes) if limit is not None and limit.size else boxes
+    per_class = boxes * (max(boxes - 1, 1).bit_length() + kept)
+    return int(batch * classes * per_class)
+
+
 def _ops(node: gs.Node, ins: list, outs: list) -> int:
     if node.op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum"):
         return int(np.prod(ins[0])) if ins[0] else 0
+    if node.op == "NonMaxSuppression":
+        return _nms_ops(node, ins)
     if not outs or outs[0] is None:
         return 0
     window = int(np.prod(node.attrs.get("kernel_shape", [1])))
@@ -145,7 +161,7 @@ def _ops(node: gs.Node, ins: list, outs: list) -> int:
 def _params(node: gs.Node) -> int:
     if node.op == "BatchNormalization":
         return sum(_size(t) for t in node.inputs[1:3])
-    if node.op in _MOVEMENT:
+    if node.op in _MOVEMENT or node.op == "NonMaxSuppression":  # thresholds, not weights
         return 0
     return sum(_size(t) for t in node.inputs[1:] if _is_float_const(t))
 

@@ -33,6 +33,7 @@ class PartitionInfo:
     ops: tuple[str, ...]
     macs: int
     uncounted: tuple[str, ...] = ()
+    search_ops: int = 0  # NonMaxSuppression's sort and overlap tests (not per element)
 
 
 def partition_info(raw: bytes, name: str) -> PartitionInfo:
@@ -49,8 +50,9 @@ def partition_info(raw: bytes, name: str) -> PartitionInfo:
     uncounted = [n.name for n in cost.nodes if n.op in MAC_OPS and not n.macs]
     uncounted += [n.name for g in model.graph.subgraphs(recursive=True) for n in g.nodes
                   if n.op in MAC_OPS]
+    search = sum(n.ops for n in cost.nodes if n.op == "NonMaxSuppression")
     return PartitionInfo(tuple(dict.fromkeys(n.op for n in cost.nodes)), cost.macs,
-                         tuple(uncounted))
+                         tuple(uncounted), search)
 
 
 @lru_cache(maxsize=2)  # perf and build ask for the same program several times
@@ -58,6 +60,13 @@ def program_partitions(p: isa.Program) -> dict[int, PartitionInfo]:
     """`partition_info` of every CPU partition blob of a program, by blob index."""
     return {ins.partition: partition_info(p.blobs[ins.partition].raw, ins.name)
             for ins in p.code if isinstance(ins, isa.CpuCall)}
+
+
+def search_ops(p: isa.Program, ins: isa.Instr) -> int:
+    """Host ops of a CPU partition's NonMaxSuppression nodes (0 for other instructions)."""
+    if isinstance(ins, isa.CpuCall):
+        return program_partitions(p)[ins.partition].search_ops
+    return 0
 
 
 def instruction_macs(p: isa.Program, ins: isa.Instr) -> int:

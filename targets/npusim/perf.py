@@ -19,10 +19,11 @@ from targets.npusim import isa
 from targets.npusim.arch import Arch, load_arch, presets
 from targets.npusim.binary import load_binary
 from targets.npusim.costs import Work, elements, work
-from targets.npusim.macs import MacSplit, instruction_macs, mac_split
+from targets.npusim.macs import MacSplit, instruction_macs, mac_split, search_ops
 
 log = logging.getLogger(__name__)
 CPU_OPS_PER_ELEMENT = 8  # host float ops per element of a partition's inputs/outputs
+NMS_OPS_PER_TEST = 16  # host float ops per NMS comparison or box-overlap (IoU) test
 KINDS_ON_MAC_ARRAY = (isa.Conv, isa.DepthwiseConv, isa.FullyConnected)
 
 
@@ -85,7 +86,7 @@ def _host_seconds(p: isa.Program, ins: isa.Instr, w: Work, arch: Arch) -> float:
     """Host time of a CPU partition or CPU-fallback instruction (no call overhead)."""
     macs = w.macs or instruction_macs(p, ins)
     count = w.vector_elements + sum(elements(p.tensors[i]) for i in ins.writes())
-    flops = 2 * macs + CPU_OPS_PER_ELEMENT * count
+    flops = 2 * macs + CPU_OPS_PER_ELEMENT * count + NMS_OPS_PER_TEST * search_ops(p, ins)
     return flops / (arch.host.gflops_per_core * 1e9)
 
 

@@ -211,3 +211,21 @@ def test_mac_line_stays_short_and_honest():
     assert MacSplit(0, 0).line() == "MACs on NPU: 100.0% (no CPU partitions)"
     assert MacSplit(1, 3, [{"ops": ["A", "B", "C", "D", "E"], "macs": 3}]).line() == \
         "MACs on NPU: 25.0% (1 CPU partition: A, B, C, D, ...)"
+
+
+def test_nms_host_time_counts_its_overlap_tests(ssd):
+    _, _, result = ssd
+    from compiler.core.cost import model_cost
+    from compiler.core.io import load_model, parse_proto
+
+    p = load_binary(result.data)
+    call = next(i for i in p.code if i.kind == "cpu_call")
+    cost = model_cost(load_model(parse_proto(p.blobs[call.partition].raw, "nms")))
+    nms = next(n for n in cost.nodes if n.op == "NonMaxSuppression")
+    assert (nms.ops, nms.params) == (1 * 3 * 64 * (6 + 5), 0)  # 64 boxes, 3 classes, 5 kept
+    layer = next(r for r in estimate_perf(p).layers if r["kind"] == "cpu_call")
+    # inputs (boxes, scores, squeezed boxes) and outputs (one row each: run-time dims count
+    # as 1) through the call, plus the outputs written once more
+    elements = (64 * 4 + 3 * 64 + 64 * 4 + (4 + 1 + 1)) + (4 + 1 + 1)
+    flops = 8 * elements + 16 * nms.ops
+    assert layer["host_us"] == round(flops / 8e9 * 1e6, 2)
