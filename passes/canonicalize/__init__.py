@@ -6,6 +6,7 @@ from compiler.core.ir import Model
 from compiler.core.pass_manager import Pass, PassManager, PassResult
 from passes.canonicalize.batchnorm import FoldBatchNorm, bn_affine, fold_batchnorm
 from passes.canonicalize.constants import FoldConstants, fold_constants
+from passes.canonicalize.custom_shapes import ProbeCustomShapes, probe_custom_shapes
 from passes.canonicalize.simplify import (
     DropIdentities,
     RemoveDeadNodes,
@@ -16,15 +17,17 @@ from passes.canonicalize.simplify import (
 )
 
 __all__ = [
-    "Canonicalize", "DropIdentities", "FoldBatchNorm", "FoldConstants", "RemoveDeadNodes",
-    "SumToAdd", "bn_affine", "canonicalize", "canonical_passes", "drop_identities",
-    "fold_batchnorm", "fold_constants", "remove_dead_nodes", "sum_to_add",
+    "Canonicalize", "DropIdentities", "FoldBatchNorm", "FoldConstants", "ProbeCustomShapes",
+    "RemoveDeadNodes", "SumToAdd", "bn_affine", "canonicalize", "canonical_passes",
+    "drop_identities", "fold_batchnorm", "fold_constants", "probe_custom_shapes",
+    "remove_dead_nodes", "sum_to_add",
 ]
 
 
 def canonical_passes() -> list:
     """The canonicalization passes, in the order they run."""
-    return [FoldConstants(), DropIdentities(), SumToAdd(), FoldBatchNorm(), RemoveDeadNodes()]
+    return [FoldConstants(), ProbeCustomShapes(), DropIdentities(), SumToAdd(), FoldBatchNorm(),
+            RemoveDeadNodes()]
 
 
 def canonicalize(model: Model, *, verify_each: bool = False, check_function=None) -> PassResult:
