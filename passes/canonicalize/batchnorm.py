@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.core.ir import Model, bypass, const_value, is_graph_output, producer
+from compiler.core.ir import (
+    Model,
+    bypass,
+    const_value,
+    is_graph_output,
+    producer,
+    release_unused,
+)
 from passes.base import RewritePass
 
 
@@ -21,8 +28,10 @@ def fold_batchnorm(model: Model) -> int:
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
         affine = bn_affine(bn)
         layer = _foldable_producer(graph, bn)
+        replaced = list(layer.inputs[1:]) if layer is not None else []
         if affine is None or layer is None or not _fold_into(layer, *affine):
             continue
+        release_unused(graph, replaced)
         if bypass(graph, bn):
             folded += 1
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
