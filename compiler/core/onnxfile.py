@@ -204,6 +204,8 @@ def _check_path(path: Path) -> None:
         raise ModelLoadError(f"{path}: no such file")
     if path.is_dir():
         raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    if not path.is_file():  # a fifo or device would block or never end
+        raise ModelLoadError(f"{path}: not a regular file, expected an .onnx file")
 
 
 def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -243,26 +245,26 @@ def _parse_stripped(f: BinaryIO, path: Path) -> tuple[onnx.ModelProto, dict]:
 
 
 def _take(tensor: onnx.TensorProto, f: BinaryIO, offset: int, length: int, path: Path,
-          data_path: Path) -> dict[str, np.ndarray]:
+          source: Path) -> dict[str, np.ndarray]:
     """Read a tensor's bytes into an array ({name: array}); odd dtypes go back into it."""
     dtype = _PLAIN.get(tensor.data_type)
     shape = tuple(tensor.dims)
     if dtype is None or int(np.prod(shape)) * dtype.itemsize != length:
-        tensor.raw_data = _read_exact(f, offset, length, tensor, path, data_path)
+        tensor.raw_data = _read_exact(f, offset, length, tensor, path, source)
         return {}
     array = np.empty(shape, dtype)
     f.seek(offset)
     if f.readinto(memoryview(array).cast("B")) != length:
-        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: {data_path.name} is truncated")
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: {source.name} is truncated")
     return {tensor.name: array}
 
 
 def _read_exact(f: BinaryIO, offset: int, length: int, tensor: onnx.TensorProto, path: Path,
-                data_path: Path) -> bytes:
+                source: Path) -> bytes:
     f.seek(offset)
     data = f.read(length)
     if len(data) != length:
-        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: {data_path.name} is truncated")
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: {source.name} is truncated")
     return data
 
 
@@ -306,9 +308,9 @@ def _external_span(tensor: onnx.TensorProto, target: Path, path: Path) -> tuple[
 def _read_external(proto: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
     """Main-graph external initializers -> arrays; other external tensors loaded in place."""
     arrays = {}
-    for tensor in proto.graph.initializer:
-        if external_data_helper.uses_external_data(tensor):
-            arrays.update(_read_external_tensor(tensor, path, keep=False))
+    for tensor in proto.graph.initializer:  # small ones stay in the skeleton: shape inference
+        if external_data_helper.uses_external_data(tensor):  # may need their values
+            arrays.update(_read_external_tensor(tensor, path, keep=None))
     for tensor in external_data_helper._get_all_tensors(proto):  # subgraphs, attributes
         if external_data_helper.uses_external_data(tensor):
             _read_external_tensor(tensor, path, keep=True)
@@ -316,10 +318,14 @@ def _read_external(proto: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_external_tensor(tensor: onnx.TensorProto, path: Path,
-                          keep: bool) -> dict[str, np.ndarray]:
-    """Read one external tensor: into an array, or (`keep`, odd dtypes) into raw_data."""
+                          keep: bool | None) -> dict[str, np.ndarray]:
+    """Read one external tensor: into an array, or into raw_data (`keep`, odd dtypes).
+
+    `keep=None` keeps it when it has at most `DETACH_BYTES`.
+    """
     target = external_file(path, tensor)
     offset, length = _external_span(tensor, target, path)
+    keep = length <= DETACH_BYTES if keep is None else keep
     try:
         with open(target, "rb") as f:
             if keep:
