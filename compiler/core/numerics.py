@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from compiler.core.errors import DataError, GraphError
-from compiler.core.io import to_proto
+from compiler.core.io import to_lean_proto
 from compiler.core.ir import Model
 
 _NP_TYPES = {
@@ -21,19 +21,45 @@ _NP_TYPES = {
 
 def session(model: Model | onnx.ModelProto, *, threads: int = 0,
             optimize: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an IR model or protobuf."""
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    """An onnxruntime CPU session for an IR model or protobuf.
+
+    An IR model's large weights are handed to onnxruntime as external initializers from
+    the IR's arrays instead of being serialized into the model bytes: no serialized copy of
+    the weights, and models above protobuf's 2 GB limit run too.
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    weights: list[ort.OrtValue] = []
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+    else:
+        proto, arrays = to_lean_proto(model)
+        weights = _external_initializers(proto, arrays, opts)
+        data = proto.SerializeToString()
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception hierarchy
         first = str(e).strip().splitlines()[0]
         raise GraphError(f"onnxruntime cannot load the model: {first}") from e
+    sess.npuc_weights = weights  # the buffers stay alive as long as the session
+    return sess
+
+
+def _external_initializers(proto: onnx.ModelProto, arrays: dict[str, np.ndarray],
+                           opts: ort.SessionOptions) -> list[ort.OrtValue]:
+    """Mark the data-less initializers external and give onnxruntime their arrays."""
+    for tensor in proto.graph.initializer:
+        if tensor.name in arrays:  # onnxruntime only replaces initializers marked external
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.external_data.add(key="location", value="npuc-memory")
+    names = list(arrays)
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[n])) for n in names]
+    if names:
+        opts.add_external_initializers(names, values)
+    return values
 
 
 def run(model: Model | onnx.ModelProto | ort.InferenceSession,

@@ -16,7 +16,7 @@ from compiler.core import onnxfile
 from compiler.core.builder import GraphBuilder, he_normal
 from compiler.core.errors import ConfigError, ModelLoadError
 from compiler.core.io import load_model, save_model, write_model
-from compiler.core.numerics import run
+from compiler.core.numerics import run, session
 from compiler.core.pass_manager import PassManager
 from passes.canonicalize import DropIdentities, canonicalize
 
@@ -291,3 +291,17 @@ def test_save_writes_the_weights_without_a_serialized_copy(big_file, tmp_path):
     model = load_model(path)
     assert _peak(lambda: save_model(model, tmp_path / "out.onnx")) < 0.1 * weights
     assert (tmp_path / "out.onnx").stat().st_size > weights
+
+
+def test_onnxruntime_session_of_an_ir_model_gets_the_arrays_not_a_serialized_copy(big_file):
+    path, weights = big_file
+    model = load_model(path)
+    feeds = {"x": np.ones((1, 3, 4, 4), np.float32)}
+    holder = {}
+    assert _peak(lambda: holder.update(sess=session(model))) < 0.1 * weights
+    np.testing.assert_array_equal(run(holder["sess"], feeds)["fc"], _ort_path(path, feeds))
+
+
+def _ort_path(path, feeds) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
