@@ -120,19 +120,18 @@ def _skeleton_of(model: Model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     return proto, arrays
 
 
-# ops whose conversion reads the values of these inputs (opset.py rewrites them)
-_VALUE_INPUTS = {"BatchNormalization": slice(1, 5)}
+def _needs_values(node: onnx.NodeProto) -> bool:
+    # opset.py rewrites BatchNormalization(spatial=0) from its statistics' values
+    return node.op_type == "BatchNormalization" and any(
+        a.name == "spatial" and a.i == 0 for a in node.attribute)
 
 
 def _reattach_needed(proto: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
     """Put detached weights back where opset conversion needs their values."""
-    needed = {name for node in proto.graph.node if node.op_type in _VALUE_INPUTS
-              for name in node.input[_VALUE_INPUTS[node.op_type]] if name in arrays}
-    if not needed:
+    needed = {name for node in proto.graph.node if _needs_values(node)
+              for name in node.input[1:] if name in arrays}
+    if not needed:  # their typed inputs stay (IR v3 wants initializers listed as inputs)
         return
-    kept = [i for i in proto.graph.input if i.name not in needed]
-    del proto.graph.input[:]
-    proto.graph.input.extend(kept)
     proto.graph.initializer.extend(onnx.numpy_helper.from_array(arrays.pop(n), n)
                                    for n in sorted(needed))
 

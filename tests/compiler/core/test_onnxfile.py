@@ -305,3 +305,26 @@ def test_onnxruntime_session_of_an_ir_model_gets_the_arrays_not_a_serialized_cop
 def _ort_path(path, feeds) -> np.ndarray:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)[0]
+
+
+def test_large_per_activation_batchnorm_statistics_reach_the_opset_converter(tmp_path):
+    # opset 8 BatchNormalization(spatial=0) is rewritten from its statistics' values: they
+    # are large enough (8 kB each) to be read as arrays, and must be put back for that
+    rng = np.random.default_rng(0)
+    stats = [numpy_helper.from_array(rng.uniform(0.5, 1.5, (8, 16, 16)).astype(np.float32), n)
+             for n in ("s", "b", "m", "v")]
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], name="bn",
+                            spatial=0, epsilon=1e-3)
+    inputs = [helper.make_tensor_value_info(n, 1, [1, 8, 16, 16] if n == "x" else [8, 16, 16])
+              for n in ("x", "s", "b", "m", "v")]  # IR v3: initializers listed as inputs
+    graph = helper.make_graph([node], "bn", inputs,
+                              [helper.make_tensor_value_info("y", 1, [1, 8, 16, 16])], stats)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    proto.ir_version = 3
+    path = tmp_path / "bn.onnx"
+    onnx.save(proto, path)
+    model = load_model(path)
+    assert [n.op for n in model.nodes] == ["Mul", "Add"]
+    x = rng.standard_normal((1, 8, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_allclose(run(model, {"x": x})["y"], want[0], rtol=1e-5, atol=1e-5)
