@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return _inspect_binary(args)
     model = load_bound(args.model, args)
     if not args.raw:
-        model = canonicalize(model).model
+        model = canonicalize(model, in_place=True).model
     report = model_cost(model)
     if args.json:
         print_json({"model": args.model, "opset": model.opset, "inputs": _inputs(model),
