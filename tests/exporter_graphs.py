@@ -583,3 +583,342 @@ def svtr_mixer(c: int = 8, h: int = 4, w: int = 16) -> onnx.ModelProto:
     x = n.op("Reshape", [s, n.const([1, c, h, w], np.int64)], name="to_map")
     n.conv(x, c, 4, name="y")
     return n.model("svtr_mixer", {"x": [1, 3, h, w]}, ["y_out"], opset=14)
+
+
+# --- detectors that keep their post-processing (issue #16 item 3) -----------------------------
+
+def _f32(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def _i64(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, np.int64), name)
+
+
+def _backbone(rng: np.random.Generator, c: int = 8):
+    """x [1,3,16,16] -> Conv 3x3 + Relu -> Conv 3x3 stride 2 + Relu -> feat [1,c,8,8]."""
+    inits = [_init(rng, "bb_w0", (c, 3, 3, 3)), _init(rng, "bb_b0", (c,)),
+             _init(rng, "bb_w1", (c, c, 3, 3)), _init(rng, "bb_b1", (c,))]
+    nodes = [helper.make_node("Conv", ["x", "bb_w0", "bb_b0"], ["bb_c0"], name="bb_conv0",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["bb_c0"], ["bb_r0"], name="bb_relu0"),
+             helper.make_node("Conv", ["bb_r0", "bb_w1", "bb_b1"], ["bb_c1"], name="bb_conv1",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["bb_c1"], ["feat"], name="bb_relu1")]
+    return inits, nodes
+
+
+BACKBONE_MACS = 16 * 16 * 8 * 3 * 9 + 8 * 8 * 8 * 8 * 9
+"""MACs of `_backbone` (c=8): 55,296 + 36,864."""
+
+
+def _head(rng: np.random.Generator, name: str, src: str, cin: int, cout: int):
+    """A 1x1 Conv head; 64·cin·cout MACs on the [1, cin, 8, 8] feature map."""
+    inits = [_init(rng, f"{name}_w", (cout, cin, 1, 1)), _init(rng, f"{name}_b", (cout,))]
+    return inits, [helper.make_node("Conv", [src, f"{name}_w", f"{name}_b"], [name], name=name,
+                                    kernel_shape=[1, 1])]
+
+
+def _anchors(name: str, src: str, channels: int, last: bool) -> list[onnx.NodeProto]:
+    """[1, C, 8, 8] -> [1, 64, C] (last) or [1, C, 64], as SSD heads flatten anchors."""
+    nodes = [helper.make_node("Reshape", [src, f"{name}_shape"], [f"{name}_flat"],
+                              name=f"{name}_reshape")]
+    if last:
+        nodes.append(helper.make_node("Transpose", [f"{name}_flat"], [name], perm=[0, 2, 1],
+                                      name=f"{name}_transpose"))
+    else:
+        nodes[0].output[0] = name
+    return nodes
+
+
+def _detector(rng: np.random.Generator, classes: int):
+    """Backbone plus box and class heads: boxes [1, 64, 4], scores [1, classes, 64]."""
+    inits, nodes = _backbone(rng)
+    for name, cout in (("box_head", 4), ("cls_head", classes)):
+        more_i, more_n = _head(rng, name, "feat", 8, cout)
+        inits, nodes = inits + more_i, nodes + more_n
+    inits += [_i64("boxes_shape", [1, 4, 64]), _i64("logits_shape", [1, classes, 64])]
+    nodes += _anchors("boxes", "box_head", 4, True) + _anchors("logits", "cls_head", classes,
+                                                               False)
+    nodes.append(helper.make_node("Sigmoid", ["logits"], ["scores"], name="scores_sigmoid"))
+    return inits, nodes
+
+
+
+def _graph_model(nodes, name: str, inits, outputs, opset: int = 13,
+                 domains: tuple[tuple[str, int], ...] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, [_vi("x", [1, 3, 16, 16])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] + [
+        helper.make_opsetid(d, v) for d, v in domains], producer_name="exporter_graphs")
+    model.ir_version = 8
+    return model
+
+
+def ssd_nms_model() -> onnx.ModelProto:
+    """An SSD / torchvision-style tail: boxes and scores -> NonMaxSuppression -> Gather.
+
+    The outputs (`det_boxes` [K, 4], `det_scores` [K], `det_labels` [K]) have a
+    data-dependent first dimension K <= 3 · 5 (scores above 0.85, IoU 0.5).
+    """
+    rng = np.random.default_rng(21)
+    inits, nodes = _detector(rng, classes=3)
+    inits += [_i64("max_out", [5]), _f32("iou", [0.5]), _f32("score_thr", [0.85]),
+              _i64("col_box", 2), _i64("col_cls", 1), _i64("axis0", [0])]
+    nodes += [
+        helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"],
+                         ["selected"], name="nms"),
+        helper.make_node("Gather", ["selected", "col_box"], ["box_idx"], axis=1,
+                         name="pick_box_idx"),
+        helper.make_node("Gather", ["selected", "col_cls"], ["det_labels"], axis=1,
+                         name="pick_label"),
+        helper.make_node("Squeeze", ["boxes", "axis0"], ["boxes0"], name="boxes_squeeze"),
+        helper.make_node("Gather", ["boxes0", "box_idx"], ["det_boxes"], axis=0,
+                         name="gather_boxes"),
+        helper.make_node("GatherND", ["scores", "selected"], ["det_scores"],
+                         name="gather_scores"),
+    ]
+    outs = [_vi("det_boxes", ["K", 4]), _vi("det_scores", ["K"]),
+            helper.make_tensor_value_info("det_labels", TensorProto.INT64, ["K"])]
+    return _graph_model(nodes, "ssd_nms", inits, outs)
+
+
+def topk_model(dynamic_k: bool = False) -> onnx.ModelProto:
+    """Best-scoring anchors: TopK over the class-0 scores, Gather of their boxes.
+
+    With `dynamic_k`, k = min(#scores > 0.4, 10) is computed from the data (the shape of
+    both outputs is then only known at run time).
+    """
+    rng = np.random.default_rng(22)
+    inits, nodes = _detector(rng, classes=1)
+    inits += [_i64("k10", [10]), _i64("sq_axes", [1])]
+    nodes.append(helper.make_node("Squeeze", ["scores", "sq_axes"], ["score0"],
+                                  name="score_squeeze"))
+    k = "k10"
+    if dynamic_k:
+        nodes += [helper.make_node("Greater", ["score0", "k_thr"], ["above"], name="above"),
+                  helper.make_node("Cast", ["above"], ["above_i"], to=TensorProto.INT64,
+                                   name="above_cast"),
+                  helper.make_node("ReduceSum", ["above_i"], ["n_above"], keepdims=0,
+                                   name="count"),
+                  helper.make_node("Reshape", ["n_above", "k10_shape"], ["n_above1"],
+                                   name="count_1d"),
+                  helper.make_node("Min", ["n_above1", "k10"], ["k"], name="k_min")]
+        inits += [_i64("k10_shape", [1]), _f32("k_thr", 0.4)]
+        k = "k"
+    nodes += [helper.make_node("TopK", ["score0", k], ["top_scores", "top_idx"], axis=1,
+                               name="topk"),
+              helper.make_node("Gather", ["boxes", "top_idx"], ["top_boxes4"], axis=1,
+                               name="gather_top"),
+              helper.make_node("Squeeze", ["top_boxes4", "sq_axes"], ["top_boxes"],
+                               name="top_squeeze")]
+    kdim = "k" if dynamic_k else 10
+    return _graph_model(nodes, "topk", inits, [_vi("top_scores", [1, kdim]),
+                                                _vi("top_boxes", [1, kdim, 4])])
+
+
+def nonzero_model() -> onnx.ModelProto:
+    """Heat-map peaks: Conv -> Sigmoid -> Greater -> NonZero, then Shape arithmetic and
+    ConstantOfShape on the data-dependent count, and a static Shape-computed Reshape that
+    load-time folding resolves (its Conv stays on the NPU)."""
+    rng = np.random.default_rng(23)
+    inits, nodes = _backbone(rng)
+    more_i, more_n = _head(rng, "heat_head", "feat", 8, 1)
+    inits += more_i + [_f32("thr", 0.5), _i64("idx0", 0), _i64("minus1", [-1]),
+                       _i64("two", [2])]
+    nodes += more_n + [
+        helper.make_node("Sigmoid", ["heat_head"], ["heat"], name="heat_sigmoid"),
+        helper.make_node("Greater", ["heat", "thr"], ["peaks"], name="peaks"),
+        helper.make_node("NonZero", ["peaks"], ["nz"], name="nonzero"),
+        helper.make_node("Transpose", ["nz"], ["coords"], perm=[1, 0], name="coords"),
+        helper.make_node("Shape", ["coords"], ["coords_shape"], name="coords_shape"),
+        helper.make_node("Gather", ["coords_shape", "idx0"], ["n_peaks"], axis=0,
+                         name="n_peaks"),
+        helper.make_node("Unsqueeze", ["n_peaks", "idx0_axes"], ["n_peaks1"],
+                         name="n_peaks1"),
+        helper.make_node("Concat", ["n_peaks1", "two"], ["ones_shape"], axis=0,
+                         name="ones_shape"),
+        helper.make_node("ConstantOfShape", ["ones_shape"], ["ones"], name="ones",
+                         value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("Shape", ["heat"], ["heat_shape"], name="heat_shape"),
+        helper.make_node("Slice", ["heat_shape", "zero1", "one1"], ["batch1"],
+                         name="batch_dim"),
+        helper.make_node("Concat", ["batch1", "minus1"], ["flat_shape"], axis=0,
+                         name="flat_shape"),
+        helper.make_node("Reshape", ["feat", "flat_shape"], ["feat_flat"], name="flatten"),
+        helper.make_node("Gemm", ["feat_flat", "fc_w", "fc_b"], ["logits"], transB=1,
+                         name="fc"),
+    ]
+    inits += [_i64("idx0_axes", [0]), _i64("zero1", [0]), _i64("one1", [1]),
+              _init(rng, "fc_w", (5, 8 * 64)), _init(rng, "fc_b", (5,))]
+    outs = [helper.make_tensor_value_info("coords", TensorProto.INT64, ["P", 4]),
+            _vi("ones", ["P", 2]), _vi("logits", [1, 5])]
+    return _graph_model(nodes, "nonzero", inits, outs)
+
+
+
+def _if_branch(name: str, op: str, scale: float) -> onnx.GraphProto:
+    """One If branch: `op(feat)` (an outer-scope reference) times a branch-local constant."""
+    return helper.make_graph(
+        [helper.make_node(op, ["feat"], [f"{name}_a"], name=f"{name}_{op.lower()}"),
+         helper.make_node("Mul", [f"{name}_a", f"{name}_k"], [f"{name}_out"],
+                          name=f"{name}_mul")],
+        name, [], [_vi(f"{name}_out", [1, 8, 8, 8])], [_f32(f"{name}_k", scale)])
+
+
+def _loop_body() -> onnx.GraphProto:
+    """v <- 0.5 · v + pooled (outer scope); scan output: every v."""
+    nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="loop_cond"),
+             helper.make_node("Mul", ["v", "decay"], ["v_half"], name="loop_mul"),
+             helper.make_node("Add", ["v_half", "pooled"], ["v_out"], name="loop_add"),
+             helper.make_node("Identity", ["v_out"], ["v_scan"], name="loop_scan")]
+    inputs = [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _vi("v", [1, 4])]
+    outputs = [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+               _vi("v_out", [1, 4]), _vi("v_scan", [1, 4])]
+    return helper.make_graph(nodes, "loop_body", inputs, outputs)
+
+
+def control_flow_model() -> onnx.ModelProto:
+    """If in the middle (its branches read `feat` from the outer scope), a Conv after it,
+    and a Loop at the tail whose body reads the pooled head output from the outer scope.
+
+    x -> backbone -> feat -> If(mean(feat) > 0.5: Relu(feat)·1.5 else Neg(feat)·0.5) ->
+    Conv 1x1 (8->4) -> GlobalAveragePool -> Flatten -> pooled [1, 4];
+    Loop 3 times v <- 0.5·v + pooled from v0 = 0 -> `final` [1, 4], `trace` [3, 1, 4].
+    """
+    rng = np.random.default_rng(24)
+    inits, nodes = _backbone(rng)
+    more_i, more_n = _head(rng, "post_head", "branch", 8, 4)
+    inits += more_i + [_f32("mean_thr", 0.5), _i64("trips", 3), _f32("decay", 0.5),
+                       _f32("v0", np.zeros((1, 4)))]
+    nodes += [
+        helper.make_node("ReduceMean", ["feat"], ["feat_mean"], keepdims=0, name="feat_mean"),
+        helper.make_node("Greater", ["feat_mean", "mean_thr"], ["bright"], name="bright"),
+        helper.make_node("If", ["bright"], ["branch"], name="if_bright",
+                         then_branch=_if_branch("then", "Relu", 1.5),
+                         else_branch=_if_branch("else", "Neg", 0.5)),
+    ] + more_n + [
+        helper.make_node("GlobalAveragePool", ["post_head"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["pooled"], axis=1, name="flatten"),
+        helper.make_node("Loop", ["trips", "", "v0"], ["final", "trace"], name="loop",
+                         body=_loop_body()),
+    ]
+    return _graph_model(nodes, "control_flow", inits, [_vi("final", [1, 4]),
+                                                        _vi("trace", [3, 1, 4])])
+
+
+
+def _missing(kind: str, src: str, dst: str, rng: np.random.Generator):
+    """One op the target lacks, [1, 8, 8, 8] -> [1, 8, 8, 8]."""
+    if kind == "layernorm":
+        return ([_init(rng, "ln_s", (8,), 0.5), _init(rng, "ln_b", (8,))],
+                [helper.make_node("LayerNormalization", [src, "ln_s", "ln_b"], [dst], axis=-1,
+                                  epsilon=1e-5, name="layernorm")], ())
+    if kind == "einsum":
+        return ([_init(rng, "mix", (8, 8))],
+                [helper.make_node("Einsum", [src, "mix"], [dst], equation="nchw,dc->ndhw",
+                                  name="einsum")], ())
+    if kind == "gelu":  # onnxruntime's contrib op, as transformer exporters fuse it
+        return [], [helper.make_node("Gelu", [src], [dst], domain="com.microsoft",
+                                     name="gelu")], (("com.microsoft", 1),)
+    if kind == "erf":  # Erf is an NPU lookup table, the Softmax after it is not
+        return [], [helper.make_node("Erf", [src], [f"{dst}_e"], name="erf"),
+                    helper.make_node("Softmax", [f"{dst}_e"], [dst], axis=1,
+                                     name="softmax")], ()
+    raise ValueError(kind)
+
+
+def missing_op_model(kind: str = "layernorm") -> onnx.ModelProto:
+    """An op the target lacks in the middle: backbone -> op -> Conv 3x3 + Relu -> Conv 1x1.
+
+    `kind`: layernorm (LayerNormalization over W), einsum (a 1x1 mixing written as Einsum),
+    gelu (com.microsoft Gelu, a custom domain) or erf (Erf then Softmax over channels). The
+    Convs after it still run on the NPU.
+    """
+    rng = np.random.default_rng(25)
+    inits, nodes = _backbone(rng)
+    more_i, more_n, domains = _missing(kind, "feat", "mid", rng)
+    inits += more_i + [_init(rng, "tail_w0", (8, 8, 3, 3)), _init(rng, "tail_w1", (4, 8, 1, 1))]
+    nodes += more_n + [
+        helper.make_node("Conv", ["mid", "tail_w0"], ["tail_c0"], name="tail_conv0",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["tail_c0"], ["tail_r0"], name="tail_relu0"),
+        helper.make_node("Conv", ["tail_r0", "tail_w1"], ["y"], name="tail_conv1",
+                         kernel_shape=[1, 1])]
+    return _graph_model(nodes, f"missing_{kind}", inits, [_vi("y", [1, 4, 8, 8])],
+                        opset=17, domains=domains)
+
+
+
+def _loop_graph(name: str, nodes: list, carried: list, scans: list = ()) -> onnx.GraphProto:
+    """A Loop body: (iter, cond, *carried) -> (cond, *carried, *scans); `carried`/`scans`
+    as (name_in, name_out, shape) / (name, shape)."""
+    inputs = [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+              helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])]
+    outputs = [helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])]
+    inputs += [_vi(i, s) for i, _, s in carried]
+    outputs += [_vi(o, s) for _, o, s in carried] + [_vi(n, s) for n, s in scans]
+    body = [helper.make_node("Identity", ["c_in"], ["c_out"], name=f"{name}_cond")] + nodes
+    return helper.make_graph(body, name, inputs, outputs)
+
+
+def nested_control_flow_model() -> onnx.ModelProto:
+    """A Loop whose body holds an If whose branches read `feat` two scopes up, and a Conv
+    after the Loop (ONNX cannot infer the Loop output's shape: the Conv runs on the host).
+
+    acc <- acc + (Relu(feat) if mean(feat) > 0.3 else feat), twice, from 0 -> Conv 1x1.
+    """
+    rng = np.random.default_rng(26)
+    inits, nodes = _backbone(rng)
+    shape = [1, 8, 8, 8]
+    branches = {k: helper.make_graph([helper.make_node(op, ["feat"], [f"{k}_out"],
+                                                       name=f"inner_{k}")], f"inner_{k}", [],
+                                     [_vi(f"{k}_out", shape)])
+                for k, op in (("then", "Relu"), ("else", "Identity"))}
+    body = _loop_graph("body", [
+        helper.make_node("If", ["flag"], ["sel"], name="inner_if",
+                         then_branch=branches["then"], else_branch=branches["else"]),
+        helper.make_node("Add", ["acc", "sel"], ["acc_out"], name="body_add")],
+        [("acc", "acc_out", shape)])
+    inits += [_f32("thr", 0.3), _i64("trips", 2), _f32("zeros", np.zeros(shape)),
+              _init(rng, "after_w", (4, 8, 1, 1))]
+    nodes += [helper.make_node("ReduceMean", ["feat"], ["m"], keepdims=0, name="mean"),
+              helper.make_node("Greater", ["m", "thr"], ["flag"], name="flag"),
+              helper.make_node("Loop", ["trips", "", "zeros"], ["acc_final"], body=body,
+                               name="loop"),
+              helper.make_node("Conv", ["acc_final", "after_w"], ["y"], name="conv_after",
+                               kernel_shape=[1, 1])]
+    return _graph_model(nodes, "nested_control_flow", inits, [_vi("y", [1, 4, 8, 8])])
+
+
+def host_tensor_model() -> onnx.ModelProto:
+    """A run-time-shaped tensor crossing from one CPU partition to a later one over NPU work.
+
+    feat -> NonZero(feat > 1) -> Transpose (host); feat -> Softmax (host) -> Conv 1x1 (NPU);
+    GatherND(conv, peaks) (host) -> `vals` [P]; and a Loop whose trip count is computed from
+    the data (4·max of the pooled features), so its scan output `trace` has a run-time length.
+    """
+    rng = np.random.default_rng(27)
+    inits, nodes = _backbone(rng)
+    body = _loop_graph("body", [helper.make_node("Mul", ["v", "half"], ["v_out"], name="b_mul"),
+                                helper.make_node("Identity", ["v_out"], ["v_scan"],
+                                                 name="b_scan")],
+                       [("v", "v_out", [1, 8])], [("v_scan", [1, 8])])
+    inits += [_f32("one", 1.0), _f32("half", 0.5), _f32("four", 4.0),
+              _init(rng, "mix_w", (8, 8, 1, 1))]
+    nodes += [
+        helper.make_node("Softmax", ["feat"], ["sm"], axis=1, name="softmax"),
+        helper.make_node("Greater", ["feat", "one"], ["pos"], name="pos"),
+        helper.make_node("NonZero", ["pos"], ["nz"], name="nonzero"),
+        helper.make_node("Conv", ["sm", "mix_w"], ["mixed"], name="mix", kernel_shape=[1, 1]),
+        helper.make_node("Transpose", ["nz"], ["peaks"], perm=[1, 0], name="peaks"),
+        helper.make_node("GatherND", ["mixed", "peaks"], ["vals"], name="gather_vals"),
+        helper.make_node("GlobalAveragePool", ["feat"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["pooled"], name="flatten"),
+        helper.make_node("ReduceMax", ["pooled"], ["mx"], keepdims=0, name="max"),
+        helper.make_node("Mul", ["mx", "four"], ["mx4"], name="times4"),
+        helper.make_node("Cast", ["mx4"], ["trips"], to=TensorProto.INT64, name="trips"),
+        helper.make_node("Loop", ["trips", "", "pooled"], ["final", "trace"], body=body,
+                         name="loop")]
+    return _graph_model(nodes, "host_tensor", inits,
+                        [_vi("vals", ["P"]), _vi("final", [1, 8]), _vi("trace", ["T", 1, 8])])

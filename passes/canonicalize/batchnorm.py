@@ -21,6 +21,7 @@ from compiler.core.ir import (
     consumers,
     is_graph_output,
     producer,
+    release_unused,
 )
 from passes.base import RewritePass
 
@@ -40,8 +41,10 @@ def fold_batchnorm(model: Model) -> int:
         if affine is None:
             continue
         layer = _foldable_producer(graph, bn)
-        if layer is not None and _fold_into(layer, *affine) and bypass(graph, bn):
-            rewritten += 1
+        replaced = list(layer.inputs[1:]) if layer is not None else []
+        if layer is not None and _fold_into(layer, *affine):
+            release_unused(graph, replaced)  # the old weights leave memory at once
+            rewritten += bypass(graph, bn)
         elif _fold_forward(graph, bn, *affine) or _to_depthwise(bn, *affine):
             rewritten += 1
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -88,10 +91,12 @@ def _fold_forward(graph: gs.Graph, bn: gs.Node, scale: np.ndarray, shift: np.nda
     bias = _bias(conv, w.shape[0])
     if bias is None:
         return False
-    w64 = w.astype(np.float64)
     in_shape = (1, -1) + (1,) * (w.ndim - 2)
-    new_b = bias + (w64 * shift.reshape(in_shape)).sum(axis=tuple(range(1, w.ndim)))
-    _set_weights(conv, w64 * scale.reshape(in_shape), new_b)
+    axes = tuple(range(1, w.ndim))
+    new_b = bias + (w.astype(np.float64) * shift.reshape(in_shape)).sum(axis=axes)
+    replaced = list(conv.inputs[1:])
+    _set_weights(conv, _rescaled(w, lambda i, j: scale.reshape(in_shape)), new_b)
+    release_unused(graph, replaced)
     conv.inputs[0] = bn.inputs[0]
     bn.outputs.clear()
     return True
@@ -124,10 +129,28 @@ def _to_depthwise(bn: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
 
 
 def _fold_conv(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
-    w = const_value(layer.inputs[1]).astype(np.float64)
-    new_w = w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    w = const_value(layer.inputs[1])
+    column = (1,) * (w.ndim - 1)
+    new_w = _rescaled(w, lambda i, j: scale[i:j].reshape((-1,) + column))
     _set_weights(layer, new_w, _bias(layer, w.shape[0]) * scale + shift)
     return True
+
+
+_BLOCK = 1 << 18  # elements per float64 temporary (2 MiB): big layers go in row blocks
+
+
+def _rescaled(w: np.ndarray, factor, alpha: float = 1.0) -> np.ndarray:
+    """`alpha·(w·factor)` in float64, stored in w's dtype, computed in blocks of rows.
+
+    `factor(i, j)` is the float64 factor broadcasting against rows i:j. Same numbers as the
+    whole-array expression, without whole-layer float64 temporaries.
+    """
+    out = np.empty(w.shape, w.dtype)
+    rows = max(1, _BLOCK // max(1, int(np.prod(w.shape[1:]))))
+    for i in range(0, len(w), rows):
+        block = w[i:i + rows].astype(np.float64) * factor(i, i + rows)
+        out[i:i + rows] = alpha * block if alpha != 1.0 else block
+    return out
 
 
 def _fold_conv_transpose(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
@@ -143,14 +166,15 @@ def _fold_conv_transpose(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -
 def _fold_gemm(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> bool:
     if len(layer.outputs[0].shape or ()) != 2 or layer.attrs.get("transA", 0):
         return False
-    b = const_value(layer.inputs[1]).astype(np.float64)
+    b = const_value(layer.inputs[1])
     trans_b = layer.attrs.get("transB", 0)
     n = b.shape[0] if trans_b else b.shape[1]
     c = _bias(layer, n)
     if c is None or scale.size != n:
         return False
     alpha, beta = layer.attrs.get("alpha", 1.0), layer.attrs.get("beta", 1.0)
-    new_b = alpha * (b * scale[:, None] if trans_b else b * scale[None, :])
+    new_b = _rescaled(b, (lambda i, j: scale[i:j, None]) if trans_b else
+                      (lambda i, j: scale[None, :]), alpha)
     layer.attrs.update(alpha=1.0, beta=1.0)
     _set_weights(layer, new_b, beta * c * scale + shift)
     return True
@@ -169,7 +193,7 @@ def _set_weights(layer: gs.Node, w: np.ndarray, b: np.ndarray) -> None:
     # Fresh constants: the old ones may be shared with other nodes.
     dtype = layer.inputs[1].values.dtype
     name = layer.name or layer.outputs[0].name
-    new_w = gs.Constant(f"{name}.weight_bnfold", w.astype(dtype))
+    new_w = gs.Constant(f"{name}.weight_bnfold", w.astype(dtype, copy=False))
     new_b = gs.Constant(f"{name}.bias_bnfold", b.astype(dtype))
     layer.inputs = [layer.inputs[0], new_w, new_b]
 
