@@ -8,18 +8,29 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from compiler.core import __version__
-from compiler.core.errors import NpucError
+from compiler.core.errors import ConfigError, NpucError, one_line
 
 # Each module defines `register(subparsers)`, which adds its parser with `func=run`.
 COMMANDS = ("inspect", "groups", "prune", "sparsify", "quantize", "compare", "build", "verify",
             "run", "perf", "eval", "compile", "demo")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors as project errors: one line, exit 2 (like every error)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise instead of printing the usage block and exiting."""
+        command = self.prog.removeprefix("npuc").strip()
+        where = f"{command}: " if command else ""
+        raise ConfigError(f"{where}{message} (see {self.prog} -h)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="npuc",
         description="Post-training compression compiler for ONNX CNNs on int8 accelerators.")
     parser.add_argument("--version", action="version", version=f"npuc {__version__}")
@@ -41,19 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn project errors into one line and an exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="npuc: %(levelname)s: %(message)s")
-    for noisy in ("PIL", "matplotlib"):  # -v is about npuc, not its libraries' internals
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
     try:
-        return int(args.func(args) or 0)
+        args = parser.parse_args(argv)
     except NpucError as e:
-        print(f"npuc: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _report(e)
+    _setup_logging(args.verbose)
+    if not getattr(args, "func", None):
+        return _report(ConfigError(f"no command given: one of {', '.join(COMMANDS)} "
+                                   "(see npuc -h)"))
+    try:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except NpucError as e:
+        return _report(e)
     except KeyboardInterrupt:
         print("npuc: interrupted", file=sys.stderr)
         return 130
@@ -65,7 +77,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         if args.debug:
             raise
-        print(f"npuc: internal error: {type(e).__name__}: {e} (rerun with --debug)",
+        print(one_line(f"npuc: internal error: {type(e).__name__}: {e} (rerun with --debug)"),
               file=sys.stderr)
         return 3
+
+
+class _OneLine(logging.Formatter):
+    """Every log record (and captured Python warning) as one `npuc: LEVEL: ...` line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == "py.warnings":  # "file:line: Category: text\n  source line"
+            record.msg = str(record.msg).strip().splitlines()[0].split(": ", 1)[-1]
+            record.args = ()
+        return one_line(super().format(record))
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine("npuc: %(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        handlers=[handler])
+    logging.captureWarnings(True)  # library warnings become one line each, not source dumps
+    for noisy in ("PIL", "matplotlib"):  # -v is about npuc, not its libraries' internals
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _report(error: NpucError) -> int:
+    print(f"npuc: error: {one_line(str(error))}", file=sys.stderr)
+    return error.exit_code
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from compiler.cli.common import format_table, print_json
 from compiler.cli.options import add_flags, from_args
+from compiler.core.outpaths import check_output, input_files
 from targets.npusim.options import BuildOptions
 
 
@@ -28,9 +29,10 @@ def run(args: argparse.Namespace) -> int:
     options = from_args(args, BuildOptions)
     from targets.npusim import build_binary
 
+    out = args.output if args.output is not None else Path(args.model).with_name("model.bin")
+    out = check_output(out, input_files(args.model, options.arch))
     result = build_binary(args.model, options.arch, {"target": options.target,
                                                      "arch": options.arch})
-    out = Path(args.output) if args.output else Path(args.model).with_name("model.bin")
     result.write(out)
     summary = {"output": str(out), **result.summary()}
     if args.json:

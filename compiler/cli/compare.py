@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import add_input_shape_flag, format_table, load_bound, print_json
+from compiler.core.errors import ConfigError
 from compiler.core.feeds import check_feeds
 from compiler.driver.data import load_data
 
@@ -46,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from passes.quantize.compare import compare_models_on_data
 
     # both models bound alike; a batch the flag leaves symbolic stays so (batched runs)
+    for flag, value in (("--limit", args.limit), ("--batch", args.batch)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be a positive number of samples")
     float_model = load_bound(args.float_model, args, keep_batch=True)
     test_model = load_bound(args.test_model, args, keep_batch=True)
     feeds = load_data(args.calib, float_model, limit=args.limit)

@@ -8,6 +8,7 @@ import sys
 from compiler.cli.common import format_table, print_json
 from compiler.cli.options import add_flags, dest_of
 from compiler.core.options import options_of
+from compiler.core.outpaths import check_output_dir, input_files
 from compiler.driver.config import STEPS, load_config, parse_override
 
 # Shortcut flags: (step, field, flag spelling when it differs from the declaration). Their
@@ -72,9 +73,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print the summary (or the JSON report)."""
     from compiler.core.progress import progress_output
-    from compiler.driver.pipeline import compile_model
+    from compiler.driver.pipeline import COMPILE_OUTPUTS, compile_model
 
     config = load_config(args.config, overrides_from_args(args))
+    # compile_model checks the files the config names; the config file itself is ours to check
+    check_output_dir(args.output, COMPILE_OUTPUTS, input_files(args.config))
     show = not args.quiet and not args.json
 
     def announce(stage: str) -> None:

@@ -16,6 +16,7 @@ from compiler.cli.common import (
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.io import save_model
+from compiler.core.outpaths import check_output, input_files
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
 from passes.prune.pipeline import ChannelPrune, PruneOptions, calib_missing, needs_calib
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     source, limit, preprocess = step_data(args)
     if source is None and needs_calib(options):
         raise ConfigError(calib_missing(options))
+    check_output(args.output, input_files(args.model, source, options.rates))
     model = load_bound(args.model, args, keep_batch=True)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
     result = PassManager([ChannelPrune(options, calib=calib)])(model)

@@ -25,8 +25,9 @@ from compiler.core.errors import ConfigError
 from compiler.core.feeds import Preprocess
 from compiler.core.io import load_model
 from compiler.core.options import options_of
+from compiler.core.outpaths import check_output_dir, input_files
 from compiler.core.shapes import ShapeSpec
-from compiler.driver.outputs import write_quantized
+from compiler.driver.outputs import QUANT_OUTPUTS, write_quantized
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
 
@@ -49,12 +50,11 @@ def run(args: argparse.Namespace) -> int:
     """Quantize and write the three outputs."""
     from passes.quantize.api import quantize_kwargs, quantize_model
 
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"-o {out_dir}: exists and is not a folder")
     calib, quant = from_args(args, CalibrationOptions), from_args(args, QuantizeOptions)
     if calib.data is None and calib.table is None:
         raise ConfigError("--calib DATA is required (or --calib-table FILE)")
+    out_dir = check_output_dir(args.output, QUANT_OUTPUTS,
+                               input_files(args.model, calib.data, calib.table))
     shapes = input_shapes(args)
     feeds = _calib_feeds(args.model, shapes, calib, from_args(args, Preprocess))
     # the model goes in as a path: quantize_model loads it lean (no PassManager copy) and

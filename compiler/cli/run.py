@@ -27,13 +27,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run and summarize (or save) the outputs."""
-    from compiler.core.errors import DataError
+    from compiler.core.errors import ConfigError, DataError
     from compiler.core.io import write_atomic
+    from compiler.core.outpaths import check_output, input_files
     from compiler.driver.data import load_data
     from targets.npusim import Simulator
     from targets.npusim.interface import feeds_for, interface_model
     from targets.npusim.simulate import join_frames, split_frames
 
+    if args.samples is not None and args.samples < 1 or args.seed < 0:
+        raise ConfigError(f"--samples {args.samples} --seed {args.seed}: need at least one "
+                          "sample and a seed >= 0")
+    if args.output is not None:
+        check_output(args.output, input_files(args.binary, args.inputs))
     sim = Simulator(args.binary)
     samples = args.samples or (None if args.inputs else 1)
     data = load_data(args.inputs, interface_model(sim.program), limit=samples) \

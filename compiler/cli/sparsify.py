@@ -16,6 +16,7 @@ from compiler.cli.common import (
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.io import save_model
+from compiler.core.outpaths import check_output, input_files
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
 from passes.canonicalize import Canonicalize
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     """Sparsify, save, print the per-layer report."""
     opts = options_from_args(args)
     source, limit, preprocess = step_data(args)
+    check_output(args.output, input_files(args.model, source))
     model = load_bound(args.model, args, keep_batch=True)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
     result = PassManager([Canonicalize(), BlockSparsify.from_options(opts, calib)])(model)

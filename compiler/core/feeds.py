@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from compiler.core import limits
 from compiler.core.errors import DataError
 from compiler.core.ir import Model
 from compiler.core.npfiles import read_npy, read_npz
@@ -23,7 +24,6 @@ from compiler.core.options import option, positive_ints
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: a camera photo passes, a decompression bomb does not
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -90,6 +90,10 @@ class Feeds:
         """Split into (first part, held-out rest); the held-out part gets `fraction`."""
         n_hold = max(1, int(round(len(self) * fraction)))
         cut = len(self) - n_hold
+        if cut < 1:
+            raise DataError(f"{self.source}: {len(self)} sample(s) cannot be split into a "
+                            f"fitting part and a held-out part of {fraction:g}; give more "
+                            "samples or a smaller hold-out fraction")
         head = Feeds({k: v[:cut] for k, v in self.arrays.items()}, self.source)
         tail = Feeds({k: v[cut:] for k, v in self.arrays.items()}, self.source + " (held out)")
         return head, tail
@@ -164,12 +168,14 @@ def _from_numpy(path: Path, names: list[str], limit: int | None) -> Feeds:
         raise DataError(f"{path}: no such file" if not path.exists() else
                         f"{path}: not a regular file")
     try:
-        if path.suffix == ".npy":
-            return Feeds({names[0]: read_npy(path, limit)}, str(path))
-        arrays = read_npz(path, limit)
+        arrays = ({names[0]: read_npy(path, limit)} if path.suffix == ".npy"
+                  else read_npz(path, limit))
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     labels = arrays.pop("labels", None)
+    scalars = [k for k, v in arrays.items() if v.ndim == 0]
+    if scalars:
+        raise DataError(f"{path}: {scalars[0]!r} is a single number, not an array of samples")
     if len(names) == 1 and names[0] not in arrays:
         key = "images" if "images" in arrays else next(iter(arrays), None)
         if key is None:
@@ -217,9 +223,10 @@ def read_image(path: Path, size: tuple[int, int], pre: Preprocess) -> np.ndarray
         with warnings.catch_warnings(), Image.open(path) as img:
             # Pillow only warns between its limit and twice it; refuse the whole range.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if img.width * img.height > MAX_IMAGE_PIXELS:
+            cap = limits.limit("IMAGE_PIXELS")  # 64 MP: camera photos pass, bombs do not
+            if img.width * img.height > cap:
                 raise DataError(f"{path}: {img.width}x{img.height} pixels; the limit is "
-                                f"{MAX_IMAGE_PIXELS:,}")
+                                f"{cap:,} (NPUC_LIMIT_IMAGE_PIXELS raises it)")
             img = img.convert("L" if pre.grayscale else "RGB").resize(
                 (size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -244,6 +251,10 @@ def check_feeds(feeds: Feeds, model: Model) -> None:
     if missing:
         raise DataError(f"{feeds.source}: no data for model input(s) {missing} "
                         f"(has {sorted(feeds.arrays)})")
+    extra = sorted(set(feeds.arrays) - set(specs))
+    if extra:
+        raise DataError(f"{feeds.source}: array(s) {extra} are not inputs of the model "
+                        f"(inputs: {sorted(specs)})")
     for name, (shape, dtype) in specs.items():
         feeds.arrays[name] = _check_array(feeds.arrays[name], name, shape, dtype, feeds.source)
     if len({len(a) for a in feeds.arrays.values()}) != 1:

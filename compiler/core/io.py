@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from compiler.core import onnxfile
 from compiler.core.errors import ConfigError, ModelLoadError
 from compiler.core.ir import Model, freeze
+from compiler.core.model_check import check_model
 from compiler.core.onnxfile import parse_proto as parse_proto
 from compiler.core.onnxfile import write_atomic as write_atomic
 from compiler.core.opset import convert_opset
@@ -176,6 +177,7 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
         bind_input_shapes(proto, input_shapes, label, keep_batch=keep_batch, skip=weights)
     if infer:
         proto = infer_shapes(proto, label)
+        check_model(proto, label)
     return proto
 
 

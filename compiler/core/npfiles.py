@@ -2,7 +2,7 @@
 
 A 128-byte `.npy` header can claim terabytes, and an `.npz` member is a zip entry that may
 inflate a thousandfold. Both formats state each array's shape and dtype up front, so the
-reader checks the claim against the bytes really present and against `MAX_ARRAY_BYTES`, then
+reader checks the claim against the bytes present and against `limits.ARRAY_BYTES`, then
 reads only the first `limit` samples (axis 0): calibration with `--calib-limit 64` on a large
 file costs 64 samples of memory, not the file.
 """
@@ -10,14 +10,14 @@ file costs 64 samples of memory, not the file.
 from __future__ import annotations
 
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from compiler.core import limits
 from compiler.core.errors import DataError
-
-MAX_ARRAY_BYTES = 8 << 30  # 8 GiB in memory per array read; a third of a 24 GiB machine
 
 
 def read_npy(path: Path, limit: int | None = None) -> np.ndarray:
@@ -34,18 +34,24 @@ def read_npz(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
             arrays = {}
             for info in zf.infolist():
                 name = info.filename.removesuffix(".npy")
+                ratio = info.file_size / max(info.compress_size, 1)
                 with zf.open(info) as fh:
-                    arrays[name] = _read(fh, info.file_size, f"{path}:{info.filename}", limit)
+                    arrays[name] = _read(fh, info.file_size, f"{path}:{info.filename}", limit,
+                                         ratio)
             return arrays
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            NotImplementedError, RuntimeError) as e:  # encrypted / unknown compression
         raise DataError(f"{path}: not a readable .npz ({e})") from e
 
 
-def _read(fh: IO[bytes], available: int, label: str, limit: int | None) -> np.ndarray:
+def _read(fh: IO[bytes], available: int, label: str, limit: int | None,
+          ratio: float = 1.0) -> np.ndarray:
     shape, fortran, dtype, header = _header(fh, label)
     if dtype.hasobject:
         raise DataError(f"{label}: holds Python objects (dtype {dtype}); only numeric arrays "
                         "are read")
+    if any(d < 0 for d in shape):
+        raise DataError(f"{label}: header has a negative dimension {shape}")
     total = int(np.prod(shape, dtype=object)) * dtype.itemsize
     if header + total > available:
         raise DataError(f"{label}: header claims {total:,} bytes of data, the file holds "
@@ -53,9 +59,15 @@ def _read(fh: IO[bytes], available: int, label: str, limit: int | None) -> np.nd
     rows = shape[0] if shape else 1
     keep = rows if limit is None or fortran or not shape else min(rows, limit)
     nbytes = total // rows * keep if rows else 0
-    if nbytes > MAX_ARRAY_BYTES:
-        raise DataError(f"{label}: {nbytes:,} bytes to read; the limit is "
-                        f"{MAX_ARRAY_BYTES:,} (use fewer samples)")
+    cap = limits.limit("ARRAY_BYTES")
+    if nbytes > cap:
+        raise DataError(f"{label}: {nbytes:,} bytes to read; the limit is {cap:,} (use fewer "
+                        "samples, or raise NPUC_LIMIT_ARRAY_BYTES)")
+    # Real arrays deflate a few times at most; reading over 64 MiB of a member that inflates
+    # more than ZIP_RATIO times is inflating a zip bomb (zeros), whatever sizes it declares.
+    if nbytes > 64 << 20 and ratio > limits.limit("ZIP_RATIO"):
+        raise DataError(f"{label}: inflates {ratio:,.0f}x; refusing to read {nbytes:,} bytes "
+                        "of a zip bomb (NPUC_LIMIT_ZIP_RATIO raises the ratio)")
     raw = bytearray(nbytes)  # writeable, so the array needs no second copy
     got = _read_into(fh, memoryview(raw))
     if got != nbytes:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from compiler.core.errors import DataError, GraphError
+from compiler.core.errors import DataError, GraphError, one_line
 from compiler.core.io import to_lean_proto
 from compiler.core.ir import Model
 
@@ -23,10 +24,43 @@ def session_options(*, threads: int = 0, optimize: bool = True) -> ort.SessionOp
     """Quiet onnxruntime session options (warnings and errors reach the user as exceptions)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only: errors reach the user once, as our exception
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return opts
+
+
+_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+
+
+def ort_message(error: BaseException, limit: int = 400) -> str:
+    """The (multi-line, prefixed) text of an onnxruntime error as one short line."""
+    text = _ORT_PREFIX.sub("", one_line(str(error)).strip())
+    if isinstance(error, MemoryError) or "bad_alloc" in text:
+        text = f"out of memory ({text or type(error).__name__})"
+    return one_line(text or type(error).__name__, limit)
+
+
+class Session(ort.InferenceSession):
+    """onnxruntime's session whose failures while running are one-line `GraphError`s.
+
+    A model that loads can still fail on the first run (a size bomb behind a data-dependent
+    shape, kernels that disagree with their weights): every caller gets a project error
+    instead of onnxruntime's exception types.
+    """
+
+    def run(self, output_names, input_feed, run_options=None):  # noqa: D102 - as onnxruntime
+        try:
+            return super().run(output_names, input_feed, run_options)
+        except Exception as e:
+            raise GraphError(f"onnxruntime cannot run the model: {ort_message(e)}") from e
+
+    def run_with_ort_values(self, output_names, input_dict_ort_values,  # noqa: D102
+                            run_options=None):
+        try:
+            return super().run_with_ort_values(output_names, input_dict_ort_values, run_options)
+        except Exception as e:
+            raise GraphError(f"onnxruntime cannot run the model: {ort_message(e)}") from e
 
 
 def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
@@ -38,8 +72,8 @@ def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
     # Telemetry is a process-wide switch; turning it off before each session also covers
     # sessions opened after someone else turned it back on.
     ort.disable_telemetry_events()
-    return ort.InferenceSession(model, opts or session_options(),
-                                providers=["CPUExecutionProvider"])
+    ort.set_default_logger_severity(4)  # run-time node errors are logged by the default logger
+    return Session(model, opts or session_options(), providers=["CPUExecutionProvider"])
 
 
 def session(model: Model | onnx.ModelProto, *, threads: int = 0,
@@ -88,9 +122,9 @@ def run(model: Model | onnx.ModelProto | ort.InferenceSession,
     names = [o.name for o in sess.get_outputs()]
     try:
         values = sess.run(names, dict(feeds))
-    except Exception as e:  # onnxruntime's InvalidArgument etc.
-        first = str(e).strip().splitlines()[0]
-        raise DataError(f"cannot run the model on these inputs: {first}") from e
+    except GraphError as e:
+        raise DataError(f"cannot run the model on these inputs: "
+                        f"{ort_message(e.__cause__ or e)}") from e
     return dict(zip(names, values, strict=True))
 
 

@@ -276,7 +276,7 @@ def external_file(path: Path, tensor: onnx.TensorProto) -> Path:
     """
     folder = path.resolve().parent
     location = {e.key: e.value for e in tensor.external_data}.get("location", "")
-    if not location or os.path.isabs(location) or Path(location).drive:
+    if not location or "\0" in location or os.path.isabs(location) or Path(location).drive:
         raise ModelLoadError(f"{path}: tensor {tensor.name!r} has external data at "
                              f"{location!r}: not a path relative to the model's folder")
     target = (folder / location).resolve()
@@ -420,17 +420,30 @@ def check_replaceable(path: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A binary file object that becomes `path` (atomic rename) when the block succeeds."""
+    """A binary file object that becomes `path` (atomic rename) when the block succeeds.
+
+    Raises:
+        ConfigError: `path` exists as anything but a regular file, or cannot be written
+            (read-only or missing folder, name too long, disk full): one line naming it.
+    """
     check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".tmp",
+                                   dir=path.parent)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from e
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary files
+        check_replaceable(path)  # again: something may have appeared there meanwhile
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot be written ({e.strerror or e})") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -46,6 +46,7 @@ from compiler.core.qops.record import (
     values_equal,
 )
 from compiler.core.qops.resize import QResizeNearest
+from compiler.core.safe_yaml import load_json
 
 __all__ = ["QGraph", "QTensor", "QOp", "FloatNode", "OP_TYPES", "QConv", "QGemm", "QMatMul",
            "QAdd", "QMul", "QConcat", "QAvgPool", "QGlobalAvgPool", "QMaxPool", "QResizeNearest",
@@ -135,13 +136,19 @@ class QGraph(Record):
     @classmethod
     def loads(cls, text: str) -> QGraph:
         """Inverse of `dumps`."""
-        doc = json.loads(text)
-        return cls.from_json(doc["graph"], {k: _uninline(v) for k, v in doc["arrays"].items()})
+        doc = load_json(text, "QGraph", GraphError)
+        try:
+            return cls.from_json(doc["graph"], {k: _uninline(v) for k, v in
+                                                doc["arrays"].items()})
+        except (KeyError, TypeError, AttributeError) as e:
+            raise GraphError(f"corrupt {FORMAT} text ({_why(e)})") from e
 
     @classmethod
     def from_json(cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> QGraph:
         """Rebuild a QGraph from `to_json()` output (GraphError on a foreign description)."""
-        if desc.get("format") != FORMAT or desc.get("version") != VERSION:
+        if not isinstance(desc, Mapping) or desc.get("format") != FORMAT or \
+                desc.get("version") != VERSION:
+            desc = desc if isinstance(desc, Mapping) else {}
             raise GraphError(f"not an {FORMAT} v{VERSION} description "
                              f"(format={desc.get('format')!r}, version={desc.get('version')!r})")
         try:
@@ -149,8 +156,8 @@ class QGraph(Record):
             ops = tuple(_decode_op(o, arrays) for o in desc["ops"])
             return cls({t.name: t for t in tensors}, ops, tuple(desc["inputs"]),
                        tuple(desc["outputs"]), dict(desc.get("info", {})))
-        except (KeyError, TypeError, ValueError) as e:
-            raise GraphError(f"corrupt {FORMAT} description: {e}") from e
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise GraphError(f"corrupt {FORMAT} description ({_why(e)})") from e
 
     @classmethod
     def from_model(cls, model: Model) -> QGraph:
@@ -158,10 +165,7 @@ class QGraph(Record):
         if METADATA_KEY not in model.metadata:
             raise GraphError(f"model has no {METADATA_KEY!r} metadata: not an npuc "
                              "model.quant.onnx")
-        try:
-            desc = json.loads(model.metadata[METADATA_KEY])
-        except json.JSONDecodeError as e:
-            raise GraphError(f"corrupt {METADATA_KEY} metadata: {e}") from e
+        desc = load_json(model.metadata[METADATA_KEY], f"{METADATA_KEY} metadata", GraphError)
         arrays = {name: np.asarray(t.values) for name, t in model.graph.tensors().items()
                   if hasattr(t, "values")}
         return cls.from_json(desc, arrays)
@@ -169,6 +173,10 @@ class QGraph(Record):
     def iter_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
         """(key, array) pairs exactly as `to_json` names them."""
         return iter(self.to_json()[1].items())
+
+
+def _why(error: Exception) -> str:
+    return f"missing field {error}" if isinstance(error, KeyError) else str(error)
 
 
 def _check_tensor(t: QTensor, op: QOp) -> None:

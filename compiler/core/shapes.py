@@ -25,6 +25,8 @@ FLAG = "--input-shape"
 KEY = "input.shape"
 ShapeSpec = dict[str, tuple[int, ...]]
 
+MAX_DIM = 2**31 - 1  # ONNX dims are int64, onnxruntime's int32 in places; no CNN needs more
+
 
 def parse_input_shapes(value: Any) -> ShapeSpec:
     """`{input name: dims}` from any accepted form ("" names the only input).
@@ -75,6 +77,9 @@ def _dims(value: Any, label: str) -> tuple[int, ...]:
         raise ConfigError(f"{_show(label or value)}: dims must be a list of integers")
     if any(v <= 0 for v in value):
         raise ConfigError(f"{_show(label or value)}: every dim must be positive")
+    if any(v > MAX_DIM for v in value):
+        raise ConfigError(f"{_show(label or value)}: a dim above {MAX_DIM:,} is not an image "
+                          "size")
     return tuple(int(v) for v in value)
 
 

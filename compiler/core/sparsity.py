@@ -25,6 +25,7 @@ import numpy as np
 
 from compiler.core.errors import GraphError
 from compiler.core.ir import Model, const_value
+from compiler.core.safe_yaml import load_json
 
 METADATA_KEY = "npuc.sparsity"
 FORMAT_VERSION = 1
@@ -91,8 +92,8 @@ def read_sparsity_metadata(model: Model) -> dict[str, LayerMask]:
     text = model.metadata.get(METADATA_KEY)
     if not text:
         return {}
+    doc = load_json(text, f"metadata {METADATA_KEY!r}", GraphError)
     try:
-        doc = json.loads(text)
         layers = doc["layers"]
         if not isinstance(layers, dict):
             raise TypeError("'layers' is not an object")

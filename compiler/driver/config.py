@@ -51,7 +51,8 @@ class CompileOptions:
     """The keys only `npuc compile` reads (which steps run, the report); full dotted keys."""
 
     model: str = option(DEFAULT_MODEL, "ONNX file or bundled model name", flag="")
-    seed: int = option(0, "seed for every random choice (search, sampling, random inputs)")
+    seed: int = option(0, "seed for every random choice (search, sampling, random inputs)",
+                       check=non_negative)
     prune: bool = option(False, "run channel pruning", key="prune.enabled", flag="")
     sparsify: bool = option(False, "run 1xN block sparsification", key="sparsify.enabled",
                             flag="")

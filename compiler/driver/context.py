@@ -35,7 +35,8 @@ class CompileState:
 
     Attributes:
         config: Flat validated configuration.
-        out_dir: Output folder.
+        out_dir: Where the stages write (a staging folder while `final_dir` is set).
+        final_dir: The output folder the staged files move to when the run ends.
         source: What the user asked to compile (path, bundled name, proto or IR model).
         calib_source: Calibration data handed to the API (an onnxruntime
             `CalibrationDataReader`, arrays, `Feeds`); replaces `calibration.data`.
@@ -57,6 +58,7 @@ class CompileState:
 
     config: dict[str, Any]
     out_dir: Path
+    final_dir: Path | None = None
     source: Any = None
     calib_source: Any = None
     model: Model | None = None
@@ -74,3 +76,9 @@ class CompileState:
     eval: dict[str, dict[str, float]] | None = None
     files: dict[str, Path] = field(default_factory=dict)
     report: dict[str, Any] = field(default_factory=dict)
+
+    def final_path(self, path: Path) -> Path:
+        """Where a file written under `out_dir` ends up once the run's outputs are moved."""
+        if self.final_dir is None:
+            return path
+        return self.final_dir / Path(path).relative_to(self.out_dir)

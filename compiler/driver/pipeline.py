@@ -9,22 +9,35 @@ partial report are kept and one error names the stage.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compiler.core.errors import NpucError, PassError
+from compiler.core.errors import ConfigError, NpucError, PassError
 from compiler.core.ir import Model
+from compiler.core.onnxfile import check_replaceable
+from compiler.core.outpaths import check_output_dir, input_files
 from compiler.core.pass_manager import Pass, PassManager, PassObserver, PassResult
 from compiler.driver import stages, target_stages
 from compiler.driver.config import load_config
 from compiler.driver.context import CompileState
+from compiler.driver.outputs import QUANT_OUTPUTS
 from compiler.driver.report import write_html, write_json
 from compiler.driver.summary import summarize
 
 log = logging.getLogger(__name__)
+
+COMPILE_OUTPUTS = ("model.pruned.onnx", "model.sparse.onnx", *QUANT_OUTPUTS, "model.bin",
+                   "report.json", "report.html")
+"""Every file `compile` may write into its output folder."""
+# config keys naming files the run reads: an output must never replace one of them
+INPUT_KEYS = ("model", "calibration.data", "calibration.table", "target.arch", "eval.data",
+              "target.verify_data", "prune.rates")
 
 
 @dataclass
@@ -67,14 +80,35 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
 
     Raises:
         NpucError: "stage X failed: ..." — outputs of earlier stages are kept.
+        ConfigError: An output would replace one of the run's input files, or something
+            that is not a regular file (checked before anything runs).
+
+    The outputs are written into a staging folder inside `out_dir` and moved into place when
+    the run ends (with its partial report when a stage failed); an interrupted run
+    (Ctrl-C) leaves `out_dir` as it was.
     """
     cfg = load_config(overrides=config) if isinstance(config, dict) else load_config(config)
     if isinstance(model, (str, Path)):
         cfg["model"], model = str(model), None
-    state = CompileState(cfg, Path(out_dir), source=model if model is not None else cfg["model"],
+    final = check_output_dir(out_dir, COMPILE_OUTPUTS,
+                             input_files(*(cfg[k] for k in INPUT_KEYS)))
+    state = CompileState(cfg, _stage_dir(final), final_dir=final,
+                         source=model if model is not None else cfg["model"],
                          calib_source=calibration)
-    state.out_dir.mkdir(parents=True, exist_ok=True)
-    state.report = {"model": _model_label(state.source), "config": cfg, "stages": []}
+    try:
+        _run(state, progress)
+        _publish(state)
+    except Exception:
+        _publish(state)  # earlier outputs and the partial report
+        raise
+    finally:
+        if state.final_dir is not None:  # interrupted: nothing was published, drop the stage
+            shutil.rmtree(state.out_dir, ignore_errors=True)
+    return Result(state.out_dir, state.files, state.report, state.model, state)
+
+
+def _run(state: CompileState, progress: Callable[[str], None] | None) -> None:
+    state.report = {"model": _model_label(state.source), "config": state.config, "stages": []}
     recorder = StageRecorder(state, progress)
     recorder.run("load", stages.load)
     recorder.run_passes(stages.model_passes(state))
@@ -82,7 +116,28 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
         recorder.run(name, step)
     summarize(state)
     _write_reports(state)
-    return Result(state.out_dir, state.files, state.report, state.model, state)
+
+
+def _stage_dir(final: Path) -> Path:
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=".npuc-compile-", dir=final))
+    except OSError as e:
+        raise ConfigError(f"-o {final}: cannot be written ({e.strerror or e})") from e
+
+
+def _publish(state: CompileState) -> None:
+    """Move the staged outputs into the output folder (each replacing only a regular file)."""
+    if state.final_dir is None:
+        return
+    staged = sorted(p for p in state.out_dir.iterdir() if p.is_file())
+    for path in staged:
+        check_replaceable(state.final_dir / path.name)
+    for path in staged:
+        os.replace(path, state.final_dir / path.name)
+    state.files = {role: state.final_path(p) for role, p in state.files.items()}
+    shutil.rmtree(state.out_dir, ignore_errors=True)
+    state.out_dir, state.final_dir = state.final_dir, None
 
 
 def _model_label(model: Any) -> str:

@@ -33,7 +33,7 @@ def summarize(state: CompileState) -> None:
         "verify": state.verify and state.verify.to_dict(),
         "perf": state.perf and state.perf.to_dict(), "eval": state.eval}
     r.update({k: v for k, v in stage_reports.items() if v is not None})
-    r["files"] = {k: str(v) for k, v in state.files.items()}
+    r["files"] = {k: str(state.final_path(v)) for k, v in state.files.items()}
 
 
 def _summary(state: CompileState) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,6 @@ text-lines      200 rendered text lines with their strings              ocr
 from __future__ import annotations
 
 import json
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from compiler.core.errors import DataError
+from compiler.core.npfiles import read_npz
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ACCURACY_JSON = Path(__file__).resolve().parent.parent / "trained" / "accuracy.json"
@@ -51,22 +51,30 @@ class Dataset:
         return int(self.inputs.shape[0])
 
 
-def load_npz(path: str | Path, name: str | None = None) -> Dataset:
+def load_npz(path: str | Path, name: str | None = None, limit: int | None = None) -> Dataset:
     """Read ``images`` (and optional integer ``labels``) from an ``.npz`` file.
+
+    Sizes are checked before anything is allocated (`compiler.core.npfiles`); with `limit`
+    only the first `limit` samples are read.
 
     Raises:
         DataError: If the file is missing/unreadable, lacks ``images``, or the label count
             differs from the image count.
     """
     path = Path(path)
+    if limit is not None and limit < 1:
+        raise DataError(f"{path}: limit must be positive, got {limit}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files if k in ("images", "labels")}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: cannot read npz file ({exc})") from exc
+        arrays = {k: v for k, v in read_npz(path, limit).items() if k in ("images", "labels")}
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read npz file ({exc.strerror or exc})") from exc
     if "images" not in arrays:
         raise DataError(f"{path}: no 'images' array in the npz file")
     images, labels = arrays["images"], arrays.get("labels")
+    if not len(images):
+        raise DataError(f"{path}: 'images' holds no samples")
+    if images.dtype.kind not in "fiu":
+        raise DataError(f"{path}: 'images' has dtype {images.dtype}, expected numbers")
     if images.ndim != 4:
         raise DataError(f"{path}: 'images' must be [N, C, H, W], got shape {list(images.shape)}")
     if labels is not None:
@@ -142,7 +150,7 @@ def load_dataset(name: str | Path, limit: int | None = None) -> Dataset:
     """
     key = str(name)
     if key.endswith(".npz"):
-        data = load_npz(key)
+        data = load_npz(key, limit=limit)
     elif key in DATASETS:
         data = DATASETS[key]()
     else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.errors import GraphError
 from compiler.core.ir import (
     Model,
     bypass,
@@ -59,7 +60,12 @@ def bn_affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray] | None:
     if any(p is None for p in params):
         return None
     gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-    scale = gamma / np.sqrt(var + bn.attrs.get("epsilon", 1e-5))
+    denom = var + float(bn.attrs.get("epsilon", 1e-5))
+    if not (np.isfinite(denom).all() and (denom > 0).all()):
+        bad = int(np.sum(~(np.isfinite(denom) & (denom > 0))))
+        raise GraphError(f"node {bn.name!r} (BatchNormalization): variance + epsilon is zero, "
+                         f"negative or not finite in {bad} channel(s); the model is broken")
+    scale = gamma / np.sqrt(denom)
     return scale, beta - mean * scale
 
 

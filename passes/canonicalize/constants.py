@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core import limits
 from compiler.core.ir import (
     Model,
     is_const,
@@ -24,7 +26,6 @@ log = logging.getLogger(__name__)
 # Ops whose value is not a function of their inputs alone.
 _NOT_FOLDABLE = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                  "Multinomial", "Bernoulli", "If", "Loop", "Scan"}
-_MAX_FOLDED_ELEMENTS = 1 << 27  # 512 MiB of float32: room for VGG-sized FC weights
 
 
 def fold_constants(model: Model) -> int:
@@ -73,10 +74,29 @@ def constant_outputs(node: gs.Node, opset: int) -> list[np.ndarray] | None:
         return None
     if not all(is_const(t) or t.name == "" for t in node.inputs):
         return None
-    values = eval_node(node, opset)
-    if sum(np.asarray(v).size for v in values) > _MAX_FOLDED_ELEMENTS:
+    cap = limits.limit("FOLDED_ELEMENTS")
+    if _expected_elements(node) > cap:  # decided before anything is allocated
+        return None
+    try:
+        values = eval_node(node, opset)
+    except (MemoryError, ValueError, OverflowError):  # a size the shapes did not tell
+        return None
+    if sum(np.asarray(v).size for v in values) > cap:
         return None
     return values
+
+
+def _expected_elements(node: gs.Node) -> int:
+    """Elements the node's outputs will hold (inferred shapes, ConstantOfShape's input)."""
+    total = 0
+    for tensor in node.outputs:
+        shape = static_shape(tensor)
+        if shape is not None:
+            total += math.prod(shape)
+    if node.op == "ConstantOfShape" and is_const(node.inputs[0]):
+        dims = [int(d) for d in np.asarray(node.inputs[0].values).reshape(-1)]
+        total = max(total, math.prod(max(d, 0) for d in dims))
+    return total
 
 
 def _constant_attr(node: gs.Node) -> np.ndarray:

@@ -55,10 +55,15 @@ def abc_search(model: Model, analysis: Analysis, scores: dict, cost: CostModel, 
     payload = _payload(model, scores, cfg, fit_feeds, held)
     colony = _Colony(analysis, gids, cost, budget, cfg, rng)
     ctx = get_context("forkserver" if "forkserver" in _methods() else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(payload,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(payload,))
+    try:
         colony.evaluate_with = lambda cands: list(pool.map(_evaluate, cands))
         colony.run(int(cfg.abc_cycles), int(cfg.abc_sources), int(cfg.abc_limit))
+    except BaseException:  # Ctrl-C or an error: stop the workers now, not after their tasks
+        _stop(pool)
+        raise
+    pool.shutdown()
     best = colony.best_levels()
     info = {"algorithm": "abc", "cycles": cfg.abc_cycles, "sources": cfg.abc_sources,
             "limit": cfg.abc_limit, "workers": workers, "budget_macs": budget,
@@ -66,6 +71,16 @@ def abc_search(model: Model, analysis: Analysis, scores: dict, cost: CostModel, 
             "history": colony.history, "evaluations": len(colony.cache),
             "time_s": round(time.perf_counter() - start, 2)}
     return level_counts(analysis.groups, gids, best, cfg.round_to), info
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    # the executor keeps its worker processes in a private dict; terminate them directly
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(timeout=5)
 
 
 def _methods() -> list[str]:
@@ -175,7 +190,13 @@ def _payload(model: Model, scores: dict, cfg, fit_feeds, held) -> dict:
 
 
 def _init_worker(payload: dict) -> None:
+    import signal
+
     import onnx
+
+    # Ctrl-C reaches the whole process group: the parent stops the search and the pool;
+    # a worker dying of it would only add its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     import passes.recon
     from compiler.core.io import from_proto

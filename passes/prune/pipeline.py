@@ -53,7 +53,7 @@ class PruneOptions:
         True, "re-fit the consumers of pruned channels on calibration data: true/lsq (ridge "
         "re-fit), bias (mean folding only) or false", types=(bool, str),
         choices=(True, False, "lsq", "bias"), const=True, metavar="lsq|bias")
-    seed: int = option(0, "seed of random choices", shared="seed")
+    seed: int = option(0, "seed of random choices", shared="seed", check=non_negative)
     calib_limit: int = option(256, "calibration samples used at most",
                               shared="calibration.limit")
     holdout: float = option(0.25, "ABC: fraction of the calibration data held out for the "

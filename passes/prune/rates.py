@@ -81,7 +81,7 @@ def parse_rates(spec: Any) -> list[float] | dict[Any, float]:
         return value
     try:
         return _eval_list(ast.parse(text, mode="eval").body)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+    except (SyntaxError, ValueError, RecursionError, MemoryError, OverflowError) as e:
         raise ConfigError(f"--rates: cannot read {text[:60]!r}: expected a list like "
                           "[0.1, 0.2], a map like {3: 0.5}, or a YAML file") from e
 

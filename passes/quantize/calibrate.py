@@ -25,12 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from compiler.core import limits
 from compiler.core.errors import ConfigError, DataError, GraphError
 from compiler.core.feeds import Feeds, load_feeds, model_batch
 from compiler.core.io import model_hash, to_proto, write_atomic
 from compiler.core.ir import Model, const_value
 from compiler.core.numerics import run, session
 from compiler.core.progress import track
+from compiler.core.safe_yaml import load_json, read_text
 from passes.quantize.histogram import (
     DEFAULT_BINS,
     KL_QUANT_BINS,
@@ -286,14 +288,9 @@ class CalibrationTable:
             ConfigError: Missing file, bad JSON, missing keys, or a threshold/scale that is
                 not a positive finite number (or a scale that disagrees with its threshold).
         """
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"calibration table {path}: cannot read ({e.strerror})") from e
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"calibration table {path}: not valid JSON ({e})") from e
-        return cls.from_dict(doc, str(path))
+        path, label = Path(path), f"calibration table {path}"
+        text = read_text(path, label, limits.limit("TABLE_BYTES"))
+        return cls.from_dict(load_json(text, label), str(path))
 
     @classmethod
     def from_dict(cls, doc: Any, label: str = "<table>") -> CalibrationTable:

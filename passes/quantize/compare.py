@@ -255,7 +255,7 @@ def reference_model(float_model: Model, test_model: Model) -> tuple[Model, str]:
 def _qdq_info(value: str) -> dict[str, Any]:
     try:
         info = json.loads(value)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not ours, or hostile: no QDQ pairing info
         return {}
     return info if isinstance(info, dict) else {}
 

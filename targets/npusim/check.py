@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from compiler.core.errors import TargetError
 from targets.npusim import isa
+from targets.npusim.cpu import check_partition
 from targets.npusim.shapes import SHAPE_RULES
 
 MAX_ARENA = 1 << 30
@@ -24,6 +25,9 @@ def check_program(p: isa.Program) -> None:
     for i, t in enumerate(p.tensors):
         _check_tensor(p, i, t)
     _check_interface(p)
+    for i, blob in enumerate(p.blobs):
+        if blob.kind == "onnx":
+            check_partition(blob.raw, f"binary: blob {i} (CPU partition)")
     written = set(p.inputs) | {i for i, t in enumerate(p.tensors) if t.region == "const"}
     for i, ins in enumerate(p.code):
         where = f"instruction {i} ({ins.kind} {ins.name!r})"

@@ -6,11 +6,14 @@ the printing.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core import limits
+from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds
 from compiler.core.ir import Model
 from targets.npusim import container, isa
@@ -33,12 +36,25 @@ def feeds_for(program: isa.Program, data: Feeds | None, samples: int | None, see
     """The given feeds (`--inputs`, loaded by the driver), or seeded standard-normal ones."""
     if data is not None:
         return data.arrays, str(label if label is not None else data.source)
+    samples = 1 if samples is None else samples
+    _check_random(program, samples, seed)
     rng = np.random.default_rng(seed)
     arrays = {}
     for i in program.inputs:
         t = program.tensors[i]
         arrays[t.name] = rng.standard_normal((samples,) + t.shape[1:]).astype(t.dtype)
     return arrays, f"random (seed {seed})"
+
+
+def _check_random(program: isa.Program, samples: int, seed: int) -> None:
+    """Sample count and seed checked before the inputs are drawn (float64, then cast)."""
+    if samples < 1 or seed < 0:
+        raise ConfigError(f"samples {samples} and seed {seed}: need samples >= 1, seed >= 0")
+    per_sample = sum(math.prod(program.tensors[i].shape[1:]) for i in program.inputs) * 8
+    cap = limits.limit("ARRAY_BYTES")
+    if samples * per_sample > cap:
+        raise ConfigError(f"{samples:,} random samples need {samples * per_sample:,} bytes; "
+                          f"the limit is {cap:,} (use fewer samples)")
 
 
 def binary_dict(program: isa.Program, sections: dict, size: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from compiler.core.options import option, positive
+from compiler.core.options import non_negative, option, positive
 
 TARGETS = ("npusim",)
 
@@ -30,7 +30,7 @@ class VerifyOptions:
         "calibration data when the run has any, else seeded random inputs)", types=(str,),
         key="verify_data", flag="--inputs", metavar="DATA")
     samples: int = option(8, "number of inputs checked", key="verify_samples", check=positive)
-    seed: int = option(0, "seed of the random inputs", shared="seed")
+    seed: int = option(0, "seed of the random inputs", shared="seed", check=non_negative)
 
 
 _PERF_NO_KEY = ("npuc compile reports latency on 1 core and 1 thread and FPS on "

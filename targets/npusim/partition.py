@@ -17,6 +17,7 @@ from compiler.core.io import INTERNAL_OPSET, to_proto
 from compiler.core.ir import Model
 from compiler.core.qgraph import QCpuPartition, QGraph
 from compiler.core.qops.cpu_partition import node_attr
+from targets.npusim.cpu import check_loads
 from targets.npusim.isa import RUNTIME_DIM
 
 
@@ -35,7 +36,9 @@ def partition_onnx(op: QCpuPartition, graph: QGraph, shapes: dict[str, tuple[int
         proto = to_proto(Model(g, opset))
     except Exception as e:  # graphsurgeon/onnx raise several types on a bad node
         raise TargetError(f"CPU partition {op.name!r}: cannot export ({e})") from e
-    return proto.SerializeToString()
+    raw = proto.SerializeToString()
+    check_loads(raw, f"CPU partition {op.name!r}")
+    return raw
 
 
 def _variable(graph: QGraph, name: str, shapes: dict[str, tuple[int, ...]],

@@ -18,6 +18,8 @@ MAX_STRIDE = 64
 MAX_PAD = 1024
 M0_LIMIT = (1 << 31) - 1
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # scales are applied in float32
+
 
 def in_range(values: np.ndarray | int, lo: int, hi: int) -> bool:
     """All values within [lo, hi]."""
@@ -238,12 +240,14 @@ def quantize(p: isa.Program, ins: isa.Quantize, req: Require) -> None:
     """float32 → int8."""
     _dtypes(p, ins, req, "float32", "int8")
     req(ins.inv_scale > 0 and _t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "bad quantize")
+    req(ins.inv_scale <= FLOAT32_MAX, f"inverse scale {ins.inv_scale:g} overflows float32")
 
 
 def dequantize(p: isa.Program, ins: isa.Dequantize, req: Require) -> None:
     """int8 → float32."""
     _dtypes(p, ins, req, "int8", "float32")
     req(ins.scale > 0 and _t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "bad dequantize")
+    req(ins.scale <= FLOAT32_MAX, f"scale {ins.scale:g} overflows float32")
 
 
 def cpu_call(p: isa.Program, ins: isa.CpuCall, req: Require) -> None:

@@ -58,6 +58,9 @@ def _emulate_python(argv: list[str]) -> int:
     except BaseException:  # what the interpreter would print for an uncaught exception
         traceback.print_exc()
         return 1
+    import atexit
+
+    atexit._run_exitfuncs()  # what the interpreter runs at exit (multiprocessing clean-up)
     if code is None:
         code = 0
     elif not isinstance(code, int):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from compiler.core import npfiles
 from compiler.core.errors import DataError
 from compiler.core.feeds import load_feeds, spread
 from compiler.core.io import load_model
@@ -54,7 +53,7 @@ def test_npz_limit_and_zip_bomb(tmp_path, monkeypatch):
     got = read_npz(tmp_path / "ok.npz", limit=5)
     assert got["images"].shape == (5, 3, 4, 4) and list(got["labels"]) == [0, 1, 2, 3, 4]
     # 256 MiB of zeros compress to ~250 kB; with a cap of 1 MiB nothing is inflated.
-    monkeypatch.setattr(npfiles, "MAX_ARRAY_BYTES", 1 << 20)
+    monkeypatch.setenv("NPUC_LIMIT_ARRAY_BYTES", str(1 << 20))
     bomb = tmp_path / "bomb.npz"
     with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
         with zf.open("images.npy", "w", force_zip64=True) as fh:
@@ -75,9 +74,7 @@ def test_spread_takes_every_class_folder(tmp_path):
 
 
 def test_decompression_bomb_image_is_one_data_error(tmp_path, monkeypatch):
-    from compiler.core import feeds
-
-    monkeypatch.setattr(feeds, "MAX_IMAGE_PIXELS", 100 * 100)
+    monkeypatch.setenv("NPUC_LIMIT_IMAGE_PIXELS", str(100 * 100))
     folder = tmp_path / "imgs"
     folder.mkdir()
     Image.new("RGB", (200, 200)).save(folder / "big.png")

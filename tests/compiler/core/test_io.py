@@ -6,7 +6,7 @@ import onnx
 import pytest
 from onnx import external_data_helper
 
-from compiler.core.errors import ModelLoadError
+from compiler.core.errors import ConfigError, ModelLoadError
 from compiler.core.io import INTERNAL_OPSET, load_model, save_model, to_proto
 from compiler.core.numerics import compare_models, random_feeds, run
 from tests.conftest import conv_model
@@ -53,7 +53,7 @@ def test_save_failure_leaves_no_partial_file(tmp_path, tiny_model, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match="out.onnx: cannot be written .disk full."):
         save_model(model, target)
     assert list(tmp_path.iterdir()) == []
 

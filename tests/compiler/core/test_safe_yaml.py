@@ -1,7 +1,6 @@
 import pytest
 
 from compiler.cli import main
-from compiler.core import safe_yaml
 from compiler.core.errors import ConfigError
 from compiler.core.safe_yaml import load_yaml, read_yaml
 from passes.prune.rates import parse_rates
@@ -33,7 +32,7 @@ def test_hostile_yaml_is_one_config_error(text, match):
 
 
 def test_size_and_encoding_are_checked_before_parsing(tmp_path, monkeypatch):
-    monkeypatch.setattr(safe_yaml, "MAX_BYTES", 64)
+    monkeypatch.setenv("NPUC_LIMIT_TEXT_BYTES", "64")
     big = tmp_path / "big.yaml"
     big.write_text("a: " + "1" * 100)
     with pytest.raises(ConfigError, match="100 bytes|103 bytes"):
