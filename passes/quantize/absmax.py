@@ -17,6 +17,8 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model, const_value
 from compiler.core.qonnx import release_memory, shared_weight_session
 from passes.quantize.calibrate import MIN_THRESHOLD, ZERO_RANGE_THRESHOLD, iter_batches
+from passes.quantize.degenerate import Spread
+from passes.quantize.degenerate import report as report_degenerate
 
 
 def _tap(model: Model, names: list[str]) -> tuple[Model, list[str]]:
@@ -28,11 +30,15 @@ def _tap(model: Model, names: list[str]) -> tuple[Model, list[str]]:
         absval = gs.Variable(f"npuc_abs_{i}", dtype=np.float32)
         peak = gs.Variable(f"npuc_max_{i}", dtype=np.float32, shape=[])
         total = gs.Variable(f"npuc_sum_{i}", dtype=np.float32, shape=[])
+        low = gs.Variable(f"npuc_lo_{i}", dtype=np.float32, shape=[])
+        high = gs.Variable(f"npuc_hi_{i}", dtype=np.float32, shape=[])
         graph.nodes += [
             gs.Node("Abs", f"npuc_abs_{i}", inputs=[known[name]], outputs=[absval]),
             gs.Node("ReduceMax", f"npuc_max_{i}", {"keepdims": 0}, [absval], [peak]),
-            gs.Node("ReduceSum", f"npuc_sum_{i}", {"keepdims": 0}, [absval], [total])]
-        outputs += [peak, total]
+            gs.Node("ReduceSum", f"npuc_sum_{i}", {"keepdims": 0}, [absval], [total]),
+            gs.Node("ReduceMin", f"npuc_lo_{i}", {"keepdims": 0}, [known[name]], [low]),
+            gs.Node("ReduceMax", f"npuc_hi_{i}", {"keepdims": 0}, [known[name]], [high])]
+        outputs += [peak, total, low, high]
     graph.outputs = outputs
     return Model(graph, model.opset), [t.name for t in outputs]
 
@@ -65,14 +71,18 @@ def abs_max_ranges(model: Model, feeds: Feeds | object, tensors: list[str],
     if inner:
         tapped, outs = _tap(model, inner)
         sess = shared_weight_session(tapped)
+    spreads = {n: Spread() for n in dict.fromkeys(tensors) if n not in consts}
     for step, batch in enumerate(iter_batches(model, feeds, batch_size)):
         for name in dict.fromkeys(n for n in tensors if n in inputs):
             x = batch[name]
             _update(peaks, name, np.max(np.abs(x)), float(np.sum(np.abs(x))), step)
+            spreads[name].update(x)
         if sess is not None:
             values = sess.run(outs, batch)
             for i, name in enumerate(inner):
-                _update(peaks, name, values[2 * i], float(values[2 * i + 1]), step)
+                _update(peaks, name, values[4 * i], float(values[4 * i + 1]), step)
+                spreads[name].fold(float(values[4 * i + 2]), float(values[4 * i + 3]))
     del sess
     release_memory()
+    report_degenerate(spreads)
     return {n: _threshold(peaks[n]) for n in tensors}

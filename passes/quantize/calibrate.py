@@ -33,6 +33,8 @@ from compiler.core.ir import Model, const_value
 from compiler.core.numerics import run, session
 from compiler.core.progress import track
 from compiler.core.safe_yaml import load_json, read_text
+from passes.quantize.degenerate import Spread
+from passes.quantize.degenerate import report as report_degenerate
 from passes.quantize.histogram import (
     DEFAULT_BINS,
     KL_QUANT_BINS,
@@ -96,9 +98,7 @@ def new_state(method: str, **opts: Any) -> RunningMax | AbsHistogram:
 def finalize(state: RunningMax | AbsHistogram, method: str, name: str = "<tensor>",
              **opts: Any) -> float:
     """The threshold of one tensor's state, with the safe fallbacks applied."""
-    if state.max == 0.0:
-        log.warning("tensor %r is zero on all calibration data; using threshold %g",
-                    name, ZERO_RANGE_THRESHOLD)
+    if state.max == 0.0:  # reported by degenerate.report with the other degenerate tensors
         return ZERO_RANGE_THRESHOLD
     if method == "max":
         t = state.max
@@ -137,11 +137,16 @@ def collect_ranges(model: Model, feeds: Any, tensors: list[str], method: str = "
     """
     _check_method(method, opts)
     states = {name: new_state(method, **opts) for name in dict.fromkeys(tensors)}
+    consts = _classify(model, list(states))[0]
+    spreads = {name: Spread() for name in states if name not in consts}
     batch_size = _fit_batch(model, list(states), batch_size)
     batches = stream_tensors(model, feeds, list(states), batch_size)
     for step, batch in enumerate(track(batches, f"calibrate ({method}, batches)")):
         for name, values in batch.items():
             _update(states[name], values, name, step)
+            if name in spreads:
+                spreads[name].update(values)
+    report_degenerate(spreads)
     return {name: finalize(state, method, name, **opts) for name, state in states.items()}
 
 
