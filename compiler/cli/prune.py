@@ -14,8 +14,8 @@ from compiler.cli.common import (
     step_data,
 )
 from compiler.cli.options import add_flags, from_args
+from compiler.core.checked_save import save_checked
 from compiler.core.errors import ConfigError
-from compiler.core.io import save_model
 from compiler.core.outpaths import check_output, input_files
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
     result = PassManager([ChannelPrune(options, calib=calib)])(model)
     pruned, report = result.model, result.info["ChannelPrune"]
-    save_model(pruned, args.output)
+    save_checked(pruned, args.output)
     report["output"] = args.output
     if args.json:
         print_json(report)

@@ -14,8 +14,8 @@ from compiler.cli.common import (
     step_data,
 )
 from compiler.cli.options import add_flags, from_args
+from compiler.core.checked_save import save_checked
 from compiler.core.errors import ConfigError
-from compiler.core.io import save_model
 from compiler.core.outpaths import check_output, input_files
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
     result = PassManager([Canonicalize(), BlockSparsify.from_options(opts, calib)])(model)
     report = result.info["BlockSparsify"]
-    path = save_model(result.model, args.output)
+    path = save_checked(result.model, args.output)
     if args.json:
         print_json({"model": args.model, "output": str(path), **report})
         return 0

@@ -8,8 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compiler.core.checked_save import check_model_out
+from compiler.core.errors import ConfigError
 from compiler.core.io import write_model
 from compiler.core.onnxfile import check_replaceable
+from compiler.core.outpaths import make_dir
 
 if TYPE_CHECKING:
     from passes.quantize.api import QuantResult
@@ -29,8 +32,13 @@ def write_quantized(out_dir: Path, result: QuantResult) -> list[Path]:
         model.quant.onnx, model.qdq.onnx, calibration.json (external data files not listed).
     """
     models = {QUANT_OUTPUTS[0]: result.quant_model, QUANT_OUTPUTS[1]: result.qdq_model}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".npuc-quantize-", dir=out_dir))
+    for name, model in models.items():
+        check_model_out(model, str(out_dir / name))
+    make_dir(out_dir)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".npuc-quantize-", dir=out_dir))
+    except OSError as e:
+        raise ConfigError(f"-o {out_dir}: cannot be written ({e.strerror or e})") from e
     try:
         written = [f for name, model in models.items() for f in write_model(model, stage / name)]
         result.table.save(stage / QUANT_OUTPUTS[2])

@@ -15,9 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from compiler.core.checked_save import save_checked
 from compiler.core.cost import model_cost
 from compiler.core.errors import ConfigError
-from compiler.core.io import load_model, save_model
+from compiler.core.io import load_model
 from compiler.core.pass_manager import Pass, PassResult
 from compiler.driver.config import step_options
 from compiler.driver.context import CompileState
@@ -177,7 +178,7 @@ AFTER_PASS: dict[str, Callable[[CompileState, PassResult], str]] = {
 
 
 def _save_float(state: CompileState, role: str, filename: str) -> None:
-    state.files[role] = save_model(state.model, state.out_dir / filename)
+    state.files[role] = save_checked(state.model, state.out_dir / filename)
 
 
 def _compare_layers(state: CompileState) -> list[dict]:
