@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.inliner
 import onnx_graphsurgeon as gs
 
 from compiler.core import onnxfile
@@ -166,6 +167,7 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
     if not proto.graph.output:
         raise ModelLoadError(f"{label}: graph has no outputs (truncated or not a model)")
     _check(proto, label)
+    proto = _inline_functions(proto, label)
     _drop_initializer_inputs(proto)
     _clear_negative_dims(proto)
     _name_nodes(proto)
@@ -187,6 +189,17 @@ def _check(proto: onnx.ModelProto, label: str) -> None:
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{label}: invalid ONNX model ({first})") from e
+
+
+def _inline_functions(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
+    # The IR keeps nodes, not model-local functions: expand calls to them into their bodies.
+    if not proto.functions:
+        return proto
+    try:
+        return onnx.inliner.inline_local_functions(proto)
+    except Exception as e:  # the inliner raises several types on a bad function
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{label}: cannot inline its local functions ({first})") from e
 
 
 def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:

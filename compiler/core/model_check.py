@@ -23,12 +23,35 @@ from onnx import numpy_helper
 
 from compiler.core import limits
 from compiler.core.errors import GraphError, ModelLoadError
+from compiler.core.onnxfile import skeleton_copy
 
 Shape = list[int | None]
 
 
+def check_as_is(proto: onnx.ModelProto, label: str) -> None:
+    """`check_model` for a model that is run as it is (not normalized by the loader).
+
+    Shape inference runs on a weightless copy first; a model that inference rejects is left
+    to onnxruntime to judge.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton_copy(proto), data_prop=True)
+    except Exception:  # noqa: BLE001 - inference raises several types; onnxruntime decides
+        return
+    check_model(inferred, label)
+
+
 def check_model(proto: onnx.ModelProto, label: str) -> None:
     """Raise on the first size or Conv-consistency problem (see the module docstring)."""
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        names = [v.name for v in values]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ModelLoadError(f"{label}: graph {kind} {twice[0]!r} is listed twice")
+    for tensor in proto.graph.initializer:
+        if tensor.HasField("segment"):  # a chunk of a tensor: nothing reads those
+            raise ModelLoadError(f"{label}: initializer {tensor.name!r} is a tensor segment, "
+                                 "which is not supported")
     shapes = _shapes(proto)
     _check_sizes(shapes, label)
     consts = _constant_ints(proto)

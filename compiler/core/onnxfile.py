@@ -384,6 +384,29 @@ def detach_from_proto(proto: onnx.ModelProto,
     return light, arrays
 
 
+def skeleton_copy(proto: onnx.ModelProto, min_bytes: int = DETACH_BYTES) -> onnx.ModelProto:
+    """A copy of `proto` whose large initializers are typed graph inputs (no data copied).
+
+    For checks of a model that is otherwise used as it is (shape inference, sizes).
+    """
+    light = onnx.ModelProto()
+    for desc, value in proto.ListFields():
+        if desc.name != "graph":
+            _assign(light, desc, value)
+    for desc, value in proto.graph.ListFields():
+        if desc.name not in ("initializer", "input"):
+            _assign(light.graph, desc, value)
+    large = {t.name for t in proto.graph.initializer if _payload_bytes(t) > min_bytes}
+    light.graph.input.extend(i for i in proto.graph.input if i.name not in large)
+    for tensor in proto.graph.initializer:
+        if tensor.name in large:
+            light.graph.input.append(helper.make_tensor_value_info(
+                tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            light.graph.initializer.add().CopyFrom(tensor)
+    return light
+
+
 def _assign(msg, desc, value) -> None:
     if desc.is_repeated:
         getattr(msg, desc.name).extend(value)

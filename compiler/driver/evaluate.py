@@ -92,8 +92,10 @@ class Runner:
     """
 
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
+        from compiler.core.model_check import check_as_is
         from compiler.core.numerics import ort_session
 
+        check_as_is(model, name)  # size bombs and Loop trip counts before onnxruntime runs
         self.name = name
         try:
             self.session = ort_session(model.SerializeToString())
