@@ -118,6 +118,15 @@ def _check_parent(out: Path, flag: str) -> None:
         return
 
 
+def make_dir(folder: Path, flag: str = "-o") -> Path:
+    """Create an output folder (and its parents); failures are one-line `ConfigError`s."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{flag} {folder}: cannot be created ({e.strerror or e})") from e
+    return folder
+
+
 def check_output_dir(folder: PathLike, names: Sequence[str],
                      inputs: Iterable[PathLike] = (), *, flag: str = "-o") -> Path:
     """Refuse an output folder that is a file, or whose files to be written are unsafe.
@@ -132,8 +141,19 @@ def check_output_dir(folder: PathLike, names: Sequence[str],
         `folder` as a `Path`.
     """
     out = _check_text(folder, flag)
-    if out.exists() and not out.is_dir():
+    try:
+        mode = os.stat(out).st_mode  # a symbolic link to a folder is a folder
+    except FileNotFoundError:
+        mode = None
+        if os.path.islink(out):
+            raise ConfigError(f"{flag} {out}: is a symbolic link to nothing; refusing to "
+                              "write through it") from None
+    except OSError as e:  # a parent that is a file, a name too long, ...
+        raise ConfigError(f"{flag} {out}: cannot be written ({e.strerror or e})") from e
+    if mode is not None and not stat.S_ISDIR(mode):
         raise ConfigError(f"{flag} {out}: exists and is not a folder")
+    if mode is None:
+        _check_parent(out, flag)
     inputs = list(inputs)
     for name in names:
         check_output(out / name, inputs, flag=flag)

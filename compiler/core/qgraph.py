@@ -15,6 +15,7 @@ exactly (`==` compares arrays by dtype, shape and value).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
@@ -257,7 +258,33 @@ def _decode_op(desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> QOp
     kind = desc.get("kind")
     if kind not in OP_TYPES:
         raise GraphError(f"unknown qgraph op kind {kind!r}")
-    return OP_TYPES[kind](**{k: _decode(v, arrays) for k, v in desc.items() if k != "kind"})
+    op = OP_TYPES[kind](**{k: _decode(v, arrays) for k, v in desc.items() if k != "kind"})
+    _check_field_types(op)
+    return op
+
+
+_SCALARS = {"int": (int, np.integer), "float": (int, float, np.integer, np.floating),
+            "bool": (bool, np.bool_), "str": (str,)}
+
+
+def _check_field_types(op: QOp) -> None:
+    """Scalar and int-tuple fields of a decoded op must have their declared types.
+
+    The JSON comes from a file: a string where an int belongs must not reach numpy.
+    """
+    for f in dataclasses.fields(op):
+        declared, value = str(f.type), getattr(op, f.name)
+        if declared in _SCALARS:
+            ok = isinstance(value, _SCALARS[declared]) and (
+                declared == "bool" or not isinstance(value, (bool, np.bool_)))
+        elif declared == "tuple[int, ...]":
+            ok = isinstance(value, tuple) and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+        else:
+            continue
+        if not ok or (declared == "float" and not np.isfinite(value)):
+            raise ValueError(f"op {op.name!r}: field {f.name} must be {declared}, got "
+                             f"{value!r:.60}")
 
 
 def _inline(a: np.ndarray) -> dict[str, Any]:
@@ -276,5 +303,8 @@ def _graph(text: str) -> onnx.GraphProto:
 
 
 def _uninline(d: Mapping[str, Any]) -> np.ndarray:
-    raw = base64.b64decode(d["data"])
-    return np.frombuffer(raw, dtype=np.dtype(d["dtype"])).reshape(d["shape"]).copy()
+    dtype = np.dtype(d["dtype"])
+    if dtype.kind not in "biuf":
+        raise ValueError(f"inline array of dtype {dtype} (only numbers)")
+    raw = base64.b64decode(d["data"], validate=True)
+    return np.frombuffer(raw, dtype=dtype).reshape(d["shape"]).copy()

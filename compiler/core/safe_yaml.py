@@ -43,6 +43,8 @@ def load_yaml(text: str, label: str) -> Any:
         return loader.construct_document(node)
     except RecursionError as e:
         raise ConfigError(f"{label}: YAML nested too deeply") from e
+    except (ValueError, OverflowError) as e:  # a scalar its constructor rejects
+        raise ConfigError(f"{label}: bad YAML value ({_first_line(e)})") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{label}: not valid YAML ({_first_line(e)})") from e
     finally:

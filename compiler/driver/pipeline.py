@@ -8,6 +8,7 @@ partial report are kept and one error names the stage.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 from compiler.core.errors import ConfigError, NpucError, PassError
 from compiler.core.ir import Model
 from compiler.core.onnxfile import check_replaceable
-from compiler.core.outpaths import check_output_dir, input_files
+from compiler.core.outpaths import check_output_dir, input_files, make_dir
 from compiler.core.pass_manager import Pass, PassManager, PassObserver, PassResult
 from compiler.driver import stages, target_stages
 from compiler.driver.config import load_config
@@ -92,6 +93,7 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
         cfg["model"], model = str(model), None
     final = check_output_dir(out_dir, COMPILE_OUTPUTS,
                              input_files(*(cfg[k] for k in INPUT_KEYS)))
+    created = not final.exists()
     state = CompileState(cfg, _stage_dir(final), final_dir=final,
                          source=model if model is not None else cfg["model"],
                          calib_source=calibration)
@@ -104,6 +106,7 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
     finally:
         if state.final_dir is not None:  # interrupted: nothing was published, drop the stage
             shutil.rmtree(state.out_dir, ignore_errors=True)
+            _remove_if_empty(final if created else None)
     return Result(state.out_dir, state.files, state.report, state.model, state)
 
 
@@ -118,9 +121,15 @@ def _run(state: CompileState, progress: Callable[[str], None] | None) -> None:
     _write_reports(state)
 
 
+def _remove_if_empty(folder: Path | None) -> None:
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _stage_dir(final: Path) -> Path:
+    make_dir(final)
     try:
-        final.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=".npuc-compile-", dir=final))
     except OSError as e:
         raise ConfigError(f"-o {final}: cannot be written ({e.strerror or e})") from e

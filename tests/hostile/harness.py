@@ -185,7 +185,7 @@ def diff_problems(before: dict[str, tuple], after: dict[str, tuple],
         old, new = before.get(path), after.get(path)
         if old == new:
             continue
-        if _under(path, LIBRARY_CACHES):
+        if _under(path, LIBRARY_CACHES) or _is_parent_of_output(path, LIBRARY_CACHES):
             continue
         if old is None:
             if not (_under(path, outputs) or (new[0] == "dir" and
