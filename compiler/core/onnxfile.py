@@ -30,7 +30,8 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, helper
 
 from compiler.core.errors import ConfigError, ModelLoadError
@@ -196,7 +197,30 @@ def parse_proto(data, label: str) -> onnx.ModelProto:
         raise ModelLoadError(f"{label}: not an ONNX model or truncated ({e})") from e
     if not proto.HasField("graph") or not proto.opset_import:
         raise ModelLoadError(f"{label}: not an ONNX model (no graph or opset)")
+    bad = non_utf8_field(proto)
+    if bad:
+        raise ModelLoadError(f"{label}: field {bad} is not UTF-8 text (corrupt file)")
     return proto
+
+
+def non_utf8_field(msg: Message) -> str | None:
+    """The first string field of `msg` (recursively) holding non-UTF-8 bytes, or None.
+
+    ONNX is proto2, which does not enforce UTF-8: protobuf hands such a "string" over as
+    bytes, and names, op types or metadata of that kind break everything downstream.
+    """
+    for desc, value in msg.ListFields():
+        if desc.type == FieldDescriptor.TYPE_STRING:
+            values = value if desc.is_repeated else [value]
+            if any(isinstance(v, bytes) for v in values):
+                return desc.full_name
+        elif desc.type == FieldDescriptor.TYPE_MESSAGE:
+            children = value if desc.is_repeated else [value]
+            for child in children:
+                found = non_utf8_field(child)
+                if found:
+                    return found
+    return None
 
 
 def _check_path(path: Path) -> None:
@@ -230,6 +254,21 @@ def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
         raise ModelLoadError(f"{path}: cannot read ({e.strerror or e})") from e
     arrays.update(_read_external(proto, path))
     return proto, arrays
+
+
+def external_files(path: Path) -> list[Path]:
+    """The external data files an ONNX file refers to (inside its folder).
+
+    For output-path checks, which must not replace a model's weights; [] when the file
+    cannot be read (loading it reports why).
+    """
+    try:
+        with open(path, "rb") as f:
+            proto, _ = _parse_stripped(f, path)
+        return sorted({external_file(path, t) for t in external_data_helper._get_all_tensors(
+            proto) if external_data_helper.uses_external_data(t)})
+    except (OSError, ModelLoadError):
+        return []
 
 
 def _parse_stripped(f: BinaryIO, path: Path) -> tuple[onnx.ModelProto, dict]:

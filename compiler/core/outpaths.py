@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.core.errors import ConfigError
+from compiler.core.onnxfile import external_files
 
 PathLike = str | os.PathLike
 
@@ -25,7 +26,7 @@ def input_files(*sources: Any) -> list[Path]:
     """The existing regular files among `sources` (paths, None, dataset names, folders).
 
     For a folder, the regular files directly in it: an output folder that is also an input
-    folder must not replace any of them.
+    folder must not replace any of them. For an `.onnx` file, also its external data files.
     """
     files: list[Path] = []
     for source in sources:
@@ -35,6 +36,8 @@ def input_files(*sources: Any) -> list[Path]:
         try:
             if path.is_file():
                 files.append(path)
+                if path.suffix.lower() == ".onnx":
+                    files.extend(external_files(path))
             elif path.is_dir():
                 files.extend(p for p in path.iterdir() if p.is_file())
         except OSError:  # unreadable: the command reports it when it reads the input

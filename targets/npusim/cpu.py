@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from compiler.core.errors import TargetError
 from compiler.core.numerics import ort_session
+from compiler.core.onnxfile import non_utf8_field
 from targets.npusim import isa
 
 
@@ -34,6 +35,9 @@ def check_partition(raw: bytes, where: str) -> onnx.ModelProto:
         raise TargetError(f"{where}: not an ONNX model ({e})") from e
     if not model.HasField("graph"):
         raise TargetError(f"{where}: not an ONNX model (no graph)")
+    bad = non_utf8_field(model)
+    if bad:
+        raise TargetError(f"{where}: field {bad} is not UTF-8 text")
     for tensor in _tensors(model):
         if tensor.data_location == onnx.TensorProto.EXTERNAL or len(tensor.external_data):
             location = {e.key: e.value for e in tensor.external_data}.get("location", "")

@@ -20,7 +20,7 @@ from tests.hostile import datafiles as df
 from tests.hostile import mutations as mut
 from tests.hostile.harness import Artefacts, Case, Producer
 
-FAST_SHARE = 9  # about one case in FAST_SHARE is in the fast subset
+FAST_SHARE = 15  # about one case in FAST_SHARE is in the fast subset
 
 
 def is_fast(case_id: str) -> bool:
@@ -405,9 +405,22 @@ def _symlink_inside(cmd: str):
     return setup
 
 
+def _external_weights_cases() -> list[Case]:
+    """-o naming the external data file of the input model (its weights)."""
+    base, fn = mut.FLOAT["external_ok"]
+    cases = []
+    for cmd in ("prune", "sparsify"):
+        argv = [a.replace("{out}", "w1.bin") for a in OUT_CMDS[cmd][0]]
+        files = {"m.onnx": _mutated(f"models/{base}.onnx", fn), "calib.npy": copy("calib.npy")}
+        cases.append(_case(f"output/{cmd}/equals-external-data", "output", argv, files,
+                           setup=lambda d, a: mut.SETUP["external_ok"](d), expect="error",
+                           fast=True))
+    return cases
+
+
 def output_cases() -> list[Case]:
     """-o traps for every command that writes."""
-    cases = []
+    cases = _external_weights_cases()
     for cmd, (argv, shape) in OUT_CMDS.items():
         for name, out, setup, expect in _traps(cmd, shape):
             files = {k: INPUTS[k] for k in CMD_INPUTS[cmd] + (("arch.yaml",) if cmd == "build"

@@ -348,11 +348,16 @@ def prepare(case: Case, case_dir: Path, art: Artefacts) -> None:
 def run_case(server: Server, case: Case, work: Path, art: Artefacts) -> Outcome:
     """Prepare, run and judge one case; `Outcome.problems` lists what went wrong."""
     case_dir = work / re.sub(r"[^A-Za-z0-9_.-]+", "_", case.id)
+    for n in range(2, 100):  # hypothesis replays a failing example: keep the first run's
+        if not case_dir.exists():
+            break
+        case_dir = case_dir.with_name(f"{case_dir.name.split('~')[0]}~{n}")
     prepare(case, case_dir, art)
     base_before = snapshot(art.base)
     before = snapshot(case_dir)
     outcome = _run(server, case, case_dir)
     after = snapshot(case_dir)
+    _unfreeze(case_dir)
     problems = stderr_problems(case, outcome)
     problems += diff_problems(before, after, case.outputs)
     problems += [f"session artefact changed: {p}"
@@ -367,10 +372,17 @@ def run_case(server: Server, case: Case, work: Path, art: Artefacts) -> Outcome:
 
 
 def _cleanup(case_dir: Path) -> None:
-    subprocess.run(["chattr", "-R", "-i", str(case_dir)], capture_output=True, check=False)
     for dirpath, _, _ in os.walk(case_dir):
         os.chmod(dirpath, 0o755)
     shutil.rmtree(case_dir, ignore_errors=True)
+    for suffix in (".out", ".err", ".check"):
+        case_dir.with_name(case_dir.name + suffix).unlink(missing_ok=True)
+
+
+def _unfreeze(case_dir: Path) -> None:
+    """Undo `chattr +i` (read-only-folder cases run as root) so the folder can be removed."""
+    if os.geteuid() == 0 and any(case_dir.rglob("ro")):
+        subprocess.run(["chattr", "-R", "-i", str(case_dir)], capture_output=True, check=False)
 
 
 def _record(case: Case, o: Outcome) -> None:
