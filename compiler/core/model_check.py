@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import onnx
@@ -148,15 +149,17 @@ def _check_window(node: onnx.NodeProto, w: list[int], where: str) -> None:
     if kernel is not None and list(kernel) != w[2:]:
         raise GraphError(f"{where}: kernel_shape {list(kernel)} does not match the weight's "
                          f"{w[2:]}")
-    for name in ("strides", "dilations"):
+    for name, count, low in (("strides", spatial, 1), ("dilations", spatial, 1),
+                             ("pads", 2 * spatial, 0)):
         values = _attr(node, name)
-        if values is not None and (len(values) != spatial or min(values) < 1):
-            raise GraphError(f"{where}: {name} {list(values)} must be {spatial} positive "
-                             "integers")
-    pads = _attr(node, "pads")
-    if pads is not None and (len(pads) != 2 * spatial or min(pads) < 0):
-        raise GraphError(f"{where}: pads {list(pads)} must be {2 * spatial} non-negative "
-                         "integers")
+        if values is not None and not _ints(values, count, low):
+            raise GraphError(f"{where}: {name} {list(values)!r:.80} must be {count} integers "
+                             f">= {low}")
+
+
+def _ints(values: Any, count: int, low: int) -> bool:
+    return (isinstance(values, (list, tuple)) and len(values) == count
+            and all(isinstance(v, int) and v >= low for v in values))
 
 
 def _check_loop(node: onnx.NodeProto, shapes: dict[str, Shape],

@@ -66,6 +66,7 @@ def check_compile_dir(path: str) -> None:
     report = json.loads((d / "report.json").read_text())
     if not isinstance(report, dict):
         raise ValueError("report.json is not an object")
-    check_bin(str(d / "model.bin"))
+    if (d / "model.bin").exists() or report.get("config", {}).get("quantize.enabled", True):
+        check_bin(str(d / "model.bin"))
     for model in sorted(d.glob("*.onnx")):
         check_onnx(str(model))
