@@ -169,6 +169,7 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
     _check(proto, label)
     proto = _inline_functions(proto, label)
     _drop_initializer_inputs(proto)
+    _drop_unused_inputs(proto, label)
     _clear_negative_dims(proto)
     _name_nodes(proto)
     if opset != INTERNAL_OPSET:
@@ -209,6 +210,30 @@ def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
     if len(keep) != len(proto.graph.input):
         del proto.graph.input[:]
         proto.graph.input.extend(keep)
+
+
+def _drop_unused_inputs(proto: onnx.ModelProto, label: str) -> None:
+    # Inputs no node reads (left over by editing tools) would still demand data from the
+    # user and from onnxruntime; they do not change the function.
+    graph = proto.graph
+    used = _names_read(graph) | {o.name for o in graph.output}
+    keep = [i for i in graph.input if i.name in used]
+    if keep and len(keep) != len(graph.input):
+        dropped = [i.name for i in graph.input if i.name not in used]
+        log.warning("%s: ignoring %d graph input(s) no node reads (%s%s)", label, len(dropped),
+                    ", ".join(dropped[:3]), ", ..." if len(dropped) > 3 else "")
+        del graph.input[:]
+        graph.input.extend(keep)
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:  # If/Loop/Scan bodies read outer names implicitly
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names |= _names_read(sub)
+    return names
 
 
 def _clear_negative_dims(proto: onnx.ModelProto) -> None:

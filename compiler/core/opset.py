@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
+from compiler.core.downgrade import downgrade
 from compiler.core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ def convert_opset(proto: onnx.ModelProto, label: str, opset: int,
     """
     if proto.ir_version < 4:
         proto.ir_version = 4
+    if opset > target:
+        # onnx's converter lacks most down-adapters past 17 (see compiler/core/downgrade.py).
+        downgrade(proto, label, opset, target)
+        return proto
     _rewrite_unconvertible(proto, label)
     names = {n.output[0]: n.name for n in proto.graph.node if n.output}
     upsamples = {n.output[0]: n for n in proto.graph.node if n.op_type == "Upsample"}

@@ -21,7 +21,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from compiler.core.errors import GraphError
+from compiler.core.errors import DataError, GraphError
 from compiler.core.io import SKELETON_MIN_SIZE, ShapeArg, load_model, to_proto
 from compiler.core.ir import Model
 from compiler.core.numerics import ort_session, session_options
@@ -85,7 +85,13 @@ class SharedWeightSession:
         names = output_names or [o.name for o in self._sess.get_outputs()]
         values = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
                   for n, v in feeds.items()}
-        return [v.numpy() for v in self._sess.run_with_ort_values(names, values | self._weights)]
+        try:
+            results = self._sess.run_with_ort_values(names, values | self._weights)
+        except Exception as e:  # onnxruntime's InvalidArgument, RuntimeException, ...
+            shapes = ", ".join(f"{n} {'x'.join(map(str, np.shape(v)))}" for n, v in feeds.items())
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot run the model on inputs {shapes}: {first}") from e
+        return [v.numpy() for v in results]
 
 
 def shared_weight_session(model: Model, *, threads: int = 0,

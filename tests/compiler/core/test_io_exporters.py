@@ -160,3 +160,19 @@ def test_oldest_and_newest_opsets_load_with_the_function_kept(opset):
     feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)}
     np.testing.assert_array_equal(run(to_proto(model), feeds)["y"],
                                   run(to_proto(reference), feeds)["y"])
+
+
+def test_inputs_no_node_reads_are_dropped_but_subgraph_reads_are_kept():
+    from onnx import helper
+
+    vi = lambda n: helper.make_tensor_value_info(n, 1, [1, 3])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Relu", ["z"], ["t"])], "then", [], [vi("t")])
+    other = helper.make_graph([helper.make_node("Neg", ["z"], ["e"])], "else", [], [vi("e")])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ReduceMax", ["r"], ["m"], keepdims=0),
+             helper.make_node("Greater", ["m", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    zero = onnx.numpy_helper.from_array(np.array(0, np.float32), "zero")
+    graph = helper.make_graph(nodes, "g", [vi("x"), vi("z"), vi("leftover")], [vi("y")], [zero])
+    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [t.name for t in model.graph.inputs] == ["x", "z"]

@@ -25,3 +25,17 @@ def test_onnxruntime_sessions_are_opened_in_one_place():
     offenders = [str(p.relative_to(ROOT)) for pkg in ("compiler", "passes", "targets", "models")
                  for p in (ROOT / pkg).rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == ["compiler/core/numerics.py"]
+
+
+def test_shared_weight_session_turns_runtime_errors_into_one_data_error():
+    import pytest
+
+    from compiler.core.errors import DataError
+    from compiler.core.io import load_model
+    from compiler.core.qonnx import shared_weight_session
+
+    model = load_model(conv_model())
+    sess = shared_weight_session(model)
+    name = sess.get_inputs()[0].name
+    with pytest.raises(DataError, match=r"cannot run the model on inputs .* 1x5x2x2"):
+        sess.run(None, {name: np.zeros((1, 5, 2, 2), np.float32)})
