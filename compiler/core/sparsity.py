@@ -92,7 +92,7 @@ def read_sparsity_metadata(model: Model) -> dict[str, LayerMask]:
     text = model.metadata.get(METADATA_KEY)
     if not text:
         return {}
-    doc = load_json(text, f"metadata {METADATA_KEY!r}", GraphError)
+    doc = load_json(text, f"metadata {METADATA_KEY!r} is malformed", GraphError)
     try:
         layers = doc["layers"]
         if not isinstance(layers, dict):
