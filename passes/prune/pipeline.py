@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 ROUND_TO = 8  # measured: docs/config.md, "Defaults chosen"
 
+MAX_WORKERS = 256  # ABC worker processes; more only exhausts the machine
+MAX_ABC = 1000  # ABC cycles, food sources and trial limit (each source is a pruned model)
+
 
 @dataclass
 class PruneOptions:
@@ -121,8 +124,10 @@ def _validate(cfg: PruneOptions) -> None:
     if method is not None and method not in METHODS:
         raise ConfigError(f"--reconstruct: unknown method {method!r} ({', '.join(METHODS)})")
     for name in ("abc_cycles", "abc_sources", "abc_limit"):
-        if int(getattr(cfg, name)) < 1:
-            raise ConfigError(f"{name}: must be >= 1")
+        if not 1 <= int(getattr(cfg, name)) <= MAX_ABC:
+            raise ConfigError(f"{name}: {getattr(cfg, name)} must be in [1, {MAX_ABC}]")
+    if cfg.workers is not None and cfg.workers > MAX_WORKERS:
+        raise ConfigError(f"--workers {cfg.workers}: at most {MAX_WORKERS} worker processes")
 
 
 def needs_calib(cfg: PruneOptions) -> bool:

@@ -185,8 +185,12 @@ def config_cases() -> list[Case]:
     cases = []
     common = {"m.onnx": copy("models/conv.onnx"), "calib.npy": copy("calib.npy")}
     for name, text in configs.COMPILE.items():
+        # the calibration data comes from the flag unless the config itself names some
+        calib = [] if b"calibration: {data" in (text if isinstance(text, bytes) else
+                                                 text.encode()) else ["--calib", "calib.npy"]
         cases.append(_case(f"config/compile-c/{name}", "config",
-                           ["compile", "m.onnx", "-c", "cfg.yaml", "-o", "out", "--quiet"],
+                           ["compile", "m.onnx", "-c", "cfg.yaml", "-o", "out", "--quiet",
+                            *calib],
                            {**common, "cfg.yaml": const(text)}, outputs=("out",),
                            check="check_compile_dir"))
     for name, text in configs.ARCH.items():
@@ -445,9 +449,9 @@ def signal_cases() -> list[Case]:
     """Ctrl-C in the middle of long runs; stdout closed early (`| head`)."""
     files = {"m.onnx": copy("models/res.onnx"), "calib.npy": copy("calib.npy")}
     abc = ["prune", "m.onnx", "-o", "out.onnx", "--target-macs", "0.5", "--search", "abc",
-           "--abc-cycles", "100000", "--calib", "calib.npy", "--workers", "2"]
+           "--abc-cycles", "1000", "--calib", "calib.npy", "--workers", "2"]
     compile_ = ["compile", "m.onnx", "-o", "out", "--calib", "calib.npy", "--quiet",
-                "--target-macs", "0.5", "--search", "abc", "--set", "prune.abc_cycles=100000"]
+                "--target-macs", "0.5", "--search", "abc", "--set", "prune.abc_cycles=1000"]
     cases = [
         _case("signal/ctrl-c/prune-abc", "signal", abc, files, interrupt_after=4.0,
               fast=True),
