@@ -50,6 +50,10 @@ def _check_random(program: isa.Program, samples: int, seed: int) -> None:
     """Sample count and seed checked before the inputs are drawn (float64, then cast)."""
     if samples < 1 or seed < 0:
         raise ConfigError(f"samples {samples} and seed {seed}: need samples >= 1, seed >= 0")
+    most = limits.limit("SAMPLES")
+    if samples > most:
+        raise ConfigError(f"{samples:,} random samples; the limit is {most:,} "
+                          "(NPUC_LIMIT_SAMPLES raises it)")
     per_sample = sum(math.prod(program.tensors[i].shape[1:]) for i in program.inputs) * 8
     cap = limits.limit("ARRAY_BYTES")
     if samples * per_sample > cap:

@@ -112,3 +112,45 @@ def test_bytes(family, cmd, base, mutation, fix, server, artefacts, work):
 def test_bytes_fast(family, cmd, base, mutation, fix, server, artefacts, work):
     _judge(_byte_case(family, cmd, base, mutation, fix and family == "binary", artefacts),
            server, artefacts, work)
+
+
+# -- numeric option values (hypothesis) ----------------------------------------------------------
+
+NUMERIC_FLAGS = [("prune", "--ratio"), ("prune", "--ridge"), ("sparsify", "--sparsity"),
+                 ("quantize", "--percentile"), ("quantize", "--calib-limit"),
+                 ("compile", "--prune-ratio"), ("perf", "--frames"), ("run", "--samples")]
+_BASE_ARGV = {"prune": (["prune", "m.onnx", "-o", "out.onnx", "--calib", "calib.npy"],
+                        ("out.onnx",), "check_onnx"),
+              "sparsify": (["sparsify", "m.onnx", "-o", "out.onnx", "--calib", "calib.npy",
+                            "--include-first-last"], ("out.onnx",), "check_onnx"),
+              "quantize": (["quantize", "m.onnx", "-o", "q", "--calib", "calib.npy",
+                            "--calibrator", "percentile"], ("q",), "check_quant_dir"),
+              "compile": (["compile", "m.onnx", "-o", "out", "--quiet", "--calib", "calib.npy"],
+                          ("out",), "check_compile_dir"),
+              "perf": (["perf", "m.bin"], (), None),
+              "run": (["run", "m.bin", "-o", "out.npz"], ("out.npz",), "check_npz")}
+
+
+def numbers() -> st.SearchStrategy:
+    """Any float (nan, inf, subnormal, huge) or integer, as the text a user might type."""
+    return st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                     st.integers(-(2 ** 70), 2 ** 70).map(str),
+                     st.sampled_from(["1e-320", "-0.0", "0x10", "1_000", " 0.5", "½"]))
+
+
+def _numeric_case(cmd: str, flag: str, value: str) -> Case:
+    argv, outputs, check = _BASE_ARGV[cmd]
+    files = {"m.onnx": cases.copy("models/res.onnx"), "calib.npy": cases.copy("calib.npy"),
+             "m.bin": cases.copy("bin/conv.bin")}
+    label = hashlib.sha1(value.encode()).hexdigest()[:10]
+    return cases._case(f"cli-numbers/{cmd}{flag}/{label}", "cli-numbers",
+                       [*argv, f"{flag}={value}"], files, outputs=outputs, check=check,
+                       fast=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd,flag", NUMERIC_FLAGS)
+@settings(max_examples=10, **SETTINGS)
+@given(value=numbers())
+def test_numeric_options(cmd, flag, value, server, artefacts, work):
+    _judge(_numeric_case(cmd, flag, value), server, artefacts, work)
