@@ -236,3 +236,689 @@ def shufflenet_unit(split: str = "Slice", c: int = 16, hw: int = 8,
     graph = helper.make_graph(nodes, f"shufflenet_{split}", [_vi("x", [1, c, hw, hw])],
                               [_vi("y", [1, c, hw, hw])], inits)
     return _model(graph, opset, 8)
+
+
+def standalone_bn_model(c: int = 16, hw: int = 8) -> onnx.ModelProto:
+    """BatchNormalization with no producing layer to fold into, as PaddlePaddle and
+    DenseNet-style exports write it: on the graph input, after an Add and after a Concat."""
+    rng = np.random.default_rng(5)
+    inits = (_bn_inits(rng, "bn0", 3) + _bn_inits(rng, "bn1", c) + _bn_inits(rng, "bn2", 2 * c)
+             + [_init(rng, "w1", (c, 3, 3, 3)), _init(rng, "w2", (c, c, 3, 3)),
+                _init(rng, "w3", (c, 2 * c, 1, 1))])
+
+    def bn(p: str, x: str, y: str) -> onnx.NodeProto:
+        return helper.make_node("BatchNormalization", [x] + [f"{p}_{k}" for k in
+                                ("s", "b", "rm", "riv")], [y], name=p, epsilon=1e-5)
+
+    def conv(w: str, x: str, y: str, k: int) -> onnx.NodeProto:
+        return helper.make_node("Conv", [x, w], [y], name=f"conv_{w}", kernel_shape=[k, k],
+                                pads=[k // 2] * 4)
+
+    nodes = [
+        bn("bn0", "x", "x_bn"), conv("w1", "x_bn", "a", 3),
+        helper.make_node("Relu", ["a"], ["a_r"]), conv("w2", "a_r", "b", 3),
+        helper.make_node("Add", ["a_r", "b"], ["s"]), bn("bn1", "s", "s_bn"),
+        helper.make_node("Relu", ["s_bn"], ["s_r"]),
+        helper.make_node("Concat", ["s_r", "a_r"], ["cat"], axis=1), bn("bn2", "cat", "cat_bn"),
+        conv("w3", "cat_bn", "y", 1),
+    ]
+    graph = helper.make_graph(nodes, "standalone_bn", [_vi("x", [1, 3, hw, hw])],
+                              [_vi("y", [1, c, hw, hw])], inits)
+    return _model(graph, 13, 7)
+
+
+def legacy_classifier(opset: int) -> onnx.ModelProto:
+    """Conv-BN-Relu-MaxPool-Flatten-Gemm written for `opset`, as the first model-zoo files
+    were: IR v3 with weights as graph inputs, `consumed_inputs` (< 6), `is_test` (< 7) and
+    Gemm `broadcast` (< 7); from opset 7 on the same graph in today's spelling."""
+    rng = np.random.default_rng(11)
+    inits = [_init(rng, "w", (4, 3, 3, 3)), *_bn_inits(rng, "bn", 4),
+             _init(rng, "gw", (64, 5)), _init(rng, "gb", (5,))]
+    old = opset < 7
+    bn_attrs = {"is_test": 1} if old else {}
+    if opset < 6:
+        bn_attrs["consumed_inputs"] = [0, 0, 0, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1],
+                         kernel_shape=[3, 3]),
+        helper.make_node("BatchNormalization", ["c", "bn_s", "bn_b", "bn_rm", "bn_riv"], ["n"],
+                         name="bn", **bn_attrs),
+        helper.make_node("Relu", ["n"], ["r"], name="relu",
+                         **({"consumed_inputs": [0]} if opset < 6 else {})),
+        helper.make_node("MaxPool", ["r"], ["p"], name="pool", kernel_shape=[2, 2],
+                         strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "gw", "gb"], ["y"], name="fc",
+                         **({"broadcast": 1} if old else {})),
+    ]
+    inputs = [_vi("x", [1, 3, 8, 8])]
+    if old:
+        inputs += [_vi(t.name, list(t.dims)) for t in inits]
+    graph = helper.make_graph(nodes, "legacy", inputs, [_vi("y", [1, 5])], inits)
+    return _model(graph, opset, 3 if old else 8)
+
+
+# --- Pruning-relevant structure as exporters write it (passes/prune) -------------------------
+
+
+class _Net:
+    """Nodes and seeded initializers of one exporter-style graph; onnx infers the shapes."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def fresh(self, prefix: str) -> str:
+        self.count += 1
+        return f"{prefix}_{self.count}"
+
+    def const(self, value, dtype=np.float32, name: str | None = None) -> str:
+        name = name or self.fresh("c")
+        self.inits.append(numpy_helper.from_array(np.asarray(value, dtype), name))
+        return name
+
+    def op(self, op: str, inputs: list[str], n_out: int = 1, name: str | None = None,
+           **attrs) -> str | list[str]:
+        name = name or self.fresh(op.lower())
+        outs = [f"{name}_out{i}" if n_out > 1 else f"{name}_out" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
+        return outs if n_out > 1 else outs[0]
+
+    def conv(self, x: str, cin: int, cout: int, k: int = 1, stride: int = 1, group: int = 1,
+             pad: int | None = None, name: str | None = None) -> str:
+        fan = cin // group * k * k
+        w = self.rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2.0 / fan)
+        pad = k // 2 if pad is None else pad
+        return self.op("Conv", [x, self.const(w), self.const(self.rng.standard_normal(cout) * 0.1)],
+                       name=name, kernel_shape=[k, k], strides=[stride, stride],
+                       pads=[pad] * 4, group=group)
+
+    def per_channel(self, c: int, shape: tuple, low: float = 0.5) -> str:
+        return self.const(self.rng.uniform(low, low + 1.0, c).reshape(shape))
+
+    def silu(self, x: str) -> str:
+        return self.op("Mul", [x, self.op("Sigmoid", [x])])
+
+    def model(self, name: str, inputs: dict, outputs: list[str], opset: int = 13,
+              ir_version: int = 8) -> onnx.ModelProto:
+        graph = helper.make_graph(self.nodes, name, [_vi(k, v) for k, v in inputs.items()],
+                                  [], self.inits)
+        model = onnx.shape_inference.infer_shapes(_model(graph, opset, ir_version))
+        infos = {v.name: v for v in model.graph.value_info}
+        model.graph.output.extend(infos[o] for o in outputs)  # shapes as the exporter wrote them
+        for o in outputs:
+            model.graph.value_info.remove(infos[o])
+        return model
+
+
+def tf2onnx_nhwc_stack(c: int = 8, hw: int = 16) -> onnx.ModelProto:
+    """A conv stack as tf2onnx writes a Keras NHWC model.
+
+    NHWC input -> Transpose -> Conv -> Relu -> Transpose to NHWC -> leftover BatchNorm as
+    Mul/Add with [C] constants -> explicit Pad of H and W (TF "SAME") -> Transpose -> stride-2
+    depthwise Conv -> Clip(0, 6) -> two 1x1 Convs, each Transposed to NHWC -> residual Add in
+    NHWC -> Relu -> Reshape [N, H*W, C] -> ReduceMean over H*W -> MatMul + Add -> Softmax.
+    """
+    n = _Net(21)
+    x = n.op("Transpose", ["x"], name="to_nchw", perm=[0, 3, 1, 2])
+    h = n.op("Relu", [n.conv(x, 3, c, 3, name="conv1")])
+    h = n.op("Transpose", [h], name="to_nhwc1", perm=[0, 2, 3, 1])
+    h = n.op("Mul", [h, n.per_channel(c, (c,))], name="bn_mul")
+    h = n.op("Add", [h, n.per_channel(c, (c,), -0.5)], name="bn_add")
+    pads = n.const([0, 1, 1, 0, 0, 1, 1, 0], np.int64)
+    h = n.op("Pad", [h, pads], name="same_pad")
+    h = n.op("Transpose", [h], name="to_nchw2", perm=[0, 3, 1, 2])
+    h = n.conv(h, c, c, 3, stride=2, group=c, pad=0, name="dw")
+    h = n.op("Clip", [h, n.const(0.0), n.const(6.0)], name="relu6")
+    a = n.op("Transpose", [n.conv(h, c, 2 * c, name="pw_a")], perm=[0, 2, 3, 1])
+    b = n.op("Transpose", [n.conv(h, c, 2 * c, name="pw_b")], perm=[0, 2, 3, 1])
+    s = n.op("Relu", [n.op("Add", [a, b], name="residual")])
+    s = n.op("Reshape", [s, n.const([1, -1, 2 * c], np.int64)], name="to_seq")
+    s = n.op("ReduceMean", [s], name="pool", axes=[1], keepdims=0)
+    w = n.rng.standard_normal((2 * c, 10)) * np.sqrt(1.0 / (2 * c))
+    y = n.op("Add", [n.op("MatMul", [s, n.const(w)], name="fc"), n.const(np.zeros(10))])
+    n.op("Softmax", [y], name="y", axis=-1)
+    return n.model("tf2onnx_nhwc", {"x": [1, hw, hw, 3]}, ["y_out"])
+
+
+def pad_conv(c: int = 8, hw: int = 16) -> onnx.ModelProto:
+    """Explicit Pad nodes in front of Convs (tflite2onnx / TF "SAME" on strided convs).
+
+    Conv -> Relu -> Pad (constant, bottom/right only) -> stride-2 Conv without pads ->
+    Relu -> Pad (reflect) -> depthwise Conv -> Relu -> Conv 1x1 -> y.
+    """
+    n = _Net(22)
+    h = n.op("Relu", [n.conv("x", 3, c, 3, name="conv1")])
+    h = n.op("Pad", [h, n.const([0, 0, 0, 0, 0, 0, 1, 1], np.int64), n.const(0.0)],
+             name="pad_br", mode="constant")
+    h = n.op("Relu", [n.conv(h, c, 2 * c, 3, stride=2, pad=0, name="conv2")])
+    h = n.op("Pad", [h, n.const([0, 0, 1, 1, 0, 0, 1, 1], np.int64)], name="pad_reflect",
+             mode="reflect")
+    h = n.op("Relu", [n.conv(h, 2 * c, 2 * c, 3, group=2 * c, pad=0, name="dw")])
+    n.conv(h, 2 * c, 4, name="y")
+    return n.model("pad_conv", {"x": [1, 3, hw, hw]}, ["y_out"])
+
+
+def fpn_resize(c: int = 8, hw: int = 16, opset: int = 13) -> onnx.ModelProto:
+    """A feature pyramid: lateral 1x1 convs, top-down Resize (scales, and sizes that name the
+    channel count) added to the laterals, Concat of the levels, a BatchNormalization left
+    unfused after the Concat, a 3x3 head conv. Opset 9: Upsample instead of Resize."""
+    n = _Net(23)
+    c0 = n.op("Relu", [n.conv("x", 3, c, 3, name="stem")])
+    c1 = n.op("Relu", [n.conv(c0, c, 2 * c, 3, stride=2, name="down1")])
+    c2 = n.op("Relu", [n.conv(c1, 2 * c, 4 * c, 3, stride=2, name="down2")])
+    l2, l1, l0 = (n.conv(c2, 4 * c, c, name="lat2"), n.conv(c1, 2 * c, c, name="lat1"),
+                  n.conv(c0, c, c, name="lat0"))
+    p1 = n.op("Add", [l1, _upsample(n, l2, [1, c, hw // 2, hw // 2], opset, "up2")], name="td1")
+    p0 = n.op("Add", [l0, _upsample(n, p1, [1, c, hw, hw], opset, "up1", sizes=True)],
+              name="td0")
+    up = _upsample(n, l2, [1, c, hw, hw], opset, "up2x4", factor=4.0)
+    cat = n.op("Concat", [p0, up], name="fuse", axis=1)
+    cat = n.op("BatchNormalization", [cat, n.per_channel(2 * c, (2 * c,)),
+                                      n.per_channel(2 * c, (2 * c,), -0.5),
+                                      n.per_channel(2 * c, (2 * c,), -0.5),
+                                      n.per_channel(2 * c, (2 * c,))], name="fuse_bn")
+    h = n.op("Relu", [n.conv(n.op("Relu", [cat]), 2 * c, c, 3, name="head")])
+    n.conv(h, c, 2, name="y")
+    return n.model(f"fpn_{opset}", {"x": [1, 3, hw, hw]}, ["y_out"], opset=opset,
+                   ir_version=4 if opset < 10 else 8)
+
+
+def _upsample(n: _Net, x: str, out: list[int], opset: int, name: str, factor: float = 2.0,
+              sizes: bool = False) -> str:
+    if opset < 10:
+        return n.op("Upsample", [x, n.const([1.0, 1.0, factor, factor])], name=name,
+                    mode="nearest")
+    if sizes:
+        return n.op("Resize", [x, "", "", n.const(out, np.int64)], name=name, mode="nearest")
+    return n.op("Resize", [x, "", n.const([1.0, 1.0, factor, factor])], name=name,
+                mode="nearest")
+
+
+def db_head(c: int = 8, hw: int = 16) -> onnx.ModelProto:
+    """PP-OCR's DB detection head: Conv 3x3 + BN + Relu, ConvTranspose 2x2/2 + BN + Relu,
+    ConvTranspose 2x2/2 to one channel, Sigmoid (BNs written unfused, as paddle2onnx does)."""
+    n = _Net(24)
+    h = n.op("Relu", [n.conv("x", 3, 4 * c, 3, stride=2, name="backbone")])
+    h = n.op("Relu", [_bn(n, n.conv(h, 4 * c, c, 3, name="head_conv"), c)])
+    h = n.op("Relu", [_bn(n, _deconv(n, h, c, c, "head_up1"), c)])
+    n.op("Sigmoid", [_deconv(n, h, c, 1, "head_up2")], name="y")
+    return n.model("db_head", {"x": [1, 3, hw, hw]}, ["y_out"])
+
+
+def _bn(n: _Net, x: str, c: int) -> str:
+    stats = [n.per_channel(c, (c,)), n.per_channel(c, (c,), -0.5),
+             n.per_channel(c, (c,), -0.5), n.per_channel(c, (c,))]
+    return n.op("BatchNormalization", [x, *stats], epsilon=1e-5)
+
+
+def _deconv(n: _Net, x: str, cin: int, cout: int, name: str) -> str:
+    w = n.rng.standard_normal((cin, cout, 2, 2)) * np.sqrt(2.0 / cin)
+    return n.op("ConvTranspose", [x, n.const(w), n.const(np.zeros(cout))], name=name,
+                kernel_shape=[2, 2], strides=[2, 2])
+
+
+def c2f_detect(c: int = 8, hw: int = 16, reg: int = 4, nc: int = 3) -> onnx.ModelProto:
+    """An Ultralytics-style C2f block and a one-level detection head with DFL.
+
+    C2f: cv1 (Conv 1x1 to 2c, SiLU as Sigmoid*Mul) -> Split [c, c] -> a bottleneck on the
+    second half with a residual Add -> Concat of the three -> cv2. Head: box Conv to
+    4*reg, class Conv to nc, Concat -> Reshape [N, 4*reg+nc, H*W] -> Split [4*reg, nc];
+    DFL: Reshape [N, 4, reg, A] -> Transpose -> Softmax over the bins -> Conv with fixed
+    arange weights -> Reshape [N, 4, A]; classes Sigmoid; Concat -> y [N, 4+nc, A].
+    """
+    n = _Net(25)
+    x = n.silu(n.conv("x", 3, 2 * c, 3, stride=2, name="stem"))
+    y0, y1 = n.op("Split", [n.silu(n.conv(x, 2 * c, 2 * c, name="cv1")),
+                            n.const([c, c], np.int64)], n_out=2, name="chunk", axis=1)
+    m = n.silu(n.conv(n.silu(n.conv(y1, c, c, 3, name="m0_cv1")), c, c, 3, name="m0_cv2"))
+    y2 = n.op("Add", [y1, m], name="m0_add")
+    h = n.silu(n.conv(n.op("Concat", [y0, y1, y2], name="c2f_cat", axis=1), 3 * c, 2 * c,
+                      name="cv2"))
+    box = n.conv(n.silu(n.conv(h, 2 * c, c, 3, name="box0")), c, 4 * reg, name="box1")
+    cls = n.conv(n.silu(n.conv(h, 2 * c, c, 3, name="cls0")), c, nc, name="cls1")
+    a = (hw // 2) ** 2
+    cat = n.op("Reshape", [n.op("Concat", [box, cls], name="head_cat", axis=1),
+                           n.const([1, 4 * reg + nc, a], np.int64)], name="flat_anchors")
+    dist, scores = n.op("Split", [cat, n.const([4 * reg, nc], np.int64)], n_out=2,
+                        name="box_cls", axis=1)
+    bins = n.op("Reshape", [dist, n.const([1, 4, reg, a], np.int64)], name="dfl_bins")
+    bins = n.op("Softmax", [n.op("Transpose", [bins], perm=[0, 2, 1, 3])], name="dfl_softmax",
+                axis=1)
+    proj = n.const(np.arange(reg, dtype=np.float32).reshape(1, reg, 1, 1))
+    dist = n.op("Reshape", [n.op("Conv", [bins, proj], name="dfl"), n.const([1, 4, a], np.int64)])
+    n.op("Concat", [dist, n.op("Sigmoid", [scores])], name="y", axis=1)
+    return n.model("c2f_detect", {"x": [1, 3, hw, hw]}, ["y_out"])
+
+
+def se_block(c: int = 8, hw: int = 16, style: str = "mobilenetv3") -> onnx.ModelProto:
+    """An inverted residual with squeeze-excite as torchvision / timm export it.
+
+    mobilenetv3: HardSwish, GlobalAveragePool -> Conv -> Relu -> Conv -> HardSigmoid -> Mul.
+    efficientnet: SiLU (Sigmoid*Mul), ReduceMean over H, W -> Conv -> SiLU -> Conv ->
+    Sigmoid -> Mul. Both: stem -> expand 1x1 -> depthwise 3x3 -> SE -> project 1x1 ->
+    residual Add -> head Conv -> pool -> Flatten -> Gemm.
+    """
+    n = _Net(26)
+    act = n.silu if style == "efficientnet" else (lambda t: n.op("HardSwish", [t]))
+    x = act(n.conv("x", 3, c, 3, stride=2, name="stem"))
+    h = act(n.conv(x, c, 4 * c, name="expand"))
+    h = act(n.conv(h, 4 * c, 4 * c, 3, group=4 * c, name="dw"))
+    if style == "efficientnet":
+        s = n.op("ReduceMean", [h], name="se_pool", axes=[2, 3], keepdims=1)
+        s = n.op("Sigmoid", [n.conv(n.silu(n.conv(s, 4 * c, c, name="se_reduce")), c, 4 * c,
+                                    name="se_expand")], name="se_gate")
+    else:
+        s = n.op("GlobalAveragePool", [h], name="se_pool")
+        s = n.op("HardSigmoid", [n.conv(n.op("Relu", [n.conv(s, 4 * c, c, name="se_reduce")]),
+                                        c, 4 * c, name="se_expand")], name="se_gate",
+                 alpha=1 / 6, beta=0.5)
+    h = n.op("Add", [x, n.conv(n.op("Mul", [h, s], name="se_scale"), 4 * c, c,
+                               name="project")], name="residual")
+    h = act(n.conv(h, c, 4 * c, name="head"))
+    h = n.op("Flatten", [n.op("GlobalAveragePool", [h], name="pool")], axis=1)
+    w = n.rng.standard_normal((10, 4 * c)) * np.sqrt(1.0 / (4 * c))
+    n.op("Gemm", [h, n.const(w), n.const(np.zeros(10))], name="y", transB=1)
+    return n.model(f"se_{style}", {"x": [1, 3, hw, hw]}, ["y_out"], opset=14)  # HardSwish
+
+
+def shufflenet_v2(c: int = 16, hw: int = 32, units: int = 3) -> onnx.ModelProto:
+    """torchvision's ShuffleNetV2 stage with static shapes: a stride-2 unit (two branches,
+    Concat, channel shuffle) then `units - 1` basic units (channel Split into halves, the
+    second half through 1x1 / depthwise 3x3 / 1x1, Concat, shuffle); conv5, pool, Gemm."""
+    n = _Net(27)
+    x = n.op("MaxPool", [n.op("Relu", [n.conv("x", 3, c, 3, stride=2, name="conv1")])],
+             kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b1 = n.op("Relu", [n.conv(n.conv(x, c, c, 3, stride=2, group=c, name="s0_b1_dw"), c, c,
+                              name="s0_b1_pw")])
+    b2 = _shuffle_branch(n, x, c, 2, "s0_b2")
+    x, size = _shuffle(n, n.op("Concat", [b1, b2], axis=1), 2 * c, hw // 8, "s0")
+    for u in range(1, units):
+        a, b = n.op("Split", [x, n.const([c, c], np.int64)], n_out=2, name=f"s{u}_chunk", axis=1)
+        x, _ = _shuffle(n, n.op("Concat", [a, _shuffle_branch(n, b, c, 1, f"s{u}_b2")], axis=1),
+                        2 * c, size, f"s{u}")
+    h = n.op("Relu", [n.conv(x, 2 * c, 4 * c, name="conv5")])
+    h = n.op("Flatten", [n.op("GlobalAveragePool", [h])], axis=1)
+    w = n.rng.standard_normal((10, 4 * c)) * np.sqrt(1.0 / (4 * c))
+    n.op("Gemm", [h, n.const(w), n.const(np.zeros(10))], name="fc", transB=1)
+    return n.model("shufflenet_v2", {"x": [1, 3, hw, hw]}, ["fc_out"])
+
+
+def _shuffle_branch(n: _Net, x: str, c: int, stride: int, name: str) -> str:
+    h = n.op("Relu", [n.conv(x, c, c, name=f"{name}_pw1")])
+    h = n.conv(h, c, c, 3, stride=stride, group=c, name=f"{name}_dw")
+    return n.op("Relu", [n.conv(h, c, c, name=f"{name}_pw2")])
+
+
+def _shuffle(n: _Net, x: str, c: int, size: int, name: str) -> tuple[str, int]:
+    h = n.op("Reshape", [x, n.const([1, 2, c // 2, size, size], np.int64)], name=f"{name}_view")
+    h = n.op("Transpose", [h], name=f"{name}_swap", perm=[0, 2, 1, 3, 4])
+    return n.op("Reshape", [h, n.const([1, c, size, size], np.int64)], name=f"{name}_flat"), size
+
+
+def svtr_mixer(c: int = 8, h: int = 4, w: int = 16) -> onnx.ModelProto:
+    """PP-OCR rec's SVTR block as paddle2onnx writes it: Conv -> Reshape [N, C, H*W] ->
+    Transpose to [N, L, C] -> LayerNorm decomposed (ReduceMean, Sub, Pow, Sqrt, Div, scale,
+    shift) -> MLP (MatMul + Add, HardSwish, MatMul + Add) -> residual Add -> Transpose and
+    Reshape back to NCHW -> Conv."""
+    n = _Net(28)
+    x = n.op("Relu", [n.conv("x", 3, c, 3, name="conv_in")])
+    s = n.op("Transpose", [n.op("Reshape", [x, n.const([1, c, h * w], np.int64)],
+                                name="to_seq")], name="to_nlc", perm=[0, 2, 1])
+    d = n.op("Sub", [s, n.op("ReduceMean", [s], name="ln_mean", axes=[-1])], name="ln_sub")
+    var = n.op("ReduceMean", [n.op("Pow", [d, n.const(2.0)])], name="ln_var", axes=[-1])
+    y = n.op("Div", [d, n.op("Sqrt", [n.op("Add", [var, n.const(1e-5)])])], name="ln_div")
+    y = n.op("Add", [n.op("Mul", [y, n.per_channel(c, (c,))], name="ln_scale"),
+                     n.per_channel(c, (c,), -0.5)], name="ln_shift")
+    fc1 = n.rng.standard_normal((c, 2 * c)) * np.sqrt(2.0 / c)
+    y = n.op("MatMul", [y, n.const(fc1)], name="fc1")
+    y = n.op("HardSwish", [n.op("Add", [y, n.const(np.zeros(2 * c))], name="fc1_bias")])
+    fc2 = n.rng.standard_normal((2 * c, c)) * np.sqrt(1.0 / c)
+    y = n.op("Add", [n.op("MatMul", [y, n.const(fc2)], name="fc2"), n.const(np.zeros(c))],
+             name="fc2_bias")
+    s = n.op("Transpose", [n.op("Add", [s, y], name="residual")], name="to_ncl",
+             perm=[0, 2, 1])
+    x = n.op("Reshape", [s, n.const([1, c, h, w], np.int64)], name="to_map")
+    n.conv(x, c, 4, name="y")
+    return n.model("svtr_mixer", {"x": [1, 3, h, w]}, ["y_out"], opset=14)
+
+
+# --- detectors that keep their post-processing (issue #16 item 3) -----------------------------
+
+def _f32(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, np.float32), name)
+
+
+def _i64(name: str, value) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value, np.int64), name)
+
+
+def _backbone(rng: np.random.Generator, c: int = 8):
+    """x [1,3,16,16] -> Conv 3x3 + Relu -> Conv 3x3 stride 2 + Relu -> feat [1,c,8,8]."""
+    inits = [_init(rng, "bb_w0", (c, 3, 3, 3)), _init(rng, "bb_b0", (c,)),
+             _init(rng, "bb_w1", (c, c, 3, 3)), _init(rng, "bb_b1", (c,))]
+    nodes = [helper.make_node("Conv", ["x", "bb_w0", "bb_b0"], ["bb_c0"], name="bb_conv0",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["bb_c0"], ["bb_r0"], name="bb_relu0"),
+             helper.make_node("Conv", ["bb_r0", "bb_w1", "bb_b1"], ["bb_c1"], name="bb_conv1",
+                              kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["bb_c1"], ["feat"], name="bb_relu1")]
+    return inits, nodes
+
+
+BACKBONE_MACS = 16 * 16 * 8 * 3 * 9 + 8 * 8 * 8 * 8 * 9
+"""MACs of `_backbone` (c=8): 55,296 + 36,864."""
+
+
+def _head(rng: np.random.Generator, name: str, src: str, cin: int, cout: int):
+    """A 1x1 Conv head; 64·cin·cout MACs on the [1, cin, 8, 8] feature map."""
+    inits = [_init(rng, f"{name}_w", (cout, cin, 1, 1)), _init(rng, f"{name}_b", (cout,))]
+    return inits, [helper.make_node("Conv", [src, f"{name}_w", f"{name}_b"], [name], name=name,
+                                    kernel_shape=[1, 1])]
+
+
+def _anchors(name: str, src: str, channels: int, last: bool) -> list[onnx.NodeProto]:
+    """[1, C, 8, 8] -> [1, 64, C] (last) or [1, C, 64], as SSD heads flatten anchors."""
+    nodes = [helper.make_node("Reshape", [src, f"{name}_shape"], [f"{name}_flat"],
+                              name=f"{name}_reshape")]
+    if last:
+        nodes.append(helper.make_node("Transpose", [f"{name}_flat"], [name], perm=[0, 2, 1],
+                                      name=f"{name}_transpose"))
+    else:
+        nodes[0].output[0] = name
+    return nodes
+
+
+def _detector(rng: np.random.Generator, classes: int):
+    """Backbone plus box and class heads: boxes [1, 64, 4], scores [1, classes, 64]."""
+    inits, nodes = _backbone(rng)
+    for name, cout in (("box_head", 4), ("cls_head", classes)):
+        more_i, more_n = _head(rng, name, "feat", 8, cout)
+        inits, nodes = inits + more_i, nodes + more_n
+    inits += [_i64("boxes_shape", [1, 4, 64]), _i64("logits_shape", [1, classes, 64])]
+    nodes += _anchors("boxes", "box_head", 4, True) + _anchors("logits", "cls_head", classes,
+                                                               False)
+    nodes.append(helper.make_node("Sigmoid", ["logits"], ["scores"], name="scores_sigmoid"))
+    return inits, nodes
+
+
+
+def _graph_model(nodes, name: str, inits, outputs, opset: int = 13,
+                 domains: tuple[tuple[str, int], ...] = ()) -> onnx.ModelProto:
+    graph = helper.make_graph(nodes, name, [_vi("x", [1, 3, 16, 16])], outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)] + [
+        helper.make_opsetid(d, v) for d, v in domains], producer_name="exporter_graphs")
+    model.ir_version = 8
+    return model
+
+
+def ssd_nms_model() -> onnx.ModelProto:
+    """An SSD / torchvision-style tail: boxes and scores -> NonMaxSuppression -> Gather.
+
+    The outputs (`det_boxes` [K, 4], `det_scores` [K], `det_labels` [K]) have a
+    data-dependent first dimension K <= 3 · 5 (scores above 0.85, IoU 0.5).
+    """
+    rng = np.random.default_rng(21)
+    inits, nodes = _detector(rng, classes=3)
+    inits += [_i64("max_out", [5]), _f32("iou", [0.5]), _f32("score_thr", [0.85]),
+              _i64("col_box", 2), _i64("col_cls", 1), _i64("axis0", [0])]
+    nodes += [
+        helper.make_node("NonMaxSuppression", ["boxes", "scores", "max_out", "iou", "score_thr"],
+                         ["selected"], name="nms"),
+        helper.make_node("Gather", ["selected", "col_box"], ["box_idx"], axis=1,
+                         name="pick_box_idx"),
+        helper.make_node("Gather", ["selected", "col_cls"], ["det_labels"], axis=1,
+                         name="pick_label"),
+        helper.make_node("Squeeze", ["boxes", "axis0"], ["boxes0"], name="boxes_squeeze"),
+        helper.make_node("Gather", ["boxes0", "box_idx"], ["det_boxes"], axis=0,
+                         name="gather_boxes"),
+        helper.make_node("GatherND", ["scores", "selected"], ["det_scores"],
+                         name="gather_scores"),
+    ]
+    outs = [_vi("det_boxes", ["K", 4]), _vi("det_scores", ["K"]),
+            helper.make_tensor_value_info("det_labels", TensorProto.INT64, ["K"])]
+    return _graph_model(nodes, "ssd_nms", inits, outs)
+
+
+def topk_model(dynamic_k: bool = False) -> onnx.ModelProto:
+    """Best-scoring anchors: TopK over the class-0 scores, Gather of their boxes.
+
+    With `dynamic_k`, k = min(#scores > 0.4, 10) is computed from the data (the shape of
+    both outputs is then only known at run time).
+    """
+    rng = np.random.default_rng(22)
+    inits, nodes = _detector(rng, classes=1)
+    inits += [_i64("k10", [10]), _i64("sq_axes", [1])]
+    nodes.append(helper.make_node("Squeeze", ["scores", "sq_axes"], ["score0"],
+                                  name="score_squeeze"))
+    k = "k10"
+    if dynamic_k:
+        nodes += [helper.make_node("Greater", ["score0", "k_thr"], ["above"], name="above"),
+                  helper.make_node("Cast", ["above"], ["above_i"], to=TensorProto.INT64,
+                                   name="above_cast"),
+                  helper.make_node("ReduceSum", ["above_i"], ["n_above"], keepdims=0,
+                                   name="count"),
+                  helper.make_node("Reshape", ["n_above", "k10_shape"], ["n_above1"],
+                                   name="count_1d"),
+                  helper.make_node("Min", ["n_above1", "k10"], ["k"], name="k_min")]
+        inits += [_i64("k10_shape", [1]), _f32("k_thr", 0.4)]
+        k = "k"
+    nodes += [helper.make_node("TopK", ["score0", k], ["top_scores", "top_idx"], axis=1,
+                               name="topk"),
+              helper.make_node("Gather", ["boxes", "top_idx"], ["top_boxes4"], axis=1,
+                               name="gather_top"),
+              helper.make_node("Squeeze", ["top_boxes4", "sq_axes"], ["top_boxes"],
+                               name="top_squeeze")]
+    kdim = "k" if dynamic_k else 10
+    return _graph_model(nodes, "topk", inits, [_vi("top_scores", [1, kdim]),
+                                                _vi("top_boxes", [1, kdim, 4])])
+
+
+def nonzero_model() -> onnx.ModelProto:
+    """Heat-map peaks: Conv -> Sigmoid -> Greater -> NonZero, then Shape arithmetic and
+    ConstantOfShape on the data-dependent count, and a static Shape-computed Reshape that
+    load-time folding resolves (its Conv stays on the NPU)."""
+    rng = np.random.default_rng(23)
+    inits, nodes = _backbone(rng)
+    more_i, more_n = _head(rng, "heat_head", "feat", 8, 1)
+    inits += more_i + [_f32("thr", 0.5), _i64("idx0", 0), _i64("minus1", [-1]),
+                       _i64("two", [2])]
+    nodes += more_n + [
+        helper.make_node("Sigmoid", ["heat_head"], ["heat"], name="heat_sigmoid"),
+        helper.make_node("Greater", ["heat", "thr"], ["peaks"], name="peaks"),
+        helper.make_node("NonZero", ["peaks"], ["nz"], name="nonzero"),
+        helper.make_node("Transpose", ["nz"], ["coords"], perm=[1, 0], name="coords"),
+        helper.make_node("Shape", ["coords"], ["coords_shape"], name="coords_shape"),
+        helper.make_node("Gather", ["coords_shape", "idx0"], ["n_peaks"], axis=0,
+                         name="n_peaks"),
+        helper.make_node("Unsqueeze", ["n_peaks", "idx0_axes"], ["n_peaks1"],
+                         name="n_peaks1"),
+        helper.make_node("Concat", ["n_peaks1", "two"], ["ones_shape"], axis=0,
+                         name="ones_shape"),
+        helper.make_node("ConstantOfShape", ["ones_shape"], ["ones"], name="ones",
+                         value=numpy_helper.from_array(np.ones(1, np.float32))),
+        helper.make_node("Shape", ["heat"], ["heat_shape"], name="heat_shape"),
+        helper.make_node("Slice", ["heat_shape", "zero1", "one1"], ["batch1"],
+                         name="batch_dim"),
+        helper.make_node("Concat", ["batch1", "minus1"], ["flat_shape"], axis=0,
+                         name="flat_shape"),
+        helper.make_node("Reshape", ["feat", "flat_shape"], ["feat_flat"], name="flatten"),
+        helper.make_node("Gemm", ["feat_flat", "fc_w", "fc_b"], ["logits"], transB=1,
+                         name="fc"),
+    ]
+    inits += [_i64("idx0_axes", [0]), _i64("zero1", [0]), _i64("one1", [1]),
+              _init(rng, "fc_w", (5, 8 * 64)), _init(rng, "fc_b", (5,))]
+    outs = [helper.make_tensor_value_info("coords", TensorProto.INT64, ["P", 4]),
+            _vi("ones", ["P", 2]), _vi("logits", [1, 5])]
+    return _graph_model(nodes, "nonzero", inits, outs)
+
+
+
+def _if_branch(name: str, op: str, scale: float) -> onnx.GraphProto:
+    """One If branch: `op(feat)` (an outer-scope reference) times a branch-local constant."""
+    return helper.make_graph(
+        [helper.make_node(op, ["feat"], [f"{name}_a"], name=f"{name}_{op.lower()}"),
+         helper.make_node("Mul", [f"{name}_a", f"{name}_k"], [f"{name}_out"],
+                          name=f"{name}_mul")],
+        name, [], [_vi(f"{name}_out", [1, 8, 8, 8])], [_f32(f"{name}_k", scale)])
+
+
+def _loop_body() -> onnx.GraphProto:
+    """v <- 0.5 · v + pooled (outer scope); scan output: every v."""
+    nodes = [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="loop_cond"),
+             helper.make_node("Mul", ["v", "decay"], ["v_half"], name="loop_mul"),
+             helper.make_node("Add", ["v_half", "pooled"], ["v_out"], name="loop_add"),
+             helper.make_node("Identity", ["v_out"], ["v_scan"], name="loop_scan")]
+    inputs = [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+              helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), _vi("v", [1, 4])]
+    outputs = [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+               _vi("v_out", [1, 4]), _vi("v_scan", [1, 4])]
+    return helper.make_graph(nodes, "loop_body", inputs, outputs)
+
+
+def control_flow_model() -> onnx.ModelProto:
+    """If in the middle (its branches read `feat` from the outer scope), a Conv after it,
+    and a Loop at the tail whose body reads the pooled head output from the outer scope.
+
+    x -> backbone -> feat -> If(mean(feat) > 0.5: Relu(feat)·1.5 else Neg(feat)·0.5) ->
+    Conv 1x1 (8->4) -> GlobalAveragePool -> Flatten -> pooled [1, 4];
+    Loop 3 times v <- 0.5·v + pooled from v0 = 0 -> `final` [1, 4], `trace` [3, 1, 4].
+    """
+    rng = np.random.default_rng(24)
+    inits, nodes = _backbone(rng)
+    more_i, more_n = _head(rng, "post_head", "branch", 8, 4)
+    inits += more_i + [_f32("mean_thr", 0.5), _i64("trips", 3), _f32("decay", 0.5),
+                       _f32("v0", np.zeros((1, 4)))]
+    nodes += [
+        helper.make_node("ReduceMean", ["feat"], ["feat_mean"], keepdims=0, name="feat_mean"),
+        helper.make_node("Greater", ["feat_mean", "mean_thr"], ["bright"], name="bright"),
+        helper.make_node("If", ["bright"], ["branch"], name="if_bright",
+                         then_branch=_if_branch("then", "Relu", 1.5),
+                         else_branch=_if_branch("else", "Neg", 0.5)),
+    ] + more_n + [
+        helper.make_node("GlobalAveragePool", ["post_head"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["pooled"], axis=1, name="flatten"),
+        helper.make_node("Loop", ["trips", "", "v0"], ["final", "trace"], name="loop",
+                         body=_loop_body()),
+    ]
+    return _graph_model(nodes, "control_flow", inits, [_vi("final", [1, 4]),
+                                                        _vi("trace", [3, 1, 4])])
+
+
+
+def _missing(kind: str, src: str, dst: str, rng: np.random.Generator):
+    """One op the target lacks, [1, 8, 8, 8] -> [1, 8, 8, 8]."""
+    if kind == "layernorm":
+        return ([_init(rng, "ln_s", (8,), 0.5), _init(rng, "ln_b", (8,))],
+                [helper.make_node("LayerNormalization", [src, "ln_s", "ln_b"], [dst], axis=-1,
+                                  epsilon=1e-5, name="layernorm")], ())
+    if kind == "einsum":
+        return ([_init(rng, "mix", (8, 8))],
+                [helper.make_node("Einsum", [src, "mix"], [dst], equation="nchw,dc->ndhw",
+                                  name="einsum")], ())
+    if kind == "gelu":  # onnxruntime's contrib op, as transformer exporters fuse it
+        return [], [helper.make_node("Gelu", [src], [dst], domain="com.microsoft",
+                                     name="gelu")], (("com.microsoft", 1),)
+    if kind == "erf":  # Erf is an NPU lookup table, the Softmax after it is not
+        return [], [helper.make_node("Erf", [src], [f"{dst}_e"], name="erf"),
+                    helper.make_node("Softmax", [f"{dst}_e"], [dst], axis=1,
+                                     name="softmax")], ()
+    raise ValueError(kind)
+
+
+def missing_op_model(kind: str = "layernorm") -> onnx.ModelProto:
+    """An op the target lacks in the middle: backbone -> op -> Conv 3x3 + Relu -> Conv 1x1.
+
+    `kind`: layernorm (LayerNormalization over W), einsum (a 1x1 mixing written as Einsum),
+    gelu (com.microsoft Gelu, a custom domain) or erf (Erf then Softmax over channels). The
+    Convs after it still run on the NPU.
+    """
+    rng = np.random.default_rng(25)
+    inits, nodes = _backbone(rng)
+    more_i, more_n, domains = _missing(kind, "feat", "mid", rng)
+    inits += more_i + [_init(rng, "tail_w0", (8, 8, 3, 3)), _init(rng, "tail_w1", (4, 8, 1, 1))]
+    nodes += more_n + [
+        helper.make_node("Conv", ["mid", "tail_w0"], ["tail_c0"], name="tail_conv0",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["tail_c0"], ["tail_r0"], name="tail_relu0"),
+        helper.make_node("Conv", ["tail_r0", "tail_w1"], ["y"], name="tail_conv1",
+                         kernel_shape=[1, 1])]
+    return _graph_model(nodes, f"missing_{kind}", inits, [_vi("y", [1, 4, 8, 8])],
+                        opset=17, domains=domains)
+
+
+
+def _loop_graph(name: str, nodes: list, carried: list, scans: list = ()) -> onnx.GraphProto:
+    """A Loop body: (iter, cond, *carried) -> (cond, *carried, *scans); `carried`/`scans`
+    as (name_in, name_out, shape) / (name, shape)."""
+    inputs = [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+              helper.make_tensor_value_info("c_in", TensorProto.BOOL, [])]
+    outputs = [helper.make_tensor_value_info("c_out", TensorProto.BOOL, [])]
+    inputs += [_vi(i, s) for i, _, s in carried]
+    outputs += [_vi(o, s) for _, o, s in carried] + [_vi(n, s) for n, s in scans]
+    body = [helper.make_node("Identity", ["c_in"], ["c_out"], name=f"{name}_cond")] + nodes
+    return helper.make_graph(body, name, inputs, outputs)
+
+
+def nested_control_flow_model() -> onnx.ModelProto:
+    """A Loop whose body holds an If whose branches read `feat` two scopes up, and a Conv
+    after the Loop (ONNX cannot infer the Loop output's shape: the Conv runs on the host).
+
+    acc <- acc + (Relu(feat) if mean(feat) > 0.3 else feat), twice, from 0 -> Conv 1x1.
+    """
+    rng = np.random.default_rng(26)
+    inits, nodes = _backbone(rng)
+    shape = [1, 8, 8, 8]
+    branches = {k: helper.make_graph([helper.make_node(op, ["feat"], [f"{k}_out"],
+                                                       name=f"inner_{k}")], f"inner_{k}", [],
+                                     [_vi(f"{k}_out", shape)])
+                for k, op in (("then", "Relu"), ("else", "Identity"))}
+    body = _loop_graph("body", [
+        helper.make_node("If", ["flag"], ["sel"], name="inner_if",
+                         then_branch=branches["then"], else_branch=branches["else"]),
+        helper.make_node("Add", ["acc", "sel"], ["acc_out"], name="body_add")],
+        [("acc", "acc_out", shape)])
+    inits += [_f32("thr", 0.3), _i64("trips", 2), _f32("zeros", np.zeros(shape)),
+              _init(rng, "after_w", (4, 8, 1, 1))]
+    nodes += [helper.make_node("ReduceMean", ["feat"], ["m"], keepdims=0, name="mean"),
+              helper.make_node("Greater", ["m", "thr"], ["flag"], name="flag"),
+              helper.make_node("Loop", ["trips", "", "zeros"], ["acc_final"], body=body,
+                               name="loop"),
+              helper.make_node("Conv", ["acc_final", "after_w"], ["y"], name="conv_after",
+                               kernel_shape=[1, 1])]
+    return _graph_model(nodes, "nested_control_flow", inits, [_vi("y", [1, 4, 8, 8])])
+
+
+def host_tensor_model() -> onnx.ModelProto:
+    """A run-time-shaped tensor crossing from one CPU partition to a later one over NPU work.
+
+    feat -> NonZero(feat > 1) -> Transpose (host); feat -> Softmax (host) -> Conv 1x1 (NPU);
+    GatherND(conv, peaks) (host) -> `vals` [P]; and a Loop whose trip count is computed from
+    the data (4·max of the pooled features), so its scan output `trace` has a run-time length.
+    """
+    rng = np.random.default_rng(27)
+    inits, nodes = _backbone(rng)
+    body = _loop_graph("body", [helper.make_node("Mul", ["v", "half"], ["v_out"], name="b_mul"),
+                                helper.make_node("Identity", ["v_out"], ["v_scan"],
+                                                 name="b_scan")],
+                       [("v", "v_out", [1, 8])], [("v_scan", [1, 8])])
+    inits += [_f32("one", 1.0), _f32("half", 0.5), _f32("four", 4.0),
+              _init(rng, "mix_w", (8, 8, 1, 1))]
+    nodes += [
+        helper.make_node("Softmax", ["feat"], ["sm"], axis=1, name="softmax"),
+        helper.make_node("Greater", ["feat", "one"], ["pos"], name="pos"),
+        helper.make_node("NonZero", ["pos"], ["nz"], name="nonzero"),
+        helper.make_node("Conv", ["sm", "mix_w"], ["mixed"], name="mix", kernel_shape=[1, 1]),
+        helper.make_node("Transpose", ["nz"], ["peaks"], perm=[1, 0], name="peaks"),
+        helper.make_node("GatherND", ["mixed", "peaks"], ["vals"], name="gather_vals"),
+        helper.make_node("GlobalAveragePool", ["feat"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["pooled"], name="flatten"),
+        helper.make_node("ReduceMax", ["pooled"], ["mx"], keepdims=0, name="max"),
+        helper.make_node("Mul", ["mx", "four"], ["mx4"], name="times4"),
+        helper.make_node("Cast", ["mx4"], ["trips"], to=TensorProto.INT64, name="trips"),
+        helper.make_node("Loop", ["trips", "", "pooled"], ["final", "trace"], body=body,
+                         name="loop")]
+    return _graph_model(nodes, "host_tensor", inits,
+                        [_vi("vals", ["P"]), _vi("final", [1, 8]), _vi("trace", ["T", 1, 8])])

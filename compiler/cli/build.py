@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
           f"{result.cpu_partitions} CPU partition(s); {summary['instructions']} instructions, "
           f"{summary['sparse_layers']} 1xN-sparse layer(s), arena {summary['arena_bytes']:,} B "
           f"(no reuse: {summary['arena_no_reuse_bytes']:,} B)")
+    print(result.macs.line())
     print(f"wrote {out} ({summary['bytes']:,} bytes)")
     return 0

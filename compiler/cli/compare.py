@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.samples} samples from {feeds.source}; reference: {report.reference}\n")
     print("graph outputs")
     print(format_table(_rows(report.outputs), HEADERS))
+    for note in report.notes:
+        print(f"note: {note}")
     if not args.outputs_only:
         shown = report.layers if args.top <= 0 else report.layers[:args.top]
         print(f"\nlayers, worst first ({len(shown)} of {len(report.layers)})")

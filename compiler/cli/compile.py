@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.report)
         return 0
     print(summary_text(result.report))
+    if "build" in result.report:
+        print(result.report["build"]["macs_on_npu"])
     slowest = slowest_layers_text(result.report, config["report.top_layers"])
     if slowest:
         print("\n" + slowest)

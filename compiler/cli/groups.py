@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the groups."""
-    model = canonicalize(load_bound(args.model, args)).model
+    model = canonicalize(load_bound(args.model, args), in_place=True).model
     groups = build_groups(model)
     prunable = sum(g.prunable for g in groups)
     if args.json:

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return _inspect_binary(args)
     model = load_bound(args.model, args)
     if not args.raw:
-        model = canonicalize(model).model
+        model = canonicalize(model, in_place=True).model
     report = model_cost(model)
     if args.json:
         print_json({"model": args.model, "opset": model.opset, "inputs": _inputs(model),
@@ -50,7 +50,7 @@ def _inspect_binary(args: argparse.Namespace) -> int:
     """Disassemble a binary: header, sections, tensors and instructions."""
     from targets.npusim import container
     from targets.npusim.binary import load_binary
-    from targets.npusim.interface import binary_dict, disassemble
+    from targets.npusim.interface import binary_dict, disassemble, shape_text
 
     data = Path(args.model).read_bytes()
     program = load_binary(args.model)
@@ -63,7 +63,7 @@ def _inspect_binary(args: argparse.Namespace) -> int:
           f"{human(len(data))}B, arch {meta.get('arch')}, source {meta.get('source')}")
     print(format_table([(s.name, len(v)) for s, v in sections.items()], ["section", "bytes"]))
     print("\ntensors")
-    print(format_table([(i, t.name, "x".join(map(str, t.shape)), t.dtype, t.scale, t.region,
+    print(format_table([(i, t.name, shape_text(t.shape), t.dtype, t.scale, t.region,
                          t.offset) for i, t in enumerate(program.tensors)],
                        ["id", "name", "shape", "dtype", "scale", "region", "offset"]))
     print(f"arena {program.arena_size:,} bytes\n\ninstructions")

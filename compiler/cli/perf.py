@@ -44,4 +44,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"NPU {t['npu_ms']:.3f} ms + host {t['host_ms']:.3f} ms per frame; "
           f"{human(t['macs'])} MACs, utilisation {t['utilisation']:.1%}, "
           f"{human(t['ddr_bytes'])}B DDR per frame")
+    print(report.macs.line())
     return 0

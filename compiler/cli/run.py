@@ -27,17 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run and summarize (or save) the outputs."""
+    from compiler.core.errors import DataError
     from compiler.core.io import write_atomic
     from compiler.driver.data import load_data
     from targets.npusim import Simulator
     from targets.npusim.interface import feeds_for, interface_model
+    from targets.npusim.simulate import join_frames, split_frames
 
     sim = Simulator(args.binary)
     samples = args.samples or (None if args.inputs else 1)
     data = load_data(args.inputs, interface_model(sim.program), limit=samples) \
         if args.inputs is not None else None
     feeds, source = feeds_for(sim.program, data, samples, args.seed, label=args.inputs)
-    outputs = sim.run(feeds)
+    frames = sim.run_frames(feeds)
+    try:
+        outputs = join_frames(frames)
+    except DataError:  # run-time-shaped outputs of different sizes: keep frames apart
+        outputs = split_frames(frames)
     if args.output:
         buf = io.BytesIO()
         np.savez(buf, **outputs)

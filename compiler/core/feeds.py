@@ -8,6 +8,7 @@ the source and both shapes named.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +18,12 @@ import numpy as np
 
 from compiler.core.errors import DataError
 from compiler.core.ir import Model
+from compiler.core.npfiles import read_npy, read_npz
 from compiler.core.options import option, positive_ints
 
 log = logging.getLogger(__name__)
 
+MAX_IMAGE_PIXELS = 64_000_000  # 64 MP: a camera photo passes, a decompression bomb does not
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
@@ -117,15 +120,19 @@ def load_feeds(source: Any, model: Model, *, limit: int | None = None,
     Raises:
         DataError: Unreadable or empty source, or data that does not match the inputs.
     """
-    feeds = _to_feeds(source, model, preprocess)
+    feeds = _to_feeds(source, model, preprocess, limit)
     if limit is not None:
         feeds = feeds.take(limit)
     check_feeds(feeds, model)
     return feeds
 
 
-def _to_feeds(source: Any, model: Model, preprocess: Preprocess | None) -> Feeds:
+def _to_feeds(source: Any, model: Model, preprocess: Preprocess | None,
+              limit: int | None) -> Feeds:
     names = list(input_specs(model))
+    if not names:
+        raise DataError(f"{model.source or 'the model'}: has no inputs, so there is nothing "
+                        "to feed it (a constant graph)")
     if isinstance(source, Feeds):
         return source
     if isinstance(source, np.ndarray):
@@ -136,9 +143,9 @@ def _to_feeds(source: Any, model: Model, preprocess: Preprocess | None) -> Feeds
         return _from_reader(source)
     path = Path(source)
     if path.is_dir():
-        return _from_images(path, model, preprocess or Preprocess())
+        return _from_images(path, model, preprocess or Preprocess(), limit)
     if path.suffix in (".npy", ".npz"):
-        return _from_numpy(path, names)
+        return _from_numpy(path, names, limit)
     raise DataError(f"{source}: not a folder of images, an .npy/.npz file or a dataset name")
 
 
@@ -152,17 +159,16 @@ def _from_reader(reader: CalibrationReader) -> Feeds:
     return Feeds({k: np.concatenate([b[k] for b in batches]) for k in keys}, "<reader>")
 
 
-def _from_numpy(path: Path, names: list[str]) -> Feeds:
+def _from_numpy(path: Path, names: list[str], limit: int | None) -> Feeds:
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(f"{path}: no such file" if not path.exists() else
+                        f"{path}: not a regular file")
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path}: cannot read ({e})") from e
-    if isinstance(data, np.ndarray):
-        return Feeds({names[0]: data}, str(path))
-    with data:
-        arrays = {k: data[k] for k in data.files}
+        if path.suffix == ".npy":
+            return Feeds({names[0]: read_npy(path, limit)}, str(path))
+        arrays = read_npz(path, limit)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     labels = arrays.pop("labels", None)
     if len(names) == 1 and names[0] not in arrays:
         key = "images" if "images" in arrays else next(iter(arrays), None)
@@ -172,14 +178,28 @@ def _from_numpy(path: Path, names: list[str]) -> Feeds:
     return Feeds(arrays, str(path), labels)
 
 
-def _from_images(folder: Path, model: Model, pre: Preprocess) -> Feeds:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _from_images(folder: Path, model: Model, pre: Preprocess, limit: int | None) -> Feeds:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and p.is_file())
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = spread(files, limit)
     name, (shape, _) = next(iter(input_specs(model).items()))
     size = pre.size or _spatial_size(shape, pre.layout, folder)
     images = np.stack([read_image(p, size, pre) for p in files])
     return Feeds({name: images}, str(folder))
+
+
+def spread(files: list[Path], limit: int | None) -> list[Path]:
+    """At most `limit` of the sorted `files`, evenly spaced.
+
+    Every class folder of a class-per-folder dataset is then represented; the first N files
+    would all be one class.
+    """
+    if limit is None or limit >= len(files):
+        return files
+    picks = np.linspace(0, len(files) - 1, num=max(limit, 1)).round().astype(int)
+    return [files[i] for i in picks]
 
 
 def _spatial_size(shape: list, layout: str, folder: Path) -> tuple[int, int]:
@@ -194,11 +214,17 @@ def read_image(path: Path, size: tuple[int, int], pre: Preprocess) -> np.ndarray
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings(), Image.open(path) as img:
+            # Pillow only warns between its limit and twice it; refuse the whole range.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{path}: {img.width}x{img.height} pixels; the limit is "
+                                f"{MAX_IMAGE_PIXELS:,}")
             img = img.convert("L" if pre.grayscale else "RGB").resize(
                 (size[1], size[0]), Image.BILINEAR)
             arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from e
     arr = arr[..., None] if arr.ndim == 2 else arr
     if pre.channel_order == "BGR":

@@ -64,3 +64,4 @@ def _check_onnx(model: Model) -> None:
     except Exception as e:  # checker and inference raise several exception types
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise GraphError(f"graph fails ONNX checks: {first}") from e
+

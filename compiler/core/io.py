@@ -5,25 +5,29 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
-from collections.abc import Collection
+import re
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from google.protobuf.message import DecodeError
-from onnx import external_data_helper
 
+from compiler.core import onnxfile
 from compiler.core.errors import ConfigError, ModelLoadError
-from compiler.core.ir import Model
+from compiler.core.ir import Model, freeze
+from compiler.core.onnxfile import parse_proto as parse_proto
+from compiler.core.onnxfile import write_atomic as write_atomic
 from compiler.core.opset import convert_opset
 from compiler.core.shapes import FLAG, KEY, ShapeSpec, format_dims, parse_input_shapes
+from compiler.core.weight_check import check_weights_finite
 
 log = logging.getLogger(__name__)
 
 INTERNAL_OPSET = 17
-MIN_OPSET, MAX_OPSET = 7, 21
+# Opsets 1-6 go through the version converter in two steps (see opset.py); the newest is
+# whatever the installed onnx defines, converted down to the internal opset.
+MIN_OPSET, MAX_OPSET = 1, onnx.defs.onnx_opset_version()
 ModelSource = str | os.PathLike | onnx.ModelProto | Model
 ShapeArg = ShapeSpec | str | list | None
 
@@ -33,8 +37,14 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
                keep_batch: bool = False) -> Model:
     """Load a model into the IR: parse, check, upgrade to the internal opset, infer shapes.
 
+    Large weights never pass through the protobuf checks: they are read into numpy arrays
+    (`compiler.core.onnxfile.read_lean`), the checker, opset conversion and shape
+    inference run on the weightless skeleton, and the arrays become the IR's constants.
+    Peak memory is about one copy of the weights.
+
     Args:
-        src: Path to an `.onnx` file, a `ModelProto`, or an IR `Model` (returned as a copy).
+        src: Path to an `.onnx` file (external data inside its folder is read too), a
+            `ModelProto`, or an IR `Model` (returned as a copy sharing its frozen weights).
         fix_batch: Replace a symbolic or unknown leading (batch) dimension of every input by 1.
         infer: Run ONNX shape inference so every tensor carries its shape.
         input_shapes: The user's input shapes (`compiler.core.shapes`: `{name: dims}`, a
@@ -55,65 +65,81 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
     """
     if isinstance(src, Model) and not (bind or input_shapes):
         return src.copy()
-    if isinstance(src, Model):  # binding re-runs normalization and inference on a copy
-        proto, label, path = to_proto(src), src.source or "<model>", None
+    path = None
+    if isinstance(src, Model):  # binding re-runs normalization and inference
+        (proto, arrays), label = _skeleton_of(src), src.source or "<model>"
     elif isinstance(src, onnx.ModelProto):
-        proto, label, path = _copy_proto(src), "<ModelProto>", None
+        (proto, arrays), label = onnxfile.detach_from_proto(src), "<ModelProto>"
     else:
         path = Path(src)
-        proto, label = read_proto(path), str(path)
+        (proto, arrays), label = read_lean(path), str(path)
+    onnxfile.detach(proto, arrays)
+    _reattach_needed(proto, arrays)
     proto = normalize_proto(proto, label, fix_batch=fix_batch, infer=infer,
-                            input_shapes=input_shapes, bind=bind, keep_batch=keep_batch)
+                            input_shapes=input_shapes, bind=bind, keep_batch=keep_batch,
+                            weights=arrays.keys())
     source = src.source if isinstance(src, Model) else None
-    return from_proto(proto, source=str(path.resolve()) if path else source)
+    model = attach(from_proto(proto, source=str(path.resolve()) if path else source), arrays)
+    check_weights_finite(model, label)
+    return model
+
+
+def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`onnxfile.read_lean`, also when the file could not be split (weights still inline)."""
+    proto, arrays = onnxfile.read_lean(path)
+    if not arrays and any(len(t.raw_data) > onnxfile.DETACH_BYTES
+                          for t in proto.graph.initializer):
+        proto, arrays = onnxfile.detach_from_proto(proto)
+    return proto, arrays
 
 
 def read_proto(path: Path) -> onnx.ModelProto:
-    """Read an ONNX file, resolving external data only inside the model's folder."""
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such file")
-    if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ModelLoadError(f"{path}: cannot read ({e.strerror})") from e
-    proto = parse_proto(data, str(path))
-    _load_external_data(proto, path)
+    """Read an ONNX file as one `ModelProto` (weights included, external data loaded).
+
+    External data is read only from inside the model's folder.
+    """
+    proto, arrays = onnxfile.read_lean(path)
+    for tensor in proto.graph.initializer:
+        if tensor.name in arrays:
+            tensor.raw_data = onnxfile.raw_bytes(arrays.pop(tensor.name))
     return proto
 
 
-def parse_proto(data: bytes, label: str) -> onnx.ModelProto:
-    """Parse serialized ONNX bytes, turning protobuf failures into one-line errors."""
-    if not data:
-        raise ModelLoadError(f"{label}: empty file, not an ONNX model")
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise ModelLoadError(f"{label}: not an ONNX model or truncated ({e})") from e
-    if not proto.HasField("graph") or not proto.opset_import:
-        raise ModelLoadError(f"{label}: not an ONNX model (no graph or opset)")
-    return proto
+def attach(model: Model, arrays: dict[str, np.ndarray]) -> Model:
+    """Turn the graph inputs standing for detached weights into constants, in place."""
+    for tensor in model.graph.inputs:
+        if tensor.name in arrays:
+            tensor.to_constant(arrays[tensor.name])
+    model.graph.inputs = [t for t in model.graph.inputs if t.name not in arrays]
+    return model
 
 
-def _load_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    folder = path.resolve().parent
-    for tensor in external_data_helper._get_all_tensors(proto):
-        if not external_data_helper.uses_external_data(tensor):
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        target = (folder / info.get("location", "")).resolve()
-        if os.path.commonpath([folder, target]) != str(folder):
-            raise ModelLoadError(
-                f"{path}: tensor {tensor.name!r} has external data outside the model's folder "
-                f"({info.get('location')!r}); refusing to read it")
-        if not target.is_file():
-            raise ModelLoadError(f"{path}: external data file {info.get('location')!r} missing")
-    try:
-        external_data_helper.load_external_data_for_model(proto, str(folder))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: cannot read external data ({e})") from e
+def _skeleton_of(model: Model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The IR model's weightless export and its (shared, frozen) weight arrays."""
+    proto = to_proto(model, skeleton=True)
+    tensors = model.graph.tensors()
+    arrays = {}
+    for value in proto.graph.input:
+        tensor = tensors.get(value.name)
+        if isinstance(tensor, gs.Constant):
+            arrays[value.name] = freeze(np.asarray(tensor.values))
+    return proto, arrays
+
+
+def _needs_values(node: onnx.NodeProto) -> bool:
+    # opset.py rewrites BatchNormalization(spatial=0) from its statistics' values
+    return node.op_type == "BatchNormalization" and any(
+        a.name == "spatial" and a.i == 0 for a in node.attribute)
+
+
+def _reattach_needed(proto: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
+    """Put detached weights back where opset conversion needs their values."""
+    needed = {name for node in proto.graph.node if _needs_values(node)
+              for name in node.input[1:] if name in arrays}
+    if not needed:  # their typed inputs stay (IR v3 wants initializers listed as inputs)
+        return
+    proto.graph.initializer.extend(onnx.numpy_helper.from_array(arrays.pop(n), n)
+                                   for n in sorted(needed))
 
 
 def default_opset(proto: onnx.ModelProto) -> int:
@@ -140,6 +166,7 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
         raise ModelLoadError(f"{label}: graph has no outputs (truncated or not a model)")
     _check(proto, label)
     _drop_initializer_inputs(proto)
+    _drop_unused_inputs(proto, label)
     _clear_negative_dims(proto)
     _name_nodes(proto)
     if opset != INTERNAL_OPSET:
@@ -168,6 +195,30 @@ def _drop_initializer_inputs(proto: onnx.ModelProto) -> None:
     if len(keep) != len(proto.graph.input):
         del proto.graph.input[:]
         proto.graph.input.extend(keep)
+
+
+def _drop_unused_inputs(proto: onnx.ModelProto, label: str) -> None:
+    # Inputs no node reads (left over by editing tools) would still demand data from the
+    # user and from onnxruntime; they do not change the function.
+    graph = proto.graph
+    used = _names_read(graph) | {o.name for o in graph.output}
+    keep = [i for i in graph.input if i.name in used]
+    if keep and len(keep) != len(graph.input):
+        dropped = [i.name for i in graph.input if i.name not in used]
+        log.warning("%s: ignoring %d graph input(s) no node reads (%s%s)", label, len(dropped),
+                    ", ".join(dropped[:3]), ", ..." if len(dropped) > 3 else "")
+        del graph.input[:]
+        graph.input.extend(keep)
+
+
+def _names_read(graph: onnx.GraphProto) -> set[str]:
+    names = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:  # If/Loop/Scan bodies read outer names implicitly
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs:
+                names |= _names_read(sub)
+    return names
 
 
 def _clear_negative_dims(proto: onnx.ModelProto) -> None:
@@ -232,10 +283,33 @@ def to_proto(model: Model, *, skeleton: bool = False) -> onnx.ModelProto:
         skeleton: Export large constants as typed graph inputs instead of initializers:
             enough for the ONNX checker and shape inference, without copying weights.
     """
-    graph = model.graph.copy()
+    return _export(model, _is_large if skeleton else None)
+
+
+def to_lean_proto(model: Model) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The IR as (proto whose large initializers carry no data, their arrays).
+
+    `compiler.core.onnxfile.write_lean` writes the pair as one ONNX file without ever
+    holding a serialized copy of the weights.
+    """
+    proto = _export(model, _is_streamable)
+    tensors = model.graph.tensors()
+    arrays = {v.name: np.asarray(tensors[v.name].values) for v in proto.graph.input
+              if isinstance(tensors.get(v.name), gs.Constant)}
+    kept = [v for v in proto.graph.input if v.name not in arrays]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
+    for name, array in arrays.items():
+        proto.graph.initializer.add(name=name, dims=array.shape,
+                                    data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+    return proto, arrays
+
+
+def _export(model: Model, detach: Callable[[gs.Constant], bool] | None) -> onnx.ModelProto:
+    graph = model.graph.copy()  # constants are shared, not copied
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    if skeleton:
-        _weights_to_inputs(graph)
+    if detach is not None:
+        _weights_to_inputs(graph, detach)
     graph.opset = model.opset
     proto = gs.export_onnx(graph, do_type_check=True)
     proto.ir_version = max(proto.ir_version, 8) if model.opset >= 15 else proto.ir_version
@@ -248,9 +322,22 @@ def to_proto(model: Model, *, skeleton: bool = False) -> onnx.ModelProto:
     return proto
 
 
-def _weights_to_inputs(graph: gs.Graph) -> None:
+def _is_large(tensor: gs.Constant) -> bool:
+    return tensor.values.size >= SKELETON_MIN_SIZE
+
+
+def _is_streamable(tensor: gs.Constant) -> bool:
+    # raw_data is the array's buffer only for plain dtypes exported as themselves
+    values = tensor.values
+    export = getattr(tensor, "export_dtype", None)
+    return (isinstance(values, np.ndarray) and values.nbytes > onnxfile.STREAM_BYTES
+            and onnxfile.is_plain(values.dtype) and (export is None or export == values.dtype))
+
+
+def _weights_to_inputs(graph: gs.Graph, detach: Callable[[gs.Constant], bool]) -> None:
+    outputs = {id(t) for t in graph.outputs}
     for name, tensor in list(graph.tensors().items()):
-        if isinstance(tensor, gs.Constant) and tensor.values.size >= SKELETON_MIN_SIZE:
+        if isinstance(tensor, gs.Constant) and id(tensor) not in outputs and detach(tensor):
             stub = gs.Variable(name, dtype=tensor.dtype, shape=list(tensor.shape))
             for node in list(tensor.outputs):
                 node.inputs = [stub if t is tensor else t for t in node.inputs]
@@ -265,32 +352,33 @@ def _extra_domains(graph: gs.Graph) -> list[onnx.OperatorSetIdProto]:
 def save_model(model: Model | onnx.ModelProto, path: str | os.PathLike) -> Path:
     """Write a model atomically (temp file + rename); never overwrite the model's source.
 
+    A model above `compiler.core.onnxfile.MAX_INLINE_BYTES` (2 GB) keeps its weights in
+    `<name>.data` next to it (`write_model` returns both files).
+
     Returns:
-        The path written.
+        The path of the `.onnx` file written.
+    """
+    return write_model(model, path)[0]
+
+
+def write_model(model: Model | onnx.ModelProto, path: str | os.PathLike) -> list[Path]:
+    """`save_model`, returning every file written (the model, then its external data).
+
+    The weights are streamed from the IR's arrays into the file: no serialized copy.
+
+    Raises:
+        ModelLoadError: `path` is the model's own source file.
+        ConfigError: `path` (or its data file) exists and is not a regular file.
     """
     path = Path(path)
     source = model.source if isinstance(model, Model) else None
     if source and path.resolve() == Path(source):
         raise ModelLoadError(f"{path}: refusing to overwrite the input model")
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
-    write_atomic(path, proto.SerializeToString())
-    return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes via a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if isinstance(model, onnx.ModelProto):
+        proto, arrays = onnxfile.detach_from_proto(model, onnxfile.STREAM_BYTES)
+    else:
+        proto, arrays = to_lean_proto(model)
+    return onnxfile.write_lean(path, proto, arrays)
 
 
 def model_hash(model: Model | onnx.ModelProto) -> str:
@@ -318,12 +406,6 @@ def _raw_bytes(array: np.ndarray) -> bytes | memoryview:
     if array.dtype.hasobject:  # e.g. string constants: no buffer to view
         return repr(array.tolist()).encode()
     return memoryview(np.ascontiguousarray(array)).cast("B")
-
-
-def _copy_proto(proto: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    return copy
 
 
 # -- binding the user's input shapes (--input-shape / input.shape) ---------------------------
@@ -437,11 +519,18 @@ def _symbolic_error(value: onnx.ValueInfoProto, index: int, label: str,
                     keep_batch: bool) -> str:
     dims = list(value.type.tensor_type.shape.dim)
     example = [_dim_text(d) if d.HasField("dim_value") else ("1" if i == 0 and not keep_batch
-                                                              else _dim_text(d).upper())
+                                                              else _placeholder(d))
                for i, d in enumerate(dims)]
     return (f"input {value.name!r} of {label} has a symbolic dim {index} "
             f"({_dim_text(dims[index])!r} in {_shape_text(value)}): give the shape with "
-            f"{FLAG} {value.name}:{format_dims(example)} (config: {KEY})")
+            f"{FLAG} {value.name}:{format_dims(example)}, each letter a size (config: {KEY})")
+
+
+def _placeholder(dim: onnx.TensorShapeProto.Dimension) -> str:
+    # Exporters name dims "height" or "p2o.DynamicDimension.1": a short name reads as a
+    # template ("HEIGHT"), anything else becomes "N".
+    name = _dim_text(dim)
+    return name.upper() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,11}", name) else "N"
 
 
 def _drop_stale_shapes(proto: onnx.ModelProto) -> None:

@@ -31,17 +31,42 @@ class Model:
     source: str | None = None
 
     def copy(self) -> Model:
-        """Deep-copy the graph so a pass can mutate it without touching the original."""
+        """Copy the graph so a pass can rewrite it without touching the original.
+
+        Nodes and tensors are copied; constant arrays are shared, not copied (weights are
+        most of a model's memory), and frozen read-only in both models: a pass changes a
+        weight by giving the node a new constant (copy on write), never in place.
+        """
         graph = self.graph.copy()
         for tensor in graph.tensors().values():
-            if isinstance(tensor, gs.Constant):
-                tensor.values = np.array(tensor.values, copy=True)
+            if isinstance(tensor, gs.Constant) and isinstance(tensor.values, np.ndarray):
+                freeze(tensor.values)
         return Model(graph, self.opset, dict(self.metadata), self.source)
 
     @property
     def nodes(self) -> list[gs.Node]:
         """Nodes in graph order."""
         return self.graph.nodes
+
+
+def freeze(array: np.ndarray) -> np.ndarray:
+    """Make `array` read-only (shared between models: writes must go to a new array)."""
+    array.flags.writeable = False
+    return array
+
+
+def release_unused(graph: gs.Graph, tensors: list[gs.Tensor]) -> None:
+    """Let go of the values of constants that nothing reads any more.
+
+    A replaced weight would otherwise stay in memory until the graph's reference cycles are
+    collected (graphsurgeon tensors and nodes point at each other), so a pass that replaces
+    every weight would briefly hold two copies. Arrays another model shares stay alive there.
+    """
+    for tensor in tensors:
+        if isinstance(tensor, gs.Constant) and not tensor.outputs \
+                and not is_graph_output(graph, tensor):
+            dtype = tensor.dtype if isinstance(tensor.dtype, np.dtype) else np.float32
+            tensor.values = np.zeros((0,), dtype=dtype)
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:

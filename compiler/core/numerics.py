@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 
 from compiler.core.errors import DataError, GraphError
-from compiler.core.io import to_proto
+from compiler.core.io import to_lean_proto
 from compiler.core.ir import Model
 
 _NP_TYPES = {
@@ -19,21 +19,66 @@ _NP_TYPES = {
 }
 
 
-def session(model: Model | onnx.ModelProto, *, threads: int = 0,
-            optimize: bool = True) -> ort.InferenceSession:
-    """An onnxruntime CPU session for an IR model or protobuf."""
-    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+def session_options(*, threads: int = 0, optimize: bool = True) -> ort.SessionOptions:
+    """Quiet onnxruntime session options (warnings and errors reach the user as exceptions)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return opts
+
+
+def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
+                ) -> ort.InferenceSession:
+    """The one place the project opens an onnxruntime session: CPU only, telemetry off.
+
+    Raises whatever onnxruntime raises; callers turn it into their own one-line error.
+    """
+    # Telemetry is a process-wide switch; turning it off before each session also covers
+    # sessions opened after someone else turned it back on.
+    ort.disable_telemetry_events()
+    return ort.InferenceSession(model, opts or session_options(),
+                                providers=["CPUExecutionProvider"])
+
+
+def session(model: Model | onnx.ModelProto, *, threads: int = 0,
+            optimize: bool = True) -> ort.InferenceSession:
+    """An onnxruntime CPU session for an IR model or protobuf.
+
+    An IR model's large weights are handed to onnxruntime as external initializers from
+    the IR's arrays instead of being serialized into the model bytes: no serialized copy of
+    the weights, and models above protobuf's 2 GB limit run too.
+    """
+    opts = session_options(threads=threads, optimize=optimize)
+    weights: list[ort.OrtValue] = []
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+    else:
+        proto, arrays = to_lean_proto(model)
+        weights = _external_initializers(proto, arrays, opts)
+        data = proto.SerializeToString()
     try:
-        return ort.InferenceSession(proto.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort_session(data, opts)
     except Exception as e:  # onnxruntime raises its own exception hierarchy
         first = str(e).strip().splitlines()[0]
         raise GraphError(f"onnxruntime cannot load the model: {first}") from e
+    sess.npuc_weights = weights  # the buffers stay alive as long as the session
+    return sess
+
+
+def _external_initializers(proto: onnx.ModelProto, arrays: dict[str, np.ndarray],
+                           opts: ort.SessionOptions) -> list[ort.OrtValue]:
+    """Mark the data-less initializers external and give onnxruntime their arrays."""
+    for tensor in proto.graph.initializer:
+        if tensor.name in arrays:  # onnxruntime only replaces initializers marked external
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.external_data.add(key="location", value="npuc-memory")
+    names = list(arrays)
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[n])) for n in names]
+    if names:
+        opts.add_external_initializers(names, values)
+    return values
 
 
 def run(model: Model | onnx.ModelProto | ort.InferenceSession,

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, version_converter
 
+from compiler.core.downgrade import downgrade
 from compiler.core.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -33,10 +34,19 @@ def convert_opset(proto: onnx.ModelProto, label: str, opset: int,
     """
     if proto.ir_version < 4:
         proto.ir_version = 4
+    if opset > target:
+        # onnx's converter lacks most down-adapters past 17 (see compiler/core/downgrade.py).
+        downgrade(proto, label, opset, target)
+        return proto
     _rewrite_unconvertible(proto, label)
     names = {n.output[0]: n.name for n in proto.graph.node if n.output}
     upsamples = {n.output[0]: n for n in proto.graph.node if n.op_type == "Upsample"}
     try:
+        if opset < 7:
+            # The 6 -> 7 adapters (Gemm/Add `broadcast`) need input shapes, which shape
+            # inference only gives from opset 6 on (older ops have no inference functions).
+            proto = _with_shapes(version_converter.convert_version(proto, 6)
+                                 if opset < 6 else proto)
         converted = version_converter.convert_version(proto, target)
     except Exception as e:  # the converter raises bare RuntimeErrors of many kinds
         raise _conversion_error(proto, label, opset, target, e) from e
@@ -44,6 +54,13 @@ def convert_opset(proto: onnx.ModelProto, label: str, opset: int,
     _fix_upsample_resizes(converted, upsamples)
     log.debug("%s: converted opset %d -> %d", label, opset, target)
     return converted
+
+
+def _with_shapes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(proto)
+    except Exception:  # shape inference is a help here, the converter reports real failures
+        return proto
 
 
 def _first_line(e: Exception) -> str:

@@ -12,6 +12,7 @@ Stdlib only: this module is part of the foundation.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -150,12 +151,23 @@ def problem(d: Declared, value: Any) -> str | None:
         return f"must be {type_names(types)}"
     if value is None:
         return None
+    if not _finite(value):
+        return "must be a finite number"
     if isinstance(value, (list, tuple)) and d.option.item is not None:
         if not all(_is_item(v, d.option.item) for v in value):
             return f"must be a list of {type_names((d.option.item,))}"
     if d.option.choices is not None and value not in d.option.choices:
         return f"must be one of {list(d.option.choices)}"
     return d.option.check(value) if d.option.check else None
+
+
+def _finite(value: Any) -> bool:
+    # inf / nan pass every `> 0` check and then poison a latency or a ridge solve.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def _is_item(value: Any, item: type) -> bool:

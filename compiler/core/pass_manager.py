@@ -34,7 +34,9 @@ class Pass:
     """Base class: a thin wrapper around a plain function doing the work.
 
     Subclasses implement `call`; `requires` and `ensures` are optional pre/post checks.
-    A pass may rewrite the model it is given in place; `PassManager` hands it a copy.
+    A pass may rewrite the model it is given in place; `PassManager` hands it a copy. Weight
+    arrays may be shared with the caller's model (read-only): a pass replaces a constant's
+    `values` (or the constant) instead of writing into the array.
 
     Attributes:
         preserves_function: True when outputs are unchanged (up to float rounding), so the
@@ -96,8 +98,10 @@ class PassManager:
             `compiler.core.numerics.function_checker`) run after each function-preserving pass.
         fixed_point: Repeat the whole sequence until no pass modifies the model (max 10 rounds).
         observer: Told when each pass starts, finishes or fails.
-        copy_input: Copy the input model first (the default: callers keep theirs intact);
-            False hands the model over, for a caller that loaded it and keeps no reference.
+        copy_input: Copy the input model first (the default: callers keep theirs intact).
+            The copy is cheap: nodes and tensors are new, weight arrays are shared and
+            frozen (`Model.copy`). False hands the model over, for a caller that loaded it
+            and keeps no use for it; weights a pass replaces are then freed at once.
     """
 
     def __init__(self, passes: Sequence[Pass], *, verify_each: bool = False,

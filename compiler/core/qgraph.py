@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import onnx
 
 from compiler.core.errors import GraphError
 from compiler.core.ir import Model
@@ -211,9 +212,12 @@ def _encode(value: Any, key: str, arrays: dict[str, np.ndarray]) -> Any:
 
 
 def _encode_inline(value: Any) -> Any:
-    # Float-node attributes (e.g. ConstantOfShape's value) are small: inline them.
+    # Float-node attributes (e.g. ConstantOfShape's value) are small: inline them;
+    # subgraphs (If/Loop/Scan bodies) as serialized GraphProto bytes.
     if isinstance(value, np.ndarray):
         return {"$inline": _inline(value)}
+    if isinstance(value, onnx.GraphProto):
+        return {"$graph": base64.b64encode(value.SerializeToString()).decode("ascii")}
     if isinstance(value, tuple):
         return [_encode_inline(v) for v in value]
     if isinstance(value, dict):
@@ -230,6 +234,8 @@ def _decode(value: Any, arrays: Mapping[str, np.ndarray]) -> Any:
         return np.asarray(arrays[value["$array"]])
     if "$inline" in value:
         return _uninline(value["$inline"])
+    if "$graph" in value:
+        return _graph(value["$graph"])
     if "$constants" in value:
         return {k: np.asarray(arrays[k]) for k in value["$constants"]}
     if "$node" in value:
@@ -250,6 +256,15 @@ def _inline(a: np.ndarray) -> dict[str, Any]:
     a = np.ascontiguousarray(a)
     return {"dtype": a.dtype.str, "shape": list(a.shape),
             "data": base64.b64encode(a.tobytes()).decode("ascii")}
+
+
+def _graph(text: str) -> onnx.GraphProto:
+    graph = onnx.GraphProto()
+    try:
+        graph.ParseFromString(base64.b64decode(text))
+    except Exception as e:  # protobuf's DecodeError and binascii errors
+        raise ValueError(f"bad subgraph: {e}") from e
+    return graph
 
 
 def _uninline(d: Mapping[str, Any]) -> np.ndarray:

@@ -1,10 +1,8 @@
 """Memory-lean loading and onnxruntime sessions for large models (used by quantization).
 
-* `load_lean`: `compiler.core.io.load_model` checks and shape-infers the full protobuf, which
-  serializes and copies every weight several times (≈5× the model size at peak). Here the
-  weights are moved to numpy arrays right after parsing; checker, opset conversion and shape
-  inference run on the weightless graph (weights stand in as typed graph inputs), and the
-  arrays are attached to the IR afterwards. Same result, ≈2× the model size at peak.
+* `load_lean`: the old name of `compiler.core.io.load_model`, which now reads the weights
+  straight into numpy arrays and checks, converts and shape-infers the weightless graph
+  (`compiler.core.onnxfile`): about 1x the model size at peak.
 * `shared_weight_session`: `compiler.core.numerics.session` serializes the whole model and
   onnxruntime parses its own copy. Here the graph is exported without weight data (each
   large constant becomes a graph input) and every run feeds the IR's numpy arrays, which
@@ -23,18 +21,11 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
-from compiler.core.errors import GraphError
-from compiler.core.io import (
-    SKELETON_MIN_SIZE,
-    ShapeArg,
-    from_proto,
-    normalize_proto,
-    read_proto,
-    to_proto,
-)
+from compiler.core.errors import DataError, GraphError
+from compiler.core.io import SKELETON_MIN_SIZE, ShapeArg, load_model, to_proto
 from compiler.core.ir import Model
-
-DETACH_BYTES = 4096
+from compiler.core.numerics import ort_session, session_options
+from compiler.core.onnxfile import detach, detach_from_proto
 
 
 def release_memory() -> None:
@@ -52,43 +43,17 @@ def release_memory() -> None:
 
 def detach_weights(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """A weightless copy of `proto` (large initializers -> typed graph inputs) + the arrays."""
-    arrays: dict[str, np.ndarray] = {}
-    keep = []
-    listed = {i.name for i in proto.graph.input}  # IR v3 files list initializers as inputs
-    for t in proto.graph.initializer:
-        if len(t.raw_data) > DETACH_BYTES or len(t.float_data) > DETACH_BYTES // 4:
-            arrays[t.name] = onnx.numpy_helper.to_array(t).copy()
-            if t.name not in listed:
-                proto.graph.input.append(onnx.helper.make_tensor_value_info(
-                    t.name, t.data_type, list(t.dims)))
-            t.ClearField("raw_data")
-            t.ClearField("float_data")
-        else:
-            keep.append(t)
-    del proto.graph.initializer[:]
-    proto.graph.initializer.extend(keep)
-    light = onnx.ModelProto()
-    light.CopyFrom(proto)  # small now; the caller drops the original and its buffers
+    light, arrays = detach_from_proto(proto)
+    detach(light, arrays)
     return light, arrays
 
 
 def load_lean(path: str | Path, *, input_shapes: ShapeArg = None, bind: bool = False) -> Model:
-    """`compiler.core.io.load_model(path)` with a peak memory of about twice the weights.
+    """`compiler.core.io.load_model(path)`, which now loads every model this way.
 
-    `input_shapes` and `bind` are those of `load_model`.
+    `input_shapes` and `bind` are those of `load_model`. Kept for callers of the old name.
     """
-    path = Path(path)
-    proto = read_proto(path)
-    light, arrays = detach_weights(proto)
-    del proto
-    light = normalize_proto(light, str(path), input_shapes=input_shapes, bind=bind,
-                            weights=arrays.keys())
-    model = from_proto(light, source=str(path.resolve()))
-    detached = [t for t in model.graph.inputs if t.name in arrays]
-    for t in detached:
-        t.to_constant(arrays[t.name])
-    model.graph.inputs = [t for t in model.graph.inputs if t.name not in arrays]
-    return model
+    return load_model(path, input_shapes=input_shapes, bind=bind)
 
 
 class SharedWeightSession:
@@ -120,7 +85,13 @@ class SharedWeightSession:
         names = output_names or [o.name for o in self._sess.get_outputs()]
         values = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
                   for n, v in feeds.items()}
-        return [v.numpy() for v in self._sess.run_with_ort_values(names, values | self._weights)]
+        try:
+            results = self._sess.run_with_ort_values(names, values | self._weights)
+        except Exception as e:  # onnxruntime's InvalidArgument, RuntimeException, ...
+            shapes = ", ".join(f"{n} {'x'.join(map(str, np.shape(v)))}" for n, v in feeds.items())
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot run the model on inputs {shapes}: {first}") from e
+        return [v.numpy() for v in results]
 
 
 def shared_weight_session(model: Model, *, threads: int = 0,
@@ -138,17 +109,14 @@ def shared_weight_session(model: Model, *, threads: int = 0,
     weights = {name: np.ascontiguousarray(np.asarray(t.values))
                for name, t in model.graph.tensors().items()
                if isinstance(t, gs.Constant) and t.values.size >= SKELETON_MIN_SIZE}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
+    opts = session_options(threads=threads)
     # no arena / memory pattern: buffers are freed after each op, not kept for the session
     opts.enable_cpu_mem_arena = False
     opts.enable_mem_pattern = False
     if not layout_optimizations:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     try:
-        sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = ort_session(proto.SerializeToString(), opts)
     except Exception as e:  # onnxruntime raises its own exception hierarchy
         first = str(e).strip().splitlines()[0]
         raise GraphError(f"onnxruntime cannot load the model: {first}") from e

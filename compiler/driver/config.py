@@ -35,6 +35,7 @@ from compiler.core.options import (
     problem,
     type_names,
 )
+from compiler.core.safe_yaml import load_yaml, read_yaml
 from compiler.core.shapes import InputShapes
 from compiler.driver.evaluate import EvalOptions
 from passes.prune.pipeline import PruneOptions
@@ -197,21 +198,14 @@ def load_config(path: str | Path | None = None,
     if path is not None:
         label = str(path)
         config.update(flatten(_read_yaml(Path(path)), label))
-    for key, value in (overrides or {}).items():
-        _known(key, "command line")
-        config[key] = value
+    # Overrides may be flat ("prune.ratio") or nested like the YAML ({"prune": {"ratio"}}).
+    config.update(flatten(overrides or {}, "command line"))
     validate(config, label)
     return config
 
 
 def _read_yaml(path: Path) -> dict:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: no such file") from e
-    except (OSError, yaml.YAMLError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML ({first})") from e
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -276,10 +270,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE")
     _known(key.strip(), "--set")
-    try:
-        return key.strip(), yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML") from e
+    return key.strip(), load_yaml(raw, f"--set {text[:60]!r}")
 
 
 def schema_markdown() -> str:

@@ -37,6 +37,8 @@ class CompileState:
         config: Flat validated configuration.
         out_dir: Output folder.
         source: What the user asked to compile (path, bundled name, proto or IR model).
+        calib_source: Calibration data handed to the API (an onnxruntime
+            `CalibrationDataReader`, arrays, `Feeds`); replaces `calibration.data`.
         model: The current float model (after the stages run so far).
         original: The canonicalized input model (the float teacher / reference).
         cost_before: MACs and parameters of `original`.
@@ -56,6 +58,7 @@ class CompileState:
     config: dict[str, Any]
     out_dir: Path
     source: Any = None
+    calib_source: Any = None
     model: Model | None = None
     original: Model | None = None
     cost_before: CostReport | None = None

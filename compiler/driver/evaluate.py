@@ -92,12 +92,11 @@ class Runner:
     """
 
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
-        import onnxruntime as ort
+        from compiler.core.numerics import ort_session
 
         self.name = name
         try:
-            self.session = ort.InferenceSession(model.SerializeToString(),
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort_session(model.SerializeToString())
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelLoadError(f"{name}: onnxruntime cannot load the model ({exc})") from exc
         first = self.session.get_inputs()[0]

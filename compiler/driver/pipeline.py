@@ -47,15 +47,19 @@ class Result:
 
 
 def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None = None,
-                  out_dir: str | Path = "npuc-out", *,
+                  out_dir: str | Path = "npuc-out", *, calibration: Any = None,
                   progress: Callable[[str], None] | None = None) -> Result:
     """Run the whole pipeline.
 
     Args:
         model: ONNX path, bundled model name, `ModelProto` or IR `Model`; overrides the
             config's `model` key when given.
-        config: A flat config dict, a YAML path, or None for the defaults.
+        config: A config dict (flat dotted keys or nested like the YAML), a YAML path, or
+            None for the defaults.
         out_dir: Output folder (created).
+        calibration: Calibration data as objects instead of `calibration.data`: an
+            onnxruntime `CalibrationDataReader` (anything with `get_next()`), an array, a
+            dict of arrays or `Feeds`.
         progress: Called with each stage name as it starts.
 
     Returns:
@@ -67,7 +71,8 @@ def compile_model(model: Any = None, config: dict[str, Any] | str | Path | None 
     cfg = load_config(overrides=config) if isinstance(config, dict) else load_config(config)
     if isinstance(model, (str, Path)):
         cfg["model"], model = str(model), None
-    state = CompileState(cfg, Path(out_dir), source=model if model is not None else cfg["model"])
+    state = CompileState(cfg, Path(out_dir), source=model if model is not None else cfg["model"],
+                         calib_source=calibration)
     state.out_dir.mkdir(parents=True, exist_ok=True)
     state.report = {"model": _model_label(state.source), "config": cfg, "stages": []}
     recorder = StageRecorder(state, progress)

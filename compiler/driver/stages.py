@@ -74,7 +74,9 @@ def calibration_feeds(state: CompileState) -> Feeds:
     """Calibration data from the config or the bundled model's default, converted once."""
     from compiler.driver.data import load_data
 
-    source = state.config["calibration.data"]
+    source = state.calib_source
+    if source is None:
+        source = state.config["calibration.data"]
     if source is None and bundled_name(state):
         source = BUNDLED_DATA[bundled_name(state)][0]
     if source is None:

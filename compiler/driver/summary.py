@@ -23,9 +23,13 @@ def summarize(state: CompileState) -> None:
     r["summary"] = _summary(state)
     r["layers"] = layer_table(state)
     r["variants"] = _variants(state)
+    if state.build is not None:
+        r["npu_mac_fraction"] = round(state.build.macs.fraction, 6)
     stage_reports = {
         "prune": state.prune, "sparsify": state.sparsify,
         "quantize": state.quant and state.quant.report,
+        "build": state.build and {**state.build.summary(),
+                                  "macs_on_npu": state.build.macs.line()},
         "verify": state.verify and state.verify.to_dict(),
         "perf": state.perf and state.perf.to_dict(), "eval": state.eval}
     r.update({k: v for k, v in stage_reports.items() if v is not None})
@@ -49,6 +53,8 @@ def _summary(state: CompileState) -> dict[str, dict[str, Any]]:
             "after": perf.single.latency_ms}
         summary["FPS (2 cores, 8 threads)"] = {
             "before": base.multi.fps if base else None, "after": perf.multi.fps}
+    if state.build is not None:
+        summary["MACs on NPU"] = {"before": None, "after": state.build.macs.percent}
     if state.verify is not None:
         summary["binary vs model.quant.onnx"] = {
             "before": None, "after": "bit-exact" if state.verify.consistent else "MISMATCH"}

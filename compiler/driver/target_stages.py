@@ -35,7 +35,8 @@ def build(state: CompileState) -> str:
     built.write(state.files["binary"])
     state.build = built
     npu = sum(p["unit"] == "NPU" for p in built.placement)
-    return f"{npu}/{len(built.placement)} nodes on the NPU, {built.cpu_partitions} CPU partitions"
+    return (f"{npu}/{len(built.placement)} nodes on the NPU, {built.cpu_partitions} CPU "
+            f"partitions, {built.macs.percent} of the MACs on the NPU")
 
 
 def verify(state: CompileState) -> str:

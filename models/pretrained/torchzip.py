@@ -11,7 +11,11 @@ Two on-disk layouts exist:
 Both pickles are read by `SafeUnpickler`, whose `find_class` resolves only the handful of
 globals a state_dict needs, each mapped to a local function that builds numpy arrays. Any other
 global (``os.system``, ``builtins.eval``, ...) raises `ModelLoadError` before it can be called,
-so loading an untrusted file never executes code from it.
+so loading an untrusted file never executes code from it. The stand-ins are inert: the
+allow-list is a read-only mapping and every object a pickle can reach refuses BUILD
+(`__setstate__`), so one checkpoint cannot change how the next one decodes. Sizes are checked
+before anything is allocated: a tensor may not cover more elements than its storage
+(overlapping stride-0 views), and a storage may not claim more bytes than its file holds.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import logging
 import pickle
 import struct
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -42,16 +47,45 @@ _STORAGE_DTYPES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class _StorageType:
+class _Inert:
+    """Base of everything a pickle can reach: BUILD (``__setstate__``) is refused."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state: Any) -> None:
+        raise ModelLoadError(f"pickle tries to modify a {type(self).__name__.strip('_')} "
+                             "(BUILD on an allowed object)")
+
+
+class _StorageType(_Inert):
     """Stand-in for ``torch.<X>Storage``: only its element dtype matters."""
 
-    name: str
-    dtype: np.dtype
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name: str, dtype: np.dtype) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dtype", dtype)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError(f"{self.name} is read-only")
 
 
-class _Storage:
+class _Callable(_Inert):
+    """An allowed global function, wrapped so a pickle cannot set attributes on it."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+
+class _Storage(_Inert):
     """A flat typed buffer; `data` is filled when the raw bytes are read."""
+
+    __slots__ = ("stype", "key", "numel", "data", "base")
 
     def __init__(self, stype: _StorageType, key: str, numel: int) -> None:
         self.stype, self.key, self.numel = stype, key, numel
@@ -68,14 +102,14 @@ class _Storage:
         return self.data
 
 
-@dataclass(frozen=True)
-class _LazyTensor:
+class _LazyTensor(_Inert):
     """A tensor whose storage bytes may not have been read yet (legacy layout)."""
 
-    storage: _Storage
-    offset: int
-    size: tuple[int, ...]
-    stride: tuple[int, ...]
+    __slots__ = ("storage", "offset", "size", "stride")
+
+    def __init__(self, storage: _Storage, offset: int, size: tuple[int, ...],
+                 stride: tuple[int, ...]) -> None:
+        self.storage, self.offset, self.size, self.stride = storage, offset, size, stride
 
     def materialize(self) -> np.ndarray:
         """Return a contiguous copy, after checking the view stays inside its storage."""
@@ -101,6 +135,11 @@ class _LazyTensor:
         last = self.offset + span if 0 not in self.size else self.offset - 1
         if last >= numel:
             raise ModelLoadError(f"{where} exceeds the storage")
+        if int(np.prod(self.size, dtype=object)) > max(numel, 1):
+            # Only overlapping (stride-0) views cover more elements than they store; a tiny
+            # file could otherwise ask for terabytes here.
+            raise ModelLoadError(f"{where}: {self.size} covers more elements than the "
+                                 f"storage holds ({numel})")
 
 
 def _rebuild_tensor_v2(storage: Any, storage_offset: Any, size: Any, stride: Any,
@@ -117,16 +156,16 @@ def _rebuild_parameter(data: Any, *_ignored: Any) -> Any:
     return data
 
 
-def _allowed_globals() -> dict[tuple[str, str], Any]:
+def _allowed_globals() -> MappingProxyType:
     allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("collections", "OrderedDict"): _Callable(collections.OrderedDict),
+        ("torch._utils", "_rebuild_tensor_v2"): _Callable(_rebuild_tensor_v2),
+        ("torch._utils", "_rebuild_parameter"): _Callable(_rebuild_parameter),
+        ("torch._utils", "_rebuild_parameter_with_state"): _Callable(_rebuild_parameter),
     }
     for name, dtype in _STORAGE_DTYPES.items():
         allowed[("torch", name)] = _StorageType(name, np.dtype(dtype))
-    return allowed
+    return MappingProxyType(allowed)
 
 
 _ALLOWED = _allowed_globals()
@@ -204,10 +243,17 @@ def _load_zip(path: Path) -> Any:
 
         def load_storage(stype: _StorageType, key: str, numel: int) -> _Storage:
             storage = _Storage(stype, key, numel)
+            name = f"{prefix}data/{key}"
             try:
-                raw = zf.read(f"{prefix}data/{key}")
+                info = zf.getinfo(name)
             except KeyError as exc:
-                raise ModelLoadError(f"{path}: missing storage {prefix}data/{key}") from exc
+                raise ModelLoadError(f"{path}: missing storage {name}") from exc
+            need = numel * stype.dtype.itemsize
+            if info.file_size != need:
+                # Checked before decompressing: a zip-bombed entry never gets inflated.
+                raise ModelLoadError(f"{path}: storage {name} holds {info.file_size:,} bytes, "
+                                     f"the pickle says {need:,}")
+            raw = zf.read(name)
             storage.data = _decode(raw, stype, numel, order, f"{path}:{key}")
             return storage
 
@@ -251,6 +297,10 @@ def _read_legacy_storage(stream: io.BytesIO, storage: _Storage, order: str, path
     if numel != storage.numel:
         raise ModelLoadError(f"{path}: storage {storage.key} has {numel} elements, "
                              f"pickle says {storage.numel}")
+    left = len(stream.getbuffer()) - stream.tell()
+    if numel * storage.stype.dtype.itemsize > left:
+        raise ModelLoadError(f"{path}: storage {storage.key} claims {numel:,} elements, "
+                             f"the file has {left:,} bytes left")
     raw = stream.read(numel * storage.stype.dtype.itemsize)
     storage.data = _decode(raw, storage.stype, numel, order, f"{path}:{storage.key}")
 
@@ -276,7 +326,8 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     except ModelLoadError:
         raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError, zipfile.BadZipFile, struct.error) as exc:
+            AttributeError, IndexError, zipfile.BadZipFile, struct.error, RecursionError,
+            OverflowError, MemoryError) as exc:
         raise ModelLoadError(
             f"{path}: unreadable checkpoint ({type(exc).__name__}: {exc})") from exc
     state = _materialize(raw)

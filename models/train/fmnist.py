@@ -231,11 +231,9 @@ def make_data(out: Path) -> dict[str, Path]:
 
 
 def _ort_logits(path: Path, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    import onnxruntime as ort
+    from compiler.core.numerics import ort_session, session_options
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(str(path), session_options(threads=2))
     return np.concatenate(
         [sess.run(["logits"], {"input": x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     )

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from compiler.core.builder import INTERNAL_OPSET, GraphBuilder
 from compiler.core.errors import GraphError
+from compiler.core.numerics import ort_session, session_options
 
 
 class EagerBuilder(GraphBuilder):
@@ -96,10 +96,6 @@ def run_node(op: str, inputs: list[str], feeds: dict[str, np.ndarray], outputs: 
     graph = helper.make_graph([node], f"eager_{op}", ins, outs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", INTERNAL_OPSET)])
     model.ir_version = 8
-    opts = ort.SessionOptions()
     # A lone node has nothing to optimize.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort_session(model.SerializeToString(), session_options(optimize=False))
     return sess.run(None, feeds)

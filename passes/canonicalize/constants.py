@@ -7,7 +7,14 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.core.ir import Model, is_const, is_graph_output, replace_uses, static_shape
+from compiler.core.ir import (
+    Model,
+    is_const,
+    is_graph_output,
+    release_unused,
+    replace_uses,
+    static_shape,
+)
 from compiler.core.numerics import eval_node
 from compiler.core.shape_inference import refresh_shapes
 from passes.base import RewritePass
@@ -47,8 +54,10 @@ def _fold_round(model: Model) -> int:
             continue
         for tensor, value in zip(node.outputs, values, strict=True):
             replace_uses(graph, tensor, gs.Constant(tensor.name, np.asarray(value)))
+        inputs = list(node.inputs)
         node.inputs.clear()
         node.outputs.clear()
+        release_unused(graph, inputs)
         folded += 1
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     return folded

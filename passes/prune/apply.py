@@ -64,21 +64,32 @@ class ApplyTracer(Tracer):
         super().__init__()
         self.analysis = analysis
         self.ranks = ranks
+        self.sub = _substitution(analysis, ranks)
         self.cuts: dict[str, list[tuple[int, int]]] = {}
         self._pos_cache: dict[str, np.ndarray] = {}
 
     def fresh(self, tensor: gs.Tensor, n: int) -> np.ndarray:
-        """The producer's kept ids: by tied block, then group, then kept order."""
+        """The producer's kept ids.
+
+        Kept positions stay in their old order, so any structure of the layout (a grouped
+        conv's blocks, channels that a shuffle interleaves) survives; a keep order that
+        permutes a group puts, at the position of its r-th kept channel (by index), the
+        same occurrence of its r-th channel in keep order.
+        """
         old = self.analysis.slots[tensor.name].arr
         comps = self.analysis.comp[old]
-        rank = self.ranks[comps]
-        occ = occurrence(comps)
-        groups = self.analysis.comp_group[comps]
-        first = {g: i for i, g in reversed(list(enumerate(groups.tolist())))}
-        gkey = np.array([first[g] for g in groups.tolist()], np.int64)
-        kept = np.flatnonzero(rank >= 0)
-        order = np.lexsort((rank[kept], gkey[kept], occ[kept]))
-        return old[kept[order]]
+        kept = np.flatnonzero(self.ranks[comps] >= 0)
+        have = comps[kept]
+        occ = occurrence(have)
+        width = int(occ.max(initial=0)) + 1
+        key = have.astype(np.int64) * width + occ
+        want = self.sub[have].astype(np.int64) * width + occ
+        order = np.argsort(key)
+        found = np.minimum(np.searchsorted(key[order], want), len(key) - 1)
+        if len(key) and np.any(key[order][found] != want):
+            raise GraphError(f"tensor {tensor.name!r}: the channels of a group occur unevenly, "
+                             "they cannot be reordered")
+        return old[kept[order[found]]]
 
     def tie(self, a: np.ndarray, b: np.ndarray, node: gs.Node) -> None:
         """Tied channels must have been selected identically."""
@@ -114,6 +125,18 @@ class ApplyTracer(Tracer):
         if new is self.slots.get(tensor, Slot(np.zeros(0), ())).arr:
             self._pos_cache[tensor] = pos
         return pos
+
+
+def _substitution(analysis: Analysis, ranks: np.ndarray) -> np.ndarray:
+    # Per component: the component placed where it stood (identity unless a group's keep
+    # order permutes it): per group, the r-th kept by channel index -> the r-th in keep order.
+    sub = np.arange(len(ranks))
+    kept = np.flatnonzero(ranks >= 0)
+    groups = analysis.comp_group[kept]
+    by_index = kept[np.lexsort((analysis.comp_index[kept], groups))]
+    by_rank = kept[np.lexsort((ranks[kept], groups))]
+    sub[by_index] = by_rank
+    return sub
 
 
 def occurrence(values: np.ndarray) -> np.ndarray:
@@ -187,7 +210,7 @@ def _update_shapes(model: Model, analysis: Analysis, tracer: ApplyTracer) -> Non
             continue
         shape = list(tensor.shape)
         dims = slot.dims if len(slot.dims) > 1 else (len(slot.arr),)
-        shape[1:1 + len(dims)] = list(dims)
+        shape[slot.axis:slot.axis + len(dims)] = list(dims)
         tensor.shape = shape
 
 

@@ -156,10 +156,16 @@ def css_scores(group: Group, nodes: dict[str, gs.Node]) -> np.ndarray:
     return _normalized_sum(vectors, group.channels)
 
 
-def feature_map_ranks(x: np.ndarray) -> np.ndarray:
-    """Matrix rank of every [H, W] feature map of a batch [N, C, H, W] -> [N, C]."""
+def feature_map_ranks(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Matrix rank of every [H, W] feature map of a batch [N, C, H, W] -> [N, C].
+
+    `axis` is the channel axis (the last one for a MatMul over a sequence). A map that is
+    not 2-D ([N, C], [N, L, C]) has rank 1 when it is not all zero.
+    """
+    x = np.moveaxis(x, axis, 1)
     if x.ndim != 4:
-        return np.ones(x.shape[:2])
+        flat = x.reshape(x.shape[0], x.shape[1], -1)
+        return (np.abs(flat).max(axis=2) > 0).astype(np.float64)
     return np.linalg.matrix_rank(x.astype(np.float32)).astype(np.float64)
 
 
@@ -173,7 +179,8 @@ def hrank_scores(analysis: Analysis, groups: list[Group], calib,
     count = 0
     for values in iter_tensors(analysis.model, tensors, feeds, batch_size=8):
         for t in tensors:
-            sums[t] = sums[t] + feature_map_ranks(values[t]).sum(axis=0)
+            axis = analysis.slots[t].axis
+            sums[t] = sums[t] + feature_map_ranks(values[t], axis).sum(axis=0)
         count += len(next(iter(values.values())))
     if count == 0:
         raise DataError("hrank: calibration data is empty")

@@ -18,7 +18,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compiler.core.ir import Model
-from passes.prune.trace import ELEMENTWISE, WEIGHTED, Slot, Tracer, reshape_kind, trace
+from passes.prune.slots import label
+from passes.prune.trace import ELEMENTWISE, WEIGHTED, Slot, Tracer, trace
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ class Group:
         consumers: Weight-bearing nodes whose input channels are in the group.
         activations: Tensors (one per producer) whose feature maps represent the channels,
             after a following channel-wise activation when there is one (used by HRank).
+        blocked_by: When not prunable, what pins the group: {"node": name, "op": op}, or
+            {"input": name} / {"output": name} for a graph input or output.
     """
 
     id: int
@@ -57,6 +60,7 @@ class Group:
     producers: list[str] = field(default_factory=list)
     consumers: list[str] = field(default_factory=list)
     activations: list[str] = field(default_factory=list)
+    blocked_by: dict | None = None
     analysis: Analysis | None = field(default=None, repr=False, compare=False)
 
     def positions(self, tensor: str) -> np.ndarray:
@@ -71,7 +75,8 @@ class Group:
     def to_dict(self) -> dict:
         """JSON-ready form."""
         return {"id": self.id, "channels": self.channels, "kind": self.kind,
-                "prunable": self.prunable, "reason": self.reason, "members": self.members}
+                "prunable": self.prunable, "reason": self.reason, "blocked_by": self.blocked_by,
+                "members": self.members}
 
 
 class AnalysisTracer(Tracer):
@@ -93,13 +98,15 @@ class AnalysisTracer(Tracer):
         return arr
 
     def tie(self, a: np.ndarray, b: np.ndarray, node: gs.Node) -> None:
-        """Record element-wise edges."""
+        """Record element-wise edges (not those of `x * sigmoid(x)`, which ties x to itself)."""
+        if np.array_equal(a, b):
+            return
         self.edges.append(np.stack([a, b], axis=1))
         self.tie_ops.append(node.op)
 
-    def block(self, arr: np.ndarray, reason: str) -> None:
+    def block(self, arr: np.ndarray, reason: str, where: dict | None = None) -> None:
         """Record pinned elements."""
-        self.blocked.append((arr, reason))
+        self.blocked.append((arr, reason, where))
 
 
 class Analysis:
@@ -154,9 +161,11 @@ class Analysis:
 
     def _make_groups(self, n_groups: int, tr: AnalysisTracer) -> list[Group]:
         reasons: list[str | None] = [None] * n_groups
-        for arr, reason in tr.blocked:
+        where: list[dict | None] = [None] * n_groups
+        for arr, reason, at in tr.blocked:
             for g in np.unique(self.comp_group[self.comp[arr]]):
-                reasons[g] = reasons[g] or reason
+                if reasons[g] is None:
+                    reasons[g], where[g] = reason, at
         kinds = ["plain"] * n_groups
         for edges, op in zip(tr.edges, tr.tie_ops, strict=True):
             kind = _TIE_KINDS.get(op, "residual")
@@ -164,7 +173,7 @@ class Analysis:
                 if _KIND_RANK[kind] > _KIND_RANK[kinds[g]]:
                     kinds[g] = kind
         groups = [Group(g, int(self.group_sizes[g]), [], reasons[g] is None, reasons[g],
-                        kinds[g], analysis=self) for g in range(n_groups)]
+                        kinds[g], blocked_by=where[g], analysis=self) for g in range(n_groups)]
         self._add_members(groups)
         return groups
 
@@ -220,16 +229,15 @@ def _member_tensors(node: gs.Node) -> list[tuple[str, list[str]]]:
     if node.op in ("Split", "Slice", "Reshape", "Resize"):
         tag = {"Reshape": "shape", "Resize": "shape"}.get(node.op, node.op.lower())
         return [(tag, ins)]
-    if (node.op in ELEMENTWISE or node.op in ("PRelu", "BatchNormalization",
-                                              "InstanceNormalization")) \
+    if (node.op in ELEMENTWISE or node.op in ("BatchNormalization", "InstanceNormalization")) \
             and any(isinstance(t, gs.Constant) and t.values.size > 1 for t in node.inputs):
         return [("const", outs)]
     return []
 
 
 def _add_member(group: Group, node: gs.Node, tag: str, analysis: Analysis) -> None:
-    name = f"{node.name}.{tag}"
-    if tag == "shape" and node.op == "Reshape" and reshape_kind(node) == "keep":
+    name = f"{label(node)}.{tag}"
+    if tag == "shape" and node.op == "Reshape" and _same_layout(node, analysis):
         return
     if name in group.members:
         return
@@ -241,6 +249,13 @@ def _add_member(group: Group, node: gs.Node, tag: str, analysis: Analysis) -> No
         group.activations.append(_activation_of(node))
     elif tag == "in" and node.op in WEIGHTED and not _is_depthwise(node):
         group.consumers.append(node.name)
+
+
+def _same_layout(node: gs.Node, analysis: Analysis) -> bool:
+    # a Reshape that keeps the channel extent on the same axis needs no new target shape
+    x, y = analysis.slots.get(node.inputs[0].name), analysis.slots.get(node.outputs[0].name)
+    return x is not None and y is not None and len(x.arr) == len(y.arr) \
+        and (x.dims, x.axis) == (y.dims, y.axis)
 
 
 def _is_depthwise(node: gs.Node) -> bool:

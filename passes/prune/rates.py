@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from compiler.core.errors import ConfigError
+from compiler.core.safe_yaml import load_yaml, read_yaml
 from passes.prune.groups import Group
 
 log = logging.getLogger(__name__)
+MAX_RATES = 100_000  # far above any network's group count; keeps `[0.1]*10**12` out
 
 
 def keep_count(channels: int, rate: float, round_to: int = 1) -> int:
@@ -28,7 +29,12 @@ def keep_count(channels: int, rate: float, round_to: int = 1) -> int:
 
 
 def round_keep(channels: int, keep: int, round_to: int = 1) -> int:
-    """Round a kept count to the nearest multiple of `round_to` (never 0, never > channels)."""
+    """Round a kept count to the nearest multiple of `round_to` (never 0, never > channels).
+
+    A group kept whole stays whole (42 channels at rate 0 are not rounded to 40).
+    """
+    if keep >= channels:
+        return channels
     if round_to <= 1 or channels <= round_to:
         return min(channels, max(1, keep))
     rounded = max(round_to, int(round(keep / round_to)) * round_to)
@@ -63,16 +69,19 @@ def parse_rates(spec: Any) -> list[float] | dict[Any, float]:
     text = str(spec).strip()
     path = Path(text)
     if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
-        text = path.read_text()
+        text = read_yaml(path, f"--rates {path}")
+        if isinstance(text, (list, dict)):
+            return text
+        text = str(text)
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        value = load_yaml(text, "--rates")
+    except ConfigError:
         value = None
     if isinstance(value, (list, dict)):
         return value
     try:
         return _eval_list(ast.parse(text, mode="eval").body)
-    except (SyntaxError, ValueError) as e:
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         raise ConfigError(f"--rates: cannot read {text[:60]!r}: expected a list like "
                           "[0.1, 0.2], a map like {3: 0.5}, or a YAML file") from e
 
@@ -86,7 +95,11 @@ def _eval_list(node: ast.AST) -> list[float]:
         left, right = node.left, node.right
         if isinstance(left, ast.Constant):
             left, right = right, left
-        return _eval_list(left) * int(_number(right))
+        count = int(_number(right))
+        items = _eval_list(left)
+        if len(items) * max(count, 0) > MAX_RATES:
+            raise ValueError(f"more than {MAX_RATES:,} rates")
+        return items * count
     raise ValueError("unsupported expression")
 
 

@@ -11,7 +11,8 @@ import onnx_graphsurgeon as gs
 
 from compiler.core.errors import GraphError
 from compiler.core.ir import const_value
-from passes.prune.trace import reshape_kind, shape_of, slice_params
+from passes.prune.slots import label
+from passes.prune.trace import ELEMENTWISE, shape_of, slice_params
 
 
 def _changed(tracer, tensor: gs.Tensor) -> bool:
@@ -23,19 +24,28 @@ def _changed(tracer, tensor: gs.Tensor) -> bool:
     return not np.array_equal(tracer.old_positions(tensor.name), np.arange(len(old.arr)))
 
 
+def _positions(tracer, tensor: gs.Tensor, axis: int, n: int) -> np.ndarray:
+    # Old positions of the channels a weighted op reads on `axis`; channels traced on
+    # another axis were pinned (`channel_input`), so they are all still there.
+    slot = tracer.slots.get(tensor.name)
+    if slot is None or slot.axis != axis or len(slot.dims) != 1:
+        return np.arange(n)
+    return tracer.old_positions(tensor.name)
+
+
 def _set_const(node: gs.Node, i: int, value: np.ndarray) -> None:
     # Named after the node and slot (not a global counter) so repeated runs in one process
     # produce identical models; the replaced constant is disconnected, so no clash.
-    node.inputs[i] = gs.Constant(f"{node.name}.in{i}.pruned", np.ascontiguousarray(value))
+    node.inputs[i] = gs.Constant(f"{label(node)}.in{i}.pruned", np.ascontiguousarray(value))
 
 
 def rewrite_node(node: gs.Node, tracer) -> None:
     """Apply the new channel layouts to `node`'s constants and attributes, in place."""
     fn = _REWRITES.get(node.op)
-    if fn is None:
+    if fn is not None:
+        fn(node, tracer)
+    elif node.op in ELEMENTWISE:  # not Pad pads, Clip bounds, Reshape shapes...
         _per_channel_consts(node, tracer)
-        return
-    fn(node, tracer)
 
 
 def _conv(node: gs.Node, tracer) -> None:
@@ -44,7 +54,8 @@ def _conv(node: gs.Node, tracer) -> None:
         return
     w = const_value(node.inputs[1])
     group = int(node.attrs.get("group", 1))
-    px, py = tracer.old_positions(x.name), tracer.old_positions(y.name)
+    px = _positions(tracer, x, 1, w.shape[1] * group)
+    py = tracer.old_positions(y.name)
     if group > 1 and w.shape[1] == 1:  # depthwise
         w = np.take(w, py, axis=0)
         node.attrs["group"] = len(px)
@@ -61,7 +72,7 @@ def _conv_transpose(node: gs.Node, tracer) -> None:
         return
     w = const_value(node.inputs[1])  # [Cin, Cout/group, k...]
     group = int(node.attrs.get("group", 1))
-    px, py = tracer.old_positions(x.name), tracer.old_positions(y.name)
+    px, py = _positions(tracer, x, 1, w.shape[0]), tracer.old_positions(y.name)
     w = np.take(w, px, axis=0)
     if group > 1 and const_value(node.inputs[1]).shape[0] == group:  # depthwise
         node.attrs["group"] = len(px)
@@ -93,8 +104,9 @@ def _gemm(node: gs.Node, tracer) -> None:
     if not (_changed(tracer, x) or _changed(tracer, y)):
         return
     w = const_value(node.inputs[1])
-    px, py = tracer.old_positions(x.name), tracer.old_positions(y.name)
     trans = node.op == "Gemm" and node.attrs.get("transB", 0)
+    px = _positions(tracer, x, len(shape_of(x)) - 1, w.shape[1 if trans else 0])
+    py = tracer.old_positions(y.name)
     w = np.take(np.take(w, px, axis=1 if trans else 0), py, axis=0 if trans else 1)
     _set_const(node, 1, w)
     if node.op == "Gemm":
@@ -117,13 +129,14 @@ def _per_channel_consts(node: gs.Node, tracer) -> None:
     if not node.outputs or not _changed(tracer, node.outputs[0]):
         return
     out_shape = shape_of(node.outputs[0])
-    old_c = len(tracer.analysis.slots[node.outputs[0].name].arr)
+    slot = tracer.analysis.slots[node.outputs[0].name]
+    old_c = len(slot.arr)
     py = tracer.old_positions(node.outputs[0].name)
     for i, t in enumerate(node.inputs):
         v = const_value(t)
-        if v is None or out_shape is None:
+        if v is None or out_shape is None or len(slot.dims) != 1:
             continue
-        axis = v.ndim - (len(out_shape) - 1)
+        axis = v.ndim - (len(out_shape) - slot.axis)
         if axis >= 0 and v.shape[axis] == old_c and old_c > 1:
             _set_const(node, i, np.take(v, py, axis=axis))
 
@@ -134,11 +147,10 @@ def _reshape(node: gs.Node, tracer) -> None:
     if new is None or (len(new.arr) == len(old.arr) and new.dims == old.dims):
         return
     shape = const_value(node.inputs[1]).copy()
-    kind = reshape_kind(node)
-    dims = list(new.dims) if kind == "split" else [len(new.arr)]
+    dims = list(new.dims) if len(new.dims) > 1 else [len(new.arr)]
     for i, d in enumerate(dims):
-        if shape[1 + i] > 0:
-            shape[1 + i] = d
+        if shape[new.axis + i] != -1:  # -1 is inferred; 0 (copy) is made explicit
+            shape[new.axis + i] = d
     _set_const(node, 1, shape.astype(np.int64))
 
 
@@ -151,7 +163,7 @@ def _split(node: gs.Node, tracer) -> None:
     if "split" in node.attrs:
         node.attrs["split"] = sizes.tolist()
         return
-    name = f"{node.name}.split_sizes"
+    name = f"{label(node)}.split_sizes"
     if len(node.inputs) > 1:
         node.inputs[1] = gs.Constant(name, sizes)
     else:
@@ -163,12 +175,13 @@ def _slice(node: gs.Node, tracer) -> None:
     if bounds is None:
         return
     start, stop = bounds[0]
+    channel = tracer.analysis.slots[node.inputs[0].name].axis
     starts, ends = const_value(node.inputs[1]).copy(), const_value(node.inputs[2]).copy()
     rank = len(shape_of(node.inputs[0]))
     axes = const_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name \
         else np.arange(rank)
-    i = [k for k, a in enumerate(axes.tolist()) if (a + rank if a < 0 else a) == 1][0]
-    if slice_params(node) is None:
+    i = [k for k, a in enumerate(axes.tolist()) if (a + rank if a < 0 else a) == channel][0]
+    if slice_params(node, channel) is None:
         return
     starts[i], ends[i] = start, stop
     _set_const(node, 1, starts.astype(starts.dtype))
@@ -179,7 +192,8 @@ def _resize(node: gs.Node, tracer) -> None:
     y = node.outputs[0]
     if len(node.inputs) > 3 and node.inputs[3].name and _changed(tracer, y):
         sizes = const_value(node.inputs[3]).copy()
-        sizes[1] = len(tracer.slots[y.name].arr)
+        slot = tracer.slots[y.name]
+        sizes[slot.axis] = len(slot.arr)
         _set_const(node, 3, sizes)
 
 

@@ -1,186 +1,175 @@
 """Channel semantics of ONNX ops: how each op maps the channel axis of its inputs to its outputs.
 
 Every activation tensor of rank >= 2 carries a `Slot`: one id per position of its channel
-axis (axis 1; for the 5-D middle of a channel shuffle, axes 1-2 flattened). Producers (Conv,
-Gemm, graph inputs, unknown ops) create fresh ids; every other op derives its output ids from
-its inputs (Concat concatenates, Split/Slice cut, Flatten repeats each id over the spatial
-size, a shuffle permutes) and ties ids that must be removed together (residual Add, grouped
-convs). The same rules run twice: `groups.py` traces fresh element ids to find the groups,
-`apply.py` traces the kept ids to learn every tensor's new channel layout.
+axis (axis 1 where produced; followed through Transposes, Reshapes, Squeezes and reductions
+by `layout.py`). Producers (Conv, Gemm, MatMul, graph inputs, unknown ops) create fresh ids;
+every other op derives its output ids from its inputs (Concat concatenates, Split/Slice cut,
+Flatten repeats each id over the spatial size, a shuffle permutes) and ties ids that must be
+removed together (residual Add, grouped convs). The same rules run twice: `groups.py` traces
+fresh element ids to find the groups, `apply.py` traces the kept ids to learn every tensor's
+new channel layout.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.core.ir import const_value, static_shape
+from compiler.core.ir import const_value
+from passes.prune.layout import LAYOUT_RULES, norm_axes, reshape_blocks, tie_blocks
+from passes.prune.slots import (
+    Slot,
+    Tracer,
+    carries_channels,
+    channel_input,
+    describe,
+    flat,
+    produce,
+    shape_of,
+    unknown,
+)
 
-CHANNELWISE = {
-    "Relu", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu",
+__all__ = ["CHANNELWISE", "ELEMENTWISE", "POINTWISE", "RULES", "WEIGHTED", "Slot", "Tracer",
+           "carries_channels", "describe", "reshape_blocks", "shape_of", "slice_params",
+           "topo_order", "trace", "unknown"]
+
+# element by element: any channel axis passes through
+POINTWISE = {
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Clip", "Elu",
     "Selu", "Celu", "Softplus", "Softsign", "Exp", "Log", "Abs", "Neg", "Sqrt", "Erf", "Gelu",
     "Mish", "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Identity", "Dropout",
-    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
-    "Cast", "BatchNormalization", "InstanceNormalization", "ThresholdedRelu", "Shrink",
-    "IsNaN", "IsInf", "Not",
+    "Cast", "ThresholdedRelu", "Shrink", "IsNaN", "IsInf", "Not",
 }
+# per channel, with the channels on axis 1 (pooling windows and statistics over the rest)
+CHANNEL_FIRST = {
+    "MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+    "BatchNormalization", "InstanceNormalization",
+}
+CHANNELWISE = POINTWISE | CHANNEL_FIRST
 ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "Where",
-               "Equal", "Less", "Greater", "And", "Or"}
+               "Equal", "Less", "Greater", "And", "Or", "PRelu"}
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-
-
-@dataclass(frozen=True)
-class Slot:
-    """Channel ids of one tensor.
-
-    Attributes:
-        arr: One id per channel position (flattened over `dims`).
-        dims: Sizes of the channel axes starting at axis 1: (C,) normally, (G, C/G) inside a
-            channel shuffle.
-    """
-
-    arr: np.ndarray
-    dims: tuple[int, ...]
-
-
-class Tracer:
-    """What the rules call; subclasses decide what fresh ids, ties and blocks mean."""
-
-    def __init__(self) -> None:
-        self.slots: dict[str, Slot] = {}
-
-    def slot(self, tensor: gs.Tensor) -> Slot | None:
-        """The slot of a tensor, or None for constants and non-channel tensors."""
-        return self.slots.get(tensor.name) if tensor.name else None
-
-    def set(self, tensor: gs.Tensor, slot: Slot) -> None:
-        """Record a tensor's slot."""
-        self.slots[tensor.name] = slot
-
-    def fresh(self, tensor: gs.Tensor, n: int) -> np.ndarray:
-        """Ids of a producer's output channels."""
-        raise NotImplementedError
-
-    def tie(self, a: np.ndarray, b: np.ndarray, node: gs.Node) -> None:
-        """Ids at equal positions of `a` and `b` must be removed together."""
-        raise NotImplementedError
-
-    def block(self, arr: np.ndarray, reason: str) -> None:
-        """The channels in `arr` must not be removed."""
-
-    def cut(self, node: gs.Node, tensor: gs.Tensor, arr: np.ndarray,
-            ranges: list[tuple[int, int]]) -> list[np.ndarray]:
-        """Split `arr` (the slot of `tensor`) by old position ranges [start, stop)."""
-        return [arr[a:b] for a, b in ranges]
-
 
 Rule = Callable[[gs.Node, Tracer], None]
 
 
-def shape_of(tensor: gs.Tensor) -> tuple[int, ...] | None:
-    """Static shape with a symbolic batch (axis 0) read as 1; None if another dim is unknown."""
-    shape = tensor.shape
-    if shape is None:
-        return None
-    if len(shape) and not isinstance(shape[0], (int, np.integer)):
-        shape = [1, *shape[1:]]
-    return static_shape(gs.Variable("probe", shape=list(shape)))
+def _extra_outputs_used(node: gs.Node) -> bool:
+    # MaxPool indices, Dropout mask: flat indices / masks whose layout depends on C
+    return any(t.name and t.outputs for t in node.outputs[1:])
 
 
-def carries_channels(tensor: gs.Tensor) -> bool:
-    """Variable float tensors of rank >= 2 have a channel axis (axis 1)."""
-    if isinstance(tensor, gs.Constant) or not tensor.name:
-        return False
-    shape = tensor.shape
-    dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
-    return shape is not None and len(shape) >= 2 and dtype.kind == "f"
-
-
-def unknown(node: gs.Node, tr: Tracer, why: str | None = None) -> None:
-    """An op whose channel semantics are unknown: pin its inputs and outputs."""
-    reason = f"{node.op} node {node.name!r}: {why or 'channel semantics unknown'}"
-    for t in node.inputs:
-        s = tr.slot(t)
-        if s is not None:
-            tr.block(s.arr, reason)
-    for t in node.outputs:
-        if carries_channels(t):
-            n = t.shape[1] if isinstance(t.shape[1], (int, np.integer)) else 1
-            arr = tr.fresh(t, n)
-            tr.set(t, Slot(arr, (n,)))
-            tr.block(arr, reason)
-
-
-def _passthrough(node: gs.Node, tr: Tracer) -> None:
+def _pointwise(node: gs.Node, tr: Tracer) -> None:
     x = tr.slot(node.inputs[0])
     if x is None:
         return unknown(node, tr, "input has no channel axis")
+    if _extra_outputs_used(node):
+        return unknown(node, tr, f"second output {node.outputs[1].name!r} is used")
     tr.set(node.outputs[0], x)
-    for extra in node.outputs[1:]:  # MaxPool indices, Dropout mask: flat indices depend on C
-        if extra.name and extra.outputs:
-            return unknown(node, tr, f"second output {extra.name!r} is used")
     return None
 
 
+def _channel_first(node: gs.Node, tr: Tracer) -> None:
+    if tr.slot(node.inputs[0]) is None:
+        return unknown(node, tr, "input has no channel axis")
+    x = tr.slot(node.inputs[0])
+    if x.axis != 1 or len(x.dims) != 1:
+        return unknown(node, tr, f"works on axis 1, the channels are on axis {x.axis}")
+    return _pointwise(node, tr)
+
+
+def _pads(node: gs.Node, rank: int) -> list[int] | None:
+    """Pads per axis as [begin..., end...] over all `rank` axes, None if not constant."""
+    pads = const_value(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1].name \
+        else node.attrs.get("pads")
+    if pads is None:
+        return None
+    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    if len(node.inputs) <= 3 or not node.inputs[3].name:
+        return pads if len(pads) == 2 * rank else None
+    axes = const_value(node.inputs[3])
+    if axes is None:
+        return None
+    full = [0] * (2 * rank)
+    for i, a in enumerate(norm_axes(axes.reshape(-1), rank)):
+        full[a], full[a + rank] = pads[i], pads[i + len(axes.reshape(-1))]
+    return full
+
+
 def _pad(node: gs.Node, tr: Tracer) -> None:
-    pads = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    axes = const_value(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3].name else None
-    x_shape = shape_of(node.inputs[0])
-    if pads is None or x_shape is None or axes is not None:
+    x, x_shape = tr.slot(node.inputs[0]), shape_of(node.inputs[0])
+    pads = _pads(node, len(x_shape)) if x_shape is not None else None
+    if x is None or pads is None:
         return unknown(node, tr, "pads are not constant")
-    rank = len(x_shape)
-    if pads[1] != 0 or pads[1 + rank] != 0:
+    if any(pads[a] or pads[a + len(x_shape)] for a in x.axes):
         return unknown(node, tr, "pads the channel axis")
-    return _passthrough(node, tr)
+    return _pointwise(node, tr)
 
 
 def _resize(node: gs.Node, tr: Tracer) -> None:
+    x = tr.slot(node.inputs[0])
     x_shape, y_shape = shape_of(node.inputs[0]), shape_of(node.outputs[0])
-    if x_shape is None or y_shape is None or x_shape[1] != y_shape[1]:
+    if x is None or x_shape is None or y_shape is None:
+        return unknown(node, tr, "shapes unknown")
+    if any(x_shape[a] != y_shape[a] for a in x.axes):
         return unknown(node, tr, "resizes the channel axis")
-    return _passthrough(node, tr)
+    if len(x.dims) != 1:
+        return unknown(node, tr, "resizes a channel shuffle's middle")
+    return _pointwise(node, tr)
 
 
 def _conv(node: gs.Node, tr: Tracer) -> None:
-    x, w = tr.slot(node.inputs[0]), const_value(node.inputs[1])
-    if x is None or w is None or len(x.dims) != 1:
+    w = const_value(node.inputs[1])
+    if tr.slot(node.inputs[0]) is None or w is None:
         return unknown(node, tr, "weights are not constant")
+    x = channel_input(node, tr, 1)
     group = int(node.attrs.get("group", 1))
     transpose = node.op == "ConvTranspose"
     cin_g = w.shape[0] // group if transpose else w.shape[1]
     cout = w.shape[1] * group if transpose else w.shape[0]
-    out = node.outputs[0]
     if group > 1 and cin_g == 1:  # depthwise: each input channel owns `cout/group` outputs
-        tr.set(out, Slot(np.repeat(x.arr, cout // group), (cout,)))
+        if x is None:
+            return unknown(node, tr, "depthwise on channels traced on another axis")
+        tr.set(node.outputs[0], flat(np.repeat(x.arr, cout // group)))
         return None
-    y = tr.fresh(out, cout)
+    y = produce(node, tr, cout)
     if group > 1:  # same per-group selection keeps `group` valid
-        _tie_blocks(x.arr, group, node, tr)
-        _tie_blocks(y, group, node, tr)
-    tr.set(out, Slot(y, (cout,)))
+        if x is not None:
+            tie_blocks(x.arr, group, node, tr)
+        tie_blocks(y, group, node, tr)
     return None
-
-
-def _tie_blocks(arr: np.ndarray, blocks: int, node: gs.Node, tr: Tracer) -> None:
-    rows = arr.reshape(blocks, -1)
-    for g in range(1, blocks):
-        tr.tie(rows[0], rows[g], node)
 
 
 def _gemm(node: gs.Node, tr: Tracer) -> None:
-    x, w = tr.slot(node.inputs[0]), const_value(node.inputs[1])
-    if x is None or w is None or len(x.dims) != 1 or w.ndim != 2:
+    w, shape = const_value(node.inputs[1]), shape_of(node.inputs[0])
+    if tr.slot(node.inputs[0]) is None or w is None or w.ndim != 2 or shape is None:
         return unknown(node, tr, "weights are not a constant matrix")
     if node.op == "Gemm" and node.attrs.get("transA", 0):
         return unknown(node, tr, "transA")
-    if node.op == "MatMul" and len(shape_of(node.inputs[0]) or ()) != 2:
-        return unknown(node, tr, "MatMul on a tensor of rank other than 2")
+    channel_input(node, tr, len(shape) - 1)  # K: the last axis (a Gemm's input is 2-D)
     n_out = w.shape[0] if node.op == "Gemm" and node.attrs.get("transB", 0) else w.shape[1]
-    tr.set(node.outputs[0], Slot(tr.fresh(node.outputs[0], n_out), (n_out,)))
+    produce(node, tr, n_out, len(shape) - 1)
     return None
+
+
+def _operand(t: gs.Tensor, tr: Tracer, rank: int, out_shape: tuple) -> tuple | None:
+    """(slot, output axis of its channels) of one operand of an element-wise op.
+
+    (None, None) for operands without channels or broadcast over them (constants are sliced
+    by the rewrite); None if the operand's shape is unknown.
+    """
+    if isinstance(t, gs.Constant) or not t.name:
+        return None, None
+    s, shape = tr.slot(t), shape_of(t)
+    if shape is None:
+        return None
+    if s is None:
+        return None, None
+    offset = rank - len(shape)
+    if all(shape[a] == 1 for a in s.axes) and any(out_shape[a + offset] != 1 for a in s.axes):
+        return None, None  # e.g. a [N, 1, H, W] attention map scaling every channel
+    return s, s.axis + offset
 
 
 def _elementwise(node: gs.Node, tr: Tracer) -> None:
@@ -189,73 +178,80 @@ def _elementwise(node: gs.Node, tr: Tracer) -> None:
         return unknown(node, tr, "output shape unknown")
     rank, joined = len(out_shape), []
     for t in node.inputs:
-        shape = shape_of(t) if t.name else ()
-        if shape is None:
+        found = _operand(t, tr, rank, out_shape)
+        if found is None:
             return unknown(node, tr, f"shape of {t.name!r} unknown")
-        aligned = len(shape) - (rank - 1)  # the operand axis facing the channel axis
-        broadcast = shape[aligned] == 1 and out_shape[1] != 1 if aligned >= 0 else True
-        if broadcast or isinstance(t, gs.Constant):
-            continue
-        s = tr.slot(t)
-        if s is None or aligned != 1:
-            return unknown(node, tr, f"operand {t.name!r} of rank {len(shape)} broadcasts "
-                                     "onto the channel axis")
-        joined.append(s)
+        if found[0] is not None:
+            joined.append(found)
     if not joined:
         return unknown(node, tr, "no operand carries the output channels")
-    for s in joined[1:]:
-        if s.dims != joined[0].dims:
+    first, axis = joined[0]
+    for s, a in joined[1:]:
+        if s.dims != first.dims or a != axis:
             return unknown(node, tr, "operands have different channel layouts")
-        tr.tie(joined[0].arr, s.arr, node)
-    tr.set(node.outputs[0], joined[0])
+        tr.tie(first.arr, s.arr, node)
+    out = first.at(axis)
+    for t in node.inputs:  # variable operands without channels must broadcast over them
+        if t.name and not isinstance(t, gs.Constant) and tr.slot(t) is None \
+                and not _broadcasts(t, out, rank):
+            return unknown(node, tr, f"operand {t.name!r} broadcasts onto the channel axis")
+    tr.set(node.outputs[0], out)
     return None
+
+
+def _broadcasts(t: gs.Tensor, out: Slot, rank: int) -> bool:
+    shape = shape_of(t)
+    if shape is None:
+        return False
+    offset = rank - len(shape)
+    return all(a - offset < 0 or shape[a - offset] == 1 for a in out.axes)
 
 
 def _axis(node: gs.Node, default: int = 0) -> int | None:
     shape = shape_of(node.inputs[0])
     if shape is None:
         return None
-    axis = int(node.attrs.get("axis", default))
-    return axis + len(shape) if axis < 0 else axis
+    return norm_axes([node.attrs.get("axis", default)], len(shape))[0]
 
 
 def _concat(node: gs.Node, tr: Tracer) -> None:
     axis = _axis(node)
     slots = [tr.slot(t) for t in node.inputs]
-    if axis is None or any(s is None or len(s.dims) != 1 for s in slots):
+    if axis is None or any(s is None for s in slots):
         return unknown(node, tr, "concatenates constants or non-channel tensors")
-    if axis == 1:
-        arr = np.concatenate([s.arr for s in slots])
-        tr.set(node.outputs[0], Slot(arr, (len(arr),)))
+    first = slots[0]
+    if axis == first.axis and all(s.axis == axis and len(s.dims) == 1 for s in slots):
+        tr.set(node.outputs[0], flat(np.concatenate([s.arr for s in slots]), axis))
         return None
+    if axis in first.axes or any((s.axis, s.dims) != (first.axis, first.dims) for s in slots):
+        return unknown(node, tr, "inputs have different channel layouts")
     for s in slots[1:]:
-        tr.tie(slots[0].arr, s.arr, node)
-    tr.set(node.outputs[0], slots[0])
+        tr.tie(first.arr, s.arr, node)
+    tr.set(node.outputs[0], first)
     return None
 
 
 def _split(node: gs.Node, tr: Tracer) -> None:
     x, axis = tr.slot(node.inputs[0]), _axis(node)
-    if x is None or axis is None or len(x.dims) != 1:
+    if x is None or axis is None:
         return unknown(node, tr, "input has no channel axis")
-    if axis != 1:
+    if axis not in x.axes:
         for out in node.outputs:
             tr.set(out, x)
         return None
-    sizes = [shape_of(o)[1] if shape_of(o) else None for o in node.outputs]
-    in_shape = shape_of(node.inputs[0])
-    if None in sizes or in_shape is None or sum(sizes) != in_shape[1]:
+    sizes = [shape_of(o)[axis] if shape_of(o) else None for o in node.outputs]
+    if len(x.dims) != 1 or None in sizes or sum(sizes) != shape_of(node.inputs[0])[axis]:
         return unknown(node, tr, "split sizes unknown")
     offsets = np.cumsum([0] + sizes)
     ranges = [(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
     for out, part in zip(node.outputs, tr.cut(node, node.inputs[0], x.arr, ranges),
                          strict=True):
-        tr.set(out, Slot(part, (len(part),)))
+        tr.set(out, flat(part, axis))
     return None
 
 
-def slice_params(node: gs.Node) -> tuple[int, int, int] | None:
-    """(start, stop, step) of a Slice on the channel axis, (0, 0, 0) if it leaves axis 1 alone."""
+def slice_params(node: gs.Node, axis: int = 1) -> tuple[int, int, int] | None:
+    """(start, stop, step) of a Slice on `axis`, (0, 0, 0) if it leaves that axis alone."""
     x_shape = shape_of(node.inputs[0])
     values = [const_value(t) if t.name else None for t in node.inputs[1:]]
     if x_shape is None or len(values) < 2 or values[0] is None or values[1] is None:
@@ -265,129 +261,29 @@ def slice_params(node: gs.Node) -> tuple[int, int, int] | None:
     axes = values[2].tolist() if len(values) > 2 and values[2] is not None else range(rank)
     steps = values[3].tolist() if len(values) > 3 and values[3] is not None else [1] * rank
     for i, a in enumerate(axes):
-        if (a + rank if a < 0 else a) == 1:
-            start, stop, step = slice(starts[i], ends[i], steps[i]).indices(x_shape[1])
+        if (a + rank if a < 0 else a) == axis:
+            start, stop, step = slice(starts[i], ends[i], steps[i]).indices(x_shape[axis])
             return start, stop, step
     return 0, 0, 0
 
 
 def _slice(node: gs.Node, tr: Tracer) -> None:
-    x, params = tr.slot(node.inputs[0]), slice_params(node)
-    if x is None or params is None or len(x.dims) != 1:
-        return unknown(node, tr, "slice bounds are not constant")
-    start, stop, step = params
-    if (start, stop, step) == (0, 0, 0):
-        tr.set(node.outputs[0], x)
-        return None
-    if step != 1:
-        return unknown(node, tr, "strided slice of the channel axis")
-    part = tr.cut(node, node.inputs[0], x.arr, [(start, max(start, stop))])[0]
-    tr.set(node.outputs[0], Slot(part, (len(part),)))
-    return None
-
-
-def _flatten(node: gs.Node, tr: Tracer) -> None:
-    x, shape = tr.slot(node.inputs[0]), shape_of(node.inputs[0])
-    axis = _axis(node, 1)
-    if x is None or shape is None or axis != 1 or len(x.dims) != 1:
-        return unknown(node, tr, "flattens across the batch or channel axis")
-    spatial = int(np.prod(shape[2:], dtype=np.int64))
-    arr = np.repeat(x.arr, spatial)
-    tr.set(node.outputs[0], Slot(arr, (len(arr),)))
-    return None
-
-
-def reshape_kind(node: gs.Node) -> str | None:
-    """Which channel-preserving reshape this is: flatten / keep / split / merge, or None."""
-    a, b = shape_of(node.inputs[0]), shape_of(node.outputs[0])
-    if a is None or b is None or a[0] != b[0]:
-        return None
-    if len(b) == 2 and len(a) >= 2:
-        return "flatten"
-    if len(a) >= 2 and len(b) >= 2 and a[1] == b[1] and np.prod(a[2:]) == np.prod(b[2:]):
-        return "keep"
-    if len(b) == len(a) + 1 and b[1] * b[2] == a[1] and tuple(b[3:]) == tuple(a[2:]):
-        return "split"
-    if len(a) == len(b) + 1 and a[1] * a[2] == b[1] and tuple(a[3:]) == tuple(b[2:]):
-        return "merge"
-    return None
-
-
-def _reshape(node: gs.Node, tr: Tracer) -> None:
-    x, kind = tr.slot(node.inputs[0]), reshape_kind(node)
-    if x is None or kind is None or const_value(node.inputs[1]) is None:
-        return unknown(node, tr, "reshape mixes the channel axis with others")
-    out = node.outputs[0]
-    if kind == "flatten" and len(x.dims) == 1:
-        spatial = int(np.prod(shape_of(node.inputs[0])[2:], dtype=np.int64))
-        arr = np.repeat(x.arr, spatial)
-        tr.set(out, Slot(arr, (len(arr),)))
-    elif kind == "keep" and len(x.dims) == 1:
-        tr.set(out, x)
-    elif kind == "split" and len(x.dims) == 1:
-        groups = shape_of(out)[1]
-        if len(x.arr) % groups:
-            return unknown(node, tr, "channel count not divisible by the shuffle groups")
-        _tie_blocks(x.arr, groups, node, tr)  # equal per-block selection keeps the reshape valid
-        tr.set(out, Slot(x.arr, (groups, len(x.arr) // groups)))
-    elif kind == "merge" and len(x.dims) == 2:
-        tr.set(out, Slot(x.arr, (len(x.arr),)))
-    else:
-        return unknown(node, tr, "reshape of an unsupported channel layout")
-    return None
-
-
-def _transpose(node: gs.Node, tr: Tracer) -> None:
     x = tr.slot(node.inputs[0])
-    shape = shape_of(node.inputs[0])
-    if x is None or shape is None:
+    if x is None:
         return unknown(node, tr, "input has no channel axis")
-    perm = list(node.attrs.get("perm", list(range(len(shape)))[::-1]))
-    n = len(x.dims)
-    if perm[0] != 0 or sorted(perm[1:1 + n]) != list(range(1, 1 + n)) \
-            or perm[1 + n:] != list(range(1 + n, len(shape))):
-        return unknown(node, tr, "moves the channel axis")
-    if perm[1:1 + n] == list(range(1, 1 + n)):
+    params = [slice_params(node, a) for a in x.axes]
+    if any(p is None for p in params):
+        return unknown(node, tr, "slice bounds are not constant")
+    if all(p == (0, 0, 0) for p in params):
         tr.set(node.outputs[0], x)
         return None
-    dims = x.dims
-    arr = x.arr.reshape(dims).transpose([p - 1 for p in perm[1:1 + n]]).ravel()
-    tr.set(node.outputs[0], Slot(arr, tuple(dims[p - 1] for p in perm[1:1 + n])))
+    start, stop, step = params[0]
+    if len(x.dims) != 1 or step != 1:
+        return unknown(node, tr, "strided slice of the channel axis" if step != 1
+                       else "slices a shuffle's channel axes")
+    part = tr.cut(node, node.inputs[0], x.arr, [(start, max(start, stop))])[0]
+    tr.set(node.outputs[0], flat(part, x.axis))
     return None
-
-
-def _reduce(node: gs.Node, tr: Tracer) -> None:
-    shape = shape_of(node.inputs[0])
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1 and node.inputs[1].name:
-        value = const_value(node.inputs[1])
-        axes = None if value is None else value.tolist()
-    if shape is None or axes is None:
-        return unknown(node, tr, "reduces over unknown axes")
-    axes = [a + len(shape) if a < 0 else a for a in axes]
-    if 0 in axes or 1 in axes or not node.attrs.get("keepdims", 1) and min(axes) < 1:
-        return unknown(node, tr, "reduces over the channel axis")
-    return _passthrough(node, tr)
-
-
-def _softmax(node: gs.Node, tr: Tracer) -> None:
-    if _axis(node, -1) == 1:
-        return unknown(node, tr, "normalizes across channels")
-    return _passthrough(node, tr)
-
-
-def _squeeze(node: gs.Node, tr: Tracer) -> None:
-    axes = node.attrs.get("axes")
-    if axes is None and len(node.inputs) > 1:
-        value = const_value(node.inputs[1])
-        axes = None if value is None else value.tolist()
-    x_shape, y_shape = shape_of(node.inputs[0]), shape_of(node.outputs[0])
-    if axes is None or x_shape is None or y_shape is None:
-        return unknown(node, tr, "axes unknown")
-    rank = max(len(x_shape), len(y_shape))
-    if any((a + rank if a < 0 else a) <= 1 for a in axes):
-        return unknown(node, tr, "squeezes or unsqueezes the batch or channel axis")
-    return _passthrough(node, tr)
 
 
 def _shape(node: gs.Node, tr: Tracer) -> None:
@@ -395,15 +291,13 @@ def _shape(node: gs.Node, tr: Tracer) -> None:
 
 
 RULES: dict[str, Rule] = {
-    **{op: _passthrough for op in CHANNELWISE},
+    **{op: _pointwise for op in POINTWISE},
+    **{op: _channel_first for op in CHANNEL_FIRST},
     **{op: _elementwise for op in ELEMENTWISE},
+    **LAYOUT_RULES,
     "Conv": _conv, "ConvTranspose": _conv, "Gemm": _gemm, "MatMul": _gemm,
-    "Concat": _concat, "Split": _split, "Slice": _slice, "Flatten": _flatten,
-    "Reshape": _reshape, "Transpose": _transpose, "Pad": _pad, "Resize": _resize,
-    "Upsample": _resize, "Softmax": _softmax, "LogSoftmax": _softmax,
-    "ReduceMean": _reduce, "ReduceSum": _reduce, "ReduceMax": _reduce, "ReduceMin": _reduce,
-    "ReduceL2": _reduce, "Squeeze": _squeeze, "Unsqueeze": _squeeze, "Shape": _shape,
-    "Size": _shape,
+    "Concat": _concat, "Split": _split, "Slice": _slice, "Pad": _pad, "Resize": _resize,
+    "Upsample": _resize, "Shape": _shape, "Size": _shape,
 }
 
 
@@ -429,12 +323,13 @@ def topo_order(graph: gs.Graph) -> list[gs.Node]:
 
 def trace(graph: gs.Graph, tr: Tracer) -> list[gs.Node]:
     """Run the rules over the graph; returns the nodes in the order traced."""
+    tr.opset = int(graph.opset or 17)
     for t in graph.inputs:
         if carries_channels(t):
             n = shape_of(t)[1] if shape_of(t) else 1
             arr = tr.fresh(t, n)
-            tr.set(t, Slot(arr, (n,)))
-            tr.block(arr, f"graph input {t.name!r}")
+            tr.set(t, flat(arr))
+            tr.block(arr, f"graph input {t.name!r}", {"input": t.name})
     order = topo_order(graph)
     for node in order:
         rule = RULES.get(node.op) if node.domain in (None, "", "ai.onnx") else None
@@ -449,5 +344,5 @@ def trace(graph: gs.Graph, tr: Tracer) -> list[gs.Node]:
     for t in graph.outputs:
         s = tr.slot(t)
         if s is not None:
-            tr.block(s.arr, f"graph output {t.name!r}")
+            tr.block(s.arr, f"graph output {t.name!r}", {"output": t.name})
     return order

@@ -8,6 +8,7 @@ other unit to a QOp (the `lower` of its op, compiler/core/qops).
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError, GraphError
 from compiler.core.ir import Model, const_value, is_const
 from compiler.core.qops import UnitIO, by_unit_kind
+from compiler.core.subgraphs import export_subgraph, outer_inputs
+from passes.quantize.dynamic import runtime_tensors
 from passes.quantize.patterns import Unit, partition, scale_preserving
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class QGraphBuilder:
     floats: dict[str, str] = field(default_factory=dict)   # float name -> float tensor name
     scales: dict[str, float] = field(default_factory=dict)  # float name -> int8 scale
     report: list[dict[str, Any]] = field(default_factory=list)
+    runtime: dict[str, str] = field(default_factory=dict)  # run-time-shaped float tensors
 
     def __post_init__(self) -> None:
         g = self.model.graph
@@ -77,7 +81,8 @@ class QGraphBuilder:
              data: np.ndarray | None = None) -> str:
         if name in self.tensors:
             raise GraphError(f"qgraph: tensor name {name!r} used twice")
-        self.tensors[name] = q.QTensor(name, shape, dtype, scale, data)
+        self.tensors[name] = q.QTensor(name, shape, dtype, scale, data,
+                                       runtime_shape=name in self.runtime)
         return name
 
     def threshold_scale(self, name: str) -> float:
@@ -149,7 +154,7 @@ class QGraphBuilder:
         made = {o.name for n in nodes for o in n.outputs if o.name}
         rename, constants = {}, {}
         for n in nodes:
-            for t in n.inputs:
+            for t in list(n.inputs) + outer_inputs(n):
                 if not t.name or t.name in made:
                     continue
                 if is_const(t):
@@ -177,7 +182,7 @@ class QGraphBuilder:
 
     def build(self, units: list[Unit], info: dict[str, Any]) -> q.QGraph:
         """Walk all units and return the validated QGraph."""
-        runs = _runs(units)
+        runs = _runs(npu_first(units))
         for i, run in enumerate(runs):
             if run[0].kind == "cpu":
                 later = {t.name for r in runs[i + 1:] for u in r for t in u.inputs}
@@ -193,6 +198,41 @@ class QGraphBuilder:
         return graph
 
 
+def npu_first(units: list[Unit]) -> list[Unit]:
+    """A topological order of the units with few switches between int8 and CPU work.
+
+    Greedy: stay with the current kind (int8 first) while one of its units is ready.
+    Independent host work (the Gathers of a detection tail around an int8 Squeeze of the
+    boxes) then lands in one CPU partition: fewer host round trips, each of which costs a
+    partition call.
+    """
+    made = {t.name: i for i, u in enumerate(units) for n in u.nodes for t in n.outputs
+            if t.name}
+    needs = [{made[t.name] for n in u.nodes for t in list(n.inputs) + outer_inputs(n)
+              if t.name in made and made[t.name] != i} for i, u in enumerate(units)]
+    users: dict[int, list[int]] = {}
+    for i, deps in enumerate(needs):
+        for d in deps:
+            users.setdefault(d, []).append(i)
+    waiting = [len(d) for d in needs]
+    ready: dict[bool, list[int]] = {False: [], True: []}  # is_cpu -> heap of unit indices
+    for i, u in enumerate(units):
+        if not needs[i]:
+            heapq.heappush(ready[u.kind == "cpu"], i)
+    order, cpu = [], False
+    while ready[False] or ready[True]:
+        cpu = cpu if ready[cpu] else not cpu
+        i = heapq.heappop(ready[cpu])
+        order.append(units[i])
+        for j in users.get(i, []):
+            waiting[j] -= 1
+            if not waiting[j]:
+                heapq.heappush(ready[units[j].kind == "cpu"], j)
+    if len(order) != len(units):
+        raise GraphError("qgraph: the quantization units form a cycle")
+    return order
+
+
 def _runs(units: list[Unit]) -> list[list[Unit]]:
     runs: list[list[Unit]] = []
     for u in units:
@@ -203,20 +243,23 @@ def _runs(units: list[Unit]) -> list[list[Unit]]:
     return runs
 
 
-def _attr(value: Any) -> Any:
+def _attr(value: Any, rename: Mapping[str, str]) -> Any:
     if isinstance(value, gs.Constant):
         return np.asarray(value.values)
     if isinstance(value, gs.Graph):
-        raise GraphError("nodes with subgraph attributes (If/Loop/Scan) cannot be partitioned")
+        return export_subgraph(value, rename)
     if isinstance(value, gs.Tensor):
         raise GraphError(f"unsupported tensor attribute {value.name!r}")
     return value
 
 
 def float_node(node: gs.Node, rename: Mapping[str, str]) -> q.FloatNode:
-    """A CPU-partition node, reading dequantized copies where the renaming says so."""
+    """A CPU-partition node, reading dequantized copies where the renaming says so.
+
+    Subgraph attributes are exported with their outer-scope reads renamed the same way.
+    """
     try:
-        attrs = {k: _attr(v) for k, v in node.attrs.items()}
+        attrs = {k: _attr(v, rename) for k, v in node.attrs.items()}
     except GraphError as e:
         raise GraphError(f"node {node.name!r} ({node.op}): {e}") from e
     return q.FloatNode(node.op, node.name, tuple(rename.get(t.name, t.name) for t in node.inputs),
@@ -238,7 +281,7 @@ def build_qgraph(model: Model, thresholds: Mapping[str, float],
         The QGraph and a per-node report (node, op, qop, qop_name, reason).
     """
     units = units if units is not None else partition(model.graph)
-    builder = QGraphBuilder(model, thresholds)
+    builder = QGraphBuilder(model, thresholds, runtime=runtime_tensors(model.graph))
     graph = builder.build(units, dict(info or {}))
     log.info("quantized %d nodes into %d ops (%d CPU partitions)", len(builder.report),
              len(graph.ops), sum(isinstance(o, q.QCpuPartition) for o in graph.ops))

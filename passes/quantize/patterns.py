@@ -16,6 +16,8 @@ from compiler.core.qops import OPS, Unit, matchers
 from compiler.core.qops.lut import match_gated
 from compiler.core.qops.match import is_float
 from compiler.core.qops.regions import BINARY, UNARY, grow_region
+from compiler.core.subgraphs import outer_inputs
+from passes.quantize.dynamic import runtime_tensors
 
 __all__ = ["Unit", "MATCHERS", "KEEP_FLOAT_REASON", "match_node", "partition",
            "scale_preserving"]
@@ -54,10 +56,24 @@ def match_region(node: gs.Node, graph: gs.Graph, order: dict[int, int]) -> Unit 
     return Unit("lut", nodes, [x], [out], {"fn": "+".join(n.op for n in nodes), "region": True})
 
 
+HOST_REASONS = {
+    "If": "control flow (If) runs on the host", "Loop": "control flow (Loop) runs on the host",
+    "Scan": "control flow (Scan) runs on the host",
+    "NonMaxSuppression": "post-processing (NonMaxSuppression): output size depends on the "
+                         "data",
+    "NonZero": "NonZero: output size depends on the data",
+    "Unique": "Unique: output size depends on the data",
+    "Compress": "Compress: output size depends on the data",
+}
+"""User-facing reasons for ops that belong on the host whatever their dtypes."""
+
+
 def match_node(node: gs.Node, graph: gs.Graph, order: dict[int, int] | None = None) -> Unit:
     """The unit for one node: a quantizable pattern anchored at it, or a cpu unit."""
     if node.domain not in (None, "", "ai.onnx"):
         return _cpu(node, f"{node.op} (domain {node.domain}) has no int8 implementation")
+    if node.op in HOST_REASONS:
+        return _cpu(node, HOST_REASONS[node.op])
     acts = [t for t in node.inputs[:1]] if node.op not in ("Add", "Sub", "Mul", "Div", "Concat") \
         else list(node.inputs)
     reason = _activation_inputs_float(node, acts)
@@ -75,8 +91,22 @@ def match_node(node: gs.Node, graph: gs.Graph, order: dict[int, int] | None = No
 
 
 def _cpu(node: gs.Node, reason: str) -> Unit:
-    inputs = [t for t in node.inputs if t.name and not is_const(t)]
-    return Unit("cpu", [node], inputs, [o for o in node.outputs if o.name], reason=reason)
+    inputs = [t for t in node.inputs if t.name and not is_const(t)] + outer_inputs(node)
+    return Unit("cpu", [node], list({t.name: t for t in inputs}.values()),
+                [o for o in node.outputs if o.name], reason=reason)
+
+
+def _runtime_reason(unit: Unit, runtime: dict[str, str]) -> str:
+    """Why a matched unit cannot run on the NPU ('' when every shape is static).
+
+    A tensor whose shape is known only at run time must stay on the host.
+    """
+    roles = [("input", t) for t in unit.inputs] + [("output", t) for t in unit.outputs]
+    for role, t in roles:
+        if t.name in runtime:
+            return (f"{role} {t.name!r} has a shape known only at run time "
+                    f"(from {runtime[t.name]})")
+    return ""
 
 
 KEEP_FLOAT_REASON = "kept in float by request (--keep-float)"
@@ -91,6 +121,7 @@ def partition(graph: gs.Graph, keep_float: frozenset[str] = frozenset()) -> list
     graph.toposort()
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     taken: set[int] = {id(n) for n in graph.nodes if n.name in keep_float}
+    runtime = runtime_tensors(graph)
     units = []
     for node in graph.nodes:
         if node.name in keep_float:
@@ -104,6 +135,8 @@ def partition(graph: gs.Graph, keep_float: frozenset[str] = frozenset()) -> list
             unit = _cpu(node, f"its int8 pattern would fuse {kept[0]!r}, which is kept in float")
         elif any(id(n) in taken for n in unit.nodes[1:]):  # defensive: fusions look forward
             unit = _cpu(node, "overlapping quantization patterns")
+        elif unit.kind != "cpu" and _runtime_reason(unit, runtime):
+            unit = _cpu(node, _runtime_reason(unit, runtime))
         taken.update(id(n) for n in unit.nodes)
         units.append(unit)
     return units

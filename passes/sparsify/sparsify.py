@@ -65,6 +65,9 @@ def plan_layers(model: Model, opts: SparsifyOptions) -> Plan:
             plan.skipped[layer.name] = reason
         else:
             plan.layers.append(layer)
+    for node in model.graph.nodes:  # listed so the report says why they stay dense
+        if node.op == "ConvTranspose":
+            plan.skipped[node.name] = "ConvTranspose: 1xN blocks are defined for Conv/Gemm/MatMul"
     return plan
 
 

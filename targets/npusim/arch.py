@@ -7,14 +7,14 @@ negative number; errors are `ConfigError`s naming the file and the field.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from compiler.core.errors import ConfigError
+from compiler.core.safe_yaml import read_yaml
 
 PRESET_DIR = Path(__file__).parent / "presets"
 SPARSE_BLOCKS = (1, 2, 4, 8, 16, 32)
@@ -88,13 +88,7 @@ def load_arch(name_or_path: str | Path | None = "default") -> Arch:
 
 
 def _read(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"cannot read architecture file {path}: {e.strerror or e}") from e
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"architecture file {path} is not valid YAML: "
-                          f"{str(e).splitlines()[0]}") from e
+    return read_yaml(path, f"architecture file {path}")
 
 
 def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[Any], Any]:
@@ -103,7 +97,9 @@ def _number(kind: type, minimum: float, strict: bool = False) -> Callable[[Any],
                 (kind is int and not float(value).is_integer()):
             raise ValueError(f"must be {'an integer' if kind is int else 'a number'}, "
                              f"got {value!r}")
-        if value < minimum or (strict and value == minimum) or value != value:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        if value < minimum or (strict and value == minimum):
             raise ValueError(f"must be {'>' if strict else '>='} {minimum}, got {value!r}")
         return kind(value)
     return check

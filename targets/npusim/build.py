@@ -19,6 +19,7 @@ from targets.npusim.alloc import Allocation
 from targets.npusim.arch import load_arch
 from targets.npusim.binary import write_binary
 from targets.npusim.lower import lower
+from targets.npusim.macs import MacSplit, mac_split
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,21 @@ class BuildResult:
         write_atomic(path, self.data)
         return path
 
+    @property
+    def macs(self) -> MacSplit:
+        """Dense MACs on the NPU and on the host (`npu_mac_fraction` = its fraction)."""
+        return mac_split(self.program)
+
     def summary(self) -> dict[str, Any]:
         """Counts for reports."""
         units = Counter(p["unit"] for p in self.placement)
+        macs = self.macs
         return {"bytes": len(self.data), "instructions": len(self.instructions),
                 "npu_nodes": units.get("NPU", 0), "cpu_nodes": units.get("CPU", 0),
                 "cpu_partitions": self.cpu_partitions,
+                "npu_mac_fraction": round(macs.fraction, 6), "npu_macs": macs.npu_macs,
+                "cpu_macs": macs.cpu_macs, "cpu_partition_ops": [r["ops"] for r in
+                                                               macs.partitions],
                 "sparse_layers": len(self.sparse_layers),
                 "arena_bytes": self.allocation.arena_size,
                 "arena_no_reuse_bytes": self.allocation.naive_bytes}

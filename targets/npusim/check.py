@@ -28,6 +28,7 @@ def check_program(p: isa.Program) -> None:
     for i, ins in enumerate(p.code):
         where = f"instruction {i} ({ins.kind} {ins.name!r})"
         _check_refs(p, ins, where)
+        _check_host(p, ins, where)
         for t in ins.reads():
             if t not in written:
                 raise TargetError(f"binary: {where}: reads tensor {t} before it is written")
@@ -51,6 +52,9 @@ def _fail(where: str) -> Callable[[bool, str], None]:
 
 def _check_tensor(p: isa.Program, i: int, t: isa.Tensor) -> None:
     where = f"tensor {i} ({t.name!r})"
+    if t.runtime and (t.offset or t.region not in ("arena", "output") or t.dtype == "int8"):
+        raise TargetError(f"binary: {where}: a run-time-shaped (host) tensor must be a float "
+                          f"or index tensor at offset 0, not an input or constant")
     if t.offset % 16 or t.offset + t.nbytes > p.arena_size:
         raise TargetError(f"binary: {where}: offset {t.offset} + {t.nbytes} bytes is outside "
                           f"the {p.arena_size}-byte arena or misaligned")
@@ -75,6 +79,16 @@ def _check_interface(p: isa.Program) -> None:
     marked = sum(t.region in ("input", "output") for t in p.tensors)
     if marked != len(p.inputs) + len(p.outputs):
         raise TargetError("binary: tensor regions disagree with the input/output lists")
+
+
+def _check_host(p: isa.Program, ins: isa.Instr, where: str) -> None:
+    """Only CPU partitions touch host tensors (run-time shapes, no arena bytes)."""
+    if isinstance(ins, isa.CpuCall):
+        return
+    for t in ins.reads() + ins.writes():
+        if 0 <= t < len(p.tensors) and p.tensors[t].runtime:
+            raise TargetError(f"binary: {where}: tensor {t} has a run-time shape; only a "
+                              "cpu_call may use it")
 
 
 def _check_refs(p: isa.Program, ins: isa.Instr, where: str) -> None:

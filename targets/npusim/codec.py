@@ -22,6 +22,7 @@ from targets.npusim.isa import (
     DTYPE_CODES,
     DTYPES,
     REGIONS,
+    RUNTIME_DIM,
     Blob,
     Instr,
     Program,
@@ -41,6 +42,7 @@ KIND_DTYPE = {"weight": "int8", "bias": "int32", "mult": "int32", "shift": "uint
 KIND_SECTION = {"lut": Section.LUTS, "onnx": Section.CPU}
 BLOB_ENTRY = struct.Struct("<BBBBBBHQQ")
 REGION_CODES = {v: k for k, v in REGIONS.items()}
+RUNTIME_DIM_CODE = 0xFFFFFFFF  # a dimension known only at run time (format 2.0)
 
 
 def encode(program: Program, blob_blocks: dict[int, int]) -> dict[Section, bytes]:
@@ -72,7 +74,8 @@ def _encode_tensors(program: Program) -> bytes:
         name = t.name.encode("utf-8")
         out += struct.pack("<H", len(name)) + name
         out += struct.pack("<BBB", DTYPE_CODES[t.dtype], REGION_CODES[t.region], len(t.shape))
-        out += struct.pack(f"<{len(t.shape)}I", *t.shape)
+        out += struct.pack(f"<{len(t.shape)}I", *(RUNTIME_DIM_CODE if d == RUNTIME_DIM else d
+                                                   for d in t.shape))
         out += struct.pack("<dQi", t.scale, t.offset, t.blob)
     return bytes(out)
 
@@ -96,7 +99,8 @@ def _decode_tensor(r: Reader, i: int) -> Tensor:
     if dtype not in DTYPES or region not in REGIONS or rank > MAX_RANK:
         raise TargetError(f"binary: section TENSORS: {where}: bad dtype code {dtype}, region "
                           f"{region} or rank {rank}")
-    shape = r.unpack(f"{rank}I", f"{where} shape")
+    shape = tuple(RUNTIME_DIM if d == RUNTIME_DIM_CODE else d
+                  for d in r.unpack(f"{rank}I", f"{where} shape"))
     _check_elements(shape, f"section TENSORS: {where}")
     scale, offset, blob = r.unpack("dQi", f"{where} scale/offset/blob")
     if not np.isfinite(scale) or scale < 0:
@@ -107,7 +111,7 @@ def _decode_tensor(r: Reader, i: int) -> Tensor:
 def _check_elements(shape: tuple[int, ...], where: str) -> int:
     count = 1
     for d in shape:
-        count *= d
+        count *= max(d, 1) if d == RUNTIME_DIM else d
     if count > MAX_ELEMENTS:
         raise TargetError(f"binary: {where}: {count} elements exceeds the {MAX_ELEMENTS} limit")
     return count

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from compiler.core.errors import TargetError
 
 MAGIC = b"NPUB"
-VERSION = (1, 0)
+VERSION = (2, 0)
+READS = (1, 2)  # major versions this reader accepts: 1.x files are 2.x files without
+# run-time dimensions
 HEADER = struct.Struct("<4sHHIIQQI24sI")  # 64 bytes, see docs/binary-format.md
 ENTRY = struct.Struct("<IIQQII")  # 32 bytes per section
 MAX_SECTIONS = 32
@@ -126,11 +128,14 @@ def _header(view: memoryview) -> Header:
     magic, major, minor, hsize, count, table, size, flags, reserved, _ = \
         HEADER.unpack_from(view, 0)
     if magic != MAGIC:
+        # An ONNX file starts with field 1 (ir_version) as a varint: tag byte 0x08.
+        hint = ("; it looks like an ONNX model: build it first with `npuc build MODEL -o "
+                "model.bin`" if bytes(magic[:1]) == b"\x08" else "")
         raise TargetError(f"binary: bad magic {bytes(magic)!r} (expected {MAGIC!r}); "
-                          "not an npuc binary")
-    if major != VERSION[0]:
+                          f"not an npuc binary{hint}")
+    if major not in READS:
         raise TargetError(f"binary: unsupported format version {major}.{minor} "
-                          f"(this npuc reads {VERSION[0]}.x)")
+                          f"(this npuc reads {' and '.join(f'{v}.x' for v in READS)})")
     checks = [("header_size", hsize == HEADER.size, hsize),
               ("file_size", size == len(view), f"{size}, actual {len(view)}"),
               ("section_count", count == len(Section), count),

@@ -38,6 +38,11 @@ def _shape(p: isa.Program, i: int) -> tuple[int, ...]:
     return p.tensors[i].shape
 
 
+def elements(t: isa.Tensor) -> int:
+    """Element count; a run-time dimension counts as 1, so host tensors give a lower bound."""
+    return prod(1 if d == isa.RUNTIME_DIM else d for d in t.shape)
+
+
 def _const_bytes(p: isa.Program, ins: isa.Instr) -> int:
     return sum(p.blobs[b].stored_bytes or p.blobs[b].array.nbytes for b in ins.refs(ins.BLOBS)
                if p.blobs[b].array is not None or p.blobs[b].raw)
@@ -52,13 +57,23 @@ def _sparsity(p: isa.Program, ins: isa.Instr, arch: Arch) -> tuple[int, float, f
     return blob.block, zero, zero * arch.sparse_efficiency.get(blob.block, 0.0)
 
 
+def dense_macs(p: isa.Program, ins: isa.Instr) -> int:
+    """MACs of a Conv / FullyConnected with every weight counted (0 for other kinds)."""
+    if isinstance(ins, isa.Conv):
+        n, _, oh, ow = _shape(p, ins.ofm)
+        return n * oh * ow * prod(p.blobs[ins.weights].array.shape)
+    if isinstance(ins, isa.FullyConnected):
+        return prod(_shape(p, ins.ifm)[:-1]) * prod(p.blobs[ins.weights].array.shape)
+    return 0
+
+
 def conv_work(p: isa.Program, ins: isa.Conv, arch: Arch) -> Work:
     """Dense/grouped conv on the MAC array; depthwise on its own datapath."""
     w = p.blobs[ins.weights].array
     n, _, oh, ow = _shape(p, ins.ofm)
     cout, cin_g, kh, kw = w.shape
     positions = n * oh * ow
-    macs = positions * cout * cin_g * kh * kw
+    macs = dense_macs(p, ins)
     block, zero, skip = _sparsity(p, ins, arch)
     px, ic, oc = arch.mac_array
     if isinstance(ins, isa.DepthwiseConv):
@@ -77,7 +92,7 @@ def fc_work(p: isa.Program, ins: isa.FullyConnected, arch: Arch) -> Work:
     block, zero, skip = _sparsity(p, ins, arch)
     px, ic, oc = arch.mac_array
     cycles = ceil(rows / px) * ceil(k / ic) * ceil(nout / oc)
-    return Work(round(rows * nout * k * (1 - zero)), cycles * (1 - skip), 0,
+    return Work(round(dense_macs(p, ins) * (1 - zero)), cycles * (1 - skip), 0,
                 _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()),
                 block, zero)
 
@@ -101,7 +116,7 @@ def free_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
 
 def cpu_work(p: isa.Program, ins: isa.CpuCall, arch: Arch) -> Work:
     """A float partition: bytes in and out; its compute is estimated in `perf`."""
-    return Work(0, 0.0, sum(prod(_shape(p, i)) for i in ins.reads() + ins.writes()),
+    return Work(0, 0.0, sum(elements(p.tensors[i]) for i in ins.reads() + ins.writes()),
                 _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()))
 
 

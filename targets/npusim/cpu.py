@@ -6,6 +6,7 @@ import numpy as np
 import onnxruntime as ort
 
 from compiler.core.errors import TargetError
+from compiler.core.numerics import ort_session
 from targets.npusim import isa
 
 
@@ -22,10 +23,8 @@ class PartitionRunner:
     def session(self) -> ort.InferenceSession:
         """Create (once) and check the session: its input/output names must match."""
         if self._session is None:
-            opts = ort.SessionOptions()
-            opts.log_severity_level = 3
             try:
-                sess = ort.InferenceSession(self._raw, opts, providers=["CPUExecutionProvider"])
+                sess = ort_session(self._raw)
             except Exception as e:  # onnxruntime raises its own exception types
                 raise TargetError(f"CPU partition {self.ins.name!r}: onnxruntime cannot load "
                                   f"it ({str(e).splitlines()[0][:200]})") from e

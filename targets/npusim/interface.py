@@ -70,9 +70,14 @@ def disassemble(program: isa.Program, ins: isa.Instr) -> str:
     return f"{ins.kind:<10} {unit}  {' '.join(parts)}  ; {ins.name}"
 
 
+def shape_text(shape: tuple[int, ...]) -> str:
+    """`1x64x4`; a run-time dimension (host tensors) prints as `?`."""
+    return "x".join("?" if d == isa.RUNTIME_DIM else str(d) for d in shape)
+
+
 def _tensors(program: isa.Program, ids: int | tuple[int, ...]) -> str:
     ids = ids if isinstance(ids, tuple) else (ids,)
-    return ",".join(f"t{i}[{'x'.join(map(str, program.tensors[i].shape))}]" for i in ids)
+    return ",".join(f"t{i}[{shape_text(program.tensors[i].shape)}]" for i in ids)
 
 
 def _blobs(program: isa.Program, ids: int | tuple[int, ...]) -> str:

@@ -319,14 +319,22 @@ MNEMONIC = {
     Transpose: "transpose", Slice: "slice", Pad: "pad", CpuCall: "cpu_call",
     ChannelLut: "channel_lut"}
 
-DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8"}
+DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8", 6: "bool"}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 REGIONS = {0: "arena", 1: "input", 2: "output", 3: "const"}
 
 
+RUNTIME_DIM = -1
+"""A dimension known only at run time (data-dependent: NonMaxSuppression, NonZero, ...)."""
+
+
 @dataclass(frozen=True)
 class Tensor:
-    """An entry of the tensor table: every tensor lives at `offset` in one flat arena."""
+    """An entry of the tensor table: every tensor lives at `offset` in one flat arena.
+
+    A tensor with a `RUNTIME_DIM` is a host tensor instead: only CPU partitions read and
+    write it, it has no arena bytes (offset 0) and its value lives in host memory.
+    """
 
     name: str
     shape: tuple[int, ...]
@@ -337,8 +345,15 @@ class Tensor:
     blob: int = -1  # blob holding a constant tensor's value
 
     @property
+    def runtime(self) -> bool:
+        """True for a host tensor whose shape is only known at run time."""
+        return any(d == RUNTIME_DIM for d in self.shape)
+
+    @property
     def nbytes(self) -> int:
-        """Bytes occupied."""
+        """Bytes occupied in the arena (0 for a host tensor)."""
+        if self.runtime:
+            return 0
         return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
 
 

@@ -69,6 +69,9 @@ def _finish(ctx: Ctx, metadata: dict[str, Any]) -> tuple[isa.Program, Allocation
     inputs = [ctx.tensor(n) for n in ctx.graph.inputs]
     outputs = [ctx.tensor(n) for n in ctx.graph.outputs]
     for t in inputs:
+        if isa.RUNTIME_DIM in ctx.tensors[t]["shape"]:
+            raise TargetError(f"input {ctx.tensors[t]['name']!r} has dimensions unknown at "
+                              "build time; bind them with --input-shape")
         ctx.tensors[t]["region"] = "input"
     for t in outputs:
         if ctx.tensors[t]["region"] != "arena":
@@ -76,10 +79,11 @@ def _finish(ctx: Ctx, metadata: dict[str, Any]) -> tuple[isa.Program, Allocation
                               "constant; nothing to compute")
         ctx.tensors[t]["region"] = "output"
     pinned = [i for i, t in enumerate(ctx.tensors) if t["region"] == "const"]
-    sizes = {i: isa.Tensor(**t, offset=0).nbytes for i, t in enumerate(ctx.tensors)}
+    table = [isa.Tensor(**t, offset=0) for t in ctx.tensors]
+    sizes = {i: t.nbytes for i, t in enumerate(table) if not t.runtime}  # host: no arena
     ranges = live_ranges(ctx.code, len(ctx.tensors), inputs, outputs, pinned)
     allocation = allocate(sizes, ranges)
-    tensors = tuple(isa.Tensor(**t, offset=allocation.offsets[i])
+    tensors = tuple(isa.Tensor(**t, offset=allocation.offsets.get(i, 0))
                     for i, t in enumerate(ctx.tensors))
     meta = {**metadata, "allocation": {"arena_bytes": allocation.arena_size,
                                        "naive_bytes": allocation.naive_bytes,

@@ -33,8 +33,17 @@ class Ctx:
     code: list[isa.Instr] = field(default_factory=list)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        """Static shape of a tensor (a dynamic batch counts as 1)."""
-        shape = self.graph.tensor(name).shape
+        """Static shape of a tensor (a dynamic batch counts as 1).
+
+        A run-time-shaped host tensor keeps `isa.RUNTIME_DIM` for its data-dependent dims.
+        """
+        qt = self.graph.tensor(name)
+        shape = qt.shape
+        if qt.runtime_shape and not shape:
+            raise TargetError(f"tensor {name!r}: even its rank is unknown before run time; "
+                              "the binary needs at least the rank of every host tensor")
+        if qt.runtime_shape:
+            return tuple(isa.RUNTIME_DIM if d < 0 else d for d in shape)
         if any(d < 0 for d in shape[1:]) or any(not isinstance(d, int) for d in shape):
             raise TargetError(f"tensor {name!r} has a dynamic shape {shape}; the NPU needs "
                               "static shapes (batch may be dynamic)")

@@ -211,15 +211,29 @@ def cpu_call(sim: Any, ins: isa.CpuCall) -> Step:
     from targets.npusim.cpu import PartitionRunner
 
     runner = PartitionRunner(sim.program, ins)
-    xs, ys = [sim.views[i] for i in ins.inputs], [sim.views[i] for i in ins.outputs]
+    outs = [(i, sim.views[i], sim.program.tensors[i]) for i in ins.outputs]
 
     def step() -> None:
-        for y, value in zip(ys, runner.run(xs), strict=True):
-            if value.shape != y.shape:
+        values = runner.run([sim.value(i) for i in ins.inputs])
+        for (i, y, t), value in zip(outs, values, strict=True):
+            if y is None:  # a host tensor: any size along its run-time dimensions
+                sim.host[i] = _host_value(ins, t, value)
+            elif value.shape != y.shape:
                 raise TargetError(f"CPU partition {ins.name!r}: output shape {value.shape} "
                                   f"!= {y.shape}")
-            y[...] = value
+            else:
+                y[...] = value
     return step
+
+
+def _host_value(ins: isa.CpuCall, t: isa.Tensor, value: np.ndarray) -> np.ndarray:
+    """Check a run-time-shaped output against its rank, dtype and static dimensions."""
+    fits = value.ndim == len(t.shape) and all(
+        d in (isa.RUNTIME_DIM, n) for d, n in zip(t.shape, value.shape, strict=True))
+    if not fits or value.dtype != np.dtype(t.dtype):
+        raise TargetError(f"CPU partition {ins.name!r}: output {t.name!r} is {value.dtype} "
+                          f"{value.shape}, the binary declares {t.dtype} {t.shape}")
+    return value
 
 
 COMPILERS: dict[type, Callable[[Any, Any], Step]] = {

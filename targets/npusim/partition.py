@@ -16,6 +16,8 @@ from compiler.core.errors import TargetError
 from compiler.core.io import INTERNAL_OPSET, to_proto
 from compiler.core.ir import Model
 from compiler.core.qgraph import QCpuPartition, QGraph
+from compiler.core.qops.cpu_partition import node_attr
+from targets.npusim.isa import RUNTIME_DIM
 
 
 def partition_onnx(op: QCpuPartition, graph: QGraph, shapes: dict[str, tuple[int, ...]],
@@ -26,7 +28,7 @@ def partition_onnx(op: QCpuPartition, graph: QGraph, shapes: dict[str, tuple[int
         tensors[name] = gs.Constant(name, np.asarray(value))
     inputs = [_variable(graph, n, shapes, tensors) for n in op.inputs]
     outputs = [_variable(graph, n, shapes, tensors) for n in op.outputs]
-    nodes = [_node(n, tensors) for n in op.nodes]
+    nodes = [_node(n, tensors, opset) for n in op.nodes]
     g = gs.Graph(nodes=nodes, inputs=inputs, outputs=outputs, name=f"cpu_{op.name}",
                  opset=opset)
     try:
@@ -39,25 +41,18 @@ def partition_onnx(op: QCpuPartition, graph: QGraph, shapes: dict[str, tuple[int
 def _variable(graph: QGraph, name: str, shapes: dict[str, tuple[int, ...]],
               tensors: dict[str, gs.Tensor]) -> gs.Variable:
     qt = graph.tensor(name)
-    var = gs.Variable(name, dtype=np.dtype(qt.dtype), shape=list(shapes[name]))
+    shape = [None if d == RUNTIME_DIM else d for d in shapes[name]]  # symbolic in ONNX
+    var = gs.Variable(name, dtype=np.dtype(qt.dtype), shape=shape)
     tensors[name] = var
     return var
 
 
-def _node(node: Any, tensors: dict[str, gs.Tensor]) -> gs.Node:
+def _node(node: Any, tensors: dict[str, gs.Tensor], opset: int) -> gs.Node:
     def tensor(name: str) -> gs.Tensor:
         if name == "":
             return gs.Variable.empty()
         return tensors.setdefault(name, gs.Variable(name))
 
-    attrs = {k: _attr(k, v) for k, v in node.attrs.items()}
+    attrs = {k: node_attr(node, k, v, tensor, opset) for k, v in node.attrs.items()}
     return gs.Node(node.op, node.name, attrs, [tensor(n) for n in node.inputs],
                    [tensor(n) for n in node.outputs], domain=node.domain or None)
-
-
-def _attr(key: str, value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return gs.Constant(f"attr_{key}", value)
-    if isinstance(value, tuple):
-        return list(value)
-    return value

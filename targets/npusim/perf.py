@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
-from math import prod
 from typing import Any
 
 from compiler.core.errors import ConfigError
 from targets.npusim import isa
 from targets.npusim.arch import Arch, load_arch, presets
 from targets.npusim.binary import load_binary
-from targets.npusim.costs import Work, work
+from targets.npusim.costs import Work, elements, work
+from targets.npusim.macs import MacSplit, instruction_macs, mac_split, search_ops
 
 log = logging.getLogger(__name__)
 CPU_OPS_PER_ELEMENT = 8  # host float ops per element of a partition's inputs/outputs
+NMS_OPS_PER_TEST = 16  # host float ops per NMS comparison or box-overlap (IoU) test
 KINDS_ON_MAC_ARRAY = (isa.Conv, isa.DepthwiseConv, isa.FullyConnected)
 
 
@@ -38,12 +39,18 @@ class PerfReport:
     frames: int
     arch: str
     totals: dict[str, Any] = field(default_factory=dict)
+    macs: MacSplit = field(default_factory=lambda: MacSplit(0, 0))
+
+    @property
+    def npu_mac_fraction(self) -> float:
+        """Fraction (0..1) of the model's dense MACs that run on the NPU."""
+        return self.macs.fraction
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for `--json`."""
         return {"arch": self.arch, "cores": self.cores, "threads": self.threads,
                 "frames": self.frames, "latency_ms": self.latency_ms, "fps": self.fps,
-                "totals": self.totals, "layers": self.layers}
+                **self.macs.to_dict(), "totals": self.totals, "layers": self.layers}
 
 
 def _layer(p: isa.Program, ins: isa.Instr, w: Work, arch: Arch, bw_per_core: float,
@@ -77,22 +84,10 @@ def _interface_bytes(p: isa.Program, ins: isa.Instr) -> int:
 
 def _host_seconds(p: isa.Program, ins: isa.Instr, w: Work, arch: Arch) -> float:
     """Host time of a CPU partition or CPU-fallback instruction (no call overhead)."""
-    macs = w.macs or _partition_macs(p, ins)
-    elements = w.vector_elements + sum(prod(p.tensors[i].shape) for i in ins.writes())
-    flops = 2 * macs + CPU_OPS_PER_ELEMENT * elements
+    macs = w.macs or instruction_macs(p, ins)
+    count = w.vector_elements + sum(elements(p.tensors[i]) for i in ins.writes())
+    flops = 2 * macs + CPU_OPS_PER_ELEMENT * count + NMS_OPS_PER_TEST * search_ops(p, ins)
     return flops / (arch.host.gflops_per_core * 1e9)
-
-
-def _partition_macs(p: isa.Program, ins: isa.Instr) -> int:
-    if not isinstance(ins, isa.CpuCall):
-        return 0
-    try:
-        from compiler.core.cost import model_cost
-        from compiler.core.io import load_model, parse_proto
-
-        return model_cost(load_model(parse_proto(p.blobs[ins.partition].raw, ins.name))).macs
-    except Exception:  # an unmeasurable partition is costed by its elements only
-        return 0
 
 
 def _weights_fit(p: isa.Program, arch: Arch) -> bool:
@@ -152,7 +147,7 @@ def estimate_perf(binary: str | os.PathLike | bytes | isa.Program, arch: str | o
               spec.host.cores / host_s if host_s else float("inf"))
     totals = _totals(layers, npu_s, host_s, resident, p, spec)
     return PerfReport(round(latency * 1e3, 6), round(fps, 3), layers, cores, threads, frames,
-                      spec.name, totals)
+                      spec.name, totals, mac_split(p))
 
 
 def _build_arch(p: isa.Program) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from compiler.core.errors import DataError
+from compiler.core.errors import DataError, TargetError
 from targets.npusim import isa
 from targets.npusim.binary import load_binary
 from targets.npusim.ops import COMPILERS
@@ -33,13 +33,16 @@ class Simulator:
         self.program = source if isinstance(source, isa.Program) else load_binary(source)
         self.arena = np.zeros(max(self.program.arena_size, 16), np.uint8)
         self.views = [self._view(t) for t in self.program.tensors]
+        self.host: dict[int, np.ndarray] = {}  # values of run-time-shaped tensors
         for t, view in zip(self.program.tensors, self.views, strict=True):
             if t.region == "const":
                 view[...] = self.program.blobs[t.blob].array
         self.steps: list[Callable[[], None]] = [COMPILERS[type(ins)](self, ins)
                                                 for ins in self.program.code]
 
-    def _view(self, t: isa.Tensor) -> np.ndarray:
+    def _view(self, t: isa.Tensor) -> np.ndarray | None:
+        if t.runtime:
+            return None  # a host tensor: its value is in `self.host` once written
         raw = self.arena[t.offset:t.offset + t.nbytes]
         return raw.view(np.dtype(t.dtype)).reshape(t.shape)
 
@@ -56,27 +59,40 @@ class Simulator:
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Execute one batch (frames one at a time); float inputs are quantized per spec.
 
+        Outputs are the frames' outputs joined along axis 0 (`join_frames`).
+
         Raises:
-            DataError: A missing input, or an input whose shape does not match the program.
+            DataError: A missing input, an input whose shape does not match the program, or
+                run-time-shaped outputs whose frames cannot be joined (use `run_frames`).
         """
+        return join_frames(self.run_frames(feeds))
+
+    def run_frames(self, feeds: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        """Execute one batch and return each frame's outputs separately."""
         arrays = self._check_feeds(feeds)
         frames = next(iter(arrays.values())).shape[0] if arrays else 1
-        results: dict[str, list[np.ndarray]] = {n: [] for n in self.output_names}
         with _blas_limit(self.blas_threads):
-            for f in range(frames):
-                out = self.run_frame({n: a[f:f + 1] for n, a in arrays.items()})
-                for name, value in out.items():
-                    results[name].append(value)
-        return {n: np.concatenate(v, axis=0) if v and v[0].ndim else np.stack(v)
-                for n, v in results.items()}
+            return [self.run_frame({n: a[f:f + 1] for n, a in arrays.items()})
+                    for f in range(frames)]
 
     def run_frame(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Execute one frame whose feeds already have the program's exact shapes."""
+        self.host.clear()
         for i in self.program.inputs:
             self.views[i][...] = feeds[self.program.tensors[i].name]
         for step in self.steps:
             step()
-        return {self.program.tensors[i].name: self.views[i].copy() for i in self.program.outputs}
+        return {self.program.tensors[i].name: self.value(i).copy()
+                for i in self.program.outputs}
+
+    def value(self, i: int) -> np.ndarray:
+        """The current value of tensor `i` (arena view, or host array once written)."""
+        if self.views[i] is not None:
+            return self.views[i]
+        if i not in self.host:
+            raise TargetError(f"host tensor {self.program.tensors[i].name!r} read before it "
+                              "is written")
+        return self.host[i]
 
     def _check_feeds(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         arrays, frames = {}, set()
@@ -95,6 +111,32 @@ class Simulator:
         if len(frames) > 1:
             raise DataError(f"inputs have different batch sizes {sorted(frames)}")
         return arrays
+
+
+def join_frames(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-frame outputs joined along axis 0 (stacked for scalars).
+
+    Raises:
+        DataError: A run-time-shaped output whose frames differ beyond axis 0.
+    """
+    out = {}
+    for name in frames[0] if frames else {}:
+        values = [f[name] for f in frames]
+        if not values[0].ndim:
+            out[name] = np.stack(values)
+        elif len({v.shape[1:] for v in values}) > 1:
+            raise DataError(f"output {name!r} has a run-time shape that differs between "
+                            f"frames ({[v.shape for v in values]}); run the frames one at a "
+                            "time")
+        else:
+            out[name] = np.concatenate(values, axis=0)
+    return out
+
+
+def split_frames(frames: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-frame outputs under `name:frame` keys (when `join_frames` cannot join them)."""
+    return {f"{name}:{i}": value for i, frame in enumerate(frames) for name, value in
+            frame.items()}
 
 
 def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager:

@@ -67,13 +67,15 @@ def verify(quant_model: Model | str | os.PathLike, binary: str | os.PathLike | b
     """
     model = quant_model if isinstance(quant_model, Model) else load_model(quant_model)
     sim = Simulator(binary)
-    got = sim.run(feeds)
-    ref = reference_outputs(model, {n: np.asarray(feeds[n]) for n in sim.input_names})
-    missing = [n for n in sim.output_names if n not in ref]
+    got = sim.run_frames(feeds)
+    ref = reference_frames(model, {n: np.asarray(feeds[n]) for n in sim.input_names})
+    missing = [n for n in sim.output_names if n not in ref[0]]
     if missing:
         raise DataError(f"the quantized model has no outputs {missing} (binary built from a "
                         "different model?)")
-    outputs = [compare_output(n, np.asarray(ref[n]), got[n]) for n in sim.output_names]
+    outputs = [merge_frames([compare_output(n, np.asarray(r[n]), g[n])
+                             for r, g in zip(ref, got, strict=True)])
+               for n in sim.output_names]
     source = sim.program.metadata.get("source_hash")
     match = None if source is None else source == model_hash(model)
     notes = [] if match is not False else ["the binary was built from a different model file"]
@@ -81,9 +83,26 @@ def verify(quant_model: Model | str | os.PathLike, binary: str | os.PathLike | b
     return VerifyReport(outputs, samples, match, notes)
 
 
-def reference_outputs(model: Model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def merge_frames(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One output's per-frame comparisons as one row (counts summed, maxima kept).
+
+    Frames are compared one by one because a run-time-shaped output (NonMaxSuppression
+    detections) may have a different size in every frame.
+    """
+    merged = {"name": rows[0]["name"], "elements": sum(r["elements"] for r in rows),
+              "mismatched": sum(r["mismatched"] for r in rows),
+              "max_abs": max(r["max_abs"] for r in rows),
+              "max_rel": max(r["max_rel"] for r in rows),
+              "consistent": all(r["consistent"] for r in rows)}
+    notes = [f"frame {i}: {r['note']}" for i, r in enumerate(rows) if "note" in r]
+    if notes:
+        merged["note"] = "; ".join(notes[:3]) + ("; ..." if len(notes) > 3 else "")
+    return merged
+
+
+def reference_frames(model: Model, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """Outputs of `model` in onnxruntime, frame by frame (its batch may be fixed to 1)."""
     sess = session(model)
     frames = next(iter(feeds.values())).shape[0] if feeds else 1
-    outs = [run(sess, {n: a[f:f + 1] for n, a in feeds.items()}) for f in range(frames)]
-    return {n: np.concatenate([o[n] for o in outs], axis=0) for n in outs[0]}
+    return [run(sess, {n: a[f:f + 1] for n, a in feeds.items()}) for f in range(frames)]
+

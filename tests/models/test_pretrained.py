@@ -106,6 +106,46 @@ def test_builtins_eval_is_rejected(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("target", ["ctorch\nFloatStorage\n", "ccollections\nOrderedDict\n",
+                                    "ctorch._utils\n_rebuild_tensor_v2\n"])
+def test_pickle_cannot_modify_the_allow_list(tmp_path, target):
+    # GLOBAL <allowed>, {"dtype": <IntStorage>}, BUILD: before the fix this rewrote the
+    # shared stand-in, and every later checkpoint decoded float32 storages as int32.
+    evil = (b"\x80\x02" + target.encode() + b"}" + _str("dtype") + b"ctorch\nIntStorage\n"
+            + b"sb.")
+    with pytest.raises(ModelLoadError, match="BUILD on an allowed object"):
+        load_state_dict(_write_zip(tmp_path / "evil.pth", evil, {}))
+    pkl = _tensor_pickle("0", 10, 1, (2, 3), (1, 2))
+    sd = load_state_dict(_write_zip(tmp_path / "ok.pth", pkl, {"0": STORAGE.tobytes()}))
+    assert sd["w"].dtype == np.float32
+    np.testing.assert_array_equal(sd["w"], EXPECTED)
+
+
+def test_stride_zero_view_cannot_expand_a_tiny_file(tmp_path):
+    # 1 stored float viewed as 2^20 x 2^20 (4 TiB once materialized).
+    pkl = _tensor_pickle("0", 1, 0, (1 << 20, 1 << 20), (0, 0))
+    path = _write_zip(tmp_path / "bomb.pth", pkl, {"0": STORAGE[:1].tobytes()})
+    with pytest.raises(ModelLoadError, match="covers more elements than the storage holds"):
+        load_state_dict(path)
+
+
+def test_storage_sizes_are_checked_before_reading(tmp_path):
+    pkl = _tensor_pickle("0", 10, 0, (10,), (1,))
+    with zipfile.ZipFile(tmp_path / "zbomb.pth", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", pkl)
+        zf.writestr("archive/data/0", b"\0" * (64 << 20))  # 64 MiB of zeros, ~64 kB on disk
+    with pytest.raises(ModelLoadError, match="holds 67,108,864 bytes, the pickle says 40"):
+        load_state_dict(tmp_path / "zbomb.pth")
+    n = (1 << 31) - 1  # 8 GiB of float32 claimed by a file of a few hundred bytes
+    head = b"".join(pickle.dumps(v, protocol=2) for v in
+                    (LEGACY_MAGIC, LEGACY_PROTOCOL, {"little_endian": True}))
+    (tmp_path / "claims.pth").write_bytes(
+        head + _tensor_pickle("0", n, 0, (10,), (1,)) + pickle.dumps(["0"], protocol=2)
+        + struct.pack("<q", n) + STORAGE.tobytes())
+    with pytest.raises(ModelLoadError, match="claims 2,147,483,647 elements"):
+        load_state_dict(tmp_path / "claims.pth")
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(ModelLoadError, match="not found"):
         load_state_dict(tmp_path / "absent.pth")

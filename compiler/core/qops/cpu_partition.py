@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from compiler.core.io import INTERNAL_OPSET
@@ -18,6 +19,7 @@ from compiler.core.numerics import run
 from compiler.core.qops.arith import nbytes
 from compiler.core.qops.base import GraphView, OpDef, OpWork, elements
 from compiler.core.qops.record import FloatNode, QOp
+from compiler.core.subgraphs import import_subgraph
 
 TensorFn = Callable[[str], gs.Tensor]
 
@@ -37,19 +39,26 @@ class QCpuPartition(QOp):
     reasons: dict[str, str] = field(default_factory=dict)
 
 
-def _attr(node: FloatNode, key: str, value):
+def node_attr(node: FloatNode, key: str, value, tensor: TensorFn, opset: int):
+    """A FloatNode attribute as graphsurgeon takes it.
+
+    Subgraphs (GraphProto) are imported with their outer-scope names bound to `tensor(name)`.
+    """
     if isinstance(value, np.ndarray):
         return gs.Constant(f"{node.name}::{key}", value)
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, onnx.GraphProto):
+        return import_subgraph(value, tensor, opset)
     return value
 
 
-def partition_nodes(op: QCpuPartition, tensor: TensorFn) -> list[gs.Node]:
+def partition_nodes(op: QCpuPartition, tensor: TensorFn,
+                    opset: int = INTERNAL_OPSET) -> list[gs.Node]:
     """The partition's float nodes; `tensor(name)` supplies (or creates) every tensor."""
     nodes = []
     for fn in op.nodes:
-        attrs = {k: _attr(fn, k, v) for k, v in fn.attrs.items()}
+        attrs = {k: node_attr(fn, k, v, tensor, opset) for k, v in fn.attrs.items()}
         nodes.append(gs.Node(fn.op, fn.name, attrs, domain=fn.domain or None,
                              inputs=[tensor(n) if n else gs.Variable.empty() for n in fn.inputs],
                              outputs=[tensor(n) if n else gs.Variable.empty()
@@ -73,7 +82,7 @@ def partition_model(op: QCpuPartition, feeds: Mapping[str, np.ndarray],
                 made[name] = gs.Variable(name)
         return made[name]
 
-    nodes = partition_nodes(op, tensor)
+    nodes = partition_nodes(op, tensor, opset)
     outputs = [tensor(n) for n in op.outputs]
     for t in outputs:
         t.dtype = t.dtype or np.float32
@@ -88,7 +97,7 @@ def run_partition(op: QCpuPartition, feeds: Mapping[str, np.ndarray],
     model = partition_model(op, feeds)
     for t in model.graph.outputs:
         t.dtype = np.dtype(graph.tensor(t.name).dtype)
-    out = run(model, {n: feeds[n] for n in op.inputs})
+    out = run(model, {n: np.asarray(feeds[n]) for n in op.inputs})  # numpy scalars too
     return [out[n] for n in op.outputs]
 
 

@@ -78,13 +78,17 @@ def match_matmul(node: gs.Node, graph: gs.Graph) -> Unit | str:
 
 
 def _gemm_weights(unit: Unit) -> tuple[np.ndarray, np.ndarray | None]:
+    # the weight stays in its dtype (quantize_weights widens it block by block): a float64
+    # copy of a large FC weight was the memory peak of quantizing big models
     node = unit.anchor
-    b = const_value(node.inputs[1]).astype(np.float64)
+    b = const_value(node.inputs[1])
     if node.op == "MatMul":
         bias = unit.params.get("bias")
         return b.T, None if bias is None else np.asarray(bias, np.float64)
     w = b if node.attrs.get("transB", 0) else b.T
-    w = w * float(node.attrs.get("alpha", 1.0))
+    alpha = float(node.attrs.get("alpha", 1.0))
+    if alpha != 1.0:
+        w = w.astype(np.float64) * alpha
     c = const_value(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2].name else None
     if c is None:
         return w, None

@@ -68,11 +68,16 @@ class QTensor(Record):
 
     Attributes:
         name: Unique tensor name (naming rules: docs/fixed-point.md §13).
-        shape: Dimensions; -1 for a dimension unknown at build time (a dynamic batch).
+        shape: Dimensions; -1 for a dimension unknown at build time: a dynamic batch, or
+            (when `runtime_shape`) a data-dependent size. An empty shape with
+            `runtime_shape` means even the rank is unknown.
         dtype: numpy dtype name: "int8" for quantized tensors, "float32" at float
             boundaries (or the float model's dtype for non-float CPU-partition inputs).
         scale: float32 scale of an int8 tensor (r = scale·q), None for float tensors.
         data: Value of a constant int8 tensor (e.g. a constant Add operand), else None.
+        runtime_shape: The shape is only known at run time (outputs of NonMaxSuppression,
+            NonZero, TopK with a computed k, and what depends on them): such a tensor is
+            a float CPU-partition tensor and stays on the host.
     """
 
     name: str
@@ -80,6 +85,7 @@ class QTensor(Record):
     dtype: str = "int8"
     scale: float | None = None
     data: np.ndarray | None = None
+    runtime_shape: bool = False
 
     @property
     def is_quantized(self) -> bool:

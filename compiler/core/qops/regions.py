@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compiler.core import fixedpoint as fp
+from compiler.core.errors import GraphError
 from compiler.core.ir import Model, const_value, consumers, is_const, is_graph_output
 from compiler.core.numerics import run
 
@@ -117,5 +118,11 @@ def region_table(nodes: list[gs.Node], x: gs.Tensor, out: gs.Tensor, x_scale: fl
     """table[i] = clamp(qround(f((i-128)·Sx)/Sy)); NaN entries (outside f's domain) are 0."""
     v = (np.arange(fp.INT8_MIN, fp.INT8_MAX + 1, dtype=np.float64) * x_scale).astype(np.float32)
     y = region_function(nodes, x, out, v, opset) / np.float64(y_scale)
+    # Size-1 constants in the region (Paddle writes [1, 1, 1, 1]) broadcast the 256 samples
+    # to a higher rank; the table itself is one axis of 256 entries.
+    if y.size != v.size:
+        raise GraphError(f"region at {out.name!r}: table has {y.size} entries, not {v.size} "
+                         "(a constant in it is not a scalar)")
+    y = y.reshape(-1)
     y = np.where(np.isnan(y), 0.0, y)
     return np.clip(fp.qround(y), fp.INT8_MIN, fp.INT8_MAX).astype(np.int8)

@@ -24,6 +24,18 @@ def test_version_and_help():
     assert "inspect" in helped.stdout
 
 
+def test_closed_stdout_is_not_an_internal_error(tmp_path):
+    # `npuc inspect m.onnx | head -1`: the reader leaves before npuc writes.
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    proc = subprocess.Popen([sys.executable, "-m", "compiler.cli", "inspect", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert "internal error" not in err and "Traceback" not in err, err
+
+
 def test_inspect_table_and_json(tmp_path, capsys):
     path = tmp_path / "m.onnx"
     onnx.save(conv_model(), path)
@@ -67,3 +79,13 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, make):
     assert len(lines) == 1 and lines[0].startswith("npuc: error: ")
     assert "Traceback" not in result.stderr
     assert str(path) in lines[0]
+
+
+def test_binary_commands_on_an_onnx_file_say_build_first(tmp_path, capsys):
+    import logging
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    code, _, err = _run(["-v", "perf", str(path)], capsys)
+    assert code == 2 and "looks like an ONNX model: build it first" in err
+    assert logging.getLogger("PIL").getEffectiveLevel() == logging.WARNING

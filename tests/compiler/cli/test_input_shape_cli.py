@@ -150,7 +150,7 @@ def test_compile_without_shape_on_symbolic_hw_exits_2(model_path, calib_path, tm
     code, _, err = _run(["compile", model_path, "--calib", calib_path, "-o", tmp_path / "out",
                          "--quiet"], capsys)
     assert code == 2
-    assert "--input-shape x:1x3xHxW (config: input.shape)" in err
+    assert "--input-shape x:1x3xHxW, each letter a size (config: input.shape)" in err
     code, _, err = _run(["compile", model_path, "--calib", calib_path, "-o", tmp_path / "o2",
                          "--quiet", "--input-shape", "x:1x3x12x20", "--set",
                          "quantize.enabled=false"], capsys)

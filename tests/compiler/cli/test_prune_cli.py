@@ -106,3 +106,18 @@ def test_prune_reconstruct_cli(tmp_path, capsys):
                            "--round-to", "1"], capsys)
     assert code == 0, err
     assert "reconstruction (lsq): 5 layers" in out
+
+
+def test_groups_name_the_blocking_node_and_op(tmp_path, capsys):
+    from tests.exporter_graphs import c2f_detect
+
+    path = tmp_path / "c2f.onnx"
+    onnx.save(c2f_detect(), path)
+    code, out, _ = _run(["groups", str(path)], capsys)
+    assert code == 0 and "12 groups, 7 prunable, 5 not prunable" in out
+    assert "Softmax node 'dfl_softmax': normalizes across channels" in out
+    code, out, _ = _run(["groups", str(path), "--json"], capsys)
+    blocked = {g["id"]: g["blocked_by"] for g in json.loads(out)["groups"] if not g["prunable"]}
+    assert sorted(map(str, blocked.values())) == sorted(map(str, [
+        {"input": "x"}, {"node": "dfl_softmax", "op": "Softmax"},
+        {"node": "dfl_softmax", "op": "Softmax"}, {"output": "y_out"}, {"output": "y_out"}]))

@@ -222,3 +222,11 @@ def test_config_key_input_shape():
     assert step_options(load_config(), "shape").spec == {}
     with pytest.raises(ConfigError, match="key 'input.shape'.*every dim must be positive"):
         step_options(load_config(overrides={"input.shape": "x:1x3x0x4"}), "shape")
+
+
+def test_exporter_dim_names_become_a_readable_template():
+    proto = symbolic_net()
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "p2o.DynamicDimension.1", "width"
+    with pytest.raises(ConfigError, match=r"--input-shape x:1x3xNxWIDTH, each letter a size"):
+        load_model(proto, bind=True)

@@ -127,7 +127,7 @@ def test_truncated_file_is_rejected(tmp_path, tiny_model):
         load_model(path)
 
 
-@pytest.mark.parametrize("opset", [5, 6, 22])
+@pytest.mark.parametrize("opset", [0, onnx.defs.onnx_opset_version() + 1])
 def test_unsupported_opset_is_rejected(opset):
     proto = conv_model(17)
     proto.opset_import[0].version = opset
@@ -148,3 +148,33 @@ def test_to_proto_carries_metadata(tiny_model):
     proto = to_proto(model)
     assert {p.key: p.value for p in proto.metadata_props}["npuc.test"] == "42"
     onnx.checker.check_model(proto)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused_at_load(tmp_path, capsys, bad):
+    from compiler.cli import main
+
+    proto = conv_model(17)
+    init = proto.graph.initializer[0]
+    values = onnx.numpy_helper.to_array(init).copy()
+    values.flat[3] = bad
+    init.CopyFrom(onnx.numpy_helper.from_array(values, init.name))
+    path = tmp_path / "broken.onnx"
+    onnx.save(proto, path)
+    for argv in (["inspect", str(path)], ["prune", str(path), "-o", str(tmp_path / "p.onnx"),
+                                          "--ratio", "0.3", "--no-reconstruct"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "broken.onnx" in err[0] and "1 NaN/Inf value(s)" in err[0]
+    assert not (tmp_path / "p.onnx").exists()
+
+
+def test_minus_inf_outside_weighted_layers_is_allowed():
+    # A Clip bound or an attention mask may be -inf on purpose.
+    from onnx import helper, numpy_helper
+    lo = numpy_helper.from_array(np.array(-np.inf, np.float32), "lo")
+    node = helper.make_node("Clip", ["x", "lo"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1, 3])],
+                              [helper.make_tensor_value_info("y", 1, [1, 3])], [lo])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert [n.op for n in load_model(proto).nodes] == ["Clip"]

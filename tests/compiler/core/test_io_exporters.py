@@ -8,11 +8,11 @@ import pytest
 
 from compiler.cli import main
 from compiler.core.errors import ModelLoadError
-from compiler.core.io import load_model
+from compiler.core.io import load_model, to_proto
 from compiler.core.numerics import run
 from compiler.core.qonnx import detach_weights, load_lean
 from tests import exporter_graphs as eg
-from tests.exporter_graphs import caffe2_resnet_block
+from tests.exporter_graphs import caffe2_resnet_block, legacy_classifier, standalone_bn_model
 
 
 def _ort_reference(proto: onnx.ModelProto, feeds: dict) -> dict:
@@ -44,9 +44,10 @@ def test_detach_weights_does_not_list_an_initializer_input_twice():
     onnx.checker.check_model(light)
 
 
-def test_ir3_model_goes_through_every_command(tmp_path, capsys):
+@pytest.mark.parametrize("builder", [caffe2_resnet_block, standalone_bn_model])
+def test_exporter_model_goes_through_every_command(tmp_path, capsys, builder):
     src, calib = tmp_path / "c2.onnx", tmp_path / "calib.npy"
-    onnx.save(caffe2_resnet_block(), src)
+    onnx.save(builder(), src)
     rng = np.random.default_rng(0)
     np.save(calib, rng.standard_normal((8, 3, 8, 8)).astype(np.float32))
     p, s, q, b = (str(tmp_path / n) for n in ("p.onnx", "s.onnx", "q", "m.bin"))
@@ -61,6 +62,9 @@ def test_ir3_model_goes_through_every_command(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", f"{q}/model.quant.onnx", b, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["consistent"] is True
+    # Every node, standalone BatchNorms included, runs on the NPU.
+    assert main(["build", f"{q}/model.quant.onnx", "-o", b, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["cpu_partitions"] == 0
 
 
 def _check_against_original(proto: onnx.ModelProto, tol: float = 1e-5):
@@ -145,3 +149,30 @@ def test_converted_node_names_stay_unique():
     model = load_model(light_path("squeezenet"))  # opset 9: Softmax expands on conversion
     names = [n.name for n in model.graph.nodes if n.name]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize("opset", [1, 3, 5, 6, 7, 22, onnx.defs.onnx_opset_version()])
+def test_oldest_and_newest_opsets_load_with_the_function_kept(opset):
+    # The opset-9 spelling is the reference every other one must compute.
+    reference = load_model(legacy_classifier(9))
+    model = load_model(legacy_classifier(opset))
+    assert model.opset == 17 and [n.op for n in model.nodes] == [n.op for n in reference.nodes]
+    feeds = {"x": np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(run(to_proto(model), feeds)["y"],
+                                  run(to_proto(reference), feeds)["y"])
+
+
+def test_inputs_no_node_reads_are_dropped_but_subgraph_reads_are_kept():
+    from onnx import helper
+
+    vi = lambda n: helper.make_tensor_value_info(n, 1, [1, 3])  # noqa: E731
+    then = helper.make_graph([helper.make_node("Relu", ["z"], ["t"])], "then", [], [vi("t")])
+    other = helper.make_graph([helper.make_node("Neg", ["z"], ["e"])], "else", [], [vi("e")])
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("ReduceMax", ["r"], ["m"], keepdims=0),
+             helper.make_node("Greater", ["m", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    zero = onnx.numpy_helper.from_array(np.array(0, np.float32), "zero")
+    graph = helper.make_graph(nodes, "g", [vi("x"), vi("z"), vi("leftover")], [vi("y")], [zero])
+    model = load_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert [t.name for t in model.graph.inputs] == ["x", "z"]

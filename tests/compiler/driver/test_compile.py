@@ -192,3 +192,28 @@ def test_saved_calibration_table_replaces_calibration(small_model, tmp_path):
     binary = (first.out_dir / "model.bin").read_bytes()
     assert (reused.out_dir / "model.bin").read_bytes() == binary
     assert (fresh.out_dir / "model.bin").read_bytes() != binary
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol: `get_next()` until None."""
+
+    def __init__(self, name, images, batch):
+        self.name = name
+        self.batches = [images[i:i + batch] for i in range(0, len(images), batch)]
+
+    def get_next(self):
+        return {self.name: self.batches.pop(0)} if self.batches else None
+
+
+def test_api_takes_a_calibration_reader_and_a_nested_config(tmp_path):
+    import compiler
+    from tests.conftest import conv_model
+
+    onnx.save(conv_model(), tmp_path / "m.onnx")
+    name = conv_model().graph.input[0].name
+    images = np.random.default_rng(1).standard_normal((10, 3, 8, 8)).astype(np.float32)
+    reader = _Reader(name, images, 4)
+    result = compiler.compile(str(tmp_path / "m.onnx"), {"target": {"verify_samples": 3}},
+                              tmp_path / "out", calibration=reader)
+    assert result.state.calib.source == "<reader>" and len(result.state.calib) == 10
+    assert result.state.verify.consistent and (tmp_path / "out" / "model.bin").is_file()

@@ -115,22 +115,57 @@ def test_fold_batchnorm_into_gemm(trans_b):
     assert _ops(after) == ["Gemm"] and err < 1e-5
 
 
-def test_standalone_batchnorm_is_kept():
+def test_standalone_batchnorm_becomes_depthwise_conv():
     nodes = [helper.make_node("Relu", ["x"], ["r"]),
              helper.make_node("BatchNormalization", ["r", "g", "be", "mu", "va"], ["y"])]
     proto = _model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("y", [1, 3, 4, 4])], _bn_inits(3))
     after, count, err = _apply(fold_batchnorm, proto)
+    assert count == 1 and _ops(after) == ["Relu", "Conv"] and err < 1e-5
+    conv = after.nodes[1]
+    assert conv.attrs["group"] == 3 and conv.inputs[1].values.shape == (3, 1, 1, 1)
+
+
+def test_batchnorm1d_after_flatten_is_kept():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "g", "be", "mu", "va"], ["y"])]
+    proto = _model(nodes, [_vi("x", [2, 3])], [_vi("y", [2, 3])], _bn_inits(3))
+    after, count, err = _apply(fold_batchnorm, proto)
     assert count == 0 and _ops(after) == ["Relu", "BatchNormalization"]
 
 
-def test_batchnorm_not_folded_into_conv_with_two_consumers():
+@pytest.mark.parametrize("pads,expect", [([0, 0, 0, 0], ["Relu", "Conv"]),
+                                         ([1, 1, 1, 1], ["Relu", "Conv", "Conv"])])
+def test_batchnorm_before_conv_folds_forward_only_without_padding(pads, expect):
+    # A padded border sees zeros after BN in the original but BN's shift folded into the
+    # bias would reach it too: only unpadded convs take the BN forward.
+    k = 1 if pads[0] == 0 else 3
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("BatchNormalization", ["r", "g", "be", "mu", "va"], ["n"]),
+             helper.make_node("Conv", ["n", "w", "b"], ["y"], kernel_shape=[k, k], pads=pads)]
+    inits = [_init("w", [5, 3, k, k]), _init("b", [5])] + _bn_inits(3)
+    proto = _model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 5, 6, 6])], inits)
+    after, count, err = _apply(fold_batchnorm, proto)
+    assert count == 1 and _ops(after) == expect and err < 1e-5
+
+
+def test_exporter_standalone_batchnorms_all_leave_the_graph():
+    from tests.exporter_graphs import standalone_bn_model
+
+    after, count, err = _apply(fold_batchnorm, standalone_bn_model())
+    assert count == 3 and "BatchNormalization" not in _ops(after) and err < 1e-5
+    depthwise = [n for n in after.nodes if n.op == "Conv" and n.attrs.get("group", 1) > 1]
+    assert sorted(n.attrs["group"] for n in depthwise) == [3, 16]
+
+
+def test_batchnorm_not_folded_into_conv_with_two_consumers_is_lowered():
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
              helper.make_node("BatchNormalization", ["c", "g", "be", "mu", "va"], ["n"]),
              helper.make_node("Add", ["c", "n"], ["y"])]
     inits = [_init("w", [3, 3, 1, 1])] + _bn_inits(3)
     proto = _model(nodes, [_vi("x", [1, 3, 4, 4])], [_vi("y", [1, 3, 4, 4])], inits)
     after, count, err = _apply(fold_batchnorm, proto)
-    assert count == 0 and err == 0.0
+    assert count == 1 and _ops(after) == ["Conv", "Conv", "Add"] and err < 1e-5
+    assert after.nodes[0].inputs[1].name == "w"  # the shared conv keeps its weights
 
 
 @pytest.mark.parametrize("n_inputs", [1, 2, 3])

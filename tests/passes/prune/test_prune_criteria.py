@@ -67,6 +67,11 @@ def test_feature_map_ranks():
     x[0, 1] = 1.0
     x[1, 2] = np.outer(np.arange(5), np.arange(5)) + np.eye(5)
     np.testing.assert_array_equal(feature_map_ranks(x), [[5, 1, 0], [0, 0, 5]])
+    # channels last ([N, H, W, C]) and sequences ([N, L, C]: rank 1 unless all zero)
+    np.testing.assert_array_equal(feature_map_ranks(np.moveaxis(x, 1, 3), 3),
+                                  [[5, 1, 0], [0, 0, 5]])
+    seq = x.reshape(2, 3, 25).transpose(0, 2, 1)
+    np.testing.assert_array_equal(feature_map_ranks(seq, 2), [[1, 1, 0], [0, 0, 1]])
 
 
 def test_leverage_scores_match_svd_definition():

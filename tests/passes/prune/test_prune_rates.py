@@ -88,6 +88,9 @@ def test_keep_count_and_round_to():
     assert keep_count(100, 0.99, round_to=16) == 16  # never below one multiple
     assert round_keep(6, 3, 8) == 3  # a group narrower than the multiple is left alone
     assert keep_count(10, 0.0) == 10
+    # a group kept whole is not rounded (PP-OCRv4 det's 42-channel group lost 2 at ratio 0)
+    assert keep_count(42, 0.0, round_to=8) == 42 and keep_count(18, 0.0, round_to=8) == 18
+    assert keep_count(42, 0.02, round_to=8) == 40
 
 
 def test_uniform_ratio_round_to(resnet50):

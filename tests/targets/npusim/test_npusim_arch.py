@@ -42,6 +42,9 @@ def _write(tmp_path, edit):
     (lambda d: d["sparse_efficiency"].update({4: 1.5}), "sparse_efficiency.4 must be <= 1"),
     (lambda d: d.update(instruction_overhead_cycles=-1),
      "instruction_overhead_cycles must be >= 0"),
+    (lambda d: d.update(clock_mhz=float("inf")), "clock_mhz must be a finite number"),
+    (lambda d: d["host"].update(partition_overhead_us=float("nan")),
+     "partition_overhead_us must be a finite number"),
 ])
 def test_bad_arch_files_name_the_field(tmp_path, edit, field):
     with pytest.raises(ConfigError, match=field):

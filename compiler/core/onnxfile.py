@@ -1,0 +1,537 @@
+"""ONNX files with large weights: read and write them without protobuf copies of the weights.
+
+A protobuf `ModelProto` holds every weight as bytes; checking, converting, shape-inferring
+or serializing it copies them all again (loading used to peak at about 5x the model's
+size). Here weights live in numpy arrays from the first read to the last write:
+
+* `read_lean`: the file is memory-mapped and walked at the protobuf wire level; the main
+  graph's large `raw_data` payloads are cut out, so the parser only sees the weightless
+  skeleton, and each payload is read (`readinto`, one copy) straight into an array.
+  External data is read the same way, from files inside the model's folder only.
+* `write_lean`: the skeleton is serialized and each weight's `raw_data` is spliced in while
+  writing, streamed from the arrays. A model larger than `MAX_INLINE_BYTES` (protobuf's
+  2 GB limit) is written with its weights in `<name>.data` next to it instead.
+
+Files are written atomically (temporary file in the same folder, then rename), and never
+over something that is not a regular file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper, helper
+
+from compiler.core.errors import ConfigError, ModelLoadError
+
+MAX_INLINE_BYTES = 2**31 - 1
+"""Largest model written as one `.onnx` file (protobuf cannot parse more); tests lower it."""
+
+DETACH_BYTES = 4096
+"""Initializers with more raw bytes than this are kept out of the protobuf, in arrays."""
+
+STREAM_BYTES = 1024
+"""When writing, initializers with more bytes than this are streamed (or go external)."""
+
+EXTERNAL_ALIGN = 64
+"""Alignment of each tensor in an external data file written here."""
+
+# ONNX field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_LEN = 2
+
+# dtypes whose raw_data is exactly the little-endian numpy buffer
+_PLAIN = {getattr(onnx.TensorProto, n): np.dtype(d).newbyteorder("<") for n, d in (
+    ("FLOAT", "float32"), ("DOUBLE", "float64"), ("FLOAT16", "float16"), ("INT8", "int8"),
+    ("INT16", "int16"), ("INT32", "int32"), ("INT64", "int64"), ("UINT8", "uint8"),
+    ("UINT16", "uint16"), ("UINT32", "uint32"), ("UINT64", "uint64"), ("BOOL", "bool"))}
+
+
+def is_plain(dtype: np.dtype) -> bool:
+    """True when an array of `dtype` is written as raw_data byte for byte."""
+    return any(np.dtype(dtype) == d for d in _PLAIN.values())
+
+
+def raw_bytes(array: np.ndarray) -> bytes:
+    """The raw_data of `array` (a copy), for code that needs a complete TensorProto."""
+    return bytes(_buffer(array))
+
+
+# -- protobuf wire format ------------------------------------------------------------------
+
+class WireError(ValueError):
+    """The bytes are not the protobuf layout this module understands (callers fall back)."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    number: int
+    wire: int
+    head: int  # offset of the key
+    start: int  # offset of the payload (after the length, for length-delimited fields)
+    end: int
+
+
+def _varint(buf, i: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= end or shift > 63:
+            raise WireError("truncated or overlong varint")
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+def _fields(buf, start: int, end: int) -> Iterator[_Field]:
+    i = start
+    while i < end:
+        head = i
+        key, i = _varint(buf, i, end)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(buf, i, end)
+            body = i
+        elif wire in (1, 5):
+            body, i = i, i + (8 if wire == 1 else 4)
+        elif wire == _LEN:
+            size, body = _varint(buf, i, end)
+            i = body + size
+        else:
+            raise WireError(f"unsupported wire type {wire}")
+        if i > end or number == 0:
+            raise WireError("truncated message")
+        yield _Field(number, wire, head, body, i)
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _len_key(number: int, size: int) -> bytes:
+    return _encode_varint(number << 3 | _LEN) + _encode_varint(size)
+
+
+def _only_graph(buf, start: int, end: int) -> Iterator[tuple[_Field, bool]]:
+    """Top-level fields of a ModelProto, flagging the (single) graph field."""
+    graphs = 0
+    for f in _fields(buf, start, end):
+        is_graph = f.number == _MODEL_GRAPH and f.wire == _LEN
+        graphs += is_graph
+        if graphs > 1:
+            raise WireError("graph field repeated")
+        yield f, is_graph
+
+
+# -- reading -------------------------------------------------------------------------------
+
+def strip_weights(buf, min_bytes: int = DETACH_BYTES) -> tuple[bytes, dict[int, tuple[int, int]]]:
+    """The model without its large initializer payloads, and where those payloads are.
+
+    Args:
+        buf: A serialized ModelProto (bytes, mmap, ...).
+        min_bytes: Payloads larger than this are cut out.
+
+    Returns:
+        (skeleton bytes, {initializer index: (offset in buf, length)}).
+
+    Raises:
+        WireError: The bytes are not a protobuf message of the expected layout.
+    """
+    out, cut = bytearray(), {}
+    for f, is_graph in _only_graph(buf, 0, len(buf)):
+        if not is_graph:
+            out += buf[f.head:f.end]
+            continue
+        body = _strip_graph(buf, f, min_bytes, cut)
+        out += _len_key(_MODEL_GRAPH, len(body)) + body
+    return bytes(out), cut
+
+
+def _strip_graph(buf, graph: _Field, min_bytes: int, cut: dict) -> bytearray:
+    out, index = bytearray(), 0
+    for f in _fields(buf, graph.start, graph.end):
+        if f.number != _GRAPH_INITIALIZER or f.wire != _LEN:
+            out += buf[f.head:f.end]
+            continue
+        body = bytearray()
+        for t in _fields(buf, f.start, f.end):
+            if t.number == _TENSOR_RAW_DATA and t.wire == _LEN and t.end - t.start > min_bytes:
+                if index in cut:
+                    raise WireError("raw_data repeated")
+                cut[index] = (t.start, t.end - t.start)
+            else:
+                body += buf[t.head:t.end]
+        out += _len_key(_GRAPH_INITIALIZER, len(body)) + body
+        index += 1
+    return out
+
+
+def parse_proto(data, label: str) -> onnx.ModelProto:
+    """Parse serialized ONNX bytes, turning protobuf failures into one-line errors."""
+    if not len(data):
+        raise ModelLoadError(f"{label}: empty file, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"{label}: not an ONNX model or truncated ({e})") from e
+    if not proto.HasField("graph") or not proto.opset_import:
+        raise ModelLoadError(f"{label}: not an ONNX model (no graph or opset)")
+    return proto
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ModelLoadError(f"{path}: is a directory, expected an .onnx file")
+    if not path.is_file():  # a fifo or device would block or never end
+        raise ModelLoadError(f"{path}: not a regular file, expected an .onnx file")
+
+
+def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Read an ONNX file as (skeleton, arrays): big main-graph initializers are arrays.
+
+    The skeleton's initializers named in `arrays` carry no data (name, dims, type only);
+    `detach` turns them into typed graph inputs. Other external data (subgraphs, Constant
+    attributes) is loaded into the skeleton. External data must be inside the model's folder.
+
+    Raises:
+        ModelLoadError: Missing/unreadable/non-ONNX/truncated file or unsafe external data.
+    """
+    _check_path(path)
+    try:
+        with open(path, "rb") as f:
+            proto, cut = _parse_stripped(f, path)
+            arrays = {}
+            for index, (offset, length) in sorted(cut.items()):
+                tensor = proto.graph.initializer[index]
+                arrays.update(_take(tensor, f, offset, length, path, path))
+    except OSError as e:
+        raise ModelLoadError(f"{path}: cannot read ({e.strerror or e})") from e
+    arrays.update(_read_external(proto, path))
+    return proto, arrays
+
+
+def _parse_stripped(f: BinaryIO, path: Path) -> tuple[onnx.ModelProto, dict]:
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        raise ModelLoadError(f"{path}: empty file, not an ONNX model")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        try:
+            skeleton, cut = strip_weights(buf)
+        except WireError:  # let the protobuf parser give its own error (or succeed)
+            return parse_proto(buf[:], str(path)), {}
+    return parse_proto(skeleton, str(path)), cut
+
+
+def _take(tensor: onnx.TensorProto, f: BinaryIO, offset: int, length: int, path: Path,
+          source: Path) -> dict[str, np.ndarray]:
+    """Read a tensor's bytes into an array ({name: array}); odd dtypes go back into it."""
+    dtype = _PLAIN.get(tensor.data_type)
+    shape = tuple(tensor.dims)
+    if dtype is None or int(np.prod(shape)) * dtype.itemsize != length:
+        tensor.raw_data = _read_exact(f, offset, length, tensor, path, source)
+        return {}
+    array = np.empty(shape, dtype)
+    f.seek(offset)
+    if f.readinto(memoryview(array).cast("B")) != length:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: {source.name} is truncated")
+    return {tensor.name: array}
+
+
+def _read_exact(f: BinaryIO, offset: int, length: int, tensor: onnx.TensorProto, path: Path,
+                source: Path) -> bytes:
+    f.seek(offset)
+    data = f.read(length)
+    if len(data) != length:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: {source.name} is truncated")
+    return data
+
+
+def external_file(path: Path, tensor: onnx.TensorProto) -> Path:
+    """The external data file of `tensor`, checked to be a file inside the model's folder.
+
+    Raises:
+        ModelLoadError: Absolute or escaping location, or a missing file (one line).
+    """
+    folder = path.resolve().parent
+    location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+    if not location or os.path.isabs(location) or Path(location).drive:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r} has external data at "
+                             f"{location!r}: not a path relative to the model's folder")
+    target = (folder / location).resolve()
+    if os.path.commonpath([folder, target]) != str(folder):
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r} has external data outside the "
+                             f"model's folder ({location!r}); refusing to read it")
+    if not target.is_file():
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: external data file "
+                             f"{location!r} missing")
+    return target
+
+
+def _external_span(tensor: onnx.TensorProto, target: Path, path: Path) -> tuple[int, int]:
+    info = {e.key: e.value for e in tensor.external_data}
+    size = target.stat().st_size
+    try:
+        offset = int(info.get("offset", 0))
+        length = int(info["length"]) if "length" in info else size - offset
+    except ValueError as e:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: bad external data offset or "
+                             f"length ({e})") from e
+    if offset < 0 or length < 0 or offset + length > size:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: external data "
+                             f"[{offset}, {offset + length}) beyond the end of {target.name} "
+                             f"({size} bytes)")
+    return offset, length
+
+
+def _read_external(proto: onnx.ModelProto, path: Path) -> dict[str, np.ndarray]:
+    """Main-graph external initializers -> arrays; other external tensors loaded in place."""
+    arrays = {}
+    for tensor in proto.graph.initializer:  # small ones stay in the skeleton: shape inference
+        if external_data_helper.uses_external_data(tensor):  # may need their values
+            arrays.update(_read_external_tensor(tensor, path, keep=None))
+    for tensor in external_data_helper._get_all_tensors(proto):  # subgraphs, attributes
+        if external_data_helper.uses_external_data(tensor):
+            _read_external_tensor(tensor, path, keep=True)
+    return arrays
+
+
+def _read_external_tensor(tensor: onnx.TensorProto, path: Path,
+                          keep: bool | None) -> dict[str, np.ndarray]:
+    """Read one external tensor: into an array, or into raw_data (`keep`, odd dtypes).
+
+    `keep=None` keeps it when it has at most `DETACH_BYTES`.
+    """
+    target = external_file(path, tensor)
+    offset, length = _external_span(tensor, target, path)
+    keep = length <= DETACH_BYTES if keep is None else keep
+    try:
+        with open(target, "rb") as f:
+            if keep:
+                tensor.raw_data = _read_exact(f, offset, length, tensor, path, target)
+                arrays = {}
+            else:
+                arrays = _take(tensor, f, offset, length, path, target)
+    except OSError as e:
+        raise ModelLoadError(f"{path}: tensor {tensor.name!r}: cannot read "
+                             f"{target.name} ({e.strerror or e})") from e
+    del tensor.external_data[:]
+    tensor.data_location = onnx.TensorProto.DEFAULT
+    return arrays
+
+
+def detach(proto: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> None:
+    """Replace the initializers named in `arrays` by typed graph inputs, in place.
+
+    Checker, opset conversion and shape inference then run on the weightless skeleton.
+    IR v3 files already list initializers as inputs: those entries are replaced.
+    """
+    graph = proto.graph
+    keep_inits = [t for t in graph.initializer if t.name not in arrays]
+    keep_inputs = [i for i in graph.input if i.name not in arrays]
+    stubs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                           list(a.shape)) for n, a in arrays.items()]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_inits)
+    del graph.input[:]
+    graph.input.extend(keep_inputs + stubs)
+
+
+def detach_from_proto(proto: onnx.ModelProto,
+                      min_bytes: int = DETACH_BYTES) -> tuple[onnx.ModelProto, dict]:
+    """(skeleton copy, arrays) of an in-memory model; `proto` itself is not modified.
+
+    Only the large main-graph initializers are copied into arrays; the skeleton is built
+    without copying them, so the peak is the source plus one copy of the weights.
+    """
+    light = onnx.ModelProto()
+    graph = proto.graph
+    for desc, value in proto.ListFields():
+        if desc.name != "graph":
+            _assign(light, desc, value)
+    for desc, value in graph.ListFields():
+        if desc.name != "initializer":
+            _assign(light.graph, desc, value)
+    arrays = {}
+    for tensor in graph.initializer:
+        if _payload_bytes(tensor) > min_bytes and tensor.data_type in _PLAIN:
+            arrays[tensor.name] = onnx.numpy_helper.to_array(tensor).copy()
+            light.graph.initializer.add(name=tensor.name, dims=tensor.dims,
+                                        data_type=tensor.data_type)
+        else:
+            light.graph.initializer.add().CopyFrom(tensor)
+    return light, arrays
+
+
+def _assign(msg, desc, value) -> None:
+    if desc.is_repeated:
+        getattr(msg, desc.name).extend(value)
+    elif desc.message_type:
+        getattr(msg, desc.name).CopyFrom(value)
+    else:
+        setattr(msg, desc.name, value)
+
+
+def _payload_bytes(tensor: onnx.TensorProto) -> int:
+    if external_data_helper.uses_external_data(tensor):
+        return 0  # not loaded: handled by the caller's external-data path
+    return max(len(tensor.raw_data), 4 * len(tensor.float_data), 8 * len(tensor.int64_data),
+               4 * len(tensor.int32_data), 8 * len(tensor.double_data))
+
+
+# -- writing -------------------------------------------------------------------------------
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace anything but a regular file (directory, symlink, device, fifo).
+
+    Raises:
+        ConfigError: One line naming the path and what it is.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode) else "a symbolic link"
+                if stat.S_ISLNK(mode) else "not a regular file")
+        raise ConfigError(f"{path}: exists and is {kind}; refusing to replace it")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file object that becomes `path` (atomic rename) when the block succeeds."""
+    check_replaceable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes via a temporary file in the same folder and an atomic rename."""
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def data_path(path: Path) -> Path:
+    """Where the external data of a model written to `path` goes: `<name>.data` beside it."""
+    return path.with_name(path.name + ".data")
+
+
+def write_lean(path: Path, skeleton: onnx.ModelProto, arrays: dict[str, np.ndarray]) -> list[Path]:
+    """Write `skeleton` with the arrays as its data-less initializers' raw_data.
+
+    Inline (one file) while the result fits in `MAX_INLINE_BYTES`, else with every array in
+    `<name>.data` next to `path` (`location` relative to the model's folder).
+
+    Args:
+        path: The `.onnx` file to write.
+        skeleton: The model; initializers named in `arrays` carry name, dims and type only.
+            Modified in place when the weights go to external data.
+        arrays: The weights, by initializer name.
+
+    Returns:
+        The files written (the model first).
+    """
+    index = {i: arrays[t.name] for i, t in enumerate(skeleton.graph.initializer)
+             if t.name in arrays}
+    data = skeleton.SerializeToString()
+    pieces = _inline_pieces(data, index)
+    if sum(_size(p) for p in pieces) <= MAX_INLINE_BYTES:
+        with atomic_file(path) as f:
+            for piece in pieces:
+                f.write(piece if isinstance(piece, bytes) else _buffer(piece))
+        return [path]
+    del data, pieces
+    return _write_external(path, skeleton, index)
+
+
+def _buffer(array: np.ndarray) -> memoryview:
+    array = np.ascontiguousarray(array.astype(array.dtype.newbyteorder("<"), copy=False))
+    return memoryview(array).cast("B") if array.size else memoryview(b"")
+
+
+def _size(piece: bytes | np.ndarray) -> int:
+    return len(piece) if isinstance(piece, bytes) else piece.nbytes
+
+
+def _inline_pieces(data: bytes, index: dict[int, np.ndarray]) -> list[bytes | np.ndarray]:
+    """The serialized model as pieces, each indexed initializer followed by its raw_data."""
+    pieces: list[bytes | np.ndarray] = []
+    for f, is_graph in _only_graph(data, 0, len(data)):
+        if not is_graph:
+            pieces.append(data[f.head:f.end])
+            continue
+        body = _graph_pieces(data, f, index)
+        pieces += [_len_key(_MODEL_GRAPH, sum(_size(p) for p in body)), *body]
+    return pieces
+
+
+def _graph_pieces(data: bytes, graph: _Field, index: dict[int, np.ndarray]) -> list:
+    pieces, i = [], 0
+    for f in _fields(data, graph.start, graph.end):
+        is_init = f.number == _GRAPH_INITIALIZER and f.wire == _LEN
+        if is_init and i in index:
+            array, tensor = index[i], data[f.start:f.end]
+            raw_key = _len_key(_TENSOR_RAW_DATA, array.nbytes)
+            pieces += [_len_key(_GRAPH_INITIALIZER, len(tensor) + len(raw_key) + array.nbytes),
+                       tensor + raw_key, array]
+        else:
+            pieces.append(data[f.head:f.end])
+        i += is_init
+    return pieces
+
+
+def _write_external(path: Path, skeleton: onnx.ModelProto,
+                    index: dict[int, np.ndarray]) -> list[Path]:
+    target = data_path(path)
+    check_replaceable(path)
+    offset = 0
+    with atomic_file(target) as f:
+        for i, array in index.items():
+            pad = -offset % EXTERNAL_ALIGN
+            f.write(b"\0" * pad)
+            offset += pad
+            f.write(_buffer(array))
+            _point_to(skeleton.graph.initializer[i], target.name, offset, array.nbytes)
+            offset += array.nbytes
+    with atomic_file(path) as f:
+        f.write(skeleton.SerializeToString())
+    return [path, target]
+
+
+def _point_to(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)),
+                       ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
