@@ -152,29 +152,57 @@ def rehydrate_light(src: Path, rng: np.random.Generator) -> onnx.ModelProto:
     return model
 
 
-def recalibrate_bn_ort(model: onnx.ModelProto, feeds: dict, passes: int = 4) -> None:
+def _bn_ancestors(graph: onnx.GraphProto, bns: list) -> dict[str, set[str]]:
+    """For each BatchNormalization (by output name), the BatchNormalizations upstream of it."""
+    producer = {o: n for n in graph.node for o in n.output}
+    memo: dict[str, set[str]] = {}
+
+    def above(value: str) -> set[str]:  # BNs at or above `value`
+        if value not in memo:
+            node = producer.get(value)
+            memo[value] = set() if node is None else set().union(
+                *(above(i) for i in node.input if i)) | (
+                {node.output[0]} if node.op_type == "BatchNormalization" else set())
+        return memo[value]
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20 * len(graph.node)))
+    return {n.output[0]: above(n.input[0]) for n in bns}
+
+
+def recalibrate_bn_ort(model: onnx.ModelProto, name: str, x: np.ndarray) -> None:
     """Set every BatchNormalization's mean/var to the statistics of its input (in place).
 
-    Repeated `passes` times, since each BN's input depends on the BNs before it.
+    Front by front: a BN is calibrated once every BN above it is, so no statistic is taken
+    on activations that un-normalized layers blew up. One sample at a time (the zoo graphs
+    reshape to a fixed batch of 1).
     """
     import onnxruntime as ort
 
     bns = [n for n in model.graph.node if n.op_type == "BatchNormalization"]
-    if not bns:
-        return
+    ancestors = _bn_ancestors(model.graph, bns)
     inits = {t.name: t for t in model.graph.initializer}
-    probe = onnx.ModelProto()
-    for _ in range(passes):
+    done: set[str] = set()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    while len(done) < len(bns):
+        front = [n for n in bns if n.output[0] not in done and ancestors[n.output[0]] <= done]
+        probe = onnx.ModelProto()
         probe.CopyFrom(model)
         del probe.graph.output[:]
-        probe.graph.output.extend(helper.make_empty_tensor_value_info(n.input[0]) for n in bns)
-        sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-        outs = sess.run(None, feeds)
-        for node, x in zip(bns, outs, strict=True):
-            axes = (0, *range(2, x.ndim))
-            for idx, stat in ((3, x.mean(axes)), (4, x.var(axes) + 1e-5)):
+        probe.graph.output.extend(helper.make_empty_tensor_value_info(n.input[0])
+                                  for n in front)
+        sess = ort.InferenceSession(probe.SerializeToString(), opts,
+                                    providers=["CPUExecutionProvider"])
+        runs = [sess.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
+        for k, node in enumerate(front):
+            xs = [r[k].astype(np.float64) for r in runs]
+            axes = (0, *range(2, xs[0].ndim))
+            mean = np.mean([v.mean(axes) for v in xs], axis=0)
+            var = np.mean([(v ** 2).mean(axes) for v in xs], axis=0) - mean ** 2
+            for idx, stat in ((3, mean), (4, np.maximum(var, 0) + 1e-5)):
                 inits[node.input[idx]].CopyFrom(numpy_helper.from_array(
                     stat.astype(np.float32), node.input[idx]))
+            done.add(node.output[0])
 
 
 def _first_input(model: onnx.ModelProto) -> onnx.ValueInfoProto:
@@ -200,30 +228,9 @@ def caffe2_entries(corpus: Path) -> list[dict]:
 
 def _caffe2(src: Path, path: Path, spec: dict, corpus: Path, seed: int) -> None:
     model = rehydrate_light(src, np.random.default_rng(seed))
-    x = preprocess(load_photos(corpus)[CALIB][:16], spec)
-    feeds = {_first_input(model).name: x}
-    _batch_dim(model)
-    recalibrate_bn_ort(model, feeds)
-    _unbatch_dim(model)
+    x = preprocess(load_photos(corpus)[CALIB][:8], spec)
+    recalibrate_bn_ort(model, _first_input(model).name, x)
     onnx.save(model, str(path))
-
-
-def _batch_dim(model: onnx.ModelProto) -> None:
-    """Make the data input's batch symbolic while the statistics are gathered."""
-    inp = _first_input(model)
-    inp.type.tensor_type.shape.dim[0].dim_param = "N"
-    for out in model.graph.output:
-        if out.type.tensor_type.shape.dim:
-            out.type.tensor_type.shape.dim[0].dim_param = "N"
-    del model.graph.value_info[:]
-
-
-def _unbatch_dim(model: onnx.ModelProto) -> None:
-    inp = _first_input(model)
-    inp.type.tensor_type.shape.dim[0].dim_value = 1
-    for out in model.graph.output:
-        if out.type.tensor_type.shape.dim:
-            out.type.tensor_type.shape.dim[0].dim_value = 1
 
 
 def _build_once(entry: dict, path: Path, build: Callable[[], None]) -> dict:
