@@ -453,12 +453,14 @@ def signal_cases() -> list[Case]:
     compile_ = ["compile", "m.onnx", "-o", "out", "--calib", "calib.npy", "--quiet",
                 "--target-macs", "0.5", "--search", "abc", "--set", "prune.abc_cycles=1000"]
     cases = [
+        # A fast machine may finish before the interrupt: then the output must be whole
+        # (checked); an interrupted run must leave no output at all (run_case).
         _case("signal/ctrl-c/prune-abc", "signal", abc, files, interrupt_after=4.0,
-              fast=True),
+              outputs=("out.onnx",), check="check_onnx", fast=True),
         _case("signal/ctrl-c/compile-abc", "signal", compile_, files, interrupt_after=4.0,
-              fast=True),
+              outputs=("out",), check="check_compile_dir", fast=True),
         _case("signal/ctrl-c/prune-abc-exec", "signal", abc, files, interrupt_after=8.0,
-              exec_=True),
+              outputs=("out.onnx",), check="check_onnx", exec_=True),
     ]
     for cmd, argv in (("inspect", ["inspect", "m.onnx"]), ("groups", ["groups", "m.onnx"]),
                       ("inspect-json", ["inspect", "m.onnx", "--json"]),
