@@ -69,8 +69,10 @@ def print_report(report: dict) -> None:
             for r in report["groups"] if r["prunable"] and r["after"] < r["before"]]
     print(format_table(rows, ["group", "kind", "before", "after", "members"]))
     macs, params = report["macs"], report["params"]
+    target = report.get("target")
+    aim = f", target {100 * target['macs_ratio']:.1f}%" if target else ""
     print(f"\nMACs   {human(macs['before'])} -> {human(macs['after'])} "
-          f"({100 * macs['ratio']:.1f}%)")
+          f"({100 * macs['ratio']:.1f}%{aim})")
     print(f"params {human(params['before'])} -> {human(params['after'])} "
           f"({100 * params['ratio']:.1f}%)")
     recon = report.get("reconstruction")

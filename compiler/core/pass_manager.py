@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from compiler.core.errors import NpucError, PassError
+from compiler.core.errors import ConfigError, DataError, NpucError, PassError
 from compiler.core.health import check_graph
 from compiler.core.ir import Model
 
@@ -141,6 +141,9 @@ class PassManager:
                 check_graph(result.model)
             if before is not None and result.modified:
                 self.check_function(before, result.model)
+        except (ConfigError, DataError) as e:  # the user's options or data: already named
+            self.observer.failed(p, e, time.perf_counter() - start)
+            raise
         except Exception as e:
             self.observer.failed(p, e, time.perf_counter() - start)
             detail = str(e) if isinstance(e, NpucError) else f"{type(e).__name__}: {e}"

@@ -7,6 +7,7 @@ counts, so a candidate (the ABC search evaluates thousands) costs two small mat-
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -111,7 +112,7 @@ def counts_for_target(cost: CostModel, groups: Sequence[Group], scores: Mapping[
         round_to: Round kept counts to this multiple.
         max_rate: Largest fraction removed from any one group.
     """
-    norm = {gid: s / max(float(np.mean(s)), 1e-30) for gid, s in scores.items()}
+    norm = normalized(scores)
     cuts = np.unique(np.concatenate([v for v in norm.values()])) if norm else np.zeros(0)
 
     def counts_at(t: float) -> dict[int, int]:
@@ -132,4 +133,46 @@ def counts_for_target(cost: CostModel, groups: Sequence[Group], scores: Mapping[
             hi = mid
         else:
             lo = mid
-    return counts_at(cuts[hi])
+    return fill_to_goal(cost, groups, norm, counts_at(cuts[hi]), goal, round_to)
+
+
+def normalized(scores: Mapping[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Channel scores divided by their group's mean, so groups compare on one scale."""
+    return {gid: s / max(float(np.mean(s)), 1e-30) for gid, s in scores.items()}
+
+
+def fill_to_goal(cost: CostModel, groups: Sequence[Group], scores: Mapping[int, np.ndarray],
+                 counts: Mapping[int, int], goal: float, round_to: int = 1) -> dict[int, int]:
+    """Give channels back, best-scored first, one rounding step at a time, while MACs <= goal.
+
+    One global threshold moves every group at once and rounding makes the steps uneven, so
+    the threshold search alone can stop a few percent under the budget (0.6 gave 0.575 on the
+    bundled ResNet). Afterwards no single step of any group fits: the miss is what the
+    granularity explains.
+
+    Args:
+        cost: The model's cost model.
+        groups: All groups.
+        scores: Per prunable group id, channel scores (comparable across groups).
+        counts: Kept counts under the budget.
+        goal: MACs budget.
+        round_to: Channel counts stay multiples of this (or whole).
+    """
+    counts = dict(counts)
+    ranked = {gid: np.sort(np.asarray(s, np.float64))[::-1] for gid, s in scores.items()}
+    heap: list[tuple[float, int, int]] = []
+
+    def push(gid: int) -> None:
+        channels, kept = groups[gid].channels, counts.get(gid, groups[gid].channels)
+        if kept < channels:
+            step = 1 if round_to <= 1 or channels <= round_to else round_to
+            heapq.heappush(heap, (-float(ranked[gid][kept]), gid, min(channels, kept + step)))
+
+    for gid in ranked:
+        push(gid)
+    while heap:
+        _, gid, kept = heapq.heappop(heap)
+        if cost.macs({**counts, gid: kept}) <= goal:
+            counts[gid] = kept
+            push(gid)
+    return counts

@@ -15,11 +15,18 @@ from compiler.core.options import in_range, non_negative, option, positive
 from compiler.core.pass_manager import Pass, PassResult
 from passes.canonicalize import canonicalize
 from passes.prune.apply import apply_with_layout
-from passes.prune.costmodel import CostModel, batch1_cost, counts_for_target
+from passes.prune.costmodel import (
+    CostModel,
+    batch1_cost,
+    counts_for_target,
+    fill_to_goal,
+    normalized,
+)
 from passes.prune.criteria import CRITERIA, score_groups, select
 from passes.prune.groups import Analysis, analyze
 from passes.prune.rates import keep_counts, rates_from_spec, uniform_rates
 from passes.prune.reconstruct import METHODS, affected_layers, reconstruct
+from passes.prune.target import report_miss, target_outcome
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +81,8 @@ class PruneOptions:
                             key="abc_trial_limit", check=positive, metavar="M")
     workers: int | None = option(None, "ABC worker processes (null: all cores)", types=(int,),
                                  check=positive)
+    strict: bool = option(False, "stop with an error when target_macs cannot be reached "
+                          "(default: a warning)")
 
     def recon_method(self) -> str | None:
         """The reconstruction method, or None."""
@@ -176,6 +185,8 @@ def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: 
         from passes.prune.abc import abc_search
 
         counts, search_info = abc_search(canonical, analysis, scores, cost, cfg, fit_feeds, held)
+        counts = fill_to_goal(cost, analysis.groups, normalized(scores), counts,
+                              float(cfg.target_macs) * cost.total_macs, cfg.round_to)
     else:
         counts = _counts(analysis, cfg, scores, cost)
     keep = {gid: select(scores[gid], n) for gid, n in counts.items()
@@ -189,6 +200,10 @@ def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: 
                             seed=cfg.seed)
     report = _report(analysis, cfg, counts, canonical, pruned, start, t_groups)
     report["reconstruction"], report["search"] = recon, search_info
+    if cfg.target_macs is not None:
+        report["target"] = target_outcome(cost, analysis.groups, float(cfg.target_macs),
+                                          report["macs"]["ratio"], cfg.max_rate, cfg.round_to)
+        report_miss(report["target"], cfg.strict)
     return pruned, report
 
 

@@ -111,6 +111,33 @@ def test_target_macs(resnet50, target):
     assert abs(report["macs"]["ratio"] - cost.macs(counts) / cost.total_macs) < 1e-6
 
 
+@pytest.mark.parametrize("target", [0.9, 0.6, 0.45])
+def test_target_macs_lands_within_one_step(resnet50, target):
+    """With round_to 8 the budget is met to within one 8-channel step of any group."""
+    a = analyze(resnet50)
+    cost = CostModel(a)
+    counts = counts_for_target(cost, a.groups, score_groups(a, "l1"), target, round_to=8)
+    got = cost.macs(counts)
+    assert got <= target * cost.total_macs
+    for g in a.groups:  # no group can take one more step without breaking the budget
+        kept = counts.get(g.id, g.channels)
+        if g.prunable and kept < g.channels:
+            assert cost.macs({**counts, g.id: min(g.channels, kept + 8)}) > target * \
+                cost.total_macs
+    _, report = prune_model(resnet50, target_macs=target, reconstruct=False, round_to=8)
+    assert report["target"]["missed"] is None
+    assert target - 0.01 < report["target"]["reached"] <= target
+
+
+def test_unreachable_target_warns_or_fails_under_strict(resnet50, caplog):
+    _, report = prune_model(resnet50, target_macs=0.02, reconstruct=False, max_rate=0.5)
+    outcome = report["target"]
+    assert outcome["reached"] > 0.2 and abs(outcome["reached"] - outcome["floor"]) < 0.02
+    assert "out of reach" in outcome["missed"] and "out of reach" in caplog.text
+    with pytest.raises(ConfigError, match=r"target_macs 0.02 is out of reach.*--max-rate"):
+        prune_model(resnet50, target_macs=0.02, reconstruct=False, max_rate=0.5, strict=True)
+
+
 def test_cost_model_matches_real_cost(resnet50):
     a = analyze(resnet50)
     cost = CostModel(a)
