@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from compiler.cli.examples import attach
 from compiler.core import __version__
 from compiler.core.errors import ConfigError, NpucError, one_line
 
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+        attach(sub.choices[name], module.EXAMPLES)
     return parser
 
 

@@ -10,6 +10,12 @@ from compiler.cli.options import add_flags, from_args
 from compiler.core.outpaths import check_output, input_files
 from targets.npusim.options import BuildOptions
 
+EXAMPLES = (
+    ('build q/model.quant.onnx -o model.bin',
+     'emit the accelerator binary'),
+    ('build q/model.quant.onnx -o model.bin --arch arch.yaml',
+     'for your own accelerator description'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `build` sub-command."""

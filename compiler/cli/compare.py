@@ -12,6 +12,13 @@ from compiler.driver.data import load_data
 HEADERS = ("tensor", "cosine", "max abs err", "max |ref|", "SNR dB")
 
 
+EXAMPLES = (
+    ('compare model.onnx q/model.quant.onnx --calib calib.npz',
+     'per-layer cosine and error of the int8 model against the float one'),
+    ('compare model.onnx q/model.quant.onnx --calib calib.npz --outputs-only --json',
+     'only the outputs, as JSON'),
+)
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare`` sub-command to the CLI's subparsers."""
     p = sub.add_parser(

@@ -24,6 +24,15 @@ ENABLES = {"prune.ratio": "prune.enabled", "prune.target_macs": "prune.enabled",
            "prune.search": "prune.enabled", "sparsify.sparsity": "sparsify.enabled"}
 
 
+EXAMPLES = (
+    ('compile',
+     'the bundled model, end to end, report in npuc-out/'),
+    ('compile model.onnx -o out --calib photos/ --target-macs 0.7 --sparsity 0.5',
+     'prune to 70% of the MACs, 1x4 sparsity, int8, build, verify, report'),
+    ('compile model.onnx -c config.yaml --set calibration.calibrator=mse',
+     'a config file, with one key overridden'),
+)
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `compile` sub-command."""
     p = sub.add_parser("compile", help="the whole pipeline: prune, sparsify, quantize, build, "

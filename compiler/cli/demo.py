@@ -7,6 +7,12 @@ import sys
 
 from compiler.cli.common import print_json
 
+EXAMPLES = (
+    ('demo',
+     "the seed article's table on the bundled models"),
+    ('demo --json',
+     'the same as JSON'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `demo` sub-command."""

@@ -9,6 +9,12 @@ from compiler.cli.common import add_input_shape_flag, input_shapes
 from compiler.cli.options import add_flags, from_args
 from compiler.driver.evaluate import EvalOptions, EvalResult, evaluate
 
+EXAMPLES = (
+    ('eval q/model.quant.onnx --data eval.npz --reference model.onnx',
+     'top-1 on labelled images, and agreement with the float model'),
+    ('eval model.onnx --data fmnist-eval --limit 1000',
+     'accuracy on a bundled dataset'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``eval`` sub-command to the CLI's subparsers."""

@@ -8,6 +8,12 @@ from compiler.cli.common import add_input_shape_flag, format_table, load_bound, 
 from passes.canonicalize import canonicalize
 from passes.prune.groups import build_groups
 
+EXAMPLES = (
+    ('groups model.onnx',
+     'the channel groups pruning keeps consistent, and why some are blocked'),
+    ('groups model.onnx --json --members 0',
+     'the same as JSON'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `groups` sub-command."""

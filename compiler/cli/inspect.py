@@ -9,6 +9,14 @@ from compiler.cli.common import add_input_shape_flag, format_table, human, load_
 from compiler.core.cost import model_cost
 from passes.canonicalize import canonicalize
 
+EXAMPLES = (
+    ('inspect model.onnx',
+     'layers, shapes, MACs and parameters of a float model'),
+    ('inspect model.onnx --input-shape 1x3x640x640',
+     'bind a dynamic input size first'),
+    ('inspect out/model.bin --json',
+     'the sections and program of a built binary'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `inspect` sub-command."""

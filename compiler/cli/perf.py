@@ -8,6 +8,12 @@ from compiler.cli.common import format_table, human, print_json
 from compiler.cli.options import add_flags, from_args
 from targets.npusim.options import PerfOptions
 
+EXAMPLES = (
+    ('perf model.bin',
+     'latency and FPS on the default accelerator'),
+    ('perf model.bin --cores 2 --threads 8 --top 10 --json',
+     'two cores, the 10 slowest layers, JSON'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `perf` sub-command."""

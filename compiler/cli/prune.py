@@ -21,6 +21,14 @@ from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
 from passes.prune.pipeline import ChannelPrune, PruneOptions, calib_missing, needs_calib
 
+EXAMPLES = (
+    ('prune model.onnx -o pruned.onnx --ratio 0.3 --calib photos/',
+     "remove 30% of every group's channels, re-fit on a folder of images"),
+    ('prune model.onnx -o pruned.onnx --target-macs 0.6 --no-reconstruct',
+     'prune globally to 60% of the MACs without data'),
+    ('prune model.onnx -o pruned.onnx --target-macs 0.5 --search abc --calib calib.npz',
+     'search per-group rates (ABC) under a 50% MACs budget'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `prune` sub-command (flags generated from `PruneOptions`)."""

@@ -30,6 +30,15 @@ from compiler.core.shapes import ShapeSpec
 from compiler.driver.outputs import QUANT_OUTPUTS, write_quantized
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
+EXAMPLES = (
+    ('quantize model.onnx -o q --calib photos/ --resize 224x224 '
+     '--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225',
+     'int8 with ImageNet preprocessing of a folder of images'),
+    ('quantize model.onnx -o q --calib calib.npz --calibrator percentile --bias-correction',
+     'clip outliers at the 99.99th percentile, correct biases'),
+    ('quantize model.onnx -o q --calib calib.npz --keep-float /head/Conv',
+     'keep one node in float on the CPU'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `quantize` sub-command (flags from `CalibrationOptions`, `QuantizeOptions`)."""

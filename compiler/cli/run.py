@@ -10,6 +10,10 @@ import numpy as np
 
 from compiler.cli.common import format_table, print_json
 
+EXAMPLES = (
+    ('run model.bin --inputs images.npz -o outputs.npz',
+     'execute the binary in the simulator'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `run` sub-command."""

@@ -23,6 +23,12 @@ from passes.canonicalize import Canonicalize
 from passes.sparsify import BlockSparsify, SparsifyOptions
 from passes.sparsify.sparsify import calib_missing, needs_calib
 
+EXAMPLES = (
+    ('sparsify model.onnx -o sparse.onnx --block 4 --sparsity 0.5 --calib calib.npz',
+     'zero 50% of the 1x4 weight blocks, re-fit the rest'),
+    ('sparsify model.onnx -o sparse.onnx --criterion l1 --no-reconstruct',
+     'magnitude-only, without data'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `sparsify` sub-command (flags generated from `SparsifyOptions`)."""

@@ -9,6 +9,12 @@ from compiler.cli.options import add_flags, from_args
 from compiler.core.feeds import Preprocess
 from targets.npusim.options import VerifyOptions
 
+EXAMPLES = (
+    ('verify q/model.quant.onnx model.bin --inputs calib.npz',
+     'run both on real inputs and require bit-exact outputs'),
+    ('verify q/model.quant.onnx model.bin --samples 16',
+     'on 16 random inputs'),
+)
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the `verify` sub-command."""
