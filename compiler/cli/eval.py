@@ -7,11 +7,13 @@ import json
 
 from compiler.cli.common import add_input_shape_flag, input_shapes
 from compiler.cli.options import add_flags, from_args
+from compiler.core.feeds import Preprocess
 from compiler.driver.evaluate import EvalOptions, EvalResult, evaluate
 
 EXAMPLES = (
-    ('eval q/model.quant.onnx --data eval.npz --reference model.onnx',
-     'top-1 on labelled images, and agreement with the float model'),
+    ('eval q/model.quant.onnx --data val/ --resize 224x224 --mean 0.485,0.456,0.406 '
+     '--std 0.229,0.224,0.225 --reference model.onnx',
+     'top-1 on a class-per-folder image set, and agreement with the float model'),
     ('eval model.onnx --data fmnist-eval --limit 1000',
      'accuracy on a bundled dataset'),
 )
@@ -26,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p, EvalOptions)
     p.add_argument("--reference", metavar="FLOAT.onnx",
                    help="float model to compare outputs against")
+    add_flags(p.add_argument_group("image preprocessing (folders of images)"), Preprocess)
     add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``npuc eval``; errors propagate as `NpucError` for the CLI to report."""
     o = from_args(args, EvalOptions)
     result = evaluate(args.model, o.data, reference=args.reference, batch=o.batch_size,
-                      limit=o.limit, input_shapes=input_shapes(args))
+                      limit=o.limit, input_shapes=input_shapes(args),
+                      preprocess=from_args(args, Preprocess))
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0

@@ -8,23 +8,20 @@ the source and both shapes named.
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from compiler.core import limits
 from compiler.core.errors import DataError
+from compiler.core.imagefolder import Preprocess, open_folder
 from compiler.core.ir import Model
 from compiler.core.npfiles import read_npy, read_npz
-from compiler.core.options import option, positive_ints
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 
 
 class CalibrationReader(Protocol):
@@ -32,31 +29,6 @@ class CalibrationReader(Protocol):
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         """Next feed dict, or None when exhausted."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How image files become model inputs: config keys `input.*` and the preprocessing flags.
-
-    Each field is declared once with `option(...)`; the config schema, the CLI flags and
-    docs/config.md are generated from these declarations.
-    """
-
-    size: tuple[int, int] | None = option(
-        None, "image folders: resize to [height, width] (null: the model's input size)",
-        types=(list, tuple), key="resize", flag="--resize", item=int, list_sep="x",
-        check=lambda v: positive_ints(v) or (None if len(v) == 2 else "must be [height, width]"),
-        metavar="HxW")
-    mean: tuple[float, ...] = option((0.0,), "image folders: per-channel mean subtracted after "
-                                     "scaling to [0, 1]", item=float, list_sep=",",
-                                     metavar="M[,M,M]")
-    std: tuple[float, ...] = option((1.0,), "image folders: per-channel std divided by",
-                                    item=float, list_sep=",", metavar="S[,S,S]",
-                                    check=lambda v: None if all(x > 0 for x in v)
-                                    else "must be positive")
-    layout: str = option("NCHW", "image folders: NCHW or NHWC", choices=("NCHW", "NHWC"))
-    channel_order: str = option("RGB", "image folders: RGB or BGR", choices=("RGB", "BGR"))
-    grayscale: bool = option(False, "image folders: convert to one channel")
 
 
 @dataclass
@@ -185,59 +157,19 @@ def _from_numpy(path: Path, names: list[str], limit: int | None) -> Feeds:
 
 
 def _from_images(folder: Path, model: Model, pre: Preprocess, limit: int | None) -> Feeds:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-                   and p.is_file())
-    if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    files = spread(files, limit)
     name, (shape, _) = next(iter(input_specs(model).items()))
-    size = pre.size or _spatial_size(shape, pre.layout, folder)
-    images = np.stack([read_image(p, size, pre) for p in files])
-    return Feeds({name: images}, str(folder))
+    size = pre.size or spatial_size(shape, pre.layout, folder)
+    images = open_folder(folder, size, pre, limit)
+    return Feeds({name: images.read_all()}, str(folder), images.labels)
 
 
-def spread(files: list[Path], limit: int | None) -> list[Path]:
-    """At most `limit` of the sorted `files`, evenly spaced.
-
-    Every class folder of a class-per-folder dataset is then represented; the first N files
-    would all be one class.
-    """
-    if limit is None or limit >= len(files):
-        return files
-    picks = np.linspace(0, len(files) - 1, num=max(limit, 1)).round().astype(int)
-    return [files[i] for i in picks]
-
-
-def _spatial_size(shape: list, layout: str, folder: Path) -> tuple[int, int]:
-    hw = shape[2:4] if layout == "NCHW" else shape[1:3]
-    if len(hw) != 2 or None in hw:
-        raise DataError(f"{folder}: the model's input size is dynamic; give a resize size")
+def spatial_size(shape: Sequence, layout: str, folder: Path) -> tuple[int, int]:
+    """(height, width) of an input shape in `layout`; an error when either is symbolic."""
+    hw = list(shape[2:4] if layout == "NCHW" else shape[1:3])
+    if len(hw) != 2 or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in hw):
+        raise DataError(f"{folder}: the model's input size is dynamic; give a resize size "
+                        "(--resize HxW)")
     return int(hw[0]), int(hw[1])
-
-
-def read_image(path: Path, size: tuple[int, int], pre: Preprocess) -> np.ndarray:
-    """Read one image file into a float32 array laid out as `pre.layout` (without batch)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with warnings.catch_warnings(), Image.open(path) as img:
-            # Pillow only warns between its limit and twice it; refuse the whole range.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            cap = limits.limit("IMAGE_PIXELS")  # 64 MP: camera photos pass, bombs do not
-            if img.width * img.height > cap:
-                raise DataError(f"{path}: {img.width}x{img.height} pixels; the limit is "
-                                f"{cap:,} (NPUC_LIMIT_IMAGE_PIXELS raises it)")
-            img = img.convert("L" if pre.grayscale else "RGB").resize(
-                (size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, ValueError) as e:
-        raise DataError(f"{path}: cannot read image ({e})") from e
-    arr = arr[..., None] if arr.ndim == 2 else arr
-    if pre.channel_order == "BGR":
-        arr = arr[..., ::-1]
-    arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1) if pre.layout == "NCHW" else arr)
 
 
 def check_feeds(feeds: Feeds, model: Model) -> None:

@@ -26,6 +26,8 @@ import numpy as np
 import onnx
 
 from compiler.core.errors import ConfigError, DataError, ModelLoadError
+from compiler.core.feeds import Preprocess, spatial_size
+from compiler.core.imagefolder import open_folder
 from compiler.core.options import option, positive
 from compiler.core.shapes import ShapeSpec
 
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH = 64
 DECISIVE_PROBABILITY = 0.5
 TOP_K = 5
+KEEP_BYTES = 256 << 20  # an image folder up to this size is decoded once and kept
 
 
 @dataclass
@@ -42,10 +45,11 @@ class EvalOptions:
 
     data: str | None = option(
         None, "labelled evaluation data: bundled dataset name (fmnist-eval, fmnist-calib, "
-        "fmnist-test, photos, text-lines) or an .npz with 'images' and optional 'labels'",
+        "fmnist-test, photos, text-lines), an .npz with 'images' and optional 'labels', or a "
+        "folder of images (class-per-folder: labelled; image preprocessing flags apply)",
         types=(str,), required=True, metavar="NAME|PATH")
-    limit: int | None = option(None, "use only the first N samples", types=(int,),
-                               check=positive, metavar="N")
+    limit: int | None = option(None, "use only N samples (image folders: as many per class)",
+                               types=(int,), check=positive, metavar="N")
     batch_size: int = option(DEFAULT_BATCH, "samples per run for models with a symbolic batch",
                              flag="--batch", check=positive)
 
@@ -212,34 +216,31 @@ def _decision_metrics(outputs: np.ndarray, ref_probs: np.ndarray,
 def evaluate(model: str | Path | onnx.ModelProto, data: Any,
              reference: str | Path | onnx.ModelProto | None = None,
              batch: int = DEFAULT_BATCH, limit: int | None = None,
-             input_shapes: ShapeSpec | None = None) -> EvalResult:
+             input_shapes: ShapeSpec | None = None,
+             preprocess: Preprocess | None = None) -> EvalResult:
     """Run `model` over `data` and score it.
 
     Args:
         model: ``.onnx`` path, registry name, or proto.
-        data: Bundled dataset name, ``.npz`` path, or a `models.datasets.Dataset`.
+        data: Bundled dataset name, ``.npz`` path, image folder, or a
+            `models.datasets.Dataset`.
         reference: Optional float model to compare against (same input/output shapes).
         batch: Samples per run when the model's batch dim is symbolic.
         limit: Use only the first `limit` samples.
         input_shapes: The user's input shapes (`--input-shape`), bound in both models; a
             symbolic batch they leave unbound stays symbolic (batched runs).
+        preprocess: How a folder's images become inputs (`--resize`, `--mean`, ...).
 
     Raises:
         ConfigError: A non-positive batch size.
         DataError: Data that does not fit the model (shape, label count/range).
         ModelLoadError: A model that cannot be loaded or run.
     """
-    from models.datasets import Dataset, load_dataset
-
     if batch < 1:
         raise ConfigError(f"batch: must be positive, got {batch}")
-    if isinstance(data, Dataset):
-        ds = data if limit is None else Dataset(data.inputs[:limit], None if data.labels is None
-                                                else data.labels[:limit], data.name, data.kind)
-    else:
-        ds = load_dataset(data, limit=limit)
     proto, name = load_model(model, input_shapes)
     runner = Runner(proto, name)
+    ds = eval_dataset(data, runner.shape, limit, preprocess)
     runner.check(ds.inputs, ds.name)
     outputs = runner.run(ds.inputs, batch)
     result = EvalResult(name, ds.name, ds.kind, len(ds))
@@ -251,6 +252,36 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
         result.metrics.update(fidelity(outputs, ref_runner.run(ds.inputs, batch)))
     logger.info("eval %s on %s: %s", name, ds.name, result.metrics)
     return result
+
+
+def eval_dataset(data: Any, input_shape: list, limit: int | None = None,
+                 preprocess: Preprocess | None = None) -> Any:
+    """The evaluation data as a `models.datasets.Dataset`, read once.
+
+    An image folder is read lazily, one batch at a time, unless it is small enough to keep
+    (then a compile's three evaluations decode each image once).
+
+    Args:
+        data: Bundled dataset name, ``.npz`` path, image folder, or a `Dataset`.
+        input_shape: The model's first input shape (None for symbolic dims): an image
+            folder is resized to its height and width unless `preprocess.size` is given.
+        limit: Use at most this many samples.
+        preprocess: How a folder's images become inputs.
+    """
+    from models.datasets import Dataset, load_dataset
+
+    if isinstance(data, Dataset):
+        return data if limit is None else Dataset(
+            data.inputs[:limit], None if data.labels is None else data.labels[:limit],
+            data.name, data.kind)
+    if isinstance(data, (str, Path)) and Path(data).is_dir():
+        pre = preprocess or Preprocess()
+        folder = open_folder(Path(data), pre.size or spatial_size(input_shape, pre.layout,
+                                                                   Path(data)), pre, limit)
+        inputs = folder.read_all() if 4 * int(np.prod(folder.shape)) <= KEEP_BYTES else folder
+        kind = "classification" if folder.labels is not None else "unlabelled"
+        return Dataset(inputs, folder.labels, str(data), kind)
+    return load_dataset(data, limit=limit)
 
 
 def _label_metrics(outputs: np.ndarray, ds: Any) -> dict[str, float]:

@@ -96,7 +96,9 @@ def _baseline_perf(state: CompileState) -> PerfPair:
 
 def evaluate(state: CompileState) -> str:
     """Accuracy of the float original, the compressed float model and the int8 model."""
+    from compiler.core.feeds import input_specs
     from compiler.core.io import to_proto
+    from compiler.driver.evaluate import eval_dataset
     from compiler.driver.evaluate import evaluate as run_eval
 
     source, limit = eval_source(state), state.config["eval.limit"]
@@ -104,7 +106,9 @@ def evaluate(state: CompileState) -> str:
     if state.quant is not None:
         variants["int8"] = state.quant.quant_model
     batch = state.config["eval.batch_size"]
-    scores = {name: run_eval(to_proto(m), source, limit=limit, batch=batch).metrics
+    shape = next(iter(input_specs(state.original).values()))[0]
+    data = eval_dataset(source, shape, limit, preprocess(state.config))
+    scores = {name: run_eval(to_proto(m), data, batch=batch).metrics
               for name, m in variants.items()}
     state.eval = scores
     key = next(iter(scores["float"]), None)

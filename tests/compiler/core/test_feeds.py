@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from compiler.core.errors import DataError
-from compiler.core.feeds import load_feeds, spread
+from compiler.core.feeds import load_feeds
+from compiler.core.imagefolder import spread
 from compiler.core.io import load_model
 from compiler.core.npfiles import read_npy, read_npz
 from tests.conftest import conv_model
