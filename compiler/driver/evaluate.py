@@ -244,14 +244,32 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
     runner.check(ds.inputs, ds.name)
     outputs = runner.run(ds.inputs, batch)
     result = EvalResult(name, ds.name, ds.kind, len(ds))
-    result.metrics.update(_label_metrics(outputs, ds))
+    ref_outputs = None
     if reference is not None:
         ref_proto, result.reference = load_model(reference, input_shapes)
         ref_runner = Runner(ref_proto, result.reference)
         ref_runner.check(ds.inputs, ds.name)
-        result.metrics.update(fidelity(outputs, ref_runner.run(ds.inputs, batch)))
+        ref_outputs = ref_runner.run(ds.inputs, batch)
+    result.metrics.update(score(outputs, ds, ref_outputs))
     logger.info("eval %s on %s: %s", name, ds.name, result.metrics)
     return result
+
+
+def run_onnx(model: onnx.ModelProto, name: str, ds: Any, batch: int = DEFAULT_BATCH
+             ) -> np.ndarray:
+    """The model's first output on every sample of `ds` (onnxruntime)."""
+    runner = Runner(model, name)
+    runner.check(ds.inputs, ds.name)
+    return runner.run(ds.inputs, batch)
+
+
+def score(outputs: np.ndarray, ds: Any, reference: np.ndarray | None = None
+          ) -> dict[str, float]:
+    """Label metrics of `outputs` on `ds`, and fidelity against `reference` outputs."""
+    metrics = _label_metrics(outputs, ds)
+    if reference is not None:
+        metrics.update(fidelity(outputs, reference))
+    return metrics
 
 
 def eval_dataset(data: Any, input_shape: list, limit: int | None = None,

@@ -66,13 +66,19 @@ def _binary_size(state: CompileState) -> int | None:
     return path.stat().st_size if path and path.exists() else None
 
 
+FIDELITY = ("agreement", "cosine")
+
+
 def _accuracy_rows(scores: dict | None) -> dict[str, dict[str, Any]]:
     if not scores or not scores.get("float"):
         return {}
     rows = {}
+    final = scores.get("int8", scores.get("compressed", {}))
     for metric in scores["float"]:
-        after = scores.get("int8", scores.get("compressed", {})).get(metric)
-        rows[metric] = {"before": scores["float"][metric], "after": after}
+        rows[metric] = {"before": scores["float"][metric], "after": final.get(metric)}
+    for metric in FIDELITY:  # against the float model's outputs: labels or not
+        if metric in final:
+            rows[f"{metric} with float"] = {"before": None, "after": final[metric]}
     return rows
 
 
