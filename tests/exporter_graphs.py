@@ -493,6 +493,41 @@ def c2f_detect(c: int = 8, hw: int = 16, reg: int = 4, nc: int = 3) -> onnx.Mode
     return n.model("c2f_detect", {"x": [1, 3, hw, hw]}, ["y_out"])
 
 
+def rpn_objectness(c: int = 8, hw: int = 16, anchors: int = 3) -> onnx.ModelProto:
+    """torchvision's RPN head on two pyramid levels, as `torch.onnx` (opset 11) exports it.
+
+    One head (3x3 Conv + Relu, then 1x1 cls_logits and bbox_pred Convs) shared by both levels
+    (the same initializers). Per level: Reshape [1, A, k, H, W] -> Transpose [0, 3, 4, 1, 2]
+    -> Reshape [1, H*W*A, k]; Concat over the levels. Objectness: Flatten(axis=-1) to
+    [H*W*A, 1] -> Reshape [1, -1] -> Flatten(axis=2) to [H*W*A, 1] (Flatten over all axes,
+    axis == rank) -> Sigmoid. Boxes: Reshape [-1, 4].
+    """
+    n = _Net(28)
+    w = [n.const(n.rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:])))
+         for s in ((c, c, 3, 3), (anchors, c, 1, 1), (4 * anchors, c, 1, 1))]
+    b = [n.const(n.rng.standard_normal(k) * 0.1) for k in (c, anchors, 4 * anchors)]
+    levels = [n.op("Relu", [n.conv("x", 3, c, 3, stride=2, name="stem")])]
+    levels.append(n.op("Relu", [n.conv(levels[0], c, c, 3, stride=2, name="down")]))
+    cls, box = [], []
+    for i, x in enumerate(levels):
+        t = n.op("Relu", [n.op("Conv", [x, w[0], b[0]], name=f"head{i}", kernel_shape=[3, 3],
+                                pads=[1, 1, 1, 1])])
+        size = hw // 2 ** (i + 1)
+        for j, (kind, k, out) in enumerate((("cls", 1, cls), ("box", 4, box)), 1):
+            y = n.op("Conv", [t, w[j], b[j]], name=f"{kind}{i}", kernel_shape=[1, 1])
+            y = n.op("Reshape", [y, n.const([1, anchors, k, size, size], np.int64)])
+            y = n.op("Transpose", [y], perm=[0, 3, 4, 1, 2])
+            out.append(n.op("Reshape", [y, n.const([1, -1, k], np.int64)]))
+    obj = n.op("Flatten", [n.op("Concat", cls, name="cls_cat", axis=1)], name="obj_flat",
+               axis=-1)
+    obj = n.op("Reshape", [obj, n.const([1, -1], np.int64)], name="obj_view")
+    n.op("Sigmoid", [n.op("Flatten", [obj], name="obj_all", axis=2)], name="objectness")
+    n.op("Reshape", [n.op("Concat", box, name="box_cat", axis=1), n.const([-1, 4], np.int64)],
+         name="boxes")
+    return n.model("rpn_objectness", {"x": [1, 3, hw, hw]}, ["objectness_out", "boxes_out"],
+                   opset=11, ir_version=6)
+
+
 def se_block(c: int = 8, hw: int = 16, style: str = "mobilenetv3") -> onnx.ModelProto:
     """An inverted residual with squeeze-excite as torchvision / timm export it.
 
