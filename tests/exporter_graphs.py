@@ -717,6 +717,59 @@ def ssd_nms_model() -> onnx.ModelProto:
     return _graph_model(nodes, "ssd_nms", inits, outs)
 
 
+def clip_boxes_model() -> onnx.ModelProto:
+    """torchvision RetinaNet's per-level post-processing, as `torch.onnx` exports it.
+
+    Per level (score thresholds 0.5 and 1.5, the second never reached by a Sigmoid, so that
+    level keeps no box, as a pyramid level with no detection): scores above the threshold
+    -> NonZero -> Gather of their boxes [K, 4] -> `clip_boxes_to_image`: x and y columns
+    sliced, clamped with Max / Min, Unsqueezed and Concatenated to [K, 2, 2], then Reshaped
+    back to the run-time shape of the boxes (Shape -> Gather -> Unsqueeze -> Concat). The
+    levels are Concatenated: `det_boxes` [K, 4].
+    """
+    rng = np.random.default_rng(29)
+    inits, nodes = _detector(rng, classes=1)
+    inits += [_i64("flat", [-1]), _i64("box_rows", [-1, 4]), _i64("ax0", [0]),
+              _i64("ax1", [1]), _i64("ax2", [2]), _i64("start0", [0]), _i64("start1", [1]),
+              _i64("end", [2**62]), _i64("step2", [2]), _i64("dim0", 0), _i64("dim1", 1),
+              _f32("zero", 0.0), _f32("width", 16.0), _f32("height", 16.0)]
+    nodes += [helper.make_node("Reshape", ["scores", "flat"], ["scores_flat"]),
+              helper.make_node("Reshape", ["boxes", "box_rows"], ["box_rows_all"])]
+    levels = []
+    for lvl, thr in enumerate((0.5, 1.5)):
+        p = f"l{lvl}_"
+        inits.append(_f32(f"{p}thr", thr))
+        nodes += [
+            helper.make_node("Greater", ["scores_flat", f"{p}thr"], [f"{p}keep"]),
+            helper.make_node("NonZero", [f"{p}keep"], [f"{p}nz"]),
+            helper.make_node("Squeeze", [f"{p}nz", "ax0"], [f"{p}idx"]),
+            helper.make_node("Gather", ["box_rows_all", f"{p}idx"], [f"{p}boxes"], axis=0),
+        ]
+        for col, start, limit in (("x", "start0", "width"), ("y", "start1", "height")):
+            nodes += [
+                helper.make_node("Slice", [f"{p}boxes", start, "end", "ax1", "step2"],
+                                 [f"{p}{col}"]),
+                helper.make_node("Max", [f"{p}{col}", "zero"], [f"{p}{col}_lo"]),
+                helper.make_node("Min", [f"{p}{col}_lo", limit], [f"{p}{col}_hi"]),
+                helper.make_node("Unsqueeze", [f"{p}{col}_hi", "ax2"], [f"{p}{col}_3d"]),
+            ]
+        nodes.append(helper.make_node("Concat", [f"{p}x_3d", f"{p}y_3d"], [f"{p}xy"], axis=2))
+        nodes.append(helper.make_node("Shape", [f"{p}boxes"], [f"{p}shape"]))
+        for k in (0, 1):
+            nodes += [helper.make_node("Gather", [f"{p}shape", f"dim{k}"], [f"{p}d{k}"], axis=0),
+                      helper.make_node("Unsqueeze", [f"{p}d{k}", "ax0"], [f"{p}d{k}_1d"])]
+        nodes += [helper.make_node("Concat", [f"{p}d0_1d", f"{p}d1_1d"], [f"{p}target"],
+                                   axis=0),
+                  helper.make_node("Reshape", [f"{p}xy", f"{p}target"], [f"{p}clipped"],
+                                   name=f"{p}clip_reshape")]
+        levels.append(f"{p}clipped")
+    nodes.append(helper.make_node("Concat", levels, ["det_boxes"], axis=0, name="levels"))
+    for i, node in enumerate(nodes):
+        node.name = node.name or f"{node.op_type.lower()}_{i}"
+    return _graph_model(nodes, "clip_boxes", inits, [_vi("det_boxes", ["K", 4]),
+                                                      _vi("scores", [1, 1, 64])])
+
+
 def topk_model(dynamic_k: bool = False) -> onnx.ModelProto:
     """Best-scoring anchors: TopK over the class-0 scores, Gather of their boxes.
 
