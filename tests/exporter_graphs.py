@@ -493,6 +493,41 @@ def c2f_detect(c: int = 8, hw: int = 16, reg: int = 4, nc: int = 3) -> onnx.Mode
     return n.model("c2f_detect", {"x": [1, 3, hw, hw]}, ["y_out"])
 
 
+def rpn_objectness(c: int = 8, hw: int = 16, anchors: int = 3) -> onnx.ModelProto:
+    """torchvision's RPN head on two pyramid levels, as `torch.onnx` (opset 11) exports it.
+
+    One head (3x3 Conv + Relu, then 1x1 cls_logits and bbox_pred Convs) shared by both levels
+    (the same initializers). Per level: Reshape [1, A, k, H, W] -> Transpose [0, 3, 4, 1, 2]
+    -> Reshape [1, H*W*A, k]; Concat over the levels. Objectness: Flatten(axis=-1) to
+    [H*W*A, 1] -> Reshape [1, -1] -> Flatten(axis=2) to [H*W*A, 1] (Flatten over all axes,
+    axis == rank) -> Sigmoid. Boxes: Reshape [-1, 4].
+    """
+    n = _Net(28)
+    w = [n.const(n.rng.standard_normal(s) * np.sqrt(2.0 / np.prod(s[1:])))
+         for s in ((c, c, 3, 3), (anchors, c, 1, 1), (4 * anchors, c, 1, 1))]
+    b = [n.const(n.rng.standard_normal(k) * 0.1) for k in (c, anchors, 4 * anchors)]
+    levels = [n.op("Relu", [n.conv("x", 3, c, 3, stride=2, name="stem")])]
+    levels.append(n.op("Relu", [n.conv(levels[0], c, c, 3, stride=2, name="down")]))
+    cls, box = [], []
+    for i, x in enumerate(levels):
+        t = n.op("Relu", [n.op("Conv", [x, w[0], b[0]], name=f"head{i}", kernel_shape=[3, 3],
+                                pads=[1, 1, 1, 1])])
+        size = hw // 2 ** (i + 1)
+        for j, (kind, k, out) in enumerate((("cls", 1, cls), ("box", 4, box)), 1):
+            y = n.op("Conv", [t, w[j], b[j]], name=f"{kind}{i}", kernel_shape=[1, 1])
+            y = n.op("Reshape", [y, n.const([1, anchors, k, size, size], np.int64)])
+            y = n.op("Transpose", [y], perm=[0, 3, 4, 1, 2])
+            out.append(n.op("Reshape", [y, n.const([1, -1, k], np.int64)]))
+    obj = n.op("Flatten", [n.op("Concat", cls, name="cls_cat", axis=1)], name="obj_flat",
+               axis=-1)
+    obj = n.op("Reshape", [obj, n.const([1, -1], np.int64)], name="obj_view")
+    n.op("Sigmoid", [n.op("Flatten", [obj], name="obj_all", axis=2)], name="objectness")
+    n.op("Reshape", [n.op("Concat", box, name="box_cat", axis=1), n.const([-1, 4], np.int64)],
+         name="boxes")
+    return n.model("rpn_objectness", {"x": [1, 3, hw, hw]}, ["objectness_out", "boxes_out"],
+                   opset=11, ir_version=6)
+
+
 def se_block(c: int = 8, hw: int = 16, style: str = "mobilenetv3") -> onnx.ModelProto:
     """An inverted residual with squeeze-excite as torchvision / timm export it.
 
@@ -680,6 +715,59 @@ def ssd_nms_model() -> onnx.ModelProto:
     outs = [_vi("det_boxes", ["K", 4]), _vi("det_scores", ["K"]),
             helper.make_tensor_value_info("det_labels", TensorProto.INT64, ["K"])]
     return _graph_model(nodes, "ssd_nms", inits, outs)
+
+
+def clip_boxes_model() -> onnx.ModelProto:
+    """torchvision RetinaNet's per-level post-processing, as `torch.onnx` exports it.
+
+    Per level (score thresholds 0.5 and 1.5, the second never reached by a Sigmoid, so that
+    level keeps no box, as a pyramid level with no detection): scores above the threshold
+    -> NonZero -> Gather of their boxes [K, 4] -> `clip_boxes_to_image`: x and y columns
+    sliced, clamped with Max / Min, Unsqueezed and Concatenated to [K, 2, 2], then Reshaped
+    back to the run-time shape of the boxes (Shape -> Gather -> Unsqueeze -> Concat). The
+    levels are Concatenated: `det_boxes` [K, 4].
+    """
+    rng = np.random.default_rng(29)
+    inits, nodes = _detector(rng, classes=1)
+    inits += [_i64("flat", [-1]), _i64("box_rows", [-1, 4]), _i64("ax0", [0]),
+              _i64("ax1", [1]), _i64("ax2", [2]), _i64("start0", [0]), _i64("start1", [1]),
+              _i64("end", [2**62]), _i64("step2", [2]), _i64("dim0", 0), _i64("dim1", 1),
+              _f32("zero", 0.0), _f32("width", 16.0), _f32("height", 16.0)]
+    nodes += [helper.make_node("Reshape", ["scores", "flat"], ["scores_flat"]),
+              helper.make_node("Reshape", ["boxes", "box_rows"], ["box_rows_all"])]
+    levels = []
+    for lvl, thr in enumerate((0.5, 1.5)):
+        p = f"l{lvl}_"
+        inits.append(_f32(f"{p}thr", thr))
+        nodes += [
+            helper.make_node("Greater", ["scores_flat", f"{p}thr"], [f"{p}keep"]),
+            helper.make_node("NonZero", [f"{p}keep"], [f"{p}nz"]),
+            helper.make_node("Squeeze", [f"{p}nz", "ax0"], [f"{p}idx"]),
+            helper.make_node("Gather", ["box_rows_all", f"{p}idx"], [f"{p}boxes"], axis=0),
+        ]
+        for col, start, limit in (("x", "start0", "width"), ("y", "start1", "height")):
+            nodes += [
+                helper.make_node("Slice", [f"{p}boxes", start, "end", "ax1", "step2"],
+                                 [f"{p}{col}"]),
+                helper.make_node("Max", [f"{p}{col}", "zero"], [f"{p}{col}_lo"]),
+                helper.make_node("Min", [f"{p}{col}_lo", limit], [f"{p}{col}_hi"]),
+                helper.make_node("Unsqueeze", [f"{p}{col}_hi", "ax2"], [f"{p}{col}_3d"]),
+            ]
+        nodes.append(helper.make_node("Concat", [f"{p}x_3d", f"{p}y_3d"], [f"{p}xy"], axis=2))
+        nodes.append(helper.make_node("Shape", [f"{p}boxes"], [f"{p}shape"]))
+        for k in (0, 1):
+            nodes += [helper.make_node("Gather", [f"{p}shape", f"dim{k}"], [f"{p}d{k}"], axis=0),
+                      helper.make_node("Unsqueeze", [f"{p}d{k}", "ax0"], [f"{p}d{k}_1d"])]
+        nodes += [helper.make_node("Concat", [f"{p}d0_1d", f"{p}d1_1d"], [f"{p}target"],
+                                   axis=0),
+                  helper.make_node("Reshape", [f"{p}xy", f"{p}target"], [f"{p}clipped"],
+                                   name=f"{p}clip_reshape")]
+        levels.append(f"{p}clipped")
+    nodes.append(helper.make_node("Concat", levels, ["det_boxes"], axis=0, name="levels"))
+    for i, node in enumerate(nodes):
+        node.name = node.name or f"{node.op_type.lower()}_{i}"
+    return _graph_model(nodes, "clip_boxes", inits, [_vi("det_boxes", ["K", 4]),
+                                                      _vi("scores", [1, 1, 64])])
 
 
 def topk_model(dynamic_k: bool = False) -> onnx.ModelProto:

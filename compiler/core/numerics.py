@@ -63,6 +63,18 @@ class Session(ort.InferenceSession):
             raise GraphError(f"onnxruntime cannot run the model: {ort_message(e)}") from e
 
 
+DISABLED_OPTIMIZERS = ["ReshapeFusion"]
+"""onnxruntime graph rewrites left off: they make valid models fail.
+
+ReshapeFusion replaces a run-time Reshape target built from Shape -> Gather -> Concat (as
+torch.onnx writes `x.reshape(boxes.shape)`) with a constant of 0s ("copy the dim") and one
+-1, reading dim equality from the symbolic dims of value_info. The IR's inferred shapes name
+the data-dependent dims of a detector's tail, so the rewrite fires there, and a Reshape of an
+empty tensor (a pyramid level with no detection: [0, 2, 2] to [0, -1]) fails, since -1 cannot
+be inferred from 0 elements; the unrewritten [0, 4] target is fine.
+"""
+
+
 def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
                 ) -> ort.InferenceSession:
     """The one place the project opens an onnxruntime session: CPU only, telemetry off.
@@ -73,7 +85,8 @@ def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
     # sessions opened after someone else turned it back on.
     ort.disable_telemetry_events()
     ort.set_default_logger_severity(4)  # run-time node errors are logged by the default logger
-    return Session(model, opts or session_options(), providers=["CPUExecutionProvider"])
+    return Session(model, opts or session_options(), providers=["CPUExecutionProvider"],
+                   disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 def session(model: Model | onnx.ModelProto, *, threads: int = 0,

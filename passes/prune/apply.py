@@ -17,6 +17,7 @@ from compiler.core.errors import ConfigError, GraphError
 from compiler.core.ir import Model, const_value
 from passes.prune.groups import Analysis, analyze
 from passes.prune.rewrite import rewrite_node
+from passes.prune.slots import label
 from passes.prune.trace import Slot, Tracer, trace
 
 
@@ -231,7 +232,9 @@ def zero_removed(model: Model, keep: Mapping[int, np.ndarray], *,
             continue
         removed = ranks[analysis.comp[slot.arr]] < 0
         if removed.any():
-            node.inputs[1] = gs.Constant(node.inputs[1].name + "_zeroed",
+            # per node: a weight shared by nodes with different removed inputs (one head on
+            # several pyramid levels) needs one zeroed copy each, under distinct names
+            node.inputs[1] = gs.Constant(f"{label(node)}.{node.inputs[1].name}_zeroed",
                                          _zero_inputs(node, w.copy(), removed))
     return out
 

@@ -78,6 +78,8 @@ def reshape_slot(node: gs.Node, x: Slot, tr: Tracer) -> Slot | None:
     if not hit or hit[0][0][1] < x.axes.stop:
         return None
     (i0, i1), (j0, j1) = hit[0]
+    if j0 == j1:  # trailing size-1 axes, the channel axis among them, map to no output axis
+        return None
     big = [k for k in range(j0, j1) if b[k] != 1] or [j0]
     if any(a[k] != 1 for k in range(i0, i1) if k not in x.axes):  # merged with other axes
         if len(big) != 1 or (i0 == 0 < x.axis):

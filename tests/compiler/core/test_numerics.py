@@ -39,3 +39,24 @@ def test_shared_weight_session_turns_runtime_errors_into_one_data_error():
     name = sess.get_inputs()[0].name
     with pytest.raises(DataError, match=r"cannot run the model on inputs .* 1x5x2x2"):
         sess.run(None, {name: np.zeros((1, 5, 2, 2), np.float32)})
+
+
+def test_run_time_reshape_of_an_empty_level_runs():
+    # The IR's inferred shapes name the data-dependent K of both the [K, 4] boxes and their
+    # [K, 2, 2] clipped copy alike; onnxruntime's ReshapeFusion read that as "copy dim 0"
+    # and rewrote the Reshape target to [0, -1], which fails on the empty level (K = 0).
+    from compiler.core.io import load_model
+    from tests import exporter_graphs as eg
+
+    proto = eg.clip_boxes_model()  # as written: no intermediate shapes
+    model = load_model(proto)
+    tensors = model.graph.tensors()
+    k = tensors["l1_boxes"].shape[0]
+    assert isinstance(k, str) and tensors["l1_xy"].shape[0] == k  # the trigger is there
+    x = np.random.default_rng(4).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    got, want = numerics.run(model, {"x": x}), numerics.run(proto, {"x": x})
+    scores = want["scores"].reshape(-1)
+    assert not (scores > 1.5).any()  # level 1 is empty
+    assert got["det_boxes"].shape == ((scores > 0.5).sum(), 4) and 0 < len(got["det_boxes"])
+    np.testing.assert_array_equal(got["det_boxes"], want["det_boxes"])
+    assert got["det_boxes"].min() >= 0.0 and got["det_boxes"].max() <= 16.0

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
+from compiler.core.checked_save import save_checked
 from compiler.core.errors import DataError, TargetError
 from compiler.core.numerics import run
 from passes.quantize.api import quantize_model
@@ -36,6 +37,8 @@ GRAPHS = {
                        [["Greater", "Cast", "ReduceSum", "Reshape", "..."]]),
     "nonzero": (eg.nonzero_model, BACKBONE + 64 * 8 + 8 * 64 * 5, 0,
                 [["Greater", "NonZero", "Transpose", "Shape", "..."]]),
+    "clip_boxes": (eg.clip_boxes_model, BACKBONE + 64 * 8 * 4 + 64 * 8, 0,
+                   [["Greater", "NonZero", "Squeeze", "Gather", "..."]]),
     "control_flow": (eg.control_flow_model, BACKBONE + 64 * 8 * 4, 0,
                      [["ReduceMean", "Greater", "If"], ["Loop"]]),
     "layernorm": (lambda: eg.missing_op_model("layernorm"), BACKBONE + TAIL, 0,
@@ -68,6 +71,21 @@ def test_verify_is_bit_exact(built):
     for out in report.outputs:
         assert out["mismatched"] == 0 and out["max_abs"] == 0.0, out
     assert sum(o["elements"] for o in report.outputs) > 0
+
+
+def test_verify_reads_model_quant_onnx_with_an_empty_level(tmp_path):
+    # As `npuc verify` does: model.quant.onnx is loaded from disk (shapes inferred, the
+    # data-dependent K named), and its empty pyramid level runs in the reference session.
+    proto = eg.clip_boxes_model()
+    quant = quantize_model(proto, random_inputs(proto, 8, 0)).quant_model
+    path = save_checked(quant, tmp_path / "model.quant.onnx")
+    feeds = random_inputs(proto, 3, 1)
+    report = verify(path, build_binary(quant).data, feeds)
+    assert report.consistent and report.samples == 3
+    boxes = next(o for o in report.outputs if o["name"] == "det_boxes")
+    kept = sum(int((run(quant, {"x": feeds["x"][f:f + 1]})["scores"] > 0.5).sum())
+               for f in range(3))
+    assert boxes["elements"] == 4 * kept > 0 and boxes["mismatched"] == 0
 
 
 def test_simulator_equals_onnxruntime_frame_by_frame(built):
