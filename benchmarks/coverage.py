@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import statistics
 import subprocess
@@ -128,23 +127,24 @@ def cmd_photos(args: argparse.Namespace) -> None:
 def run_cli(args: list[str], log: Path, timeout: float) -> dict:
     """One `python -m compiler.cli` subprocess: exit code, wall time, peak RSS, error line."""
     t0 = time.monotonic()
+    peak = log.with_suffix(".rss")
+    peak.unlink(missing_ok=True)
+    # The child reports its own VmHWM (benchmarks/peak_rss.py): wait4's ru_maxrss would
+    # include this process's peak, which exec carries over into the child's.
+    cmd = [str(NPUC_PYTHON), str(REPO / "benchmarks" / "peak_rss.py"), str(peak), "compiler.cli"]
     with open(log.with_suffix(".out"), "w") as fo, open(log.with_suffix(".err"), "w") as fe:
-        proc = subprocess.Popen([str(NPUC_PYTHON), "-m", "compiler.cli", *args], cwd=REPO,
-                                stdout=fo, stderr=fe)
+        proc = subprocess.Popen([*cmd, *args], cwd=REPO, stdout=fo, stderr=fe)
         timed_out = False
-        while True:  # wait4 gives this child's own rusage (peak RSS), not all children's
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - t0 > timeout:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                timed_out = True
-                break
-            time.sleep(0.05)
-    proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            timed_out = True
+    rc = proc.returncode
+    rss = int(peak.read_text()) if peak.exists() and peak.read_text().strip() else None
     res = {"ok": rc == 0 and not timed_out, "exit": rc, "seconds": round(time.monotonic() - t0, 2),
-           "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+           "peak_rss_mb": round(rss / 2**20, 1) if rss is not None else None}
     if timed_out:
         res["error"] = f"timeout after {timeout:.0f} s"
     elif rc:
@@ -264,9 +264,9 @@ def run_graph(entry: dict, corpus: Path, steps: tuple[str, ...], timeout: float)
     _derived_npu_fraction(result)
     if result["steps"].get("quantize", {}).get("ok"):
         result["cosine"] = int8_cosine(model, work / "q" / "model.quant.onnx", evals)
-    if "inspect" in result["steps"]:
-        rss = result["steps"]["inspect"]["peak_rss_mb"] * 2**20
-        result["inspect_rss_ratio"] = round(rss / entry["size_bytes"], 2)
+    rss = result["steps"].get("inspect", {}).get("peak_rss_mb")
+    if rss is not None:
+        result["inspect_rss_ratio"] = round(rss * 2**20 / entry["size_bytes"], 2)
     return result
 
 
@@ -365,8 +365,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             res = {"generate_error": entry["generate_error"], "steps": {}}
         else:
             res = run_graph(entry, corpus, steps, args.timeout)
-            if "inspect" in res["steps"]:
-                net = (res["steps"]["inspect"]["peak_rss_mb"] - base) * 2**20
+            rss = res["steps"].get("inspect", {}).get("peak_rss_mb")
+            if rss is not None and base is not None:
+                net = (rss - base) * 2**20
                 res["inspect_rss_net_ratio"] = round(net / entry["size_bytes"], 2)
         res["seconds"] = round(time.monotonic() - g0, 1)
         old = data["graphs"].get(entry["name"], {}) if args.only else {}
