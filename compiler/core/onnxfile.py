@@ -50,6 +50,8 @@ EXTERNAL_ALIGN = 64
 
 # ONNX field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
 _MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+# GraphProto.node; NodeProto.op_type, .attribute, .domain; AttributeProto.name, .t
+_GRAPH_NODE, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN, _ATTR_NAME, _ATTR_T = 1, 4, 5, 7, 1, 5
 _LEN = 2
 
 # dtypes whose raw_data is exactly the little-endian numpy buffer
@@ -144,12 +146,15 @@ def _only_graph(buf, start: int, end: int) -> Iterator[tuple[_Field, bool]]:
 
 # -- reading -------------------------------------------------------------------------------
 
-def strip_weights(buf, min_bytes: int = DETACH_BYTES) -> tuple[bytes, dict[int, tuple[int, int]]]:
+def strip_weights(buf, min_bytes: int = DETACH_BYTES, constants: dict | None = None
+                  ) -> tuple[bytes, dict[int, tuple[int, int]]]:
     """The model without its large initializer payloads, and where those payloads are.
 
     Args:
         buf: A serialized ModelProto (bytes, mmap, ...).
         min_bytes: Payloads larger than this are cut out.
+        constants: When given, the large `value` payloads of the main graph's Constant nodes
+            are cut out too, and recorded here as {node index: (offset in buf, length)}.
 
     Returns:
         (skeleton bytes, {initializer index: (offset in buf, length)}).
@@ -162,14 +167,20 @@ def strip_weights(buf, min_bytes: int = DETACH_BYTES) -> tuple[bytes, dict[int, 
         if not is_graph:
             out += buf[f.head:f.end]
             continue
-        body = _strip_graph(buf, f, min_bytes, cut)
+        body = _strip_graph(buf, f, min_bytes, cut, constants)
         out += _len_key(_MODEL_GRAPH, len(body)) + body
     return bytes(out), cut
 
 
-def _strip_graph(buf, graph: _Field, min_bytes: int, cut: dict) -> bytearray:
-    out, index = bytearray(), 0
+def _strip_graph(buf, graph: _Field, min_bytes: int, cut: dict,
+                 constants: dict | None) -> bytearray:
+    out, index, node_index = bytearray(), 0, 0
     for f in _fields(buf, graph.start, graph.end):
+        if f.number == _GRAPH_NODE and f.wire == _LEN and constants is not None:
+            body = _strip_constant(buf, f, min_bytes, node_index, constants)
+            out += buf[f.head:f.end] if body is None else _len_key(_GRAPH_NODE, len(body)) + body
+            node_index += 1
+            continue
         if f.number != _GRAPH_INITIALIZER or f.wire != _LEN:
             out += buf[f.head:f.end]
             continue
@@ -183,6 +194,41 @@ def _strip_graph(buf, graph: _Field, min_bytes: int, cut: dict) -> bytearray:
                 body += buf[t.head:t.end]
         out += _len_key(_GRAPH_INITIALIZER, len(body)) + body
         index += 1
+    return out
+
+
+def _strip_constant(buf, node: _Field, min_bytes: int, index: int,
+                    constants: dict) -> bytearray | None:
+    """The body of a Constant node without its large `value` payload, or None to keep it."""
+    fields = list(_fields(buf, node.start, node.end))
+    text = {n: [bytes(buf[f.start:f.end]) for f in fields if f.number == n and f.wire == _LEN]
+            for n in (_NODE_OP_TYPE, _NODE_DOMAIN)}
+    attrs = [f for f in fields if f.number == _NODE_ATTRIBUTE and f.wire == _LEN]
+    if text[_NODE_OP_TYPE] != [b"Constant"] or text[_NODE_DOMAIN] not in ([], [b""], [b"ai.onnx"]) \
+            or len(attrs) != 1:
+        return None
+    parts = list(_fields(buf, attrs[0].start, attrs[0].end))
+    names = [bytes(buf[f.start:f.end]) for f in parts if f.number == _ATTR_NAME]
+    tensors = [f for f in parts if f.number == _ATTR_T and f.wire == _LEN]
+    if names != [b"value"] or len(tensors) != 1:
+        return None
+    raw = [f for f in _fields(buf, tensors[0].start, tensors[0].end)
+           if f.number == _TENSOR_RAW_DATA and f.wire == _LEN]
+    if len(raw) != 1 or raw[0].end - raw[0].start <= min_bytes:
+        return None
+    constants[index] = (raw[0].start, raw[0].end - raw[0].start)
+    tensor = _without(buf, tensors[0], raw[0])
+    return _without(buf, node, attrs[0], _without(buf, attrs[0], tensors[0], tensor))
+
+
+def _without(buf, msg: _Field, part: _Field, replacement: bytearray | None = None) -> bytearray:
+    """The body of `msg` without its field `part`, or with `replacement` as that field's body."""
+    out = bytearray()
+    for f in _fields(buf, msg.start, msg.end):
+        if f.head != part.head:
+            out += buf[f.head:f.end]
+        elif replacement is not None:
+            out += _len_key(f.number, len(replacement)) + replacement
     return out
 
 
@@ -232,28 +278,94 @@ def _check_path(path: Path) -> None:
         raise ModelLoadError(f"{path}: not a regular file, expected an .onnx file")
 
 
-def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def read_lean(path: Path, *, constants: bool = False
+              ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Read an ONNX file as (skeleton, arrays): big main-graph initializers are arrays.
 
     The skeleton's initializers named in `arrays` carry no data (name, dims, type only);
     `detach` turns them into typed graph inputs. Other external data (subgraphs, Constant
     attributes) is loaded into the skeleton. External data must be inside the model's folder.
 
+    Args:
+        path: The `.onnx` file.
+        constants: Also lift the main graph's Constant nodes with large values (exporters
+            such as Paddle keep every weight in one): each becomes a data-less initializer
+            named after its output, its value an array (`lift_constants`).
+
     Raises:
         ModelLoadError: Missing/unreadable/non-ONNX/truncated file or unsafe external data.
     """
     _check_path(path)
+    consts: dict[int, tuple[int, int]] | None = {} if constants else None
     try:
         with open(path, "rb") as f:
-            proto, cut = _parse_stripped(f, path)
+            proto, cut = _parse_stripped(f, path, consts)
             arrays = {}
             for index, (offset, length) in sorted(cut.items()):
                 tensor = proto.graph.initializer[index]
                 arrays.update(_take(tensor, f, offset, length, path, path))
+            lifted = {}
+            for index, (offset, length) in sorted((consts or {}).items()):
+                node = proto.graph.node[index]
+                for array in _take(node.attribute[0].t, f, offset, length, path, path).values():
+                    lifted[index] = array  # none for odd dtypes: _take put the data back
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read ({e.strerror or e})") from e
     arrays.update(_read_external(proto, path))
+    arrays.update(lift_constants(proto, lifted, set(arrays)))
     return proto, arrays
+
+
+def lift_constants(proto: onnx.ModelProto, values: dict[int, np.ndarray],
+                   taken: set[str]) -> dict[str, np.ndarray]:
+    """Constant nodes whose value was cut out become data-less initializers, in place.
+
+    Lifting keeps the function: a Constant node and an initializer of the same name are the
+    same value. A node is lifted when the main graph reads its single output and that name
+    is not a graph output, input, initializer or one of `taken`, and the model has no local
+    functions (inlining them renumbers nodes); any other node gets its data back. Nodes are
+    named first (`name_nodes`), so removing some does not change the names of the others.
+
+    Args:
+        proto: The skeleton, whose Constant nodes at the indices of `values` lack their data.
+        values: {node index: the node's value}.
+        taken: Names already used by detached weights.
+
+    Returns:
+        {output name: value} of the lifted nodes.
+    """
+    graph = proto.graph
+    read = {name for node in graph.node for name in node.input}
+    blocked = taken | {t.name for t in graph.initializer} | {v.name for v in graph.input} \
+        | {v.name for v in graph.output}
+    lifted: dict[int, str] = {}
+    for index, array in values.items():
+        node = graph.node[index]
+        out = node.output[0] if len(node.output) == 1 else ""
+        if proto.functions or out not in read or out in blocked or out in lifted.values():
+            node.attribute[0].t.raw_data = raw_bytes(array)
+        else:
+            lifted[index] = out
+    if lifted:
+        name_nodes(proto)
+    for index in sorted(lifted, reverse=True):
+        tensor = graph.node[index].attribute[0].t
+        graph.initializer.add(name=lifted[index], dims=tensor.dims, data_type=tensor.data_type)
+        del graph.node[index]
+    return {out: values[index] for index, out in lifted.items()}
+
+
+def name_nodes(proto: onnx.ModelProto) -> None:
+    """Give every main-graph node a unique name: `<op>_<index>` where it has none (or a taken one).
+
+    Reports and errors name nodes. Names already given are kept, so calling it again changes
+    nothing.
+    """
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
 
 
 def external_files(path: Path) -> list[Path]:
@@ -271,14 +383,17 @@ def external_files(path: Path) -> list[Path]:
         return []
 
 
-def _parse_stripped(f: BinaryIO, path: Path) -> tuple[onnx.ModelProto, dict]:
+def _parse_stripped(f: BinaryIO, path: Path,
+                    constants: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     size = os.fstat(f.fileno()).st_size
     if size == 0:
         raise ModelLoadError(f"{path}: empty file, not an ONNX model")
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
-            skeleton, cut = strip_weights(buf)
+            skeleton, cut = strip_weights(buf, constants=constants)
         except WireError:  # let the protobuf parser give its own error (or succeed)
+            if constants:
+                constants.clear()
             return parse_proto(buf[:], str(path)), {}
     return parse_proto(skeleton, str(path)), cut
 
