@@ -24,7 +24,6 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +34,18 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, helper
 
 from compiler.core.errors import ConfigError, ModelLoadError
+from compiler.core.onnxwire import (
+    GRAPH_INITIALIZER,
+    LEN,
+    MODEL_GRAPH,
+    TENSOR_RAW_DATA,
+    Field,
+    WireError,
+    fields,
+    len_key,
+    only_graph,
+    strip_weights,
+)
 
 MAX_INLINE_BYTES = 2**31 - 1
 """Largest model written as one `.onnx` file (protobuf cannot parse more); tests lower it."""
@@ -47,12 +58,6 @@ STREAM_BYTES = 1024
 
 EXTERNAL_ALIGN = 64
 """Alignment of each tensor in an external data file written here."""
-
-# ONNX field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-# GraphProto.node; NodeProto.op_type, .attribute, .domain; AttributeProto.name, .t
-_GRAPH_NODE, _NODE_OP_TYPE, _NODE_ATTRIBUTE, _NODE_DOMAIN, _ATTR_NAME, _ATTR_T = 1, 4, 5, 7, 1, 5
-_LEN = 2
 
 # dtypes whose raw_data is exactly the little-endian numpy buffer
 _PLAIN = {getattr(onnx.TensorProto, n): np.dtype(d).newbyteorder("<") for n, d in (
@@ -71,166 +76,7 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return bytes(_buffer(array))
 
 
-# -- protobuf wire format ------------------------------------------------------------------
-
-class WireError(ValueError):
-    """The bytes are not the protobuf layout this module understands (callers fall back)."""
-
-
-@dataclass(frozen=True)
-class _Field:
-    number: int
-    wire: int
-    head: int  # offset of the key
-    start: int  # offset of the payload (after the length, for length-delimited fields)
-    end: int
-
-
-def _varint(buf, i: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise WireError("truncated or overlong varint")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf, start: int, end: int) -> Iterator[_Field]:
-    i = start
-    while i < end:
-        head = i
-        key, i = _varint(buf, i, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, i = _varint(buf, i, end)
-            body = i
-        elif wire in (1, 5):
-            body, i = i, i + (8 if wire == 1 else 4)
-        elif wire == _LEN:
-            size, body = _varint(buf, i, end)
-            i = body + size
-        else:
-            raise WireError(f"unsupported wire type {wire}")
-        if i > end or number == 0:
-            raise WireError("truncated message")
-        yield _Field(number, wire, head, body, i)
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _len_key(number: int, size: int) -> bytes:
-    return _encode_varint(number << 3 | _LEN) + _encode_varint(size)
-
-
-def _only_graph(buf, start: int, end: int) -> Iterator[tuple[_Field, bool]]:
-    """Top-level fields of a ModelProto, flagging the (single) graph field."""
-    graphs = 0
-    for f in _fields(buf, start, end):
-        is_graph = f.number == _MODEL_GRAPH and f.wire == _LEN
-        graphs += is_graph
-        if graphs > 1:
-            raise WireError("graph field repeated")
-        yield f, is_graph
-
-
 # -- reading -------------------------------------------------------------------------------
-
-def strip_weights(buf, min_bytes: int = DETACH_BYTES, constants: dict | None = None
-                  ) -> tuple[bytes, dict[int, tuple[int, int]]]:
-    """The model without its large initializer payloads, and where those payloads are.
-
-    Args:
-        buf: A serialized ModelProto (bytes, mmap, ...).
-        min_bytes: Payloads larger than this are cut out.
-        constants: When given, the large `value` payloads of the main graph's Constant nodes
-            are cut out too, and recorded here as {node index: (offset in buf, length)}.
-
-    Returns:
-        (skeleton bytes, {initializer index: (offset in buf, length)}).
-
-    Raises:
-        WireError: The bytes are not a protobuf message of the expected layout.
-    """
-    out, cut = bytearray(), {}
-    for f, is_graph in _only_graph(buf, 0, len(buf)):
-        if not is_graph:
-            out += buf[f.head:f.end]
-            continue
-        body = _strip_graph(buf, f, min_bytes, cut, constants)
-        out += _len_key(_MODEL_GRAPH, len(body)) + body
-    return bytes(out), cut
-
-
-def _strip_graph(buf, graph: _Field, min_bytes: int, cut: dict,
-                 constants: dict | None) -> bytearray:
-    out, index, node_index = bytearray(), 0, 0
-    for f in _fields(buf, graph.start, graph.end):
-        if f.number == _GRAPH_NODE and f.wire == _LEN and constants is not None:
-            body = _strip_constant(buf, f, min_bytes, node_index, constants)
-            out += buf[f.head:f.end] if body is None else _len_key(_GRAPH_NODE, len(body)) + body
-            node_index += 1
-            continue
-        if f.number != _GRAPH_INITIALIZER or f.wire != _LEN:
-            out += buf[f.head:f.end]
-            continue
-        body = bytearray()
-        for t in _fields(buf, f.start, f.end):
-            if t.number == _TENSOR_RAW_DATA and t.wire == _LEN and t.end - t.start > min_bytes:
-                if index in cut:
-                    raise WireError("raw_data repeated")
-                cut[index] = (t.start, t.end - t.start)
-            else:
-                body += buf[t.head:t.end]
-        out += _len_key(_GRAPH_INITIALIZER, len(body)) + body
-        index += 1
-    return out
-
-
-def _strip_constant(buf, node: _Field, min_bytes: int, index: int,
-                    constants: dict) -> bytearray | None:
-    """The body of a Constant node without its large `value` payload, or None to keep it."""
-    fields = list(_fields(buf, node.start, node.end))
-    text = {n: [bytes(buf[f.start:f.end]) for f in fields if f.number == n and f.wire == _LEN]
-            for n in (_NODE_OP_TYPE, _NODE_DOMAIN)}
-    attrs = [f for f in fields if f.number == _NODE_ATTRIBUTE and f.wire == _LEN]
-    if text[_NODE_OP_TYPE] != [b"Constant"] or text[_NODE_DOMAIN] not in ([], [b""], [b"ai.onnx"]) \
-            or len(attrs) != 1:
-        return None
-    parts = list(_fields(buf, attrs[0].start, attrs[0].end))
-    names = [bytes(buf[f.start:f.end]) for f in parts if f.number == _ATTR_NAME]
-    tensors = [f for f in parts if f.number == _ATTR_T and f.wire == _LEN]
-    if names != [b"value"] or len(tensors) != 1:
-        return None
-    raw = [f for f in _fields(buf, tensors[0].start, tensors[0].end)
-           if f.number == _TENSOR_RAW_DATA and f.wire == _LEN]
-    if len(raw) != 1 or raw[0].end - raw[0].start <= min_bytes:
-        return None
-    constants[index] = (raw[0].start, raw[0].end - raw[0].start)
-    tensor = _without(buf, tensors[0], raw[0])
-    return _without(buf, node, attrs[0], _without(buf, attrs[0], tensors[0], tensor))
-
-
-def _without(buf, msg: _Field, part: _Field, replacement: bytearray | None = None) -> bytearray:
-    """The body of `msg` without its field `part`, or with `replacement` as that field's body."""
-    out = bytearray()
-    for f in _fields(buf, msg.start, msg.end):
-        if f.head != part.head:
-            out += buf[f.head:f.end]
-        elif replacement is not None:
-            out += _len_key(f.number, len(replacement)) + replacement
-    return out
-
 
 def parse_proto(data, label: str) -> onnx.ModelProto:
     """Parse serialized ONNX bytes, turning protobuf failures into one-line errors."""
@@ -390,7 +236,7 @@ def _parse_stripped(f: BinaryIO, path: Path,
         raise ModelLoadError(f"{path}: empty file, not an ONNX model")
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
-            skeleton, cut = strip_weights(buf, constants=constants)
+            skeleton, cut = strip_weights(buf, DETACH_BYTES, constants)
         except WireError:  # let the protobuf parser give its own error (or succeed)
             if constants:
                 constants.clear()
@@ -677,23 +523,23 @@ def _size(piece: bytes | np.ndarray) -> int:
 def _inline_pieces(data: bytes, index: dict[int, np.ndarray]) -> list[bytes | np.ndarray]:
     """The serialized model as pieces, each indexed initializer followed by its raw_data."""
     pieces: list[bytes | np.ndarray] = []
-    for f, is_graph in _only_graph(data, 0, len(data)):
+    for f, is_graph in only_graph(data, 0, len(data)):
         if not is_graph:
             pieces.append(data[f.head:f.end])
             continue
         body = _graph_pieces(data, f, index)
-        pieces += [_len_key(_MODEL_GRAPH, sum(_size(p) for p in body)), *body]
+        pieces += [len_key(MODEL_GRAPH, sum(_size(p) for p in body)), *body]
     return pieces
 
 
-def _graph_pieces(data: bytes, graph: _Field, index: dict[int, np.ndarray]) -> list:
+def _graph_pieces(data: bytes, graph: Field, index: dict[int, np.ndarray]) -> list:
     pieces, i = [], 0
-    for f in _fields(data, graph.start, graph.end):
-        is_init = f.number == _GRAPH_INITIALIZER and f.wire == _LEN
+    for f in fields(data, graph.start, graph.end):
+        is_init = f.number == GRAPH_INITIALIZER and f.wire == LEN
         if is_init and i in index:
             array, tensor = index[i], data[f.start:f.end]
-            raw_key = _len_key(_TENSOR_RAW_DATA, array.nbytes)
-            pieces += [_len_key(_GRAPH_INITIALIZER, len(tensor) + len(raw_key) + array.nbytes),
+            raw_key = len_key(TENSOR_RAW_DATA, array.nbytes)
+            pieces += [len_key(GRAPH_INITIALIZER, len(tensor) + len(raw_key) + array.nbytes),
                        tensor + raw_key, array]
         else:
             pieces.append(data[f.head:f.end])
