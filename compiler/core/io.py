@@ -40,9 +40,10 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
     """Load a model into the IR: parse, check, upgrade to the internal opset, infer shapes.
 
     Large weights never pass through the protobuf checks: they are read into numpy arrays
-    (`compiler.core.onnxfile.read_lean`), the checker, opset conversion and shape
-    inference run on the weightless skeleton, and the arrays become the IR's constants.
-    Peak memory is about one copy of the weights.
+    (`compiler.core.onnxfile.read_lean`; from files, also the values of large Constant
+    nodes, which become initializers), the checker, opset conversion and shape inference
+    run on the weightless skeleton, and the arrays become the IR's constants. Peak memory
+    is about one copy of the weights.
 
     Args:
         src: Path to an `.onnx` file (external data inside its folder is read too), a
