@@ -25,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "parameters, and the totals.")
     p.add_argument("model", help="an .onnx model (or an npuc binary, model.bin)")
     p.add_argument("--raw", action="store_true",
-                   help="show the model as loaded, without canonicalization (constant and "
-                        "BatchNorm folding)")
+                   help="show the model as loaded (large Constant-node weights are already "
+                        "initializers), without canonicalization (constant and BatchNorm "
+                        "folding)")
     add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)

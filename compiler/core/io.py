@@ -40,9 +40,10 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
     """Load a model into the IR: parse, check, upgrade to the internal opset, infer shapes.
 
     Large weights never pass through the protobuf checks: they are read into numpy arrays
-    (`compiler.core.onnxfile.read_lean`), the checker, opset conversion and shape
-    inference run on the weightless skeleton, and the arrays become the IR's constants.
-    Peak memory is about one copy of the weights.
+    (`compiler.core.onnxfile.read_lean`; from files, also the values of large Constant
+    nodes, which become initializers), the checker, opset conversion and shape inference
+    run on the weightless skeleton, and the arrays become the IR's constants. Peak memory
+    is about one copy of the weights.
 
     Args:
         src: Path to an `.onnx` file (external data inside its folder is read too), a
@@ -87,8 +88,12 @@ def load_model(src: ModelSource, *, fix_batch: bool = False, infer: bool = True,
 
 
 def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """`onnxfile.read_lean`, also when the file could not be split (weights still inline)."""
-    proto, arrays = onnxfile.read_lean(path)
+    """`onnxfile.read_lean` (Constant nodes lifted too), also when the file could not be split.
+
+    Lifting large Constant nodes keeps their values out of the protobuf as well: the
+    checker, opset converter and shape inference each copy the protobuf they are given.
+    """
+    proto, arrays = onnxfile.read_lean(path, constants=True)
     if not arrays and any(len(t.raw_data) > onnxfile.DETACH_BYTES
                           for t in proto.graph.initializer):
         proto, arrays = onnxfile.detach_from_proto(proto)
@@ -171,7 +176,7 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
     _drop_initializer_inputs(proto)
     _drop_unused_inputs(proto, label)
     _clear_negative_dims(proto)
-    _name_nodes(proto)
+    onnxfile.name_nodes(proto)
     if opset != INTERNAL_OPSET:
         proto = _convert_opset(proto, label, opset)
     if fix_batch:
@@ -243,15 +248,6 @@ def _clear_negative_dims(proto: onnx.ModelProto) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_value") and dim.dim_value < 0:
                 dim.Clear()
-
-
-def _name_nodes(proto: onnx.ModelProto) -> None:
-    # Reports and errors name nodes, so every node needs a unique name.
-    seen: set[str] = set()
-    for i, node in enumerate(proto.graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{i}"
-        seen.add(node.name)
 
 
 def _convert_opset(proto: onnx.ModelProto, label: str, opset: int) -> onnx.ModelProto:

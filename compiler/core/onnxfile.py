@@ -24,7 +24,6 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -35,6 +34,18 @@ from google.protobuf.message import DecodeError, Message
 from onnx import external_data_helper, helper
 
 from compiler.core.errors import ConfigError, ModelLoadError
+from compiler.core.onnxwire import (
+    GRAPH_INITIALIZER,
+    LEN,
+    MODEL_GRAPH,
+    TENSOR_RAW_DATA,
+    Field,
+    WireError,
+    fields,
+    len_key,
+    only_graph,
+    strip_weights,
+)
 
 MAX_INLINE_BYTES = 2**31 - 1
 """Largest model written as one `.onnx` file (protobuf cannot parse more); tests lower it."""
@@ -47,10 +58,6 @@ STREAM_BYTES = 1024
 
 EXTERNAL_ALIGN = 64
 """Alignment of each tensor in an external data file written here."""
-
-# ONNX field numbers (onnx.proto): ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
-_LEN = 2
 
 # dtypes whose raw_data is exactly the little-endian numpy buffer
 _PLAIN = {getattr(onnx.TensorProto, n): np.dtype(d).newbyteorder("<") for n, d in (
@@ -69,122 +76,7 @@ def raw_bytes(array: np.ndarray) -> bytes:
     return bytes(_buffer(array))
 
 
-# -- protobuf wire format ------------------------------------------------------------------
-
-class WireError(ValueError):
-    """The bytes are not the protobuf layout this module understands (callers fall back)."""
-
-
-@dataclass(frozen=True)
-class _Field:
-    number: int
-    wire: int
-    head: int  # offset of the key
-    start: int  # offset of the payload (after the length, for length-delimited fields)
-    end: int
-
-
-def _varint(buf, i: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= end or shift > 63:
-            raise WireError("truncated or overlong varint")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-
-
-def _fields(buf, start: int, end: int) -> Iterator[_Field]:
-    i = start
-    while i < end:
-        head = i
-        key, i = _varint(buf, i, end)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            _, i = _varint(buf, i, end)
-            body = i
-        elif wire in (1, 5):
-            body, i = i, i + (8 if wire == 1 else 4)
-        elif wire == _LEN:
-            size, body = _varint(buf, i, end)
-            i = body + size
-        else:
-            raise WireError(f"unsupported wire type {wire}")
-        if i > end or number == 0:
-            raise WireError("truncated message")
-        yield _Field(number, wire, head, body, i)
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _len_key(number: int, size: int) -> bytes:
-    return _encode_varint(number << 3 | _LEN) + _encode_varint(size)
-
-
-def _only_graph(buf, start: int, end: int) -> Iterator[tuple[_Field, bool]]:
-    """Top-level fields of a ModelProto, flagging the (single) graph field."""
-    graphs = 0
-    for f in _fields(buf, start, end):
-        is_graph = f.number == _MODEL_GRAPH and f.wire == _LEN
-        graphs += is_graph
-        if graphs > 1:
-            raise WireError("graph field repeated")
-        yield f, is_graph
-
-
 # -- reading -------------------------------------------------------------------------------
-
-def strip_weights(buf, min_bytes: int = DETACH_BYTES) -> tuple[bytes, dict[int, tuple[int, int]]]:
-    """The model without its large initializer payloads, and where those payloads are.
-
-    Args:
-        buf: A serialized ModelProto (bytes, mmap, ...).
-        min_bytes: Payloads larger than this are cut out.
-
-    Returns:
-        (skeleton bytes, {initializer index: (offset in buf, length)}).
-
-    Raises:
-        WireError: The bytes are not a protobuf message of the expected layout.
-    """
-    out, cut = bytearray(), {}
-    for f, is_graph in _only_graph(buf, 0, len(buf)):
-        if not is_graph:
-            out += buf[f.head:f.end]
-            continue
-        body = _strip_graph(buf, f, min_bytes, cut)
-        out += _len_key(_MODEL_GRAPH, len(body)) + body
-    return bytes(out), cut
-
-
-def _strip_graph(buf, graph: _Field, min_bytes: int, cut: dict) -> bytearray:
-    out, index = bytearray(), 0
-    for f in _fields(buf, graph.start, graph.end):
-        if f.number != _GRAPH_INITIALIZER or f.wire != _LEN:
-            out += buf[f.head:f.end]
-            continue
-        body = bytearray()
-        for t in _fields(buf, f.start, f.end):
-            if t.number == _TENSOR_RAW_DATA and t.wire == _LEN and t.end - t.start > min_bytes:
-                if index in cut:
-                    raise WireError("raw_data repeated")
-                cut[index] = (t.start, t.end - t.start)
-            else:
-                body += buf[t.head:t.end]
-        out += _len_key(_GRAPH_INITIALIZER, len(body)) + body
-        index += 1
-    return out
-
 
 def parse_proto(data, label: str) -> onnx.ModelProto:
     """Parse serialized ONNX bytes, turning protobuf failures into one-line errors."""
@@ -232,28 +124,94 @@ def _check_path(path: Path) -> None:
         raise ModelLoadError(f"{path}: not a regular file, expected an .onnx file")
 
 
-def read_lean(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def read_lean(path: Path, *, constants: bool = False
+              ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Read an ONNX file as (skeleton, arrays): big main-graph initializers are arrays.
 
     The skeleton's initializers named in `arrays` carry no data (name, dims, type only);
     `detach` turns them into typed graph inputs. Other external data (subgraphs, Constant
     attributes) is loaded into the skeleton. External data must be inside the model's folder.
 
+    Args:
+        path: The `.onnx` file.
+        constants: Also lift the main graph's Constant nodes with large values (exporters
+            such as Paddle keep every weight in one): each becomes a data-less initializer
+            named after its output, its value an array (`lift_constants`).
+
     Raises:
         ModelLoadError: Missing/unreadable/non-ONNX/truncated file or unsafe external data.
     """
     _check_path(path)
+    consts: dict[int, tuple[int, int]] | None = {} if constants else None
     try:
         with open(path, "rb") as f:
-            proto, cut = _parse_stripped(f, path)
+            proto, cut = _parse_stripped(f, path, consts)
             arrays = {}
             for index, (offset, length) in sorted(cut.items()):
                 tensor = proto.graph.initializer[index]
                 arrays.update(_take(tensor, f, offset, length, path, path))
+            lifted = {}
+            for index, (offset, length) in sorted((consts or {}).items()):
+                node = proto.graph.node[index]
+                for array in _take(node.attribute[0].t, f, offset, length, path, path).values():
+                    lifted[index] = array  # none for odd dtypes: _take put the data back
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot read ({e.strerror or e})") from e
     arrays.update(_read_external(proto, path))
+    arrays.update(lift_constants(proto, lifted, set(arrays)))
     return proto, arrays
+
+
+def lift_constants(proto: onnx.ModelProto, values: dict[int, np.ndarray],
+                   taken: set[str]) -> dict[str, np.ndarray]:
+    """Constant nodes whose value was cut out become data-less initializers, in place.
+
+    Lifting keeps the function: a Constant node and an initializer of the same name are the
+    same value. A node is lifted when the main graph reads its single output and that name
+    is not a graph output, input, initializer or one of `taken`, and the model has no local
+    functions (inlining them renumbers nodes); any other node gets its data back. Nodes are
+    named first (`name_nodes`), so removing some does not change the names of the others.
+
+    Args:
+        proto: The skeleton, whose Constant nodes at the indices of `values` lack their data.
+        values: {node index: the node's value}.
+        taken: Names already used by detached weights.
+
+    Returns:
+        {output name: value} of the lifted nodes.
+    """
+    graph = proto.graph
+    read = {name for node in graph.node for name in node.input}
+    blocked = taken | {t.name for t in graph.initializer} | {v.name for v in graph.input} \
+        | {v.name for v in graph.output}
+    lifted: dict[int, str] = {}
+    for index, array in values.items():
+        node = graph.node[index]
+        out = node.output[0] if len(node.output) == 1 else ""
+        if proto.functions or out not in read or out in blocked or out in lifted.values():
+            node.attribute[0].t.raw_data = raw_bytes(array)
+        else:
+            lifted[index] = out
+    if lifted:
+        name_nodes(proto)
+    for index in sorted(lifted, reverse=True):
+        tensor = graph.node[index].attribute[0].t
+        graph.initializer.add(name=lifted[index], dims=tensor.dims, data_type=tensor.data_type)
+        del graph.node[index]
+    return {out: values[index] for index, out in lifted.items()}
+
+
+def name_nodes(proto: onnx.ModelProto) -> None:
+    """Give every main-graph node a unique name: `<op>_<index>` where it has none (or a taken one).
+
+    Reports and errors name nodes. Names already given are kept, so calling it again changes
+    nothing.
+    """
+    seen: set[str] = set()
+    for i, node in enumerate(proto.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
 
 
 def external_files(path: Path) -> list[Path]:
@@ -271,14 +229,17 @@ def external_files(path: Path) -> list[Path]:
         return []
 
 
-def _parse_stripped(f: BinaryIO, path: Path) -> tuple[onnx.ModelProto, dict]:
+def _parse_stripped(f: BinaryIO, path: Path,
+                    constants: dict | None = None) -> tuple[onnx.ModelProto, dict]:
     size = os.fstat(f.fileno()).st_size
     if size == 0:
         raise ModelLoadError(f"{path}: empty file, not an ONNX model")
     with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
         try:
-            skeleton, cut = strip_weights(buf)
+            skeleton, cut = strip_weights(buf, DETACH_BYTES, constants)
         except WireError:  # let the protobuf parser give its own error (or succeed)
+            if constants:
+                constants.clear()
             return parse_proto(buf[:], str(path)), {}
     return parse_proto(skeleton, str(path)), cut
 
@@ -562,23 +523,23 @@ def _size(piece: bytes | np.ndarray) -> int:
 def _inline_pieces(data: bytes, index: dict[int, np.ndarray]) -> list[bytes | np.ndarray]:
     """The serialized model as pieces, each indexed initializer followed by its raw_data."""
     pieces: list[bytes | np.ndarray] = []
-    for f, is_graph in _only_graph(data, 0, len(data)):
+    for f, is_graph in only_graph(data, 0, len(data)):
         if not is_graph:
             pieces.append(data[f.head:f.end])
             continue
         body = _graph_pieces(data, f, index)
-        pieces += [_len_key(_MODEL_GRAPH, sum(_size(p) for p in body)), *body]
+        pieces += [len_key(MODEL_GRAPH, sum(_size(p) for p in body)), *body]
     return pieces
 
 
-def _graph_pieces(data: bytes, graph: _Field, index: dict[int, np.ndarray]) -> list:
+def _graph_pieces(data: bytes, graph: Field, index: dict[int, np.ndarray]) -> list:
     pieces, i = [], 0
-    for f in _fields(data, graph.start, graph.end):
-        is_init = f.number == _GRAPH_INITIALIZER and f.wire == _LEN
+    for f in fields(data, graph.start, graph.end):
+        is_init = f.number == GRAPH_INITIALIZER and f.wire == LEN
         if is_init and i in index:
             array, tensor = index[i], data[f.start:f.end]
-            raw_key = _len_key(_TENSOR_RAW_DATA, array.nbytes)
-            pieces += [_len_key(_GRAPH_INITIALIZER, len(tensor) + len(raw_key) + array.nbytes),
+            raw_key = len_key(TENSOR_RAW_DATA, array.nbytes)
+            pieces += [len_key(GRAPH_INITIALIZER, len(tensor) + len(raw_key) + array.nbytes),
                        tensor + raw_key, array]
         else:
             pieces.append(data[f.head:f.end])

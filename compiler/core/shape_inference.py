@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 
 
 def refresh_shapes(model: Model) -> int:
-    """Fill in the shapes (and types) of tensors whose shape is not fully known.
+    """Fill in the shapes and types of tensors whose shape or type is not fully known.
 
     Shape inference runs with data propagation on the weightless skeleton of the model,
     so it costs no copy of the weights. Known shapes are never changed.
 
     Returns:
-        The number of tensors whose shape became known.
+        The number of tensors whose shape and type became known.
     """
     if all(_known(t) for t in model.graph.tensors().values()):
         return 0
@@ -37,15 +37,16 @@ def refresh_shapes(model: Model) -> int:
 
 
 def _known(tensor: gs.Tensor) -> bool:
-    return isinstance(tensor, gs.Constant) or static_shape(tensor) is not None
+    return isinstance(tensor, gs.Constant) or (static_shape(tensor) is not None
+                                               and tensor.dtype is not None)
 
 
 def _update(tensor: gs.Tensor | None, value: onnx.ValueInfoProto) -> bool:
     if tensor is None or _known(tensor) or not value.type.tensor_type.HasField("shape"):
         return False
-    dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-            for d in value.type.tensor_type.shape.dim]
-    tensor.shape = dims
+    if static_shape(tensor) is None:
+        tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                        for d in value.type.tensor_type.shape.dim]
     if tensor.dtype is None and value.type.tensor_type.elem_type:
         tensor.dtype = helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-    return static_shape(tensor) is not None
+    return _known(tensor)

@@ -27,7 +27,13 @@ def check_weights_finite(model: Model, label: str) -> None:
             values = tensor.values if isinstance(tensor, gs.Constant) else None
             if values is None or values.dtype.kind != "f":
                 continue
-            if not np.isfinite(np.asarray(values)).all():
+            if not all_finite(np.asarray(values)):
                 bad = int(values.size - np.isfinite(np.asarray(values)).sum())
                 raise GraphError(f"{label}: node {node.name!r} ({node.op}): {bad} NaN/Inf "
                                  f"value(s) in {tensor.name!r}; the model is broken")
+
+
+def all_finite(values: np.ndarray, chunk: int = 1 << 20) -> bool:
+    """`np.isfinite(values).all()` a chunk at a time: no mask as large as the weight."""
+    flat = values.reshape(-1)
+    return all(bool(np.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.size, chunk))

@@ -22,18 +22,11 @@ from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.fixedpoint import fake_quant_weights
-from compiler.core.io import (
-    ModelSource,
-    ShapeArg,
-    from_proto,
-    infer_shapes,
-    load_model,
-    model_hash,
-    to_proto,
-)
+from compiler.core.io import ModelSource, ShapeArg, load_model, model_hash
 from compiler.core.ir import Model
 from compiler.core.pass_manager import Pass, PassResult
 from compiler.core.qonnx import load_lean, release_memory
+from compiler.core.shape_inference import refresh_shapes
 from passes.canonicalize import canonical_passes
 from passes.quantize.absmax import abs_max_ranges
 from passes.quantize.build import build_qgraph, calibration_tensors
@@ -89,9 +82,9 @@ def prepare_float(model: ModelSource, *, cle: bool = False,
     if cle:
         from passes.quantize.equalize import equalize
         m = equalize(m)
-    if _all_typed(m):
-        return m
-    return from_proto(infer_shapes(to_proto(m)), m.source)
+    if not _all_typed(m):  # on the weightless skeleton: no copy of the weights
+        refresh_shapes(m)
+    return m
 
 
 def canonicalize_in_place(model: Model, rounds: int = 10) -> Model:

@@ -178,3 +178,14 @@ def test_minus_inf_outside_weighted_layers_is_allowed():
                               [helper.make_tensor_value_info("y", 1, [1, 3])], [lo])
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     assert [n.op for n in load_model(proto).nodes] == ["Clip"]
+
+
+@pytest.mark.parametrize("at", [0, 6, 7, 99])
+def test_finite_check_reads_every_chunk(at):
+    from compiler.core.weight_check import all_finite
+
+    values = np.ones((10, 10), np.float32)
+    assert all_finite(values, chunk=7)
+    values.flat[at] = np.nan
+    assert not all_finite(values, chunk=7) and not all_finite(values)
+    assert all_finite(np.zeros((0, 3), np.float32))

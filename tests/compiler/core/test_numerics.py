@@ -60,3 +60,54 @@ def test_run_time_reshape_of_an_empty_level_runs():
     assert got["det_boxes"].shape == ((scores > 0.5).sum(), 4) and 0 < len(got["det_boxes"])
     np.testing.assert_array_equal(got["det_boxes"], want["det_boxes"])
     assert got["det_boxes"].min() >= 0.0 and got["det_boxes"].max() <= 16.0
+
+
+def _layout_node(op: str, x: np.ndarray, *consts, **attrs):
+    import onnx_graphsurgeon as gs
+
+    inputs = [gs.Constant("x", x)] + [gs.Constant(f"c{i}", np.asarray(c, np.int64))
+                                      for i, c in enumerate(consts)]
+    return gs.Node(op, f"{op.lower()}_node", attrs, inputs=inputs,
+                   outputs=[gs.Variable("y", dtype=x.dtype)])
+
+
+LAYOUT_CASES = [
+    ("Reshape", [[0, -1, 2]], {}), ("Reshape", [[1, 0, 12]], {}),
+    ("Reshape", [[3, 0, 4]], {"allowzero": 0}), ("Flatten", [], {}),
+    ("Flatten", [], {"axis": -1}), ("Flatten", [], {"axis": 0}), ("Flatten", [], {"axis": 3}),
+    ("Squeeze", [[0]], {}), ("Unsqueeze", [[0, -1]], {}), ("Unsqueeze", [[1, 3]], {}),
+    ("Transpose", [], {}), ("Transpose", [], {"perm": [2, 0, 1]}), ("Identity", [], {}),
+]
+
+
+def test_layout_ops_fold_in_numpy_exactly_as_onnxruntime(monkeypatch):
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 12)
+    for op, consts, attrs in LAYOUT_CASES:
+        node = _layout_node(op, x, *consts, **attrs)
+        monkeypatch.setattr(numerics, "_layout_value", lambda *a: None)
+        want = numerics.eval_node(node, 17)[0]  # onnxruntime
+        monkeypatch.undo()
+        monkeypatch.setattr(numerics, "session", _no_session)
+        got = numerics.eval_node(node, 17)[0]
+        monkeypatch.undo()
+        assert got.dtype == want.dtype and got.shape == want.shape, (op, consts, attrs)
+        np.testing.assert_array_equal(got, want)
+        assert not (np.may_share_memory(got, x) and got.flags.writeable)  # views: read-only
+
+
+def test_invalid_layout_nodes_are_left_to_onnxruntime(monkeypatch):
+    x = np.ones((2, 3), np.float32)
+    opened = []
+    real = numerics.session
+    monkeypatch.setattr(numerics, "session", lambda *a, **k: (opened.append(1), real(*a, **k))[1])
+    for node in (_layout_node("Squeeze", x, [0]), _layout_node("Reshape", x, [4, -1]),
+                 _layout_node("Unsqueeze", x, [0, 0])):
+        try:
+            numerics.eval_node(node, 17)
+        except Exception:  # noqa: BLE001 - onnxruntime and the reference evaluator both refuse
+            pass
+    assert len(opened) == 3
+
+
+def _no_session(*args, **kwargs):
+    raise AssertionError("a layout-only node opened an onnxruntime session")

@@ -113,6 +113,73 @@ def test_loaded_weights_are_the_arrays_read_no_protobuf_behind_them(tmp_path):
     np.testing.assert_allclose(run(model, _feeds())["fc"], _ort(path), rtol=1e-6, atol=1e-6)
 
 
+def const_net(opset: int = 13) -> tuple[onnx.ModelProto, np.ndarray]:
+    """Weights in Constant nodes (as Paddle exports them), unnamed nodes, and a large constant
+    that is also a graph output; returns the model and the conv weight."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 3, 3, 3)).astype(np.float32) * 10  # 1728 B: small
+    w = np.concatenate([w] * 16)  # 256x3x3x3: 27 kB, above DETACH_BYTES
+    big = rng.standard_normal((2048,)).astype(np.float32)
+    const = helper.make_node  # the exporters' nodes carry no names
+    nodes = [const("Constant", [], ["w"], value=numpy_helper.from_array(w)),
+             const("Constant", [], ["shift"], value=numpy_helper.from_array(np.float32(0.5))),
+             const("Constant", [], ["big"], value=numpy_helper.from_array(big)),
+             const("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             const("Add", ["c", "shift"], ["a"]),
+             const("Relu", ["a"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "const_net", [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", 1, [1, 256, 8, 8]),
+         helper.make_tensor_value_info("big", 1, [2048])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), w
+
+
+def test_constant_node_weights_are_read_into_arrays_and_lifted(tmp_path):
+    proto, w = const_net()
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    skeleton, arrays = onnxfile.read_lean(path, constants=True)
+    assert set(arrays) == {"w"} and np.array_equal(arrays["w"], w)
+    ops = [(n.op_type, n.name) for n in skeleton.graph.node]
+    # names are given before the lifted node goes, so the others keep their positions' names
+    assert ops == [("Constant", "Constant_1"), ("Constant", "Constant_2"), ("Conv", "Conv_3"),
+                   ("Add", "Add_4"), ("Relu", "Relu_5")]
+    assert [(t.name, list(t.dims), t.raw_data) for t in skeleton.graph.initializer] \
+        == [("w", [256, 3, 3, 3], b"")]
+    graph_output = skeleton.graph.node[1].attribute[0].t  # large, but a graph output: kept
+    assert np.array_equal(numpy_helper.to_array(graph_output), numpy_helper.to_array(
+        proto.graph.node[2].attribute[0].t))
+    assert onnxfile.read_lean(path)[1] == {}  # by default Constant nodes are left alone
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+def test_lifted_constants_keep_function_and_names_and_stay_out_of_protobufs(
+        tmp_path, monkeypatch, opset):
+    proto, w = const_net(opset)
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    import compiler.core.io as io
+    import compiler.core.opset as opset_module
+
+    seen = []
+    for module, attr in ((io.onnx.checker, "check_model"),
+                         (opset_module.version_converter, "convert_version"),
+                         (io.onnx.shape_inference, "infer_shapes")):
+        original = getattr(module, attr)
+        monkeypatch.setattr(module, attr, lambda p, *a, _f=original, **k: (
+            seen.append(p.ByteSize()), _f(p, *a, **k))[1])
+    model = load_model(path)
+    monkeypatch.undo()
+    assert seen and max(seen) < w.nbytes / 2  # checker, converter, inference: weightless
+    reference = load_model(proto)  # in memory: Constant nodes stay nodes until folding
+    assert [n.name for n in model.nodes] == [n.name for n in reference.nodes
+                                             if n.name != "Constant_0"]
+    want = session(proto).run(None, _feeds())
+    got = run(model, _feeds())
+    np.testing.assert_allclose(got["y"], want[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got["big"], want[1])
+
+
 # -- external data ---------------------------------------------------------------------------
 
 def test_external_data_model_loads_with_equal_outputs(tmp_path):

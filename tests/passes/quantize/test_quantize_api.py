@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
@@ -159,3 +160,20 @@ def test_lean_load_session_and_absmax_match_stock_paths(tmp_path):
     fast, slow = abs_max_ranges(lean, feeds, names), collect_ranges(stock, feeds, names, "max")
     assert fast.keys() == slow.keys() and fast["x"] == slow["x"]
     assert all(abs(fast[k] - slow[k]) <= 1e-5 * slow[k] for k in names)
+
+
+def test_prepare_float_types_an_untyped_model_without_copying_its_weights():
+    # The Loop output stays untyped after canonicalization; re-inferring its shapes used to
+    # export, infer and re-import the whole model (three copies of the weights).
+    import tests.exporter_graphs as eg
+    from passes.quantize.api import prepare_float
+
+    model = load_model(eg.nested_control_flow_model())
+    weights = {t.name: t.values for t in model.graph.tensors().values()
+               if isinstance(t, gs.Constant) and t.values.size >= 64}
+    prepared = prepare_float(model)
+    kept = {t.name: t.values for t in prepared.graph.tensors().values()
+            if isinstance(t, gs.Constant) and t.name in weights}
+    assert kept and all(np.shares_memory(kept[n], weights[n]) for n in kept)
+    after = prepared.graph.tensors()["acc_final"]
+    assert after.dtype == np.float32 and after.shape is None  # still a run-time shape
