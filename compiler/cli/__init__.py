@@ -13,6 +13,7 @@ from typing import NoReturn
 from compiler.cli.examples import attach
 from compiler.core import __version__
 from compiler.core.errors import ConfigError, NpucError, one_line
+from compiler.core.progress import progress_output
 
 # Each module defines `register(subparsers)`, which adds its parser with `func=run`.
 COMMANDS = ("inspect", "groups", "prune", "sparsify", "quantize", "compare", "build", "verify",
@@ -62,8 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         return _report(ConfigError(f"no command given: one of {', '.join(COMMANDS)} "
                                    "(see npuc -h)"))
+    # Bars only for a person watching: not under --json / --quiet, not into a pipe or file.
+    bars = sys.stderr.isatty() and not getattr(args, "json", False) \
+        and not getattr(args, "quiet", False)
     try:
-        code = int(args.func(args) or 0)
+        with progress_output(bars):
+            code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
         return code
     except NpucError as e:

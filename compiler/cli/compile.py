@@ -81,7 +81,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print the summary (or the JSON report)."""
-    from compiler.core.progress import progress_output
     from compiler.driver.pipeline import COMPILE_OUTPUTS, compile_model
 
     config = load_config(args.config, overrides_from_args(args))
@@ -93,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
         if show:
             print(f"npuc: {stage} ...", file=sys.stderr, flush=True)
 
-    with progress_output(show):
-        result = compile_model(config=config, out_dir=args.output, progress=announce)
+    result = compile_model(config=config, out_dir=args.output, progress=announce)
     if args.json:
         print_json(result.report)
         return 0

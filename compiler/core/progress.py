@@ -6,6 +6,7 @@ tests stay silent.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -23,8 +24,18 @@ def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T
     if not _ENABLED.get():
         yield from items
         return
+    # tqdm hides the bar on a terminal that reports no size (0 rows: "off screen")
+    sized = min(_terminal_size()) > 0
     yield from tqdm(items, desc=desc, total=total, file=sys.stderr, leave=False,
-                    dynamic_ncols=True)
+                    dynamic_ncols=sized, ncols=None if sized else 80,
+                    nrows=None if sized else 24)
+
+
+def _terminal_size() -> tuple[int, int]:
+    try:
+        return tuple(os.get_terminal_size(sys.stderr.fileno()))
+    except (OSError, ValueError):
+        return (0, 0)
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from compiler.core.errors import ConfigError, DataError, ModelLoadError
 from compiler.core.feeds import Preprocess, spatial_size
 from compiler.core.imagefolder import open_folder
 from compiler.core.options import option, positive
+from compiler.core.progress import track
 from compiler.core.shapes import ShapeSpec
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,8 @@ class Runner:
         """First output for all samples, concatenated along axis 0."""
         chunk = self.shape[0] or max(1, batch)
         outs = []
-        for start in range(0, len(inputs), chunk):
+        starts = range(0, len(inputs), chunk)
+        for start in track(starts, f"eval {Path(self.name).name}", len(starts)):
             x = inputs[start:start + chunk].astype(np.float32, copy=False)
             n = len(x)
             if self.shape[0] and n < chunk:

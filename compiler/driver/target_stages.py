@@ -132,6 +132,7 @@ def _int8_outputs(state: CompileState, data: Any, batch: int) -> Any:
     import numpy as np
 
     from compiler.core.io import to_proto
+    from compiler.core.progress import track
     from compiler.driver.evaluate import run_onnx
 
     quant = state.quant.quant_model
@@ -141,6 +142,7 @@ def _int8_outputs(state: CompileState, data: Any, batch: int) -> Any:
 
     sim = Simulator(state.files["binary"])
     name, first = quant.graph.inputs[0].name, quant.graph.outputs[0].name
+    starts = range(0, len(data), batch)
     chunks = [sim.run({name: data.inputs[i:i + batch]})[first]
-              for i in range(0, len(data), batch)]
+              for i in track(starts, "eval model.bin", len(starts))]
     return np.concatenate(chunks)
