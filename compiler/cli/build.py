@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     result = build_binary(args.model, options.arch, {"target": options.target,
                                                      "arch": options.arch})
     result.write(out)
-    summary = {"output": str(out), **result.summary()}
+    summary = {"model": args.model, "output": str(out), **result.summary()}
     if args.json:
         print_json({**summary, "placement": result.placement})
         return 0

@@ -65,7 +65,7 @@ def _inspect_binary(args: argparse.Namespace) -> int:
     program = load_binary(args.model)
     sections = container.unpack(data)
     if args.json:
-        print_json(binary_dict(program, sections, len(data)))
+        print_json({"model": args.model, **binary_dict(program, sections, len(data))})
         return 0
     meta = program.metadata
     print(f"{args.model}: npusim binary v{container.VERSION[0]}.{container.VERSION[1]}, "

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     o = from_args(args, PerfOptions)
     report = estimate_perf(args.binary, o.arch, o.cores, o.threads, o.frames)
     if args.json:
-        print_json(report.to_dict())
+        print_json({"model": args.binary, **report.to_dict()})
         return 0
     layers = report.layers
     if args.top:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     result = PassManager([ChannelPrune(options, calib=calib)])(model)
     pruned, report = result.model, result.info["ChannelPrune"]
     save_checked(pruned, args.output)
-    report["output"] = args.output
+    report["model"], report["output"] = args.model, args.output
     if args.json:
         print_json(report)
         return 0

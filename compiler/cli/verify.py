@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     feeds, source = feeds_for(program, data, options.samples, options.seed, label=options.data)
     report = verify(args.model, program, feeds)
     if args.json:
-        print_json({"inputs": source, **report.to_dict()})
+        print_json({"model": args.model, "binary": args.binary, "inputs": source,
+                    **report.to_dict()})
     else:
         rows = [(o["name"], o["elements"], o["mismatched"], o["max_abs"], o["max_rel"],
                  "yes" if o["consistent"] else "NO") for o in report.outputs]
