@@ -11,7 +11,7 @@ from compiler.core.feeds import Preprocess
 from compiler.driver.evaluate import EvalOptions, EvalResult, evaluate
 
 EXAMPLES = (
-    ('eval q/model.quant.onnx --data val/ --resize 224x224 --mean 0.485,0.456,0.406 '
+    ('eval q/model.quant.onnx --data val/ --resize 256 --crop 224x224 --mean 0.485,0.456,0.406 '
      '--std 0.229,0.224,0.225 --reference model.onnx',
      'top-1 on a class-per-folder image set, and agreement with the float model'),
     ('eval model.onnx --data fmnist-eval --limit 1000',

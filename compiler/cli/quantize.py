@@ -31,7 +31,7 @@ from compiler.driver.outputs import QUANT_OUTPUTS, write_quantized
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
 EXAMPLES = (
-    ('quantize model.onnx -o q --calib photos/ --resize 224x224 '
+    ('quantize model.onnx -o q --calib photos/ --resize 256 --crop 224x224 '
      '--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225',
      'int8 with ImageNet preprocessing of a folder of images'),
     ('quantize model.onnx -o q --calib calib.npz --calibrator percentile --bias-correction',

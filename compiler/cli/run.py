@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         check_output(args.output, input_files(args.binary, args.inputs))
     sim = Simulator(args.binary)
     samples = args.samples or (None if args.inputs else 1)
-    data = load_data(args.inputs, interface_model(sim.program), limit=samples) \
+    data = load_data(args.inputs, interface_model(sim.program), limit=samples,
+                     preprocess=recorded_preprocess(sim.program.metadata)) \
         if args.inputs is not None else None
     feeds, source = feeds_for(sim.program, data, samples, args.seed, label=args.inputs)
     frames = sim.run_frames(feeds)
@@ -68,3 +70,14 @@ def run(args: argparse.Namespace) -> int:
                          r["max"]) for r in rows], ["output", "shape", "dtype", "min", "max"]))
     print(f"\ninputs: {source}" + (f"; wrote {args.output}" if args.output else ""))
     return 0
+
+
+def recorded_preprocess(metadata: dict) -> Any:
+    """The image preprocessing `npuc compile` recorded in the binary (None: the defaults)."""
+    from compiler.core.feeds import Preprocess
+
+    options = metadata.get("options") if isinstance(metadata, dict) else None
+    record = options.get("preprocess") if isinstance(options, dict) else None
+    if not isinstance(record, dict):
+        return None
+    return Preprocess.from_record(record, "model.bin metadata: preprocess")

@@ -158,18 +158,14 @@ def _from_numpy(path: Path, names: list[str], limit: int | None) -> Feeds:
 
 def _from_images(folder: Path, model: Model, pre: Preprocess, limit: int | None) -> Feeds:
     name, (shape, _) = next(iter(input_specs(model).items()))
-    size = pre.size or spatial_size(shape, pre.layout, folder)
+    size = pre.output_size(model_hw(shape, pre.layout), folder)
     images = open_folder(folder, size, pre, limit)
     return Feeds({name: images.read_all()}, str(folder), images.labels)
 
 
-def spatial_size(shape: Sequence, layout: str, folder: Path) -> tuple[int, int]:
-    """(height, width) of an input shape in `layout`; an error when either is symbolic."""
-    hw = list(shape[2:4] if layout == "NCHW" else shape[1:3])
-    if len(hw) != 2 or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in hw):
-        raise DataError(f"{folder}: the model's input size is dynamic; give a resize size "
-                        "(--resize HxW)")
-    return int(hw[0]), int(hw[1])
+def model_hw(shape: Sequence, layout: str) -> list:
+    """The (height, width) dims of an input shape in `layout` (symbolic ones as they are)."""
+    return list(shape[2:4] if layout == "NCHW" else shape[1:3])
 
 
 def check_feeds(feeds: Feeds, model: Model) -> None:

@@ -16,40 +16,91 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from compiler.core import limits
 from compiler.core.errors import DataError
-from compiler.core.options import option, positive_ints
+from compiler.core.options import from_mapping, option, positive_ints
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
 SAMPLE_SEED = 0
+
+
+def _hw_or_side(v: Any) -> str | None:
+    return positive_ints(v) or (None if len(v) in (1, 2) else "must be [height, width] or [side]")
+
+
+def _hw(v: Any) -> str | None:
+    return positive_ints(v) or (None if len(v) == 2 else "must be [height, width]")
 
 
 @dataclass(frozen=True)
 class Preprocess:
     """How image files become model inputs: config keys `input.*` and the preprocessing flags.
 
-    Each field is declared once with `option(...)`; the config schema, the CLI flags and
-    docs/config.md are generated from these declarations.
+    Order: decode -> colour (RGB, BGR or GRAY) -> resize -> centre crop -> x * scale ->
+    (x - mean) / std -> layout. Each field is declared once with `option(...)`; the config
+    schema, the CLI flags and docs/config.md are generated from these declarations.
     """
 
-    size: tuple[int, int] | None = option(
-        None, "image folders: resize to [height, width] (null: the model's input size)",
+    size: tuple[int, ...] | None = option(
+        None, "image folders: resize to [height, width], or the shorter side to [side] keeping "
+        "the aspect (null: to the crop, else to the model's input size)",
         types=(list, tuple), key="resize", flag="--resize", item=int, list_sep="x",
-        check=lambda v: positive_ints(v) or (None if len(v) == 2 else "must be [height, width]"),
-        metavar="HxW")
+        check=_hw_or_side, metavar="HxW|S")
+    crop: tuple[int, int] | None = option(
+        None, "image folders: centre crop [height, width] after the resize (null: none)",
+        types=(list, tuple), item=int, list_sep="x", check=_hw, metavar="HxW")
+    scale: float = option(1 / 255, "image folders: factor applied to the 0-255 pixel values "
+                          "before mean/std (default 1/255: [0, 1])", types=(int, float),
+                          check=lambda v: None if v > 0 else "must be positive", metavar="F")
     mean: tuple[float, ...] = option((0.0,), "image folders: per-channel mean subtracted after "
-                                     "scaling to [0, 1]", item=float, list_sep=",",
-                                     metavar="M[,M,M]")
+                                     "scaling", item=float, list_sep=",", metavar="M[,M,M]")
     std: tuple[float, ...] = option((1.0,), "image folders: per-channel std divided by",
                                     item=float, list_sep=",", metavar="S[,S,S]",
                                     check=lambda v: None if all(x > 0 for x in v)
                                     else "must be positive")
     layout: str = option("NCHW", "image folders: NCHW or NHWC", choices=("NCHW", "NHWC"))
-    channel_order: str = option("RGB", "image folders: RGB or BGR", choices=("RGB", "BGR"))
-    grayscale: bool = option(False, "image folders: convert to one channel")
+    color: str = option("RGB", "image folders: channel order, or GRAY for one channel",
+                        choices=("RGB", "BGR", "GRAY"))
+
+    def output_size(self, model_hw: Sequence[Any] | None, where: Path) -> tuple[int, int]:
+        """(height, width) of the preprocessed images: the crop, a full resize, the model's.
+
+        Raises:
+            DataError: None of them is known (a symbolic model size and no flags).
+        """
+        if self.crop:
+            return int(self.crop[0]), int(self.crop[1])
+        if self.size and len(self.size) == 2:
+            return int(self.size[0]), int(self.size[1])
+        hw = list(model_hw or [])
+        if len(hw) != 2 or any(not isinstance(d, (int, np.integer)) or d <= 0 for d in hw):
+            raise DataError(f"{where}: the model's input size is dynamic; give the image size "
+                            "(--resize HxW or --crop HxW)")
+        if self.size:  # a shorter-side resize must be followed by a crop to a fixed size
+            raise DataError(f"{where}: --resize {self.size[0]} keeps the aspect, so the images "
+                            f"differ in size; add --crop {hw[0]}x{hw[1]}")
+        return int(hw[0]), int(hw[1])
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], label: str = "preprocess") -> Preprocess:
+        """The inverse of `record` (e.g. from a binary's metadata), every value checked.
+
+        Raises:
+            ConfigError: A value the option would refuse, named with `label`.
+        """
+        return from_mapping(cls, {k: v for k, v in record.items() if v is not None},
+                            label=label)
+
+    def record(self) -> dict[str, Any]:
+        """The preprocessing as plain data (report, binary metadata)."""
+        return {"resize": list(self.size) if self.size else None,
+                "crop": list(self.crop) if self.crop else None, "scale": self.scale,
+                "mean": list(self.mean), "std": list(self.std), "layout": self.layout,
+                "color": self.color}
 
 
 @dataclass
@@ -77,7 +128,7 @@ class ImageFolder:
     shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        channels = 1 if self.pre.grayscale else 3
+        channels = 1 if self.pre.color == "GRAY" else 3
         h, w = self.size
         sample = (channels, h, w) if self.pre.layout == "NCHW" else (h, w, channels)
         self.shape = (len(self.files), *sample)
@@ -162,7 +213,7 @@ def spread(files: list[Path], limit: int | None) -> list[Path]:
 
 
 def read_image(path: Path, size: tuple[int, int], pre: Preprocess) -> np.ndarray:
-    """Read one image file into a float32 array laid out as `pre.layout` (without batch)."""
+    """Read one image file into a float32 array of `size` laid out as `pre.layout`."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -173,14 +224,31 @@ def read_image(path: Path, size: tuple[int, int], pre: Preprocess) -> np.ndarray
             if img.width * img.height > cap:
                 raise DataError(f"{path}: {img.width}x{img.height} pixels; the limit is "
                                 f"{cap:,} (NPUC_LIMIT_IMAGE_PIXELS raises it)")
-            img = img.convert("L" if pre.grayscale else "RGB").resize(
-                (size[1], size[0]), Image.BILINEAR)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            img = img.convert("L" if pre.color == "GRAY" else "RGB")
+            img = img.resize(_resized(img.width, img.height, size, pre), Image.BILINEAR)
+            if pre.crop:
+                left, top = (img.width - size[1]) // 2, (img.height - size[0]) // 2
+                img = img.crop((left, top, left + size[1], top + size[0]))
+            arr = np.asarray(img, dtype=np.float32) * np.float32(pre.scale)
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError,
             Image.DecompressionBombWarning, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({e})") from e
     arr = arr[..., None] if arr.ndim == 2 else arr
-    if pre.channel_order == "BGR":
+    if pre.color == "BGR":
         arr = arr[..., ::-1]
     arr = (arr - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1) if pre.layout == "NCHW" else arr)
+
+
+def _resized(width: int, height: int, size: tuple[int, int], pre: Preprocess
+             ) -> tuple[int, int]:
+    """(width, height) after the resize step; a crop then cuts `size` out of the centre."""
+    if pre.size and len(pre.size) == 2:
+        return int(pre.size[1]), int(pre.size[0])
+    if pre.size or pre.crop:  # shorter side to S (or to cover the crop), aspect kept
+        side = int(pre.size[0]) if pre.size else max(size)
+        k = side / min(width, height)
+        w, h = max(side, round(width * k)), max(side, round(height * k))
+        return (w, h) if not pre.crop or (w >= size[1] and h >= size[0]) else \
+            (max(w, size[1]), max(h, size[0]))
+    return size[1], size[0]

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from compiler.core.errors import ConfigError, DataError, ModelLoadError
-from compiler.core.feeds import Preprocess, spatial_size
+from compiler.core.feeds import Preprocess, model_hw
 from compiler.core.imagefolder import open_folder
 from compiler.core.options import option, positive
 from compiler.core.progress import track
@@ -296,8 +296,8 @@ def eval_dataset(data: Any, input_shape: list, limit: int | None = None,
             data.name, data.kind)
     if isinstance(data, (str, Path)) and Path(data).is_dir():
         pre = preprocess or Preprocess()
-        folder = open_folder(Path(data), pre.size or spatial_size(input_shape, pre.layout,
-                                                                   Path(data)), pre, limit)
+        size = pre.output_size(model_hw(input_shape, pre.layout), Path(data))
+        folder = open_folder(Path(data), size, pre, limit)
         inputs = folder.read_all() if 4 * int(np.prod(folder.shape)) <= KEEP_BYTES else folder
         kind = "classification" if folder.labels is not None else "unlabelled"
         return Dataset(inputs, folder.labels, str(data), kind)

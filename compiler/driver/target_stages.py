@@ -30,7 +30,8 @@ def build(state: CompileState) -> str:
     from targets.npusim import build_binary
 
     built = build_binary(state.quant.quant_model, state.config["target.arch"],
-                         options={"seed": state.config["seed"]})
+                         options={"seed": state.config["seed"],
+                                  "preprocess": preprocess(state.config).record()})
     state.files["binary"] = state.out_dir / "model.bin"
     built.write(state.files["binary"])
     state.build = built

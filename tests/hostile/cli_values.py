@@ -10,7 +10,7 @@ SHAPES = ["x:0x3x8x8", "x:1x3x8x8x8", "1x-3x8x8", "y:1x3x8x8", "x:99999999999999
           "x:1x3x8x8,x:1x3x8x8", "x:\n1x3x8x8"]
 PREPROCESS = {"--resize": ["0x0", "100000x100000", "axb", "8", "-8x8"],
               "--mean": ["nan", "1,2,3,4,5", "inf"], "--std": ["0", "-1", "nan", "inf"],
-              "--layout": ["NWCH"], "--channel-order": ["GBR"]}
+              "--layout": ["NWCH"], "--color": ["GBR"]}
 
 PRUNE = (["prune", "m.onnx", "-o", "out.onnx", "--calib", "calib.npy"], ("out.onnx",),
          "check_onnx")

@@ -38,7 +38,7 @@ def test_eval_reads_labels_from_class_folders(tmp_path, capsys):
     assert out["samples"] == 12 and out["metrics"]["top1"] == 1.0
     assert _eval(capsys, model, "--data", data, "--limit", "6")["samples"] == 6
     # BGR swaps red and blue: only green stays right
-    assert abs(_eval(capsys, model, "--data", data, "--channel-order", "BGR")["metrics"]["top1"]
+    assert abs(_eval(capsys, model, "--data", data, "--color", "BGR")["metrics"]["top1"]
                - 3 / 12) < 1e-9
 
 
@@ -71,3 +71,14 @@ def test_compile_evaluates_on_a_class_folder(tmp_path, capsys):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {k: v["top1"] for k, v in report["eval"].items()} == {
         "float": 1.0, "compressed": 1.0, "int8": 1.0}
+
+
+def test_run_applies_the_preprocessing_compile_recorded(tmp_path, capsys):
+    data = str(make_folder(tmp_path / "val", (2, 2, 2)))
+    model = colour_classifier(tmp_path / "m.onnx")
+    assert main(["compile", model, "-o", str(tmp_path / "out"), "--calib", data, "--quiet",
+                 "--set", "input.color=BGR"]) == 0
+    assert main(["run", str(tmp_path / "out" / "model.bin"), "--inputs", data, "-o",
+                 str(tmp_path / "y.npz")]) == 0
+    y = np.load(tmp_path / "y.npz")["y"]
+    assert y.argmax(axis=1).tolist() == [2, 2, 1, 1, 0, 0]  # red read as blue and back

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -58,12 +59,44 @@ def test_flat_or_deep_folders_have_no_labels(tmp_path):
 
 def test_nhwc_bgr_grayscale_layouts(tmp_path):
     root = make_folder(tmp_path / "d", (1, 1, 1))
-    nhwc = open_folder(root, (4, 6), Preprocess(layout="NHWC", channel_order="BGR"))
+    nhwc = open_folder(root, (4, 6), Preprocess(layout="NHWC", color="BGR"))
     assert nhwc[0:1].shape == (1, 4, 6, 3) and nhwc[0:1][0, 0, 0].tolist() == [0, 0, 1]
-    gray = open_folder(root, (4, 6), Preprocess(grayscale=True))
+    gray = open_folder(root, (4, 6), Preprocess(color="GRAY"))
     assert gray.shape == (3, 1, 4, 6)
 
 
 def test_empty_folder_is_one_error(tmp_path):
     with pytest.raises(DataError, match="no image files"):
         open_folder(tmp_path, (4, 6), Preprocess())
+
+
+def test_shorter_side_resize_then_centre_crop(tmp_path):
+    """torchvision's Resize(S) + CenterCrop: a 12x6 (WxH) image, side 6, crop 4x4."""
+    root = tmp_path / "d"
+    root.mkdir()
+    img = np.zeros((6, 12, 3), np.uint8)
+    img[:, 5:7] = 255  # a white band in the middle
+    Image.fromarray(img).save(root / "a.png")
+    pre = Preprocess(size=(6,), crop=(4, 4), scale=1.0, color="GRAY")
+    x = open_folder(root, pre.output_size(None, root), pre)[0:1]
+    assert x.shape == (1, 1, 4, 4) and x.max() == 255.0
+    band = x[0, 0]  # columns 4..7 of the original: dark, white, white, dark
+    assert band[:, [0, 3]].max() == 0.0 and band[:, 1:3].min() == 255.0
+
+
+def test_output_size_rules(tmp_path):
+    assert Preprocess(crop=(3, 5)).output_size([None, None], tmp_path) == (3, 5)
+    assert Preprocess().output_size([7, 9], tmp_path) == (7, 9)
+    with pytest.raises(DataError, match="--resize HxW or --crop HxW"):
+        Preprocess().output_size([None, None], tmp_path)
+    with pytest.raises(DataError, match="add --crop 7x9"):
+        Preprocess(size=(8,)).output_size([7, 9], tmp_path)
+
+
+def test_record_round_trip_checks_values():
+    from compiler.core.errors import ConfigError
+
+    pre = Preprocess(size=(256,), crop=(224, 224), mean=(0.5, 0.5, 0.5), color="BGR")
+    assert Preprocess.from_record(pre.record()).record() == pre.record()
+    with pytest.raises(ConfigError, match="color"):
+        Preprocess.from_record({"color": "CMYK"})
