@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from compiler.cli.common import add_input_shape_flag, format_table, load_bound, print_json
+from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
-from compiler.core.feeds import check_feeds
+from compiler.core.feeds import Preprocess, check_feeds
 from compiler.driver.data import load_data
 
 HEADERS = ("tensor", "cosine", "max abs err", "max |ref|", "SNR dB")
@@ -41,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_input_shape_flag(p)
     p.add_argument("--outputs-only", action="store_true", help="skip intermediate tensors")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_flags(p.add_argument_group("image preprocessing (folders of images)"), Preprocess)
     p.set_defaults(func=run)
 
 
@@ -59,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{flag} {value}: must be a positive number of samples")
     float_model = load_bound(args.float_model, args, keep_batch=True)
     test_model = load_bound(args.test_model, args, keep_batch=True)
-    feeds = load_data(args.calib, float_model, limit=args.limit)
+    feeds = load_data(args.calib, float_model, limit=args.limit,
+                      preprocess=from_args(args, Preprocess))
     check_feeds(feeds, test_model)
     report = compare_models_on_data(float_model, test_model, feeds, args.batch,
                                     layers=not args.outputs_only)
