@@ -15,6 +15,11 @@ from compiler.core.options import in_range, option, positive
 CALIBRATORS = ("max", "percentile", "kl", "mse")  # = passes.quantize.calibrate.METHODS
 ROUNDINGS = ("nearest", "gptq")
 DEFAULT_PERCENTILE = 99.99
+DEFAULT_CALIBRATOR = "mse"
+"""The default activation calibrator. mse (clip point minimising the quantization error)
+beats max on the field corpus (median worst-output cosine over 15 low and fine graphs
+0.9397 -> 0.9494) and on the project's accuracy models (PP-OCRv4 rec exact match 0.929 ->
+0.976, Fashion-MNIST and EfficientNet-Lite0 equal or better): docs/quantization.md."""
 DEFAULT_CALIB_LIMIT = 256
 
 
@@ -27,7 +32,7 @@ class CalibrationOptions:
         types=(str,), flag="--calib", metavar="DATA")
     limit: int = option(DEFAULT_CALIB_LIMIT, "calibration samples used at most",
                         flag="--calib-limit", check=positive, metavar="N")
-    calibrator: str = option("max", "activation calibrator", choices=CALIBRATORS)
+    calibrator: str = option(DEFAULT_CALIBRATOR, "activation calibrator", choices=CALIBRATORS)
     percentile: float = option(DEFAULT_PERCENTILE, "percentile of |x| used by the percentile "
                                "calibrator", check=in_range(0, 100, lo_open=True))
     batch_size: int = option(8, "samples per calibration run (models with a symbolic batch)",
@@ -51,5 +56,6 @@ class QuantizeOptions:
                                        list_sep=",", metavar="NODES")
 
 
-__all__ = ["CALIBRATORS", "DEFAULT_CALIB_LIMIT", "DEFAULT_PERCENTILE", "ROUNDINGS",
+__all__ = ["CALIBRATORS", "DEFAULT_CALIBRATOR", "DEFAULT_CALIB_LIMIT", "DEFAULT_PERCENTILE",
+           "ROUNDINGS",
            "CalibrationOptions", "QuantizeOptions"]

@@ -32,7 +32,7 @@ GRAPHS = {
         "pick_label": NO_INT8.format("Gather"), "gather_boxes": NO_INT8.format("Gather"),
         "gather_scores": NO_INT8.format("GatherND")}),
     "topk": (eg.topk_model, {"topk": NO_INT8.format("TopK"),
-                             "gather_top": NO_INT8.format("Gather"), "top_squeeze": ISLAND}),
+                             "gather_top": NO_INT8.format("Gather")}),
     "topk_dynamic_k": (lambda: eg.topk_model(dynamic_k=True), {
         "above": NO_INT8.format("Greater"), "above_cast": NO_INT8.format("Cast"),
         "count": NO_INT8.format("ReduceSum"), "count_1d": "input 'n_above' is int64, not float32",

@@ -31,9 +31,7 @@ EINSUM = 1 * 8 * 8 * 8 * 8  # nchw,dc->ndhw: one MAC per (n, c, h, w, d)
 GRAPHS = {
     "ssd_nms": (eg.ssd_nms_model, BACKBONE + 64 * 8 * 4 + 64 * 8 * 3, 0,
                 [["NonMaxSuppression", "Gather", "GatherND"]]),
-    # the Squeeze of the gathered boxes, between host nodes, joins them (placement.py)
-    "topk": (eg.topk_model, BACKBONE + 64 * 8 * 4 + 64 * 8, 0,
-             [["TopK", "Gather", "Squeeze"]]),
+    "topk": (eg.topk_model, BACKBONE + 64 * 8 * 4 + 64 * 8, 0, [["TopK", "Gather"]]),
     "topk_dynamic_k": (lambda: eg.topk_model(dynamic_k=True), BACKBONE + 64 * 8 * 4 + 64 * 8, 0,
                        [["Greater", "Cast", "ReduceSum", "Reshape", "..."]]),
     "nonzero": (eg.nonzero_model, BACKBONE + 64 * 8 + 8 * 64 * 5, 0,
