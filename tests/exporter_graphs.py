@@ -448,6 +448,21 @@ def db_head(c: int = 8, hw: int = 16) -> onnx.ModelProto:
     return n.model("db_head", {"x": [1, 3, hw, hw]}, ["y_out"])
 
 
+def scaled_heads_softmax(c: int = 8, hw: int = 16, gain: float = 40.0) -> onnx.ModelProto:
+    """SSD-style class logits: two 1x1 heads, the second `gain` times larger, each reshaped
+    to [1, anchors, 2], concatenated over the anchors and a Softmax over the classes."""
+    n = _Net(26)
+    h = n.op("Relu", [n.conv("x", 3, c, 3, stride=2, name="backbone")])
+    small = n.conv(h, c, 2, name="head_small")
+    big = n.op("Mul", [n.conv(h, c, 2, name="head_big"), n.const(gain)], name="head_gain")
+    shape = n.const([1, -1, 2], np.int64)
+    flat = [n.op("Reshape", [n.op("Transpose", [t], name=f"{k}_nhwc", perm=[0, 2, 3, 1]),
+                             shape], name=f"{k}_flat") for k, t in (("small", small),
+                                                                     ("big", big))]
+    n.op("Softmax", [n.op("Concat", flat, name="logits", axis=1)], name="probs", axis=-1)
+    return n.model("scaled_heads_softmax", {"x": [1, 3, hw, hw]}, ["probs_out"])
+
+
 def _bn(n: _Net, x: str, c: int) -> str:
     stats = [n.per_channel(c, (c,)), n.per_channel(c, (c,), -0.5),
              n.per_channel(c, (c,), -0.5), n.per_channel(c, (c,))]

@@ -35,6 +35,7 @@ from passes.quantize.emit_int import emit_int
 from passes.quantize.emit_qdq import emit_qdq
 from passes.quantize.options import (
     DEFAULT_CALIB_LIMIT,
+    DEFAULT_CALIBRATOR,
     DEFAULT_PERCENTILE,
     ROUNDINGS,
     CalibrationOptions,
@@ -128,7 +129,8 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
     return CalibrationTable(calibrator, ranges, digest, dict(opts))
 
 
-def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str = "max", *,
+def quantize_model(model: ModelSource, calib_feeds: Any = None,
+                   calibrator: str = DEFAULT_CALIBRATOR, *,
                    percentile: float | None = DEFAULT_PERCENTILE, cle: bool = False,
                    bias_correction: bool = False, rounding: str = "nearest",
                    keep_float: Sequence[str] = (),
@@ -141,7 +143,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None, calibrator: str 
     Args:
         model: Float model (path, ModelProto or IR Model; never modified).
         calib_feeds: Calibration data (anything `compiler.core.feeds.load_feeds` accepts).
-        calibrator: "max", "percentile", "kl" or "mse".
+        calibrator: "max", "percentile", "kl" or "mse" (default: `DEFAULT_CALIBRATOR`).
         percentile: Percentile for the "percentile" calibrator (None: the default 99.99);
             another value with another calibrator is an error.
         cle: Cross-layer equalization before quantizing.
@@ -263,7 +265,8 @@ class Quantize(Pass):
 
     preserves_function = False
 
-    def __init__(self, calib_feeds: Any = None, calibrator: str = "max", **options: Any) -> None:
+    def __init__(self, calib_feeds: Any = None, calibrator: str = DEFAULT_CALIBRATOR,
+                 **options: Any) -> None:
         self.calib_feeds = calib_feeds
         self.calibrator = calibrator
         self.options = options

@@ -18,6 +18,7 @@ from compiler.core.qops.match import is_float
 from compiler.core.qops.regions import BINARY, UNARY, grow_region
 from compiler.core.subgraphs import outer_inputs
 from passes.quantize.dynamic import runtime_tensors
+from passes.quantize.placement import place_on_host
 
 __all__ = ["Unit", "MATCHERS", "KEEP_FLOAT_REASON", "match_node", "partition",
            "scale_preserving"]
@@ -116,7 +117,8 @@ def partition(graph: gs.Graph, keep_float: frozenset[str] = frozenset()) -> list
     """Units in topological order; each node belongs to exactly one unit.
 
     Nodes named in `keep_float` become cpu units (mixed precision chosen by the user), and
-    no fused pattern swallows them.
+    no fused pattern swallows them. Units that would only add rounding between host nodes
+    go to the host too (`placement.place_on_host`).
     """
     graph.toposort()
     order = {id(n): i for i, n in enumerate(graph.nodes)}
@@ -139,4 +141,4 @@ def partition(graph: gs.Graph, keep_float: frozenset[str] = frozenset()) -> list
             unit = _cpu(node, _runtime_reason(unit, runtime))
         taken.update(id(n) for n in unit.nodes)
         units.append(unit)
-    return units
+    return place_on_host(units, graph)

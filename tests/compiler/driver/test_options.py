@@ -104,6 +104,7 @@ def test_library_constants_are_the_choices():
     from passes.prune.criteria import CRITERIA as PRUNE_CRITERIA
     from passes.quantize.api import ROUNDINGS
     from passes.quantize.calibrate import DEFAULT_PERCENTILE, METHODS
+    from passes.quantize.options import DEFAULT_CALIBRATOR
     from passes.sparsify.criteria import CRITERIA as SPARSE_CRITERIA
     from passes.sparsify.layers import BLOCK_SIZES
 
@@ -114,6 +115,7 @@ def test_library_constants_are_the_choices():
     assert choices["calibration.calibrator"] == METHODS
     assert choices["quantize.rounding"] == ROUNDINGS
     assert defaults()["calibration.percentile"] == DEFAULT_PERCENTILE
+    assert defaults()["calibration.calibrator"] == DEFAULT_CALIBRATOR
 
 
 def _signature_defaults(func):

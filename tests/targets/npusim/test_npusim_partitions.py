@@ -50,8 +50,7 @@ GRAPHS = {
     "nested_control_flow": (eg.nested_control_flow_model, BACKBONE, 64 * 8 * 4,
                             [["ReduceMean", "Greater", "Loop", "Conv"]]),
     "host_tensor": (eg.host_tensor_model, BACKBONE + 64 * 8 * 8, 0,
-                    [["Softmax", "Greater", "ReduceMax", "NonZero", "..."],
-                     ["GatherND", "Cast", "Loop"]]),
+                    [["Softmax", "Greater", "ReduceMax", "NonZero", "..."], ["GatherND"]]),
 }
 HOST_CONVS = {"conv_after"}
 
