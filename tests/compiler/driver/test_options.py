@@ -115,7 +115,7 @@ def test_library_constants_are_the_choices():
     assert choices["calibration.calibrator"] == METHODS
     assert choices["quantize.rounding"] == ROUNDINGS
     assert defaults()["calibration.percentile"] == DEFAULT_PERCENTILE
-    assert defaults()["calibration.calibrator"] == DEFAULT_CALIBRATOR
+    assert defaults()["calibration.calibrator"] == DEFAULT_CALIBRATOR == "mse"
 
 
 def _signature_defaults(func):

@@ -39,7 +39,7 @@ def lsb_diff_fraction(result, feeds) -> float:
 def test_quantize_model_outputs_and_qdq_agreement():
     result = quantize_model(conv_model(batch="N"), CALIB)
     feeds = feeds_for(conv_model(), 16, seed=5)
-    assert result.table.method == "max" and set(result.table.thresholds) >= {"x", "r", "y"}
+    assert result.table.method == "mse" and set(result.table.thresholds) >= {"x", "r", "y"}
     assert lsb_diff_fraction(result, feeds) <= 0.01
     qdq_ops = {n.op for n in result.qdq_model.graph.nodes}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Gemm"} <= qdq_ops
@@ -116,7 +116,7 @@ def test_cli_writes_three_files(tmp_path, capsys):
                                                      "model.quant.onnx"]
     qg = QGraph.from_model(load_model(out / "model.quant.onnx"))
     assert qg.ops[1].kind == "QConv"
-    assert CalibrationTable.load(out / "calibration.json").method == "max"
+    assert CalibrationTable.load(out / "calibration.json").method == "mse"  # the default
     assert main(["quantize", str(model), "-o", str(tmp_path / "o2"),
                  "--calib-table", str(out / "calibration.json")]) == 0
     assert "wrote" in capsys.readouterr().out
