@@ -94,7 +94,7 @@ def _calib_feeds(path: str, shapes: ShapeSpec, calib: CalibrationOptions,
 
 
 def _print(summary: dict, written: list[Path]) -> None:
-    rows = sorted(summary["ops"].items(), key=lambda kv: -kv[1])
+    rows = sorted(summary["op_counts"].items(), key=lambda kv: -kv[1])
     print(format_table(rows, ["op", "count"]))
     print(f"\n{summary['int8_nodes']} of {summary['float_nodes']} float nodes run in int8; "
           f"{summary['cpu_nodes']} stay float on the CPU")
@@ -104,7 +104,7 @@ def _print(summary: dict, written: list[Path]) -> None:
         print(f"  ... and {len(summary['cpu_reasons']) - 20} more (--json lists all)")
     if "weight_rounding" in summary:
         print(rounding_line(summary["weight_rounding"]))
-    times = ", ".join(f"{k[:-2]} {v:.2f}s" for k, v in summary["timings"].items())
+    times = ", ".join(f"{k} {v:.2f}s" for k, v in summary["time_s"].items())
     print(f"time: {times}")
     for path in written:
         print(f"wrote {path}")

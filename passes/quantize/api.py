@@ -180,19 +180,19 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
     keep = _keep_float_names(fm, keep_float)
     int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
     fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding, batch_size, int8)
-    timings["prepare_s"] = time.perf_counter() - start
+    timings["prepare"] = time.perf_counter() - start
     units = partition(fm.graph, keep)  # again: bias correction returns a new model
     names = calibration_tensors(units)
     t0 = time.perf_counter()
     digest = model_hash(fm)
     table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
-    timings["calibrate_s"] = time.perf_counter() - t0
+    timings["calibrate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
             "rounding": rounding, "keep_float": sorted(keep_float), "float_model_hash": digest}
     qg, nodes = build_qgraph(fm, table.thresholds, units, info)
     quant, qdq = emit_int(qg), emit_qdq(fm, qg)
-    timings["build_emit_s"] = time.perf_counter() - t0
+    timings["build_emit"] = time.perf_counter() - t0
     return QuantResult(quant, qdq, qg, table, fm,
                        summarize(qg, nodes, timings) | weight_report)
 
@@ -239,11 +239,12 @@ def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, floa
     cpu = [n for n in nodes if n["qop"] == "QCpuPartition"]
     return {
         "nodes": nodes,
-        "ops": dict(Counter(op.kind for op in qg.ops)),
         "op_counts": dict(Counter(op.kind for op in qg.ops)),
         "float_nodes": len(nodes), "int8_nodes": len(nodes) - len(cpu), "cpu_nodes": len(cpu),
         "cpu_reasons": {n["node"]: f'{n["op"]}: {n["reason"]}' for n in cpu},
-        "timings": {k: round(v, 3) for k, v in timings.items()},
+        # seconds per phase, under the key prune uses too
+        "time_s": {**{k: round(v, 3) for k, v in timings.items()},
+                   "total": round(sum(timings.values()), 3)},
     }
 
 

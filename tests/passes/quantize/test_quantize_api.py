@@ -111,7 +111,7 @@ def test_cli_writes_three_files(tmp_path, capsys):
     np.save(calib, CALIB["x"])
     assert main(["quantize", str(model), "-o", str(out), "--calib", str(calib), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["cpu_nodes"] == 0 and report["ops"]["QConv"] == 1
+    assert report["cpu_nodes"] == 0 and report["op_counts"]["QConv"] == 1
     assert sorted(p.name for p in out.iterdir()) == ["calibration.json", "model.qdq.onnx",
                                                      "model.quant.onnx"]
     qg = QGraph.from_model(load_model(out / "model.quant.onnx"))
