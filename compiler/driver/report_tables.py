@@ -68,7 +68,7 @@ def _step_cells(i: int, r: dict, total_us: float, before: bool,
         [_pct((r["us"] + switch) / total_us) if total_us else "", util, r["bound"]]
     if before:
         old = r.get("us_before")
-        change = f"{(r['us'] - old) / old:+.0%}" if old else ("new" if old is None else "")
+        change = f"{(r['us'] - old) / old:+.1%}" if old else ("new" if old is None else "")
         cells += [old, r.get("macs_before"), change]
     return cells
 
