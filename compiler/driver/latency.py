@@ -81,13 +81,12 @@ def _instruction_overhead(state: CompileState) -> int:
 
 def _step_nodes(state: CompileState) -> dict[str, list[str]]:
     """Instruction name -> the model nodes it runs (a CPU partition runs several)."""
+    from compiler.core.qgraph import QCpuPartition
+
     if state.quant is None:
         return {}
-    out = {}
-    for op in state.quant.qgraph.ops:
-        inner = getattr(op, "nodes", None)
-        out[op.name] = [n.name for n in inner] if inner else [op.name]
-    return out
+    return {op.name: [n.name for n in op.nodes] if isinstance(op, QCpuPartition) else [op.name]
+            for op in state.quant.qgraph.ops}
 
 
 def _host_macs(state: CompileState) -> dict[str, int]:
