@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     print(summary_text(result.report))
     if "build" in result.report:
         print(result.report["build"]["macs_on_npu"])
+    note = (result.report.get("latency") or {}).get("note")
+    if note:  # the host, not the NPU, decides much of the latency: say so
+        print(note)
     slowest = slowest_layers_text(result.report, config["report.top_layers"])
     if slowest:
         print("\n" + slowest)

@@ -8,6 +8,7 @@ import numpy as np
 
 from compiler.core.cost import model_cost
 from compiler.core.ir import const_value
+from compiler.driver.latency import latency_report, partition_map, step_table
 
 if TYPE_CHECKING:
     from compiler.driver.context import CompileState
@@ -22,6 +23,11 @@ def summarize(state: CompileState) -> None:
     r = state.report
     r["summary"] = _summary(state)
     r["layers"] = layer_table(state)
+    r["steps"] = step_table(state)
+    for key, value in (("latency", latency_report(state)),
+                       ("partition_map", partition_map(state, r["steps"]))):
+        if value is not None:
+            r[key] = value
     r["variants"] = _variants(state)
     if state.build is not None:
         r["npu_mac_fraction"] = round(state.build.macs.fraction, 6)

@@ -74,7 +74,8 @@ def _layer(p: isa.Program, ins: isa.Instr, w: Work, arch: Arch, bw_per_core: flo
             if on_npu and cycles and isinstance(ins, KINDS_ON_MAC_ARRAY) else 0.0,
             "ddr_bytes": int(ddr), "bound": "compute" if compute >= memory else "memory",
             "sparse_block": w.sparse_block, "zero_blocks": round(w.zero_fraction, 4),
-            "host_us": round(host_s * 1e6, 2)}
+            "host_us": round(host_s * 1e6, 2),
+            "us": round(cycles / arch.clock_mhz, 3) if on_npu else round(host_s * 1e6, 2)}
 
 
 def _interface_bytes(p: isa.Program, ins: isa.Instr) -> int:
@@ -143,9 +144,13 @@ def estimate_perf(binary: str | os.PathLike | bytes | isa.Program, arch: str | o
     steady, first = npu_s + host_s, first_npu + host_s
     latency = (first + (frames - 1) * steady) / frames
     npu_avg = (first_npu + (frames - 1) * npu_s) / frames
-    fps = min(threads / latency, active / npu_avg if npu_avg else float("inf"),
-              spec.host.cores / host_s if host_s else float("inf"))
+    limits = {"threads": threads / latency,
+              "npu": active / npu_avg if npu_avg else float("inf"),
+              "host": spec.host.cores / host_s if host_s else float("inf")}
+    fps = min(limits.values())
     totals = _totals(layers, npu_s, host_s, resident, p, spec)
+    totals.update(weight_load_ms=round((first - steady) / frames * 1e3, 6),
+                  fps_limit=min(limits, key=limits.get))
     return PerfReport(round(latency * 1e3, 6), round(fps, 3), layers, cores, threads, frames,
                       spec.name, totals, mac_split(p))
 
@@ -171,7 +176,13 @@ def _totals(layers: list[dict[str, Any]], npu_s: float, host_s: float, resident:
             p: isa.Program, arch: Arch) -> dict[str, Any]:
     cycles = sum(lay["cycles"] for lay in layers)
     macs = sum(lay["macs"] for lay in layers)
+    runs = _cpu_runs(p.code)
     return {"macs": macs, "cycles": cycles, "ddr_bytes": sum(lay["ddr_bytes"] for lay in layers),
             "npu_ms": round(npu_s * 1e3, 4), "host_ms": round(host_s * 1e3, 4),
+            # host_ms = host_compute_ms + switch_ms + frame_overhead_ms
+            "host_compute_ms": round(sum(lay["host_us"] for lay in layers) / 1e3, 4),
+            "partition_switches": runs,
+            "switch_ms": round(runs * arch.host.partition_overhead_us / 1e3, 4),
+            "frame_overhead_ms": round(arch.frame_overhead_us / 1e3, 4),
             "utilisation": round(macs / (cycles * arch.macs_per_cycle), 4) if cycles else 0.0,
             "weights_resident": resident, "arena_bytes": p.arena_size}

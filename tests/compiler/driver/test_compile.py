@@ -13,6 +13,7 @@ from PIL import Image
 from compiler.cli import main
 from compiler.core.errors import ConfigError, PassError
 from compiler.driver.pipeline import compile_model
+from tests.compiler.driver.chromium import dom_text, render, table_text
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +89,18 @@ def test_report_html_shows_plots_and_tables(compiled):
     page.feed((compiled.out_dir / "report.html").read_text())
     titles = [img["alt"] for img in page.images]
     assert titles == ["Channels kept per layer", "Per-layer cosine similarity vs float",
-                      "Per-layer cycles"]
+                      "Time per step (1 core, 1 thread)", "Where the latency goes"]
     for img in page.images:
         png = base64.b64decode(img["src"].split(",", 1)[1])
         pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
         assert pixels.shape[0] > 100 and pixels.std() > 5  # a drawn plot, not a blank image
-    assert page.tables == 3  # stages, summary, per-layer
+    # stages, summary, latency, partition map, per-step, per-layer (no CPU nodes table)
+    assert page.tables == 6
     assert "MACs" in page.cells and "bit-exact" in page.cells
     assert compiled.report["layers"][0]["layer"] in page.cells
+    steps = compiled.report["steps"]
+    assert all(s["step"] in page.cells for s in steps)
+    assert any(s["op"] == "add" for s in steps) and "µs before" in page.cells
 
 
 @pytest.mark.slow
@@ -127,32 +132,17 @@ def test_cli_compile_bad_config_exits_2(tmp_path, capsys):
         compile_model(None, {"sparsify.block": 3}, tmp_path / "o2")
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                  "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
-
-
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(compiled, tmp_path):
-    import shutil
-    import subprocess
-
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("Debian chromium not installed (CI installs it)")
-    page = (compiled.out_dir / "report.html").as_uri()
-    shot = tmp_path / "report.png"
-    flags = CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'profile'}"]
-    subprocess.run([chromium, *flags, "--window-size=1200,2400", f"--screenshot={shot}", page],
-                   capture_output=True, timeout=120, check=True)
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page], capture_output=True,
-                         timeout=120, check=True, text=True).stdout
-    assert dom.count("<table") == 3 and dom.count("<img") == 3
-    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    dom, pixels = render(compiled.out_dir / "report.html", tmp_path)
+    assert dom.count("<table") == 6 and dom.count("<img") == 4
     assert pixels.shape[:2] == (2400, 1200)
     # the "after" bars of the channels plot are drawn in #3b6ea8: the plot was decoded and shown
     bar_blue = np.all(np.abs(pixels - np.array([59, 110, 168])) < 12, axis=-1)
     assert bar_blue.sum() > 2000
+    steps, pmap = table_text(dom, "steps"), table_text(dom, "partition-map")
+    assert all(s["step"] in steps for s in compiled.report["steps"])
+    assert "NPU" in pmap and "Where the latency goes" in dom_text(dom)
 
 
 def test_sparsify_and_report_keys_reach_their_stages(small_model, tmp_path, capsys):

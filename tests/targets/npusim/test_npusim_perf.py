@@ -81,6 +81,29 @@ def test_layer_table_fields_and_units(small_binary):
     assert set(report.to_dict()) >= {"latency_ms", "fps", "layers", "totals"}
 
 
+def test_latency_breakdown_adds_up(small_binary):
+    arch = load_arch("default")
+    report = estimate_perf(small_binary, frames=10)
+    t = report.totals
+    npu_us = sum(lay["us"] for lay in report.layers if lay["unit"] == "NPU")
+    cpu_us = sum(lay["us"] for lay in report.layers if lay["unit"] == "CPU")
+    assert npu_us == pytest.approx(t["cycles"] / arch.clock_mhz, abs=0.01)
+    assert npu_us / 1e3 == pytest.approx(t["npu_ms"], abs=1e-4)
+    assert cpu_us / 1e3 == pytest.approx(t["host_compute_ms"], abs=1e-4) and cpu_us > 0
+    assert t["partition_switches"] >= 1
+    assert t["switch_ms"] == pytest.approx(t["partition_switches"] * 0.08)
+    assert t["frame_overhead_ms"] == pytest.approx(0.04)
+    first = estimate_perf(small_binary, frames=1).totals["weight_load_ms"]
+    assert first > 0 and t["weight_load_ms"] == pytest.approx(first / 10, abs=1e-6)
+    parts = ("npu_ms", "host_compute_ms", "switch_ms", "frame_overhead_ms", "weight_load_ms")
+    assert sum(t[k] for k in parts) == pytest.approx(report.latency_ms, abs=5e-4)
+    assert t["host_ms"] == pytest.approx(t["host_compute_ms"] + t["switch_ms"] + 0.04,
+                                         abs=2e-4)
+    assert t["fps_limit"] == "threads"  # one thread waits for each frame
+    multi = estimate_perf(small_binary, cores=2, threads=8).totals["fps_limit"]
+    assert multi in ("npu", "host")
+
+
 def test_sparse_efficiency_grows_with_block():
     arch = load_arch("default")
     effs = [arch.sparse_efficiency[n] for n in (1, 2, 4, 8, 16, 32)]
