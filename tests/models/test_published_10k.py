@@ -1,0 +1,37 @@
+"""The published Fashion-MNIST figures, on the full 10,000-image test split.
+
+Needs the Debian package dataset-fashion-mnist (installed by .ci/run); skips without it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from compiler.core.errors import DataError
+from models.datasets import load_dataset
+
+pytestmark = pytest.mark.slow
+ACCURACY = Path(__file__).resolve().parents[2] / "models" / "trained" / "accuracy.json"
+
+
+@pytest.fixture(scope="module")
+def test_split():
+    try:
+        return load_dataset("fmnist-test")
+    except DataError as exc:
+        pytest.skip(str(exc))
+
+
+def test_default_compile_on_10k(test_split, tmp_path):
+    """Float top-1 as published; int8 (the built binary, default options) within 0.5 points."""
+    from compiler.driver.pipeline import compile_model
+
+    published = json.loads(ACCURACY.read_text())
+    result = compile_model("fmnist_resnet", {"eval.data": "fmnist-test"}, tmp_path)
+    scores = result.report["eval"]
+    assert scores["float"]["top1"] == published["models"]["resnet"]["onnx_top1_test10k"]
+    assert scores["int8"]["top1"] >= scores["float"]["top1"] - 0.005
+    assert scores["int8"]["agreement"] >= 0.98
