@@ -76,7 +76,7 @@ FIDELITY = ("agreement", "cosine")
 
 
 def _accuracy_rows(scores: dict | None) -> dict[str, dict[str, Any]]:
-    if not scores or not scores.get("float"):
+    if not scores or "float" not in scores:
         return {}
     rows = {}
     final = scores.get("int8", scores.get("compressed", {}))

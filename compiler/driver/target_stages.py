@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
-from compiler.core.errors import MismatchError
+from compiler.core.errors import DataError, MismatchError
 from compiler.driver.context import CompileState, PerfPair
 from compiler.driver.stages import Step, eval_source, preprocess, quantize_pass
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from compiler.core.feeds import Feeds
@@ -20,7 +23,8 @@ def target_steps(state: CompileState) -> list[tuple[str, Step]]:
         if c["target.verify"]:
             chosen.append(("verify", verify))
         chosen.append(("perf", perf))
-    if eval_source(state):
+    if eval_source(state) or c["quantize.enabled"] or c["prune.enabled"] \
+            or c["sparsify.enabled"]:  # fidelity always: without eval data, on calibration
         chosen.append(("eval", evaluate))
     return chosen
 
@@ -110,14 +114,20 @@ def evaluate(state: CompileState) -> str:
 
     c = state.config
     source, batch = eval_source(state), c["eval.batch_size"]
+    if source is None and state.calib is None:
+        return "skipped: no eval.data and no calibration data to measure fidelity on"
     shape = next(iter(input_specs(state.original).values()))[0]
-    data = eval_dataset(source, shape, c["eval.limit"], preprocess(c))
+    data = eval_dataset(source, shape, c["eval.limit"], preprocess(c)) if source else \
+        _calibration_set(state)
     outputs = {"float": run_onnx(to_proto(state.original), "float model", data, batch)}
     compressed = c["prune.enabled"] or c["sparsify.enabled"]
     outputs["compressed"] = run_onnx(to_proto(state.model), "compressed model", data, batch) \
         if compressed else outputs["float"]
     if state.quant is not None:
-        outputs["int8"] = _int8_outputs(state, data, batch)
+        try:
+            outputs["int8"] = _int8_outputs(state, data, batch)
+        except DataError as e:  # run-time-shaped outputs that cannot be stacked
+            log.warning("eval: int8 outputs not scored (%s)", e)
     state.eval = {name: score(out, data, None if name == "float" else outputs["float"])
                   for name, out in outputs.items()}
     key = next(iter(state.eval["float"]), None)
@@ -126,6 +136,14 @@ def evaluate(state: CompileState) -> str:
     if key is None:
         return f"no labels in {source}{agree}"
     return ", ".join(f"{name} {s[key]:.4f}" for name, s in state.eval.items()) + agree
+
+
+def _calibration_set(state: CompileState) -> Any:
+    """The calibration data as an unlabelled eval set (fidelity only; it was also fitted on)."""
+    from models.datasets import Dataset
+
+    first = next(iter(state.calib.arrays.values()))
+    return Dataset(first, None, "calibration data (no eval.data given)", "unlabelled")
 
 
 def _int8_outputs(state: CompileState, data: Any, batch: int) -> Any:
