@@ -163,8 +163,9 @@ def open_folder(folder: Path, size: tuple[int, int], pre: Preprocess,
     by_class = class_layout(folder, files)
     if by_class is None:
         return ImageFolder(folder, spread(files, limit), None, [], size, pre)
-    names = sorted(by_class, key=_class_key(list(by_class)))
-    index = {name: (int(name) if _all_ints(names) else i) for i, name in enumerate(names)}
+    numbered = all(n.isdigit() for n in by_class)  # `0/`, `1/`, ... `10/`: their own labels
+    names = sorted(by_class, key=int if numbered else None)
+    index = {name: int(name) if numbered else i for i, name in enumerate(names)}
     chosen = balanced([by_class[n] for n in names], limit)
     labels = np.array([index[p.parent.name] for p in chosen], np.int64)
     return ImageFolder(folder, chosen, labels, names, size, pre)
@@ -178,14 +179,6 @@ def class_layout(folder: Path, files: Sequence[Path]) -> dict[str, list[Path]] |
             return None
         by_class.setdefault(p.parent.name, []).append(p)
     return by_class if len(by_class) >= 2 else None
-
-
-def _all_ints(names: Sequence[str]) -> bool:
-    return all(n.isdigit() for n in names)
-
-
-def _class_key(names: list[str]):
-    return (lambda n: int(n)) if _all_ints(names) else (lambda n: n)
 
 
 def balanced(classes: Sequence[Sequence[Path]], limit: int | None) -> list[Path]:
@@ -249,6 +242,5 @@ def _resized(width: int, height: int, size: tuple[int, int], pre: Preprocess
         side = int(pre.size[0]) if pre.size else max(size)
         k = side / min(width, height)
         w, h = max(side, round(width * k)), max(side, round(height * k))
-        return (w, h) if not pre.crop or (w >= size[1] and h >= size[0]) else \
-            (max(w, size[1]), max(h, size[0]))
+        return (max(w, size[1]), max(h, size[0])) if pre.crop else (w, h)  # the crop fits
     return size[1], size[0]

@@ -159,7 +159,7 @@ def _int8_outputs(state: CompileState, data: Any, batch: int) -> Any:
         return run_onnx(to_proto(quant), "model.quant.onnx", data, batch)
     from targets.npusim import Simulator
 
-    sim = Simulator(state.files["binary"])
+    sim = Simulator(state.build.data)  # the bytes just written, not a second read
     name, first = quant.graph.inputs[0].name, quant.graph.outputs[0].name
     starts = range(0, len(data), batch)
     chunks = [sim.run({name: data.inputs[i:i + batch]})[first]
