@@ -249,9 +249,7 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
     ref_outputs = None
     if reference is not None:
         ref_proto, result.reference = load_model(reference, input_shapes)
-        ref_runner = Runner(ref_proto, result.reference)
-        ref_runner.check(ds.inputs, ds.name)
-        ref_outputs = ref_runner.run(ds.inputs, batch)
+        ref_outputs = run_onnx(ref_proto, result.reference, ds, batch)
     result.metrics.update(score(outputs, ds, ref_outputs))
     logger.info("eval %s on %s: %s", name, ds.name, result.metrics)
     return result
