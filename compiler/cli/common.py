@@ -41,12 +41,17 @@ def input_shapes(args: argparse.Namespace) -> ShapeSpec:
 
 
 def load_bound(path: str, args: argparse.Namespace, *, keep_batch: bool = False) -> Model:
-    """Load a float model with its inputs bound by `--input-shape` (else a batch of 1).
+    """Load a float model (file or bundled name) with its inputs bound by `--input-shape`.
+
+    Without the flag a symbolic batch becomes 1.
 
     With `keep_batch` a symbolic batch the flag does not give stays symbolic (prune and
     sparsify write a model that keeps the exporter's dynamic batch).
     """
-    return load_model(path, input_shapes=input_shapes(args), bind=True, keep_batch=keep_batch)
+    from compiler.driver.sources import resolve_model
+
+    return load_model(resolve_model(path), input_shapes=input_shapes(args), bind=True,
+                      keep_batch=keep_batch)
 
 
 def print_json(data: Any) -> None:

@@ -28,6 +28,7 @@ from compiler.core.options import options_of
 from compiler.core.outpaths import check_output_dir, input_files
 from compiler.core.shapes import ShapeSpec
 from compiler.driver.outputs import QUANT_OUTPUTS, write_quantized
+from compiler.driver.sources import resolve_model
 from passes.quantize.options import CalibrationOptions, QuantizeOptions
 
 EXAMPLES = (
@@ -46,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Calibrate activations, quantize weights per channel and "
                                    "write model.quant.onnx, model.qdq.onnx and "
                                    "calibration.json into DIR (docs/quantization.md).")
-    p.add_argument("model", help="float .onnx model")
+    p.add_argument("model", help="float .onnx model or bundled model name")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder")
     add_step_data_flags(p, calib=[d.name for d in options_of(CalibrationOptions)])
     add_flags(p, QuantizeOptions)
@@ -65,10 +66,11 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_output_dir(args.output, QUANT_OUTPUTS,
                                input_files(args.model, calib.data, calib.table))
     shapes = input_shapes(args)
-    feeds = _calib_feeds(args.model, shapes, calib, from_args(args, Preprocess))
+    source = resolve_model(args.model)
+    feeds = _calib_feeds(source, shapes, calib, from_args(args, Preprocess))
     # the model goes in as a path: quantize_model loads it lean (no PassManager copy) and
     # binds its inputs (--input-shape, else a symbolic batch becomes 1)
-    result = quantize_model(args.model, feeds, input_shapes=shapes,
+    result = quantize_model(source, feeds, input_shapes=shapes,
                             **quantize_kwargs(calib, quant))
     written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calib_feeds(path: str, shapes: ShapeSpec, calib: CalibrationOptions,
+def _calib_feeds(source: Any, shapes: ShapeSpec, calib: CalibrationOptions,
                  preprocess: Preprocess) -> Any:
     """The calibration source for `quantize_model` (which loads the model itself).
 
@@ -89,7 +91,7 @@ def _calib_feeds(path: str, shapes: ShapeSpec, calib: CalibrationOptions,
 
     if calib.data is None or preprocess == Preprocess():
         return resolve_source(calib.data, calib.limit)
-    model = load_model(path, input_shapes=shapes, bind=True)
+    model = load_model(source, input_shapes=shapes, bind=True)
     return load_data(calib.data, model, limit=calib.limit, preprocess=preprocess)
 
 

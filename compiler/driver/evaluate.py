@@ -79,14 +79,14 @@ def bind_shapes(proto: onnx.ModelProto, shapes: ShapeSpec, name: str) -> onnx.Mo
 def _read_model(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if isinstance(model, onnx.ModelProto):
         return model, model.graph.name or "<model>"
-    path = Path(model)
-    if path.suffix == ".onnx" or path.exists():
-        from compiler.core.io import read_proto
+    from compiler.driver.sources import resolve_model
 
-        return read_proto(path), str(path)  # as-is: no opset/shape normalisation
-    from models.registry import get_model
+    source = resolve_model(model)
+    if isinstance(source, onnx.ModelProto):
+        return source, str(model)
+    from compiler.core.io import read_proto
 
-    return get_model(str(model))[0], str(model)
+    return read_proto(Path(source)), str(source)  # as-is: no opset/shape normalisation
 
 
 class Runner:

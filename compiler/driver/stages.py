@@ -23,6 +23,7 @@ from compiler.core.pass_manager import Pass, PassResult
 from compiler.driver.config import step_options
 from compiler.driver.context import CompileState
 from compiler.driver.outputs import write_quantized
+from compiler.driver.sources import resolve_model
 
 if TYPE_CHECKING:
     from compiler.core.feeds import Feeds, Preprocess
@@ -43,11 +44,8 @@ BUNDLED_DATA = {
 def load(state: CompileState) -> str:
     """Load the input model (shapes bound: `input.shape`, else batch 1) and the data."""
     source = state.source
-    if isinstance(source, (str, Path)) and not Path(source).exists() and \
-            not str(source).endswith(".onnx"):
-        from models.registry import get_model
-
-        source = get_model(str(source))[0]
+    if isinstance(source, (str, Path)):
+        source = resolve_model(source)
     shapes = step_options(state.config, "shape").spec
     state.model = load_model(source, input_shapes=shapes, bind=True)
     if needs_calibration(state.config):
