@@ -118,13 +118,17 @@ def summary_text(report: dict) -> str:
 
 
 def slowest_layers_text(report: dict, top: int) -> str:
-    """The `top` layers with the most cycles (1 core, 1 thread), or "" when there are none."""
-    timed = [r for r in report.get("layers", []) if r.get("cycles") is not None]
-    rows = sorted(timed, key=lambda r: -r["cycles"])[:top]
+    """The `top` binary steps with the most cycles (1 core, 1 thread), or "" when none.
+
+    Every executed step counts (NPU layers, Add, LUT, quantize, CPU partitions), so a host
+    partition that dominates the latency is listed like any layer.
+    """
+    rows = sorted(report.get("steps", []), key=lambda r: -r["cycles"])[:top]
     if not rows:
         return ""
-    return format_table([(r["layer"], r["op"], f"{r['cycles']:,}", r.get("unit") or "-")
-                         for r in rows], ["slowest layers", "op", "cycles", "unit"])
+    return format_table([(r["step"], r["op"], r["unit"], f"{r['cycles']:,}", f"{r['us']:.1f}",
+                          r["bound"]) for r in rows],
+                        ["slowest steps", "op", "unit", "cycles", "us", "bound"])
 
 
 def _cell(value) -> str:

@@ -63,7 +63,8 @@ class CompileOptions:
                             key="target.cores", choices=(1, 2), flag="")
     fps_threads: int = option(8, "host threads of the report's FPS figure", key="target.threads",
                               check=positive, flag="")
-    top_layers: int = option(5, "slowest layers printed after the summary (0: none)",
+    top_layers: int = option(5, "slowest binary steps (layers, CPU partitions) printed "
+                             "after the summary (0: none)",
                              key="report.top_layers", check=non_negative, flag="")
 
 

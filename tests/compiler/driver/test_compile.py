@@ -158,9 +158,12 @@ def test_sparsify_and_report_keys_reach_their_stages(small_model, tmp_path, caps
     assert main(["compile", str(small_model / "m.onnx"), "-c", str(config), "-o",
                  str(tmp_path / "o"), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert out.count("\n") > 3 and "slowest layers" in out
-    slowest = out[out.index("slowest layers"):].splitlines()[2:5]
-    assert len(slowest) == 3 and all("," in line or line.split()[2].isdigit() for line in slowest)
+    assert out.count("\n") > 3 and "slowest steps" in out
+    slowest = out[out.index("slowest steps"):].splitlines()[2:6]
+    assert len(slowest) == 4 and slowest[3] == ""  # top_layers: 3
+    cycles = [int(line.split()[3].replace(",", "")) for line in slowest[:3]]
+    assert cycles == sorted(cycles, reverse=True) and cycles[0] > 0
+    assert all(line.split()[2] in ("NPU", "CPU") for line in slowest[:3])
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     sp = report["sparsify"]
     assert sp["global"] and sp["criterion"] == "l1" and sp["block"] == 8
