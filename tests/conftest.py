@@ -52,3 +52,15 @@ def conv_model(opset: int = 17, batch: int | str = 1) -> onnx.ModelProto:
 def tiny_model() -> onnx.ModelProto:
     """A small valid opset-17 CNN."""
     return conv_model()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance (2 CPUs) shared by the tests; skips without the ray extra."""
+    ray = pytest.importorskip("ray")
+    import logging
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()

@@ -18,7 +18,9 @@ SHORTCUTS = (("shape", "shape", None), ("calibration", "data", None),
              ("eval", "data", "--data"), ("compile", "seed", None), ("build", "arch", None),
              ("prune", "ratio", "--prune-ratio"), ("prune", "target_macs", None),
              ("prune", "criterion", None), ("prune", "search", None),
-             ("sparsify", "block", None), ("sparsify", "sparsity", None))
+             ("sparsify", "block", None), ("sparsify", "sparsity", None),
+             ("executor", "kind", None), ("executor", "address", None),
+             ("executor", "workers", None))
 # Giving one of these keys on the command line also enables its step.
 ENABLES = {"prune.ratio": "prune.enabled", "prune.target_macs": "prune.enabled",
            "prune.search": "prune.enabled", "sparsify.sparsity": "sparsify.enabled"}

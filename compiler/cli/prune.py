@@ -16,6 +16,7 @@ from compiler.cli.common import (
 from compiler.cli.options import add_flags, from_args
 from compiler.core.checked_save import save_checked
 from compiler.core.errors import ConfigError
+from compiler.core.executor import ExecutorOptions
 from compiler.core.outpaths import check_output, input_files
 from compiler.core.pass_manager import PassManager
 from compiler.driver.data import load_data
@@ -28,6 +29,8 @@ EXAMPLES = (
      'prune globally to 60% of the MACs without data'),
     ('prune model.onnx -o pruned.onnx --target-macs 0.5 --search abc --calib calib.npz',
      'search per-group rates (ABC) under a 50% MACs budget'),
+    ('prune model.onnx -o pruned.onnx --target-macs 0.5 --search abc --calib calib.npz '
+     '--executor ray --ray-address auto', 'score the ABC candidates on a running Ray cluster'),
 )
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,12 +46,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_flags(p.add_argument_group("how much (one of)"), PruneOptions, only=RATE_FIELDS)
     add_flags(p, PruneOptions, skip=(*RATE_FIELDS, "calib_limit"))
     add_step_data_flags(p)
+    add_flags(p.add_argument_group("where the ABC search runs"), ExecutorOptions,
+              only=EXECUTOR_FIELDS)
     add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.set_defaults(func=run)
 
 
 RATE_FIELDS = ("ratio", "rates", "target_macs")
+EXECUTOR_FIELDS = ("kind", "address")  # --workers is prune.workers here
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output, input_files(args.model, source, options.rates))
     model = load_bound(args.model, args, keep_batch=True)
     calib = load_data(source, model, limit=limit, preprocess=preprocess) if source else None
-    result = PassManager([ChannelPrune(options, calib=calib)])(model)
+    executor = from_args(args, ExecutorOptions)
+    result = PassManager([ChannelPrune(options, calib=calib, executor=executor)])(model)
     pruned, report = result.model, result.info["ChannelPrune"]
     save_checked(pruned, args.output)
     report["model"], report["output"] = args.model, args.output

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from compiler.core.errors import ConfigError
+from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Preprocess
 from compiler.core.options import (
     Declared,
@@ -81,9 +82,10 @@ STEPS: dict[str, tuple[str, type]] = {
     "build": ("target", BuildOptions),
     "verify": ("target", VerifyOptions),
     "perf": ("target", PerfOptions),
+    "executor": ("executor", ExecutorOptions),
 }
 _SECTION_ORDER = ("", "input", "calibration", "eval", "prune", "sparsify", "quantize", "target",
-                  "report")
+                  "report", "executor")
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,8 @@ def model_passes(state: CompileState) -> list[tuple[str, Pass]]:
     if c["prune.enabled"]:
         from passes.prune.pipeline import ChannelPrune
 
-        chosen.append(("prune", ChannelPrune(step_options(c, "prune"), calib=state.calib)))
+        chosen.append(("prune", ChannelPrune(step_options(c, "prune"), calib=state.calib,
+                                             executor=step_options(c, "executor"))))
     if c["sparsify.enabled"]:
         from passes.sparsify.sparsify import BlockSparsify
 

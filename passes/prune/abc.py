@@ -6,20 +6,19 @@ dimensions, onlookers do the same for sources chosen by fitness, scouts replace 
 failed to improve `limit` times. Fitness is the quality of the pruned (and, when asked,
 reconstructed) candidate on held-out calibration data: top-1 accuracy when labels exist,
 plus a small cosine-to-teacher term that breaks ties; candidates over the MACs budget score
-below every feasible one. Candidates are evaluated in parallel worker processes.
+below every feasible one. Candidates are evaluated in parallel on the executor's workers
+(local processes or Ray actors, `compiler.core.executor`).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 
+from compiler.core.executor import ExecutorOptions, open_pool
 from compiler.core.ir import Model
 from compiler.core.progress import track
 from passes.prune.costmodel import CostModel
@@ -40,8 +39,12 @@ def level_counts(groups, gids: list[int], levels: np.ndarray, round_to: int) -> 
 
 
 def abc_search(model: Model, analysis: Analysis, scores: dict, cost: CostModel, cfg,
-               fit_feeds, held) -> tuple[dict[int, int], dict]:
+               fit_feeds, held, executor: ExecutorOptions | None = None
+               ) -> tuple[dict[int, int], dict]:
     """Search per-group kept counts under the MACs budget `cfg.target_macs`.
+
+    Candidates are scored on the workers of `executor` (default: local processes;
+    `cfg.workers` overrides its worker count). The result depends only on the seed.
 
     Returns:
         (kept counts per group, info: best levels, fitness history per cycle, evaluations).
@@ -51,42 +54,19 @@ def abc_search(model: Model, analysis: Analysis, scores: dict, cost: CostModel, 
     budget = float(cfg.target_macs) * cost.total_macs
     rng = np.random.default_rng(cfg.seed)
     held = held if held is not None else fit_feeds
-    workers = max(1, int(cfg.workers or os.cpu_count() or 1))
     payload = _payload(model, scores, cfg, fit_feeds, held)
     colony = _Colony(analysis, gids, cost, budget, cfg, rng)
-    ctx = get_context("forkserver" if "forkserver" in _methods() else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                               initargs=(payload,))
-    try:
-        colony.evaluate_with = lambda cands: list(pool.map(_evaluate, cands))
+    with open_pool(executor, init=_init_worker, payload=payload, workers=cfg.workers) as pool:
+        colony.evaluate_with = lambda cands: pool.map(_evaluate, cands)
         colony.run(int(cfg.abc_cycles), int(cfg.abc_sources), int(cfg.abc_limit))
-    except BaseException:  # Ctrl-C or an error: stop the workers now, not after their tasks
-        _stop(pool)
-        raise
-    pool.shutdown()
+        workers, kind = pool.workers, pool.kind
     best = colony.best_levels()
     info = {"algorithm": "abc", "cycles": cfg.abc_cycles, "sources": cfg.abc_sources,
-            "limit": cfg.abc_limit, "workers": workers, "budget_macs": budget,
+            "limit": cfg.abc_limit, "workers": workers, "executor": kind, "budget_macs": budget,
             "best_levels": best.tolist(), "best_fitness": colony.best_fitness(),
             "history": colony.history, "evaluations": len(colony.cache),
             "time_s": round(time.perf_counter() - start, 2)}
     return level_counts(analysis.groups, gids, best, cfg.round_to), info
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    # the executor keeps its worker processes in a private dict; terminate them directly
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.join(timeout=5)
-
-
-def _methods() -> list[str]:
-    from multiprocessing import get_all_start_methods
-
-    return get_all_start_methods()
 
 
 class _Colony:
@@ -190,25 +170,14 @@ def _payload(model: Model, scores: dict, cfg, fit_feeds, held) -> dict:
 
 
 def _init_worker(payload: dict) -> None:
-    import signal
-
+    """Per-worker state: the model, its groups and the teacher's outputs on held-out data."""
     import onnx
-
-    # Ctrl-C reaches the whole process group: the parent stops the search and the pool;
-    # a worker dying of it would only add its own traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     import passes.recon
     from compiler.core.io import from_proto
     from passes.prune.groups import analyze
 
     passes.recon.ORT_THREADS = 1  # the workers already fill the cores
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except ImportError:  # optional speed-up only
-        pass
     model = from_proto(onnx.load_from_string(payload["model"]))
     _STATE.update(payload, model=model, analysis=analyze(model))
     _STATE["teacher_out"] = run_batched(model, payload["held"])

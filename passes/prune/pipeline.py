@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from compiler.core.errors import ConfigError, DataError
+from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
 from compiler.core.options import in_range, non_negative, option, positive
@@ -79,8 +80,8 @@ class PruneOptions:
                               check=positive, metavar="N")
     abc_limit: int = option(3, "ABC: trial limit M before a source is abandoned",
                             key="abc_trial_limit", check=positive, metavar="M")
-    workers: int | None = option(None, "ABC worker processes (null: all cores)", types=(int,),
-                                 check=positive)
+    workers: int | None = option(None, "ABC workers (null: executor.workers, else all cores)",
+                                 types=(int,), check=positive)
     strict: bool = option(False, "stop with an error when target_macs cannot be reached "
                           "(default: a warning)")
 
@@ -154,7 +155,7 @@ def calib_missing(cfg: PruneOptions) -> str:
 
 
 def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: Any = None,
-                **kwargs) -> tuple[Model, dict]:
+                *, executor: ExecutorOptions | None = None, **kwargs) -> tuple[Model, dict]:
     """Prune channels of `model` post-training.
 
     Args:
@@ -162,6 +163,7 @@ def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: 
         config: A `PruneOptions` or dict of its fields; keyword arguments override it.
         calib: Calibration data (any `compiler.core.feeds.load_feeds` source), needed by hrank,
             reconstruction and the ABC search.
+        executor: Where the ABC search scores its candidates (default: local processes).
         **kwargs: `PruneOptions` fields (None values are ignored).
 
     Returns:
@@ -184,7 +186,8 @@ def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: 
     if cfg.search == "abc":
         from passes.prune.abc import abc_search
 
-        counts, search_info = abc_search(canonical, analysis, scores, cost, cfg, fit_feeds, held)
+        counts, search_info = abc_search(canonical, analysis, scores, cost, cfg, fit_feeds, held,
+                                         executor)
         counts = fill_to_goal(cost, analysis.groups, normalized(scores), counts,
                               float(cfg.target_macs) * cost.total_macs, cfg.round_to)
     else:
@@ -269,13 +272,15 @@ class ChannelPrune(Pass):
     preserves_function = False
 
     def __init__(self, config: PruneOptions | dict | None = None, calib: Any = None,
-                 **kwargs) -> None:
+                 executor: ExecutorOptions | None = None, **kwargs) -> None:
         self.config = make_config(config, **kwargs)
         self.calib = calib
+        self.executor = executor
 
     def call(self, model: Model) -> PassResult:
         """Prune; `info` is the report."""
-        pruned, report = prune_model(model, self.config, calib=self.calib)
+        pruned, report = prune_model(model, self.config, calib=self.calib,
+                                     executor=self.executor)
         modified = any(r["after"] < r["before"] for r in report["groups"])
         return PassResult(pruned, modified, report)
 

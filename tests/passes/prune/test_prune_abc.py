@@ -33,3 +33,23 @@ def test_abc_needs_budget():
         prune_model(small_resnet(), search="abc", ratio=0.3, calib={"x": _images(8, 0)},
                     reconstruct=False, round_to=1)
     assert np.isfinite(0.0)
+
+
+@pytest.mark.slow
+def test_abc_same_answer_on_ray_and_any_worker_count(ray_cluster):
+    """Seeded search: local 1 worker, local 2 workers and 2 Ray actors agree exactly."""
+    from compiler.core.executor import ExecutorOptions
+
+    model = small_resnet()
+    opts = dict(search="abc", target_macs=0.6, calib={"x": _images(32, 0)}, reconstruct=True,
+                abc_cycles=2, abc_sources=3, abc_limit=1, seed=3, round_to=1)
+    runs = [prune_model(model, executor=ExecutorOptions(kind=kind), workers=n, **opts)[1]
+            for kind, n in (("local", 1), ("local", 2), ("ray", 2))]
+    first = runs[0]["search"]
+    for report in runs[1:]:
+        info = report["search"]
+        assert info["best_levels"] == first["best_levels"]
+        assert info["history"] == first["history"]  # every fitness value, bit for bit
+        assert report["groups"] == runs[0]["groups"]
+    assert [r["search"]["executor"] for r in runs] == ["local", "local", "ray"]
+    assert [r["search"]["workers"] for r in runs] == [1, 2, 2]

@@ -1,0 +1,55 @@
+"""The executor: local process pool and Ray actors give the same ordered results."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from compiler.core.errors import ConfigError
+from compiler.core.executor import ExecutorOptions, open_pool
+
+_STATE: dict = {}
+
+
+def _init(payload: dict) -> None:
+    _STATE["table"] = np.asarray(payload["table"])
+
+
+def _lookup(i: int) -> float:
+    """Reads the per-worker state filled by `_init` (the payload is not re-sent per task)."""
+    return float(_STATE["table"][i] * 2)
+
+
+def test_local_pool_keeps_order_and_state():
+    table = np.arange(10, dtype=np.float64) ** 2
+    with open_pool(ExecutorOptions(workers=2), init=_init, payload={"table": table}) as pool:
+        assert pool.kind == "local" and pool.workers == 2
+        assert pool.map(_lookup, [9, 0, 3, 3]) == [162.0, 0.0, 18.0, 18.0]
+        assert pool.map(_lookup, []) == []
+
+
+def test_ray_without_the_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ConfigError, match=r"executor ray needs the ray extra \(pip install"):
+        open_pool(ExecutorOptions(kind="ray", workers=1))
+
+
+def test_unknown_kind_and_too_many_workers():
+    with pytest.raises(ConfigError, match="executor.kind = 'mpi'"):
+        open_pool(ExecutorOptions(kind="mpi"))
+    with pytest.raises(ConfigError, match="at most 256"):
+        ExecutorOptions(workers=1000).worker_count()
+
+
+@pytest.mark.slow
+def test_ray_pool_matches_local(ray_cluster):
+    table = np.arange(50, dtype=np.float64) * 1.5
+    items = list(range(49, -1, -3))
+    with open_pool(ExecutorOptions(workers=1), init=_init, payload={"table": table}) as pool:
+        local = pool.map(_lookup, items)
+    with open_pool(ExecutorOptions(kind="ray", workers=2), init=_init,
+                   payload={"table": table}) as pool:
+        assert pool.kind == "ray" and pool.workers == 2
+        assert pool.map(_lookup, items) == local
