@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from compiler.cli.common import format_table, print_json
 from compiler.cli.options import add_flags, dest_of
+from compiler.core.errors import ConfigError
 from compiler.core.options import options_of
 from compiler.core.outpaths import check_output_dir, input_files
 from compiler.driver.config import STEPS, load_config, parse_override
@@ -33,6 +35,8 @@ EXAMPLES = (
      'prune to 70% of the MACs, 1x4 sparsity, int8, build, verify, report'),
     ('compile model.onnx -c config.yaml --set calibration.calibrator=mse',
      'a config file, with one key overridden'),
+    ('compile --models a.onnx b.onnx c.onnx -c config.yaml -o fleet --workers 2',
+     'a fleet: each model into fleet/<name>/, one index page'),
 )
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "binary with a report. With no MODEL and no config, the "
                                    "bundled Fashion-MNIST ResNet is compiled.")
     p.add_argument("model", nargs="?", help="ONNX file or bundled model name")
+    fleet = p.add_argument_group("fleet: many models, one config (DIR/<name>/ each, "
+                                 "DIR/index.html)")
+    fleet.add_argument("--models", nargs="+", metavar="MODEL",
+                       help="compile these models in parallel on the executor's workers")
+    fleet.add_argument("--model-list", metavar="FILE",
+                       help="a text file naming the models, one per line")
     p.add_argument("-c", "--config", help="YAML configuration (see docs/config.md)")
     p.add_argument("-o", "--output", default="npuc-out", help="output folder (npuc-out)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -85,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     """Run the pipeline and print the summary (or the JSON report)."""
     from compiler.driver.pipeline import COMPILE_OUTPUTS, compile_model
 
+    if args.models or args.model_list:
+        return run_fleet(args)
     config = load_config(args.config, overrides_from_args(args))
     # compile_model checks the files the config names; the config file itself is ours to check
     check_output_dir(args.output, COMPILE_OUTPUTS, input_files(args.config))
@@ -109,6 +121,30 @@ def run(args: argparse.Namespace) -> int:
         print("\n" + slowest)
     print(f"\nreport: {result.files['report_html']}  ({result.files['report_json']})")
     return 0
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    """`--models` / `--model-list`: compile each model, print one line per model.
+
+    Exit status 1 when any model failed (each failure is named on its line).
+    """
+    from compiler.driver.config import step_options
+    from compiler.driver.fleet import compile_fleet, read_model_list
+
+    if args.model:
+        raise ConfigError("give either MODEL or --models/--model-list, not both")
+    models = list(args.models or []) + (read_model_list(args.model_list)
+                                        if args.model_list else [])
+    config = load_config(args.config, overrides_from_args(args))
+    entries = compile_fleet(models, config, args.output, step_options(config, "executor"))
+    if args.json:
+        print_json([vars(e) for e in entries])
+    else:
+        for e in entries:
+            print(f"{'ok    ' if e.ok else 'FAILED'} {e.model} -> {e.folder}"
+                  f"{'' if e.ok else ': ' + e.error} ({e.time_s:.1f} s)")
+        print(f"\nindex: {Path(args.output) / 'index.html'}")
+    return 0 if all(e.ok for e in entries) else 1
 
 
 def summary_text(report: dict) -> str:

@@ -7,6 +7,7 @@ import json
 
 from compiler.cli.common import add_input_shape_flag, input_shapes
 from compiler.cli.options import add_flags, from_args
+from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Preprocess
 from compiler.driver.evaluate import EvalOptions, EvalResult, evaluate
 
@@ -16,6 +17,8 @@ EXAMPLES = (
      'top-1 on a class-per-folder image set, and agreement with the float model'),
     ('eval model.onnx --data fmnist-eval --limit 1000',
      'accuracy on a bundled dataset'),
+    ('eval model.onnx --data val/ --executor ray --ray-address auto',
+     'share the images out to a running Ray cluster (same metrics)'),
 )
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", metavar="FLOAT.onnx",
                    help="float model to compare outputs against")
     add_flags(p.add_argument_group("image preprocessing (folders of images)"), Preprocess)
+    add_flags(p.add_argument_group("where it runs (default: this process)"), ExecutorOptions)
     add_input_shape_flag(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -47,9 +51,10 @@ def format_table(result: EvalResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``npuc eval``; errors propagate as `NpucError` for the CLI to report."""
-    o = from_args(args, EvalOptions)
+    o, executor = from_args(args, EvalOptions), from_args(args, ExecutorOptions)
     result = evaluate(args.model, o.data, reference=args.reference, batch=o.batch_size,
                       limit=o.limit, input_shapes=input_shapes(args),
-                      preprocess=from_args(args, Preprocess))
+                      preprocess=from_args(args, Preprocess),
+                      executor=executor if executor.requested() else None)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_table(result))
     return 0

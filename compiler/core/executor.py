@@ -50,6 +50,14 @@ class ExecutorOptions:
     workers: int | None = option(None, "parallel workers (null: the CPU count)", types=(int,),
                                  check=positive, flag="--workers", metavar="N")
 
+    def requested(self) -> bool:
+        """Whether the user asked for workers (Ray, or a worker count).
+
+        Work that is already parallel inside one process (onnxruntime's threads) runs
+        in-process unless they did.
+        """
+        return self.kind != "local" or self.workers is not None
+
     def worker_count(self) -> int:
         """Workers to start: the option, else the CPU count (at least 1)."""
         count = self.workers or os.cpu_count() or 1

@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from compiler.core.errors import ConfigError, DataError, ModelLoadError
+from compiler.core.executor import ExecutorOptions, open_pool
 from compiler.core.feeds import Preprocess, model_hw
 from compiler.core.imagefolder import open_folder
 from compiler.core.options import option, positive
@@ -102,8 +103,9 @@ class Runner:
 
         check_as_is(model, name)  # size bombs and Loop trip counts before onnxruntime runs
         self.name = name
+        self.model_bytes = model.SerializeToString()
         try:
-            self.session = ort_session(model.SerializeToString())
+            self.session = ort_session(self.model_bytes)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelLoadError(f"{name}: onnxruntime cannot load the model ({exc})") from exc
         first = self.session.get_inputs()[0]
@@ -120,18 +122,65 @@ class Runner:
             raise DataError(f"{source}: samples have shape {got} but model {self.name} "
                             f"input {self.input_name!r} expects {want}")
 
-    def run(self, inputs: np.ndarray, batch: int = DEFAULT_BATCH) -> np.ndarray:
-        """First output for all samples, concatenated along axis 0."""
+    def run(self, inputs: Any, batch: int = DEFAULT_BATCH,
+            executor: ExecutorOptions | None = None) -> np.ndarray:
+        """First output for all samples, concatenated along axis 0.
+
+        With an `executor`, whole chunks are shared out to its workers (the model and the
+        sample source are shipped once); each chunk is computed exactly as here, so the
+        outputs are bit-identical to a run in this process.
+        """
         chunk = self.shape[0] or max(1, batch)
-        outs = []
+        if executor is not None and len(inputs):
+            return self._run_on(executor, inputs, chunk)
         starts = range(0, len(inputs), chunk)
-        for start in track(starts, f"eval {Path(self.name).name}", len(starts)):
-            x = inputs[start:start + chunk].astype(np.float32, copy=False)
-            n = len(x)
-            if self.shape[0] and n < chunk:
-                x = np.concatenate([x, np.zeros((chunk - n, *x.shape[1:]), x.dtype)])
-            outs.append(self.session.run(None, {self.input_name: x})[0][:n])
-        return np.concatenate(outs)
+        return np.concatenate([
+            run_chunk(self.session, self.input_name, inputs, start, chunk, bool(self.shape[0]))
+            for start in track(starts, f"eval {Path(self.name).name}", len(starts))])
+
+    def _run_on(self, executor: ExecutorOptions, inputs: Any, chunk: int) -> np.ndarray:
+        payload = {"model": self.model_bytes, "input": self.input_name, "inputs": inputs,
+                   "chunk": chunk, "fixed": bool(self.shape[0])}
+        with open_pool(executor, init=_init_eval_worker, payload=payload) as pool:
+            spans = shard_spans(len(inputs), chunk, SHARDS_PER_WORKER * pool.workers)
+            return np.concatenate(pool.map(_eval_span, spans))
+
+
+SHARDS_PER_WORKER = 4  # a few shards per worker even out uneven workers
+
+
+def run_chunk(session: Any, input_name: str, inputs: Any, start: int, chunk: int,
+              fixed: bool) -> np.ndarray:
+    """First output for samples [start, start + chunk); a fixed batch is zero-padded."""
+    x = inputs[start:start + chunk].astype(np.float32, copy=False)
+    n = len(x)
+    if fixed and n < chunk:
+        x = np.concatenate([x, np.zeros((chunk - n, *x.shape[1:]), x.dtype)])
+    return session.run(None, {input_name: x})[0][:n]
+
+
+def shard_spans(count: int, chunk: int, shards: int) -> list[tuple[int, int]]:
+    """[start, stop) sample ranges made of whole chunks, at most `shards` of them."""
+    chunks = -(-count // chunk)
+    per = max(1, -(-chunks // max(1, shards)))
+    return [(i * chunk, min(count, (i + per) * chunk)) for i in range(0, chunks, per)]
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_eval_worker(payload: dict[str, Any]) -> None:
+    from compiler.core.numerics import ort_session, session_options
+
+    _WORKER.update(payload, session=ort_session(payload["model"], session_options(threads=1)))
+
+
+def _eval_span(span: tuple[int, int]) -> np.ndarray:
+    start, stop = span
+    w = _WORKER
+    return np.concatenate([run_chunk(w["session"], w["input"], w["inputs"], s, w["chunk"],
+                                     w["fixed"])
+                           for s in range(start, stop, w["chunk"])])
 
 
 @dataclass
@@ -219,7 +268,8 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
              reference: str | Path | onnx.ModelProto | None = None,
              batch: int = DEFAULT_BATCH, limit: int | None = None,
              input_shapes: ShapeSpec | None = None,
-             preprocess: Preprocess | None = None) -> EvalResult:
+             preprocess: Preprocess | None = None,
+             executor: ExecutorOptions | None = None) -> EvalResult:
     """Run `model` over `data` and score it.
 
     Args:
@@ -232,6 +282,8 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
         input_shapes: The user's input shapes (`--input-shape`), bound in both models; a
             symbolic batch they leave unbound stays symbolic (batched runs).
         preprocess: How a folder's images become inputs (`--resize`, `--mean`, ...).
+        executor: Share the samples out to these workers (local processes or Ray); the
+            metrics are identical to an in-process run. Default: this process.
 
     Raises:
         ConfigError: A non-positive batch size.
@@ -244,23 +296,23 @@ def evaluate(model: str | Path | onnx.ModelProto, data: Any,
     runner = Runner(proto, name)
     ds = eval_dataset(data, runner.shape, limit, preprocess)
     runner.check(ds.inputs, ds.name)
-    outputs = runner.run(ds.inputs, batch)
+    outputs = runner.run(ds.inputs, batch, executor)
     result = EvalResult(name, ds.name, ds.kind, len(ds))
     ref_outputs = None
     if reference is not None:
         ref_proto, result.reference = load_model(reference, input_shapes)
-        ref_outputs = run_onnx(ref_proto, result.reference, ds, batch)
+        ref_outputs = run_onnx(ref_proto, result.reference, ds, batch, executor)
     result.metrics.update(score(outputs, ds, ref_outputs))
     logger.info("eval %s on %s: %s", name, ds.name, result.metrics)
     return result
 
 
-def run_onnx(model: onnx.ModelProto, name: str, ds: Any, batch: int = DEFAULT_BATCH
-             ) -> np.ndarray:
+def run_onnx(model: onnx.ModelProto, name: str, ds: Any, batch: int = DEFAULT_BATCH,
+             executor: ExecutorOptions | None = None) -> np.ndarray:
     """The model's first output on every sample of `ds` (onnxruntime)."""
     runner = Runner(model, name)
     runner.check(ds.inputs, ds.name)
-    return runner.run(ds.inputs, batch)
+    return runner.run(ds.inputs, batch, executor)
 
 
 def score(outputs: np.ndarray, ds: Any, reference: np.ndarray | None = None

@@ -6,6 +6,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from compiler.core.errors import DataError, MismatchError
+from compiler.core.executor import ExecutorOptions, open_pool
+from compiler.driver.config import step_options
 from compiler.driver.context import CompileState, PerfPair
 from compiler.driver.stages import Step, eval_source, preprocess, quantize_pass
 
@@ -114,18 +116,21 @@ def evaluate(state: CompileState) -> str:
 
     c = state.config
     source, batch = eval_source(state), c["eval.batch_size"]
+    executor = step_options(c, "executor")
+    executor = executor if executor.requested() else None
     if source is None and state.calib is None:
         return "skipped: no eval.data and no calibration data to measure fidelity on"
     shape = next(iter(input_specs(state.original).values()))[0]
     data = eval_dataset(source, shape, c["eval.limit"], preprocess(c)) if source else \
         _calibration_set(state)
-    outputs = {"float": run_onnx(to_proto(state.original), "float model", data, batch)}
+    outputs = {"float": run_onnx(to_proto(state.original), "float model", data, batch,
+                                 executor)}
     compressed = c["prune.enabled"] or c["sparsify.enabled"]
-    outputs["compressed"] = run_onnx(to_proto(state.model), "compressed model", data, batch) \
-        if compressed else outputs["float"]
+    outputs["compressed"] = run_onnx(to_proto(state.model), "compressed model", data, batch,
+                                     executor) if compressed else outputs["float"]
     if state.quant is not None:
         try:
-            outputs["int8"] = _int8_outputs(state, data, batch)
+            outputs["int8"] = _int8_outputs(state, data, batch, executor)
         except DataError as e:  # run-time-shaped outputs that cannot be stacked
             log.warning("eval: int8 outputs not scored (%s)", e)
     state.eval = {name: score(out, data, None if name == "float" else outputs["float"])
@@ -146,22 +151,49 @@ def _calibration_set(state: CompileState) -> Any:
     return Dataset(first, None, "calibration data (no eval.data given)", "unlabelled")
 
 
-def _int8_outputs(state: CompileState, data: Any, batch: int) -> Any:
-    """The int8 model's first output: the binary in the simulator, else onnxruntime."""
+def _int8_outputs(state: CompileState, data: Any, batch: int,
+                  executor: ExecutorOptions | None = None) -> Any:
+    """The int8 model's first output: the binary in the simulator, else onnxruntime.
+
+    With an executor the binary's bytes and the samples are shipped to its workers once
+    and each simulates whole batches, exactly as here.
+    """
     import numpy as np
 
     from compiler.core.io import to_proto
     from compiler.core.progress import track
-    from compiler.driver.evaluate import run_onnx
+    from compiler.driver.evaluate import run_onnx, shard_spans
 
     quant = state.quant.quant_model
     if state.build is None:
-        return run_onnx(to_proto(quant), "model.quant.onnx", data, batch)
+        return run_onnx(to_proto(quant), "model.quant.onnx", data, batch, executor)
+    payload = {"binary": state.build.data, "input": quant.graph.inputs[0].name,
+               "output": quant.graph.outputs[0].name, "inputs": data.inputs, "batch": batch}
+    if executor is not None and len(data):
+        with open_pool(executor, init=_init_sim_worker, payload=payload) as pool:
+            spans = shard_spans(len(data), batch, 4 * pool.workers)
+            return np.concatenate(pool.map(_simulate_span, spans))
+    _init_sim_worker(payload)  # the bytes just written, not a second read
+    try:
+        starts = range(0, len(data), batch)
+        return np.concatenate([_simulate_span((i, i + batch))
+                               for i in track(starts, "eval model.bin", len(starts))])
+    finally:
+        _SIM.clear()
+
+
+_SIM: dict[str, Any] = {}
+
+
+def _init_sim_worker(payload: dict[str, Any]) -> None:
     from targets.npusim import Simulator
 
-    sim = Simulator(state.build.data)  # the bytes just written, not a second read
-    name, first = quant.graph.inputs[0].name, quant.graph.outputs[0].name
-    starts = range(0, len(data), batch)
-    chunks = [sim.run({name: data.inputs[i:i + batch]})[first]
-              for i in track(starts, "eval model.bin", len(starts))]
-    return np.concatenate(chunks)
+    _SIM.update(payload, sim=Simulator(payload["binary"]))
+
+
+def _simulate_span(span: tuple[int, int]) -> Any:
+    import numpy as np
+
+    (start, stop), s = span, _SIM
+    return np.concatenate([s["sim"].run({s["input"]: s["inputs"][i:min(stop, i + s["batch"])]})
+                           [s["output"]] for i in range(start, stop, s["batch"])])

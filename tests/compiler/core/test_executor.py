@@ -53,3 +53,29 @@ def test_ray_pool_matches_local(ray_cluster):
                    payload={"table": table}) as pool:
         assert pool.kind == "ray" and pool.workers == 2
         assert pool.map(_lookup, items) == local
+
+
+def test_shard_spans_cover_every_sample_in_whole_chunks():
+    from compiler.driver.evaluate import shard_spans
+
+    spans = shard_spans(1000, 64, 8)
+    assert spans[0] == (0, 128) and spans[-1][1] == 1000 and len(spans) == 8
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(start % 64 == 0 for start, _ in spans)
+    assert shard_spans(5, 64, 8) == [(0, 5)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_sharded_eval_is_identical(kind, request):
+    """fmnist_resnet on 600 images: the same top-1/agreement/cosine with 2 workers."""
+    from compiler.driver.evaluate import evaluate
+
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    args = ("fmnist_mobilenetv2", "fmnist-eval")
+    kw = dict(reference="fmnist_resnet", limit=600, batch=64)
+    here = evaluate(*args, **kw)
+    there = evaluate(*args, **kw, executor=ExecutorOptions(kind=kind, workers=2))
+    assert there.metrics == here.metrics and there.samples == 600
+    assert 0.85 < here.metrics["top1"] < 1.0
