@@ -1,0 +1,443 @@
+"""Per-layer quantization sensitivity: the output error each int8 layer causes on its own.
+
+`quantize_sensitivity` quantizes the model once (`quantize_model`: calibration, weight
+scales, the QGraph), then builds one float "switch" model: the canonical float model with
+every quantization point of the QGraph behind a switch,
+
+- an activation tensor `t` with scale `S`: ``Where(on[k], DequantizeLinear(QuantizeLinear(t,
+  S)), t)`` (int8, zero point 0, saturating: the same grid as `model.qdq.onnx`);
+- a weight (Conv/Gemm/MatMul) or constant operand (Add/Mul/Concat): ``Where(on[k], Wq·Sw,
+  W)`` with the QGraph's own int8 values and per-channel scales;
+
+where ``on`` is one boolean vector input. A single onnxruntime session then runs every
+configuration over the same data, converted once, against the float outputs computed
+once (`passes.quantize.fidelity`). Layers are the int8 units of the QGraph that do
+arithmetic (Conv, Gemm, MatMul, Add, Mul, lookup tables, pooling... with their fused
+activation); units that only move int8 values (MaxPool, Reshape, ...) add no error of their own.
+
+Methods:
+- ``single`` (default): only the layer is quantized — its activation input(s), its weights
+  and constant operands, and its output; everything else runs in float. This isolates
+  what the layer costs by itself, so layers compare fairly however many others are
+  noisy; it is what the budget loop raises first.
+- ``leave-one-out``: everything int8 except the layer's own points (its weights, constant
+  operands and outputs, including outputs of the value-moving units after it): the
+  accuracy the whole model recovers by keeping that layer in higher precision. Closer to
+  a budget decision, but each figure sits on the full int8 error floor, so small
+  differences between layers drown in it.
+
+Not simulated: int32 bias rounding (at most half a step of `Sx·Sw[c]`, far below the
+activation step) and the one-LSB difference between the integer requantization
+(round half up) and QuantizeLinear (round half to even).
+
+Flags per layer (docs/quantization.md, "Sensitivity analysis"):
+- ``outlier_range``: one of the layer's activation tensors has
+  ``max|x| / percentile_99.99(|x|) > outlier_threshold`` on the calibration data
+  (default `OUTLIER_THRESHOLD` = 8: a max-calibrated scale would then leave 99.99 % of the
+  values fewer than 16 of the 127 positive steps). `outlier_ratio` holds the largest ratio.
+- ``feeds_decoding``: the layer's output reaches a graph output through non-MAC ops only
+  (Reshape, Transpose, Concat, Split, Sigmoid, Softmax, ... — anything but Conv,
+  ConvTranspose, Gemm, MatMul): a head whose values are decoded directly (box regression,
+  DFL bins, class logits), not smoothed by later layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.core import qgraph as q
+from compiler.core.cost import node_cost
+from compiler.core.errors import ConfigError
+from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.io import ShapeArg
+from compiler.core.ir import Model, is_const
+from compiler.core.numerics import run, session
+from passes.quantize.absmax import abs_max_ranges
+from passes.quantize.api import QuantResult, quantize_model
+from passes.quantize.calibrate import collect_ranges
+from passes.quantize.emit_qdq import float_name
+from passes.quantize.fidelity import (
+    Metrics,
+    Reference,
+    SensitivityReport,
+    rank_key,
+    resolve_rank,
+)
+from passes.quantize.options import (
+    DEFAULT_CALIBRATOR,
+    SENSITIVITY_METHODS,
+    SensitivityOptions,
+)
+from passes.quantize.patterns import Unit, partition, scale_preserving
+
+log = logging.getLogger(__name__)
+
+METHODS = SENSITIVITY_METHODS
+OUTLIER_THRESHOLD = SensitivityOptions.outlier_threshold  # declared once, with the flag
+OUTLIER_PERCENTILE = 99.99
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+ENABLE = "npuc_sensitivity_on"
+
+
+@dataclass
+class LayerSensitivity:
+    """What quantizing one layer costs (see the module doc for the methods and flags).
+
+    Attributes:
+        name: The layer's anchor node (the name `--keep-float` takes).
+        op: Its ONNX op type; `kind` is the int8 unit kind (conv, gemm, add, lut, ...).
+        macs: Multiply-accumulates of the unit at batch 1.
+        metrics: Output cosine / agreement / accuracy with this configuration.
+        outlier_ratio: Largest ``max|x| / p99.99|x|`` of its activation tensors.
+        outlier_tensor: The tensor with that ratio.
+        outlier_range: `outlier_ratio` above the threshold.
+        feeds_decoding: Its output reaches a graph output through non-MAC ops only.
+        tensors: The activation tensors quantized for it.
+        index: Position of the layer in network (topological unit) order.
+    """
+
+    name: str
+    op: str
+    kind: str
+    macs: int
+    metrics: Metrics
+    outlier_ratio: float = 1.0
+    outlier_tensor: str = ""
+    outlier_range: bool = False
+    feeds_decoding: bool = False
+    tensors: list[str] = field(default_factory=list)
+    index: int = 0
+
+    @property
+    def flags(self) -> list[str]:
+        """Names of the flags that are set."""
+        return [f for f in ("outlier_range", "feeds_decoding") if getattr(self, f)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (metrics flattened)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "metrics"}
+        return {**d, **self.metrics.to_dict(), "flags": self.flags}
+
+
+# -- the switch model --------------------------------------------------------------------------
+
+@dataclass
+class Layer:
+    """A layer's switchable points: `inputs` (its activation inputs) and `own` (the rest)."""
+
+    unit: Unit
+    inputs: list[int] = field(default_factory=list)
+    own: list[int] = field(default_factory=list)
+    tensors: list[str] = field(default_factory=list)
+
+
+class SwitchBuilder:
+    """Adds switchable quantization points to a copy of the canonical float model."""
+
+    def __init__(self, model: Model, qgraph: q.QGraph, on: np.ndarray | None = None) -> None:
+        self.on = on
+        self.model = model.copy()
+        self.g = self.model.graph
+        self.tensors = self.g.tensors()
+        self.nodes = {n.name: n for n in self.g.nodes}
+        self.ops = {op.name: op for op in qgraph.ops}
+        self.scales = {float_name(n): t for n, t in qgraph.tensors.items()
+                       if t.is_quantized and t.scale is not None}
+        self.enable = gs.Variable(ENABLE, dtype=np.bool_, shape=[0])
+        self.points: dict[str, int] = {}  # activation tensor -> point index
+        self.count = 0
+
+    def _switch(self, on_value: gs.Tensor, off_value: gs.Tensor, name: str) -> gs.Tensor:
+        """Point `count`: a `Where` on the `ENABLE` input, or a fixed choice when baking."""
+        k = self.count
+        self.count += 1
+        if self.on is not None:
+            return on_value if self.on[k] else off_value
+        cond = self.g.layer(op="Gather", name=f"{name}/on", inputs=[
+            self.enable, gs.Constant(f"{name}__k", np.array(k, np.int64))],
+            outputs=[gs.Variable(f"{name}__on", dtype=np.bool_, shape=[])])[0]
+        return self.g.layer(op="Where", name=f"{name}/switch", inputs=[cond, on_value, off_value],
+                            outputs=[gs.Variable(f"{name}__switch", dtype=off_value.dtype,
+                                                 shape=off_value.shape)])[0]
+
+    def activation(self, name: str) -> int | None:
+        """The point of a quantized activation tensor (added on first use; None: float)."""
+        if name in self.points:
+            return self.points[name]
+        t, qt = self.tensors.get(name), self.scales.get(name)
+        if t is None or qt is None or qt.data is not None or is_const(t):
+            return None
+        users = list(t.outputs)
+        s = gs.Constant(f"{name}__sens_s", np.array(qt.scale, np.float32))
+        zp = gs.Constant(f"{name}__sens_z", np.array(0, np.int8))
+        qv = self.g.layer(op="QuantizeLinear", name=f"{name}/sens_q", inputs=[t, s, zp],
+                          outputs=[gs.Variable(f"{name}__sens_q", dtype=np.int8)])[0]
+        dq = self.g.layer(op="DequantizeLinear", name=f"{name}/sens_dq", inputs=[qv, s, zp],
+                          outputs=[gs.Variable(f"{name}__sens_dq", dtype=np.float32,
+                                               shape=t.shape)])[0]
+        self.points[name] = self.count
+        y = self._switch(dq, t, f"{name}__sens")
+        for node in users:
+            node.inputs = [y if x is t else x for x in node.inputs]
+        if y is not t and any(x is t for x in self.g.outputs):
+            t.name, y.name = f"{name}__sens_float", name
+            self.g.outputs = [y if x is t else x for x in self.g.outputs]
+        return self.points[name]
+
+    def constant(self, node: gs.Node, index: int, values: np.ndarray) -> int:
+        """A point replacing input `index` (a constant) of `node` by `values` when on."""
+        old = node.inputs[index]
+        k = self.count
+        new = gs.Constant(f"{node.name}__sens_c{index}", np.asarray(values, old.values.dtype))
+        node.inputs[index] = self._switch(new, old, f"{node.name}__sens_c{index}")
+        return k
+
+    def unit_constants(self, unit: Unit) -> list[int]:
+        """Points of the unit's weights and constant operands (int8 values of the QGraph)."""
+        points = []
+        anchor = self.nodes[unit.anchor.name]
+        op = self.ops.get(unit.anchor.name)
+        weight = _weight_values(anchor, op)
+        if weight is not None:
+            points.append(self.constant(anchor, 1, weight))
+        for t in unit.inputs:
+            qt = self.scales.get(t.name)
+            if not is_const(t) or qt is None or qt.data is None:
+                continue
+            fq = qt.data.astype(np.float64) * qt.scale
+            for node in unit.nodes:
+                live = self.nodes[node.name]
+                for i, x in enumerate(live.inputs):
+                    if x.name == t.name and np.shape(x.values) == fq.shape:
+                        points.append(self.constant(live, i, fq))
+        return points
+
+    def finish(self) -> Model:
+        """The model: with the `ENABLE` vector input of all points unless baked."""
+        if self.on is None:
+            self.enable.shape = [self.count]
+            self.g.inputs = [*self.g.inputs, self.enable]
+        self.g.cleanup().toposort()
+        return self.model
+
+
+def _weight_values(node: gs.Node, op: q.QOp | None) -> np.ndarray | None:
+    """Wq·Sw of a Conv/Gemm/MatMul in the float node's own weight layout."""
+    weight = getattr(op, "weight", None)
+    sw = getattr(op, "weight_scale", None)
+    if weight is None or sw is None or len(node.inputs) < 2 or not is_const(node.inputs[1]):
+        return None
+    sw = np.asarray(sw, np.float64).reshape((-1,) + (1,) * (weight.ndim - 1))
+    deq = weight.astype(np.float64) * sw  # QGraph layout: [Cout, ...] or [N, K]
+    if node.op == "Gemm":
+        deq = deq if node.attrs.get("transB", 0) else deq.T
+        deq = deq / float(node.attrs.get("alpha", 1.0))
+    elif node.op == "MatMul":
+        deq = deq.T
+    w = node.inputs[1].values
+    if deq.shape != w.shape:
+        log.warning("sensitivity: %s weights %s do not match the QGraph's %s; left float",
+                    node.name, w.shape, deq.shape)
+        return None
+    return deq
+
+
+def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
+                       on: np.ndarray | None = None) -> tuple[Model, list[Layer], int]:
+    """The float model with switchable quantization points, and the layers' points.
+
+    Args:
+        model: The canonical float model the QGraph was built from (not modified).
+        qgraph: Its QGraph (scales, int8 weights).
+        units: `partition(model.graph)`.
+        on: Bake this configuration (point k quantized iff ``on[k]``) instead of adding
+            the `ENABLE` input: no switch left, so onnxruntime runs it at float speed.
+
+    Returns:
+        (model, layers in unit order, number of points); points are numbered the same way
+        for the same arguments, whether baked or not.
+    """
+    b = SwitchBuilder(model, qgraph, on)
+    owner: dict[str, Layer | None] = {}  # activation tensor -> layer whose output it is
+    layers = []
+    for unit in units:
+        if unit.kind == "cpu":
+            continue
+        if scale_preserving(unit):  # moved values: owned by whoever owns the input
+            src = next((owner.get(t.name) for t in unit.inputs if not is_const(t)), None)
+            owner.update({t.name: src for t in unit.outputs})
+            continue
+        layer = Layer(unit)
+        for t in unit.inputs:
+            k = None if is_const(t) else b.activation(t.name)
+            if k is not None:
+                layer.inputs.append(k)
+                layer.tensors.append(t.name)
+        layer.own += b.unit_constants(unit)
+        owner.update({t.name: layer for t in unit.outputs})
+        layers.append(layer)
+    for name, layer in owner.items():  # outputs, after every input point exists
+        k = b.activation(name)
+        if k is not None and layer is not None:
+            layer.own.append(k)
+            if name in {t.name for t in layer.unit.outputs}:
+                layer.tensors.append(name)
+    return b.finish(), layers, b.count
+
+
+def masks(layers: list[Layer], count: int, method: str) -> list[np.ndarray]:
+    """One `ENABLE` vector per layer for `method`."""
+    out = []
+    for layer in layers:
+        if method == "single":
+            on = np.zeros(count, np.bool_)
+            on[layer.inputs + layer.own] = True
+        else:
+            on = np.ones(count, np.bool_)
+            on[layer.own] = False
+        out.append(on)
+    return out
+
+
+# -- flags -------------------------------------------------------------------------------------
+
+def decoding_heads(model: Model, layers: Iterable[Layer]) -> set[str]:
+    """Anchor names of the layers whose output reaches a graph output through non-MAC ops."""
+    outputs = {t.name for t in model.graph.outputs}
+    return {layer.unit.anchor.name for layer in layers
+            if _reaches_output({t.name for t in layer.unit.outputs}, model, outputs)}
+
+
+def _reaches_output(start: set[str], model: Model, outputs: set[str]) -> bool:
+    users: dict[str, list[gs.Node]] = {}
+    for node in model.graph.nodes:
+        for t in node.inputs:
+            users.setdefault(t.name, []).append(node)
+    seen, todo = set(), list(start)
+    while todo:
+        name = todo.pop()
+        if name in outputs:
+            return True
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in users.get(name, []):
+            if node.op not in MAC_OPS:
+                todo += [o.name for o in node.outputs]
+    return False
+
+
+def outlier_ratios(model: Model, feeds: Feeds, names: list[str], batch_size: int
+                   ) -> dict[str, float]:
+    """``max|x| / percentile_99.99(|x|)`` per tensor over `feeds`."""
+    if not names:
+        return {}
+    peaks = abs_max_ranges(model, feeds, names, batch_size)
+    bulk = collect_ranges(model, feeds, names, "percentile", batch_size,
+                          percentile=OUTLIER_PERCENTILE)
+    return {n: peaks[n] / bulk[n] if bulk[n] > 0 else 1.0 for n in names}
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+
+def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *,
+                         method: str = "single", calibrator: str = DEFAULT_CALIBRATOR,
+                         rank_by: str = "auto", batch_size: int = 8,
+                         outlier_threshold: float = OUTLIER_THRESHOLD,
+                         input_shapes: ShapeArg = None, quantized: QuantResult | None = None,
+                         **quantize_options: Any) -> SensitivityReport:
+    """Rank the int8 layers of `model` by the output error each one causes, worst first.
+
+    Args:
+        model: Float model (path, ModelProto or IR Model; not modified).
+        calib_feeds: Calibration data (anything `quantize_model` accepts).
+        eval_feeds: Data to measure on (default: the calibration data); integer class
+            labels (`Feeds.labels`) add accuracy.
+        method: "single" or "leave-one-out" (module doc).
+        calibrator: Activation calibrator of the int8 model.
+        rank_by: "auto" (accuracy with labels, else cosine), "cosine", "agreement",
+            "accuracy".
+        batch_size: Samples per onnxruntime run (models with a symbolic batch).
+        outlier_threshold: `outlier_range` is set above this ratio.
+        input_shapes: `--input-shape` binding, as for `quantize_model`.
+        quantized: An existing `quantize_model` result of this model (skips quantizing).
+        **quantize_options: Further `quantize_model` keywords (cle, rounding, ...).
+
+    Returns:
+        The report; `report.layers` are `LayerSensitivity` rows, worst first, and
+        `report.baseline` the fully int8 model's metrics.
+
+    Raises:
+        ConfigError: Unknown method or ranking, or a model without an int8 layer.
+        DataError: Data that does not fit the model.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown sensitivity method {method!r} (valid: {', '.join(METHODS)})")
+    start = time.perf_counter()
+    res = quantized or quantize_model(model, calib_feeds, calibrator, batch_size=batch_size,
+                                      input_shapes=input_shapes, **quantize_options)
+    fm = res.float_model
+    keep = quantize_options.get("keep_float", ())
+    units = partition(fm.graph, keep)
+    _, layers, count = build_switch_model(fm, res.qgraph, units)
+    if not layers:
+        raise ConfigError("the model has no quantizable layer (every node runs in float on "
+                          "the CPU; see `npuc quantize` for the reasons)")
+    t_quant = time.perf_counter() - start
+    evaluation = load_feeds(eval_feeds if eval_feeds is not None else calib_feeds, fm)
+    ref = Reference(fm, evaluation, batch_size)
+    by = resolve_rank(rank_by, ref.labels is not None)
+    def score(on: np.ndarray) -> Metrics:
+        sess = session(build_switch_model(fm, res.qgraph, units, on)[0])
+        return ref.score(lambda feed: run(sess, feed))
+
+    rows_metrics = [score(m) for m in masks(layers, count, method)]
+    baseline = score(np.ones(count, np.bool_))
+    t_sweep = time.perf_counter() - start - t_quant
+    calib = load_feeds(calib_feeds, fm)
+    ratios = outlier_ratios(fm, calib, list(dict.fromkeys(
+        n for layer in layers for n in layer.tensors)), batch_size)
+    rows = _rows(fm, layers, rows_metrics, ratios, outlier_threshold)
+    rows.sort(key=lambda r: rank_key(by)(r.metrics))
+    info = {"calibrator": res.table.method, "points": count,
+            "outlier_threshold": outlier_threshold, "outlier_percentile": OUTLIER_PERCENTILE,
+            "time_s": {"quantize": round(t_quant, 3), "sweep": round(t_sweep, 3),
+                       "total": round(time.perf_counter() - start, 3)}}
+    return SensitivityReport(rows, method, by, ref.samples, baseline,
+                             ref.float_metrics.accuracy, info)
+
+
+def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],
+          ratios: dict[str, float], threshold: float) -> list[LayerSensitivity]:
+    heads = decoding_heads(model, layers)
+    rows = []
+    for index, (layer, m) in enumerate(zip(layers, metrics, strict=True)):
+        anchor = layer.unit.anchor
+        worst = max(layer.tensors, key=lambda n: ratios.get(n, 1.0), default="")
+        ratio = float(ratios.get(worst, 1.0))
+        rows.append(LayerSensitivity(
+            anchor.name, anchor.op, layer.unit.kind, unit_macs(layer.unit), m, ratio, worst,
+            ratio > threshold, anchor.name in heads, list(layer.tensors), index))
+    return rows
+
+
+def unit_macs(unit: Unit) -> int:
+    """MACs of a unit's nodes, a symbolic batch read as 1 (shapes restored afterwards)."""
+    saved = []
+    for t in {id(t): t for n in unit.nodes for t in [*n.inputs, *n.outputs]}.values():
+        shape = getattr(t, "shape", None)
+        if not is_const(t) and shape and not isinstance(shape[0], (int, np.integer)):
+            saved.append((t, shape))
+            t.shape = [1, *shape[1:]]
+    try:
+        return sum(node_cost(n).macs for n in unit.nodes)
+    finally:
+        for t, shape in saved:
+            t.shape = shape
