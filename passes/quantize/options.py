@@ -73,8 +73,8 @@ class SensitivityOptions:
                           check=in_range(0, 1, hi_open=True))
     rank_by: str = option("auto", "metric ranked on, worst first (auto: accuracy on labelled "
                           "data, else output cosine)", choices=RANK_BY)
-    outlier_threshold: float = option(8.0, "flag outlier_range when max|x| / p99.99|x| of a "
-                                      "layer's activation exceeds this", check=positive)
+    outlier_threshold: float = option(8.0, "flag outlier_range when a layer's activation "
+                                      "threshold / p99.99|x| exceeds this", check=positive)
     batch_size: int = option(8, "samples per run for models with a symbolic batch",
                              flag="--batch", check=positive, metavar="B")
 

@@ -21,7 +21,8 @@ Methods:
   what the layer costs by itself, so layers compare fairly however many others are
   noisy; it is what the budget loop raises first.
 - ``leave-one-out``: everything int8 except the layer's own points (its weights, constant
-  operands and outputs, including outputs of the value-moving units after it): the
+  operands and outputs, including outputs of the value-moving units after it, and the
+  quantization of a graph input or CPU output it is the first to read): the
   accuracy the whole model recovers by keeping that layer in higher precision. Closer to
   a budget decision, but each figure sits on the full int8 error floor, so small
   differences between layers drown in it.
@@ -31,14 +32,17 @@ activation step) and the one-LSB difference between the integer requantization
 (round half up) and QuantizeLinear (round half to even).
 
 Flags per layer (docs/quantization.md, "Sensitivity analysis"):
-- ``outlier_range``: one of the layer's activation tensors has
-  ``max|x| / percentile_99.99(|x|) > outlier_threshold`` on the calibration data
-  (default `OUTLIER_THRESHOLD` = 8: a max-calibrated scale would then leave 99.99 % of the
-  values fewer than 16 of the 127 positive steps). `outlier_ratio` holds the largest ratio.
+- ``outlier_range``: the calibrated range of one of the layer's activation tensors is
+  dominated by a few outliers: ``T / percentile_99.99(|x|) > outlier_threshold``, with T
+  the int8 model's threshold (127·S) and the percentile over the calibration data (default
+  `OUTLIER_THRESHOLD` = 8: 99.99 % of the values then use fewer than 16 of the 127
+  positive steps). With the max calibrator T = max|x|; mse/percentile/kl clip outliers and
+  so flag less. `outlier_ratio` holds the largest ratio.
 - ``feeds_decoding``: the layer's output reaches a graph output through non-MAC ops only
   (Reshape, Transpose, Concat, Split, Sigmoid, Softmax, ... — anything but Conv,
-  ConvTranspose, Gemm, MatMul): a head whose values are decoded directly (box regression,
-  DFL bins, class logits), not smoothed by later layers.
+  ConvTranspose, Gemm, MatMul), where a MAC op after a Softmax on the path also passes
+  (the fixed expectation Conv of a DFL box decoder): a head whose values are decoded
+  directly (box regression, DFL bins, class logits), not smoothed by later layers.
 """
 
 from __future__ import annotations
@@ -59,7 +63,6 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.io import ShapeArg
 from compiler.core.ir import Model, is_const
 from compiler.core.numerics import run, session
-from passes.quantize.absmax import abs_max_ranges
 from passes.quantize.api import QuantResult, quantize_model
 from passes.quantize.calibrate import collect_ranges
 from passes.quantize.emit_qdq import float_name
@@ -95,7 +98,7 @@ class LayerSensitivity:
         op: Its ONNX op type; `kind` is the int8 unit kind (conv, gemm, add, lut, ...).
         macs: Multiply-accumulates of the unit at batch 1.
         metrics: Output cosine / agreement / accuracy with this configuration.
-        outlier_ratio: Largest ``max|x| / p99.99|x|`` of its activation tensors.
+        outlier_ratio: Largest ``T / p99.99|x|`` of its activation tensors (module doc).
         outlier_tensor: The tensor with that ratio.
         outlier_range: `outlier_ratio` above the threshold.
         feeds_decoding: Its output reaches a graph output through non-MAC ops only.
@@ -130,7 +133,15 @@ class LayerSensitivity:
 
 @dataclass
 class Layer:
-    """A layer's switchable points: `inputs` (its activation inputs) and `own` (the rest)."""
+    """A layer's switchable points.
+
+    Attributes:
+        unit: The int8 unit.
+        inputs: Points of its activation inputs.
+        own: Points it owns: weights, constant operands, outputs (and the outputs of the
+            value-moving units after it), entry points it is the first to read.
+        tensors: Its activation inputs and outputs (float names).
+    """
 
     unit: Unit
     inputs: list[int] = field(default_factory=list)
@@ -277,9 +288,12 @@ def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
         layer = Layer(unit)
         for t in unit.inputs:
             k = None if is_const(t) else b.activation(t.name)
-            if k is not None:
-                layer.inputs.append(k)
-                layer.tensors.append(t.name)
+            if k is None:
+                continue
+            layer.inputs.append(k)
+            layer.tensors.append(t.name)
+            if t.name not in owner:  # an entry point (graph input, CPU output): first user's
+                owner[t.name] = layer
         layer.own += b.unit_constants(unit)
         owner.update({t.name: layer for t in unit.outputs})
         layers.append(layer)
@@ -287,7 +301,7 @@ def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
         k = b.activation(name)
         if k is not None and layer is not None:
             layer.own.append(k)
-            if name in {t.name for t in layer.unit.outputs}:
+            if name not in layer.tensors and name in {t.name for t in layer.unit.outputs}:
                 layer.tensors.append(name)
     return b.finish(), layers, b.count
 
@@ -316,33 +330,34 @@ def decoding_heads(model: Model, layers: Iterable[Layer]) -> set[str]:
 
 
 def _reaches_output(start: set[str], model: Model, outputs: set[str]) -> bool:
+    """Breadth-first over (tensor, after a Softmax) states, stopping at MAC ops."""
     users: dict[str, list[gs.Node]] = {}
     for node in model.graph.nodes:
         for t in node.inputs:
             users.setdefault(t.name, []).append(node)
-    seen, todo = set(), list(start)
+    seen: set[tuple[str, bool]] = set()
+    todo = [(name, False) for name in start]
     while todo:
-        name = todo.pop()
+        name, soft = todo.pop()
         if name in outputs:
             return True
-        if name in seen:
+        if (name, soft) in seen:
             continue
-        seen.add(name)
+        seen.add((name, soft))
         for node in users.get(name, []):
-            if node.op not in MAC_OPS:
-                todo += [o.name for o in node.outputs]
+            if node.op not in MAC_OPS or soft:  # a MAC after a Softmax: DFL's expectation
+                todo += [(o.name, soft or node.op == "Softmax") for o in node.outputs]
     return False
 
 
-def outlier_ratios(model: Model, feeds: Feeds, names: list[str], batch_size: int
-                   ) -> dict[str, float]:
-    """``max|x| / percentile_99.99(|x|)`` per tensor over `feeds`."""
-    if not names:
+def outlier_ratios(model: Model, feeds: Feeds, thresholds: dict[str, float],
+                   batch_size: int) -> dict[str, float]:
+    """``T / percentile_99.99(|x|)`` per tensor: calibrated threshold over the bulk of `feeds`."""
+    if not thresholds:
         return {}
-    peaks = abs_max_ranges(model, feeds, names, batch_size)
-    bulk = collect_ranges(model, feeds, names, "percentile", batch_size,
+    bulk = collect_ranges(model, feeds, list(thresholds), "percentile", batch_size,
                           percentile=OUTLIER_PERCENTILE)
-    return {n: peaks[n] / bulk[n] if bulk[n] > 0 else 1.0 for n in names}
+    return {n: t / bulk[n] if bulk[n] > 0 else 1.0 for n, t in thresholds.items()}
 
 
 # -- the sweep ---------------------------------------------------------------------------------
@@ -395,15 +410,15 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
     ref = Reference(fm, evaluation, batch_size)
     by = resolve_rank(rank_by, ref.labels is not None)
     def score(on: np.ndarray) -> Metrics:
-        sess = session(build_switch_model(fm, res.qgraph, units, on)[0])
+        sess = session(build_switch_model(fm, res.qgraph, units, on)[0], fuse_qdq=False)
         return ref.score(lambda feed: run(sess, feed))
 
     rows_metrics = [score(m) for m in masks(layers, count, method)]
     baseline = score(np.ones(count, np.bool_))
     t_sweep = time.perf_counter() - start - t_quant
-    calib = load_feeds(calib_feeds, fm)
-    ratios = outlier_ratios(fm, calib, list(dict.fromkeys(
-        n for layer in layers for n in layer.tensors)), batch_size)
+    names = dict.fromkeys(n for layer in layers for n in layer.tensors)
+    ratios = outlier_ratios(fm, load_feeds(calib_feeds, fm),
+                            _thresholds(res.qgraph, names), batch_size)
     rows = _rows(fm, layers, rows_metrics, ratios, outlier_threshold)
     rows.sort(key=lambda r: rank_key(by)(r.metrics))
     info = {"calibrator": res.table.method, "points": count,
@@ -412,6 +427,13 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
                        "total": round(time.perf_counter() - start, 3)}}
     return SensitivityReport(rows, method, by, ref.samples, baseline,
                              ref.float_metrics.accuracy, info)
+
+
+def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
+    """The int8 model's threshold T = 127·S of each float tensor in `names`."""
+    scales = {float_name(n): t.scale for n, t in qgraph.tensors.items()
+              if t.is_quantized and t.data is None and t.scale is not None}
+    return {n: 127.0 * float(scales[n]) for n in names if n in scales}
 
 
 def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],
