@@ -16,6 +16,7 @@ from compiler.cli.common import (
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Preprocess
+from compiler.core.outpaths import check_output, input_files
 from compiler.driver.data import load_data
 from passes.quantize.options import CalibrationOptions, SensitivityOptions
 
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < (0 if flag == "--top" else 1):
             raise ConfigError(f"{flag} {value}: must be a positive number")
     pre = from_args(args, Preprocess)
+    _check_outputs(args, calib.data)
     model = load_bound(args.model, args, keep_batch=True)
     feeds = load_data(calib.data, model, limit=calib.limit, preprocess=pre)
     evals = None if args.data is None else load_data(args.data, model, limit=args.limit,
@@ -76,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     report = _sweep(model, feeds, evals, o, calib.calibrator)
     doc = {"model": args.model, "mode": o.mode, **report.to_dict()}
     if args.output:
-        Path(args.output).write_text(json.dumps(doc, indent=2, default=float) + "\n")
+        _write(Path(args.output), (json.dumps(doc, indent=2, default=float) + "\n").encode(),
+               "-o")
     if args.plot:
         _write_plot(doc, args.plot)
     if args.json:
@@ -84,6 +87,24 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(summary(doc, args.top))
     return 0
+
+
+def _check_outputs(args: argparse.Namespace, calib: str) -> None:
+    """Refuse outputs that are inputs (or each other) before any work is done."""
+    inputs = input_files(args.model, calib, args.data)
+    if args.output:
+        check_output(args.output, inputs)
+    if args.plot:
+        check_output(args.plot, [*inputs, *input_files(args.output)], flag="--plot")
+        if args.output and Path(args.plot).resolve() == Path(args.output).resolve():
+            raise ConfigError(f"--plot {args.plot}: is also the -o file; choose another")
+
+
+def _write(path: Path, data: bytes, flag: str) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise ConfigError(f"{flag} {path}: cannot write ({e.strerror or e})") from e
 
 
 def _sweep(model, feeds, evals, o: SensitivityOptions, calibrator: str):
@@ -105,10 +126,7 @@ def _write_plot(doc: dict, path: str) -> None:
     png = sensitivity_plot(doc)
     if png is None:
         raise ConfigError("--plot: nothing to plot (no layer was measured)")
-    try:
-        Path(path).write_bytes(base64.b64decode(png))
-    except OSError as e:
-        raise ConfigError(f"--plot {path}: cannot write ({e.strerror})") from e
+    _write(Path(path), base64.b64decode(png), "--plot")
 
 
 def _headers(prune: bool, labelled: bool) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from compiler.core.errors import ConfigError
 from compiler.core.feeds import load_feeds
 from compiler.core.ir import Model
 from compiler.core.numerics import run, session
+from compiler.core.progress import track
 from passes.canonicalize import canonicalize
 from passes.prune.apply import apply_keep
 from passes.prune.costmodel import batch1_cost
@@ -110,7 +111,8 @@ def prune_sensitivity(model: Model, feeds: Any, *, ratio: float = DEFAULT_RATIO,
     by = resolve_rank(rank_by, ref.labels is not None)
     macs = batch1_cost(canonical).macs
     keep = {g.id: select(scores[g.id], keep_count(g.channels, ratio, round_to)) for g in groups}
-    rows = [_group_row(canonical, analysis, g, keep[g.id], ref, macs) for g in groups]
+    rows = [_group_row(canonical, analysis, g, keep[g.id], ref, macs)
+            for g in track(groups, "sensitivity (groups)", len(groups))]
     rows.sort(key=lambda r: rank_key(by)(r.metrics))
     baseline = _score(apply_keep(canonical, keep, analysis=analysis), ref)
     info = {"ratio": ratio, "criterion": criterion, "round_to": round_to,

@@ -63,6 +63,7 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.io import ShapeArg
 from compiler.core.ir import Model, is_const
 from compiler.core.numerics import run, session
+from compiler.core.progress import track
 from passes.quantize.api import QuantResult, quantize_model
 from passes.quantize.calibrate import collect_ranges
 from passes.quantize.emit_qdq import float_name
@@ -413,7 +414,8 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
         sess = session(build_switch_model(fm, res.qgraph, units, on)[0], fuse_qdq=False)
         return ref.score(lambda feed: run(sess, feed))
 
-    rows_metrics = [score(m) for m in masks(layers, count, method)]
+    configs = masks(layers, count, method)
+    rows_metrics = [score(m) for m in track(configs, "sensitivity (layers)", len(configs))]
     baseline = score(np.ones(count, np.bool_))
     t_sweep = time.perf_counter() - start - t_quant
     names = dict.fromkeys(n for layer in layers for n in layer.tensors)
