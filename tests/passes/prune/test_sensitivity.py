@@ -60,3 +60,21 @@ def test_bad_ratio_and_unprunable_model_are_errors(model):
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     with pytest.raises(ConfigError, match="no prunable channel group"):
         prune_sensitivity(load_model(proto), images(2, 0))
+
+
+@pytest.mark.slow
+def test_trained_resnet_groups_with_labelled_accuracy():
+    from compiler.core.feeds import Feeds
+    from models.datasets import load_dataset
+    from models.registry import get_model
+
+    proto, _ = get_model("fmnist_resnet")
+    m = load_model(proto)
+    ds = load_dataset("fmnist-eval", limit=64)
+    feeds = Feeds({m.graph.inputs[0].name: ds.inputs}, "fmnist-eval", ds.labels)
+    report = prune_sensitivity(m, feeds, ratio=0.5)
+    assert report.rank_by == "accuracy" and report.float_accuracy > 0.8
+    acc = [r.metrics.accuracy for r in report.layers]
+    assert acc == sorted(acc) and report.baseline.accuracy < max(acc)
+    assert sorted(r.id for r in report.layers) == prunable_ids(m)
+    assert any(r.kind == "residual" for r in report.layers)

@@ -160,3 +160,23 @@ def test_the_model_is_not_modified():
     quantize_sensitivity(proto, images(4, 0))
     assert [n.op for n in m.graph.nodes][:3] == ["Conv", "Relu", "Conv"]  # BN/Relu not fused
     assert proto.SerializeToString() == before
+
+
+@pytest.mark.slow
+def test_trained_resnet_every_conv_and_gemm_once():
+    from compiler.core.feeds import Feeds
+    from models.datasets import load_dataset
+    from models.registry import get_model
+
+    proto, _ = get_model("fmnist_resnet")
+    name = proto.graph.input[0].name
+    calib = load_dataset("fmnist-calib", limit=32).inputs
+    ds = load_dataset("fmnist-eval", limit=64)
+    report = quantize_sensitivity(proto, {name: calib}, Feeds({name: ds.inputs}, "eval",
+                                                             ds.labels))
+    weighted = [n.name for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    rows = [r.name for r in report.layers if r.op in ("Conv", "Gemm")]
+    assert sorted(rows) == sorted(weighted)
+    assert report.rank_by == "accuracy" and report.float_accuracy > 0.8
+    best = max(r.metrics.cosine for r in report.layers)
+    assert report.baseline.cosine < best <= 1.0
