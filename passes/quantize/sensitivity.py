@@ -400,35 +400,39 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
     res = quantized or quantize_model(model, calib_feeds, calibrator, batch_size=batch_size,
                                       input_shapes=input_shapes, **quantize_options)
     fm = res.float_model
-    keep = quantize_options.get("keep_float", ())
-    units = partition(fm.graph, keep)
+    units = partition(fm.graph, quantize_options.get("keep_float", ()))
     _, layers, count = build_switch_model(fm, res.qgraph, units)
     if not layers:
         raise ConfigError("the model has no quantizable layer (every node runs in float on "
                           "the CPU; see `npuc quantize` for the reasons)")
-    t_quant = time.perf_counter() - start
-    evaluation = load_feeds(eval_feeds if eval_feeds is not None else calib_feeds, fm)
-    ref = Reference(fm, evaluation, batch_size)
+    times = {"quantize": time.perf_counter() - start}
+    calib = load_feeds(calib_feeds, fm)  # `Feeds` (what the CLI passes) are used as they are
+    ref = Reference(fm, calib if eval_feeds is None else load_feeds(eval_feeds, fm),
+                    batch_size)
     by = resolve_rank(rank_by, ref.labels is not None)
-    def score(on: np.ndarray) -> Metrics:
-        sess = session(build_switch_model(fm, res.qgraph, units, on)[0], fuse_qdq=False)
-        return ref.score(lambda feed: run(sess, feed))
-
     configs = masks(layers, count, method)
-    rows_metrics = [score(m) for m in track(configs, "sensitivity (layers)", len(configs))]
-    baseline = score(np.ones(count, np.bool_))
-    t_sweep = time.perf_counter() - start - t_quant
+    metrics = [score_config(fm, res.qgraph, units, ref, on)
+               for on in track(configs, "sensitivity (layers)", len(configs))]
+    baseline = score_config(fm, res.qgraph, units, ref, np.ones(count, np.bool_))
+    times["sweep"] = time.perf_counter() - start - times["quantize"]
     names = dict.fromkeys(n for layer in layers for n in layer.tensors)
-    ratios = outlier_ratios(fm, load_feeds(calib_feeds, fm),
-                            _thresholds(res.qgraph, names), batch_size)
-    rows = _rows(fm, layers, rows_metrics, ratios, outlier_threshold)
-    rows.sort(key=lambda r: rank_key(by)(r.metrics))
+    ratios = outlier_ratios(fm, calib, _thresholds(res.qgraph, names), batch_size)
+    rows = sorted(_rows(fm, layers, metrics, ratios, outlier_threshold),
+                  key=lambda r: rank_key(by)(r.metrics))
+    times["total"] = time.perf_counter() - start
     info = {"calibrator": res.table.method, "points": count,
             "outlier_threshold": outlier_threshold, "outlier_percentile": OUTLIER_PERCENTILE,
-            "time_s": {"quantize": round(t_quant, 3), "sweep": round(t_sweep, 3),
-                       "total": round(time.perf_counter() - start, 3)}}
+            "time_s": {k: round(v, 3) for k, v in times.items()}}
     return SensitivityReport(rows, method, by, ref.samples, baseline,
                              ref.float_metrics.accuracy, info)
+
+
+def score_config(model: Model, qgraph: q.QGraph, units: list[Unit], ref: Reference,
+                 on: np.ndarray) -> Metrics:
+    """Metrics of the float model with the points `on` quantized (a baked model)."""
+    baked = build_switch_model(model, qgraph, units, on)[0]
+    sess = session(baked, fuse_qdq=False)  # fake-quant arithmetic, not ORT's QLinear kernels
+    return ref.score(lambda feed: run(sess, feed))
 
 
 def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
