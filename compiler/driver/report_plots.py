@@ -182,16 +182,21 @@ def sensitivity_plot(doc: dict[str, Any]) -> str | None:
     err = [max(1.0 - r["cosine"], floor) for r in rows]
     plt, fig, ax = _figure(_width(len(rows)), 3.6)
     colors = [CPU_COLOR if r.get("flags") else NPU_COLOR for r in rows]
+    from matplotlib.patches import Patch
+
     ax.bar(range(len(rows)), err, color=colors)
     ax.set_yscale("log")
     base = doc.get("baseline") or {}
     top = max(err)
+    handles = [Patch(color=CPU_COLOR, label="flagged")] if CPU_COLOR in colors else []
     if base.get("cosine") is not None:
         level = max(1.0 - base["cosine"], floor)
         top = max(top, level)
-        ax.axhline(level, color=SWITCH_COLOR, linestyle="--", linewidth=0.8,
-                   label="all groups" if doc.get("method") == "prune" else "all layers")
-        ax.legend(fontsize=8)
+        handles.append(ax.axhline(
+            level, color=SWITCH_COLOR, linestyle="--", linewidth=0.8,
+            label="all groups" if doc.get("method") == "prune" else "all layers"))
+    if handles:
+        ax.legend(handles=handles, fontsize=8)
     ax.set_ylim(min(err) / 3, top * 3)
     _layer_axis(ax, [r["name"] for r in rows], "layer")
     if len(rows) > MAX_NAMED_TICKS:  # index axis: name the five worst
