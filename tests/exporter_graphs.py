@@ -1025,3 +1025,21 @@ def host_tensor_model() -> onnx.ModelProto:
                          name="loop")]
     return _graph_model(nodes, "host_tensor", inits,
                         [_vi("vals", ["P"]), _vi("final", [1, 8]), _vi("trace", ["T", 1, 8])])
+
+
+def residual_classifier(c: int = 8, hw: int = 8, classes: int = 10) -> onnx.ModelProto:
+    """A small residual CNN for per-layer sweeps (sensitivity, passes/quantize).
+
+    stem (3x3 Conv+Relu) -> conv_a (3x3+Relu) -> conv_b (3x3) -> add (+ stem) -> Relu ->
+    dw (depthwise 3x3+Relu) -> gap -> Flatten -> fc (Gemm). Node names as listed.
+    """
+    n = _Net(31)
+    stem = n.op("Relu", [n.conv("x", 3, c, 3, name="stem")])
+    a = n.op("Relu", [n.conv(stem, c, c, 3, name="conv_a")])
+    b = n.conv(a, c, c, 3, name="conv_b")
+    r = n.op("Relu", [n.op("Add", [stem, b], name="add")])
+    d = n.op("Relu", [n.conv(r, c, c, 3, group=c, name="dw")])
+    f = n.op("Flatten", [n.op("GlobalAveragePool", [d], name="gap")], axis=1)
+    w = n.const(n.rng.standard_normal((classes, c)) * 0.5)
+    n.op("Gemm", [f, w, n.const(np.zeros(classes))], name="fc", transB=1)
+    return n.model("residual_classifier", {"x": [1, 3, hw, hw]}, ["fc_out"])

@@ -16,8 +16,8 @@ from compiler.core.errors import ConfigError, NpucError, one_line
 from compiler.core.progress import progress_output
 
 # Each module defines `register(subparsers)`, which adds its parser with `func=run`.
-COMMANDS = ("inspect", "groups", "prune", "sparsify", "quantize", "compare", "build", "verify",
-            "run", "perf", "eval", "compile", "demo")
+COMMANDS = ("inspect", "groups", "prune", "sparsify", "quantize", "compare", "sensitivity",
+            "build", "verify", "run", "perf", "eval", "compile", "demo")
 
 
 class Parser(argparse.ArgumentParser):

@@ -20,13 +20,21 @@ _NP_TYPES = {
 }
 
 
-def session_options(*, threads: int = 0, optimize: bool = True) -> ort.SessionOptions:
-    """Quiet onnxruntime session options (warnings and errors reach the user as exceptions)."""
+def session_options(*, threads: int = 0, optimize: bool = True,
+                    fuse_qdq: bool = True) -> ort.SessionOptions:
+    """Quiet onnxruntime session options (warnings and errors reach the user as exceptions).
+
+    `fuse_qdq=False` keeps QuantizeLinear/DequantizeLinear as written: onnxruntime would
+    otherwise fuse DQ -> op -> Q into its own integer kernels (QLinearAdd, ...), whose
+    rounding is not the fake-quantized float arithmetic a QDQ simulation means.
+    """
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 4  # fatal only: errors reach the user once, as our exception
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if not fuse_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     return opts
 
 
@@ -90,14 +98,14 @@ def ort_session(model: bytes | str, opts: ort.SessionOptions | None = None
 
 
 def session(model: Model | onnx.ModelProto, *, threads: int = 0,
-            optimize: bool = True) -> ort.InferenceSession:
+            optimize: bool = True, fuse_qdq: bool = True) -> ort.InferenceSession:
     """An onnxruntime CPU session for an IR model or protobuf.
 
     An IR model's large weights are handed to onnxruntime as external initializers from
     the IR's arrays instead of being serialized into the model bytes: no serialized copy of
     the weights, and models above protobuf's 2 GB limit run too.
     """
-    opts = session_options(threads=threads, optimize=optimize)
+    opts = session_options(threads=threads, optimize=optimize, fuse_qdq=fuse_qdq)
     weights: list[ort.OrtValue] = []
     if isinstance(model, onnx.ModelProto):
         data = model.SerializeToString()

@@ -166,3 +166,42 @@ def scatter_plot(variants: Sequence[dict]) -> str | None:
     ax.set_xlabel("MMACs")
     ax.set_ylabel("top-1 (%)")
     return _png(plt, fig)
+
+
+def sensitivity_plot(doc: dict[str, Any]) -> str | None:
+    """1 − output cosine per layer (or group) in network order, log axis, worst named.
+
+    A log axis of the error rather than a cosine axis zoomed into 0.999..1: single layers
+    differ by orders of magnitude. Flagged layers are orange; the dashed line is the fully
+    int8 (or fully pruned) model.
+    """
+    rows = sorted(doc.get("layers", []), key=lambda r: r["index"])
+    if not rows:
+        return None
+    floor = 1e-9  # identical outputs (error 0) sit on the floor, not at -inf
+    err = [max(1.0 - r["cosine"], floor) for r in rows]
+    plt, fig, ax = _figure(_width(len(rows)), 3.6)
+    colors = [CPU_COLOR if r.get("flags") else NPU_COLOR for r in rows]
+    from matplotlib.patches import Patch
+
+    ax.bar(range(len(rows)), err, color=colors)
+    ax.set_yscale("log")
+    base = doc.get("baseline") or {}
+    top = max(err)
+    handles = [Patch(color=CPU_COLOR, label="flagged")] if CPU_COLOR in colors else []
+    if base.get("cosine") is not None:
+        level = max(1.0 - base["cosine"], floor)
+        top = max(top, level)
+        handles.append(ax.axhline(
+            level, color=SWITCH_COLOR, linestyle="--", linewidth=0.8,
+            label="all groups" if doc.get("method") == "prune" else "all layers"))
+    if handles:
+        ax.legend(handles=handles, fontsize=8)
+    ax.set_ylim(min(err) / 3, top * 3)
+    _layer_axis(ax, [r["name"] for r in rows], "layer")
+    if len(rows) > MAX_NAMED_TICKS:  # index axis: name the five worst
+        for i in sorted(range(len(rows)), key=lambda i: -err[i])[:5]:
+            ax.annotate(rows[i]["name"], (i, err[i]), xytext=(0, 3),
+                        textcoords="offset points", fontsize=6, ha="left", rotation=45)
+    ax.set_ylabel("1 − output cosine (log)")
+    return _png(plt, fig)

@@ -56,6 +56,30 @@ class QuantizeOptions:
                                        list_sep=",", metavar="NODES")
 
 
-__all__ = ["CALIBRATORS", "DEFAULT_CALIBRATOR", "DEFAULT_CALIB_LIMIT", "DEFAULT_PERCENTILE",
+SENSITIVITY_MODES = ("quantize", "prune")
+SENSITIVITY_METHODS = ("single", "leave-one-out")  # = passes.quantize.sensitivity.METHODS
+RANK_BY = ("auto", "cosine", "agreement", "accuracy")  # = passes.quantize.fidelity.RANK_BY
+
+
+@dataclass
+class SensitivityOptions:
+    """What `npuc sensitivity` sweeps and how it ranks (docs/quantization.md)."""
+
+    mode: str = option("quantize", "quantize: one layer int8 at a time; prune: one dependency "
+                       "group pruned at a time", choices=SENSITIVITY_MODES)
+    method: str = option("single", "quantize mode: single (only that layer int8) or "
+                         "leave-one-out (all int8 but that layer)", choices=SENSITIVITY_METHODS)
+    ratio: float = option(0.5, "prune mode: fraction of each group's channels removed",
+                          check=in_range(0, 1, hi_open=True))
+    rank_by: str = option("auto", "metric ranked on, worst first (auto: accuracy on labelled "
+                          "data, else output cosine)", choices=RANK_BY)
+    outlier_threshold: float = option(8.0, "flag outlier_range when a layer's activation "
+                                      "threshold / p99.99|x| exceeds this", check=positive)
+    batch_size: int = option(8, "samples per run for models with a symbolic batch",
+                             flag="--batch", check=positive, metavar="B")
+
+
+__all__ = ["CALIBRATORS", "SENSITIVITY_METHODS", "SENSITIVITY_MODES", "RANK_BY",
+           "SensitivityOptions", "DEFAULT_CALIBRATOR", "DEFAULT_CALIB_LIMIT", "DEFAULT_PERCENTILE",
            "ROUNDINGS",
            "CalibrationOptions", "QuantizeOptions"]

@@ -1,0 +1,471 @@
+"""Per-layer quantization sensitivity: the output error each int8 layer causes on its own.
+
+`quantize_sensitivity` quantizes the model once (`quantize_model`: calibration, weight
+scales, the QGraph), then builds one float "switch" model: the canonical float model with
+every quantization point of the QGraph behind a switch,
+
+- an activation tensor `t` with scale `S`: ``Where(on[k], DequantizeLinear(QuantizeLinear(t,
+  S)), t)`` (int8, zero point 0, saturating: the same grid as `model.qdq.onnx`);
+- a weight (Conv/Gemm/MatMul) or constant operand (Add/Mul/Concat): ``Where(on[k], Wq·Sw,
+  W)`` with the QGraph's own int8 values and per-channel scales;
+
+where ``on`` is one boolean vector input. A single onnxruntime session then runs every
+configuration over the same data, converted once, against the float outputs computed
+once (`passes.quantize.fidelity`). Layers are the int8 units of the QGraph that do
+arithmetic (Conv, Gemm, MatMul, Add, Mul, lookup tables, pooling... with their fused
+activation); units that only move int8 values (MaxPool, Reshape, ...) add no error of their own.
+
+Methods:
+- ``single`` (default): only the layer is quantized — its activation input(s), its weights
+  and constant operands, and its output; everything else runs in float. This isolates
+  what the layer costs by itself, so layers compare fairly however many others are
+  noisy; it is what the budget loop raises first.
+- ``leave-one-out``: everything int8 except the layer's own points (its weights, constant
+  operands and outputs, including outputs of the value-moving units after it, and the
+  quantization of a graph input or CPU output it is the first to read): the
+  accuracy the whole model recovers by keeping that layer in higher precision. Closer to
+  a budget decision, but each figure sits on the full int8 error floor, so small
+  differences between layers drown in it.
+
+Not simulated: int32 bias rounding (at most half a step of `Sx·Sw[c]`, far below the
+activation step) and the one-LSB difference between the integer requantization
+(round half up) and QuantizeLinear (round half to even).
+
+Flags per layer (docs/quantization.md, "Sensitivity analysis"):
+- ``outlier_range``: the calibrated range of one of the layer's activation tensors is
+  dominated by a few outliers: ``T / percentile_99.99(|x|) > outlier_threshold``, with T
+  the int8 model's threshold (127·S) and the percentile over the calibration data (default
+  `OUTLIER_THRESHOLD` = 8: 99.99 % of the values then use fewer than 16 of the 127
+  positive steps). With the max calibrator T = max|x|; mse/percentile/kl clip outliers and
+  so flag less. `outlier_ratio` holds the largest ratio.
+- ``feeds_decoding``: the layer's output reaches a graph output through non-MAC ops only
+  (Reshape, Transpose, Concat, Split, Sigmoid, Softmax, ... — anything but Conv,
+  ConvTranspose, Gemm, MatMul), where a MAC op after a Softmax on the path also passes
+  (the fixed expectation Conv of a DFL box decoder): a head whose values are decoded
+  directly (box regression, DFL bins, class logits), not smoothed by later layers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.core import qgraph as q
+from compiler.core.cost import node_cost
+from compiler.core.errors import ConfigError
+from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.io import ShapeArg
+from compiler.core.ir import Model, is_const
+from compiler.core.numerics import run, session
+from compiler.core.progress import track
+from passes.quantize.api import QuantResult, quantize_model
+from passes.quantize.calibrate import collect_ranges
+from passes.quantize.emit_qdq import float_name
+from passes.quantize.fidelity import (
+    Metrics,
+    Reference,
+    SensitivityReport,
+    rank_key,
+    resolve_rank,
+)
+from passes.quantize.options import (
+    DEFAULT_CALIBRATOR,
+    SENSITIVITY_METHODS,
+    SensitivityOptions,
+)
+from passes.quantize.patterns import Unit, partition, scale_preserving
+
+log = logging.getLogger(__name__)
+
+METHODS = SENSITIVITY_METHODS
+OUTLIER_THRESHOLD = SensitivityOptions.outlier_threshold  # declared once, with the flag
+OUTLIER_PERCENTILE = 99.99
+MAC_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+ENABLE = "npuc_sensitivity_on"
+
+
+@dataclass
+class LayerSensitivity:
+    """What quantizing one layer costs (see the module doc for the methods and flags).
+
+    Attributes:
+        name: The layer's anchor node (the name `--keep-float` takes).
+        op: Its ONNX op type; `kind` is the int8 unit kind (conv, gemm, add, lut, ...).
+        macs: Multiply-accumulates of the unit at batch 1.
+        metrics: Output cosine / agreement / accuracy with this configuration.
+        outlier_ratio: Largest ``T / p99.99|x|`` of its activation tensors (module doc).
+        outlier_tensor: The tensor with that ratio.
+        outlier_range: `outlier_ratio` above the threshold.
+        feeds_decoding: Its output reaches a graph output through non-MAC ops only.
+        tensors: The activation tensors quantized for it.
+        index: Position of the layer in network (topological unit) order.
+    """
+
+    name: str
+    op: str
+    kind: str
+    macs: int
+    metrics: Metrics
+    outlier_ratio: float = 1.0
+    outlier_tensor: str = ""
+    outlier_range: bool = False
+    feeds_decoding: bool = False
+    tensors: list[str] = field(default_factory=list)
+    index: int = 0
+
+    @property
+    def flags(self) -> list[str]:
+        """Names of the flags that are set."""
+        return [f for f in ("outlier_range", "feeds_decoding") if getattr(self, f)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (metrics flattened)."""
+        d = {k: v for k, v in self.__dict__.items() if k != "metrics"}
+        return {**d, **self.metrics.to_dict(), "flags": self.flags}
+
+
+# -- the switch model --------------------------------------------------------------------------
+
+@dataclass
+class Layer:
+    """A layer's switchable points.
+
+    Attributes:
+        unit: The int8 unit.
+        inputs: Points of its activation inputs.
+        own: Points it owns: weights, constant operands, outputs (and the outputs of the
+            value-moving units after it), entry points it is the first to read.
+        tensors: Its activation inputs and outputs (float names).
+    """
+
+    unit: Unit
+    inputs: list[int] = field(default_factory=list)
+    own: list[int] = field(default_factory=list)
+    tensors: list[str] = field(default_factory=list)
+
+
+class SwitchBuilder:
+    """Adds switchable quantization points to a copy of the canonical float model."""
+
+    def __init__(self, model: Model, qgraph: q.QGraph, on: np.ndarray | None = None) -> None:
+        self.on = on
+        self.model = model.copy()
+        self.g = self.model.graph
+        self.tensors = self.g.tensors()
+        self.nodes = {n.name: n for n in self.g.nodes}
+        self.ops = {op.name: op for op in qgraph.ops}
+        self.scales = {float_name(n): t for n, t in qgraph.tensors.items()
+                       if t.is_quantized and t.scale is not None}
+        self.enable = gs.Variable(ENABLE, dtype=np.bool_, shape=[0])
+        self.points: dict[str, int] = {}  # activation tensor -> point index
+        self.count = 0
+
+    def _switch(self, on_value: gs.Tensor, off_value: gs.Tensor, name: str) -> gs.Tensor:
+        """Point `count`: a `Where` on the `ENABLE` input, or a fixed choice when baking."""
+        k = self.count
+        self.count += 1
+        if self.on is not None:
+            return on_value if self.on[k] else off_value
+        cond = self.g.layer(op="Gather", name=f"{name}/on", inputs=[
+            self.enable, gs.Constant(f"{name}__k", np.array(k, np.int64))],
+            outputs=[gs.Variable(f"{name}__on", dtype=np.bool_, shape=[])])[0]
+        return self.g.layer(op="Where", name=f"{name}/switch", inputs=[cond, on_value, off_value],
+                            outputs=[gs.Variable(f"{name}__switch", dtype=off_value.dtype,
+                                                 shape=off_value.shape)])[0]
+
+    def activation(self, name: str) -> int | None:
+        """The point of a quantized activation tensor (added on first use; None: float)."""
+        if name in self.points:
+            return self.points[name]
+        t, qt = self.tensors.get(name), self.scales.get(name)
+        if t is None or qt is None or qt.data is not None or is_const(t):
+            return None
+        users = list(t.outputs)
+        s = gs.Constant(f"{name}__sens_s", np.array(qt.scale, np.float32))
+        zp = gs.Constant(f"{name}__sens_z", np.array(0, np.int8))
+        qv = self.g.layer(op="QuantizeLinear", name=f"{name}/sens_q", inputs=[t, s, zp],
+                          outputs=[gs.Variable(f"{name}__sens_q", dtype=np.int8)])[0]
+        dq = self.g.layer(op="DequantizeLinear", name=f"{name}/sens_dq", inputs=[qv, s, zp],
+                          outputs=[gs.Variable(f"{name}__sens_dq", dtype=np.float32,
+                                               shape=t.shape)])[0]
+        self.points[name] = self.count
+        y = self._switch(dq, t, f"{name}__sens")
+        for node in users:
+            node.inputs = [y if x is t else x for x in node.inputs]
+        if y is not t and any(x is t for x in self.g.outputs):
+            t.name, y.name = f"{name}__sens_float", name
+            self.g.outputs = [y if x is t else x for x in self.g.outputs]
+        return self.points[name]
+
+    def constant(self, node: gs.Node, index: int, values: np.ndarray) -> int:
+        """A point replacing input `index` (a constant) of `node` by `values` when on."""
+        old = node.inputs[index]
+        k = self.count
+        new = gs.Constant(f"{node.name}__sens_c{index}", np.asarray(values, old.values.dtype))
+        node.inputs[index] = self._switch(new, old, f"{node.name}__sens_c{index}")
+        return k
+
+    def unit_constants(self, unit: Unit) -> list[int]:
+        """Points of the unit's weights and constant operands (int8 values of the QGraph)."""
+        points = []
+        anchor = self.nodes[unit.anchor.name]
+        op = self.ops.get(unit.anchor.name)
+        weight = _weight_values(anchor, op)
+        if weight is not None:
+            points.append(self.constant(anchor, 1, weight))
+        for t in unit.inputs:
+            qt = self.scales.get(t.name)
+            if not is_const(t) or qt is None or qt.data is None:
+                continue
+            fq = qt.data.astype(np.float64) * qt.scale
+            for node in unit.nodes:
+                live = self.nodes[node.name]
+                for i, x in enumerate(live.inputs):
+                    if x.name == t.name and np.shape(x.values) == fq.shape:
+                        points.append(self.constant(live, i, fq))
+        return points
+
+    def finish(self) -> Model:
+        """The model: with the `ENABLE` vector input of all points unless baked."""
+        if self.on is None:
+            self.enable.shape = [self.count]
+            self.g.inputs = [*self.g.inputs, self.enable]
+        self.g.cleanup().toposort()
+        return self.model
+
+
+def _weight_values(node: gs.Node, op: q.QOp | None) -> np.ndarray | None:
+    """Wq·Sw of a Conv/Gemm/MatMul in the float node's own weight layout."""
+    weight = getattr(op, "weight", None)
+    sw = getattr(op, "weight_scale", None)
+    if weight is None or sw is None or len(node.inputs) < 2 or not is_const(node.inputs[1]):
+        return None
+    sw = np.asarray(sw, np.float64).reshape((-1,) + (1,) * (weight.ndim - 1))
+    deq = weight.astype(np.float64) * sw  # QGraph layout: [Cout, ...] or [N, K]
+    if node.op == "Gemm":
+        deq = deq if node.attrs.get("transB", 0) else deq.T
+        deq = deq / float(node.attrs.get("alpha", 1.0))
+    elif node.op == "MatMul":
+        deq = deq.T
+    w = node.inputs[1].values
+    if deq.shape != w.shape:
+        log.warning("sensitivity: %s weights %s do not match the QGraph's %s; left float",
+                    node.name, w.shape, deq.shape)
+        return None
+    return deq
+
+
+def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
+                       on: np.ndarray | None = None) -> tuple[Model, list[Layer], int]:
+    """The float model with switchable quantization points, and the layers' points.
+
+    Args:
+        model: The canonical float model the QGraph was built from (not modified).
+        qgraph: Its QGraph (scales, int8 weights).
+        units: `partition(model.graph)`.
+        on: Bake this configuration (point k quantized iff ``on[k]``) instead of adding
+            the `ENABLE` input: no switch left, so onnxruntime runs it at float speed.
+
+    Returns:
+        (model, layers in unit order, number of points); points are numbered the same way
+        for the same arguments, whether baked or not.
+    """
+    b = SwitchBuilder(model, qgraph, on)
+    owner: dict[str, Layer | None] = {}  # activation tensor -> layer whose output it is
+    layers = []
+    for unit in units:
+        if unit.kind == "cpu":
+            continue
+        if scale_preserving(unit):  # moved values: owned by whoever owns the input
+            src = next((owner.get(t.name) for t in unit.inputs if not is_const(t)), None)
+            owner.update({t.name: src for t in unit.outputs})
+            continue
+        layer = Layer(unit)
+        for t in unit.inputs:
+            k = None if is_const(t) else b.activation(t.name)
+            if k is None:
+                continue
+            layer.inputs.append(k)
+            layer.tensors.append(t.name)
+            if t.name not in owner:  # an entry point (graph input, CPU output): first user's
+                owner[t.name] = layer
+        layer.own += b.unit_constants(unit)
+        owner.update({t.name: layer for t in unit.outputs})
+        layers.append(layer)
+    for name, layer in owner.items():  # outputs, after every input point exists
+        k = b.activation(name)
+        if k is not None and layer is not None:
+            layer.own.append(k)
+            if name not in layer.tensors and name in {t.name for t in layer.unit.outputs}:
+                layer.tensors.append(name)
+    return b.finish(), layers, b.count
+
+
+def masks(layers: list[Layer], count: int, method: str) -> list[np.ndarray]:
+    """One `ENABLE` vector per layer for `method`."""
+    out = []
+    for layer in layers:
+        if method == "single":
+            on = np.zeros(count, np.bool_)
+            on[layer.inputs + layer.own] = True
+        else:
+            on = np.ones(count, np.bool_)
+            on[layer.own] = False
+        out.append(on)
+    return out
+
+
+# -- flags -------------------------------------------------------------------------------------
+
+def decoding_heads(model: Model, layers: Iterable[Layer]) -> set[str]:
+    """Anchor names of the layers whose output reaches a graph output through non-MAC ops."""
+    outputs = {t.name for t in model.graph.outputs}
+    return {layer.unit.anchor.name for layer in layers
+            if _reaches_output({t.name for t in layer.unit.outputs}, model, outputs)}
+
+
+def _reaches_output(start: set[str], model: Model, outputs: set[str]) -> bool:
+    """Breadth-first over (tensor, after a Softmax) states, stopping at MAC ops."""
+    users: dict[str, list[gs.Node]] = {}
+    for node in model.graph.nodes:
+        for t in node.inputs:
+            users.setdefault(t.name, []).append(node)
+    seen: set[tuple[str, bool]] = set()
+    todo = [(name, False) for name in start]
+    while todo:
+        name, soft = todo.pop()
+        if name in outputs:
+            return True
+        if (name, soft) in seen:
+            continue
+        seen.add((name, soft))
+        for node in users.get(name, []):
+            if node.op not in MAC_OPS or soft:  # a MAC after a Softmax: DFL's expectation
+                todo += [(o.name, soft or node.op == "Softmax") for o in node.outputs]
+    return False
+
+
+def outlier_ratios(model: Model, feeds: Feeds, thresholds: dict[str, float],
+                   batch_size: int) -> dict[str, float]:
+    """``T / percentile_99.99(|x|)`` per tensor: calibrated threshold over the bulk of `feeds`."""
+    if not thresholds:
+        return {}
+    bulk = collect_ranges(model, feeds, list(thresholds), "percentile", batch_size,
+                          percentile=OUTLIER_PERCENTILE)
+    return {n: t / bulk[n] if bulk[n] > 0 else 1.0 for n, t in thresholds.items()}
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+
+def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *,
+                         method: str = "single", calibrator: str = DEFAULT_CALIBRATOR,
+                         rank_by: str = "auto", batch_size: int = 8,
+                         outlier_threshold: float = OUTLIER_THRESHOLD,
+                         input_shapes: ShapeArg = None, quantized: QuantResult | None = None,
+                         **quantize_options: Any) -> SensitivityReport:
+    """Rank the int8 layers of `model` by the output error each one causes, worst first.
+
+    Args:
+        model: Float model (path, ModelProto or IR Model; not modified).
+        calib_feeds: Calibration data (anything `quantize_model` accepts).
+        eval_feeds: Data to measure on (default: the calibration data); integer class
+            labels (`Feeds.labels`) add accuracy.
+        method: "single" or "leave-one-out" (module doc).
+        calibrator: Activation calibrator of the int8 model.
+        rank_by: "auto" (accuracy with labels, else cosine), "cosine", "agreement",
+            "accuracy".
+        batch_size: Samples per onnxruntime run (models with a symbolic batch).
+        outlier_threshold: `outlier_range` is set above this ratio.
+        input_shapes: `--input-shape` binding, as for `quantize_model`.
+        quantized: An existing `quantize_model` result of this model (skips quantizing).
+        **quantize_options: Further `quantize_model` keywords (cle, rounding, ...).
+
+    Returns:
+        The report; `report.layers` are `LayerSensitivity` rows, worst first, and
+        `report.baseline` the fully int8 model's metrics.
+
+    Raises:
+        ConfigError: Unknown method or ranking, or a model without an int8 layer.
+        DataError: Data that does not fit the model.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown sensitivity method {method!r} (valid: {', '.join(METHODS)})")
+    start = time.perf_counter()
+    res = quantized or quantize_model(model, calib_feeds, calibrator, batch_size=batch_size,
+                                      input_shapes=input_shapes, **quantize_options)
+    fm = res.float_model
+    units = partition(fm.graph, quantize_options.get("keep_float", ()))
+    _, layers, count = build_switch_model(fm, res.qgraph, units)
+    if not layers:
+        raise ConfigError("the model has no quantizable layer (every node runs in float on "
+                          "the CPU; see `npuc quantize` for the reasons)")
+    times = {"quantize": time.perf_counter() - start}
+    calib = load_feeds(calib_feeds, fm)  # `Feeds` (what the CLI passes) are used as they are
+    ref = Reference(fm, calib if eval_feeds is None else load_feeds(eval_feeds, fm),
+                    batch_size)
+    by = resolve_rank(rank_by, ref.labels is not None)
+    configs = masks(layers, count, method)
+    metrics = [score_config(fm, res.qgraph, units, ref, on)
+               for on in track(configs, "sensitivity (layers)", len(configs))]
+    baseline = score_config(fm, res.qgraph, units, ref, np.ones(count, np.bool_))
+    times["sweep"] = time.perf_counter() - start - times["quantize"]
+    names = dict.fromkeys(n for layer in layers for n in layer.tensors)
+    ratios = outlier_ratios(fm, calib, _thresholds(res.qgraph, names), batch_size)
+    rows = sorted(_rows(fm, layers, metrics, ratios, outlier_threshold),
+                  key=lambda r: rank_key(by)(r.metrics))
+    times["total"] = time.perf_counter() - start
+    info = {"calibrator": res.table.method, "points": count,
+            "outlier_threshold": outlier_threshold, "outlier_percentile": OUTLIER_PERCENTILE,
+            "time_s": {k: round(v, 3) for k, v in times.items()}}
+    return SensitivityReport(rows, method, by, ref.samples, baseline,
+                             ref.float_metrics.accuracy, info)
+
+
+def score_config(model: Model, qgraph: q.QGraph, units: list[Unit], ref: Reference,
+                 on: np.ndarray) -> Metrics:
+    """Metrics of the float model with the points `on` quantized (a baked model)."""
+    baked = build_switch_model(model, qgraph, units, on)[0]
+    sess = session(baked, fuse_qdq=False)  # fake-quant arithmetic, not ORT's QLinear kernels
+    return ref.score(lambda feed: run(sess, feed))
+
+
+def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
+    """The int8 model's threshold T = 127·S of each float tensor in `names`."""
+    scales = {float_name(n): t.scale for n, t in qgraph.tensors.items()
+              if t.is_quantized and t.data is None and t.scale is not None}
+    return {n: 127.0 * float(scales[n]) for n in names if n in scales}
+
+
+def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],
+          ratios: dict[str, float], threshold: float) -> list[LayerSensitivity]:
+    heads = decoding_heads(model, layers)
+    rows = []
+    for index, (layer, m) in enumerate(zip(layers, metrics, strict=True)):
+        anchor = layer.unit.anchor
+        worst = max(layer.tensors, key=lambda n: ratios.get(n, 1.0), default="")
+        ratio = float(ratios.get(worst, 1.0))
+        rows.append(LayerSensitivity(
+            anchor.name, anchor.op, layer.unit.kind, unit_macs(layer.unit), m, ratio, worst,
+            ratio > threshold, anchor.name in heads, list(layer.tensors), index))
+    return rows
+
+
+def unit_macs(unit: Unit) -> int:
+    """MACs of a unit's nodes, a symbolic batch read as 1 (shapes restored afterwards)."""
+    saved = []
+    for t in {id(t): t for n in unit.nodes for t in [*n.inputs, *n.outputs]}.values():
+        shape = getattr(t, "shape", None)
+        if not is_const(t) and shape and not isinstance(shape[0], (int, np.integer)):
+            saved.append((t, shape))
+            t.shape = [1, *shape[1:]]
+    try:
+        return sum(node_cost(n).macs for n in unit.nodes)
+    finally:
+        for t, shape in saved:
+            t.shape = shape
