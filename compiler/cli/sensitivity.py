@@ -15,7 +15,9 @@ from compiler.cli.common import (
 )
 from compiler.cli.options import add_flags, from_args
 from compiler.core.errors import ConfigError
+from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Preprocess
+from compiler.core.onnxfile import write_atomic
 from compiler.core.outpaths import check_output, input_files
 from compiler.driver.data import load_data
 from passes.quantize.options import CalibrationOptions, SensitivityOptions
@@ -51,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     calib.add_argument("--limit", type=int, default=None, metavar="N",
                        help="use only the first N samples of --data")
     add_flags(p.add_argument_group("image preprocessing (folders of images)"), Preprocess)
+    add_flags(p.add_argument_group("where the sweep runs (default: this process)"),
+              ExecutorOptions)
     add_input_shape_flag(p)
     p.add_argument("--top", type=int, default=20, metavar="K",
                    help="rows shown in the table, worst first (0: all; default 20)")
@@ -75,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     feeds = load_data(calib.data, model, limit=calib.limit, preprocess=pre)
     evals = None if args.data is None else load_data(args.data, model, limit=args.limit,
                                                       preprocess=pre)
-    report = _sweep(model, feeds, evals, o, calib.calibrator)
+    executor = from_args(args, ExecutorOptions)
+    report = _sweep(model, feeds, evals, o, calib.calibrator,
+                    executor if executor.requested() else None)
     doc = {"model": args.model, "mode": o.mode, **report.to_dict()}
     if args.output:
         _write(Path(args.output), (json.dumps(doc, indent=2, default=float) + "\n").encode(),
@@ -102,12 +108,13 @@ def _check_outputs(args: argparse.Namespace, calib: str) -> None:
 
 def _write(path: Path, data: bytes, flag: str) -> None:
     try:
-        path.write_bytes(data)
+        write_atomic(path, data)  # never a half-written file
     except OSError as e:
         raise ConfigError(f"{flag} {path}: cannot write ({e.strerror or e})") from e
 
 
-def _sweep(model, feeds, evals, o: SensitivityOptions, calibrator: str):
+def _sweep(model, feeds, evals, o: SensitivityOptions, calibrator: str,
+           executor: ExecutorOptions | None):
     if o.mode == "prune":
         from passes.prune.sensitivity import prune_sensitivity
 
@@ -117,7 +124,7 @@ def _sweep(model, feeds, evals, o: SensitivityOptions, calibrator: str):
 
     return quantize_sensitivity(model, feeds, evals, method=o.method, calibrator=calibrator,
                                 rank_by=o.rank_by, batch_size=o.batch_size,
-                                outlier_threshold=o.outlier_threshold)
+                                outlier_threshold=o.outlier_threshold, executor=executor)
 
 
 def _write_plot(doc: dict, path: str) -> None:

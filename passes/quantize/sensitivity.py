@@ -59,8 +59,9 @@ import onnx_graphsurgeon as gs
 from compiler.core import qgraph as q
 from compiler.core.cost import node_cost
 from compiler.core.errors import ConfigError
+from compiler.core.executor import ExecutorOptions, open_pool
 from compiler.core.feeds import Feeds, load_feeds
-from compiler.core.io import ShapeArg
+from compiler.core.io import ShapeArg, from_proto, to_proto
 from compiler.core.ir import Model, is_const
 from compiler.core.numerics import run, session
 from compiler.core.progress import track
@@ -368,6 +369,7 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
                          rank_by: str = "auto", batch_size: int = 8,
                          outlier_threshold: float = OUTLIER_THRESHOLD,
                          input_shapes: ShapeArg = None, quantized: QuantResult | None = None,
+                         executor: ExecutorOptions | None = None,
                          **quantize_options: Any) -> SensitivityReport:
     """Rank the int8 layers of `model` by the output error each one causes, worst first.
 
@@ -384,6 +386,9 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
         outlier_threshold: `outlier_range` is set above this ratio.
         input_shapes: `--input-shape` binding, as for `quantize_model`.
         quantized: An existing `quantize_model` result of this model (skips quantizing).
+        executor: Score the configurations on these workers (local processes or Ray; the
+            model, the int8 graph and the reference outputs are shipped once). The
+            metrics are identical to an in-process sweep. Default: this process.
         **quantize_options: Further `quantize_model` keywords (cle, rounding, ...).
 
     Returns:
@@ -411,8 +416,14 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
                     batch_size)
     by = resolve_rank(rank_by, ref.labels is not None)
     configs = masks(layers, count, method)
-    metrics = [score_config(fm, res.qgraph, units, ref, on)
-               for on in track(configs, "sensitivity (layers)", len(configs))]
+    if executor is not None:
+        payload = {"model": to_proto(fm).SerializeToString(), "qgraph": res.qgraph.dumps(),
+                   "keep_float": tuple(quantize_options.get("keep_float", ())), "ref": ref}
+        with open_pool(executor, init=_init_sweep_worker, payload=payload) as pool:
+            metrics = pool.map(_score_mask, configs)
+    else:
+        metrics = [score_config(fm, res.qgraph, units, ref, on)
+                   for on in track(configs, "sensitivity (layers)", len(configs))]
     baseline = score_config(fm, res.qgraph, units, ref, np.ones(count, np.bool_))
     times["sweep"] = time.perf_counter() - start - times["quantize"]
     names = dict.fromkeys(n for layer in layers for n in layer.tensors)
@@ -433,6 +444,23 @@ def score_config(model: Model, qgraph: q.QGraph, units: list[Unit], ref: Referen
     baked = build_switch_model(model, qgraph, units, on)[0]
     sess = session(baked, fuse_qdq=False)  # fake-quant arithmetic, not ORT's QLinear kernels
     return ref.score(lambda feed: run(sess, feed))
+
+
+_SWEEP: dict[str, Any] = {}
+
+
+def _init_sweep_worker(payload: dict[str, Any]) -> None:
+    """A worker's copy of the float model, its int8 graph, units and reference outputs."""
+    import onnx
+
+    fm = from_proto(onnx.load_from_string(payload["model"]))
+    _SWEEP.update(model=fm, qgraph=q.QGraph.loads(payload["qgraph"]), ref=payload["ref"],
+                  units=partition(fm.graph, payload["keep_float"]))
+
+
+def _score_mask(on: np.ndarray) -> Metrics:
+    w = _SWEEP
+    return score_config(w["model"], w["qgraph"], w["units"], w["ref"], on)
 
 
 def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:

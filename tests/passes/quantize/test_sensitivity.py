@@ -180,3 +180,17 @@ def test_trained_resnet_every_conv_and_gemm_once():
     assert report.rank_by == "accuracy" and report.float_accuracy > 0.8
     best = max(r.metrics.cosine for r in report.layers)
     assert report.baseline.cosine < best <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_sweep_on_workers_is_identical(sweep, kind, request):
+    """The same ranking and the same metrics, bit for bit, on 2 workers (issue #21)."""
+    from compiler.core.executor import ExecutorOptions
+
+    if kind == "ray":
+        request.getfixturevalue("ray_cluster")
+    there = quantize_sensitivity(residual_classifier(), images(24, 0), images(24, 1),
+                                 executor=ExecutorOptions(kind=kind, workers=2))
+    assert [r.name for r in there.layers] == [r.name for r in sweep.layers]
+    assert [r.metrics for r in there.layers] == [r.metrics for r in sweep.layers]
