@@ -144,8 +144,10 @@ def quantize_constant(values: np.ndarray, scale: float, dtype: str = "int8") -> 
 
 
 def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8") -> int:
-    """B = 2^31 - 1 - K·P (P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for
-    uint8): a bias within ±B keeps the int32 accumulator from overflowing."""
+    """B = 2^31 - 1 - K·P: a bias within ±B keeps the int32 accumulator from overflowing.
+
+    P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for uint8.
+    """
     bound = ACC_MAX - k * product_bound(x_dtype)
     if bound <= 0:
         raise GraphError(f"node {name!r}: reduction length {k} too large for an int32 accumulator")
@@ -186,8 +188,10 @@ def quantize_bias(b: np.ndarray | None, x_scale: float, w_scale: np.ndarray, k: 
 
 def clamp_bounds(lo: float | None, hi: float | None, scale: float,
                  dtype: str = "int8") -> tuple[int, int]:
-    """Integer clamp bounds for a fused ReLU/Clip with real bounds lo/hi (None: unbounded),
-    within the range of the output `dtype` (§3)."""
+    """Integer clamp bounds for a fused ReLU/Clip with real bounds lo/hi (None: unbounded).
+
+    Both lie within the range of the output `dtype` (§3).
+    """
     tmin, tmax = qrange(dtype)
     qlo = tmin if lo is None or not math.isfinite(lo) else int(qround(lo / scale))
     qhi = tmax if hi is None or not math.isfinite(hi) else int(qround(hi / scale))
@@ -319,7 +323,7 @@ def lut_grid(x_scale: float, in_dtype: str = "int8") -> np.ndarray:
 
 
 def lut_values(fn: str, x_scale: float, in_dtype: str = "int8", **params: float) -> np.ndarray:
-    """f on the table's 256 real inputs, float64 (the table before scaling and rounding)."""
+    """F on the table's 256 real inputs, float64 (the table before scaling and rounding)."""
     if fn not in LUT_FUNCTIONS:
         raise GraphError(f"no lookup table for {fn!r}")
     return LUT_FUNCTIONS[fn](lut_grid(x_scale, in_dtype), **params)

@@ -148,8 +148,11 @@ class QGraphBuilder:
         return self.signed[name]
 
     def _output_dtype(self, unit: Unit, d: OpDef, io: UnitIO) -> str:
-        """The unit's output precision: the input's for scale-preserving ops, else uint8
-        when the op guarantees a non-negative output (§15)."""
+        """The unit's output precision (§15).
+
+        The input's for scale-preserving ops, else uint8 when the op guarantees a
+        non-negative output.
+        """
         if scale_preserving(unit):
             return io.in_dtype(0)
         if self.unsigned and d.nonnegative is not None and d.nonnegative(unit, io):

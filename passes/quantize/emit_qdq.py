@@ -1,11 +1,12 @@
 """QGraph scales -> `model.qdq.onnx`: the float model with QuantizeLinear/DequantizeLinear.
 
 Every quantized tensor of the QGraph becomes a Q/DQ pair on its float counterpart (same
-float32 scale, zero point 0 of its type: int8, or uint8 for a never-negative tensor); ops with weights (Conv/Gemm/MatMul: the `emit_qdq` hook of their
-definition in compiler/core/qops) read DequantizeLinear of the QGraph's own int8 weights /
-int32 biases (per output channel) through `weight_inputs`, so other runtimes see
-exactly our scales. The arithmetic in between is the runtime's (float32, round half to
-even): it can differ from model.quant.onnx by about one LSB.
+float32 scale, zero point 0 of its type: int8, or uint8 for a never-negative tensor); ops
+with weights (Conv/Gemm/MatMul: the `emit_qdq` hook of their definition in
+compiler/core/qops) read DequantizeLinear of the QGraph's own int8 weights / int32 biases
+(per output channel) through `weight_inputs`, so other runtimes see exactly our scales. The
+arithmetic in between is the runtime's (float32, round half to even): it can differ from
+model.quant.onnx by about one LSB.
 """
 
 from __future__ import annotations
@@ -51,8 +52,10 @@ class QdqEmitter:
         return out
 
     def qdq_activation(self, name: str, scale: float, dtype: str = "int8") -> None:
-        """Q/DQ on a float tensor (zero point 0 of `dtype`); consumers (and a graph output)
-        read the DQ value."""
+        """Q/DQ on a float tensor (zero point 0 of `dtype`).
+
+        Consumers (and a graph output) read the DQ value.
+        """
         t = self.tensors.get(name)
         if t is None:
             raise GraphError(f"qdq: float model has no tensor {name!r}")

@@ -25,8 +25,10 @@ def x_max(dtype: np.dtype | str) -> int:
 
 
 def k_splits(w: np.ndarray, x_bound: int = X_MAX) -> list[tuple[int, int]]:
-    """K ranges `[k0, k1)` of a `[N, K]` int weight whose float32 products sum exactly for
-    activations with |x| ≤ `x_bound`."""
+    """K ranges `[k0, k1)` of a `[N, K]` int weight whose float32 products sum exactly.
+
+    Exact for activations with |x| ≤ `x_bound`.
+    """
     n, k = w.shape
     limit = EXACT_F32 // x_bound
     splits, k0 = [], 0
@@ -63,8 +65,10 @@ def exact_matmul(w32: np.ndarray, x32: np.ndarray, splits: list[tuple[int, int]]
 
 def requant(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, lo: int,
             hi: int, dtype: np.dtype | type = np.int8) -> np.ndarray:
-    """§3: `clamp((acc·M0 + 2^(s-1)) >> s, lo, hi)` in int64 with an arithmetic shift, as
-    `dtype` (the output's type; `[lo, hi]` lies within it)."""
+    """§3: `clamp((acc·M0 + 2^(s-1)) >> s, lo, hi)` in int64 with an arithmetic shift.
+
+    The result is of `dtype` (the output's type; `[lo, hi]` lies within it).
+    """
     m0 = np.asarray(m0, np.int64)
     shift = np.asarray(shift, np.int64)
     v = acc.astype(np.int64, copy=False) * m0
@@ -164,8 +168,10 @@ def add(a: np.ndarray, b: np.ndarray, mult_a: int, mult_b: int, shift: int, lo: 
 
 
 def lut_index(x: np.ndarray) -> np.ndarray:
-    """§10 table index: `x + 128` for int8 (the bit pattern with the sign bit flipped),
-    `x` for uint8."""
+    """§10 table index: `x + 128` for int8, `x` for uint8.
+
+    For int8, x + 128 is the bit pattern with the sign bit flipped.
+    """
     if x.dtype == np.uint8:
         return x
     return x.view(np.uint8) ^ np.uint8(0x80)

@@ -70,8 +70,9 @@ def matchers() -> dict:
 
 
 def channel_tables(op: QOp, channels: int, in_dtype: str = "int8") -> np.ndarray:
-    """[channels, 256] of the output's type: a channelwise op's reference on every value of
-    its input type (`in_dtype`, int8 or uint8), per channel.
+    """A channelwise op's reference on every value of its input type, per channel.
+
+    The result is [channels, 256] of the output's type; `in_dtype` is int8 or uint8.
 
     Row c, entry x + offset (`fixedpoint.lut_offset`: 128 for int8, 0 for uint8) is the
     op's output for input x in channel c, so a target may run any `OpDef.channelwise` op as

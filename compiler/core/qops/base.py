@@ -176,7 +176,7 @@ def out_elements(op: QOp, graph: GraphView) -> OpWork:
 
 
 def out_dtype(graph: GraphView, op: QOp, i: int = 0) -> np.dtype:
-    """numpy dtype of output `i` of `op` (its QTensor's precision)."""
+    """Numpy dtype of output `i` of `op` (its QTensor's precision)."""
     return np.dtype(graph.tensor(op.outputs[i]).dtype)
 
 

@@ -80,7 +80,7 @@ def match_lut(node: gs.Node, graph: gs.Graph) -> Unit | str:
 
 
 def lut_values(unit: Unit, io: UnitIO) -> np.ndarray:
-    """f on the 256 real inputs of the table (float64; NaN outside f's domain).
+    """F on the 256 real inputs of the table (float64; NaN outside f's domain).
 
     Cached in the unit: the builder asks for the sign before lowering (a region runs in
     onnxruntime).
@@ -98,7 +98,7 @@ def lut_values(unit: Unit, io: UnitIO) -> np.ndarray:
 
 
 def lut_nonnegative(unit: Unit, io: UnitIO) -> bool:
-    """f ≥ 0 on every table input (Sigmoid, HardSigmoid, Relu, ...): no entry is negative."""
+    """F ≥ 0 on every table input (Sigmoid, HardSigmoid, Relu, ...): no entry is negative."""
     v = lut_values(unit, io)
     return bool(np.all(np.isnan(v) | (v >= 0)))
 

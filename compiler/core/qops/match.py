@@ -81,8 +81,10 @@ def f64(v: float) -> np.float64:
 
 
 def bounds(unit: Unit, io: UnitIO) -> tuple[int, int]:
-    """Integer clamp bounds of the unit's fused activation at the output scale (the output
-    precision's range without one)."""
+    """Integer clamp bounds of the unit's fused activation at the output scale.
+
+    Without one: the output precision's whole range.
+    """
     lo, hi = unit.params.get("act", (None, None))
     return fp.clamp_bounds(lo, hi, io.out_scale, io.out_dtype)
 
