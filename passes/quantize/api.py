@@ -244,6 +244,9 @@ def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, floa
     return {
         "nodes": nodes,
         "op_counts": dict(Counter(op.kind for op in qg.ops)),
+        # computed quantized tensors per precision (docs/fixed-point.md §15)
+        "tensor_types": dict(Counter(t.dtype for t in qg.tensors.values()
+                                     if t.is_quantized and t.data is None)),
         "float_nodes": len(nodes), "int8_nodes": len(nodes) - len(cpu), "cpu_nodes": len(cpu),
         "cpu_reasons": {n["node"]: f'{n["op"]}: {n["reason"]}' for n in cpu},
         # seconds per phase, under the key prune uses too
