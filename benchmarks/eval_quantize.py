@@ -27,6 +27,8 @@ DATA = {"fmnist_resnet": ("fmnist-calib", "fmnist-eval"),
 VARIANTS = {"plain": {}, "cle": {"cle": True}, "bc": {"bias_correction": True},
             "gptq": {"rounding": "gptq"}, "gptq+bc": {"rounding": "gptq", "bias_correction": True},
             "cle+bc": {"cle": True, "bias_correction": True},
+            "all-int8": {"unsigned": False}, "gptq+all-int8": {"rounding": "gptq",
+                                                               "unsigned": False},
             "float-last": {"keep_float": "last"}, "gptq+float-last": {
                 "rounding": "gptq", "keep_float": "last"}}
 """`keep_float: "last"` keeps the model's last Conv/Gemm/MatMul (the classifier) in float."""

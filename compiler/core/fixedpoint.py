@@ -17,12 +17,42 @@ from compiler.core.errors import DataError, GraphError
 log = logging.getLogger(__name__)
 
 INT8_MIN, INT8_MAX = -128, 127
+QRANGE: dict[str, tuple[int, int]] = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255)}
+"""Precisions of quantized activation tensors (zero point 0): dtype name -> (qmin, qmax).
+
+The one place that defines them (docs/fixed-point.md §1, §15); a wider type (int16) is one
+more entry here plus the places that test `LUT_DTYPES`."""
+LUT_DTYPES = frozenset({"int8", "uint8"})
+"""Input dtypes a 256-entry table (§10) can index."""
 WEIGHT_MAX = 127
 MAX_SHIFT = 62
 M0_MIN, M0_LIMIT = 1 << 30, 1 << 31
 PRODUCT_BOUND = 1 << 14          # |x·w| ≤ 128·127 < 2^14
 ACC_MAX = (1 << 31) - 1
 T_MIN = 1e-6
+
+
+def qrange(dtype: str | np.dtype) -> tuple[int, int]:
+    """(qmin, qmax) of a quantized activation dtype (GraphError for any other dtype)."""
+    name = np.dtype(dtype).name
+    if name not in QRANGE:
+        raise GraphError(f"{name} is not a quantized activation type "
+                         f"({', '.join(QRANGE)})")
+    return QRANGE[name]
+
+
+def is_quantized_dtype(dtype: str | np.dtype) -> bool:
+    """True for the dtypes of `QRANGE`."""
+    return np.dtype(dtype).name in QRANGE
+
+
+def product_bound(x_dtype: str | np.dtype) -> int:
+    """A power of two P > max|x·w| for inputs of `x_dtype` and weights |w| ≤ 127 (§1).
+
+    int8: 128·127 < 2^14; uint8: 255·127 < 2^15.
+    """
+    lo, hi = qrange(x_dtype)
+    return 1 << (max(-lo, hi) * WEIGHT_MAX).bit_length()
 
 
 def qround(v: np.ndarray | float) -> np.ndarray | float:
@@ -32,15 +62,18 @@ def qround(v: np.ndarray | float) -> np.ndarray | float:
 
 # --- scales ---------------------------------------------------------------------------------
 
-def activation_scale(threshold: float, name: str = "<tensor>") -> float:
-    """S = f32(T/127) with the §1 fallbacks: non-finite T -> DataError, T < T_MIN -> T_MIN."""
+def activation_scale(threshold: float, name: str = "<tensor>", dtype: str = "int8") -> float:
+    """S = f32(T/qmax) with the §1 fallbacks: non-finite T -> DataError, T < T_MIN -> T_MIN.
+
+    qmax = 127 for int8, 255 for uint8 (§15).
+    """
     t = float(threshold)
     if not math.isfinite(t):
         raise DataError(f"tensor {name!r}: calibrated range is {t} (NaN/Inf in activations?)")
     if t < T_MIN:
         log.warning("tensor %r: calibrated range %g below %g, using %g", name, t, T_MIN, T_MIN)
         t = T_MIN
-    return float(np.float32(t / 127.0))
+    return float(np.float32(t / float(qrange(dtype)[1])))
 
 
 def inverse_scale(scale: float) -> float:
@@ -103,22 +136,26 @@ def fake_quant_weights(w: np.ndarray) -> np.ndarray:
         np.asarray(w).dtype)
 
 
-def quantize_constant(values: np.ndarray, scale: float) -> np.ndarray:
-    """A constant operand as int8 with a given per-tensor scale."""
-    q = np.clip(qround(np.asarray(values, np.float64) / scale), INT8_MIN, INT8_MAX)
-    return np.asarray(q, np.int8)
+def quantize_constant(values: np.ndarray, scale: float, dtype: str = "int8") -> np.ndarray:
+    """Constant values as `dtype` (int8 by default) with a given per-tensor scale."""
+    lo, hi = qrange(dtype)
+    q = np.clip(qround(np.asarray(values, np.float64) / scale), lo, hi)
+    return np.asarray(q, np.dtype(dtype))
 
 
-def bias_bound(k: int, name: str = "<node>") -> int:
-    """B = 2^31 - 1 - K·2^14: a bias within ±B keeps the int32 accumulator from overflowing."""
-    bound = ACC_MAX - k * PRODUCT_BOUND
-    if k >= 1 << 17 or bound <= 0:
+def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8") -> int:
+    """B = 2^31 - 1 - K·P: a bias within ±B keeps the int32 accumulator from overflowing.
+
+    P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for uint8.
+    """
+    bound = ACC_MAX - k * product_bound(x_dtype)
+    if bound <= 0:
         raise GraphError(f"node {name!r}: reduction length {k} too large for an int32 accumulator")
     return bound
 
 
 def bias_scale_floor(b: np.ndarray | None, x_scale: float, k: int,
-                     name: str = "<node>") -> np.ndarray | None:
+                     name: str = "<node>", x_dtype: str = "int8") -> np.ndarray | None:
     """Smallest float32 `Sw[c]` with `|b[c]| / (Sx·Sw[c]) ≤ B` (§1), or None without bias.
 
     A channel whose weights are (nearly) zero but whose bias is not would otherwise get a
@@ -130,16 +167,16 @@ def bias_scale_floor(b: np.ndarray | None, x_scale: float, k: int,
     b64 = np.abs(np.asarray(b, np.float64).reshape(-1))
     if not np.all(np.isfinite(b64)):
         raise GraphError(f"node {name!r}: bias contains NaN or Inf")
-    need = b64 / (np.float64(x_scale) * bias_bound(k, name))
+    need = b64 / (np.float64(x_scale) * bias_bound(k, name, x_dtype))
     floor = need.astype(np.float32)
     return np.where(floor.astype(np.float64) < need, np.nextafter(floor, np.float32(np.inf)),
                     floor).astype(np.float32)
 
 
 def quantize_bias(b: np.ndarray | None, x_scale: float, w_scale: np.ndarray, k: int,
-                  name: str = "<node>") -> np.ndarray:
-    """int32 bias round(b / (Sx·Sw[c])), saturated to ±bias_bound(K) (§1)."""
-    bound = bias_bound(k, name)
+                  name: str = "<node>", x_dtype: str = "int8") -> np.ndarray:
+    """int32 bias round(b / (Sx·Sw[c])), saturated to ±bias_bound(K, x_dtype) (§1)."""
+    bound = bias_bound(k, name, x_dtype)
     if b is None:
         return np.zeros(len(w_scale), np.int32)
     b64 = np.asarray(b, np.float64).reshape(-1)
@@ -149,11 +186,16 @@ def quantize_bias(b: np.ndarray | None, x_scale: float, w_scale: np.ndarray, k: 
     return np.clip(qround(b64 / denom), -bound, bound).astype(np.int32)
 
 
-def clamp_bounds(lo: float | None, hi: float | None, scale: float) -> tuple[int, int]:
-    """Integer clamp bounds for a fused ReLU/Clip with real bounds lo/hi (None: unbounded)."""
-    qlo = INT8_MIN if lo is None or not math.isfinite(lo) else int(qround(lo / scale))
-    qhi = INT8_MAX if hi is None or not math.isfinite(hi) else int(qround(hi / scale))
-    qlo, qhi = min(max(qlo, INT8_MIN), INT8_MAX), min(max(qhi, INT8_MIN), INT8_MAX)
+def clamp_bounds(lo: float | None, hi: float | None, scale: float,
+                 dtype: str = "int8") -> tuple[int, int]:
+    """Integer clamp bounds for a fused ReLU/Clip with real bounds lo/hi (None: unbounded).
+
+    Both lie within the range of the output `dtype` (§3).
+    """
+    tmin, tmax = qrange(dtype)
+    qlo = tmin if lo is None or not math.isfinite(lo) else int(qround(lo / scale))
+    qhi = tmax if hi is None or not math.isfinite(hi) else int(qround(hi / scale))
+    qlo, qhi = min(max(qlo, tmin), tmax), min(max(qhi, tmin), tmax)
     return qlo, max(qlo, qhi)
 
 
@@ -212,7 +254,8 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
                lo: int = INT8_MIN, hi: int = INT8_MAX, dtype: type = np.int8) -> np.ndarray:
     """clamp((acc·M0 + 2^(s-1)) >> s, lo, hi) in int64 with an arithmetic shift (§3).
 
-    The result is cast to `dtype` (int8; tests use int64 with wider bounds).
+    The result is cast to `dtype` (the output tensor's type, int8 or uint8; tests use
+    int64 with wider bounds). `lo`/`hi` must lie within `dtype`.
     """
     shift = np.asarray(shift, np.int64)
     v = np.asarray(acc, np.int64) * np.asarray(m0, np.int64)
@@ -225,15 +268,16 @@ def shift_round(acc: np.ndarray, shift: int, lo: int = INT8_MIN, hi: int = INT8_
     return requantize(acc, 1, shift, lo, hi)
 
 
-def quantize_input(x: np.ndarray, inv_scale: float) -> np.ndarray:
-    """float32 -> int8: clamp(floor(x ⊗ inv ⊕ 0.5), -128, 127), all in float32 (§4)."""
+def quantize_input(x: np.ndarray, inv_scale: float, dtype: str = "int8") -> np.ndarray:
+    """float32 -> `dtype`: clamp(floor(x ⊗ inv ⊕ 0.5), qmin, qmax), all in float32 (§4)."""
+    lo, hi = qrange(dtype)
     v = np.asarray(x, np.float32) * np.float32(inv_scale)
     v = np.floor(v + np.float32(0.5))
-    return np.clip(v, np.float32(INT8_MIN), np.float32(INT8_MAX)).astype(np.int8)
+    return np.clip(v, np.float32(lo), np.float32(hi)).astype(np.dtype(dtype))
 
 
 def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
-    """int8 -> float32: float32(q) ⊗ S (§5)."""
+    """int8/uint8 -> float32: float32(q) ⊗ S (§5)."""
     return np.asarray(q).astype(np.float32) * np.float32(scale)
 
 
@@ -265,15 +309,40 @@ LUT_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def build_lut(fn: str, x_scale: float, y_scale: float, **params: float) -> np.ndarray:
-    """table[i] = clamp(qround(f((i-128)·Sx)/Sy), -128, 127), float64 (§10)."""
+def lut_offset(dtype: str | np.dtype) -> int:
+    """Index offset of a table read by a `dtype` input: -qmin (128 for int8, 0 for uint8)."""
+    if np.dtype(dtype).name not in LUT_DTYPES:
+        raise GraphError(f"a 256-entry table cannot be indexed by {np.dtype(dtype).name}")
+    return -qrange(dtype)[0]
+
+
+def lut_grid(x_scale: float, in_dtype: str = "int8") -> np.ndarray:
+    """The 256 real inputs of a table, float64: (i - offset)·Sx for i in 0..255 (§10)."""
+    lo = -lut_offset(in_dtype)
+    return np.arange(lo, lo + 256, dtype=np.float64) * np.float64(x_scale)
+
+
+def lut_values(fn: str, x_scale: float, in_dtype: str = "int8", **params: float) -> np.ndarray:
+    """F on the table's 256 real inputs, float64 (the table before scaling and rounding)."""
     if fn not in LUT_FUNCTIONS:
         raise GraphError(f"no lookup table for {fn!r}")
-    v = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64) * np.float64(x_scale)
-    y = LUT_FUNCTIONS[fn](v, **params) / np.float64(y_scale)
-    return np.clip(qround(y), INT8_MIN, INT8_MAX).astype(np.int8)
+    return LUT_FUNCTIONS[fn](lut_grid(x_scale, in_dtype), **params)
 
 
-def apply_lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """Y = table[x + 128]."""
-    return table[np.asarray(x, np.int64) + 128]
+def table_from(values: np.ndarray, y_scale: float, out_dtype: str = "int8") -> np.ndarray:
+    """clamp(qround(f / Sy), qmin, qmax) as `out_dtype` (§10); NaN entries become 0."""
+    lo, hi = qrange(out_dtype)
+    y = np.asarray(values, np.float64) / np.float64(y_scale)
+    y = np.where(np.isnan(y), 0.0, y)
+    return np.clip(qround(y), lo, hi).astype(np.dtype(out_dtype))
+
+
+def build_lut(fn: str, x_scale: float, y_scale: float, in_dtype: str = "int8",
+              out_dtype: str = "int8", **params: float) -> np.ndarray:
+    """table[i] = clamp(qround(f((i - offset)·Sx)/Sy), qmin, qmax), float64 (§10)."""
+    return table_from(lut_values(fn, x_scale, in_dtype, **params), y_scale, out_dtype)
+
+
+def apply_lut(x: np.ndarray, table: np.ndarray, offset: int = 128) -> np.ndarray:
+    """Y = table[x + offset] (offset = `lut_offset` of the input dtype)."""
+    return table[np.asarray(x, np.int64) + offset]

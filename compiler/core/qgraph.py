@@ -52,10 +52,15 @@ from compiler.core.safe_yaml import load_json
 __all__ = ["QGraph", "QTensor", "QOp", "FloatNode", "OP_TYPES", "QConv", "QGemm", "QMatMul",
            "QAdd", "QMul", "QConcat", "QAvgPool", "QGlobalAvgPool", "QMaxPool", "QResizeNearest",
            "QMove", "QLut", "QQuantize", "QDequantize", "QCpuPartition", "MOVE_OPS", "INT8_MIN",
-           "INT8_MAX", "values_equal"]
+           "INT8_MAX", "SIGNED_SUFFIX", "values_equal"]
 
+SIGNED_SUFFIX = "__s8"
+"""Name suffix of the int8 copy of a uint8 tensor made for an op that needs a signed input
+(docs/fixed-point.md §13, §15)."""
 FORMAT = "npuc.qgraph"
-VERSION = 1
+VERSION = 2
+"""2: quantized tensors may be uint8 (docs/fixed-point.md §15); v1 files (all int8) load too."""
+VERSIONS = (1, 2)
 METADATA_KEY = "npuc.qgraph"
 
 
@@ -102,7 +107,7 @@ class QGraph(Record):
         raise GraphError(f"qgraph: no op {name!r}")
 
     def validate(self) -> None:
-        """Check names, topological order and int8 scales; raise GraphError when broken."""
+        """Check names, topological order and quantized scales; raise GraphError when broken."""
         ready = set(self.inputs) | {n for n, t in self.tensors.items() if t.data is not None}
         for name in list(self.inputs) + list(self.outputs):
             self.tensor(name)
@@ -148,7 +153,7 @@ class QGraph(Record):
     def from_json(cls, desc: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> QGraph:
         """Rebuild a QGraph from `to_json()` output (GraphError on a foreign description)."""
         if not isinstance(desc, Mapping) or desc.get("format") != FORMAT or \
-                desc.get("version") != VERSION:
+                desc.get("version") not in VERSIONS:
             desc = desc if isinstance(desc, Mapping) else {}
             raise GraphError(f"not an {FORMAT} v{VERSION} description "
                              f"(format={desc.get('format')!r}, version={desc.get('version')!r})")
@@ -182,7 +187,7 @@ def _why(error: Exception) -> str:
 
 def _check_tensor(t: QTensor, op: QOp) -> None:
     if t.is_quantized and not (t.scale is not None and np.isfinite(t.scale) and t.scale > 0):
-        raise GraphError(f"qgraph: int8 tensor {t.name!r} (written by {op.name!r}) has "
+        raise GraphError(f"qgraph: {t.dtype} tensor {t.name!r} (written by {op.name!r}) has "
                          f"invalid scale {t.scale!r}")
 
 

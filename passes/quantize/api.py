@@ -134,6 +134,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
                    percentile: float | None = DEFAULT_PERCENTILE, cle: bool = False,
                    bias_correction: bool = False, rounding: str = "nearest",
                    keep_float: Sequence[str] = (),
+                   unsigned: bool = True,
                    table: CalibrationTable | str | Path | None = None,
                    batch_size: int = 8,
                    calib_limit: int | None = DEFAULT_CALIB_LIMIT,
@@ -152,6 +153,8 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
             passes/quantize/rounding.py).
         keep_float: Names of nodes to leave in float on the CPU (mixed precision), e.g. a
             classifier whose int8 logits cost too much accuracy.
+        unsigned: uint8 (zero point 0) for tensors that are never negative
+            (docs/fixed-point.md §15); False: all-int8.
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
         calib_limit: Use at most this many calibration samples (None: all).
@@ -189,8 +192,9 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
     timings["calibrate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
-            "rounding": rounding, "keep_float": sorted(keep_float), "float_model_hash": digest}
-    qg, nodes = build_qgraph(fm, table.thresholds, units, info)
+            "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
+            "float_model_hash": digest}
+    qg, nodes = build_qgraph(fm, table.thresholds, units, info, unsigned)
     quant, qdq = emit_int(qg), emit_qdq(fm, qg)
     timings["build_emit"] = time.perf_counter() - t0
     return QuantResult(quant, qdq, qg, table, fm,
@@ -240,6 +244,9 @@ def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, floa
     return {
         "nodes": nodes,
         "op_counts": dict(Counter(op.kind for op in qg.ops)),
+        # computed quantized tensors per precision (docs/fixed-point.md §15)
+        "tensor_types": dict(Counter(t.dtype for t in qg.tensors.values()
+                                     if t.is_quantized and t.data is None)),
         "float_nodes": len(nodes), "int8_nodes": len(nodes) - len(cpu), "cpu_nodes": len(cpu),
         "cpu_reasons": {n["node"]: f'{n["op"]}: {n["reason"]}' for n in cpu},
         # seconds per phase, under the key prune uses too
@@ -255,7 +262,7 @@ def quantize_kwargs(calibration: CalibrationOptions, options: QuantizeOptions
             "batch_size": calibration.batch_size, "calib_limit": calibration.limit,
             "table": calibration.table, "cle": options.cle,
             "bias_correction": options.bias_correction, "rounding": options.rounding,
-            "keep_float": tuple(options.keep_float)}
+            "keep_float": tuple(options.keep_float), "unsigned": options.unsigned}
 
 
 class Quantize(Pass):

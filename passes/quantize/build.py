@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError, GraphError
 from compiler.core.ir import Model, const_value, is_const
-from compiler.core.qops import UnitIO, by_unit_kind
+from compiler.core.qops import OpDef, UnitIO, by_unit_kind
 from compiler.core.subgraphs import export_subgraph, outer_inputs
 from passes.quantize.dynamic import runtime_tensors
 from passes.quantize.patterns import Unit, partition, scale_preserving
@@ -68,6 +68,8 @@ class QGraphBuilder:
     scales: dict[str, float] = field(default_factory=dict)  # float name -> int8 scale
     report: list[dict[str, Any]] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)  # run-time-shaped float tensors
+    unsigned: bool = True  # uint8 for tensors that are never negative (fixed-point.md §15)
+    signed: dict[str, str] = field(default_factory=dict)  # uint8 tensor -> int8 conversion
 
     def __post_init__(self) -> None:
         g = self.model.graph
@@ -85,12 +87,12 @@ class QGraphBuilder:
                                        runtime_shape=name in self.runtime)
         return name
 
-    def threshold_scale(self, name: str) -> float:
-        """Scale of a calibrated float tensor."""
+    def threshold_scale(self, name: str, dtype: str = "int8") -> float:
+        """Scale of a calibrated float tensor stored as `dtype` (T/127 or T/255)."""
         if name not in self.thresholds:
             raise ConfigError(f"no calibrated threshold for tensor {name!r} "
                               "(calibration table from another model?)")
-        return fp.activation_scale(self.thresholds[name], name)
+        return fp.activation_scale(self.thresholds[name], name, dtype)
 
     def int8_of(self, t: gs.Tensor, owner: str) -> str:
         """The int8 tensor for float tensor `t`, quantizing constants and float values."""
@@ -124,17 +126,56 @@ class QGraphBuilder:
         return name
 
     # -- units -----------------------------------------------------------------------------
+    def _input_io(self, unit: Unit, inputs: list[str]) -> UnitIO:
+        """The unit's integer view before its output precision and scale are chosen."""
+        ts = [self.tensors[n] for n in inputs]
+        nonneg = [t.dtype == "uint8" or (t.data is not None and bool(np.all(t.data >= 0)))
+                  for t in ts]
+        return UnitIO(unit.anchor.name, inputs, [t.scale for t in ts], [], 0.0,
+                      self.model.opset, [t.dtype for t in ts], "int8", nonneg)
+
+    def _to_signed(self, name: str) -> str:
+        """An int8 copy of uint8 tensor `name` (§15): one-input QConcat, scale S·255/127."""
+        if name not in self.signed:
+            t = self.tensors[name]
+            ratio = fp.qrange(t.dtype)[1] / fp.qrange("int8")[1]
+            scale = float(np.float32(np.float64(t.scale) * ratio))
+            out = self._add(f"{name}{q.SIGNED_SUFFIX}", t.shape, "int8", scale)
+            m0, s = fp.quantize_multiplier(float(np.float64(t.scale) / np.float64(scale)))
+            self.ops.append(q.QConcat(f"{name}__to_int8", (name,), (out,), axis=0, m0=(m0,),
+                                      shift=(s,)))
+            self.signed[name] = out
+        return self.signed[name]
+
+    def _output_dtype(self, unit: Unit, d: OpDef, io: UnitIO) -> str:
+        """The unit's output precision (§15).
+
+        The input's for scale-preserving ops, else uint8 when the op guarantees a
+        non-negative output.
+        """
+        if scale_preserving(unit):
+            return io.in_dtype(0)
+        if self.unsigned and d.nonnegative is not None and d.nonnegative(unit, io):
+            return "uint8"
+        return "int8"
+
     def add_unit(self, unit: Unit) -> None:
-        """Lower one quantizable unit and register its int8 outputs."""
+        """Lower one quantizable unit and register its quantized outputs."""
+        d = by_unit_kind(unit.kind)
         inputs = [self.int8_of(t, unit.anchor.name) for t in unit.inputs]
-        in_scales = [self.scales[t.name] for t in unit.inputs]
-        out_scale = in_scales[0] if scale_preserving(unit) else self.threshold_scale(
-            unit.outputs[0].name)
+        io = self._input_io(unit, inputs)
+        if d.signed_input is not None and "uint8" in io.in_dtypes and d.signed_input(unit, io):
+            inputs = [self._to_signed(n) if dt == "uint8" else n
+                      for n, dt in zip(inputs, io.in_dtypes, strict=True)]
+            io = self._input_io(unit, inputs)
+        out_dtype = self._output_dtype(unit, d, io)
+        out_scale = io.in_scales[0] if scale_preserving(unit) else self.threshold_scale(
+            unit.outputs[0].name, out_dtype)
         names = [f"{t.name}__q" if t.name in self.outputs else t.name for t in unit.outputs]
-        io = UnitIO(unit.anchor.name, inputs, in_scales, names, out_scale, self.model.opset)
-        op = by_unit_kind(unit.kind).lower(unit, io)
+        io = replace(io, outputs=names, out_scale=out_scale, out_dtype=out_dtype)
+        op = d.lower(unit, io)
         for t, name in zip(unit.outputs, names, strict=True):
-            self._add(name, _shape(t), "int8", out_scale)
+            self._add(name, _shape(t), out_dtype, out_scale)
             self.int8[t.name], self.scales[t.name] = name, out_scale
         self.ops.append(op)
         for t in unit.outputs:
@@ -268,7 +309,8 @@ def float_node(node: gs.Node, rename: Mapping[str, str]) -> q.FloatNode:
 
 def build_qgraph(model: Model, thresholds: Mapping[str, float],
                  units: list[Unit] | None = None,
-                 info: dict[str, Any] | None = None) -> tuple[q.QGraph, list[dict[str, Any]]]:
+                 info: dict[str, Any] | None = None,
+                 unsigned: bool = True) -> tuple[q.QGraph, list[dict[str, Any]]]:
     """Quantize a canonical float model with calibrated thresholds.
 
     Args:
@@ -276,12 +318,15 @@ def build_qgraph(model: Model, thresholds: Mapping[str, float],
         thresholds: Float tensor name -> threshold T (see `calibration_tensors`).
         units: A precomputed `partition(model.graph)`.
         info: Provenance stored in the QGraph.
+        unsigned: uint8 (scale T/255) for the outputs of ops that are never negative
+            (docs/fixed-point.md §15); False: every quantized tensor is int8.
 
     Returns:
         The QGraph and a per-node report (node, op, qop, qop_name, reason).
     """
     units = units if units is not None else partition(model.graph)
-    builder = QGraphBuilder(model, thresholds, runtime=runtime_tensors(model.graph))
+    builder = QGraphBuilder(model, thresholds, runtime=runtime_tensors(model.graph),
+                            unsigned=unsigned)
     graph = builder.build(units, dict(info or {}))
     log.info("quantized %d nodes into %d ops (%d CPU partitions)", len(builder.report),
              len(graph.ops), sum(isinstance(o, q.QCpuPartition) for o in graph.ops))

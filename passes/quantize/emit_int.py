@@ -1,11 +1,11 @@
 """QGraph -> `model.quant.onnx`: the fixed-point arithmetic in standard ONNX integer ops.
 
-ConvInteger/MatMulInteger (int8 × int8 -> int32), int64 Mul/Add, the floor shift of
-docs/fixed-point.md §3 as `(v - Mod(v, 2^s)) / 2^s`, Clip, Cast, and Gather for tables and
-nearest resizing. Each op's nodes come from the `emit_int` of its definition
-(compiler/core/qops); this module holds the emitter and its helpers. Every QGraph array
-becomes the initializer named by its key and is read by some node as-is (reshapes and the
-2^s divisors are computed in the graph, where onnxruntime folds them at load), so
+ConvInteger/MatMulInteger (int8 or uint8 activations × int8 weights -> int32), int64
+Mul/Add, the floor shift of docs/fixed-point.md §3 as `(v - Mod(v, 2^s)) / 2^s`, Clip, Cast,
+and Gather for tables and nearest resizing. Each op's nodes come from the `emit_int` of its
+definition (compiler/core/qops); this module holds the emitter and its helpers. Every QGraph
+array becomes the initializer named by its key and is read by some node as-is (reshapes and
+the 2^s divisors are computed in the graph, where onnxruntime folds them at load), so
 `QGraph.from_model` recovers the QGraph exactly.
 """
 
@@ -85,7 +85,10 @@ class IntEmitter:
 
     def requant(self, acc: gs.Tensor, m0, shift, lo: int, hi: int,
                 out: gs.Tensor) -> gs.Tensor:
-        """§3: clamp(floor((acc·M0 + 2^(s-1)) / 2^s), lo, hi) -> int8, all int64."""
+        """§3: clamp(floor((acc·M0 + 2^(s-1)) / 2^s), lo, hi) in int64, then Cast.
+
+        The Cast is to the output's type (`out.dtype`: int8 or uint8, §15).
+        """
         if isinstance(shift, int):
             div, half = self.scalar(1 << shift, np.int64), self.scalar(1 << (shift - 1), np.int64)
         else:
@@ -100,8 +103,11 @@ class IntEmitter:
         rem = self.node("Mod", [v, div], fmod=0)
         floor = self.node("Div", [self.node("Sub", [v, rem]), div])
         clipped = self.node("Clip", [floor, self.scalar(lo, np.int64), self.scalar(hi, np.int64)])
-        from onnx import TensorProto
-        return self.node("Cast", [clipped], out=out, to=TensorProto.INT8)
+        from onnx.helper import np_dtype_to_tensor_dtype
+        if out.dtype is None:
+            raise GraphError(f"emit: requantized tensor {out.name!r} has no type")
+        return self.node("Cast", [clipped], out=out,
+                         to=np_dtype_to_tensor_dtype(np.dtype(out.dtype)))
 
     # -- ops ---------------------------------------------------------------------------------
     def emit(self, op: q.QOp) -> None:

@@ -1,11 +1,12 @@
 """QGraph scales -> `model.qdq.onnx`: the float model with QuantizeLinear/DequantizeLinear.
 
-Every int8 tensor of the QGraph becomes a Q/DQ pair on its float counterpart (same float32
-scale, zero point 0); ops with weights (Conv/Gemm/MatMul: the `emit_qdq` hook of their
-definition in compiler/core/qops) read DequantizeLinear of the QGraph's own int8 weights /
-int32 biases (per output channel) through `weight_inputs`, so other runtimes see
-exactly our scales. The arithmetic in between is the runtime's (float32, round half to
-even): it can differ from model.quant.onnx by about one LSB.
+Every quantized tensor of the QGraph becomes a Q/DQ pair on its float counterpart (same
+float32 scale, zero point 0 of its type: int8, or uint8 for a never-negative tensor); ops
+with weights (Conv/Gemm/MatMul: the `emit_qdq` hook of their definition in
+compiler/core/qops) read DequantizeLinear of the QGraph's own int8 weights / int32 biases
+(per output channel) through `weight_inputs`, so other runtimes see exactly our scales. The
+arithmetic in between is the runtime's (float32, round half to even): it can differ from
+model.quant.onnx by about one LSB.
 """
 
 from __future__ import annotations
@@ -50,15 +51,18 @@ class QdqEmitter:
                                     outputs=[out]))
         return out
 
-    def qdq_activation(self, name: str, scale: float) -> None:
-        """Q/DQ on a float tensor; consumers (and a graph output) read the DQ value."""
+    def qdq_activation(self, name: str, scale: float, dtype: str = "int8") -> None:
+        """Q/DQ on a float tensor (zero point 0 of `dtype`).
+
+        Consumers (and a graph output) read the DQ value.
+        """
         t = self.tensors.get(name)
         if t is None:
             raise GraphError(f"qdq: float model has no tensor {name!r}")
         users = list(t.outputs)
         s, zp = (gs.Constant(f"{name}__s", np.array(scale, np.float32)),
-                 gs.Constant(f"{name}__z", np.array(0, np.int8)))
-        qt = gs.Variable(f"{name}__qdq_q", dtype=np.int8)
+                 gs.Constant(f"{name}__z", np.array(0, np.dtype(dtype))))
+        qt = gs.Variable(f"{name}__qdq_q", dtype=np.dtype(dtype))
         dqt = gs.Variable(f"{name}__qdq", dtype=np.float32, shape=t.shape)
         self.g.nodes.append(gs.Node("QuantizeLinear", f"{name}/QuantizeLinear",
                                     inputs=[t, s, zp], outputs=[qt]))
@@ -106,8 +110,10 @@ class QdqEmitter:
             if hook is not None:  # ops with float weights replace them by DQ of the int8 data
                 hook(self, op)
         for name, t in self.qg.tensors.items():
+            if name.endswith(q.SIGNED_SUFFIX):
+                continue  # an int8 copy of a uint8 tensor (§15): its consumers read the uint8 DQ
             if t.is_quantized and t.data is None:
-                self.qdq_activation(float_name(name), t.scale)
+                self.qdq_activation(float_name(name), t.scale, t.dtype)
             elif t.is_quantized:
                 self._const_operand(float_name(name), t)
         self.g.cleanup().toposort()

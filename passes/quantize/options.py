@@ -51,6 +51,8 @@ class QuantizeOptions:
     rounding: str = option("nearest", "weight rounding: nearest, or gptq (error-compensating "
                            "on the calibration data; slower, usually more accurate)",
                            choices=ROUNDINGS)
+    unsigned: bool = option(True, "unsigned 8-bit (uint8, zero point 0, scale T/255) for "
+                            "tensors that are never negative (after ReLU/ReLU6, Sigmoid, ...)")
     keep_float: Sequence[str] = option((), "node names left in float on the CPU (mixed "
                                        "precision, e.g. the classifier)", item=str,
                                        list_sep=",", metavar="NODES")

@@ -16,6 +16,7 @@ from targets.npusim.cpu import check_partition
 from targets.npusim.shapes import SHAPE_RULES
 
 MAX_ARENA = 1 << 30
+QUANTIZED = ("int8", "uint8")  # activation types (docs/fixed-point.md §15)
 
 
 def check_program(p: isa.Program) -> None:
@@ -56,14 +57,14 @@ def _fail(where: str) -> Callable[[bool, str], None]:
 
 def _check_tensor(p: isa.Program, i: int, t: isa.Tensor) -> None:
     where = f"tensor {i} ({t.name!r})"
-    if t.runtime and (t.offset or t.region not in ("arena", "output") or t.dtype == "int8"):
+    if t.runtime and (t.offset or t.region not in ("arena", "output") or t.dtype in QUANTIZED):
         raise TargetError(f"binary: {where}: a run-time-shaped (host) tensor must be a float "
                           f"or index tensor at offset 0, not an input or constant")
     if t.offset % 16 or t.offset + t.nbytes > p.arena_size:
         raise TargetError(f"binary: {where}: offset {t.offset} + {t.nbytes} bytes is outside "
                           f"the {p.arena_size}-byte arena or misaligned")
-    if t.dtype == "int8" and not t.scale > 0:
-        raise TargetError(f"binary: {where}: int8 tensor without a positive scale")
+    if t.dtype in QUANTIZED and not t.scale > 0:
+        raise TargetError(f"binary: {where}: {t.dtype} tensor without a positive scale")
     if (t.region == "const") != (t.blob != -1):
         raise TargetError(f"binary: {where}: blob {t.blob} inconsistent with region {t.region}")
     if t.region == "const":

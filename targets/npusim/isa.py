@@ -52,7 +52,7 @@ class Instr:
 
 @dataclass(frozen=True)
 class Quantize(Instr):
-    """float32 → int8, §4: `clamp(floor(x ⊗ inv ⊕ 0.5))` in float32."""
+    """float32 → int8/uint8 (the ofm's type), §4: `clamp(floor(x ⊗ inv ⊕ 0.5))` in float32."""
 
     OPCODE = 1
     TENSORS = ("ifm", "ofm")
@@ -63,7 +63,7 @@ class Quantize(Instr):
 
 @dataclass(frozen=True)
 class Dequantize(Instr):
-    """int8 → float32, §5: `float32(q) ⊗ S`."""
+    """int8/uint8 → float32, §5: `float32(q) ⊗ S`."""
 
     OPCODE = 2
     TENSORS = ("ifm", "ofm")
@@ -182,7 +182,7 @@ class GlobalAvgPool(Instr):
 
 @dataclass(frozen=True)
 class MaxPool(Instr):
-    """Window max; padding never wins."""
+    """Window max; padding (the type's minimum) never wins; ifm and ofm of one type."""
 
     OPCODE = 10
     TENSORS = ("ifm", "ofm")
@@ -196,7 +196,10 @@ class MaxPool(Instr):
 
 @dataclass(frozen=True)
 class Lut(Instr):
-    """`y = table[x + 128]` (§10)."""
+    """`y = table[x + offset]`, offset 128 for an int8 ifm, 0 for uint8 (§10, §15).
+
+    The blob holds the 256 entries' bytes; they are read as the ofm's type.
+    """
 
     OPCODE = 11
     TENSORS = ("ifm", "ofm")
@@ -208,7 +211,7 @@ class Lut(Instr):
 
 @dataclass(frozen=True)
 class Concat(Instr):
-    """Each input requantized to the output scale, then joined along `axis` (§7)."""
+    """Each input requantized to the output scale and type, then joined along `axis` (§7)."""
 
     OPCODE = 12
     TENSORS = ("inputs", "ofm")
@@ -280,7 +283,7 @@ class Pad(Instr):
 
 @dataclass(frozen=True)
 class ChannelLut(Instr):
-    """`y[:, c, ...] = table[c, x[:, c, ...] + 128]`: one 256-entry table per channel (§10).
+    """`y[:, c, ...] = table[c, x[:, c, ...] + offset]`: one 256-entry table per channel (§10).
 
     Runs every channelwise int8 op (`OpDef.channelwise`, e.g. PRelu) the target has no
     dedicated instruction for; the tables are the op's reference on all 256 inputs.

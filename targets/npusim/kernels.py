@@ -3,9 +3,10 @@
 Integer GEMMs run through float32 BLAS, which is exact as long as every partial sum is an
 integer of magnitude ≤ 2^24 (all such integers are float32 numbers, so no addition order —
 blocked, FMA or not — ever rounds). `k_splits` proves that per weight matrix: with
-`|x| ≤ 128`, any partial sum over a K-range is bounded by `128·max_n Σ_k |W[n, k]|`, so K is
-cut into ranges whose bound stays ≤ 2^24 and the float32 results of the ranges (exact
-integers) are summed in int64. Requantization is the int64 formula of §3.
+`|x| ≤ X` (X = 128 for int8 activations, 255 for uint8), any partial sum over a K-range is
+bounded by `X·max_n Σ_k |W[n, k]|`, so K is cut into ranges whose bound stays ≤ 2^24 and
+the float32 results of the ranges (exact integers) are summed in int64. Requantization is
+the int64 formula of §3; results are stored in the output tensor's type (int8 or uint8).
 """
 
 from __future__ import annotations
@@ -17,10 +18,19 @@ EXACT_F32 = 1 << 24
 X_MAX = 128  # |int8| bound of an activation
 
 
-def k_splits(w: np.ndarray) -> list[tuple[int, int]]:
-    """K ranges `[k0, k1)` of a `[N, K]` int weight whose float32 products sum exactly."""
+def x_max(dtype: np.dtype | str) -> int:
+    """The largest |x| of an activation type: 128 (int8), 255 (uint8)."""
+    info = np.iinfo(np.dtype(dtype))
+    return max(-int(info.min), int(info.max))
+
+
+def k_splits(w: np.ndarray, x_bound: int = X_MAX) -> list[tuple[int, int]]:
+    """K ranges `[k0, k1)` of a `[N, K]` int weight whose float32 products sum exactly.
+
+    Exact for activations with |x| ≤ `x_bound`.
+    """
     n, k = w.shape
-    limit = EXACT_F32 // X_MAX
+    limit = EXACT_F32 // x_bound
     splits, k0 = [], 0
     while k0 < k:
         k1 = _reach(w, k0, limit)
@@ -54,14 +64,17 @@ def exact_matmul(w32: np.ndarray, x32: np.ndarray, splits: list[tuple[int, int]]
 
 
 def requant(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int, lo: int,
-            hi: int) -> np.ndarray:
-    """§3: `clamp((acc·M0 + 2^(s-1)) >> s, lo, hi)` in int64 with an arithmetic shift."""
+            hi: int, dtype: np.dtype | type = np.int8) -> np.ndarray:
+    """§3: `clamp((acc·M0 + 2^(s-1)) >> s, lo, hi)` in int64 with an arithmetic shift.
+
+    The result is of `dtype` (the output's type; `[lo, hi]` lies within it).
+    """
     m0 = np.asarray(m0, np.int64)
     shift = np.asarray(shift, np.int64)
     v = acc.astype(np.int64, copy=False) * m0
     v += np.left_shift(np.int64(1), shift - 1)
     v >>= shift
-    return np.clip(v, lo, hi).astype(np.int8)
+    return np.clip(v, lo, hi).astype(dtype)
 
 
 def pad_spatial(x: np.ndarray, pads: tuple[int, ...], value: float, dtype: type) -> np.ndarray:
@@ -87,7 +100,7 @@ def windows(xp: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
 def im2col(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
            pads: tuple[int, ...], dilation: tuple[int, ...],
            out_hw: tuple[int, int]) -> np.ndarray:
-    """[C·kh·kw, OH·OW] float32 patch matrix of an int8 [C, H, W] input (zero padding)."""
+    """[C·kh·kw, OH·OW] float32 patch matrix of an int8/uint8 [C, H, W] input (zero padding)."""
     c = x.shape[0]
     if kernel == (1, 1) and stride == (1, 1) and not any(pads):
         return x.reshape(c, -1).astype(np.float32)
@@ -98,10 +111,11 @@ def im2col(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
 
 def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple[int, ...],
               dilation: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
-    """Per-channel window dot products of int8 [C, H, W] with [C, 1, kh, kw], as int64."""
+    """Per-channel window dot products of int8/uint8 [C, H, W] with [C, 1, kh, kw], as int64."""
     kh, kw = w.shape[2:]
-    # Each product is < 2^14: float32 sums stay exact up to 1024 taps, else use float64.
-    dtype = np.float32 if kh * kw <= EXACT_F32 >> 14 else np.float64
+    # Each product is ≤ X·127 (< 2^14 for int8, < 2^15 for uint8): float32 sums stay exact
+    # up to 2^24 / (X·127) taps, else use float64.
+    dtype = np.float32 if kh * kw * x_max(x.dtype) * 127 <= EXACT_F32 else np.float64
     xp = pad_spatial(x, pads, 0, dtype)
     view = windows(xp, (kh, kw), stride, dilation, out_hw)
     wf = w[:, 0].astype(dtype)
@@ -114,7 +128,7 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple
 
 def window_sum(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
                pads: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
-    """Zero-padded window sums of int8 [C, H, W] as int64 (average pooling numerator)."""
+    """Zero-padded window sums of int8/uint8 [C, H, W] as int64 (average pooling numerator)."""
     xp = pad_spatial(x, pads, 0, np.int32)
     view = windows(xp, kernel, stride, (1, 1), out_hw)
     return view.sum(axis=(1, 2), dtype=np.int64)
@@ -123,21 +137,22 @@ def window_sum(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
 def window_max(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
                pads: tuple[int, ...], dilation: tuple[int, ...],
                out_hw: tuple[int, int]) -> np.ndarray:
-    """Window max of int8 [C, H, W].
+    """Window max of int8/uint8 [C, H, W].
 
-    Padding with -128 never changes a max: each window holds at least one input element
-    (checked on load).
+    Padding with the type's minimum (-128, 0) never changes a max: each window holds at
+    least one input element (checked on load).
     """
-    xp = pad_spatial(x, pads, -128, np.int8)
+    xp = pad_spatial(x, pads, np.iinfo(x.dtype).min, x.dtype)
     view = windows(xp, kernel, stride, dilation, out_hw)
     return view.max(axis=(1, 2))
 
 
-def quantize(x: np.ndarray, inv_scale: float) -> np.ndarray:
-    """§4 in float32: `clamp(floor(x ⊗ inv ⊕ 0.5), -128, 127)` (separate ufuncs: no FMA)."""
+def quantize(x: np.ndarray, inv_scale: float, dtype: np.dtype | type = np.int8) -> np.ndarray:
+    """§4 in float32: `clamp(floor(x ⊗ inv ⊕ 0.5), qmin, qmax)` (separate ufuncs: no FMA)."""
+    info = np.iinfo(np.dtype(dtype))
     v = np.multiply(x.astype(np.float32, copy=False), np.float32(inv_scale), dtype=np.float32)
     v = np.add(v, np.float32(0.5), dtype=np.float32)
-    return np.clip(np.floor(v), -128, 127).astype(np.int8)
+    return np.clip(np.floor(v), info.min, info.max).astype(dtype)
 
 
 def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
@@ -146,18 +161,28 @@ def dequantize(q: np.ndarray, scale: float) -> np.ndarray:
 
 
 def add(a: np.ndarray, b: np.ndarray, mult_a: int, mult_b: int, shift: int, lo: int,
-        hi: int) -> np.ndarray:
+        hi: int, dtype: np.dtype | type = np.int8) -> np.ndarray:
     """§6: one rounding of `xa·A + xb·B` at a common shift."""
     acc = a.astype(np.int64) * mult_a + b.astype(np.int64) * mult_b
-    return requant(acc, 1, shift, lo, hi)
+    return requant(acc, 1, shift, lo, hi, dtype)
+
+
+def lut_index(x: np.ndarray) -> np.ndarray:
+    """§10 table index: `x + 128` for int8, `x` for uint8.
+
+    For int8, x + 128 is the bit pattern with the sign bit flipped.
+    """
+    if x.dtype == np.uint8:
+        return x
+    return x.view(np.uint8) ^ np.uint8(0x80)
 
 
 def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """§10: `table[x + 128]` (x + 128 is the int8 bit pattern with the sign bit flipped)."""
-    return table[x.view(np.uint8) ^ np.uint8(0x80)]
+    """§10: `table[x + offset]`."""
+    return table[lut_index(x)]
 
 
 def channel_lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """`table[c, x + 128]` for x [N, C, ...] and table [C, 256]."""
+    """`table[c, x + offset]` for x [N, C, ...] and table [C, 256]."""
     channel = np.arange(table.shape[0]).reshape((1, -1) + (1,) * (x.ndim - 2))
-    return table[channel, x.view(np.uint8) ^ np.uint8(0x80)]
+    return table[channel, lut_index(x)]

@@ -171,15 +171,21 @@ def resize(ctx: Ctx, op: q.QResizeNearest, unit: int) -> None:
 
 
 def lut(ctx: Ctx, op: q.QLut, unit: int) -> None:
-    """QLut -> Lut."""
-    ctx.emit(isa.Lut(op.name, unit, **_io(ctx, op), table=ctx.blob("lut", op.table.astype(
-        np.int8))))
+    """QLut -> Lut (the blob stores the 256 entries' bytes: int8 or uint8 like the output)."""
+    ctx.emit(isa.Lut(op.name, unit, **_io(ctx, op), table=ctx.blob("lut", _table_bytes(
+        op.table, ctx.graph.tensor(op.outputs[0]).dtype))))
+
+
+def _table_bytes(table: np.ndarray, dtype: str) -> np.ndarray:
+    """A table of the output's type as int8 bytes (the blob's storage)."""
+    return np.ascontiguousarray(table, np.dtype(dtype)).view(np.int8)
 
 
 def channel_table(ctx: Ctx, op: q.QOp, unit: int) -> None:
     """Any channelwise op -> ChannelLut with the op's reference tabulated per channel."""
-    table = channel_tables(op, ctx.shape(op.inputs[0])[1])
-    ctx.emit(isa.ChannelLut(op.name, unit, **_io(ctx, op), table=ctx.blob("lut", table)))
+    table = channel_tables(op, ctx.shape(op.inputs[0])[1], ctx.graph.tensor(op.inputs[0]).dtype)
+    ctx.emit(isa.ChannelLut(op.name, unit, **_io(ctx, op), table=ctx.blob("lut", _table_bytes(
+        table, ctx.graph.tensor(op.outputs[0]).dtype))))
 
 
 def quantize(ctx: Ctx, op: q.QQuantize, unit: int) -> None:

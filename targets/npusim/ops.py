@@ -34,7 +34,7 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     g, cout = ins.group, w.shape[0]
     wmat = w.reshape(g, cout // g, -1)
     w32 = [wmat[i].astype(np.float32) for i in range(g)]
-    splits = [K.k_splits(wmat[i]) for i in range(g)]
+    splits = [K.k_splits(wmat[i], K.x_max(x.dtype)) for i in range(g)]
     bias = _blob(sim, ins.bias).astype(np.int64)[:, None]
     m0 = _blob(sim, ins.mult).astype(np.int64)[:, None]
     shift = _blob(sim, ins.shift).astype(np.int64)[:, None]
@@ -47,7 +47,7 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
                                                      out_hw), splits[i]) for i in range(g)]
             acc = parts[0] if g == 1 else np.concatenate(parts, axis=0)
             acc += bias
-            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi).reshape(y.shape[1:])
+            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype).reshape(y.shape[1:])
     return step
 
 
@@ -63,7 +63,7 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     def step() -> None:
         for n in range(x.shape[0]):
             acc = K.depthwise(x[n], w, ins.stride, ins.pads, ins.dilation, out_hw) + bias
-            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi)
+            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype)
     return step
 
 
@@ -71,7 +71,7 @@ def fully_connected(sim: Any, ins: isa.FullyConnected) -> Step:
     """x[M, K] · Wᵀ through the exact GEMM (as Wᵀ-major: [N, K] @ [K, M])."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
-    w32, splits = w.astype(np.float32), K.k_splits(w)
+    w32, splits = w.astype(np.float32), K.k_splits(w, K.x_max(x.dtype))
     bias = _blob(sim, ins.bias).astype(np.int64)[:, None]
     m0 = _blob(sim, ins.mult).astype(np.int64)[:, None]
     shift = _blob(sim, ins.shift).astype(np.int64)[:, None]
@@ -79,7 +79,7 @@ def fully_connected(sim: Any, ins: isa.FullyConnected) -> Step:
     def step() -> None:
         cols = x.reshape(-1, w.shape[1]).T.astype(np.float32)
         acc = K.exact_matmul(w32, cols, splits) + bias
-        y[...] = K.requant(acc, m0, shift, ins.lo, ins.hi).T.reshape(y.shape)
+        y[...] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype).T.reshape(y.shape)
     return step
 
 
@@ -87,14 +87,14 @@ def add(sim: Any, ins: isa.Add) -> Step:
     """Broadcasting add with a common shift."""
     a, b, y = sim.views[ins.a], sim.views[ins.b], sim.views[ins.ofm]
     return lambda: y.__setitem__(..., K.add(a, b, ins.mult_a, ins.mult_b, ins.shift, ins.lo,
-                                             ins.hi))
+                                             ins.hi, y.dtype))
 
 
 def mul(sim: Any, ins: isa.Mul) -> Step:
     """Broadcasting multiply, one requant."""
     a, b, y = sim.views[ins.a], sim.views[ins.b], sim.views[ins.ofm]
     return lambda: y.__setitem__(..., K.requant(a.astype(np.int64) * b, ins.mult, ins.shift,
-                                                 ins.lo, ins.hi))
+                                                 ins.lo, ins.hi, y.dtype))
 
 
 def avgpool(sim: Any, ins: isa.AvgPool) -> Step:
@@ -105,7 +105,7 @@ def avgpool(sim: Any, ins: isa.AvgPool) -> Step:
     def step() -> None:
         for n in range(x.shape[0]):
             acc = K.window_sum(x[n], ins.kernel, ins.stride, ins.pads, _out_hw(sim, ins))
-            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi)
+            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype)
     return step
 
 
@@ -113,7 +113,8 @@ def global_avgpool(sim: Any, ins: isa.GlobalAvgPool) -> Step:
     """Spatial sum, scalar requant."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     return lambda: y.__setitem__(..., K.requant(x.sum(axis=(2, 3), dtype=np.int64), ins.mult,
-                                                 ins.shift, ins.lo, ins.hi).reshape(y.shape))
+                                                 ins.shift, ins.lo, ins.hi, y.dtype
+                                                 ).reshape(y.shape))
 
 
 def maxpool(sim: Any, ins: isa.MaxPool) -> Step:
@@ -128,24 +129,28 @@ def maxpool(sim: Any, ins: isa.MaxPool) -> Step:
 
 
 def lut(sim: Any, ins: isa.Lut) -> Step:
-    """Table lookup."""
-    x, y, table = sim.views[ins.ifm], sim.views[ins.ofm], _blob(sim, ins.table)
+    """Table lookup (the blob holds the entries' bytes; they are of the output's type)."""
+    x, y = sim.views[ins.ifm], sim.views[ins.ofm]
+    table = _blob(sim, ins.table).view(y.dtype)
     return lambda: y.__setitem__(..., K.lut(x, table))
 
 
 def channel_lut(sim: Any, ins: isa.ChannelLut) -> Step:
-    """One table per channel."""
-    x, y, table = sim.views[ins.ifm], sim.views[ins.ofm], _blob(sim, ins.table)
+    """One table per channel (entries of the output's type)."""
+    x, y = sim.views[ins.ifm], sim.views[ins.ofm]
+    table = _blob(sim, ins.table).view(y.dtype)
     return lambda: y.__setitem__(..., K.channel_lut(x, table))
 
 
 def concat(sim: Any, ins: isa.Concat) -> Step:
-    """Requantize inputs whose scale differs (M0/shift not the identity), then join."""
+    """Requantize inputs whose scale or type differs (M0/shift not the identity), then join."""
     xs, y = [sim.views[i] for i in ins.inputs], sim.views[ins.ofm]
-    ident = [m == 1 << 30 and s == 30 for m, s in zip(ins.mults, ins.shifts, strict=True)]
+    ident = [m == 1 << 30 and s == 30 and x.dtype == y.dtype
+             for x, m, s in zip(xs, ins.mults, ins.shifts, strict=True)]
+    lo, hi = int(np.iinfo(y.dtype).min), int(np.iinfo(y.dtype).max)
 
     def step() -> None:
-        parts = [x if same else K.requant(x, m, s, -128, 127)
+        parts = [x if same else K.requant(x, m, s, lo, hi, y.dtype)
                  for x, same, m, s in zip(xs, ident, ins.mults, ins.shifts, strict=True)]
         np.concatenate(parts, axis=ins.axis, out=y)
     return step
@@ -195,13 +200,13 @@ def pad(sim: Any, ins: isa.Pad) -> Step:
 
 
 def quantize(sim: Any, ins: isa.Quantize) -> Step:
-    """float32 → int8."""
+    """float32 → int8/uint8."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
-    return lambda: y.__setitem__(..., K.quantize(x, ins.inv_scale))
+    return lambda: y.__setitem__(..., K.quantize(x, ins.inv_scale, y.dtype))
 
 
 def dequantize(sim: Any, ins: isa.Dequantize) -> Step:
-    """int8 → float32."""
+    """int8/uint8 → float32."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     return lambda: y.__setitem__(..., K.dequantize(x, ins.scale))
 

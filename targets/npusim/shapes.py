@@ -42,15 +42,28 @@ def _blob(p: isa.Program, i: int, kind: str, req: Require) -> np.ndarray:
     return blob.array
 
 
+QUANT = "int8|uint8"
+"""Activation types of the quantized instructions (docs/fixed-point.md §15)."""
+
+
 def _dtypes(p: isa.Program, ins: isa.Instr, req: Require, src: str, dst: str) -> None:
+    """Inputs of type `src`, outputs of type `dst` ("a|b": any of them)."""
     for t in ins.reads():
-        req(_t(p, t).dtype == src, f"input {_t(p, t).name!r} must be {src}")
+        req(_t(p, t).dtype in src.split("|"), f"input {_t(p, t).name!r} must be {src}")
     for t in ins.writes():
-        req(_t(p, t).dtype == dst, f"output {_t(p, t).name!r} must be {dst}")
+        req(_t(p, t).dtype in dst.split("|"), f"output {_t(p, t).name!r} must be {dst}")
 
 
-def _bounds(ins: isa.Instr, req: Require) -> None:
-    req(-128 <= ins.lo <= ins.hi <= 127, f"clamp bounds [{ins.lo}, {ins.hi}] outside int8")
+def qrange(dtype: str) -> tuple[int, int]:
+    """(min, max) of an integer tensor type."""
+    info = np.iinfo(np.dtype(dtype))
+    return int(info.min), int(info.max)
+
+
+def _bounds(p: isa.Program, ins: isa.Instr, req: Require) -> None:
+    dtype = _t(p, ins.ofm).dtype
+    lo, hi = qrange(dtype)
+    req(lo <= ins.lo <= ins.hi <= hi, f"clamp bounds [{ins.lo}, {ins.hi}] outside {dtype}")
 
 
 def _window(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
@@ -70,8 +83,8 @@ def _window(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, .
 
 def conv(p: isa.Program, ins: isa.Conv, req: Require) -> None:
     """Conv and depthwise conv."""
-    _dtypes(p, ins, req, "int8", "int8")
-    _bounds(ins, req)
+    _dtypes(p, ins, req, QUANT, QUANT)
+    _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     w = _blob(p, ins.weights, "weight", req)
     req(len(x) == 4 and len(y) == 4 and w.ndim == 4, "conv tensors must be 4-D (NCHW)")
@@ -95,8 +108,8 @@ def _per_channel(p: isa.Program, ins: isa.Instr, n: int, req: Require) -> None:
 
 def fully_connected(p: isa.Program, ins: isa.FullyConnected, req: Require) -> None:
     """x[..., K] · W[N, K]ᵀ."""
-    _dtypes(p, ins, req, "int8", "int8")
-    _bounds(ins, req)
+    _dtypes(p, ins, req, QUANT, QUANT)
+    _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     w = _blob(p, ins.weights, "weight", req)
     req(w.ndim == 2 and len(x) >= 1 and x[-1] == w.shape[1] and y == x[:-1] + (w.shape[0],),
@@ -106,8 +119,8 @@ def fully_connected(p: isa.Program, ins: isa.FullyConnected, req: Require) -> No
 
 def binary(p: isa.Program, ins: isa.Add | isa.Mul, req: Require) -> None:
     """Broadcasting add/mul."""
-    _dtypes(p, ins, req, "int8", "int8")
-    _bounds(ins, req)
+    _dtypes(p, ins, req, QUANT, QUANT)
+    _bounds(p, ins, req)
     a, b, y = _t(p, ins.a).shape, _t(p, ins.b).shape, _t(p, ins.ofm).shape
     try:
         req(np.broadcast_shapes(a, b) == y, f"broadcast of {a} and {b} is not {y}")
@@ -122,8 +135,8 @@ def binary(p: isa.Program, ins: isa.Add | isa.Mul, req: Require) -> None:
 
 def avgpool(p: isa.Program, ins: isa.AvgPool, req: Require) -> None:
     """Window sum with per-position requant."""
-    _dtypes(p, ins, req, "int8", "int8")
-    _bounds(ins, req)
+    _dtypes(p, ins, req, QUANT, QUANT)
+    _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     req(len(x) == 4, "pooling input must be 4-D")
     oh, ow = _window(x[2:], ins.kernel, ins.stride, ins.pads, (1, 1), req)
@@ -135,8 +148,8 @@ def avgpool(p: isa.Program, ins: isa.AvgPool, req: Require) -> None:
 
 def global_avgpool(p: isa.Program, ins: isa.GlobalAvgPool, req: Require) -> None:
     """Spatial sum with scalar requant."""
-    _dtypes(p, ins, req, "int8", "int8")
-    _bounds(ins, req)
+    _dtypes(p, ins, req, QUANT, QUANT)
+    _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     req(len(x) == 4 and y in (x[:2] + (1, 1), x[:2]), f"output shape {y} for input {x}")
     req(requant_ok(ins.mult, ins.shift), "multiplier or shift out of range")
@@ -144,7 +157,8 @@ def global_avgpool(p: isa.Program, ins: isa.GlobalAvgPool, req: Require) -> None
 
 def maxpool(p: isa.Program, ins: isa.MaxPool, req: Require) -> None:
     """Window max; every window must hold an input element."""
-    _dtypes(p, ins, req, "int8", "int8")
+    _dtypes(p, ins, req, QUANT, QUANT)
+    req(_t(p, ins.ifm).dtype == _t(p, ins.ofm).dtype, "max pooling keeps the type")
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     req(len(x) == 4, "pooling input must be 4-D")
     oh, ow = _window(x[2:], ins.kernel, ins.stride, ins.pads, ins.dilation, req)
@@ -155,14 +169,14 @@ def maxpool(p: isa.Program, ins: isa.MaxPool, req: Require) -> None:
 
 def lut(p: isa.Program, ins: isa.Lut, req: Require) -> None:
     """256-entry table."""
-    _dtypes(p, ins, req, "int8", "int8")
+    _dtypes(p, ins, req, QUANT, QUANT)
     req(_blob(p, ins.table, "lut", req).shape == (256,), "table must have 256 entries")
     req(_t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "input and output shapes differ")
 
 
 def channel_lut(p: isa.Program, ins: isa.ChannelLut, req: Require) -> None:
     """One 256-entry table per channel of an [N, C, ...] tensor."""
-    _dtypes(p, ins, req, "int8", "int8")
+    _dtypes(p, ins, req, QUANT, QUANT)
     x = _t(p, ins.ifm).shape
     req(len(x) >= 2 and x == _t(p, ins.ofm).shape, "channel tables need equal [N, C, ...] shapes")
     req(_blob(p, ins.table, "lut", req).shape == (x[1], 256), "table must be [channels, 256]")
@@ -170,7 +184,7 @@ def channel_lut(p: isa.Program, ins: isa.ChannelLut, req: Require) -> None:
 
 def concat(p: isa.Program, ins: isa.Concat, req: Require) -> None:
     """Requantize each input and join."""
-    _dtypes(p, ins, req, "int8", "int8")
+    _dtypes(p, ins, req, QUANT, QUANT)
     shapes = [_t(p, i).shape for i in ins.inputs]
     y = _t(p, ins.ofm).shape
     req(len(shapes) >= 1 and len(ins.mults) == len(ins.shifts) == len(shapes),
@@ -184,7 +198,8 @@ def concat(p: isa.Program, ins: isa.Concat, req: Require) -> None:
 
 def gather(p: isa.Program, ins: isa.Gather, req: Require) -> None:
     """Per-axis index arrays."""
-    _dtypes(p, ins, req, "int8", "int8")
+    _dtypes(p, ins, req, QUANT, QUANT)
+    req(_t(p, ins.ifm).dtype == _t(p, ins.ofm).dtype, "a gather keeps the type")
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     req(len(ins.axes) == len(ins.indices) and len(set(ins.axes)) == len(ins.axes) and
         all(0 <= a < len(x) for a in ins.axes), "axes and index blobs must pair up")
@@ -227,7 +242,8 @@ def pad(p: isa.Program, ins: isa.Pad, req: Require) -> None:
     x, y = _t(p, ins.ifm), _t(p, ins.ofm)
     rank = len(x.shape)
     req(len(ins.pads) == 2 * rank and all(0 <= q <= MAX_PAD for q in ins.pads) and
-        ins.mode in (0, 1, 2) and -128 <= ins.value <= 127 and x.dtype == y.dtype,
+        ins.mode in (0, 1, 2) and x.dtype == y.dtype and x.dtype in QUANT.split("|") and
+        qrange(x.dtype)[0] <= ins.value <= qrange(x.dtype)[1],
         "bad pads, mode or value")
     want = tuple(d + ins.pads[a] + ins.pads[a + rank] for a, d in enumerate(x.shape))
     req(want == y.shape, f"output shape {y.shape} != {want}")
@@ -237,15 +253,15 @@ def pad(p: isa.Program, ins: isa.Pad, req: Require) -> None:
 
 
 def quantize(p: isa.Program, ins: isa.Quantize, req: Require) -> None:
-    """float32 → int8."""
-    _dtypes(p, ins, req, "float32", "int8")
+    """float32 → int8/uint8."""
+    _dtypes(p, ins, req, "float32", QUANT)
     req(ins.inv_scale > 0 and _t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "bad quantize")
     req(ins.inv_scale <= FLOAT32_MAX, f"inverse scale {ins.inv_scale:g} overflows float32")
 
 
 def dequantize(p: isa.Program, ins: isa.Dequantize, req: Require) -> None:
-    """int8 → float32."""
-    _dtypes(p, ins, req, "int8", "float32")
+    """int8/uint8 → float32."""
+    _dtypes(p, ins, req, QUANT, "float32")
     req(ins.scale > 0 and _t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "bad dequantize")
     req(ins.scale <= FLOAT32_MAX, f"scale {ins.scale:g} overflows float32")
 

@@ -16,6 +16,7 @@ from types import MappingProxyType
 import numpy as np
 
 from compiler.core.errors import GraphError
+from compiler.core.fixedpoint import lut_offset
 from compiler.core.qops.base import OpDef, OpWork, Unit, UnitIO
 from compiler.core.qops.record import FloatNode, QOp, QTensor
 
@@ -68,16 +69,20 @@ def matchers() -> dict:
     return {op: m for d in OPS.values() for op, m in d.matchers.items()}
 
 
-def channel_tables(op: QOp, channels: int) -> np.ndarray:
-    """int8 [channels, 256]: a channelwise op's reference on every int8 value, per channel.
+def channel_tables(op: QOp, channels: int, in_dtype: str = "int8") -> np.ndarray:
+    """A channelwise op's reference on every value of its input type, per channel.
 
-    Row c, entry x + 128 is the op's output for input x in channel c, so a target may run
-    any `OpDef.channelwise` op as one table lookup per channel, bit-exact by construction.
+    The result is [channels, 256] of the output's type; `in_dtype` is int8 or uint8.
+
+    Row c, entry x + offset (`fixedpoint.lut_offset`: 128 for int8, 0 for uint8) is the
+    op's output for input x in channel c, so a target may run any `OpDef.channelwise` op as
+    one table lookup per channel, bit-exact by construction.
     """
     d = op_def(op.kind)
     if not d.channelwise:
         raise GraphError(f"{op.kind} is not channelwise: it cannot be tabulated per channel")
-    ramp = np.arange(-128, 128, dtype=np.int8)
+    lo = -lut_offset(in_dtype)
+    ramp = np.arange(lo, lo + 256).astype(np.dtype(in_dtype))
     x = np.ascontiguousarray(np.broadcast_to(ramp, (1, channels, 256)))
     (y,) = d.reference(op, [x], None)
-    return np.ascontiguousarray(y[0], np.int8)
+    return np.ascontiguousarray(y[0])

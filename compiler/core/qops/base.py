@@ -58,6 +58,10 @@ class UnitIO:
         outputs: int8 output tensor names.
         out_scale: Output scale (all outputs of a unit share it).
         opset: Opset of the float model (for evaluating nodes at build time).
+        in_dtypes: Precisions of the inputs ("int8" when not given).
+        out_dtype: Precision of the outputs (docs/fixed-point.md §15).
+        in_nonneg: Per input: never negative (an unsigned tensor, or a constant without a
+            negative value); what `OpDef.nonnegative` decides from.
     """
 
     name: str
@@ -66,6 +70,13 @@ class UnitIO:
     outputs: list[str]
     out_scale: float
     opset: int = 17
+    in_dtypes: list[str] = field(default_factory=list)
+    out_dtype: str = "int8"
+    in_nonneg: list[bool] = field(default_factory=list)
+
+    def in_dtype(self, i: int = 0) -> str:
+        """Precision of input `i`."""
+        return self.in_dtypes[i] if i < len(self.in_dtypes) else "int8"
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ Reference = Callable[[Any, list[np.ndarray], GraphView], list[np.ndarray]]
 IntEmission = Callable[[Any, Any, list[gs.Tensor], list[gs.Tensor]], None]
 QdqHook = Callable[[Any, Any], None]
 Work = Callable[[Any, GraphView], OpWork]
+Sign = Callable[[Unit, UnitIO], bool]
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,13 @@ class OpDef:
             elementwise and on c; the reference then accepts any [N, C, ...] input without a
             graph, so a target may run the op as one 256-entry table per channel
             (`channel_tables`).
+        nonnegative: (unit, io) -> True when the output is never negative whatever the
+            inputs (io.in_dtypes, io.in_nonneg and io.in_scales are set; out_scale is not):
+            the builder then makes it unsigned (docs/fixed-point.md §15). None: always
+            signed. Scale-preserving ops instead inherit their input's precision.
+        signed_input: (unit, io) -> True when the op cannot keep an unsigned input's
+            precision (a Pad whose value is negative); the builder then converts the input
+            to int8 first (§15).
     """
 
     cls: type[QOp]
@@ -136,6 +155,8 @@ class OpDef:
     emit_qdq: QdqHook | None = None
     scale_preserving: bool = False
     channelwise: bool = False
+    nonnegative: Sign | None = None
+    signed_input: Sign | None = None
 
     @property
     def kind(self) -> str:
@@ -152,6 +173,17 @@ def elements(graph: GraphView, names: tuple[str, ...]) -> int:
 def out_elements(op: QOp, graph: GraphView) -> OpWork:
     """Work of an op that computes each output element once (no constants)."""
     return OpWork(elements=elements(graph, op.outputs))
+
+
+def out_dtype(graph: GraphView, op: QOp, i: int = 0) -> np.dtype:
+    """Numpy dtype of output `i` of `op` (its QTensor's precision)."""
+    return np.dtype(graph.tensor(op.outputs[i]).dtype)
+
+
+def act_lo_nonneg(unit: Unit) -> bool:
+    """The unit's fused Relu/Clip has a lower bound ≥ 0."""
+    lo = unit.params.get("act", (None, None))[0]
+    return lo is not None and lo >= 0
 
 
 def io_fields(io: UnitIO) -> dict[str, Any]:

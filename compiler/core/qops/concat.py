@@ -9,7 +9,15 @@ import onnx_graphsurgeon as gs
 
 from compiler.core import fixedpoint as fp
 from compiler.core.ir import is_const
-from compiler.core.qops.base import GraphView, OpDef, Unit, UnitIO, io_fields, out_elements
+from compiler.core.qops.base import (
+    GraphView,
+    OpDef,
+    Unit,
+    UnitIO,
+    io_fields,
+    out_dtype,
+    out_elements,
+)
 from compiler.core.qops.match import f64
 from compiler.core.qops.record import QOp
 
@@ -40,24 +48,29 @@ def lower_concat(unit: Unit, io: UnitIO) -> QOp:
 
 
 def run_concat(op: QConcat, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
-    """§7 QConcat."""
-    parts = [fp.requantize(x.astype(np.int64), m0, s)
+    """§7 QConcat: each input requantized into the output precision's range."""
+    dtype = out_dtype(graph, op)
+    lo, hi = fp.qrange(dtype)
+    parts = [fp.requantize(x.astype(np.int64), m0, s, lo, hi, dtype)
              for x, m0, s in zip(args, op.m0, op.shift, strict=True)]
     return [np.concatenate(parts, axis=op.axis)]
 
 
 def emit_concat(e, op: QConcat, ins: list, outs: list) -> None:
-    """§7 concat: identity inputs pass through, others are requantized."""
+    """§7 concat: identity inputs of the output's type pass through, others are requantized."""
+    dtype = np.dtype(outs[0].dtype)
+    lo, hi = fp.qrange(dtype)
     parts = []
     for x, m0, s in zip(ins, op.m0, op.shift, strict=True):
-        if (m0, s) == IDENTITY:
+        if (m0, s) == IDENTITY and np.dtype(x.dtype) == dtype:
             parts.append(x)
         else:
-            parts.append(e.requant(e.cast(x, np.int64), m0, s, -128, 127,
-                                   e.tmp("concat_in", np.int8)))
+            parts.append(e.requant(e.cast(x, np.int64), m0, s, lo, hi,
+                                   e.tmp("concat_in", dtype)))
     e.node("Concat", parts, out=outs[0], axis=op.axis)
 
 
 DEFS = (OpDef(QConcat, "§7", "y = concat(requant(x_i, M0_i, s_i)) along axis",
               run_concat, emit_concat, out_elements, patterns="Concat",
-              matchers={"Concat": match_concat}, unit_kinds=("concat",), lower=lower_concat),)
+              matchers={"Concat": match_concat}, unit_kinds=("concat",), lower=lower_concat,
+              nonnegative=lambda unit, io: all(io.in_nonneg)),)

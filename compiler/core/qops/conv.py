@@ -10,7 +10,16 @@ import onnx_graphsurgeon as gs
 from compiler.core import fixedpoint as fp
 from compiler.core.ir import const_value, is_const, static_shape
 from compiler.core.qops.arith import gemm_exact, nbytes, pad_nchw, windows
-from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, io_fields
+from compiler.core.qops.base import (
+    GraphView,
+    OpDef,
+    OpWork,
+    Unit,
+    UnitIO,
+    act_lo_nonneg,
+    io_fields,
+    out_dtype,
+)
 from compiler.core.qops.match import bounds, explicit_pads, single, weight_layer, with_activation
 from compiler.core.qops.record import QOp
 
@@ -66,7 +75,7 @@ def lower_conv(unit: Unit, io: UnitIO) -> QOp:
     kernel = list(w.shape[2:])
     strides = [int(s) for s in node.attrs.get("strides", [1, 1])]
     dilations = [int(d) for d in node.attrs.get("dilations", [1, 1])]
-    lo, hi = bounds(unit, io.out_scale)
+    lo, hi = bounds(unit, io)
     return QConv(**io_fields(io), **layer, lo=lo, hi=hi, strides=strides,
                  pads=explicit_pads(node, kernel, strides, dilations), dilations=dilations,
                  group=int(node.attrs.get("group", 1)))
@@ -109,7 +118,7 @@ def run_conv(op: QConv, args: list[np.ndarray], graph: GraphView) -> list[np.nda
     """§11 QConv."""
     shape = (1, -1, 1, 1)
     return [fp.requantize(conv_acc(args[0], op), op.m0.reshape(shape), op.shift.reshape(shape),
-                          op.lo, op.hi)]
+                          op.lo, op.hi, out_dtype(graph, op))]
 
 
 def emit_conv(e, op: QConv, ins: list, outs: list) -> None:
@@ -141,7 +150,8 @@ def conv_work(op: QConv, graph: GraphView) -> OpWork:
 
 DEFS = (OpDef(
     QConv, "§11", "acc = Σ x·W[c] + B[c] (int32); y = requant(acc, M0[c], s[c], lo, hi)",
-    run_conv, emit_conv, conv_work, patterns="Conv (2-D, constant weights; any group, "
+    run_conv, emit_conv, conv_work, nonnegative=lambda unit, io: act_lo_nonneg(unit),
+    patterns="Conv (2-D, constant weights; any group, "
     "depthwise, dilation, auto_pad) "
     "[+ Relu/Clip]", matchers={"Conv": match_conv}, unit_kinds=("conv",), lower=lower_conv,
     emit_qdq=qdq_conv),)

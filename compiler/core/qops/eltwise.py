@@ -9,7 +9,16 @@ import onnx_graphsurgeon as gs
 
 from compiler.core import fixedpoint as fp
 from compiler.core.ir import const_value, is_const
-from compiler.core.qops.base import GraphView, OpDef, Unit, UnitIO, io_fields, out_elements
+from compiler.core.qops.base import (
+    GraphView,
+    OpDef,
+    Unit,
+    UnitIO,
+    act_lo_nonneg,
+    io_fields,
+    out_dtype,
+    out_elements,
+)
 from compiler.core.qops.match import bounds, f64, with_activation
 from compiler.core.qops.record import QOp
 
@@ -60,7 +69,7 @@ def lower_add(unit: Unit, io: UnitIO) -> QOp:
     ma = f64(sa) / f64(io.out_scale)
     mb = f64(sb) / f64(io.out_scale) * (-1.0 if unit.params.get("sub") else 1.0)
     a, b, s = fp.add_multipliers(float(ma), float(mb))
-    lo, hi = bounds(unit, io.out_scale)
+    lo, hi = bounds(unit, io)
     return QAdd(**io_fields(io), a_mult=a, b_mult=b, shift=s, lo=lo, hi=hi)
 
 
@@ -68,7 +77,7 @@ def lower_mul(unit: Unit, io: UnitIO) -> QOp:
     """Mul -> QMul: requant of the int product."""
     sa, sb = io.in_scales
     m0, s = fp.quantize_multiplier(float(f64(sa) * f64(sb) / f64(io.out_scale)))
-    lo, hi = bounds(unit, io.out_scale)
+    lo, hi = bounds(unit, io)
     return QMul(**io_fields(io), m0=m0, shift=s, lo=lo, hi=hi)
 
 
@@ -76,14 +85,24 @@ def run_add(op: QAdd, args: list[np.ndarray], graph: GraphView) -> list[np.ndarr
     """§6 QAdd: one rounding of xa·Aa + xb·Ab."""
     a, b = args
     acc = a.astype(np.int64) * op.a_mult + b.astype(np.int64) * op.b_mult
-    return [fp.shift_round(acc, op.shift, op.lo, op.hi)]
+    return [fp.requantize(acc, 1, op.shift, op.lo, op.hi, out_dtype(graph, op))]
 
 
 def run_mul(op: QMul, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
     """§7 QMul."""
     a, b = args
     return [fp.requantize(a.astype(np.int64) * b.astype(np.int64), op.m0, op.shift, op.lo,
-                          op.hi)]
+                          op.hi, out_dtype(graph, op))]
+
+
+def add_nonnegative(unit: Unit, io: UnitIO) -> bool:
+    """A fused Relu/Clip(a ≥ 0), or an Add of two never-negative operands."""
+    return act_lo_nonneg(unit) or (not unit.params.get("sub") and all(io.in_nonneg))
+
+
+def mul_nonnegative(unit: Unit, io: UnitIO) -> bool:
+    """A fused Relu/Clip(a ≥ 0), or a product of two never-negative operands."""
+    return act_lo_nonneg(unit) or all(io.in_nonneg)
 
 
 def emit_add(e, op: QAdd, ins: list, outs: list) -> None:
@@ -104,9 +123,9 @@ DEFS = (
           run_add, emit_add, out_elements,
           patterns="Add, Sub (activations or a constant operand) [+ Relu/Clip]",
           matchers={"Add": match_binary, "Sub": match_binary}, unit_kinds=("add",),
-          lower=lower_add),
+          lower=lower_add, nonnegative=add_nonnegative),
     OpDef(QMul, "§7", "y = requant(xa·xb, M0, s, lo, hi)", run_mul, emit_mul, out_elements,
           patterns="Mul (activations or a constant operand), Div by a constant "
           "[+ Relu/Clip]", matchers={"Mul": match_binary, "Div": match_binary},
-          unit_kinds=("mul",), lower=lower_mul),
+          unit_kinds=("mul",), lower=lower_mul, nonnegative=mul_nonnegative),
 )

@@ -10,7 +10,17 @@ import onnx_graphsurgeon as gs
 from compiler.core import fixedpoint as fp
 from compiler.core.ir import const_value
 from compiler.core.qops.arith import gemm_exact, nbytes
-from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, elements, io_fields
+from compiler.core.qops.base import (
+    GraphView,
+    OpDef,
+    OpWork,
+    Unit,
+    UnitIO,
+    act_lo_nonneg,
+    elements,
+    io_fields,
+    out_dtype,
+)
 from compiler.core.qops.match import (
     bounds,
     single,
@@ -99,7 +109,7 @@ def _gemm_weights(unit: Unit) -> tuple[np.ndarray, np.ndarray | None]:
 def lower_gemm(unit: Unit, io: UnitIO) -> QOp:
     """Gemm/MatMul with a constant right operand -> QGemm/QMatMul (weight [N, K])."""
     w, bias = _gemm_weights(unit)
-    lo, hi = bounds(unit, io.out_scale)
+    lo, hi = bounds(unit, io)
     cls = QMatMul if unit.kind == "matmul" else QGemm
     return cls(**io_fields(io), **weight_layer(w, bias, io, unit.anchor.name), lo=lo, hi=hi)
 
@@ -108,7 +118,8 @@ def run_gemm(op: QGemm, args: list[np.ndarray], graph: GraphView) -> list[np.nda
     """§11 QGemm / QMatMul (float64 GEMM is exact here)."""
     x = args[0]
     acc = gemm_exact(x.reshape(-1, x.shape[-1]), op.weight).reshape(*x.shape[:-1], -1)
-    return [fp.requantize(acc + op.bias.astype(np.int64), op.m0, op.shift, op.lo, op.hi)]
+    return [fp.requantize(acc + op.bias.astype(np.int64), op.m0, op.shift, op.lo, op.hi,
+                          out_dtype(graph, op))]
 
 
 def emit_gemm(e, op: QGemm, ins: list, outs: list) -> None:
@@ -143,9 +154,9 @@ DEFS = (
     OpDef(QGemm, "§11", _SUMMARY, run_gemm, emit_gemm, gemm_work,
           patterns="Gemm (constant B, transA=0, C broadcast along N) [+ Relu/Clip]",
           matchers={"Gemm": match_gemm}, unit_kinds=("gemm",), lower=lower_gemm,
-          emit_qdq=qdq_gemm),
+          emit_qdq=qdq_gemm, nonnegative=lambda unit, io: act_lo_nonneg(unit)),
     OpDef(QMatMul, "§11", _SUMMARY, run_gemm, emit_gemm, gemm_work,
           patterns="MatMul (constant 2-D right operand) [+ constant bias Add] [+ Relu/Clip]",
           matchers={"MatMul": match_matmul}, unit_kinds=("matmul",), lower=lower_gemm,
-          emit_qdq=qdq_gemm),
+          emit_qdq=qdq_gemm, nonnegative=lambda unit, io: act_lo_nonneg(unit)),
 )

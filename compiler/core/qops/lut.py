@@ -1,4 +1,4 @@
-"""QLut: smooth activations and elementwise regions as one 256-entry int8 table (§10).
+"""QLut: smooth activations and elementwise regions as one 256-entry table (§10).
 
 Matches unary functions (`LUT_OPS`), x·Sigmoid(x) (SiLU) and x·HardSigmoid(x) as one table;
 `passes/quantize/patterns.py` also forms multi-node elementwise regions (regions.py) whose
@@ -17,7 +17,7 @@ from compiler.core.fixedpoint import LUT_FUNCTIONS
 from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, elements, io_fields
 from compiler.core.qops.match import clip_bounds, is_float, single_consumer
 from compiler.core.qops.record import QOp
-from compiler.core.qops.regions import region_table
+from compiler.core.qops.regions import region_values
 
 LUT_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Relu", "Clip", "Elu",
            "Softplus", "Softsign", "Abs", "Neg")
@@ -25,7 +25,10 @@ LUT_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Relu", "
 
 @dataclass(frozen=True, eq=False)
 class QLut(QOp):
-    """y = table[x + 128]; `table` int8 [256]; `fn` names the function tabulated (§10)."""
+    """y = table[x + offset]; `table` [256] of the output's type; `fn` names the function.
+
+    offset = 128 for an int8 input, 0 for uint8 (§10, §15).
+    """
 
     table: np.ndarray
     fn: str = ""
@@ -76,25 +79,47 @@ def match_lut(node: gs.Node, graph: gs.Graph) -> Unit | str:
                 {"fn": node.op, "fn_params": params})
 
 
+def lut_values(unit: Unit, io: UnitIO) -> np.ndarray:
+    """F on the 256 real inputs of the table (float64; NaN outside f's domain).
+
+    Cached in the unit: the builder asks for the sign before lowering (a region runs in
+    onnxruntime).
+    """
+    key = (io.in_scales[0], io.in_dtype(0))
+    cache = unit.params.setdefault("lut_values", {})
+    if key not in cache:
+        if unit.params.get("region"):
+            cache[key] = region_values(unit.nodes, unit.inputs[0], unit.outputs[0],
+                                       io.in_scales[0], io.opset, io.in_dtype(0))
+        else:
+            cache[key] = fp.lut_values(unit.params["fn"], io.in_scales[0], io.in_dtype(0),
+                                       **unit.params.get("fn_params", {}))
+    return cache[key]
+
+
+def lut_nonnegative(unit: Unit, io: UnitIO) -> bool:
+    """F ≥ 0 on every table input (Sigmoid, HardSigmoid, Relu, ...): no entry is negative."""
+    v = lut_values(unit, io)
+    return bool(np.all(np.isnan(v) | (v >= 0)))
+
+
 def lower_lut(unit: Unit, io: UnitIO) -> QOp:
-    """Unary function -> QLut (256-entry table)."""
-    fn = unit.params["fn"]
-    if unit.params.get("region"):
-        table = region_table(unit.nodes, unit.inputs[0], unit.outputs[0], io.in_scales[0],
-                             io.out_scale, io.opset)
-        return QLut(**io_fields(io), table=table, fn=fn)
-    table = fp.build_lut(fn, io.in_scales[0], io.out_scale, **unit.params.get("fn_params", {}))
-    return QLut(**io_fields(io), table=table, fn=fn)
+    """Unary function -> QLut (256-entry table over the input's range, output's type)."""
+    table = fp.table_from(lut_values(unit, io), io.out_scale, io.out_dtype)
+    return QLut(**io_fields(io), table=table, fn=unit.params["fn"])
 
 
 def run_lut(op: QLut, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
     """§10 table lookup."""
-    return [fp.apply_lut(args[0], op.table)]
+    return [fp.apply_lut(args[0], op.table, fp.lut_offset(args[0].dtype))]
 
 
 def emit_lut(e, op: QLut, ins: list, outs: list) -> None:
-    """§10: table[x + 128] via Gather."""
-    idx = e.node("Add", [e.cast(ins[0], np.int64), e.scalar(128, np.int64)])
+    """§10: table[x + offset] via Gather (offset 128 for int8, none for uint8)."""
+    idx = e.cast(ins[0], np.int64)
+    offset = fp.lut_offset(ins[0].dtype)
+    if offset:
+        idx = e.node("Add", [idx, e.scalar(offset, np.int64)])
     e.node("Gather", [e.array(f"{op.name}::table"), idx], out=outs[0], axis=0)
 
 
@@ -103,8 +128,9 @@ def lut_work(op: QLut, graph: GraphView) -> OpWork:
     return OpWork(0, elements(graph, op.outputs), int(op.table.nbytes))
 
 
-DEFS = (OpDef(QLut, "§10", "y = table[x + 128] (int8 table of f, 256 entries)", run_lut,
+DEFS = (OpDef(QLut, "§10", "y = table[x + offset] (table of f, 256 entries; offset 128 for int8, "
+              "0 for uint8)", run_lut,
               emit_lut, lut_work, patterns=", ".join(LUT_OPS) + "; x·Sigmoid(x), "
               "x·HardSigmoid(x); single-input elementwise regions (e.g. GELU)",
               matchers=dict.fromkeys(LUT_OPS, match_lut), unit_kinds=("lut",),
-              lower=lower_lut, channelwise=True),)
+              lower=lower_lut, channelwise=True, nonnegative=lut_nonnegative),)

@@ -80,10 +80,13 @@ def f64(v: float) -> np.float64:
     return np.float64(v)
 
 
-def bounds(unit: Unit, scale: float) -> tuple[int, int]:
-    """Integer clamp bounds of the unit's fused activation (int8 range without one)."""
+def bounds(unit: Unit, io: UnitIO) -> tuple[int, int]:
+    """Integer clamp bounds of the unit's fused activation at the output scale.
+
+    Without one: the output precision's whole range.
+    """
     lo, hi = unit.params.get("act", (None, None))
-    return fp.clamp_bounds(lo, hi, scale)
+    return fp.clamp_bounds(lo, hi, io.out_scale, io.out_dtype)
 
 
 def channel_requant(sx: float, sw: np.ndarray, sy: float) -> tuple[np.ndarray, np.ndarray]:
@@ -97,12 +100,13 @@ def weight_layer(w: np.ndarray, b: np.ndarray | None, io: UnitIO, name: str
     """int8 per-channel weights, int32 bias and requant multipliers of a conv/FC layer.
 
     `w` is [Cout, ...] (the reduction over the rest); returns the QOp fields `weight`,
-    `bias`, `m0`, `shift` and `weight_scale` (the bias-safe scale of docs/fixed-point.md §1).
+    `bias`, `m0`, `shift` and `weight_scale` (the bias-safe scale of docs/fixed-point.md §1;
+    its bound depends on the input precision).
     """
-    sx, k = io.in_scales[0], int(np.prod(w.shape[1:]))
-    wq, sw = fp.quantize_weights(w, name, fp.bias_scale_floor(b, sx, k, name))
+    sx, k, xt = io.in_scales[0], int(np.prod(w.shape[1:])), io.in_dtype(0)
+    wq, sw = fp.quantize_weights(w, name, fp.bias_scale_floor(b, sx, k, name, xt))
     m0, shift = channel_requant(sx, sw, io.out_scale)
-    return {"weight": wq, "bias": fp.quantize_bias(b, sx, sw, k, name), "m0": m0,
+    return {"weight": wq, "bias": fp.quantize_bias(b, sx, sw, k, name, xt), "m0": m0,
             "shift": shift, "weight_scale": sw}
 
 

@@ -28,7 +28,8 @@ class QMove(QOp):
     """Integer data movement with ONNX semantics; every operand is in `attrs` (§9).
 
     attrs by op: Reshape {shape}, Flatten {axis}, Transpose {perm}, Squeeze/Unsqueeze {axes},
-    Slice {starts, ends, axes, steps}, Split {axis, split}, Pad {pads, mode, value (int8)}.
+    Slice {starts, ends, axes, steps}, Split {axis, split}, Pad {pads, mode, value (in the
+    input's precision)}.
     """
 
     op: str
@@ -55,7 +56,15 @@ def _const_ints(t: gs.Tensor | None) -> list[int] | None:
     return None if v is None else [int(x) for x in np.ravel(v)]
 
 
-def move_attrs(node: gs.Node, scale: float) -> dict:
+def pad_value(node: gs.Node, scale: float, dtype: str = "int8") -> int:
+    """The constant of a Pad quantized at the input scale, clamped to `dtype` (§9)."""
+    t = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
+    value = const_value(t) if t is not None else None
+    return 0 if value is None else int(fp.quantize_constant(np.ravel(value)[:1], scale,
+                                                            dtype)[0])
+
+
+def move_attrs(node: gs.Node, scale: float, dtype: str = "int8") -> dict:
     """All operands of a data-movement node as plain attributes (ONNX semantics)."""
     ins = list(node.inputs) + [None] * 5
     rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
@@ -76,10 +85,8 @@ def move_attrs(node: gs.Node, scale: float) -> dict:
     if node.op == "Split":
         return {"axis": int(node.attrs.get("axis", 0)), "split": _split_sizes(node, ins[1])}
     if node.op == "Pad":
-        value = const_value(ins[2]) if ins[2] is not None and ins[2].name else None
-        qv = 0 if value is None else int(fp.quantize_constant(np.ravel(value)[:1], scale)[0])
         return {"pads": _const_ints(ins[1]), "mode": node.attrs.get("mode", "constant"),
-                "value": qv}
+                "value": pad_value(node, scale, dtype)}
     raise GraphError(f"node {node.name!r}: {node.op} is not a data-movement op")
 
 
@@ -99,8 +106,15 @@ def _split_sizes(node: gs.Node, split: gs.Tensor | None) -> list[int]:
 
 def lower_move(unit: Unit, io: UnitIO) -> QOp:
     """Data movement -> QMove."""
-    return QMove(**io_fields(io), op=unit.anchor.op, attrs=move_attrs(unit.anchor,
-                                                                       io.in_scales[0]))
+    return QMove(**io_fields(io), op=unit.anchor.op,
+                 attrs=move_attrs(unit.anchor, io.in_scales[0], io.in_dtype(0)))
+
+
+def move_signed_input(unit: Unit, io: UnitIO) -> bool:
+    """A constant Pad whose value quantizes below 0 needs a signed input (§15)."""
+    node = unit.anchor
+    return node.op == "Pad" and node.attrs.get("mode", "constant") in ("constant", b"constant") \
+        and pad_value(node, io.in_scales[0]) < 0
 
 
 def _reshape(x: np.ndarray, shape: list[int]) -> np.ndarray:
@@ -183,7 +197,7 @@ def _operands(e, op: QMove, ints: Callable) -> list:
     if op.op == "Slice":
         return [ints(a[k]) for k in ("starts", "ends", "axes", "steps")]
     if op.op == "Pad":
-        return [ints(a["pads"]), e.scalar(a["value"], np.int8)]
+        return [ints(a["pads"]), e.scalar(a["value"], np.dtype(e.qg.tensor(op.inputs[0]).dtype))]
     return [ints(a["axes"])] if a["axes"] is not None else []
 
 
@@ -196,4 +210,4 @@ DEFS = (OpDef(QMove, "§9", "y = x rearranged with ONNX semantics (scale kept); 
               "quantized", run_move, emit_move, move_work,
               patterns=", ".join(MOVE_OPS) + " (constant shape/index operands)",
               matchers=dict.fromkeys(MOVE_OPS, match_move), unit_kinds=("move",),
-              lower=lower_move, scale_preserving=True),)
+              lower=lower_move, scale_preserving=True, signed_input=move_signed_input),)

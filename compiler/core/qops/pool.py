@@ -12,7 +12,17 @@ from compiler.core.errors import GraphError
 from compiler.core.ir import const_value, consumers, static_shape
 from compiler.core.numerics import eval_node
 from compiler.core.qops.arith import nbytes, pad_nchw, windows
-from compiler.core.qops.base import GraphView, OpDef, OpWork, Unit, UnitIO, elements, io_fields
+from compiler.core.qops.base import (
+    GraphView,
+    OpDef,
+    OpWork,
+    Unit,
+    UnitIO,
+    act_lo_nonneg,
+    elements,
+    io_fields,
+    out_dtype,
+)
 from compiler.core.qops.match import bounds, explicit_pads, f64, single, with_activation
 from compiler.core.qops.record import INT8_MAX, INT8_MIN, QOp
 
@@ -137,7 +147,7 @@ def lower_avgpool(unit: Unit, io: UnitIO) -> QOp:
     counts = avgpool_counts(node, io.opset)
     m = f64(io.in_scales[0]) / (f64(io.out_scale) * counts.astype(np.float64))
     m0, shift = fp.quantize_multipliers(m)
-    lo, hi = bounds(unit, io.out_scale)
+    lo, hi = bounds(unit, io)
     return QAvgPool(**io_fields(io), kernel=kernel, strides=strides, pads=pads, m0=m0,
                     shift=shift, lo=lo, hi=hi)
 
@@ -147,7 +157,7 @@ def lower_gap(unit: Unit, io: UnitIO) -> QOp:
     h, w = unit.anchor.inputs[0].shape[2:]
     m = f64(io.in_scales[0]) / (f64(io.out_scale) * f64(int(h) * int(w)))
     m0, s = fp.quantize_multiplier(float(m))
-    lo, hi = bounds(unit, io.out_scale)
+    lo, hi = bounds(unit, io)
     return QGlobalAvgPool(**io_fields(io), m0=m0, shift=s, lo=lo, hi=hi,
                           keepdims=unit.params.get("keepdims", True))
 
@@ -170,26 +180,26 @@ def run_avgpool(op: QAvgPool, args: list[np.ndarray], graph: GraphView) -> list[
     """§8 QAvgPool: zero-padded window sums, per-position multipliers."""
     win = windows(pad_nchw(args[0], op.pads), op.kernel, op.strides, (1, 1), op.m0.shape)
     acc = win.astype(np.int64).sum(axis=(-1, -2))
-    return [fp.requantize(acc, op.m0, op.shift, op.lo, op.hi)]
+    return [fp.requantize(acc, op.m0, op.shift, op.lo, op.hi, out_dtype(graph, op))]
 
 
 def run_gap(op: QGlobalAvgPool, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
     """§8 QGlobalAvgPool."""
     acc = args[0].astype(np.int64).sum(axis=(2, 3), keepdims=op.keepdims)
-    return [fp.requantize(acc, op.m0, op.shift, op.lo, op.hi)]
+    return [fp.requantize(acc, op.m0, op.shift, op.lo, op.hi, out_dtype(graph, op))]
 
 
 def run_maxpool(op: QMaxPool, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
-    """§8 QMaxPool: padding never wins (pad value below -128)."""
+    """§8 QMaxPool: padding never wins (pad value below the input type's minimum)."""
     x = args[0]
     oh, ow = graph.tensor(op.outputs[0]).shape[2:]
     span = [(k - 1) * d + 1 for k, d in zip(op.kernel, op.dilations, strict=True)]
     top, left, bottom, right = op.pads
     bottom = max(bottom, (oh - 1) * op.strides[0] + span[0] - x.shape[2] - top)
     right = max(right, (ow - 1) * op.strides[1] + span[1] - x.shape[3] - left)
-    xp = pad_nchw(x.astype(np.int16), (top, left, bottom, right), value=-1000)
+    xp = pad_nchw(x.astype(np.int32), (top, left, bottom, right), value=-(1 << 20))
     win = windows(xp, op.kernel, op.strides, op.dilations, (oh, ow))
-    return [win.max(axis=(-1, -2)).astype(np.int8)]
+    return [win.max(axis=(-1, -2)).astype(x.dtype)]
 
 
 # --- integer ONNX ---------------------------------------------------------------------------
@@ -212,13 +222,18 @@ def emit_gap(e, op: QGlobalAvgPool, ins: list, outs: list) -> None:
 
 
 def emit_maxpool(e, op: QMaxPool, ins: list, outs: list) -> None:
-    """§8 max pool on int8."""
+    """§8 max pool on int8/uint8."""
     e.node("MaxPool", [ins[0]], out=outs[0], kernel_shape=list(op.kernel),
            strides=list(op.strides), pads=list(op.pads), dilations=list(op.dilations),
            ceil_mode=op.ceil_mode)
 
 
 # --- work -----------------------------------------------------------------------------------
+
+def pool_nonnegative(unit: Unit, io: UnitIO) -> bool:
+    """A fused Relu/Clip(a ≥ 0), or the mean of a never-negative input."""
+    return act_lo_nonneg(unit) or io.in_nonneg[0]
+
 
 def window_work(op: QAvgPool | QMaxPool, graph: GraphView) -> OpWork:
     """Each output element reads a kernel window."""
@@ -237,13 +252,13 @@ DEFS = (
           "s[oh, ow], lo, hi)", run_avgpool, emit_avgpool, window_work,
           patterns="AveragePool (2-D, static input shape, no dilation) [+ Relu/Clip]",
           matchers={"AveragePool": match_avgpool}, unit_kinds=("avgpool",),
-          lower=lower_avgpool),
+          lower=lower_avgpool, nonnegative=pool_nonnegative),
     OpDef(QGlobalAvgPool, "§8", "y = requant(Σ_hw x, M0, s, lo, hi)", run_gap, emit_gap,
           gap_work, patterns="GlobalAveragePool, ReduceMean over axes (2, 3) [+ Relu/Clip]",
           matchers={"GlobalAveragePool": match_global_pool, "ReduceMean": match_global_pool},
-          unit_kinds=("gap",), lower=lower_gap),
-    OpDef(QMaxPool, "§8", "y = window max (int8; padding never wins); output scale = input "
-          "scale", run_maxpool, emit_maxpool, window_work,
+          unit_kinds=("gap",), lower=lower_gap, nonnegative=pool_nonnegative),
+    OpDef(QMaxPool, "§8", "y = window max (padding never wins); output scale and type = "
+          "input's", run_maxpool, emit_maxpool, window_work,
           patterns="MaxPool (2-D, indices output unused)", matchers={"MaxPool": match_maxpool},
           unit_kinds=("maxpool",), lower=lower_maxpool, scale_preserving=True),
 )

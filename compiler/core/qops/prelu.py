@@ -93,7 +93,7 @@ def emit_prelu(e, op: QPRelu, ins: list, outs: list) -> None:
                           e.scalar(op.pos_m0, np.int64)])
     shift = e.node("Where", [negative, e.channel(f"{op.name}::neg_shift", shape),
                              e.scalar(op.pos_shift, np.int64)])
-    e.requant(x, m0, shift, -128, 127, outs[0])
+    e.requant(x, m0, shift, *fp.qrange(outs[0].dtype), outs[0])
 
 
 def prelu_work(op: QPRelu, graph: GraphView) -> OpWork:

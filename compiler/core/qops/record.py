@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-INT8_MIN, INT8_MAX = -128, 127
+from compiler.core.fixedpoint import INT8_MAX, INT8_MIN, QRANGE
+
+__all__ = ["INT8_MAX", "INT8_MIN", "FloatNode", "QOp", "QTensor", "Record", "values_equal"]
 
 
 def _freeze(value: Any) -> Any:
@@ -71,9 +73,11 @@ class QTensor(Record):
         shape: Dimensions; -1 for a dimension unknown at build time: a dynamic batch, or
             (when `runtime_shape`) a data-dependent size. An empty shape with
             `runtime_shape` means even the rank is unknown.
-        dtype: numpy dtype name: "int8" for quantized tensors, "float32" at float
-            boundaries (or the float model's dtype for non-float CPU-partition inputs).
-        scale: float32 scale of an int8 tensor (r = scale·q), None for float tensors.
+        dtype: numpy dtype name: a quantized precision of `fixedpoint.QRANGE` ("int8", or
+            "uint8" for a tensor that is never negative, docs/fixed-point.md §15), "float32"
+            at float boundaries (or the float model's dtype for non-float CPU-partition
+            inputs).
+        scale: float32 scale of a quantized tensor (r = scale·q), None for float tensors.
         data: Value of a constant int8 tensor (e.g. a constant Add operand), else None.
         runtime_shape: The shape is only known at run time (outputs of NonMaxSuppression,
             NonZero, TopK with a computed k, and what depends on them): such a tensor is
@@ -89,8 +93,8 @@ class QTensor(Record):
 
     @property
     def is_quantized(self) -> bool:
-        """True for int8 tensors."""
-        return self.dtype == "int8"
+        """True for quantized tensors (any precision of `fixedpoint.QRANGE`)."""
+        return self.dtype in QRANGE
 
 
 @dataclass(frozen=True, eq=False)

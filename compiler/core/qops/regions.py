@@ -113,16 +113,15 @@ def region_function(nodes: list[gs.Node], x: gs.Tensor, out: gs.Tensor,
     return np.asarray(run(Model(graph, opset), {"x": values})[result.name], np.float64)
 
 
-def region_table(nodes: list[gs.Node], x: gs.Tensor, out: gs.Tensor, x_scale: float,
-                 y_scale: float, opset: int) -> np.ndarray:
-    """table[i] = clamp(qround(f((i-128)·Sx)/Sy)); NaN entries (outside f's domain) are 0."""
-    v = (np.arange(fp.INT8_MIN, fp.INT8_MAX + 1, dtype=np.float64) * x_scale).astype(np.float32)
-    y = region_function(nodes, x, out, v, opset) / np.float64(y_scale)
+def region_values(nodes: list[gs.Node], x: gs.Tensor, out: gs.Tensor, x_scale: float,
+                  opset: int, in_dtype: str = "int8") -> np.ndarray:
+    """f(float32((i - offset)·Sx)) for the 256 table inputs, float64 (NaN outside f's domain)."""
+    v = fp.lut_grid(x_scale, in_dtype).astype(np.float32)
+    y = region_function(nodes, x, out, v, opset)
     # Size-1 constants in the region (Paddle writes [1, 1, 1, 1]) broadcast the 256 samples
     # to a higher rank; the table itself is one axis of 256 entries.
     if y.size != v.size:
         raise GraphError(f"region at {out.name!r}: table has {y.size} entries, not {v.size} "
                          "(a constant in it is not a scalar)")
-    y = y.reshape(-1)
-    y = np.where(np.isnan(y), 0.0, y)
-    return np.clip(fp.qround(y), fp.INT8_MIN, fp.INT8_MAX).astype(np.int8)
+    return y.reshape(-1)
+

@@ -73,7 +73,7 @@ def emit_resize(e, op: QResizeNearest, ins: list, outs: list) -> None:
     for i, axis in enumerate(axes):
         target = outs[0] if i == len(axes) - 1 else None
         x = e.node("Gather", [x, e.array(f"{op.name}::indices::{axis}")], out=target,
-                   dtype=np.int8, axis=axis)
+                   dtype=ins[0].dtype, axis=axis)
     if not axes:
         e.node("Identity", [x], out=outs[0])
 

@@ -228,3 +228,84 @@ def test_near_dead_channel_keeps_its_bias_through_int8():
     assert np.max(np.abs(op.bias.astype(np.int64))) < fp.bias_bound(36)
     step = result.qgraph.tensors["c__q"].scale
     np.testing.assert_allclose(out[:, 1], 3.0, atol=step)
+
+
+# --- unsigned 8-bit tensors (§15) ------------------------------------------------------------
+
+def test_precisions_are_defined_once():
+    assert fp.QRANGE == {"int8": (-128, 127), "uint8": (0, 255)}
+    assert fp.qrange(np.uint8) == (0, 255) and fp.qrange("int8") == (-128, 127)
+    assert fp.is_quantized_dtype("uint8") and not fp.is_quantized_dtype("float32")
+    with pytest.raises(GraphError):
+        fp.qrange("float32")
+    # the product bound is the next power of two above max|x|·127
+    assert fp.product_bound("int8") == 1 << 14 > 128 * 127 >= 1 << 13
+    assert fp.product_bound("uint8") == 1 << 15 > 255 * 127 >= 1 << 14
+
+
+def test_uint8_activation_scale_is_t_over_255():
+    assert fp.activation_scale(255.0, dtype="uint8") == 1.0
+    assert fp.activation_scale(6.0, dtype="uint8") == float(np.float32(6 / 255))
+    assert fp.activation_scale(0.0, dtype="uint8") == pytest.approx(fp.T_MIN / 255)
+
+
+@pytest.mark.parametrize("m", [0.5, 1 / 3, 0.0123, 1.0, 2.75])
+def test_uint8_requant_bounds_against_fractions(m):
+    m0, s = fp.quantize_multiplier(m)
+    # accumulators around every rounding tie, the 255.5 / -0.5 clamp edges and int32 limits
+    ties = [Fraction(2 * c - 1, 2) / Fraction(m0, 2 ** s) for c in (0, 1, 128, 255, 256, 1000)]
+    accs = sorted({math.floor(t) + d for t in ties for d in (-1, 0, 1, 2)}
+                  | {-(2 ** 31), 2 ** 31 - 1, -1, 0, 1})
+    got = fp.requantize(np.array(accs, np.int64), m0, s, 0, 255, dtype=np.uint8)
+    assert got.dtype == np.uint8
+    assert got.tolist() == [exact_requant(a, m0, s, 0, 255) for a in accs]
+    # and within one LSB of the ideal real result, saturating at 0 and 255
+    assert all(abs(g - ideal(a, m, 0, 255)) <= 1 for g, a in zip(got.tolist(), accs, strict=True))
+
+
+def test_uint8_clamp_bounds_and_relu6():
+    s = fp.activation_scale(6.0, dtype="uint8")
+    assert fp.clamp_bounds(0.0, 6.0, s, "uint8") == (0, 255)
+    assert fp.clamp_bounds(0.0, 6.0, 0.1, "uint8") == (0, 60)
+    assert fp.clamp_bounds(None, None, 0.1, "uint8") == (0, 255)
+    assert fp.clamp_bounds(0.3, 100.0, 0.1, "uint8") == (3, 255)
+
+
+def test_uint8_bias_bound_halves_the_reduction_limit():
+    k = 1000
+    assert fp.bias_bound(k, x_dtype="uint8") == 2 ** 31 - 1 - k * 2 ** 15
+    # worst case: 255·127 per product stays inside int32 with the bound
+    assert fp.bias_bound(k, x_dtype="uint8") + k * 255 * 127 <= 2 ** 31 - 1
+    assert fp.bias_bound((1 << 16) - 1, x_dtype="uint8") == 2 ** 15 - 1
+    with pytest.raises(GraphError):
+        fp.bias_bound(1 << 16, x_dtype="uint8")
+    fp.bias_bound(1 << 16)  # int8 inputs still allow it
+    b = fp.quantize_bias(np.array([1e6]), 1e-3, np.array([1e-6], np.float32), 9, x_dtype="uint8")
+    assert b[0] == 2 ** 31 - 1 - 9 * 2 ** 15
+    # the bias-safe weight-scale floor uses the same bound
+    floor = fp.bias_scale_floor(np.array([100.0]), 1e-3, 9, x_dtype="uint8")
+    need = Fraction(100.0) / (Fraction(1e-3) * fp.bias_bound(9, x_dtype="uint8"))
+    assert Fraction(float(floor[0])) >= need > Fraction(float(np.nextafter(floor[0],
+                                                                            np.float32(0))))
+
+
+def test_uint8_input_quantization_saturates_at_0_and_255():
+    x = np.array([-5.0, -0.5, 0.49999997, 0.5, 254.5, 300.0, np.inf, -np.inf], np.float32)
+    q = fp.quantize_input(x, 1.0, "uint8")
+    assert q.dtype == np.uint8
+    assert q.tolist() == [0, 0, 1, 1, 255, 255, 255, 0]
+
+
+def test_lut_with_uint8_input_and_output():
+    assert fp.lut_offset("int8") == 128 and fp.lut_offset(np.uint8) == 0
+    t = fp.build_lut("Sigmoid", 8 / 255, 1 / 255, in_dtype="uint8", out_dtype="uint8")
+    assert t.dtype == np.uint8 and t.shape == (256,)
+    assert t[0] == 128 and t[64] == 225  # sigmoid(0)·255 = 127.5 -> 128 (ties up)
+    assert t[64] == math.floor(255 / (1 + math.exp(-64 * 8 / 255)) + 0.5)
+    x = np.array([0, 64], np.uint8)
+    assert fp.apply_lut(x, t, fp.lut_offset(x.dtype)).tolist() == [128, 225]
+    neg = fp.build_lut("Neg", 0.1, 0.1, in_dtype="uint8")
+    assert neg.dtype == np.int8 and neg[:129].tolist() == [-i for i in range(129)]
+    assert np.all(neg[129:] == -128)
+    with pytest.raises(GraphError):
+        fp.lut_offset("float32")

@@ -204,7 +204,10 @@ def test_lookup_tables(op, attrs):
     result = check_quantized(make_model(nodes, {"x": [1, 4, 6, 6]}, ["y"],
                                         {"k": np.float32(2.0)}))
     lut = next(op for op in result.qgraph.ops if isinstance(op, q.QLut))
-    assert lut.table.shape == (256,) and lut.table.dtype == np.int8
+    # a table never below 0 (Sigmoid, HardSigmoid, Softplus) is unsigned (fixed-point.md §15)
+    unsigned = op in ("Sigmoid", "HardSigmoid", "Softplus")
+    assert lut.table.shape == (256,) and lut.table.dtype == (np.uint8 if unsigned else np.int8)
+    assert result.qgraph.tensor(lut.outputs[0]).dtype == lut.table.dtype.name
 
 
 @pytest.mark.parametrize("gate,fn", [("Sigmoid", "SiLU"), ("HardSigmoid", "HardSigmoidMul")])
