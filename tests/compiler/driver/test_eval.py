@@ -141,7 +141,7 @@ def test_unknown_dataset_and_model(setup):
     (tmp / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelLoadError, match="junk.onnx"):
         evaluate(str(tmp / "junk.onnx"), data)
-    with pytest.raises(ModelLoadError, match="unknown model 'nomodel'"):
+    with pytest.raises(ModelLoadError, match="^nomodel: no such file, and not a bundled model"):
         evaluate("nomodel", data)
 
 
