@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.cost import node_cost
 from compiler.core.errors import ConfigError
@@ -189,9 +190,10 @@ class SwitchBuilder:
             return None
         users = list(t.outputs)
         s = gs.Constant(f"{name}__sens_s", np.array(qt.scale, np.float32))
-        zp = gs.Constant(f"{name}__sens_z", np.array(0, np.int8))
+        dtype = np.dtype(qt.dtype)  # int8, or uint8 for a never-negative tensor
+        zp = gs.Constant(f"{name}__sens_z", np.array(0, dtype))
         qv = self.g.layer(op="QuantizeLinear", name=f"{name}/sens_q", inputs=[t, s, zp],
-                          outputs=[gs.Variable(f"{name}__sens_q", dtype=np.int8)])[0]
+                          outputs=[gs.Variable(f"{name}__sens_q", dtype=dtype)])[0]
         dq = self.g.layer(op="DequantizeLinear", name=f"{name}/sens_dq", inputs=[qv, s, zp],
                           outputs=[gs.Variable(f"{name}__sens_dq", dtype=np.float32,
                                                shape=t.shape)])[0]
@@ -464,10 +466,14 @@ def _score_mask(on: np.ndarray) -> Metrics:
 
 
 def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
-    """The int8 model's threshold T = 127·S of each float tensor in `names`."""
-    scales = {float_name(n): t.scale for n, t in qgraph.tensors.items()
-              if t.is_quantized and t.data is None and t.scale is not None}
-    return {n: 127.0 * float(scales[n]) for n in names if n in scales}
+    """The quantized model's threshold T = qmax·S of each float tensor in `names`.
+
+    qmax is 127 for int8 tensors and 255 for uint8 ones (never-negative tensors).
+    """
+    tensors = {float_name(n): t for n, t in qgraph.tensors.items()
+               if t.is_quantized and t.data is None and t.scale is not None}
+    return {n: fp.qrange(tensors[n].dtype)[1] * float(tensors[n].scale)
+            for n in names if n in tensors}
 
 
 def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],
