@@ -70,9 +70,13 @@ def top1(path: Path, data) -> float:
     from compiler.core.io import load_model
     from compiler.core.numerics import run, session
 
-    sess = session(load_model(path))
+    from passes.recon import effective_batch
+
+    model = load_model(path)
+    sess = session(model)
     name = sess.get_outputs()[0].name
-    preds = [run(sess, batch)[name].argmax(axis=-1) for batch in data.batches(500)]
+    batch = effective_batch(model, 500)  # model.quant.onnx has a fixed batch of 1
+    preds = [run(sess, b)[name].argmax(axis=-1) for b in data.batches(batch)]
     return float(np.mean(np.concatenate(preds) == np.asarray(data.labels)))
 
 
