@@ -69,7 +69,6 @@ def top1(path: Path, data) -> float:
     """Top-1 accuracy of the ONNX model at `path` on labelled feeds."""
     from compiler.core.io import load_model
     from compiler.core.numerics import run, session
-
     from passes.recon import effective_batch
 
     model = load_model(path)

@@ -179,7 +179,7 @@ def reconstruct_stream(pruned: Model, teacher: Model, layout, layers: list[str],
     """
     start = time.perf_counter()
     rows = []
-    for name in track(list(layers), "reconstruct"):
+    for name in track(list(layers), "reconstruct (layers)"):
         node = _node(pruned, name)
         if refit_reason(node) is not None:
             continue
