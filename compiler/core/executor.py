@@ -8,8 +8,8 @@ shards, the models of a fleet compile): `open_pool(options, init=..., payload=..
   forkserver start), each initialised once with `init(payload)`.
 * `ray` ships the payload to Ray's object store once (`ray.put`) and runs the tasks on
   `workers` actors, each initialised once from that reference; tasks take only their item.
-  Lost actors are restarted and their tasks retried by Ray (`RETRIES` times); a task that
-  still fails stops the run with a one-line error naming it.
+  Tasks whose actor died are run again on fresh actors (`RETRIES` times, counted in
+  `RayPool.retried`); a task that raises stops the run with a one-line error naming it.
 
 Tasks are deterministic functions of (payload, item): results do not depend on the executor,
 the number of workers, or which worker ran which item (docs/scaling.md).
@@ -73,6 +73,7 @@ class WorkerPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
+        self.retried = 0  # tasks run again because their worker was lost
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """`[fn(item) for item in items]`, computed by the workers."""
@@ -186,44 +187,86 @@ class _Actor:
 
 
 class RayPool(WorkerPool):
-    """`workers` Ray actors sharing one `ray.put` payload; tasks are dealt round-robin."""
+    """`workers` Ray actors sharing one `ray.put` payload; tasks are dealt round-robin.
+
+    A task whose actor died (node lost, process killed) is run again on fresh actors, up to
+    `RETRIES` times; `retried` counts those re-runs. A task that raises is not retried: the
+    same item would raise again.
+    """
 
     kind = "ray"
 
     def __init__(self, workers: int, address: str | None, init: Init | None,
                  payload: Any) -> None:
         super().__init__(workers)
+        self._actors: list[Any] = []
+        self._payload: Any = None
+        self._init = init
         ray = self._ray = _ray()
         self._owns = not ray.is_initialized()
         if self._owns:
             _start(ray, address, workers)
         cpus = int(ray.cluster_resources().get("CPU", 0))
+        if cpus < 1:
+            self.close()
+            raise ConfigError("executor ray: the cluster has no CPU to run tasks on")
         if cpus < workers:  # one CPU per actor: more actors than CPUs would wait forever
-            log.warning("ray cluster has %d CPUs: %d workers instead of %d", cpus,
-                        max(cpus, 1), workers)
-            self.workers = workers = max(cpus, 1)
-        ref = ray.put(payload)  # shipped once; every actor reads the same object
-        actor = ray.remote(num_cpus=1, max_restarts=RETRIES, max_task_retries=RETRIES)(_Actor)
-        self._actors = [actor.remote(init, ref) for _ in range(workers)]
+            log.warning("ray cluster has %d CPUs: %d workers instead of %d", cpus, cpus,
+                        workers)
+            self.workers = cpus
+        self._payload = ray.put(payload)  # shipped once; every actor reads the same object
+        self._actors = self._start_actors()
+
+    def _start_actors(self) -> list[Any]:
+        actor = self._ray.remote(num_cpus=1)(_Actor)
+        return [actor.remote(self._init, self._payload) for _ in range(self.workers)]
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """`[fn(item) for item in items]` on the actors (NpucError when a task fails)."""
-        ray = self._ray
-        refs = [self._actors[i % len(self._actors)].run.remote(fn, item)
-                for i, item in enumerate(items)]
-        try:
-            return ray.get(refs)
-        except ray.exceptions.RayError as exc:
-            for ref in refs:
-                ray.cancel(ref, force=True)
-            raise NpucError(f"ray task failed after {RETRIES} retries: "
-                            f"{one_line(str(exc), 300)}") from exc
+        results: list[Any] = [None] * len(items)
+        pending = list(range(len(items)))
+        for attempt in range(RETRIES + 1):
+            refs = {i: self._actors[k % len(self._actors)].run.remote(fn, items[i])
+                    for k, i in enumerate(pending)}
+            lost = self._collect(refs, results)
+            if not lost:
+                return results
+            if attempt == RETRIES:
+                break
+            log.warning("ray: %d task(s) lost with their worker; running them again",
+                        len(lost))
+            self.retried += len(lost)
+            self._restart()
+            pending = lost
+        raise NpucError(f"ray: {len(lost)} task(s) lost their worker {RETRIES + 1} times; "
+                        "stopping")
+
+    def _collect(self, refs: dict[int, Any], results: list[Any]) -> list[int]:
+        """Fill `results`; return the items whose actor died. A task's own error stops."""
+        ray, lost = self._ray, []
+        for i, ref in refs.items():
+            try:
+                results[i] = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                lost.append(i)
+            except ray.exceptions.RayError as exc:  # the pool's close() kills the actors
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, NpucError):
+                    raise cause from None  # the same one-line error as in this process
+                what = f"{type(cause).__name__}: {cause}" if cause is not None else str(exc)
+                raise NpucError(f"ray task {i} failed: {one_line(what, 300)}") from exc
+        return lost
+
+    def _restart(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = self._start_actors()
 
     def close(self, cancel: bool = False) -> None:
         """Kill the actors; shut down the Ray instance this pool started."""
         for actor in self._actors:
             self._ray.kill(actor)
-        self._actors = []
+        self._actors, self._payload = [], None
         if self._owns:
             self._ray.shutdown()
 

@@ -59,10 +59,11 @@ def abc_search(model: Model, analysis: Analysis, scores: dict, cost: CostModel, 
     with open_pool(executor, init=_init_worker, payload=payload, workers=cfg.workers) as pool:
         colony.evaluate_with = lambda cands: pool.map(_evaluate, cands)
         colony.run(int(cfg.abc_cycles), int(cfg.abc_sources), int(cfg.abc_limit))
-        workers, kind = pool.workers, pool.kind
+        workers, kind, retried = pool.workers, pool.kind, pool.retried
     best = colony.best_levels()
     info = {"algorithm": "abc", "cycles": cfg.abc_cycles, "sources": cfg.abc_sources,
-            "limit": cfg.abc_limit, "workers": workers, "executor": kind, "budget_macs": budget,
+            "limit": cfg.abc_limit, "workers": workers, "executor": kind, "retried": retried,
+            "budget_macs": budget,
             "best_levels": best.tolist(), "best_fitness": colony.best_fitness(),
             "history": colony.history, "evaluations": len(colony.cache),
             "time_s": round(time.perf_counter() - start, 2)}

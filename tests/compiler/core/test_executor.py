@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from compiler.core.errors import ConfigError
+from compiler.core.errors import ConfigError, NpucError
 from compiler.core.executor import ExecutorOptions, open_pool
 
 _STATE: dict = {}
@@ -79,3 +79,49 @@ def test_sharded_eval_is_identical(kind, request):
     there = evaluate(*args, **kw, executor=ExecutorOptions(kind=kind, workers=2))
     assert there.metrics == here.metrics and there.samples == 600
     assert 0.85 < here.metrics["top1"] < 1.0
+
+
+def _die_once(item: tuple[str, int]) -> int:
+    """Kills its worker process the first time it runs (a lost node), then answers."""
+    import os
+    from pathlib import Path
+
+    marker, value = Path(item[0]), item[1]
+    if value == 3 and not marker.exists():
+        marker.write_text("died")
+        os._exit(1)
+    return value * 10
+
+
+@pytest.mark.slow
+def test_ray_reruns_tasks_whose_worker_died(ray_cluster, tmp_path):
+    marker = str(tmp_path / "died")
+    with open_pool(ExecutorOptions(kind="ray", workers=2)) as pool:
+        assert pool.map(_die_once, [(marker, i) for i in range(6)]) == [0, 10, 20, 30, 40, 50]
+        assert pool.retried >= 1
+
+
+@pytest.mark.slow
+def test_ray_task_error_is_one_line(ray_cluster):
+    with open_pool(ExecutorOptions(kind="ray", workers=1)) as pool:
+        with pytest.raises(NpucError, match=r"^ray task 1 failed: .*ZeroDivisionError"):
+            pool.map(_inverse, [1, 0])
+
+
+def _inverse(x: int) -> float:
+    return 1 / x
+
+
+def _data_error(x: int) -> int:
+    from compiler.core.errors import DataError
+
+    raise DataError(f"sample {x}: bad shape")
+
+
+@pytest.mark.slow
+def test_ray_passes_project_errors_through(ray_cluster):
+    from compiler.core.errors import DataError
+
+    with open_pool(ExecutorOptions(kind="ray", workers=1)) as pool:
+        with pytest.raises(DataError, match=r"^sample 7: bad shape$"):
+            pool.map(_data_error, [7])
