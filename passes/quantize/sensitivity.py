@@ -56,6 +56,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.cost import node_cost
 from compiler.core.errors import ConfigError
@@ -464,10 +465,11 @@ def _score_mask(on: np.ndarray) -> Metrics:
 
 
 def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
-    """The int8 model's threshold T = 127·S of each float tensor in `names`."""
-    scales = {float_name(n): t.scale for n, t in qgraph.tensors.items()
-              if t.is_quantized and t.data is None and t.scale is not None}
-    return {n: 127.0 * float(scales[n]) for n in names if n in scales}
+    """Threshold T = qmax·S (127 int8, 255 uint8) of each float tensor in `names`."""
+    found = {float_name(n): fp.qrange(t.dtype)[1] * float(t.scale)
+             for n, t in qgraph.tensors.items()
+             if t.is_quantized and t.data is None and t.scale is not None}
+    return {n: found[n] for n in names if n in found}
 
 
 def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],
