@@ -89,11 +89,12 @@ def test_mse_threshold_near_analytic_optimum_and_brute_force(gauss, laplace):
 
 def test_uint8_mse_threshold_uses_255_levels(gauss):
     # half-normal (a ReLU output without its zeros): with twice the levels over [0, T] the
-    # rounding error is 4x smaller, so the optimum clips less: ~4.3 sigma (int8: ~3.9)
+    # rounding error is 4x smaller, so the optimum clips less: 4.21 sigma (int8: 3.92); at
+    # its own optimum the uint8 error is 14% below the uint8 error at the int8 clip
     x = np.abs(gauss)
     h = hist_of(x)
     t8, t_u8 = mse_threshold(h, 127), mse_threshold(h, 255)
-    assert 3.6 < t8 < 4.1 and 4.2 < t_u8 < 4.7
+    assert 3.8 < t8 < 4.05 and 4.1 < t_u8 < 4.35
     assert quant_mse(x, t_u8, 255) < 0.9 * quant_mse(x, t8, 255)
     grid = np.linspace(0.6, 1.0, 81) * float(x.max())
     assert quant_mse(x, t_u8, 255) <= 1.01 * min(quant_mse(x, g, 255) for g in grid)
