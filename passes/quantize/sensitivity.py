@@ -34,10 +34,10 @@ activation step) and the one-LSB difference between the integer requantization
 Flags per layer (docs/quantization.md, "Sensitivity analysis"):
 - ``outlier_range``: the calibrated range of one of the layer's activation tensors is
   dominated by a few outliers: ``T / percentile_99.99(|x|) > outlier_threshold``, with T
-  the int8 model's threshold (127·S) and the percentile over the calibration data (default
-  `OUTLIER_THRESHOLD` = 8: 99.99 % of the values then use fewer than 16 of the 127
-  positive steps). With the max calibrator T = max|x|; mse/percentile/kl clip outliers and
-  so flag less. `outlier_ratio` holds the largest ratio.
+  the quantized model's threshold (qmax·S: 127·S int8, 255·S uint8) and the percentile
+  over the calibration data (default `OUTLIER_THRESHOLD` = 8: 99.99 % of the values then
+  use fewer than 1/8 of the positive steps). With the max calibrator T = max|x|;
+  mse/percentile/kl clip outliers and so flag less. `outlier_ratio` holds the largest ratio.
 - ``feeds_decoding``: the layer's output reaches a graph output through non-MAC ops only
   (Reshape, Transpose, Concat, Split, Sigmoid, Softmax, ... — anything but Conv,
   ConvTranspose, Gemm, MatMul), where a MAC op after a Softmax on the path also passes
@@ -190,9 +190,10 @@ class SwitchBuilder:
             return None
         users = list(t.outputs)
         s = gs.Constant(f"{name}__sens_s", np.array(qt.scale, np.float32))
-        zp = gs.Constant(f"{name}__sens_z", np.array(0, np.int8))
+        dtype = np.dtype(qt.dtype)  # int8 or uint8 (zero point 0 of that type: its range)
+        zp = gs.Constant(f"{name}__sens_z", np.array(0, dtype))
         qv = self.g.layer(op="QuantizeLinear", name=f"{name}/sens_q", inputs=[t, s, zp],
-                          outputs=[gs.Variable(f"{name}__sens_q", dtype=np.int8)])[0]
+                          outputs=[gs.Variable(f"{name}__sens_q", dtype=dtype)])[0]
         dq = self.g.layer(op="DequantizeLinear", name=f"{name}/sens_dq", inputs=[qv, s, zp],
                           outputs=[gs.Variable(f"{name}__sens_dq", dtype=np.float32,
                                                shape=t.shape)])[0]
