@@ -1,6 +1,7 @@
 """Scale-out: the ABC search, a fleet compile and Ray's per-task cost, local vs Ray.
 
     python benchmarks/bench_executor.py [--cycles 2] [--fleet 4] [--json]
+    python benchmarks/bench_executor.py --resnet50-costs
 
 All in one run on this machine:
 - ABC search of `fmnist_resnet` (prune to 70 % MACs, reconstruction, `fmnist-calib`, fixed
@@ -71,6 +72,57 @@ def abc_runs(cycles: int) -> list[dict]:
     return rows
 
 
+def resnet50_costs(images: int = 32) -> dict:
+    """Per-task costs behind docs/scaling.md's projection, in CPU seconds (load-proof).
+
+    One ABC candidate of ResNet-50 (random weights, `images` calibration images at 224, the
+    search's own worker functions) and one default `npuc compile` of ResNet-50 calibrated on
+    the bundled photo crops.
+    """
+    import pickle
+    import resource
+
+    import numpy as np
+
+    from compiler.core.feeds import load_feeds
+    from compiler.core.io import load_model
+    from models.zoo import resnet50
+    from passes.canonicalize import canonicalize
+    from passes.prune import abc, analyze
+    from passes.prune.criteria import score_groups
+    from passes.prune.pipeline import _split, make_config
+
+    proto, _ = resnet50()
+    model = canonicalize(load_model(proto, bind=True, keep_batch=True)).model
+    name = model.graph.inputs[0].name
+    x = np.random.default_rng(0).standard_normal((images, 3, 224, 224)).astype(np.float32)
+    cfg = make_config(search="abc", target_macs=0.7, seed=0)
+    fit, held = _split(load_feeds({name: x}, model), cfg)
+    analysis = analyze(model)
+    payload = abc._payload(model, score_groups(analysis, cfg.criterion, calib=fit, seed=0),
+                           cfg, fit, held)
+    out = {"payload_mb": round(len(pickle.dumps(payload, protocol=5)) / 1e6, 1)}
+    t = time.process_time()
+    abc._init_worker(payload)
+    out["worker_start_cpu_s"] = round(time.process_time() - t, 2)
+    gids = [g.id for g in analysis.groups if g.prunable]
+    counts = abc.level_counts(analysis.groups, gids, np.full(len(gids), 7), cfg.round_to)
+    t = time.process_time()
+    abc._evaluate(counts)
+    out["abc_candidate_cpu_s"] = round(time.process_time() - t, 1)
+    from compiler.driver.pipeline import compile_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        t = time.perf_counter()
+        compile_model("resnet50", {"calibration.data": "photos"}, tmp)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    out["compile_cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime
+                                 - before.ru_stime, 1)
+    out["compile_wall_s"] = round(time.perf_counter() - t, 1)
+    return out
+
+
 def fleet_runs(count: int) -> list[dict]:
     from compiler.driver.config import load_config
     from compiler.driver.fleet import compile_fleet
@@ -98,7 +150,12 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=2)
     parser.add_argument("--fleet", type=int, default=4)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--resnet50-costs", action="store_true",
+                        help="only the per-task CPU costs of docs/scaling.md's projection")
     args = parser.parse_args()
+    if args.resnet50_costs:
+        print(json.dumps(resnet50_costs()))
+        return 0
     overhead = ray_overhead()  # starts the Ray instance the later Ray runs reuse
     rows = abc_runs(args.cycles) + fleet_runs(args.fleet)
     if args.json:

@@ -102,8 +102,8 @@ def _feed_dict(feeds) -> Mapping[str, np.ndarray]:
     return feeds.arrays if hasattr(feeds, "arrays") else feeds
 
 
-def iter_tensors(model: Model, names: Sequence[str], feeds,
-                 batch_size: int = 16) -> Iterator[dict[str, np.ndarray]]:
+def iter_tensors(model: Model, names: Sequence[str], feeds, batch_size: int = 16, *,
+                 only: bool = False) -> Iterator[dict[str, np.ndarray]]:
     """Run `model` batch by batch, yielding the named (intermediate) tensors of each batch.
 
     Args:
@@ -111,6 +111,8 @@ def iter_tensors(model: Model, names: Sequence[str], feeds,
         names: Tensor names to expose.
         feeds: A dict of input arrays with the batch on axis 0, or a `compiler.core.feeds.Feeds`.
         batch_size: Samples per onnxruntime run.
+        only: Make the named tensors the only outputs, so the nodes after them do not run
+            (an early layer's input costs a fraction of a whole run).
     """
     exposed = model.copy()
     tensors = exposed.graph.tensors()
@@ -118,12 +120,16 @@ def iter_tensors(model: Model, names: Sequence[str], feeds,
     if missing:
         raise GraphError(f"tensors {missing[:3]} are not in the model")
     inputs = {t.name for t in exposed.graph.inputs}
-    present = {t.name for t in exposed.graph.outputs}
     fetch = [n for n in dict.fromkeys(names) if n not in inputs]
+    if only:
+        exposed.graph.outputs = []
+    present = {t.name for t in exposed.graph.outputs}
     for name in fetch:
         if name not in present:
             tensors[name].dtype = tensors[name].dtype or np.float32
             exposed.graph.outputs.append(tensors[name])
+    if only:
+        exposed.graph.cleanup()
     sess = session(exposed, threads=ORT_THREADS) if fetch else None
     arrays = _feed_dict(feeds)
     batch_size = effective_batch(model, batch_size)

@@ -134,10 +134,12 @@ class _Colony:
             weights = self.fit - self.fit.min() + 1e-6
             onlookers = self.rng.choice(n, size=n, p=weights / weights.sum())
             self._phase(onlookers, trials)
-            for i in np.flatnonzero(trials > limit):  # scouts
+            scouts = np.flatnonzero(trials > limit)
+            for i in scouts:  # scouts: new random sources, scored together (one round)
                 self.foods[i] = self.random_source(base)
-                self.fit[i] = self.fitness([self.foods[i]])[0]
-                trials[i] = 0
+            if len(scouts):
+                self.fit[scouts] = self.fitness([self.foods[i] for i in scouts])
+                trials[scouts] = 0
             self.history.append(self.best_fitness())
             log.info("ABC cycle %d: best fitness %.4f", cycle + 1, self.history[-1])
 

@@ -26,7 +26,7 @@ from passes.prune.costmodel import (
 from passes.prune.criteria import CRITERIA, score_groups, select
 from passes.prune.groups import Analysis, analyze
 from passes.prune.rates import keep_counts, rates_from_spec, uniform_rates
-from passes.prune.reconstruct import METHODS, affected_layers, reconstruct
+from passes.prune.reconstruct import DEFAULT_RECON, METHODS, affected_layers, reconstruct
 from passes.prune.target import report_miss, target_outcome
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,11 @@ class PruneOptions:
     search: str | None = option(None, "search per-group rates (ABCPruner) under the "
                                 "target_macs budget", types=(str,), choices=("abc",))
     reconstruct: bool | str = option(
-        True, "re-fit the consumers of pruned channels on calibration data: true/lsq (ridge "
-        "re-fit), bias (mean folding only) or false", types=(bool, str),
-        choices=(True, False, "lsq", "bias"), const=True, metavar="lsq|bias")
+        True, "re-fit the consumers of pruned channels on calibration data: true/stream "
+        "(ridge re-fit on every calibration position, residual-aware targets), lsq (ridge "
+        "re-fit on sampled rows, the former default), bias (mean folding only) or false",
+        types=(bool, str), choices=(True, False, "stream", "lsq", "bias"), const=True,
+        metavar="stream|lsq|bias")
     seed: int = option(0, "seed of random choices", shared="seed", check=non_negative)
     calib_limit: int = option(256, "calibration samples used at most",
                               shared="calibration.limit")
@@ -89,7 +91,7 @@ class PruneOptions:
         """The reconstruction method, or None."""
         if self.reconstruct in (False, None, "", "none"):
             return None
-        return "lsq" if self.reconstruct is True else str(self.reconstruct)
+        return DEFAULT_RECON if self.reconstruct is True else str(self.reconstruct)
 
     def validate(self) -> None:
         """Raise `ConfigError` naming the bad option (the checks across options)."""

@@ -1,11 +1,17 @@
 """Post-training recovery after channel removal, with the float model as teacher.
 
 Each consumer that lost input channels is re-fitted by ridge regression so that its
-pre-activation output on calibration data matches the original model's output at the same
-(sampled) positions, using the *pruned* model's inputs, so upstream errors are compensated
-too. Layers are re-fitted in topological order, in up to `max_passes` chunks, each chunk
-seeing the already re-fitted layers before it. The fitted intercept absorbs the mean
-contribution of the removed channels; method "bias" does only that mean folding.
+pre-activation output on calibration data matches the original model's output, using the
+*pruned* model's inputs, so upstream errors are compensated too.
+
+- "stream" (the default): layers one at a time in graph order, on the normal equations of
+  every output position of every calibration sample (`passes.recon_stream`); a layer that
+  feeds a residual Add is fitted to the teacher's block output minus the student's
+  shortcut; the ridge is chosen on held-out samples.
+- "lsq" (the former default): sampled positions (`max_rows` per layer), the layer's own
+  output as target, in up to `max_passes` chunks, each chunk seeing the already re-fitted
+  layers before it.
+- "bias": only the mean contribution of the removed channels, folded into the bias.
 """
 
 from __future__ import annotations
@@ -20,11 +26,19 @@ from compiler.core.errors import ConfigError
 from compiler.core.ir import Model
 from compiler.core.progress import track
 from passes.prune.groups import Analysis
-from passes.recon import collect_rows, refit_reason, ridge_fit, set_layer_weights, weight_matrix
+from passes.recon import (
+    collect_rows,
+    refit_reason,
+    ridge_fit,
+    set_layer_weights,
+    weight_matrix,
+)
+from passes.recon_stream import layer_stats, refit, residual_add
 
 log = logging.getLogger(__name__)
 
-METHODS = ("lsq", "bias")
+METHODS = ("stream", "lsq", "bias")
+DEFAULT_RECON = "stream"  # measured: docs/results.md, "Post-training recovery"
 
 
 def affected_layers(analysis: Analysis, keep: Mapping[int, np.ndarray]) -> list[str]:
@@ -35,7 +49,7 @@ def affected_layers(analysis: Analysis, keep: Mapping[int, np.ndarray]) -> list[
 
 
 def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds, *,
-                method: str = "lsq", lam: float = 1e-3, max_rows: int = 4096,
+                method: str = DEFAULT_RECON, lam: float = 1e-3, max_rows: int = 4096,
                 batch_size: int = 32, seed: int = 0, max_passes: int = 24) -> dict:
     """Re-fit `layers` of `pruned` (in place) against `teacher`.
 
@@ -45,9 +59,9 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
         layout: The `ApplyTracer` of the pruning (maps new channel positions to old ones).
         layers: Node names to re-fit, topological order.
         feeds: Calibration inputs.
-        method: "lsq" (ridge re-fit) or "bias" (fold removed channels' mean only).
+        method: "stream", "lsq" (ridge re-fits) or "bias" (fold removed channels' mean only).
         lam: Relative ridge strength.
-        max_rows: Sampled output positions per layer.
+        max_rows: Sampled output positions per layer ("lsq" and "bias").
         batch_size: Samples per onnxruntime run.
         seed: Position sampling seed.
         max_passes: Most student re-runs; layers are chunked to stay within it.
@@ -57,6 +71,8 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r}: choose from {', '.join(METHODS)}")
+    if method == "stream":
+        return reconstruct_stream(pruned, teacher, layout, layers, feeds, lam=lam)
     start = time.perf_counter()
     kw = {"max_rows": max_rows, "batch_size": batch_size, "seed": seed}
     layers = [n for n in layers if refit_reason(_node(pruned, n)) is None]
@@ -146,3 +162,55 @@ def _removed_mean(node_t, x_t: np.ndarray, in_pos: np.ndarray, out_pos: np.ndarr
 def _input_width(node) -> int:
     shape = node.inputs[0].shape
     return int(shape[-1] if node.op in ("Gemm", "MatMul") else shape[1])
+
+
+def reconstruct_stream(pruned: Model, teacher: Model, layout, layers: list[str], feeds, *,
+                       lam: float = 1e-3, residual: bool = True,
+                       batch_size: int = 16) -> dict:
+    """Sequential re-fit on streamed normal equations (`passes.recon_stream`), in place.
+
+    Every layer of `layers` is re-fitted in graph order on all output positions of all
+    calibration samples, with the student's inputs as they are after the earlier re-fits
+    (one student and one teacher run per layer, each cut after the tensors it needs). A
+    layer feeding a residual Add (with `residual`) is fitted to the teacher's Add output
+    minus the student's shortcut, so the block output matches the float model. The ridge is
+    chosen on held-out calibration samples; a layer keeps its weights when no re-fit lowers
+    the held-out error.
+    """
+    start = time.perf_counter()
+    rows = []
+    for name in track(list(layers), "reconstruct (layers)"):
+        node = _node(pruned, name)
+        if refit_reason(node) is not None:
+            continue
+        rows.append(_refit_stream(pruned, teacher, layout, node, feeds, lam, residual,
+                                  batch_size))
+    return {"method": "stream", "lambda": lam, "layers": rows,
+            "time_s": round(time.perf_counter() - start, 3)}
+
+
+def _refit_stream(pruned: Model, teacher: Model, layout, node, feeds, lam: float,
+                  residual: bool, batch_size: int) -> dict:
+    found = residual_add(node, pruned.graph) if residual else None
+    target = (found[0] if found else node).outputs[0].name
+    stats = layer_stats(pruned, teacher, node, feeds, target=target,
+                        out_pos=_positions(layout, target),
+                        shortcut=found[1].name if found else None, batch_size=batch_size)
+    w_old = weight_matrix(node)
+    g, _, m = w_old.shape
+    has_bias = _has_bias_slot(node)
+    b_old = _bias(node).reshape(g, m) if has_bias else None
+    w, b, info = refit(stats, w_old, b_old, lam, intercept=has_bias)
+    if w is not w_old:
+        set_layer_weights(pruned, node.name, w, None if b is None else b.reshape(-1))
+    log.debug("reconstruct %s: held-out rel err %s -> %s", node.name, info["error_before"],
+              info["error_after"])
+    return {"layer": node.name, "err_before": info["error_before"],
+            "err_after": info["error_after"]}
+
+
+def _positions(layout, tensor: str) -> np.ndarray | None:
+    try:
+        return layout.old_positions(tensor)
+    except KeyError:
+        return None

@@ -34,10 +34,10 @@ activation step) and the one-LSB difference between the integer requantization
 Flags per layer (docs/quantization.md, "Sensitivity analysis"):
 - ``outlier_range``: the calibrated range of one of the layer's activation tensors is
   dominated by a few outliers: ``T / percentile_99.99(|x|) > outlier_threshold``, with T
-  the quantized model's threshold (qmax·S: 127·S int8, 255·S uint8) and the percentile
-  over the calibration data (default `OUTLIER_THRESHOLD` = 8: 99.99 % of the values then
-  use fewer than 1/8 of the positive steps). With the max calibrator T = max|x|;
-  mse/percentile/kl clip outliers and so flag less. `outlier_ratio` holds the largest ratio.
+  the int8 model's threshold (127·S) and the percentile over the calibration data (default
+  `OUTLIER_THRESHOLD` = 8: 99.99 % of the values then use fewer than 16 of the 127
+  positive steps). With the max calibrator T = max|x|; mse/percentile/kl clip outliers and
+  so flag less. `outlier_ratio` holds the largest ratio.
 - ``feeds_decoding``: the layer's output reaches a graph output through non-MAC ops only
   (Reshape, Transpose, Concat, Split, Sigmoid, Softmax, ... — anything but Conv,
   ConvTranspose, Gemm, MatMul), where a MAC op after a Softmax on the path also passes
@@ -190,7 +190,7 @@ class SwitchBuilder:
             return None
         users = list(t.outputs)
         s = gs.Constant(f"{name}__sens_s", np.array(qt.scale, np.float32))
-        dtype = np.dtype(qt.dtype)  # int8 or uint8 (zero point 0 of that type: its range)
+        dtype = np.dtype(qt.dtype)  # int8, or uint8 for a never-negative tensor
         zp = gs.Constant(f"{name}__sens_z", np.array(0, dtype))
         qv = self.g.layer(op="QuantizeLinear", name=f"{name}/sens_q", inputs=[t, s, zp],
                           outputs=[gs.Variable(f"{name}__sens_q", dtype=dtype)])[0]
@@ -466,11 +466,14 @@ def _score_mask(on: np.ndarray) -> Metrics:
 
 
 def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
-    """Threshold T = qmax·S (127 int8, 255 uint8) of each float tensor in `names`."""
-    found = {float_name(n): fp.qrange(t.dtype)[1] * float(t.scale)
-             for n, t in qgraph.tensors.items()
-             if t.is_quantized and t.data is None and t.scale is not None}
-    return {n: found[n] for n in names if n in found}
+    """The quantized model's threshold T = qmax·S of each float tensor in `names`.
+
+    qmax is 127 for int8 tensors and 255 for uint8 ones (never-negative tensors).
+    """
+    tensors = {float_name(n): t for n, t in qgraph.tensors.items()
+               if t.is_quantized and t.data is None and t.scale is not None}
+    return {n: fp.qrange(tensors[n].dtype)[1] * float(tensors[n].scale)
+            for n in names if n in tensors}
 
 
 def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],

@@ -33,7 +33,7 @@ def test_calibration_and_reconstruction_report_progress(enabled, capsys):
                     round_to=1)
     err = capsys.readouterr().err
     for label in ("calibrate (percentile, batches)", "reconstruct:",
-                  "reconstruct (layer groups)"):
+                  "reconstruct (layers)"):
         assert (label in err) is enabled, label
 
 

@@ -43,13 +43,14 @@ def _err(model, pruned, feeds):
     return relative_error(run(model, feeds)["fc"], run(pruned, feeds)["fc"])
 
 
-@pytest.mark.parametrize("method", ["lsq", "bias"])
+@pytest.mark.parametrize("method", ["stream", "lsq", "bias"])
 def test_reconstruction_reduces_error(setting, method):
     model, calib, test = setting
     plain, _ = prune_model(model, ratio=0.5, reconstruct=False, round_to=1)
     fixed, report = prune_model(model, ratio=0.5, calib=calib, reconstruct=method, round_to=1)
     e_plain, e_fixed = _err(model, plain, test), _err(model, fixed, test)
-    assert e_fixed < (0.5 if method == "lsq" else 0.9) * e_plain
+    assert report["reconstruction"]["method"] == method
+    assert e_fixed < (0.5 if method != "bias" else 0.9) * e_plain
     layers = report["reconstruction"]["layers"]
     assert {r["layer"] for r in layers} == {"b0.c1", "b0.c2", "b1.c1", "b1.c2", "fc"}
     assert all(r["err_after"] <= r["err_before"] for r in layers)
@@ -63,3 +64,11 @@ def test_reconstruction_keeps_shapes_and_structure(setting):
     assert shapes == {n.name: n.inputs[1].values.shape for n in fixed.nodes
                       if n.op in ("Conv", "Gemm")}
     assert run(fixed, test)["fc"].shape == (32, 10)
+
+
+def test_default_is_stream_and_beats_sampled_rows(setting):
+    model, calib, test = setting
+    default, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    rows, _ = prune_model(model, ratio=0.5, calib=calib, reconstruct="lsq", round_to=1)
+    assert rep["reconstruction"]["method"] == "stream"
+    assert _err(model, default, test) < _err(model, rows, test)
