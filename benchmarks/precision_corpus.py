@@ -4,10 +4,13 @@
         [--out DIR] [--json FILE]
 
 For each graph: `quantize_model` with the corpus's own calibration views
-(``CORPUS/_work/<name>/calib.npz``, first 32, as `coverage.py run` does) twice — all-int8
-(`unsigned=False`) and the default (uint8 for never-negative tensors, docs/fixed-point.md
-§15) — then the worst-output cosine over ``eval.npz`` exactly as `coverage.py` computes it.
-Reads the corpus only; models are written under --out.
+(``CORPUS/_work/<name>/calib.npz``, first 32, as `coverage.py run` does) three times —
+``int8``: all-int8 (`unsigned=False`); ``uint8-int8T``: uint8 for never-negative tensors
+(docs/fixed-point.md §15) but with the thresholds calibrated for int8 (the int8 run's table,
+saved and reloaded, so no histogram is left to re-derive them: the behaviour before
+thresholds followed the precision); ``uint8``: the default, each uint8 tensor's threshold
+re-derived for 255 levels — then the worst-output cosine over ``eval.npz`` exactly as
+`coverage.py` computes it. Reads the corpus only; models are written under --out.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ GRAPHS = ("tv_mobilenet_v3_large_op17_dyn", "tv_mobilenet_v3_small_op13",
           "tv_mobilenet_v2_op11_dyn", "tv_mnasnet1_0_op13_dyn", "tv_shufflenet_v2_x1_0_op11",
           "tv_regnet_y_400mf_op17", "tv_resnet50_op13_dyn", "tv_googlenet_op11",
           "tv_resnet18_op11")
+MODES = ("int8", "uint8-int8T", "uint8")
 
 
 def main() -> None:
@@ -39,6 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     from compiler.core.io import save_model
     from passes.quantize.api import quantize_model
+    from passes.quantize.calibrate import CalibrationTable
 
     corpus, out = Path(args.corpus), Path(args.out)
     entries = {e["name"]: e for e in json.loads((corpus / "manifest.json").read_text())}
@@ -47,11 +52,14 @@ def main() -> None:
         entry, work = entries[name], corpus / "_work" / name
         flags = input_flags(entry)
         shapes = flags[1] if flags else ""  # as the CLI: a symbolic batch binds to 1
-        row = {}
-        for mode, unsigned in (("int8", False), ("uint8", True)):
+        row, int8_table = {}, None
+        for mode in MODES:
             t0 = time.perf_counter()
+            table = int8_table if mode == "uint8-int8T" else None
             res = quantize_model(corpus / entry["file"], work / "calib.npz", calib_limit=32,
-                                 unsigned=unsigned, input_shapes=shapes)
+                                 unsigned=mode != "int8", input_shapes=shapes, table=table)
+            if mode == "int8":  # without its histograms: thresholds stay int8-optimal
+                int8_table = CalibrationTable.from_dict(res.table.to_dict())
             path = out / name / mode / "model.quant.onnx"
             path.parent.mkdir(parents=True, exist_ok=True)
             save_model(res.quant_model, path)
@@ -60,9 +68,10 @@ def main() -> None:
             row[mode] = {"worst": cos.get("worst"), "uint8_tensors": u8,
                          "seconds": round(time.perf_counter() - t0, 1)}
         results[name] = row
-        print(f"{name:40s} int8 {row['int8']['worst']:.5f}  uint8 {row['uint8']['worst']:.5f}  "
-              f"({row['uint8']['uint8_tensors']} uint8 tensors)", flush=True)
-    for mode in ("int8", "uint8"):
+        cells = "  ".join(f"{mode} {row[mode]['worst']:.5f}" for mode in MODES)
+        print(f"{name:40s} {cells}  ({row['uint8']['uint8_tensors']} uint8 tensors)",
+              flush=True)
+    for mode in MODES:
         vals = [r[mode]["worst"] for r in results.values() if r[mode]["worst"] is not None]
         print(f"median worst-output cosine {mode}: {statistics.median(vals):.5f} over {len(vals)}")
     if args.json:

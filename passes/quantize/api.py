@@ -30,7 +30,7 @@ from compiler.core.shape_inference import refresh_shapes
 from passes.canonicalize import canonical_passes
 from passes.quantize.absmax import abs_max_ranges
 from passes.quantize.build import build_qgraph, calibration_tensors
-from passes.quantize.calibrate import METHODS, CalibrationTable, collect_ranges
+from passes.quantize.calibrate import METHODS, CalibrationTable, collect_states
 from passes.quantize.emit_int import emit_int
 from passes.quantize.emit_qdq import emit_qdq
 from passes.quantize.options import (
@@ -122,11 +122,12 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
         return table
     if feeds is None:
         raise ConfigError("calibration data is required (--calib) unless a table is given")
-    if calibrator == "max":  # same thresholds, reduced inside onnxruntime
+    if calibrator == "max":  # same thresholds (any precision), reduced inside onnxruntime
         ranges = abs_max_ranges(model, feeds, names, batch_size)
-    else:
-        ranges = collect_ranges(model, feeds, names, calibrator, batch_size, **opts)
-    return CalibrationTable(calibrator, ranges, digest, dict(opts))
+        return CalibrationTable(calibrator, ranges, digest, dict(opts),
+                                dict.fromkeys(ranges, "int8"))
+    states = collect_states(model, feeds, names, calibrator, batch_size, **opts)
+    return CalibrationTable.from_states(calibrator, states, digest, opts)
 
 
 def quantize_model(model: ModelSource, calib_feeds: Any = None,
@@ -194,11 +195,20 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
     info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
             "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
             "float_model_hash": digest}
-    qg, nodes = build_qgraph(fm, table.thresholds, units, info, unsigned)
+    qg, nodes = build_qgraph(fm, table, units, info, unsigned)
+    _warn_unoptimised(table)
     quant, qdq = emit_int(qg), emit_qdq(fm, qg)
     timings["build_emit"] = time.perf_counter() - t0
     return QuantResult(quant, qdq, qg, table, fm,
                        summarize(qg, nodes, timings) | weight_report)
+
+
+def _warn_unoptimised(table: CalibrationTable) -> None:
+    if table.unoptimised:
+        log.warning("calibration table: %d tensor(s), e.g. %r, have a %s threshold calibrated "
+                    "for another precision and are used with it unchanged (recalibrate to "
+                    "re-optimise them; docs/calibration.md)", len(table.unoptimised),
+                    sorted(table.unoptimised)[0], table.method)
 
 
 def _keep_float_names(model: Model, names: Sequence[str]) -> frozenset[str]:

@@ -12,7 +12,7 @@ import heapq
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -55,12 +55,34 @@ def _dtype(t: gs.Tensor) -> str:
     return np.dtype(t.dtype).name if t.dtype is not None else "float32"
 
 
+class Thresholds(Protocol):
+    """Calibrated thresholds per precision (`passes.quantize.calibrate.CalibrationTable`)."""
+
+    def threshold(self, name: str, dtype: str) -> float:
+        """T of float tensor `name` stored as `dtype` (KeyError when not calibrated)."""
+
+
+@dataclass(frozen=True)
+class FixedThresholds:
+    """A plain name -> T mapping: the same threshold whatever the precision."""
+
+    values: Mapping[str, float]
+
+    def threshold(self, name: str, dtype: str = "int8") -> float:
+        """`values[name]` for every `dtype`."""
+        return self.values[name]
+
+
 @dataclass
 class QGraphBuilder:
-    """Stateful walk over the units (one instance per build)."""
+    """Stateful walk over the units (one instance per build).
+
+    The one place that decides each tensor's precision (`_output_dtype`); it then asks
+    `thresholds` for the threshold at that precision.
+    """
 
     model: Model
-    thresholds: Mapping[str, float]
+    thresholds: Thresholds | Mapping[str, float]
     tensors: dict[str, q.QTensor] = field(default_factory=dict)
     ops: list[q.QOp] = field(default_factory=list)
     int8: dict[str, str] = field(default_factory=dict)     # float name -> int8 tensor name
@@ -72,6 +94,8 @@ class QGraphBuilder:
     signed: dict[str, str] = field(default_factory=dict)  # uint8 tensor -> int8 conversion
 
     def __post_init__(self) -> None:
+        if isinstance(self.thresholds, Mapping):
+            self.thresholds = FixedThresholds(self.thresholds)
         g = self.model.graph
         self.outputs = {t.name for t in g.outputs}
         for t in g.inputs:
@@ -89,10 +113,12 @@ class QGraphBuilder:
 
     def threshold_scale(self, name: str, dtype: str = "int8") -> float:
         """Scale of a calibrated float tensor stored as `dtype` (T/127 or T/255)."""
-        if name not in self.thresholds:
+        try:
+            t = self.thresholds.threshold(name, dtype)
+        except KeyError:
             raise ConfigError(f"no calibrated threshold for tensor {name!r} "
-                              "(calibration table from another model?)")
-        return fp.activation_scale(self.thresholds[name], name, dtype)
+                              "(calibration table from another model?)") from None
+        return fp.activation_scale(t, name, dtype)
 
     def int8_of(self, t: gs.Tensor, owner: str) -> str:
         """The int8 tensor for float tensor `t`, quantizing constants and float values."""
@@ -307,7 +333,7 @@ def float_node(node: gs.Node, rename: Mapping[str, str]) -> q.FloatNode:
                        tuple(t.name for t in node.outputs), attrs, node.domain or "")
 
 
-def build_qgraph(model: Model, thresholds: Mapping[str, float],
+def build_qgraph(model: Model, thresholds: Thresholds | Mapping[str, float],
                  units: list[Unit] | None = None,
                  info: dict[str, Any] | None = None,
                  unsigned: bool = True) -> tuple[q.QGraph, list[dict[str, Any]]]:
@@ -315,7 +341,9 @@ def build_qgraph(model: Model, thresholds: Mapping[str, float],
 
     Args:
         model: Canonicalized float model (shapes inferred). Its graph is re-sorted in place.
-        thresholds: Float tensor name -> threshold T (see `calibration_tensors`).
+        thresholds: Float tensor name -> threshold T (see `calibration_tensors`), used
+            for every precision; or a `CalibrationTable`, asked for each tensor's
+            threshold at the precision the builder chose (and recording it).
         units: A precomputed `partition(model.graph)`.
         info: Provenance stored in the QGraph.
         unsigned: uint8 (scale T/255) for the outputs of ops that are never negative

@@ -1,9 +1,15 @@
-"""Streaming activation calibration: per-tensor symmetric thresholds T (int8 scale T/127).
+"""Streaming activation calibration: per-tensor thresholds T (scale T/127, or T/255 for uint8).
 
 The requested intermediate tensors become extra graph outputs of a copy of the model, which
 onnxruntime runs batch by batch; each batch updates a fixed-size per-tensor state (a running
 max, or an `AbsHistogram` of |x|) and is then dropped, so memory does not grow with the
 amount of calibration data.
+
+A threshold is optimal for a number of levels: the `mse` and `kl` searches trade clipping
+against the step T/levels. `collect_ranges` finalizes for int8 (127 levels); a
+`CalibrationTable` keeps the histograms, and the QGraph builder asks it for the threshold of
+each tensor at the precision it decided (`CalibrationTable.threshold`), so a tensor that
+became uint8 gets the clip point optimal for 255 levels over [0, T] (docs/calibration.md).
 
 Safe fallbacks (documented in docs/calibration.md):
 
@@ -25,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.core import fixedpoint as fp
 from compiler.core import limits
 from compiler.core.errors import ConfigError, DataError, GraphError
 from compiler.core.feeds import Feeds, load_feeds, model_batch
@@ -53,7 +60,8 @@ OPTIONS = {"max": (), "percentile": ("percentile", "bins"), "kl": ("bins", "quan
 DEFAULT_PERCENTILE = 99.99
 ZERO_RANGE_THRESHOLD = 1.0
 MIN_THRESHOLD = 1e-8
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: per-tensor "dtype" and "levels" (version 1 tables read as int8)
+LEVEL_DEPENDENT = frozenset({"kl", "mse"})  # their threshold depends on the number of levels
 ACTIVATION_BUDGET = 256 << 20  # bytes of activations fetched per onnxruntime run
 
 
@@ -95,9 +103,19 @@ def new_state(method: str, **opts: Any) -> RunningMax | AbsHistogram:
     return AbsHistogram(opts.get("bins", DEFAULT_BINS))
 
 
+def levels(dtype: str = "int8") -> int:
+    """Positive quantization levels of an activation precision: 127 (int8), 255 (uint8)."""
+    return fp.qrange(dtype)[1]
+
+
 def finalize(state: RunningMax | AbsHistogram, method: str, name: str = "<tensor>",
-             **opts: Any) -> float:
-    """The threshold of one tensor's state, with the safe fallbacks applied."""
+             dtype: str = "int8", **opts: Any) -> float:
+    """The threshold of one tensor's state for precision `dtype`, with the safe fallbacks.
+
+    `mse` minimises the error of `levels(dtype)` steps over [0, T]; `kl` merges into
+    `quant_bins` bins per 128 levels (256 for uint8). A uint8 tensor is never negative, so
+    its |x| histogram is its value histogram. `max` and `percentile` ignore `dtype`.
+    """
     if state.max == 0.0:  # reported by degenerate.report with the other degenerate tensors
         return ZERO_RANGE_THRESHOLD
     if method == "max":
@@ -105,9 +123,10 @@ def finalize(state: RunningMax | AbsHistogram, method: str, name: str = "<tensor
     elif method == "percentile":
         t = percentile_threshold(state, float(opts.get("percentile", DEFAULT_PERCENTILE)))
     elif method == "kl":
-        t = kl_threshold(state, opts.get("quant_bins", KL_QUANT_BINS))
+        bins = opts.get("quant_bins", KL_QUANT_BINS) * (levels(dtype) + 1) // (LEVELS + 1)
+        t = kl_threshold(state, bins)
     else:
-        t = mse_threshold(state)
+        t = mse_threshold(state, levels(dtype))
     floor = max(MIN_THRESHOLD, state.width) if isinstance(state, AbsHistogram) else MIN_THRESHOLD
     return float(max(t, floor))
 
@@ -128,12 +147,23 @@ def collect_ranges(model: Model, feeds: Any, tensors: list[str], method: str = "
             default 2048) for the histogram methods; `quant_bins` (default 128) for "kl".
 
     Returns:
-        Tensor name -> threshold T > 0, finite (the int8 scale is T / 127).
+        Tensor name -> threshold T > 0, finite, for int8 (the scale is T / 127).
 
     Raises:
         ConfigError: Unknown method or option.
         GraphError: A tensor name is not in the model.
         DataError: Unusable data, or NaN/Inf in a calibrated tensor.
+    """
+    states = collect_states(model, feeds, tensors, method, batch_size, **opts)
+    return {name: finalize(state, method, name, **opts) for name, state in states.items()}
+
+
+def collect_states(model: Model, feeds: Any, tensors: list[str], method: str = "max",
+                   batch_size: int = 8, **opts: Any) -> dict[str, RunningMax | AbsHistogram]:
+    """The streaming part of `collect_ranges`: each tensor's final state (max or histogram).
+
+    `finalize(state, method, name, dtype, **opts)` turns a state into a threshold for a
+    precision; keeping the states lets a threshold be re-derived for another one.
     """
     _check_method(method, opts)
     states = {name: new_state(method, **opts) for name in dict.fromkeys(tensors)}
@@ -147,7 +177,7 @@ def collect_ranges(model: Model, feeds: Any, tensors: list[str], method: str = "
             if name in spreads:
                 spreads[name].update(values)
     report_degenerate(spreads)
-    return {name: finalize(state, method, name, **opts) for name, state in states.items()}
+    return states
 
 
 def _update(state: RunningMax | AbsHistogram, values: np.ndarray, name: str, step: int) -> None:
@@ -252,30 +282,77 @@ def iter_batches(model: Model, feeds: Feeds,
         yield {k: v[start:start + size] for k, v in feeds.arrays.items()}
 
 
+State = RunningMax | AbsHistogram
+
+
 @dataclass
 class CalibrationTable:
     """Calibrated thresholds of one model, savable as JSON to skip calibration next time.
 
+    Each threshold is recorded with the precision it is for (`dtypes`; absent: int8). The
+    QGraph builder reads thresholds through `threshold(name, dtype)`, which re-derives a
+    `kl`/`mse` threshold for the precision the builder chose when the histograms are still
+    here (`states`) and records it, so after a build the table describes that build and a
+    saved table reproduces it.
+
     Attributes:
         method: The calibrator used.
-        thresholds: Tensor name -> threshold T (scale = T / 127).
+        thresholds: Tensor name -> threshold T (scale = T / levels of its dtype).
         model_hash: `compiler.core.io.model_hash` of the calibrated model ("" if unknown).
         options: The calibrator options used (for provenance).
+        dtypes: Tensor name -> precision its threshold is for ("int8" when absent).
+        states: Tensor name -> calibration state (in memory only; empty for a loaded table).
+        unoptimised: Tensors whose `kl`/`mse` threshold, calibrated for another precision
+            and without a histogram to re-derive it, was used as is.
     """
 
     method: str
     thresholds: dict[str, float]
     model_hash: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+    states: dict[str, State] = field(default_factory=dict, repr=False, compare=False)
+    unoptimised: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    @classmethod
+    def from_states(cls, method: str, states: dict[str, State], digest: str = "",
+                    options: dict[str, Any] | None = None) -> CalibrationTable:
+        """The int8 thresholds of `states` (kept, to re-derive other precisions)."""
+        opts = dict(options or {})
+        thresholds = {n: finalize(state, method, n, **opts) for n, state in states.items()}
+        return cls(method, thresholds, digest, opts, dict.fromkeys(thresholds, "int8"), states)
+
+    def dtype(self, name: str) -> str:
+        """The precision `name`'s threshold is for."""
+        return self.dtypes.get(name, "int8")
+
+    def threshold(self, name: str, dtype: str = "int8") -> float:
+        """The threshold of `name` stored as `dtype` (recorded as that precision's).
+
+        Raises:
+            KeyError: `name` is not in the table.
+        """
+        t = self.thresholds[name]
+        if self.dtype(name) == dtype:
+            return t
+        if self.method in LEVEL_DEPENDENT:
+            if name in self.states:
+                t = finalize(self.states[name], self.method, name, dtype, **self.options)
+            else:
+                self.unoptimised.add(name)
+        self.thresholds[name], self.dtypes[name] = t, dtype
+        return t
 
     @property
     def scales(self) -> dict[str, float]:
-        """Tensor name -> int8 scale T / 127."""
-        return {name: t / LEVELS for name, t in self.thresholds.items()}
+        """Tensor name -> scale T / levels (127 for int8, 255 for uint8)."""
+        return {name: t / levels(self.dtype(name)) for name, t in self.thresholds.items()}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document."""
-        tensors = {n: {"threshold": t, "scale": t / LEVELS} for n, t in self.thresholds.items()}
+        tensors = {n: {"threshold": t, "scale": t / levels(self.dtype(n)),
+                       "dtype": self.dtype(n), "levels": levels(self.dtype(n))}
+                   for n, t in self.thresholds.items()}
         return {"version": TABLE_VERSION, "method": self.method, "model_hash": self.model_hash,
                 "options": self.options, "tensors": tensors}
 
@@ -290,8 +367,9 @@ class CalibrationTable:
         """Read and validate a saved table.
 
         Raises:
-            ConfigError: Missing file, bad JSON, missing keys, or a threshold/scale that is
-                not a positive finite number (or a scale that disagrees with its threshold).
+            ConfigError: Missing file, bad JSON, missing keys, an unknown dtype, or a
+                threshold/scale that is not a positive finite number (or a scale or levels
+                that disagree with the threshold and dtype).
         """
         path, label = Path(path), f"calibration table {path}"
         text = read_text(path, label, limits.limit("TABLE_BYTES"))
@@ -311,25 +389,32 @@ class CalibrationTable:
                               f"(valid: {', '.join(METHODS)})")
         if not isinstance(doc["tensors"], dict):
             raise ConfigError(f"{where}: 'tensors' must be an object of name -> entry")
-        thresholds = {n: _entry_threshold(e, f"{where}: tensor {n!r}")
-                      for n, e in doc["tensors"].items()}
-        return cls(doc["method"], thresholds, str(doc.get("model_hash", "")),
-                   dict(doc.get("options") or {}))
+        entries = {n: _entry(e, f"{where}: tensor {n!r}") for n, e in doc["tensors"].items()}
+        return cls(doc["method"], {n: t for n, (t, _) in entries.items()},
+                   str(doc.get("model_hash", "")), dict(doc.get("options") or {}),
+                   {n: d for n, (_, d) in entries.items()})
 
     def check_model(self, model: Model) -> bool:
         """True when the table was calibrated on exactly this model (hashes match)."""
         return bool(self.model_hash) and self.model_hash == model_hash(model)
 
 
-def _entry_threshold(entry: Any, where: str) -> float:
+def _entry(entry: Any, where: str) -> tuple[float, str]:
+    """(threshold, dtype) of one validated table entry."""
     if not isinstance(entry, dict) or "threshold" not in entry:
         raise ConfigError(f"{where}: missing key 'threshold'")
     t = _positive(entry["threshold"], f"{where}: threshold")
+    dtype = entry.get("dtype", "int8")
+    if not isinstance(dtype, str) or dtype not in fp.QRANGE:
+        raise ConfigError(f"{where}: dtype must be one of {', '.join(fp.QRANGE)}, got {dtype!r}")
+    n = levels(dtype)
+    if entry.get("levels", n) != n:
+        raise ConfigError(f"{where}: levels {entry['levels']!r} is not {n} ({dtype})")
     if "scale" in entry:
         s = _positive(entry["scale"], f"{where}: scale")
-        if not math.isclose(s, t / LEVELS, rel_tol=1e-6):
-            raise ConfigError(f"{where}: scale {s!r} is not threshold/{LEVELS} ({t / LEVELS!r})")
-    return t
+        if not math.isclose(s, t / n, rel_tol=1e-6):
+            raise ConfigError(f"{where}: scale {s!r} is not threshold/{n} ({t / n!r})")
+    return t, dtype
 
 
 def _positive(value: Any, where: str) -> float:
@@ -342,6 +427,10 @@ def _positive(value: Any, where: str) -> float:
 
 def calibrate(model: Model, feeds: Any, tensors: list[str], method: str = "max",
               batch_size: int = 8, **opts: Any) -> CalibrationTable:
-    """`collect_ranges` wrapped into a `CalibrationTable` carrying the model's hash."""
-    thresholds = collect_ranges(model, feeds, tensors, method, batch_size, **opts)
-    return CalibrationTable(method, thresholds, model_hash(model), dict(opts))
+    """Int8 thresholds of `collect_ranges` in a `CalibrationTable` with the model's hash.
+
+    The table keeps the calibration states, so `threshold(name, "uint8")` re-derives a
+    `kl`/`mse` threshold for 255 levels.
+    """
+    states = collect_states(model, feeds, tensors, method, batch_size, **opts)
+    return CalibrationTable.from_states(method, states, model_hash(model), opts)

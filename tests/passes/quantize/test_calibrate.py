@@ -18,6 +18,7 @@ from passes.quantize.calibrate import (
     CalibrationTable,
     calibrate,
     collect_ranges,
+    finalize,
 )
 from passes.quantize.histogram import (
     AbsHistogram,
@@ -29,9 +30,11 @@ from passes.quantize.histogram import (
 N = 1_000_000
 
 
-def quant_mse(x: np.ndarray, t: float) -> float:
-    s = t / 127
-    return float(np.mean((x - np.clip(np.floor(x / s + 0.5), -127, 127) * s) ** 2))
+def quant_mse(x: np.ndarray, t: float, levels: int = 127) -> float:
+    """Mean squared error of zero-point-0 quantization with `levels` steps over [0, t]."""
+    s = t / levels
+    lo = 0 if levels == 255 else -levels
+    return float(np.mean((x - np.clip(np.floor(x / s + 0.5), lo, levels) * s) ** 2))
 
 
 def hist_of(x: np.ndarray, chunks: int = 10) -> AbsHistogram:
@@ -82,6 +85,29 @@ def test_mse_threshold_near_analytic_optimum_and_brute_force(gauss, laplace):
         best = min(quant_mse(x, g) for g in grid)
         assert quant_mse(x, t) <= best * 1.01
         assert quant_mse(x, t) < 0.8 * quant_mse(x, float(np.abs(x).max()))
+
+
+def test_uint8_mse_threshold_uses_255_levels(gauss):
+    # half-normal (a ReLU output without its zeros): with twice the levels over [0, T] the
+    # rounding error is 4x smaller, so the optimum clips less: 4.21 sigma (int8: 3.92); at
+    # its own optimum the uint8 error is 14% below the uint8 error at the int8 clip
+    x = np.abs(gauss)
+    h = hist_of(x)
+    t8, t_u8 = mse_threshold(h, 127), mse_threshold(h, 255)
+    assert 3.8 < t8 < 4.05 and 4.1 < t_u8 < 4.35
+    assert quant_mse(x, t_u8, 255) < 0.9 * quant_mse(x, t8, 255)
+    grid = np.linspace(0.6, 1.0, 81) * float(x.max())
+    assert quant_mse(x, t_u8, 255) <= 1.01 * min(quant_mse(x, g, 255) for g in grid)
+    assert finalize(h, "mse", dtype="uint8") == t_u8 and finalize(h, "mse") == t8
+
+
+def test_uint8_kl_threshold_merges_into_256_bins(gauss):
+    h = hist_of(np.abs(gauss))
+    t = finalize(h, "kl", dtype="uint8")
+    assert t == kl_threshold(h, 256) != kl_threshold(h, 128) == finalize(h, "kl")
+    assert np.percentile(np.abs(gauss), 99.9) < t < h.max
+    for method in ("max", "percentile"):  # no notion of levels
+        assert finalize(h, method, dtype="uint8") == finalize(h, method)
 
 
 def test_mse_uniform_data_keeps_the_max():
@@ -270,7 +296,42 @@ def test_table_round_trip(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
 
 
+def test_table_rederives_uint8_thresholds_and_round_trips_the_precision(tmp_path):
+    m = identity_model()
+    data = np.random.default_rng(9).standard_normal((8, 4, 8, 8)).astype(np.float32)
+    table = calibrate(m, data, ["x", "relu"], "mse")
+    t8 = table.thresholds["relu"]
+    t_u8 = table.threshold("relu", "uint8")
+    assert t_u8 > t8 and t_u8 == finalize(table.states["relu"], "mse", dtype="uint8")
+    assert table.dtypes == {"x": "int8", "relu": "uint8"}
+    assert table.thresholds["relu"] == t_u8 and table.scales["relu"] == t_u8 / 255
+    assert table.threshold("relu", "uint8") == t_u8  # recorded: asked again, same answer
+    doc = json.loads(table.save(tmp_path / "calibration.json").read_text())
+    assert doc["version"] == 2
+    assert doc["tensors"]["relu"] == {"threshold": t_u8, "scale": t_u8 / 255,
+                                      "dtype": "uint8", "levels": 255}
+    assert doc["tensors"]["x"]["dtype"] == "int8" and doc["tensors"]["x"]["levels"] == 127
+    back = CalibrationTable.load(tmp_path / "calibration.json")
+    assert back == table and not back.states
+    assert back.threshold("relu", "uint8") == t_u8 and not back.unoptimised
+    # no histogram to re-derive from: the recorded threshold is kept and reported
+    assert back.threshold("relu", "int8") == t_u8 and back.unoptimised == {"relu"}
+    assert back.dtypes["relu"] == "int8"
+
+
+def test_version_1_tables_read_as_int8():
+    doc = {"version": 1, "method": "mse", "tensors": {"a": {"threshold": 2.54, "scale": 0.02}}}
+    table = CalibrationTable.from_dict(doc)
+    assert table.dtype("a") == "int8" and table.scales["a"] == pytest.approx(0.02)
+
+
 @pytest.mark.parametrize("doc, match", [
+    ({"method": "max", "tensors": {"a": {"threshold": 1.0, "dtype": "int4"}}},
+     "dtype must be one of int8, uint8, got 'int4'"),
+    ({"method": "max", "tensors": {"a": {"threshold": 1.0, "dtype": "uint8", "levels": 127}}},
+     "levels 127 is not 255"),
+    ({"method": "max", "tensors": {"a": {"threshold": 2.55, "dtype": "uint8", "scale": 0.02}}},
+     "not threshold/255"),
     ({"tensors": {}}, "missing key 'method'"),
     ({"method": "max"}, "missing key 'tensors'"),
     ({"method": "magic", "tensors": {}}, "unknown method 'magic'"),

@@ -15,6 +15,8 @@ from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.io import to_proto
 from compiler.core.numerics import cosine, run
+from passes.quantize.api import quantize_model
+from passes.quantize.calibrate import finalize
 from passes.quantize.reference import execute
 from targets.npusim import build_binary, verify
 from tests.quant_helpers import check_quantized, feeds_for, make_model
@@ -76,6 +78,25 @@ def test_uint8_halves_the_relu_output_error():
         err[unsigned] = float(np.abs(run(result.quant_model, test)["r"] - ref).mean())
     # the output rounding step halves; input and weight rounding stay: 0.69x measured
     assert err[True] < 0.8 * err[False]
+
+
+def test_mse_threshold_of_a_uint8_tensor_is_optimal_for_255_levels(tmp_path):
+    nodes, inits = _conv_relu(extra=[node("Conv", ["r", "w2"], ["y"])])
+    inits["w2"] = W(4, 8, 1, 1)
+    model = make_model(nodes, {"x": [1, 3, 8, 8]}, ["y"], {k: inits[k] for k in ("w", "b", "w2")})
+    signed = check_quantized(model, calib=16, calibrator="mse", unsigned=False)
+    result = check_quantized(model, calib=16, calibrator="mse")
+    t8, t_u8 = signed.table.thresholds["r"], result.table.thresholds["r"]
+    assert (signed.table.dtype("r"), result.table.dtype("r")) == ("int8", "uint8")
+    assert t_u8 == finalize(result.table.states["r"], "mse", dtype="uint8") > t8
+    assert result.qgraph.tensor("r").dtype == "uint8"
+    assert result.qgraph.tensor("r").scale == fp.activation_scale(t_u8, "r", "uint8")
+    assert result.table.thresholds["y"] == signed.table.thresholds["y"]  # int8: unchanged
+    # the saved table (with each tensor's precision) reproduces the build exactly
+    path = result.table.save(tmp_path / "calibration.json")
+    again = quantize_model(model, table=path)
+    assert again.qgraph == result.qgraph and again.table == result.table
+    assert not again.table.unoptimised
 
 
 def test_negative_pad_after_relu_converts_to_int8_and_keeps_the_function():
