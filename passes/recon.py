@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compiler.core.errors import GraphError
-from compiler.core.ir import Model, const_value
+from compiler.core.ir import Model, const_value, is_const, is_graph_output
 from compiler.core.numerics import session
 
 REFITTABLE = ("Conv", "Gemm", "MatMul")
@@ -444,3 +444,21 @@ def _set_bias(node: gs.Node, b: np.ndarray) -> None:
         node.inputs[2] = gs.Constant(name, b)
     else:
         node.inputs.append(gs.Constant(name, b))
+
+
+def residual_add(node: gs.Node, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | None:
+    """(Add, its other operand) when `node`'s output only feeds a same-shape Add.
+
+    Such a layer is fitted to `teacher(Add) - student(shortcut)`: the sum then matches the
+    float model although the shortcut carries the error of every earlier block, which
+    nothing else compensates.
+    """
+    out = node.outputs[0]
+    users = list(out.outputs)
+    if len(users) != 1 or users[0].op != "Add" or is_graph_output(graph, out):
+        return None
+    add = users[0]
+    other = [t for t in add.inputs if t is not out]
+    if len(other) != 1 or is_const(other[0]) or other[0].shape != out.shape:
+        return None
+    return add, other[0]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.core.ir import Model, const_value, is_const, is_graph_output
+from compiler.core.ir import Model, const_value
 from passes.recon import blas_single_thread, conv_geometry, iter_tensors
 
 HOLDOUT = 5  # every 5th calibration sample is held out
@@ -225,23 +225,5 @@ def refit(stats: LayerStats, w_old: np.ndarray, b_old: np.ndarray | None, ridge:
                                             "ridge": best}
 
 
-def residual_add(node: gs.Node, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | None:
-    """(Add, its other operand) when `node`'s output only feeds a same-shape Add.
-
-    Such a layer is fitted to `teacher(Add) - student(shortcut)`: the sum then matches the
-    float model although the shortcut carries the error of every earlier block, which
-    nothing else compensates.
-    """
-    out = node.outputs[0]
-    users = list(out.outputs)
-    if len(users) != 1 or users[0].op != "Add" or is_graph_output(graph, out):
-        return None
-    add = users[0]
-    other = [t for t in add.inputs if t is not out]
-    if len(other) != 1 or is_const(other[0]) or other[0].shape != out.shape:
-        return None
-    return add, other[0]
-
-
 __all__ = ["HOLDOUT", "LayerStats", "Normal", "all_patches", "layer_stats", "output_rows",
-           "refit", "rel_error", "residual_add", "solve"]
+           "refit", "rel_error", "solve"]

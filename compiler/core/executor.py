@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 KINDS = ("local", "ray")
 RETRIES = 2
-MAX_WORKERS = 256
+MAX_WORKERS = 256  # more workers than this only exhausts the machine
 RAY_EXTRA = 'pip install -e ".[ray]"'
 
 Init = Callable[[Any], None]
@@ -285,4 +285,5 @@ def _start(ray: Any, address: str | None, workers: int) -> None:
                           f"{address or 'this machine'}: {one_line(str(exc), 200)}") from exc
 
 
-__all__ = ["ExecutorOptions", "KINDS", "LocalPool", "RayPool", "WorkerPool", "open_pool"]
+__all__ = ["ExecutorOptions", "KINDS", "MAX_WORKERS", "LocalPool", "RayPool", "WorkerPool",
+           "open_pool"]

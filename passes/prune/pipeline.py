@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from compiler.core.errors import ConfigError, DataError
-from compiler.core.executor import ExecutorOptions
+from compiler.core.executor import MAX_WORKERS, ExecutorOptions
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
 from compiler.core.options import in_range, non_negative, option, positive
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 ROUND_TO = 8  # measured: docs/config.md, "Defaults chosen"
 
-MAX_WORKERS = 256  # ABC worker processes; more only exhausts the machine
 MAX_ABC = 1000  # ABC cycles, food sources and trial limit (each source is a pruned model)
 
 

@@ -29,11 +29,12 @@ from passes.prune.groups import Analysis
 from passes.recon import (
     collect_rows,
     refit_reason,
+    residual_add,
     ridge_fit,
     set_layer_weights,
     weight_matrix,
 )
-from passes.recon_stream import layer_stats, refit, residual_add
+from passes.recon_stream import layer_stats, refit
 
 log = logging.getLogger(__name__)
 

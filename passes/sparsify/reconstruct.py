@@ -16,12 +16,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from compiler.core.ir import Model, const_value, is_const, is_graph_output
+from compiler.core.ir import Model, const_value, is_const
 from compiler.core.progress import track
 from compiler.core.sparsity import LayerMask
-from passes.recon import LayerIO, collect_layer_tensors, refit_reason, ridge_fit
+from passes.recon import (
+    LayerIO,
+    collect_layer_tensors,
+    refit_reason,
+    residual_add,
+    ridge_fit,
+)
 from passes.sparsify.criteria import element_mask, select_uniform, unit_scores
 from passes.sparsify.layers import Layer, reaches, weight_layers
 from passes.sparsify.obs import gradual_obs_keep
@@ -84,19 +89,6 @@ def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
     return report
 
 
-def residual_add(layer: Layer, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | None:
-    """(Add, its other operand) when the layer's output only feeds a same-shape Add."""
-    out = layer.node.outputs[0]
-    users = list(out.outputs)
-    if len(users) != 1 or users[0].op != "Add" or is_graph_output(graph, out):
-        return None
-    add = users[0]
-    other = [t for t in add.inputs if t is not out]
-    if len(other) != 1 or is_const(other[0]) or other[0].shape != out.shape:
-        return None
-    return add, other[0]
-
-
 def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
              opts: ReconOptions) -> LayerIO:
     """Regression rows of one layer: one run of the student, one of the teacher.
@@ -108,7 +100,7 @@ def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
     compensates.
     """
     kw = {"max_rows": opts.rows, "seed": opts.seed}
-    found = residual_add(layer, student.graph) if opts.residual else None
+    found = residual_add(layer.node, student.graph) if opts.residual else None
     x_specs = {"x": (layer.node.inputs[0].name, False)}
     y_specs = {"y": (layer.node.outputs[0].name, True)}
     if found is not None:
