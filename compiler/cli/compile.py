@@ -21,6 +21,8 @@ SHORTCUTS = (("shape", "shape", None), ("calibration", "data", None),
              ("prune", "ratio", "--prune-ratio"), ("prune", "target_macs", None),
              ("prune", "criterion", None), ("prune", "search", None),
              ("sparsify", "block", None), ("sparsify", "sparsity", None),
+             ("quantize", "max_drop", None), ("quantize", "min_cosine", None),
+             ("quantize", "min_agreement", None), ("quantize", "budget_data", None),
              ("executor", "kind", None), ("executor", "address", None),
              ("executor", "workers", None))
 # Giving one of these keys on the command line also enables its step.
@@ -35,6 +37,8 @@ EXAMPLES = (
      'prune to 70% of the MACs, 1x4 sparsity, int8, build, verify, report'),
     ('compile model.onnx -c config.yaml --set calibration.calibrator=mse',
      'a config file, with one key overridden'),
+    ('compile model.onnx -o out --calib calib/ --max-drop 0.5 --budget-data val/',
+     'int8 within 0.5 pt of float top-1 on val/: sensitive layers leave int8'),
     ('compile --models a.onnx b.onnx c.onnx -c config.yaml -o fleet --workers 2',
      'a fleet: each model into fleet/<name>/, one index page'),
 )
@@ -111,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.report)
         return 0
     print(summary_text(result.report))
+    if "budget" in result.report:
+        from compiler.driver.budget import budget_lines
+
+        print("\n" + "\n".join(budget_lines(result.report["budget"])))
     if "build" in result.report:
         print(result.report["build"]["macs_on_npu"])
     note = (result.report.get("latency") or {}).get("note")
@@ -156,12 +164,13 @@ def summary_text(report: dict) -> str:
 
 
 def slowest_layers_text(report: dict, top: int) -> str:
-    """The `top` binary steps with the most cycles (1 core, 1 thread), or "" when none.
+    """The `top` binary steps that take longest (1 core, 1 thread), or "" when none.
 
     Every executed step counts (NPU layers, Add, LUT, quantize, CPU partitions), so a host
     partition that dominates the latency is listed like any layer.
     """
-    rows = sorted(report.get("steps", []), key=lambda r: -r["cycles"])[:top]
+    # by time, not NPU cycles: a CPU partition has no NPU cycles but can dominate
+    rows = sorted(report.get("steps", []), key=lambda r: -r["us"])[:top]
     if not rows:
         return ""
     return format_table([(r["step"], r["op"], r["unit"], f"{r['cycles']:,}", f"{r['us']:.1f}",

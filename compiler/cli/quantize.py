@@ -39,6 +39,10 @@ EXAMPLES = (
      'clip outliers at the 99.99th percentile, correct biases'),
     ('quantize model.onnx -o q --calib calib.npz --keep-float /head/Conv',
      'keep one node in float on the CPU'),
+    ('quantize model.onnx -o q --calib calib/ --max-drop 0.5 --budget-data val/',
+     'at most 0.5 pt top-1 drop on a labelled folder: sensitive layers leave int8'),
+    ('quantize model.onnx -o q --calib calib.npz --min-cosine 0.995',
+     'worst-output cosine with float at least 0.995 (no labels needed)'),
 )
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Quantize and write the three outputs."""
     from passes.quantize.api import quantize_kwargs, quantize_model
+    from passes.quantize.budget import Budget
 
     calib, quant = from_args(args, CalibrationOptions), from_args(args, QuantizeOptions)
     if calib.data is None and calib.table is None:
@@ -67,18 +72,40 @@ def run(args: argparse.Namespace) -> int:
                                input_files(args.model, calib.data, calib.table))
     shapes = input_shapes(args)
     source = resolve_model(args.model)
-    feeds = _calib_feeds(source, shapes, calib, from_args(args, Preprocess))
-    # the model goes in as a path: quantize_model loads it lean (no PassManager copy) and
-    # binds its inputs (--input-shape, else a symbolic batch becomes 1)
-    result = quantize_model(source, feeds, input_shapes=shapes,
-                            **quantize_kwargs(calib, quant))
+    pre = from_args(args, Preprocess)
+    feeds = _calib_feeds(source, shapes, calib, pre)
+    budget = Budget.from_options(quant)
+    if budget.active:
+        result, budget_report = _within_budget(source, feeds, shapes, calib, quant, pre)
+    else:
+        # the model goes in as a path: quantize_model loads it lean (no PassManager copy)
+        # and binds its inputs (--input-shape, else a symbolic batch becomes 1)
+        result = quantize_model(source, feeds, input_shapes=shapes,
+                                **quantize_kwargs(calib, quant))
+        budget_report = None
     written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
+    if budget_report is not None:
+        summary["budget"] = budget_report
     if args.json:
         print_json({"model": args.model, "outputs": [str(p) for p in written], **summary})
         return 0
     _print(summary, written)
     return 0
+
+
+def _within_budget(source: Any, feeds: Any, shapes: ShapeSpec, calib: CalibrationOptions,
+                   quant: QuantizeOptions, pre: Preprocess) -> tuple[Any, dict[str, Any]]:
+    """The budget loop (`passes.quantize.budget`), priced on the default target."""
+    from compiler.driver.budget import budget_costs, budget_feeds, correct_for
+    from passes.quantize.api import quantize_kwargs
+    from passes.quantize.budget import Budget, quantize_within_budget
+
+    data = budget_feeds(quant, load_model(source, input_shapes=shapes, bind=True), pre)
+    out = quantize_within_budget(source, feeds, Budget.from_options(quant), data,
+                                 correct=correct_for(data), input_shapes=shapes,
+                                 **quantize_kwargs(calib, quant))
+    return out.result, {**out.report, "costs": budget_costs(out.baseline, out.result)}
 
 
 def _calib_feeds(source: Any, shapes: ShapeSpec, calib: CalibrationOptions,
@@ -106,6 +133,10 @@ def _print(summary: dict, written: list[Path]) -> None:
         print(f"  ... and {len(summary['cpu_reasons']) - 20} more (--json lists all)")
     if "weight_rounding" in summary:
         print(rounding_line(summary["weight_rounding"]))
+    if "budget" in summary:
+        from compiler.driver.budget import budget_lines
+
+        print("\n".join(budget_lines(summary["budget"])))
     times = ", ".join(f"{k} {v:.2f}s" for k, v in summary["time_s"].items())
     print(f"time: {times}")
     for path in written:

@@ -47,6 +47,8 @@ class CompileState:
         prune: `npuc prune`'s report of the pruning stage.
         sparsify: `npuc sparsify`'s report of the sparsification stage.
         quant: The quantization result (integer and QDQ models, QGraph, table).
+        budget: The accuracy budget loop's report (`passes.quantize.budget`) with its cost
+            on the target, when a budget was stated.
         compare_layers: Per-tensor cosine rows of the int8 model against its float model.
         build: The built binary.
         verify: Binary vs `model.quant.onnx`.
@@ -68,6 +70,7 @@ class CompileState:
     prune: dict[str, Any] | None = None
     sparsify: dict[str, Any] | None = None
     quant: QuantResult | None = None
+    budget: dict[str, Any] | None = None
     compare_layers: list[dict[str, Any]] = field(default_factory=list)
     build: BuildResult | None = None
     verify: VerifyReport | None = None

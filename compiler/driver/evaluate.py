@@ -211,6 +211,14 @@ def top1_accuracy(outputs: np.ndarray, labels: np.ndarray, source: str) -> float
 
 def ocr_exact_match(outputs: np.ndarray, labels: list[str], source: str) -> float:
     """Fraction of CTC greedy decodes equal to the label (leading/trailing spaces ignored)."""
+    return ocr_matches(outputs, labels, source) / max(len(labels), 1)
+
+
+def ocr_matches(outputs: np.ndarray, labels: Any, source: str = "OCR data") -> int:
+    """Number of CTC greedy decodes equal to their label (leading/trailing spaces ignored).
+
+    Also the accuracy budget's scorer for OCR text lines (`passes.quantize.fidelity.Correct`).
+    """
     from models.pretrained.ppocr import ctc_greedy_decode, ocr_charset
 
     charset = ocr_charset()
@@ -218,7 +226,7 @@ def ocr_exact_match(outputs: np.ndarray, labels: list[str], source: str) -> floa
         raise DataError(f"{source}: OCR scoring needs [N, T, {len(charset)}] outputs, model "
                         f"gives {list(outputs.shape)}")
     texts = ctc_greedy_decode(outputs, charset)
-    return float(np.mean([t.strip() == lab.strip() for t, lab in zip(texts, labels, strict=True)]))
+    return sum(t.strip() == lab.strip() for t, lab in zip(texts, list(labels), strict=True))
 
 
 def _as_distributions(x: np.ndarray) -> np.ndarray:

@@ -125,15 +125,21 @@ def quantize_pass(state: CompileState, *, saved_table: bool = True) -> Pass:
     """The `Quantize` pass with the configured calibrator and options.
 
     `saved_table=False` ignores calibration.table (it describes the compressed model, not
-    the uncompressed baseline).
+    the uncompressed baseline) and the accuracy budget (the baseline is all-int8).
     """
+    from compiler.driver.budget import budget_feeds, correct_for
     from passes.quantize.api import Quantize
+    from passes.quantize.budget import Budget
 
     calibration = step_options(state.config, "calibration")
+    options = step_options(state.config, "quantize")
     if not saved_table:
         calibration = replace(calibration, table=None)
-    return Quantize.from_options(state.calib, calibration,
-                                 step_options(state.config, "quantize"))
+        options = replace(options, max_drop=None, min_cosine=None, min_agreement=None)
+    data = budget_feeds(options, state.model, preprocess(state.config)) \
+        if Budget.from_options(options).active else None
+    return Quantize.from_options(state.calib, calibration, options, budget_feeds=data,
+                                 correct=correct_for(data))
 
 
 def after_canonicalize(state: CompileState, result: PassResult) -> str:
@@ -164,6 +170,11 @@ def after_quantize(state: CompileState, result: PassResult) -> str:
     The float model stays `state.model` (the report compares float layers).
     """
     quant = state.quant = result.info["result"]
+    if "budget" in result.info:
+        from compiler.driver.budget import budget_costs
+
+        state.budget = {**result.info["budget"], "costs": budget_costs(
+            result.info["budget_baseline"], quant, state.config["target.arch"])}
     written = write_quantized(state.out_dir, quant)
     state.files.update(zip(("quant", "qdq", "calibration"), written, strict=True))
     state.compare_layers = _compare_layers(state)

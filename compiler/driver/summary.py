@@ -33,7 +33,7 @@ def summarize(state: CompileState) -> None:
         r["npu_mac_fraction"] = round(state.build.macs.fraction, 6)
     stage_reports = {
         "prune": state.prune, "sparsify": state.sparsify,
-        "quantize": state.quant and state.quant.report,
+        "quantize": state.quant and state.quant.report, "budget": state.budget,
         "build": state.build and {**state.build.summary(),
                                   "macs_on_npu": state.build.macs.line()},
         "verify": state.verify and state.verify.to_dict(),

@@ -45,6 +45,27 @@ def calibration_tensors(units: list[Unit]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+NONNEGATIVE_FLOAT_OPS = frozenset({"Relu", "Sigmoid", "Softmax", "HardSigmoid", "Softplus",
+                                   "Abs", "Exp"})
+
+
+def float_nonnegative(t: gs.Tensor) -> bool:
+    """Float tensor `t` is never negative by its producer's definition (§15).
+
+    For tensors quantized where they enter the NPU from the host (the output of a CPU
+    partition): a Relu, Sigmoid, Softmax... there gets uint8 like an int8 unit's output.
+    """
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None:
+        return False
+    if node.op == "Clip":  # opset >= 11: min is input 1; older: the attribute
+        low = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
+        value = const_value(low) if low is not None and is_const(low) else \
+            node.attrs.get("min") if low is None else None
+        return value is not None and float(np.min(value)) >= 0.0
+    return node.op in NONNEGATIVE_FLOAT_OPS
+
+
 def _shape(t: gs.Tensor) -> tuple[int, ...]:
     if t.shape is None:
         return ()
@@ -132,8 +153,9 @@ class QGraphBuilder:
             name = self._add(f"{t.name}__q", values.shape, "int8", scale,
                              fp.quantize_constant(values, scale))
         else:
-            scale = self.threshold_scale(t.name)
-            name = self._add(f"{t.name}__q", _shape(t), "int8", scale)
+            dtype = "uint8" if self.unsigned and float_nonnegative(t) else "int8"
+            scale = self.threshold_scale(t.name, dtype)
+            name = self._add(f"{t.name}__q", _shape(t), dtype, scale)
             self.ops.append(q.QQuantize(f"{t.name}__quantize", (self.floats[t.name],), (name,),
                                         scale=scale, inv_scale=fp.inverse_scale(scale)))
         self.int8[t.name], self.scales[t.name] = name, scale

@@ -34,6 +34,11 @@ from passes.quantize.options import RANK_BY
 Runner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 """Runs one batch (feed dict) and returns the graph outputs by name."""
 
+Correct = Callable[[np.ndarray, Any], int]
+"""Counts the correct samples of one batch: (first graph output, the batch's labels) -> int.
+The default compares the arg-max with integer class labels; the driver passes another one
+for other label kinds (OCR strings: CTC exact match)."""
+
 
 @dataclass
 class Metrics:
@@ -58,18 +63,31 @@ class Metrics:
         return dict(self.__dict__)
 
 
-def class_labels(feeds: Feeds) -> np.ndarray | None:
-    """Integer class labels of `feeds` (None when unlabelled or labelled otherwise, e.g. OCR)."""
+def class_labels(feeds: Feeds, correct: Correct | None = None) -> Any:
+    """The labels of `feeds` that can be scored (None: none that can).
+
+    Integer class labels always; any labels (OCR strings, ...) when a `correct` function
+    is given to score them.
+    """
     if feeds.labels is None:
         return None
+    if correct is not None:
+        return feeds.labels
     labels = np.asarray(feeds.labels)
     return labels.astype(np.int64) if labels.dtype.kind in "iu" else None
+
+
+def top1_correct(outputs: np.ndarray, labels: np.ndarray) -> int:
+    """Samples whose arg-max over the flattened output equals the integer label."""
+    scores = outputs.reshape(len(labels), -1)
+    return int(np.sum(scores.argmax(axis=1) == labels))
 
 
 class Scorer:
     """Running sums of one variant's outputs against the reference outputs."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], correct: Correct | None = None) -> None:
+        self.correct_fn = correct or top1_correct
         self.accs = {n: Accumulator() for n in names}
         self.first = names[0]
         self.positions = self.agree = self.samples = self.correct = 0
@@ -85,8 +103,7 @@ class Scorer:
         self.agree += int(np.sum(r == t))
         if labels is not None:
             self.labelled = True
-            scores = test[self.first].reshape(len(labels), -1)
-            self.correct += int(np.sum(scores.argmax(axis=1) == labels))
+            self.correct += self.correct_fn(test[self.first], labels)
             self.samples += len(labels)
 
     def result(self) -> Metrics:
@@ -116,10 +133,14 @@ class Reference:
         model: The float model.
         feeds: The evaluation data (labels are used when they are integer classes).
         batch_size: Samples per run (a fixed model batch wins).
+        correct: Counts a batch's correct samples (`Correct`; default: top-1 against
+            integer class labels).
     """
 
-    def __init__(self, model: Model, feeds: Feeds, batch_size: int = 8) -> None:
-        self.labels = class_labels(feeds)
+    def __init__(self, model: Model, feeds: Feeds, batch_size: int = 8,
+                 correct: Correct | None = None) -> None:
+        self.correct = correct
+        self.labels = class_labels(feeds, correct)
         self.batches = list(_labelled_batches(model, feeds, self.labels, batch_size))
         sess = session(model)
         self.outputs = [run(sess, feed) for feed, _ in self.batches]
@@ -134,14 +155,14 @@ class Reference:
         return sum(len(next(iter(f.values()))) for f, _ in self.batches)
 
     def _self_metrics(self) -> Metrics:
-        scorer = Scorer(self.names)
+        scorer = Scorer(self.names, self.correct)
         for (_, labels), ref in zip(self.batches, self.outputs, strict=True):
             scorer.update(ref, ref, labels)
         return scorer.result()
 
     def score(self, runner: Runner) -> Metrics:
         """Run a variant over every batch and compare it with the float outputs."""
-        scorer = Scorer(self.names)
+        scorer = Scorer(self.names, self.correct)
         for (feed, labels), ref in zip(self.batches, self.outputs, strict=True):
             scorer.update(ref, runner(feed), labels)
         return scorer.result()

@@ -56,6 +56,21 @@ class QuantizeOptions:
     keep_float: Sequence[str] = option((), "node names left in float on the CPU (mixed "
                                        "precision, e.g. the classifier)", item=str,
                                        list_sep=",", metavar="NODES")
+    max_drop: float | None = option(
+        None, "accuracy budget: at most this drop of top-1 (or OCR exact match) in points "
+        "against float on labelled --budget-data; the most sensitive layers leave int8 until "
+        "it holds", types=(int, float), check=in_range(0, 100), metavar="PT")
+    min_cosine: float | None = option(
+        None, "accuracy budget: worst-output cosine with float at least this",
+        types=(int, float), check=in_range(0, 1), metavar="C")
+    min_agreement: float | None = option(
+        None, "accuracy budget: top-1 agreement with float at least this",
+        types=(int, float), check=in_range(0, 1), metavar="A")
+    budget_data: str | None = option(
+        None, "data the accuracy budget is measured on (default: the calibration data); "
+        "labelled for --max-drop", types=(str,), metavar="DATA")
+    budget_limit: int = option(1000, "budget samples used at most", check=positive,
+                               metavar="N")
 
 
 SENSITIVITY_MODES = ("quantize", "prune")

@@ -418,14 +418,8 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
                     batch_size)
     by = resolve_rank(rank_by, ref.labels is not None)
     configs = masks(layers, count, method)
-    if executor is not None:
-        payload = {"model": to_proto(fm).SerializeToString(), "qgraph": res.qgraph.dumps(),
-                   "keep_float": tuple(quantize_options.get("keep_float", ())), "ref": ref}
-        with open_pool(executor, init=_init_sweep_worker, payload=payload) as pool:
-            metrics = pool.map(_score_mask, configs)
-    else:
-        metrics = [score_config(fm, res.qgraph, units, ref, on)
-                   for on in track(configs, "sensitivity (layers)", len(configs))]
+    metrics = score_configs(fm, res.qgraph, ref, configs, executor,
+                            quantize_options.get("keep_float", ()))
     baseline = score_config(fm, res.qgraph, units, ref, np.ones(count, np.bool_))
     times["sweep"] = time.perf_counter() - start - times["quantize"]
     names = dict.fromkeys(n for layer in layers for n in layer.tensors)
@@ -438,6 +432,24 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
             "time_s": {k: round(v, 3) for k, v in times.items()}}
     return SensitivityReport(rows, method, by, ref.samples, baseline,
                              ref.float_metrics.accuracy, info)
+
+
+def score_configs(model: Model, qgraph: q.QGraph, ref: Reference, configs: list[np.ndarray],
+                  executor: ExecutorOptions | None = None, keep_float: Sequence[str] = (),
+                  label: str = "sensitivity (layers)") -> list[Metrics]:
+    """Metrics of each configuration (an `ENABLE` vector), in order.
+
+    With `executor` the model, the int8 graph and the reference outputs are shipped to the
+    workers once; the metrics are identical to scoring in this process.
+    """
+    if executor is not None:
+        payload = {"model": to_proto(model).SerializeToString(), "qgraph": qgraph.dumps(),
+                   "keep_float": tuple(keep_float), "ref": ref}
+        with open_pool(executor, init=_init_sweep_worker, payload=payload) as pool:
+            return pool.map(_score_mask, configs)
+    units = partition(model.graph, keep_float)
+    return [score_config(model, qgraph, units, ref, on)
+            for on in track(configs, label, len(configs))]
 
 
 def score_config(model: Model, qgraph: q.QGraph, units: list[Unit], ref: Reference,

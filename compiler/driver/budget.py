@@ -1,0 +1,90 @@
+"""The accuracy budget in the driver: its data, how its labels are scored, what it costs.
+
+The loop itself is `passes.quantize.budget`; here the driver loads the data the budget is
+measured on (with the run's preprocessing), picks the scorer for its labels (top-1 for
+classes, CTC exact match for OCR text lines) and prices the outcome on the target: the
+all-int8 binary against the chosen one (latency at 1 core / 1 thread, binary size).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from compiler.core.feeds import Feeds, Preprocess
+from compiler.core.ir import Model
+from passes.quantize.fidelity import Correct
+from passes.quantize.options import QuantizeOptions
+
+
+def budget_feeds(options: QuantizeOptions, model: Model,
+                 preprocess: Preprocess | None = None) -> Feeds | None:
+    """`--budget-data` as feeds for `model` (None: the budget uses the calibration data)."""
+    from compiler.driver.data import load_data
+
+    if options.budget_data is None:
+        return None
+    return load_data(options.budget_data, model, limit=options.budget_limit,
+                     preprocess=preprocess)
+
+
+def correct_for(feeds: Feeds | None) -> Correct | None:
+    """The scorer of the feeds' labels: OCR exact match for text labels, else top-1."""
+    if feeds is None or feeds.labels is None:
+        return None
+    labels = np.asarray(feeds.labels)
+    if labels.dtype.kind in "iu":
+        return None  # integer classes: the default top-1
+    from compiler.driver.evaluate import ocr_matches
+
+    return ocr_matches
+
+
+def budget_costs(baseline: Any, result: Any, arch: str = "default") -> dict[str, Any]:
+    """Predicted latency (1 core, 1 thread) and binary size: all-int8 vs the chosen model."""
+    from targets.npusim import build_binary, estimate_perf
+
+    costs: dict[str, dict[str, float]] = {"latency_ms": {}, "binary_bytes": {}}
+    for label, quant in (("before", baseline), ("after", result)):
+        built = build_binary(quant.quant_model, arch)
+        costs["latency_ms"][label] = estimate_perf(built.data, arch).latency_ms
+        costs["binary_bytes"][label] = len(built.data)
+        if result is baseline:  # nothing raised: one model
+            costs["latency_ms"]["after"] = costs["latency_ms"]["before"]
+            costs["binary_bytes"]["after"] = costs["binary_bytes"]["before"]
+            break
+    return costs
+
+
+def budget_lines(report: dict[str, Any]) -> list[str]:
+    """The budget's outcome for the terminal: constraint, before/after, layers moved, cost."""
+    stated = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in report["budget"].items())
+    lines = [f"accuracy budget ({stated}) on {report['samples']} samples: "
+             f"{'met' if report['met'] else 'NOT met: ' + report['reason']}",
+             f"  all int8: {_metrics(report['before'], report['float_accuracy'])}"]
+    raised = report["raised"]
+    if not raised:
+        lines.append("  nothing raised: all-int8 is within the budget")
+    else:
+        names = ", ".join(r["name"] for r in raised[:8]) + (" ..." if len(raised) > 8 else "")
+        lines += [f"  chosen:   {_metrics(report['after'], report['float_accuracy'])}",
+                  f"  raised to float: {len(raised)} of {report['layers']} layers "
+                  f"({report['macs_raised_share']:.1%} of the MACs): {names}"]
+    costs = report.get("costs")
+    if costs and raised:
+        lat, size = costs["latency_ms"], costs["binary_bytes"]
+        lines.append(f"  cost: latency {lat['before']:.3f} -> {lat['after']:.3f} ms (1 core, "
+                     f"1 thread), binary {size['before'] / 1e6:.2f} -> "
+                     f"{size['after'] / 1e6:.2f} MB")
+    ev = report["evaluations"]
+    lines.append(f"  loop: {ev['total']} evaluations ({ev['ranking']} ranking), "
+                 f"{report['sample_runs']:,} sample runs (a full per-layer sweep: "
+                 f"{report['full_sweep_sample_runs']:,}), {report['time_s']:.1f} s")
+    return lines
+
+
+def _metrics(m: dict[str, Any], float_accuracy: float | None) -> str:
+    acc = "" if m.get("accuracy") is None else \
+        f", accuracy {m['accuracy']:.4f} (float {float_accuracy:.4f})"
+    return f"cosine {m['cosine']:.6f}, agreement {m['agreement']:.4f}{acc}"

@@ -1,0 +1,299 @@
+"""The accuracy budget loop: the cheapest mixed-precision model that meets a stated budget.
+
+The user states what may be lost — at most `max_drop` points of task accuracy on labelled
+data, or a worst-output cosine / arg-max agreement with the float model of at least
+`min_cosine` / `min_agreement` on any data — and `quantize_within_budget` finds which layers
+must leave int8 (docs/quantization.md, "Accuracy budget"):
+
+1. Quantize everything (`quantize_model`) and measure it. Within the budget: done, one
+   evaluation, the model is unchanged (the loop adds nothing when nothing is needed).
+2. Rank the int8 layers by what each costs on its own (`sensitivity.masks(..., "single")`)
+   on the first `rank_samples` samples only: a ranking needs far fewer samples than a
+   decision, and this is where most of the loop's evaluations go.
+3. Binary search over the ranking for the smallest k such that the model with the k
+   worst layers raised meets the budget (``log2(layers)`` evaluations on all the data).
+   Both steps score variants of one switch model (`sensitivity.build_switch_model`): the
+   float model with each int8 point behind a switch, so a variant is one onnxruntime
+   session at float speed and nothing is re-quantized.
+4. Re-quantize with the raised layers' nodes in `keep_float` and measure that model (its
+   real partition: neighbours of a raised layer may move to the host with it). If it
+   misses the budget, raise more layers (a quarter more each time) and measure again.
+
+A raised layer runs in float on the CPU. The budget decides on the fake-quantized model
+(int8 grids, float arithmetic); it leaves out int32 bias rounding and the one-LSB
+difference between the integer requantizer and QuantizeLinear (`sensitivity` module doc),
+which is why the driver reports the built binary's own fidelity next to the budget's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from compiler.core.errors import ConfigError
+from compiler.core.executor import ExecutorOptions
+from compiler.core.feeds import Feeds, load_feeds
+from passes.quantize.api import QuantResult, quantize_model
+from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
+from passes.quantize.patterns import partition
+from passes.quantize.sensitivity import (
+    Layer,
+    build_switch_model,
+    masks,
+    score_config,
+    score_configs,
+    unit_macs,
+)
+
+log = logging.getLogger(__name__)
+
+RANK_SAMPLES = 64
+"""Samples the per-layer ranking runs on (the search and the final check use all)."""
+MAX_ROUNDS = 6
+"""Re-quantizations after the search before the loop gives up and keeps what it has."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What quantization may cost, against the float model (None: not constrained).
+
+    Attributes:
+        max_drop: Task accuracy drop in percentage points (labelled data).
+        min_cosine: Worst graph output's cosine similarity.
+        min_agreement: Fraction of first-output arg-max positions equal to float's.
+    """
+
+    max_drop: float | None = None
+    min_cosine: float | None = None
+    min_agreement: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """A budget was stated."""
+        return any(v is not None for v in (self.max_drop, self.min_cosine, self.min_agreement))
+
+    @property
+    def rank_by(self) -> str:
+        """The metric the loop ranks layers by (the budget's first constraint)."""
+        if self.max_drop is not None:
+            return "accuracy"
+        return "agreement" if self.min_agreement is not None else "cosine"
+
+    def check(self, m: Metrics, float_accuracy: float | None) -> tuple[bool, str]:
+        """(met, reason): whether `m` is within the budget, and the first constraint missed."""
+        if self.max_drop is not None:
+            drop = 100.0 * ((float_accuracy or 0.0) - (m.accuracy or 0.0))
+            if drop > self.max_drop + 1e-9:
+                return False, f"accuracy drop {drop:.2f} pt > {self.max_drop:g} pt"
+        if self.min_cosine is not None and m.cosine < self.min_cosine:
+            return False, f"cosine {m.cosine:.6f} < {self.min_cosine:g}"
+        if self.min_agreement is not None and m.agreement < self.min_agreement:
+            return False, f"agreement {m.agreement:.4f} < {self.min_agreement:g}"
+        return True, "within budget"
+
+    @classmethod
+    def from_options(cls, options: Any) -> Budget:
+        """The budget stated in `QuantizeOptions` (`max_drop`, `min_cosine`, `min_agreement`)."""
+        return cls(options.max_drop, options.min_cosine, options.min_agreement)
+
+    def to_dict(self) -> dict[str, float]:
+        """The stated constraints."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class BudgetResult:
+    """The loop's outcome.
+
+    Attributes:
+        result: The chosen quantization (all-int8 when that met the budget).
+        baseline: The all-int8 quantization the loop started from.
+        report: Budget, metrics before/after, raised layers, evaluations, timings.
+    """
+
+    result: QuantResult
+    baseline: QuantResult
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def check_budget_data(budget: Budget, ref: Reference) -> None:
+    """A `max_drop` budget needs labels the reference can score."""
+    if budget.max_drop is not None and ref.labels is None:
+        raise ConfigError("--max-drop needs labelled data (class labels, or OCR text lines): "
+                          "give --budget-data LABELLED, or state --min-cosine / "
+                          "--min-agreement instead")
+
+
+class _Scorer:
+    """Scores configurations of one all-int8 switch model and counts the evaluations."""
+
+    def __init__(self, result: QuantResult, ref: Reference, keep_float: Sequence[str]) -> None:
+        self.result, self.ref = result, ref
+        self.units = partition(result.float_model.graph, frozenset(keep_float))
+        _, self.layers, self.count = build_switch_model(result.float_model, result.qgraph,
+                                                        self.units)
+        self.evaluations = 0  # the all-int8 model and the search
+        self.confirmations = 0  # re-quantized models
+
+    def score(self, on: np.ndarray, ref: Reference | None = None) -> Metrics:
+        self.evaluations += 1
+        return score_config(self.result.float_model, self.result.qgraph, self.units,
+                            ref or self.ref, on)
+
+    def all_int8(self) -> Metrics:
+        return self.score(np.ones(self.count, np.bool_))
+
+    def raised(self, layers: Sequence[Layer]) -> np.ndarray:
+        """Points of the model with `layers` in float.
+
+        A raised layer's own points go off, but an output that an int8 layer reads stays
+        quantized: the int8 layer quantizes it where it enters the NPU.
+        """
+        on = np.ones(self.count, np.bool_)
+        for layer in layers:
+            on[layer.own] = False
+        chosen = {id(layer) for layer in layers}
+        for layer in self.layers:
+            if id(layer) not in chosen:
+                on[layer.inputs] = True
+        return on
+
+
+def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
+                           data: Any = None, *, correct: Correct | None = None,
+                           rank_samples: int = RANK_SAMPLES, batch_size: int = 8,
+                           executor: ExecutorOptions | None = None,
+                           **quantize_options: Any) -> BudgetResult:
+    """The cheapest quantization of `model` within `budget` (module doc for the method).
+
+    Args:
+        model: Float model (path, ModelProto or IR Model; not modified).
+        calib_feeds: Calibration data (anything `quantize_model` accepts).
+        budget: The constraints (`Budget.active` must hold).
+        data: Data the budget is measured on (default: the calibration data); `max_drop`
+            needs labels.
+        correct: Counts a batch's correct samples for non-class labels (OCR).
+        rank_samples: Samples the per-layer ranking uses.
+        batch_size: Samples per onnxruntime run (models with a symbolic batch).
+        executor: Score the ranking's variants on these workers (same metrics).
+        **quantize_options: Further `quantize_model` keywords (calibrator, keep_float, ...).
+
+    Returns:
+        The chosen quantization, the all-int8 one, and the report.
+
+    Raises:
+        ConfigError: No budget stated, or `max_drop` without labelled data.
+    """
+    if not budget.active:
+        raise ConfigError("no budget stated (--max-drop, --min-cosine or --min-agreement)")
+    start = time.perf_counter()
+    quantize_options = dict(quantize_options)
+    keep = tuple(quantize_options.pop("keep_float", ()))
+    base = quantize_model(model, calib_feeds, batch_size=batch_size, keep_float=keep,
+                          **quantize_options)
+    fm = base.float_model
+    feeds = load_feeds(calib_feeds if data is None else data, fm)
+    ref = Reference(fm, feeds, batch_size, correct)
+    check_budget_data(budget, ref)
+    fa = ref.float_metrics.accuracy
+    scorer = _Scorer(base, ref, keep)
+    before = scorer.all_int8()
+    report: dict[str, Any] = {"budget": budget.to_dict(), "samples": ref.samples,
+                              "float_accuracy": fa, "before": before.to_dict()}
+    met, reason = budget.check(before, fa)
+    if met:
+        return BudgetResult(base, base, _finish(report, before, [], True, reason, scorer, 0,
+                                                start))
+    quantize_options.pop("table", None)  # the loop reuses the all-int8 model's table
+    ranked = _rank(scorer, feeds, budget, rank_samples, batch_size, executor, keep)
+    order = [layer for layer, _ in ranked]
+    k = _search(scorer, order, budget, fa)
+    result, after, k, met, reason = _confirm(model, calib_feeds, base, order, k, budget, ref,
+                                             keep, batch_size, quantize_options, scorer)
+    report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked)}
+    return BudgetResult(result, base, _finish(report, after, ranked[:k], met, reason, scorer,
+                                              len(ranked), start))
+
+
+def _rank(scorer: _Scorer, feeds: Feeds, budget: Budget, rank_samples: int, batch_size: int,
+          executor: ExecutorOptions | None, keep: Sequence[str]
+          ) -> list[tuple[Layer, Metrics]]:
+    """The int8 layers with their cost alone, costliest first, scored on the first samples."""
+    ref = scorer.ref if len(feeds) <= rank_samples else Reference(
+        scorer.result.float_model, feeds.take(rank_samples), batch_size, scorer.ref.correct)
+    configs = masks(scorer.layers, scorer.count, "single")
+    metrics = score_configs(scorer.result.float_model, scorer.result.qgraph, ref, configs,
+                            executor, keep, "budget (ranking layers)")
+    key = rank_key(budget.rank_by if ref.labels is not None else "cosine")
+    return sorted(zip(scorer.layers, metrics, strict=True), key=lambda lm: key(lm[1]))
+
+
+def _search(scorer: _Scorer, order: list[Layer], budget: Budget, fa: float | None) -> int:
+    """Smallest k whose k worst layers raised meet the budget (k = all is assumed to)."""
+    lo, hi = 0, len(order)  # lo misses (measured), hi meets (all raised: the float model)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if budget.check(scorer.score(scorer.raised(order[:mid])), fa)[0]:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer], k: int,
+             budget: Budget, ref: Reference, keep: Sequence[str], batch_size: int,
+             options: dict[str, Any], scorer: _Scorer
+             ) -> tuple[QuantResult, Metrics, int, bool, str]:
+    """Re-quantize with the k worst layers in float; raise more until the real model meets.
+
+    The all-int8 calibration table is reused (the thresholds do not depend on which other
+    layers are float); only a table lacking a tensor of the new partition recalibrates.
+    """
+    result, metrics, met, reason = base, None, False, ""
+    for _ in range(MAX_ROUNDS):
+        names = tuple(dict.fromkeys([*keep, *(n.name for layer in order[:k]
+                                               for n in layer.unit.nodes)]))
+        try:
+            result = quantize_model(model, calib_feeds, batch_size=batch_size,
+                                    keep_float=names, **{**options, "table": base.table})
+        except ConfigError:  # the table lacks a tensor: calibrate this partition afresh
+            result = quantize_model(model, calib_feeds, batch_size=batch_size,
+                                    keep_float=names, **options)
+        metrics = _Scorer(result, ref, names).all_int8()
+        scorer.confirmations += 1
+        met, reason = budget.check(metrics, ref.float_metrics.accuracy)
+        if met or k >= len(order):
+            break
+        k = min(len(order), k + max(1, math.ceil(k / 4)))
+    if not met:
+        log.warning("the accuracy budget is not met (%s) with %d of %d layers in float",
+                    reason, k, len(order))
+    return result, metrics, k, met, reason
+
+
+def _finish(report: dict[str, Any], after: Metrics, raised: Sequence[tuple[Layer, Metrics]],
+            met: bool, reason: str, scorer: _Scorer, rank_evals: int, start: float
+            ) -> dict[str, Any]:
+    total = sum(unit_macs(layer.unit) for layer in scorer.layers) or 1
+    rows = [{"name": layer.unit.anchor.name, "op": layer.unit.anchor.op,
+             "nodes": [n.name for n in layer.unit.nodes], "macs": unit_macs(layer.unit),
+             "to": "float", "alone": alone.to_dict()} for layer, alone in raised]
+    macs = sum(r["macs"] for r in rows)
+    n, samples = len(scorer.layers), report["samples"]
+    ranking = report.get("ranking", {"samples": 0, "evaluations": 0})
+    return {**report, "met": met, "reason": reason, "after": after.to_dict(),
+            "raised": rows, "layers": n, "macs_raised": macs, "macs_raised_share": macs / total,
+            "evaluations": {"total": scorer.evaluations + scorer.confirmations + rank_evals,
+                            "ranking": rank_evals, "search": scorer.evaluations,
+                            "confirm": scorer.confirmations},
+            # the cost in sample-forwards, against a sweep of every layer on all the data
+            "sample_runs": (scorer.evaluations + scorer.confirmations) * samples
+            + ranking["evaluations"] * ranking["samples"],
+            "full_sweep_sample_runs": n * samples,
+            "time_s": round(time.perf_counter() - start, 3)}

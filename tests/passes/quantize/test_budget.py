@@ -1,0 +1,139 @@
+"""The accuracy budget loop (passes/quantize/budget.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from compiler.core.errors import ConfigError
+from compiler.core.feeds import Feeds
+from compiler.core.numerics import run, session
+from passes.quantize.budget import Budget, quantize_within_budget
+from passes.quantize.fidelity import Metrics
+from passes.quantize.sensitivity import quantize_sensitivity
+from tests.exporter_graphs import residual_classifier
+
+
+def images(n: int, seed: int, hw: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, (n, 3, hw, hw)).astype(np.float32)
+
+
+def outputs(model, x: np.ndarray, **kw) -> np.ndarray:
+    """fc_out of a batch-1 model, sample by sample."""
+    sess = session(model, **kw)
+    return np.concatenate([run(sess, {"x": x[i:i + 1]})["fc_out"] for i in range(len(x))])
+
+
+def test_budget_check_names_the_first_constraint_missed():
+    m = Metrics(cosine=0.99, agreement=0.95, flips=5, accuracy=0.90)
+    assert Budget(max_drop=0.5).check(m, 0.905) == (True, "within budget")
+    ok, reason = Budget(max_drop=0.5).check(m, 0.91)
+    assert not ok and reason == "accuracy drop 1.00 pt > 0.5 pt"
+    assert Budget(min_cosine=0.995).check(m, None) == (False, "cosine 0.990000 < 0.995")
+    assert Budget(min_agreement=0.96).check(m, None) == (False, "agreement 0.9500 < 0.96")
+    assert Budget(min_cosine=0.98, min_agreement=0.95).check(m, None)[0]
+    assert not Budget().active and Budget(min_cosine=0.9).active
+    assert Budget(max_drop=1).rank_by == "accuracy"
+    assert Budget(min_agreement=0.9, min_cosine=0.9).rank_by == "agreement"
+    assert Budget(min_cosine=0.9).rank_by == "cosine"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return images(32, 0), images(48, 1)
+
+
+@pytest.fixture(scope="module")
+def all_int8(data):
+    calib, evals = data
+    return quantize_within_budget(residual_classifier(), calib, Budget(min_cosine=0.5), evals)
+
+
+def test_a_met_budget_changes_nothing_in_one_evaluation(all_int8):
+    r = all_int8.report
+    assert r["met"] and r["raised"] == [] and all_int8.result is all_int8.baseline
+    assert r["evaluations"] == {"total": 1, "ranking": 0, "search": 1, "confirm": 0}
+    assert r["before"] == r["after"] and r["samples"] == 48
+    assert all_int8.result.report["cpu_nodes"] == 0
+
+
+@pytest.fixture(scope="module")
+def tight(data, all_int8):
+    """A cosine budget halfway between all-int8 and float: some layers must leave int8."""
+    calib, evals = data
+    before = all_int8.report["before"]["cosine"]
+    goal = before + (1 - before) / 2
+    return goal, quantize_within_budget(residual_classifier(), calib, Budget(min_cosine=goal),
+                                        evals, rank_samples=16)
+
+
+def test_a_missed_budget_raises_layers_until_it_holds(tight):
+    goal, out = tight
+    r = out.report
+    assert r["met"] and r["after"]["cosine"] >= goal > r["before"]["cosine"]
+    assert 1 <= len(r["raised"]) < r["layers"]
+    cpu = out.result.report["cpu_reasons"]
+    for row in r["raised"]:  # every node of a raised layer runs in float on the CPU
+        assert all(n in cpu for n in row["nodes"])
+    assert 0 < r["macs_raised"] and 0 < r["macs_raised_share"] < 1
+    assert out.baseline.report["cpu_nodes"] == 0
+
+
+def test_the_loop_costs_a_ranking_on_few_samples_and_a_binary_search(tight):
+    _, out = tight
+    r = out.report
+    n = r["layers"]
+    ev = r["evaluations"]
+    assert ev["ranking"] == n and r["ranking"]["samples"] == 16
+    assert 2 <= ev["search"] <= 1 + math.ceil(math.log2(n))  # all-int8, then bisection
+    assert 1 <= ev["confirm"] <= 6
+    assert ev["total"] == ev["ranking"] + ev["search"] + ev["confirm"]
+    assert r["sample_runs"] == n * 16 + (ev["search"] + ev["confirm"]) * 48
+    assert r["full_sweep_sample_runs"] == n * 48  # cheaper only from ~10 layers on
+
+
+def test_the_ranking_is_the_single_layer_sweep(data, tight):
+    """The first raised layer is the costliest alone on the ranking samples."""
+    calib, evals = data
+    _, out = tight
+    sweep = quantize_sensitivity(residual_classifier(), calib, evals[:16])
+    assert out.report["raised"][0]["name"] == sweep.layers[0].name
+    assert out.report["raised"][0]["alone"]["cosine"] == pytest.approx(
+        sweep.layers[0].metrics.cosine, abs=1e-9)
+
+
+def test_the_budget_metric_is_that_of_the_written_int8_model(data, tight):
+    """The fake-quant measurement matches model.qdq.onnx run in onnxruntime."""
+    _, evals = data
+    _, out = tight
+    res = out.result
+    ref = outputs(res.float_model, evals).ravel()
+    qdq = outputs(res.qdq_model, evals, fuse_qdq=False).ravel()
+    cos = float(ref @ qdq / np.linalg.norm(ref) / np.linalg.norm(qdq))
+    assert cos == pytest.approx(out.report["after"]["cosine"], abs=2e-4)
+
+
+def test_max_drop_needs_labels(data):
+    calib, evals = data
+    with pytest.raises(ConfigError, match="--max-drop needs labelled data"):
+        quantize_within_budget(residual_classifier(), calib, Budget(max_drop=0.5), evals)
+
+
+def test_no_budget_is_an_error(data):
+    with pytest.raises(ConfigError, match="no budget stated"):
+        quantize_within_budget(residual_classifier(), data[0], Budget())
+
+
+def test_labelled_budget_is_measured_in_accuracy_points(data):
+    """Labels from the float model's own predictions: float accuracy 1.0 exactly."""
+    calib, evals = data
+    model = residual_classifier()
+    from compiler.core.io import load_model
+    labels = outputs(load_model(model), evals).argmax(axis=1)
+    out = quantize_within_budget(model, calib, Budget(max_drop=0.0),
+                                 Feeds({"x": evals}, "evals", labels), rank_samples=16)
+    r = out.report
+    assert r["float_accuracy"] == 1.0
+    assert r["met"] and r["after"]["accuracy"] == 1.0 and r["after"]["flips"] == 0
