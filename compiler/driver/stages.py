@@ -128,8 +128,8 @@ def quantize_pass(state: CompileState, *, saved_table: bool = True) -> Pass:
     the uncompressed baseline) and the accuracy budget (the baseline is all-int8).
     """
     from compiler.driver.budget import budget_feeds, correct_for
-    from passes.quantize.api import Quantize
     from passes.quantize.budget import Budget
+    from passes.quantize.quantize_pass import Quantize
 
     calibration = step_options(state.config, "calibration")
     options = step_options(state.config, "quantize")

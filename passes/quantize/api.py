@@ -24,7 +24,6 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.fixedpoint import fake_quant_weights
 from compiler.core.io import ModelSource, ShapeArg, load_model, model_hash
 from compiler.core.ir import Model
-from compiler.core.pass_manager import Pass, PassResult
 from compiler.core.qonnx import load_lean, release_memory
 from compiler.core.shape_inference import refresh_shapes
 from passes.canonicalize import canonical_passes
@@ -273,57 +272,3 @@ def quantize_kwargs(calibration: CalibrationOptions, options: QuantizeOptions
             "table": calibration.table, "cle": options.cle,
             "bias_correction": options.bias_correction, "rounding": options.rounding,
             "keep_float": tuple(options.keep_float), "unsigned": options.unsigned}
-
-
-class Quantize(Pass):
-    """Pass wrapper: float model -> integer ONNX model (`model.quant.onnx`).
-
-    The full result (QDQ model, QGraph, table, report) is in `PassResult.info["result"]`.
-    With an accuracy budget (`passes.quantize.budget`), the loop chooses which layers stay
-    in float; its report is `info["budget"]` and the all-int8 result it started from
-    `info["budget_baseline"]`.
-    """
-
-    preserves_function = False
-
-    def __init__(self, calib_feeds: Any = None, calibrator: str = DEFAULT_CALIBRATOR, *,
-                 budget: Any = None, budget_feeds: Any = None, correct: Any = None,
-                 **options: Any) -> None:
-        self.calib_feeds = calib_feeds
-        self.calibrator = calibrator
-        self.budget, self.budget_feeds, self.correct = budget, budget_feeds, correct
-        self.options = options
-
-    @classmethod
-    def from_options(cls, calib_feeds: Any, calibration: CalibrationOptions,
-                     options: QuantizeOptions, *, budget_feeds: Any = None,
-                     correct: Any = None) -> Quantize:
-        """The pass for typed options (what `npuc compile` builds).
-
-        Args:
-            calib_feeds: Calibration data.
-            calibration: `calibration.*` options.
-            options: `quantize.*` options (an accuracy budget among them is honoured).
-            budget_feeds: Data the budget is measured on (default: the calibration data).
-            correct: Scores non-class labels of `budget_feeds` (`fidelity.Correct`).
-        """
-        from passes.quantize.budget import Budget
-
-        kwargs = quantize_kwargs(calibration, options)
-        budget = Budget.from_options(options)
-        return cls(calib_feeds, kwargs.pop("calibrator"), budget=budget if budget.active
-                   else None, budget_feeds=budget_feeds, correct=correct, **kwargs)
-
-    def call(self, model: Model) -> PassResult:
-        """Quantize `model` (within the budget when one is stated)."""
-        if self.budget is None:
-            result = quantize_model(model, self.calib_feeds, self.calibrator, **self.options)
-            return PassResult(result.quant_model, True, {**result.report, "result": result})
-        from passes.quantize.budget import quantize_within_budget
-
-        out = quantize_within_budget(model, self.calib_feeds, self.budget, self.budget_feeds,
-                                     correct=self.correct, calibrator=self.calibrator,
-                                     **self.options)
-        return PassResult(out.result.quant_model, True,
-                          {**out.result.report, "result": out.result, "budget": out.report,
-                           "budget_baseline": out.baseline})

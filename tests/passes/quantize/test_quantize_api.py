@@ -16,8 +16,9 @@ from compiler.core.io import load_model
 from compiler.core.numerics import run
 from compiler.core.pass_manager import PassManager
 from compiler.core.qgraph import QGraph
-from passes.quantize.api import Quantize, quantize_model
+from passes.quantize.api import quantize_model
 from passes.quantize.calibrate import CalibrationTable
+from passes.quantize.quantize_pass import Quantize
 from passes.quantize.reference import execute
 from tests.conftest import conv_model
 from tests.quant_helpers import feeds_for, make_model
