@@ -41,14 +41,19 @@ def correct_for(feeds: Feeds | None) -> Correct | None:
     return ocr_matches
 
 
-def budget_costs(baseline: Any, result: Any, arch: str = "default") -> dict[str, Any]:
-    """Predicted latency (1 core, 1 thread) and binary size: all-int8 vs the chosen model."""
+def budget_costs(baseline: Any, result: Any, arch: str = "default",
+                 frames: int = 1000) -> dict[str, Any]:
+    """Predicted latency and binary size: all-int8 vs the chosen model.
+
+    Latency at 1 core, 1 thread, the first frame's weight load averaged over `frames`.
+    """
     from targets.npusim import build_binary, estimate_perf
 
     costs: dict[str, dict[str, float]] = {"latency_ms": {}, "binary_bytes": {}}
     for label, quant in (("before", baseline), ("after", result)):
         built = build_binary(quant.quant_model, arch)
-        costs["latency_ms"][label] = estimate_perf(built.data, arch).latency_ms
+        costs["latency_ms"][label] = estimate_perf(built.data, arch,
+                                                       frames=frames).latency_ms
         costs["binary_bytes"][label] = len(built.data)
         if result is baseline:  # nothing raised: one model
             costs["latency_ms"]["after"] = costs["latency_ms"]["before"]
@@ -88,3 +93,29 @@ def _metrics(m: dict[str, Any], float_accuracy: float | None) -> str:
     acc = "" if m.get("accuracy") is None else \
         f", accuracy {m['accuracy']:.4f} (float {float_accuracy:.4f})"
     return f"cosine {m['cosine']:.6f}, agreement {m['agreement']:.4f}{acc}"
+
+
+def budget_html(report: dict[str, Any] | None) -> str:
+    """The report's "Accuracy budget" section: outcome, raised layers, the ranking plot."""
+    import html
+
+    from compiler.driver.report_plots import sensitivity_plot
+    from compiler.driver.report_tables import table_html
+
+    if not report:
+        return ""
+    parts = ["<h2 id='budget'>Accuracy budget</h2>",
+             f"<pre>{html.escape(chr(10).join(budget_lines(report)))}</pre>"]
+    if report["raised"]:
+        parts.append(table_html(
+            ["raised layer", "op", "MACs", "to", "cosine alone", "agreement alone"],
+            [(r["name"], r["op"], r["macs"], r["to"], r["alone"]["cosine"],
+              r["alone"]["agreement"]) for r in report["raised"]]))
+    ranking = report.get("ranking", {}).get("layers")
+    png = ranking and sensitivity_plot({"layers": ranking, "baseline": report["before"]})
+    if png:
+        parts.append(f"<figure><img alt='ranking' src='data:image/png;base64,{png}'>"
+                     "<figcaption>Each layer int8 alone, everything else float, on the "
+                     f"first {report['ranking']['samples']} samples: the loop's ranking"
+                     "</figcaption></figure>")
+    return "\n".join(parts)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.core.io import write_atomic
+from compiler.driver.budget import budget_html
 from compiler.driver.report_plots import make_plots
 from compiler.driver.report_tables import (
     fmt,
@@ -59,6 +60,7 @@ def render_html(report: dict[str, Any]) -> str:
              "<h2 id='latency'>Where the latency goes</h2>", latency_html(report.get("latency")),
              "<h2 id='partition-map'>Partition map</h2>",
              partition_map_html(report.get("partition_map")),
+             budget_html(report.get("budget")),
              "<h2>Plots</h2>", _plots_html(report),
              "<h2 id='per-step'>Per-step table (every step of the binary, 1 core, 1 thread)"
              "</h2>", steps_html(report.get("steps", []), latency.get("latency_ms")),

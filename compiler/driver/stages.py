@@ -174,7 +174,8 @@ def after_quantize(state: CompileState, result: PassResult) -> str:
         from compiler.driver.budget import budget_costs
 
         state.budget = {**result.info["budget"], "costs": budget_costs(
-            result.info["budget_baseline"], quant, state.config["target.arch"])}
+            result.info["budget_baseline"], quant, state.config["target.arch"],
+            state.config["target.frames"])}
     written = write_quantized(state.out_dir, quant)
     state.files.update(zip(("quant", "qdq", "calibration"), written, strict=True))
     state.compare_layers = _compare_layers(state)

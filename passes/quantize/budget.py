@@ -216,9 +216,18 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
     k = _search(scorer, order, budget, fa)
     result, after, k, met, reason = _confirm(model, calib_feeds, base, order, k, budget, ref,
                                              keep, batch_size, quantize_options, scorer)
-    report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked)}
+    report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked),
+                         "layers": _ranking_rows(scorer, ranked)}
     return BudgetResult(result, base, _finish(report, after, ranked[:k], met, reason, scorer,
                                               len(ranked), start))
+
+
+def _ranking_rows(scorer: _Scorer, ranked: list[tuple[Layer, Metrics]]) -> list[dict]:
+    """Every layer's cost alone, costliest first (`index`: position in network order)."""
+    index = {id(layer): i for i, layer in enumerate(scorer.layers)}
+    return [{"name": layer.unit.anchor.name, "op": layer.unit.anchor.op,
+             "macs": unit_macs(layer.unit), "index": index[id(layer)], **m.to_dict()}
+            for layer, m in ranked]
 
 
 def _rank(scorer: _Scorer, feeds: Feeds, budget: Budget, rank_samples: int, batch_size: int,
@@ -257,8 +266,7 @@ def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer]
     """
     result, metrics, met, reason = base, None, False, ""
     for _ in range(MAX_ROUNDS):
-        names = tuple(dict.fromkeys([*keep, *(n.name for layer in order[:k]
-                                               for n in layer.unit.nodes)]))
+        names = tuple(dict.fromkeys([*keep, *float_nodes(order[:k], order)]))
         try:
             result = quantize_model(model, calib_feeds, batch_size=batch_size,
                                     keep_float=names, **{**options, "table": base.table})
@@ -275,6 +283,22 @@ def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer]
         log.warning("the accuracy budget is not met (%s) with %d of %d layers in float",
                     reason, k, len(order))
     return result, metrics, k, met, reason
+
+
+def float_nodes(raised: Sequence[Layer], layers: Sequence[Layer]) -> list[str]:
+    """Node names to keep in float for `raised`, as the switch model measured them.
+
+    Their units, and the moves after them (Reshape, Flatten, ...) that no int8 layer reads.
+    """
+    ids = {id(layer) for layer in raised}
+    int8_reads = {t.name for layer in layers if id(layer) not in ids
+                  for u in (layer.unit, *layer.moves) for t in u.inputs}
+    names = []
+    for layer in raised:
+        names += [n.name for n in layer.unit.nodes]
+        names += [n.name for m in layer.moves
+                  if not any(t.name in int8_reads for t in m.outputs) for n in m.nodes]
+    return names
 
 
 def _finish(report: dict[str, Any], after: Metrics, raised: Sequence[tuple[Layer, Metrics]],

@@ -144,12 +144,14 @@ class Layer:
         own: Points it owns: weights, constant operands, outputs (and the outputs of the
             value-moving units after it), entry points it is the first to read.
         tensors: Its activation inputs and outputs (float names).
+        moves: The value-moving units whose outputs it owns (Reshape, Flatten, ... after it).
     """
 
     unit: Unit
     inputs: list[int] = field(default_factory=list)
     own: list[int] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)
+    moves: list[Unit] = field(default_factory=list)
 
 
 class SwitchBuilder:
@@ -288,6 +290,8 @@ def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
         if scale_preserving(unit):  # moved values: owned by whoever owns the input
             src = next((owner.get(t.name) for t in unit.inputs if not is_const(t)), None)
             owner.update({t.name: src for t in unit.outputs})
+            if src is not None:
+                src.moves.append(unit)
             continue
         layer = Layer(unit)
         for t in unit.inputs:

@@ -1,0 +1,82 @@
+"""The accuracy budget through `npuc compile` and `npuc quantize` (compiler/driver/budget.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from compiler.cli import main
+from compiler.driver.pipeline import compile_model
+from tests.exporter_graphs import residual_classifier
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("budget")
+    onnx.save(residual_classifier(), d / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(d / "calib.npz", x=rng.uniform(0, 1, (32, 3, 8, 8)).astype(np.float32))
+    np.savez(d / "val.npz", x=rng.uniform(0, 1, (40, 3, 8, 8)).astype(np.float32),
+             labels=rng.integers(0, 10, 40))
+    return d
+
+
+@pytest.fixture(scope="module")
+def compiled(folder, tmp_path_factory):
+    """A cosine budget the all-int8 model misses (its cosine is ~0.99996 here)."""
+    config = {"calibration.data": str(folder / "calib.npz"), "quantize.min_cosine": 0.99999,
+              "target.frames": 20, "target.verify_samples": 2}
+    return compile_model(str(folder / "m.onnx"), config, tmp_path_factory.mktemp("out"))
+
+
+def test_compile_reports_the_budget_and_prices_it(compiled):
+    report = compiled.report
+    b = report["budget"]
+    assert b["met"] and b["after"]["cosine"] >= 0.99999 > b["before"]["cosine"]
+    assert b["raised"] and {r["name"] for r in b["raised"]} <= {
+        r["name"] for r in b["ranking"]["layers"]}
+    assert len(b["ranking"]["layers"]) == b["layers"]
+    lat = b["costs"]["latency_ms"]
+    assert lat["after"] > lat["before"] > 0  # float layers run on the host: slower
+    # the summary's "before" is the all-int8 model, its "after" what was built
+    row = report["summary"]["latency ms (1 core, 1 thread)"]
+    assert row["before"] == pytest.approx(lat["before"])
+    assert row["after"] == pytest.approx(lat["after"])
+    assert report["verify"]["consistent"]
+    html = (compiled.out_dir / "report.html").read_text()
+    assert "id='budget'" in html and "alt='ranking'" in html
+
+
+def test_quantize_cli_budget_json_and_text(folder, tmp_path, capsys):
+    args = ["quantize", str(folder / "m.onnx"), "-o", str(tmp_path / "q"), "--calib",
+            str(folder / "calib.npz"), "--min-agreement", "1.0", "--min-cosine", "0.99999",
+            "--budget-data", str(folder / "val.npz")]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    b = doc["budget"]
+    assert b["samples"] == 40 and b["budget"] == {"min_cosine": 0.99999, "min_agreement": 1.0}
+    assert b["met"] and b["after"]["agreement"] == 1.0
+    assert doc["cpu_nodes"] >= len(b["raised"]) >= 1
+    assert main([*args[:3], str(tmp_path / "q2"), *args[4:]]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy budget (min-cosine 0.99999, min-agreement 1) on 40 samples: met" in out
+    assert "raised to float:" in out and "cost: latency" in out
+
+
+def test_max_drop_without_labels_is_a_one_line_error(folder, tmp_path, capsys):
+    code = main(["quantize", str(folder / "m.onnx"), "-o", str(tmp_path / "q"), "--calib",
+                 str(folder / "calib.npz"), "--max-drop", "0.5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--max-drop needs labelled data" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("flag,value", [("--max-drop", "-1"), ("--min-cosine", "1.5"),
+                                        ("--min-agreement", "x")])
+def test_bad_budget_values_exit_2(folder, tmp_path, flag, value, capsys):
+    code = main(["quantize", str(folder / "m.onnx"), "-o", str(tmp_path / "q"), "--calib",
+                 str(folder / "calib.npz"), flag, value])
+    assert code == 2 and flag in capsys.readouterr().err
