@@ -115,6 +115,10 @@ def run(args: argparse.Namespace) -> int:
         print_json(result.report)
         return 0
     print(summary_text(result.report))
+    if "budget" in result.report.get("prune", {}):
+        from compiler.driver.budget import prune_budget_lines
+
+        print("\n" + "\n".join(prune_budget_lines(result.report["prune"]["budget"])))
     if "budget" in result.report:
         from compiler.driver.budget import budget_lines
 

@@ -89,23 +89,43 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def prune_budget_lines(report: dict[str, Any]) -> list[str]:
+    """The pruning rate the budget chose, and every MAC fraction tried."""
+    stated = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in report["budget"].items())
+    lines = [f"pruning budget ({stated}; floor {report['floor']:.0%} of the MACs) on "
+             f"{report['samples']} samples: {report['chosen']:.0%} of the MACs chosen"
+             f"{'' if report['met'] else ' (budget NOT met even there)'}"]
+    for t in report["tries"]:
+        acc = "" if t.get("accuracy") is None else f", accuracy {t['accuracy']:.4f}"
+        lines.append(f"  {t['fraction']:.0%} (MACs {t['macs']:.1%}): "
+                     f"{'meets' if t['met'] else 'misses'} — cosine {t['cosine']:.6f}, "
+                     f"agreement {t['agreement']:.4f}{acc}")
+    lines.append(f"  search: {len(report['tries'])} pruned+int8 models, "
+                 f"{report['time_s']:.1f} s")
+    return lines
+
+
 def _metrics(m: dict[str, Any], float_accuracy: float | None) -> str:
     acc = "" if m.get("accuracy") is None else \
         f", accuracy {m['accuracy']:.4f} (float {float_accuracy:.4f})"
     return f"cosine {m['cosine']:.6f}, agreement {m['agreement']:.4f}{acc}"
 
 
-def budget_html(report: dict[str, Any] | None) -> str:
-    """The report's "Accuracy budget" section: outcome, raised layers, the ranking plot."""
+def budget_html(report: dict[str, Any] | None, prune: dict[str, Any] | None = None) -> str:
+    """The report's "Accuracy budget" section: pruning rate chosen, layers raised, ranking."""
     import html
 
     from compiler.driver.report_plots import sensitivity_plot
     from compiler.driver.report_tables import table_html
 
-    if not report:
+    if not report and not prune:
         return ""
-    parts = ["<h2 id='budget'>Accuracy budget</h2>",
-             f"<pre>{html.escape(chr(10).join(budget_lines(report)))}</pre>"]
+    parts = ["<h2 id='budget'>Accuracy budget</h2>"]
+    if prune:
+        parts.append(f"<pre>{html.escape(chr(10).join(prune_budget_lines(prune)))}</pre>")
+    if not report:
+        return "\n".join(parts)
+    parts.append(f"<pre>{html.escape(chr(10).join(budget_lines(report)))}</pre>")
     if report["raised"]:
         parts.append(table_html(
             ["raised layer", "op", "MACs", "to", "cosine alone", "agreement alone"],

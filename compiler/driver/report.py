@@ -60,7 +60,7 @@ def render_html(report: dict[str, Any]) -> str:
              "<h2 id='latency'>Where the latency goes</h2>", latency_html(report.get("latency")),
              "<h2 id='partition-map'>Partition map</h2>",
              partition_map_html(report.get("partition_map")),
-             budget_html(report.get("budget")),
+             budget_html(report.get("budget"), (report.get("prune") or {}).get("budget")),
              "<h2>Plots</h2>", _plots_html(report),
              "<h2 id='per-step'>Per-step table (every step of the binary, 1 core, 1 thread)"
              "</h2>", steps_html(report.get("steps", []), latency.get("latency_ms")),

@@ -106,29 +106,58 @@ def model_passes(state: CompileState) -> list[tuple[str, Pass]]:
 
     c = state.config
     chosen: list[tuple[str, Pass]] = [("canonicalize", Canonicalize())]
+    budget, data = _budget(state)
     if c["prune.enabled"]:
-        from passes.prune.pipeline import ChannelPrune
-
-        chosen.append(("prune", ChannelPrune(step_options(c, "prune"), calib=state.calib,
-                                             executor=step_options(c, "executor"))))
+        chosen.append(("prune", _prune_pass(state, budget, data)))
     if c["sparsify.enabled"]:
         from passes.sparsify.sparsify import BlockSparsify
 
         chosen.append(("sparsify", BlockSparsify.from_options(step_options(c, "sparsify"),
                                                               state.calib)))
     if c["quantize.enabled"]:
-        chosen.append(("quantize", quantize_pass(state)))
+        chosen.append(("quantize", quantize_pass(state, budget_data=data)))
     return chosen
 
 
-def quantize_pass(state: CompileState, *, saved_table: bool = True) -> Pass:
+def _budget(state: CompileState) -> tuple[Any, Feeds | None]:
+    """The stated accuracy budget (None: none) and its data (None: the calibration data)."""
+    from compiler.driver.budget import budget_feeds
+    from passes.quantize.budget import Budget
+
+    options = step_options(state.config, "quantize")
+    budget = Budget.from_options(options)
+    if not budget.active:
+        return None, None
+    return budget, budget_feeds(options, state.model, preprocess(state.config))
+
+
+def _prune_pass(state: CompileState, budget: Any, data: Feeds | None) -> Pass:
+    """ChannelPrune; with a budget and prune.target_macs, the budget chooses the rate."""
+    c = state.config
+    options, executor = step_options(c, "prune"), step_options(c, "executor")
+    if budget is None or options.target_macs is None or not c["quantize.enabled"]:
+        from passes.prune.pipeline import ChannelPrune
+
+        return ChannelPrune(options, calib=state.calib, executor=executor)
+    from compiler.driver.budget import correct_for
+    from passes.prune.budget import BudgetPrune
+    from passes.quantize.api import quantize_kwargs
+
+    qopts = quantize_kwargs(step_options(c, "calibration"), step_options(c, "quantize"))
+    qopts = {k: v for k, v in qopts.items() if k != "table"}  # the table is the final model's
+    return BudgetPrune(options, state.calib, budget, data, correct=correct_for(data),
+                       quantize_options=qopts, executor=executor)
+
+
+def quantize_pass(state: CompileState, *, saved_table: bool = True,
+                  budget_data: Feeds | None = None) -> Pass:
     """The `Quantize` pass with the configured calibrator and options.
 
     `saved_table=False` ignores calibration.table (it describes the compressed model, not
     the uncompressed baseline) and the accuracy budget (the baseline is all-int8).
+    `budget_data`: the data the budget is measured on (None: the calibration data).
     """
-    from compiler.driver.budget import budget_feeds, correct_for
-    from passes.quantize.budget import Budget
+    from compiler.driver.budget import correct_for
     from passes.quantize.quantize_pass import Quantize
 
     calibration = step_options(state.config, "calibration")
@@ -136,10 +165,9 @@ def quantize_pass(state: CompileState, *, saved_table: bool = True) -> Pass:
     if not saved_table:
         calibration = replace(calibration, table=None)
         options = replace(options, max_drop=None, min_cosine=None, min_agreement=None)
-    data = budget_feeds(options, state.model, preprocess(state.config)) \
-        if Budget.from_options(options).active else None
-    return Quantize.from_options(state.calib, calibration, options, budget_feeds=data,
-                                 correct=correct_for(data))
+    return Quantize.from_options(state.calib, calibration, options, budget_feeds=budget_data,
+                                 correct=correct_for(budget_data),
+                                 reference=lambda: state.original)
 
 
 def after_canonicalize(state: CompileState, result: PassResult) -> str:

@@ -39,6 +39,7 @@ import numpy as np
 from compiler.core.errors import ConfigError
 from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.ir import Model
 from passes.quantize.api import QuantResult, quantize_model
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
 from passes.quantize.patterns import partition
@@ -165,8 +166,19 @@ class _Scorer:
         return on
 
 
+def int8_metrics(result: QuantResult, ref: Reference, keep_float: Sequence[str] = ()
+                 ) -> Metrics:
+    """The fidelity of a quantized model (fake-quant, as the loop measures) against `ref`.
+
+    `ref` may hold another float model's outputs with the same graph outputs (the unpruned
+    model, for a pruned one).
+    """
+    return _Scorer(result, ref, keep_float).all_int8()
+
+
 def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
                            data: Any = None, *, correct: Correct | None = None,
+                           reference: Model | None = None,
                            rank_samples: int = RANK_SAMPLES, batch_size: int = 8,
                            executor: ExecutorOptions | None = None,
                            **quantize_options: Any) -> BudgetResult:
@@ -179,6 +191,8 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
         data: Data the budget is measured on (default: the calibration data); `max_drop`
             needs labels.
         correct: Counts a batch's correct samples for non-class labels (OCR).
+        reference: The float model the budget compares with (default: `model` itself; in a
+            pipeline, the model before pruning and sparsification: same graph outputs).
         rank_samples: Samples the per-layer ranking uses.
         batch_size: Samples per onnxruntime run (models with a symbolic batch).
         executor: Score the ranking's variants on these workers (same metrics).
@@ -199,7 +213,7 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
                           **quantize_options)
     fm = base.float_model
     feeds = load_feeds(calib_feeds if data is None else data, fm)
-    ref = Reference(fm, feeds, batch_size, correct)
+    ref = Reference(fm if reference is None else reference, feeds, batch_size, correct)
     check_budget_data(budget, ref)
     fa = ref.float_metrics.accuracy
     scorer = _Scorer(base, ref, keep)
@@ -273,7 +287,7 @@ def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer]
         except ConfigError:  # the table lacks a tensor: calibrate this partition afresh
             result = quantize_model(model, calib_feeds, batch_size=batch_size,
                                     keep_float=names, **options)
-        metrics = _Scorer(result, ref, names).all_int8()
+        metrics = int8_metrics(result, ref, names)
         scorer.confirmations += 1
         met, reason = budget.check(metrics, ref.float_metrics.accuracy)
         if met or k >= len(order):

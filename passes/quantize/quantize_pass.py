@@ -7,6 +7,7 @@ pipeline's PassManager runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from compiler.core.ir import Model
@@ -29,16 +30,19 @@ class Quantize(Pass):
 
     def __init__(self, calib_feeds: Any = None, calibrator: str = DEFAULT_CALIBRATOR, *,
                  budget: Any = None, budget_feeds: Any = None, correct: Any = None,
+                 reference: Callable[[], Model | None] | None = None,
                  **options: Any) -> None:
         self.calib_feeds = calib_feeds
         self.calibrator = calibrator
         self.budget, self.budget_feeds, self.correct = budget, budget_feeds, correct
+        self.reference = reference  # called when the pass runs: the float teacher by then
         self.options = options
 
     @classmethod
     def from_options(cls, calib_feeds: Any, calibration: CalibrationOptions,
                      options: QuantizeOptions, *, budget_feeds: Any = None,
-                     correct: Any = None) -> Quantize:
+                     correct: Any = None,
+                     reference: Callable[[], Model | None] | None = None) -> Quantize:
         """The pass for typed options (what `npuc compile` builds).
 
         Args:
@@ -47,11 +51,14 @@ class Quantize(Pass):
             options: `quantize.*` options (an accuracy budget among them is honoured).
             budget_feeds: Data the budget is measured on (default: the calibration data).
             correct: Scores non-class labels of `budget_feeds` (`fidelity.Correct`).
+            reference: Returns the float model the budget compares with when the pass
+                runs (the uncompressed model in a pipeline); None: the model quantized.
         """
         kwargs = quantize_kwargs(calibration, options)
         budget = Budget.from_options(options)
         return cls(calib_feeds, kwargs.pop("calibrator"), budget=budget if budget.active
-                   else None, budget_feeds=budget_feeds, correct=correct, **kwargs)
+                   else None, budget_feeds=budget_feeds, correct=correct,
+                   reference=reference, **kwargs)
 
     def call(self, model: Model) -> PassResult:
         """Quantize `model` (within the budget when one is stated)."""
@@ -60,6 +67,7 @@ class Quantize(Pass):
             return PassResult(result.quant_model, True, {**result.report, "result": result})
         out = quantize_within_budget(model, self.calib_feeds, self.budget, self.budget_feeds,
                                      correct=self.correct, calibrator=self.calibrator,
+                                     reference=self.reference and self.reference(),
                                      **self.options)
         return PassResult(out.result.quant_model, True,
                           {**out.result.report, "result": out.result, "budget": out.report,
