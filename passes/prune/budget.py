@@ -83,8 +83,8 @@ def prune_within_budget(model: Model, calib: Any, budget: Budget, options: Prune
     def attempt(f: float) -> bool:
         pruned, report = prune_model(model, replace(options, target_macs=f), calib=calib,
                                      executor=executor)
-        quant = quantize_model(pruned, calib, batch_size=batch_size,
-                               **(quantize_options or {}))
+        quant = quantize_model(pruned, calib, **{"batch_size": batch_size,
+                                                 **(quantize_options or {})})
         m = int8_metrics(quant, ref)
         ok, reason = budget.check(m, ref.float_metrics.accuracy)
         tries[f] = (pruned, report, {"fraction": f, "macs": report["macs"]["ratio"],

@@ -80,3 +80,29 @@ def test_bad_budget_values_exit_2(folder, tmp_path, flag, value, capsys):
     code = main(["quantize", str(folder / "m.onnx"), "-o", str(tmp_path / "q"), "--calib",
                  str(folder / "calib.npz"), flag, value])
     assert code == 2 and flag in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_budget_chooses_the_pruning_rate(tmp_path):
+    """--target-macs is the floor; the budget picks the fraction; the report lists tries.
+
+    (Random weights without reconstruction: 60 % of the MACs loses cosine 0.5 here.)
+    """
+    from models.zoo import mobilenetv2
+
+    proto, _ = mobilenetv2(image_size=32)
+    onnx.save(proto, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "c.npz", x=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
+    config = {"calibration.data": str(tmp_path / "c.npz"), "prune.enabled": True,
+              "prune.target_macs": 0.6, "prune.reconstruct": False,
+              "quantize.min_cosine": 0.5, "target.frames": 20, "target.verify_samples": 2}
+    report = compile_model(str(tmp_path / "m.onnx"), config, tmp_path / "o").report
+    b = report["prune"]["budget"]
+    tries = {t["fraction"]: t for t in b["tries"]}
+    assert b["floor"] == 0.6 and tries[b["chosen"]]["met"] and len(tries) <= 5
+    assert all(not t["met"] for f, t in tries.items() if f < b["chosen"])
+    assert 0.6 in tries
+    assert report["prune"]["macs"]["ratio"] == pytest.approx(tries[b["chosen"]]["macs"])
+    assert report["budget"]["met"]  # the quantize loop then holds it on the chosen model
+    assert report["verify"]["consistent"]
