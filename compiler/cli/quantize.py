@@ -26,6 +26,7 @@ from compiler.core.feeds import Preprocess
 from compiler.core.io import load_model
 from compiler.core.options import options_of
 from compiler.core.outpaths import check_output_dir, input_files
+from compiler.core.progress import collect_timings
 from compiler.core.shapes import ShapeSpec
 from compiler.driver.outputs import QUANT_OUTPUTS, write_quantized
 from compiler.driver.sources import resolve_model
@@ -72,8 +73,11 @@ def run(args: argparse.Namespace) -> int:
     # binds its inputs (--input-shape, else a symbolic batch becomes 1)
     result = quantize_model(source, feeds, input_shapes=shapes,
                             **quantize_kwargs(calib, quant))
-    written = write_quantized(out_dir, result)
+    with collect_timings() as write_times:
+        written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
+    summary["time_s"] = summary["time_s"] | {k: round(v, 3) for k, v in write_times.items()}
+    summary["time_s"]["write"] = round(sum(write_times.values()), 3)
     if args.json:
         print_json({"model": args.model, "outputs": [str(p) for p in written], **summary})
         return 0
@@ -106,7 +110,7 @@ def _print(summary: dict, written: list[Path]) -> None:
         print(f"  ... and {len(summary['cpu_reasons']) - 20} more (--json lists all)")
     if "weight_rounding" in summary:
         print(rounding_line(summary["weight_rounding"]))
-    times = ", ".join(f"{k} {v:.2f}s" for k, v in summary["time_s"].items())
+    times = ", ".join(f"{k} {v:.2f}s" for k, v in summary["time_s"].items() if "." not in k)
     print(f"time: {times}")
     for path in written:
         print(f"wrote {path}")
