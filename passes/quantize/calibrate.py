@@ -192,7 +192,10 @@ def _update(state: RunningMax | AbsHistogram, spread: Spread | None, values: np.
     if spread is not None:
         spread.fold(lo, hi)
     try:
-        state.update(values, max(-lo, hi))
+        if isinstance(state, AbsHistogram):
+            state.update(values, max(-lo, hi), nonnegative=lo >= 0)
+        else:
+            state.update(values, max(-lo, hi))
     except ValueError as e:
         raise DataError(f"tensor {name!r} has NaN or Inf values on calibration batch {step} "
                         f"(check the model's weights and the data)") from e

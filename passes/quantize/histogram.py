@@ -58,12 +58,15 @@ class AbsHistogram:
         """Number of values seen."""
         return int(self.counts.sum())
 
-    def update(self, values: np.ndarray, peak: float | None = None) -> None:
+    def update(self, values: np.ndarray, peak: float | None = None,
+               nonnegative: bool = False) -> None:
         """Add a batch of values.
 
         Args:
             values: The batch.
             peak: Its max|x| when the caller has it already (saves a pass over the data).
+            nonnegative: The caller knows the batch has no negative value (min >= 0), so
+                |x| is x (saves another pass).
 
         Raises:
             ValueError: The batch contains NaN or Inf (the caller names the tensor).
@@ -83,11 +86,17 @@ class AbsHistogram:
         while m > self.edge:
             self._double()
         bins = len(self.counts)
-        a = np.abs(x)
-        np.multiply(a, np.float32(bins / self.edge), out=a)
+        scale = np.float32(bins / self.edge)
+        if nonnegative:
+            a = np.multiply(x, scale)  # -0.0 * scale truncates to index 0 like +0.0
+        else:
+            a = np.abs(x)
+            np.multiply(a, scale, out=a)
         # |x| <= edge, so the float32 product is at most bins (|x| = edge, or rounding up):
         # count that index too and fold it into the last bin, rather than clamping every index
-        counts = np.bincount(a.astype(np.intp), minlength=bins + 1)
+        # float32 -> int32 is vectorised, float32 -> int64 is not (AVX2): truncate to int32
+        # (indices <= bins), then widen for bincount
+        counts = np.bincount(a.astype(np.int32).astype(np.intp), minlength=bins + 1)
         counts[bins - 1] += counts[bins]
         self.counts += counts[:bins]
 
