@@ -1,5 +1,4 @@
-"""ResNet-18/50/101 (torchvision v1.5 topology) with seeded weights and fitted BatchNorm
-statistics."""
+"""ResNet-18/50/101 (torchvision v1.5 topology), seeded weights, fitted BatchNorm statistics."""
 
 from __future__ import annotations
 
@@ -88,7 +87,7 @@ def resnet18(seed: int = 0, batch: int | str = 1, image_size: int = 224,
 
 
 def basic_block(b: EagerBuilder, x: str, cin: int, width: int, stride: int, name: str) -> str:
-    """torchvision BasicBlock: 3x3 (carries the stride) -> 3x3, projection when shapes change."""
+    """The BasicBlock of torchvision: 3x3 (with the stride) -> 3x3, projection shortcut."""
     y = conv_bn(b, x, cin, width, 3, stride, names=(f"{name}.conv1", f"{name}.bn1"))
     y = conv_bn(b, y, width, width, 3, act=None, gamma=GAMMA_RESIDUAL,
                 names=(f"{name}.conv2", f"{name}.bn2"))
