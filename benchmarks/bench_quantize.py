@@ -98,12 +98,12 @@ def run_ort(model: Path, calib: Path, out: Path) -> dict:
         quantize_static,
     )
 
-    images = np.load(calib)
+    images = np.load(calib, mmap_mode="r")  # paged in batch by batch, as npuc reads it
     forward = [0.0, None]  # seconds between get_next calls (the calibrator's runs), last call
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.it = iter(images[i:i + 1] for i in range(len(images)))
+            self.it = iter(np.array(images[i:i + 1]) for i in range(len(images)))
 
         def get_next(self):
             now = time.perf_counter()

@@ -37,6 +37,7 @@ from compiler.core.errors import ConfigError, DataError, GraphError
 from compiler.core.feeds import Feeds, load_feeds, model_batch
 from compiler.core.io import model_hash, to_proto, write_atomic
 from compiler.core.ir import Model, const_value
+from compiler.core.npfiles import release_rows
 from compiler.core.progress import timed, track
 from compiler.core.qonnx import shared_weight_session
 from compiler.core.safe_yaml import load_json, read_text
@@ -306,6 +307,8 @@ def iter_batches(model: Model, feeds: Feeds,
                     "batch of %d", feeds.source, len(feeds) - usable, fixed)
     for start in range(0, usable, size):
         yield {k: v[start:start + size] for k, v in feeds.arrays.items()}
+        for v in feeds.arrays.values():  # memory-mapped samples: one batch resident at a time
+            release_rows(v, start + size)
 
 
 State = RunningMax | AbsHistogram
