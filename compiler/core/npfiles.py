@@ -94,9 +94,9 @@ def release_rows(array: np.ndarray, stop: int) -> None:
     that are not views of a `np.memmap` are left alone.
     """
     base = array
-    while base is not None and not isinstance(base, np.memmap):
-        base = base.base
-    mm = getattr(base, "_mmap", None)
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        base = base.base  # views of views; an array over other memory ends the walk
+    mm = getattr(base, "_mmap", None) if isinstance(base, np.memmap) else None
     if mm is None or stop <= 0 or array.size == 0 or not array.flags.c_contiguous:
         return
     start = base.ctypes.data - (base.offset % mmap.ALLOCATIONGRANULARITY)  # the map's address

@@ -50,6 +50,10 @@ def test_large_npy_is_mapped_and_streamed_rows_leave_memory(tmp_path, monkeypatc
     np.testing.assert_array_equal(read_npy(tmp_path / "big.npy")[0], data[0])
     release_rows(data, 8)  # not mapped: nothing happens
     assert float(data[0, 0, 0]) != 0.0
+    small = read_npy(tmp_path / "big.npy", limit=2)  # below the threshold: read into memory
+    assert not isinstance(small, np.memmap)
+    release_rows(small[1:], 1)  # a view over a bytearray
+    np.testing.assert_array_equal(small, data[:2])
 
 
 def test_npy_reads_only_the_samples_asked_for(tmp_path):
