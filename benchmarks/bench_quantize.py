@@ -20,7 +20,7 @@ thresholds, build, emission, writing each file) and onnxruntime's calibration fo
 time between the data reader's `get_next` calls: its inference runs) are printed with them.
 
     python benchmarks/bench_quantize.py [--model resnet50] [--size 224] [--calib 32]
-        [--repeat 3] [--calibrators default,max] [--json]
+        [--repeat 3] [--calibrators default,max] [--baseline CHECKOUT] [--json]
 """
 
 from __future__ import annotations
@@ -144,21 +144,25 @@ def vm_hwm_mb() -> float:
     raise OSError("no VmHWM in /proc/self/status (not Linux?)")
 
 
-def run_npuc_cli(model: Path, calib: Path, out: Path, extra: list[str]) -> dict:
-    """`python -m compiler.cli quantize MODEL -o OUT --calib CALIB --json [extra]`, fresh."""
+def run_npuc_cli(model: Path, calib: Path, out: Path, extra: list[str],
+                 root: Path = ROOT) -> dict:
+    """`python -m compiler.cli quantize MODEL -o OUT --calib CALIB --json [extra]`, fresh.
+
+    `root`: the checkout whose code runs (another one measures a baseline).
+    """
     with tempfile.NamedTemporaryFile(suffix=".hwm") as report:
         cmd = [sys.executable, str(HERE / "peak_rss.py"), report.name, "compiler.cli",
                "quantize", str(model), "-o", str(out), "--calib", str(calib), "--json", *extra]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=root)
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"npuc failed:\n{proc.stderr[-2000:]}")
         hwm = int(Path(report.name).read_text()) / 2**20
     doc = json.loads(proc.stdout)
     times = doc["time_s"]
-    return {"process_s": wall, "work_s": times["total"] + times["write"], "peak_rss_mb": hwm,
-            "time_s": times}
+    work = times["total"] + times.get("write", 0.0)  # a baseline may not time its writing
+    return {"process_s": wall, "work_s": work, "peak_rss_mb": hwm, "time_s": times}
 
 
 def run_ort_process(model: Path, calib: Path, out: Path) -> dict:
@@ -182,17 +186,24 @@ def best(runs: list[dict]) -> dict:
 
 
 def compare(model: Path, calib: Path, work: Path, repeat: int,
-            calibrators: list[str]) -> dict:
-    """Interleaved runs of every npuc configuration and onnxruntime; best of `repeat`."""
-    runs: dict[str, list[dict]] = {c: [] for c in calibrators} | {"ort": []}
+            calibrators: list[str], baseline: Path | None = None) -> dict:
+    """Interleaved runs of every npuc configuration and onnxruntime; best of `repeat`.
+
+    With `baseline` (another checkout), each configuration also runs from there, as
+    "<calibrator>@baseline".
+    """
+    configs = [(c, c, ROOT) for c in calibrators]
+    if baseline is not None:
+        configs += [(f"{c}@baseline", c, baseline) for c in calibrators]
+    runs: dict[str, list[dict]] = {key: [] for key, _, _ in configs} | {"ort": []}
     for _ in range(repeat):
-        for c in calibrators:
+        for key, c, root in configs:
             extra = [] if c == "default" else ["--calibrator", c]
-            runs[c].append(run_npuc_cli(model, calib, work / f"npuc-{c}", extra))
+            runs[key].append(run_npuc_cli(model, calib, work / f"npuc-{c}", extra, root))
         runs["ort"].append(run_ort_process(model, calib, work / "ort"))
     ort = best(runs["ort"])
     rows = {}
-    for c in calibrators:
+    for c, _, _ in configs:
         ours = best(runs[c])
         rows[c] = {**ours, "ratio_process": ours["process_s"] / ort["process_s"],
                    "ratio_work": ours["work_s"] / ort["work_s"],
@@ -215,7 +226,9 @@ def print_report(report: dict) -> None:
     print(f"  {'onnxruntime quantize_static':26s} {ort['process_s']:9.2f} {ort['work_s']:7.2f} "
           f"{ort['peak_rss_mb']:8.1f}   {ort['process_s_all']}")
     for c, r in report["npuc"].items():
-        name = "npuc quantize" + ("" if c == "default" else f" --calibrator {c}")
+        calibrator, _, where = c.partition("@")
+        name = "npuc quantize" + ("" if calibrator == "default" else f" --calibrator {calibrator}")
+        name += f" ({where})" if where else ""
         print(f"  {name:26s} {r['process_s']:9.2f} {r['work_s']:7.2f} {r['peak_rss_mb']:8.1f}"
               f"   {r['process_s_all']}")
         print(f"    ratio npuc/ort: process {r['ratio_process']:.2f}x  work "
@@ -235,6 +248,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--calibrators", default="default,max",
                         help="npuc rows: 'default' (the CLI's) and/or calibrator names")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also run npuc from this checkout (before/after in one run)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -245,7 +260,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model, calib = prepare(work, args.model, args.size, args.calib)
-        result = compare(model, calib, work, args.repeat, args.calibrators.split(","))
+        result = compare(model, calib, work, args.repeat, args.calibrators.split(","),
+                         args.baseline)
     report = {"model": args.model, "size": args.size, "calib_images": args.calib,
               "repeat": args.repeat, "load_before": load_before,
               "load_after": load_average(), **result}
