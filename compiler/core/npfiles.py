@@ -78,7 +78,10 @@ def _read(fh: IO[bytes], available: int, label: str, limit: int | None,
                         "of a zip bomb (NPUC_LIMIT_ZIP_RATIO raises the ratio)")
     out_shape = ((keep,) + tuple(shape[1:])) if shape else ()
     if path is not None and not fortran and shape and nbytes >= MAP_MIN_BYTES:
-        return np.memmap(path, dtype=dtype, mode="c", offset=header, shape=out_shape)
+        try:
+            return np.memmap(path, dtype=dtype, mode="c", offset=header, shape=out_shape)
+        except (OSError, ValueError):  # a file system without mmap: read it instead
+            pass
     raw = bytearray(nbytes)  # writeable, so the array needs no second copy
     got = _read_into(fh, memoryview(raw))
     if got != nbytes:
