@@ -30,8 +30,12 @@ class Parser(argparse.ArgumentParser):
         raise ConfigError(f"{where}{message} (see {self.prog} -h)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every available sub-command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every available sub-command, or with command `only` alone.
+
+    Registering a sub-command imports its module and that module's dependencies (targets,
+    networkx, ...); a command line that names its command needs only that one.
+    """
     parser = Parser(
         prog="npuc",
         description="Post-training compression compiler for ONNX CNNs on int8 accelerators.")
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show tracebacks of internal errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         try:
             module = importlib.import_module(f"compiler.cli.{name}")
         except ModuleNotFoundError as e:  # only a command not written yet is skipped
@@ -54,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, dispatch, and turn project errors into one line and an exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_in(argv))
     try:
         args = parser.parse_args(argv)
     except NpucError as e:
@@ -87,6 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(one_line(f"npuc: internal error: {type(e).__name__}: {e} (rerun with --debug)"),
               file=sys.stderr)
         return 3
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command named by `argv` (the first word that is not a flag), if it is one.
+
+    The global flags take no value, so that word is the command.
+    """
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 class _OneLine(logging.Formatter):

@@ -26,6 +26,7 @@ from compiler.core.feeds import Preprocess
 from compiler.core.io import load_model
 from compiler.core.options import options_of
 from compiler.core.outpaths import check_output_dir, input_files
+from compiler.core.progress import collect_timings
 from compiler.core.shapes import ShapeSpec
 from compiler.driver.outputs import QUANT_OUTPUTS, write_quantized
 from compiler.driver.sources import resolve_model
@@ -83,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
         result = quantize_model(source, feeds, input_shapes=shapes,
                                 **quantize_kwargs(calib, quant))
         budget_report = None
-    written = write_quantized(out_dir, result)
+    with collect_timings() as write_times:
+        written = write_quantized(out_dir, result)
     summary = {k: v for k, v in result.report.items() if k != "nodes"}
+    summary["time_s"] = summary["time_s"] | {k: round(v, 3) for k, v in write_times.items()}
+    summary["time_s"]["write"] = round(sum(write_times.values()), 3)
     if budget_report is not None:
         summary["budget"] = budget_report
     if args.json:
@@ -137,7 +141,7 @@ def _print(summary: dict, written: list[Path]) -> None:
         from compiler.driver.budget import budget_lines
 
         print("\n".join(budget_lines(summary["budget"])))
-    times = ", ".join(f"{k} {v:.2f}s" for k, v in summary["time_s"].items())
+    times = ", ".join(f"{k} {v:.2f}s" for k, v in summary["time_s"].items() if "." not in k)
     print(f"time: {times}")
     for path in written:
         print(f"wrote {path}")

@@ -18,7 +18,7 @@ import numpy as np
 from compiler.core.errors import DataError
 from compiler.core.imagefolder import Preprocess, open_folder
 from compiler.core.ir import Model
-from compiler.core.npfiles import read_npy, read_npz
+from compiler.core.npfiles import read_npy, read_npz, release_rows
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +201,24 @@ def _check_array(arr: np.ndarray, name: str, shape: list, dtype: np.dtype,
         want = "x".join("?" if d is None else str(d) for d in shape)
         got = "x".join(str(d) for d in arr.shape)
         raise DataError(f"{source}: input {name!r} has shape {got}, model expects {want}")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if arr.dtype.kind == "f" and not _all_finite(arr):
         raise DataError(f"{source}: input {name!r} contains NaN or Inf")
     return arr.astype(dtype, copy=False)
+
+
+def _all_finite(arr: np.ndarray, chunk_bytes: int = 16 << 20) -> bool:
+    """No NaN/Inf in `arr` [N, ...], checked a few MB of samples at a time.
+
+    Bounded temporaries, and a memory-mapped file is not left resident by the check
+    (`npfiles.release_rows`): calibration pages its samples in batch by batch.
+    """
+    step = max(1, chunk_bytes // max(arr[:1].nbytes, 1))
+    for start in range(0, len(arr), step):
+        finite = bool(np.isfinite(arr[start:start + step]).all())
+        release_rows(arr, start + step)
+        if not finite:
+            return False
+    return True
 
 
 def _matches(got: tuple, want: list) -> bool:

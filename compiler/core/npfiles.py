@@ -5,10 +5,16 @@ inflate a thousandfold. Both formats state each array's shape and dtype up front
 reader checks the claim against the bytes present and against `limits.ARRAY_BYTES`, then
 reads only the first `limit` samples (axis 0): calibration with `--calib-limit 64` on a large
 file costs 64 samples of memory, not the file.
+
+A large C-order `.npy` file (at least `MAP_MIN_BYTES` to read) is memory-mapped copy-on-write
+instead of read: samples are paged in when a batch uses them, and `release_rows` hands the
+pages of consumed samples back, so streaming calibration over 512 images holds about one
+batch of them, not the file (the file must not be truncated while it is mapped).
 """
 
 from __future__ import annotations
 
+import mmap
 import zipfile
 import zlib
 from pathlib import Path
@@ -19,12 +25,14 @@ import numpy as np
 from compiler.core import limits
 from compiler.core.errors import DataError
 
+MAP_MIN_BYTES = 64 << 20
+
 
 def read_npy(path: Path, limit: int | None = None) -> np.ndarray:
     """The array in an `.npy` file, at most `limit` samples along axis 0."""
     size = path.stat().st_size
     with open(path, "rb") as fh:
-        return _read(fh, size, str(path), limit)
+        return _read(fh, size, str(path), limit, path=path)
 
 
 def read_npz(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
@@ -45,7 +53,7 @@ def read_npz(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
 
 
 def _read(fh: IO[bytes], available: int, label: str, limit: int | None,
-          ratio: float = 1.0) -> np.ndarray:
+          ratio: float = 1.0, path: Path | None = None) -> np.ndarray:
     shape, fortran, dtype, header = _header(fh, label)
     if dtype.hasobject:
         raise DataError(f"{label}: holds Python objects (dtype {dtype}); only numeric arrays "
@@ -68,13 +76,37 @@ def _read(fh: IO[bytes], available: int, label: str, limit: int | None,
     if nbytes > 64 << 20 and ratio > limits.limit("ZIP_RATIO"):
         raise DataError(f"{label}: inflates {ratio:,.0f}x; refusing to read {nbytes:,} bytes "
                         "of a zip bomb (NPUC_LIMIT_ZIP_RATIO raises the ratio)")
+    out_shape = ((keep,) + tuple(shape[1:])) if shape else ()
+    if path is not None and not fortran and shape and nbytes >= MAP_MIN_BYTES:
+        try:
+            return np.memmap(path, dtype=dtype, mode="c", offset=header, shape=out_shape)
+        except (OSError, ValueError):  # a file system without mmap: read it instead
+            pass
     raw = bytearray(nbytes)  # writeable, so the array needs no second copy
     got = _read_into(fh, memoryview(raw))
     if got != nbytes:
         raise DataError(f"{label}: truncated ({got:,} of {nbytes:,} bytes)")
-    out_shape = ((keep,) + tuple(shape[1:])) if shape else ()
     arr = np.frombuffer(raw, dtype=dtype).reshape(out_shape, order="F" if fortran else "C")
     return arr[:limit] if fortran and limit is not None and shape else arr
+
+
+def release_rows(array: np.ndarray, stop: int) -> None:
+    """Drop the pages of rows [0, stop) of a memory-mapped array from this process's memory.
+
+    They are read from the file again if used again, so this never changes a value; arrays
+    that are not views of a `np.memmap` are left alone.
+    """
+    base = array
+    while isinstance(base, np.ndarray) and not isinstance(base, np.memmap):
+        base = base.base  # views of views; an array over other memory ends the walk
+    mm = getattr(base, "_mmap", None) if isinstance(base, np.memmap) else None
+    if mm is None or stop <= 0 or array.size == 0 or not array.flags.c_contiguous:
+        return
+    start = base.ctypes.data - (base.offset % mmap.ALLOCATIONGRANULARITY)  # the map's address
+    end = array.ctypes.data + min(stop, len(array)) * array.strides[0] - start
+    length = end - end % mmap.PAGESIZE
+    if length > 0:
+        mm.madvise(mmap.MADV_DONTNEED, 0, length)
 
 
 def _read_into(fh: IO[bytes], view: memoryview) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 _ENABLED: ContextVar[bool] = ContextVar("npuc_progress", default=False)
+_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("npuc_timings", default=None)
 
 
 def track(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
@@ -46,3 +48,32 @@ def progress_output(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _ENABLED.reset(token)
+
+
+@contextmanager
+def collect_timings() -> Iterator[dict[str, float]]:
+    """Collect the seconds of every `timed` phase run inside the block into the dict yielded.
+
+    Phases nest by name ("calibrate.forward" inside "calibrate"); a phase entered several
+    times accumulates. Outside a `collect_timings` block `timed` costs one lookup.
+    """
+    timings: dict[str, float] = {}
+    token = _TIMINGS.set(timings)
+    try:
+        yield timings
+    finally:
+        _TIMINGS.reset(token)
+
+
+@contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """Add the wall time of the block to `phase` in the active `collect_timings` dict."""
+    timings = _TIMINGS.get()
+    if timings is None:
+        yield
+        return
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start

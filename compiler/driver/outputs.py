@@ -13,6 +13,7 @@ from compiler.core.errors import ConfigError
 from compiler.core.io import write_model
 from compiler.core.onnxfile import check_replaceable
 from compiler.core.outpaths import make_dir
+from compiler.core.progress import timed
 
 if TYPE_CHECKING:
     from passes.quantize.api import QuantResult
@@ -40,8 +41,12 @@ def write_quantized(out_dir: Path, result: QuantResult) -> list[Path]:
     except OSError as e:
         raise ConfigError(f"-o {out_dir}: cannot be written ({e.strerror or e})") from e
     try:
-        written = [f for name, model in models.items() for f in write_model(model, stage / name)]
-        result.table.save(stage / QUANT_OUTPUTS[2])
+        written = []
+        for name, model in models.items():
+            with timed(f"write.{name}"):
+                written += write_model(model, stage / name)
+        with timed(f"write.{QUANT_OUTPUTS[2]}"):
+            result.table.save(stage / QUANT_OUTPUTS[2])
         for path in written + [stage / QUANT_OUTPUTS[2]]:
             check_replaceable(out_dir / path.name)
         for path in written + [stage / QUANT_OUTPUTS[2]]:

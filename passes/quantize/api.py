@@ -24,6 +24,7 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.fixedpoint import fake_quant_weights
 from compiler.core.io import ModelSource, ShapeArg, load_model, model_hash
 from compiler.core.ir import Model
+from compiler.core.progress import collect_timings, timed
 from compiler.core.qonnx import load_lean, release_memory
 from compiler.core.shape_inference import refresh_shapes
 from passes.canonicalize import canonical_passes
@@ -74,16 +75,18 @@ def prepare_float(model: ModelSource, *, cle: bool = False,
     (`compiler.core.io.load_model`); None loads the model as it is.
     """
     bind = {"input_shapes": input_shapes, "bind": input_shapes is not None}
-    if isinstance(model, (str, os.PathLike)):
-        m = load_lean(model, **bind)
-    else:
-        m = load_model(model, **bind)
-    m = canonicalize_in_place(m)
-    if cle:
-        from passes.quantize.equalize import equalize
-        m = equalize(m)
-    if not _all_typed(m):  # on the weightless skeleton: no copy of the weights
-        refresh_shapes(m)
+    with timed("load"):
+        if isinstance(model, (str, os.PathLike)):
+            m = load_lean(model, **bind)
+        else:
+            m = load_model(model, **bind)
+    with timed("canonicalize"):
+        m = canonicalize_in_place(m)
+        if cle:
+            from passes.quantize.equalize import equalize
+            m = equalize(m)
+        if not _all_typed(m):  # on the weightless skeleton: no copy of the weights
+            refresh_shapes(m)
     return m
 
 
@@ -177,27 +180,33 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
     opts = {"percentile": pct} if calibrator == "percentile" else {}
     if rounding not in ROUNDINGS:
         raise ConfigError(f"unknown rounding {rounding!r} (valid: {', '.join(ROUNDINGS)})")
-    timings, start = {}, time.perf_counter()
-    fm = prepare_float(model, cle=cle, input_shapes=input_shapes)
-    feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm, limit=calib_limit)
-    keep = _keep_float_names(fm, keep_float)
-    int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
-    fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding, batch_size, int8)
-    timings["prepare"] = time.perf_counter() - start
-    units = partition(fm.graph, keep)  # again: bias correction returns a new model
-    names = calibration_tensors(units)
-    t0 = time.perf_counter()
-    digest = model_hash(fm)
-    table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
-    timings["calibrate"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
-            "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
-            "float_model_hash": digest}
-    qg, nodes = build_qgraph(fm, table, units, info, unsigned)
-    _warn_unoptimised(table)
-    quant, qdq = emit_int(qg), emit_qdq(fm, qg)
-    timings["build_emit"] = time.perf_counter() - t0
+    start = time.perf_counter()
+    with collect_timings() as timings:
+        fm = prepare_float(model, cle=cle, input_shapes=input_shapes)
+        with timed("feeds"):
+            feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm,
+                                                               limit=calib_limit)
+        keep = _keep_float_names(fm, keep_float)
+        int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
+        with timed("adjust_weights"):
+            fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding,
+                                                batch_size, int8)
+        units = partition(fm.graph, keep)  # again: bias correction returns a new model
+        names = calibration_tensors(units)
+        digest = model_hash(fm)
+        with timed("calibrate"):
+            table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
+        info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
+                "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
+                "float_model_hash": digest}
+        with timed("build"):
+            qg, nodes = build_qgraph(fm, table, units, info, unsigned)
+        _warn_unoptimised(table)
+        with timed("emit_int"):
+            quant = emit_int(qg)
+        with timed("emit_qdq"):
+            qdq = emit_qdq(fm, qg)
+    timings["total"] = time.perf_counter() - start
     return QuantResult(quant, qdq, qg, table, fm,
                        summarize(qg, nodes, timings) | weight_report)
 
@@ -258,9 +267,9 @@ def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, floa
                                      if t.is_quantized and t.data is None)),
         "float_nodes": len(nodes), "int8_nodes": len(nodes) - len(cpu), "cpu_nodes": len(cpu),
         "cpu_reasons": {n["node"]: f'{n["op"]}: {n["reason"]}' for n in cpu},
-        # seconds per phase, under the key prune uses too
-        "time_s": {**{k: round(v, 3) for k, v in timings.items()},
-                   "total": round(sum(timings.values()), 3)},
+        # seconds per phase (nested phases "a.b" are part of "a"; "total" is the wall time
+        # of quantize_model), under the key prune uses too
+        "time_s": {k: round(v, 3) for k, v in timings.items()},
     }
 
 

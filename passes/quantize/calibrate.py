@@ -37,8 +37,9 @@ from compiler.core.errors import ConfigError, DataError, GraphError
 from compiler.core.feeds import Feeds, load_feeds, model_batch
 from compiler.core.io import model_hash, to_proto, write_atomic
 from compiler.core.ir import Model, const_value
-from compiler.core.numerics import run, session
-from compiler.core.progress import track
+from compiler.core.npfiles import release_rows
+from compiler.core.progress import timed, track
+from compiler.core.qonnx import shared_weight_session
 from compiler.core.safe_yaml import load_json, read_text
 from passes.quantize.degenerate import Spread
 from passes.quantize.degenerate import report as report_degenerate
@@ -71,12 +72,15 @@ class RunningMax:
     def __init__(self) -> None:
         self.max = 0.0
 
-    def update(self, values: np.ndarray) -> None:
-        """Fold a batch into the running max|x| (ValueError on NaN/Inf)."""
+    def update(self, values: np.ndarray, peak: float | None = None) -> None:
+        """Fold a batch into the running max|x| (ValueError on NaN/Inf).
+
+        `peak`: the batch's max|x| when the caller has it already (NaN/Inf propagate to it).
+        """
         a = np.asarray(values)
         if a.size == 0:
             return
-        m = max(float(a.max()), -float(a.min()))  # no |x| temporary; NaN propagates
+        m = max(float(a.max()), -float(a.min())) if peak is None else peak  # no |x| temporary
         if not math.isfinite(m):
             raise ValueError("NaN or Inf values")
         self.max = max(self.max, m)
@@ -172,17 +176,27 @@ def collect_states(model: Model, feeds: Any, tensors: list[str], method: str = "
     batch_size = _fit_batch(model, list(states), batch_size)
     batches = stream_tensors(model, feeds, list(states), batch_size)
     for step, batch in enumerate(track(batches, f"calibrate ({method}, batches)")):
-        for name, values in batch.items():
-            _update(states[name], values, name, step)
-            if name in spreads:
-                spreads[name].update(values)
+        with timed("calibrate.statistics"):
+            for name, values in batch.items():
+                _update(states[name], spreads.get(name), values, name, step)
+        del batch  # one batch of activations alive at a time
     report_degenerate(spreads)
     return states
 
 
-def _update(state: RunningMax | AbsHistogram, values: np.ndarray, name: str, step: int) -> None:
+def _update(state: RunningMax | AbsHistogram, spread: Spread | None, values: np.ndarray,
+            name: str, step: int) -> None:
+    """Fold a batch into a tensor's state and spread (one min and one max pass, shared)."""
+    if values.size == 0:
+        return
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if spread is not None:
+        spread.fold(lo, hi)
     try:
-        state.update(values)
+        if isinstance(state, AbsHistogram):
+            state.update(values, max(-lo, hi), nonnegative=lo >= 0)
+        else:
+            state.update(values, max(-lo, hi))
     except ValueError as e:
         raise DataError(f"tensor {name!r} has NaN or Inf values on calibration batch {step} "
                         f"(check the model's weights and the data)") from e
@@ -202,15 +216,19 @@ def stream_tensors(model: Model, feeds: Any, tensors: list[str],
     """
     feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, model)
     consts, inputs, inner = _classify(model, tensors)
-    sess = session(with_outputs(model, inner)) if inner else None
+    with timed("calibrate.session"):
+        # reads the IR's weights in place: onnxruntime would copy initializers (+1x weights)
+        sess = shared_weight_session(tap_outputs(model, inner)) if inner else None
     first = True
     for batch in iter_batches(model, feeds, batch_size):
-        out = run(sess, batch) if sess else {}
+        with timed("calibrate.forward"):
+            out = dict(zip(inner, sess.run(inner, batch), strict=True)) if sess else {}
         out.update({n: batch[n] for n in inputs})
         if first:
             out.update(consts)
             first = False
         yield out
+        del out  # before the next run: one batch of activations alive at a time
 
 
 def _classify(model: Model, names: list[str]) -> tuple[dict, list[str], list[str]]:
@@ -231,6 +249,15 @@ def with_outputs(model: Model, names: list[str]):
     Nodes that no requested tensor depends on are dropped, so onnxruntime only computes
     what is asked for.
     """
+    return to_proto(tap_outputs(model, names))
+
+
+def tap_outputs(model: Model, names: list[str]) -> Model:
+    """A copy of `model` (weights shared) whose graph outputs are exactly `names`.
+
+    Raises:
+        GraphError: A tensor has no known dtype.
+    """
     tapped = model.copy()
     known = tapped.graph.tensors()
     outputs = []
@@ -240,7 +267,7 @@ def with_outputs(model: Model, names: list[str]):
             raise GraphError(f"tensor {name!r} has no known dtype; run shape inference")
         outputs.append(tensor)
     tapped.graph.outputs = outputs
-    return to_proto(tapped)
+    return tapped
 
 
 def _fit_batch(model: Model, names: list[str], batch_size: int) -> int:
@@ -280,6 +307,8 @@ def iter_batches(model: Model, feeds: Feeds,
                     "batch of %d", feeds.source, len(feeds) - usable, fixed)
     for start in range(0, usable, size):
         yield {k: v[start:start + size] for k, v in feeds.arrays.items()}
+        for v in feeds.arrays.values():  # memory-mapped samples: one batch resident at a time
+            release_rows(v, start + size)
 
 
 State = RunningMax | AbsHistogram
@@ -319,7 +348,8 @@ class CalibrationTable:
                     options: dict[str, Any] | None = None) -> CalibrationTable:
         """The int8 thresholds of `states` (kept, to re-derive other precisions)."""
         opts = dict(options or {})
-        thresholds = {n: finalize(state, method, n, **opts) for n, state in states.items()}
+        with timed("calibrate.thresholds"):
+            thresholds = {n: finalize(state, method, n, **opts) for n, state in states.items()}
         return cls(method, thresholds, digest, opts, dict.fromkeys(thresholds, "int8"), states)
 
     def dtype(self, name: str) -> str:

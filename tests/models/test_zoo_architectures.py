@@ -100,6 +100,19 @@ def test_resnet50_small_is_bounded_and_dynamic_batch():
     assert len(classes(exercise(model, batch3, [(3, 10)], n_other=1))) > 1
 
 
+@pytest.mark.parametrize(("name", "params", "gmacs"), [("resnet18", 11_689_512, 1.81),
+                                                     ("resnet101", 44_549_160, 7.80)])
+def test_resnet_depth_variants_match_torchvision_counts(name, params, gmacs):
+    from models.zoo import RESNETS
+
+    model, sample = RESNETS[name](image_size=64, num_classes=10)
+    # torchvision's counts at 1000 classes; the classifier has 990 fewer rows here
+    width = 512 if name == "resnet18" else 2048
+    assert count_params(model) == params - 990 * (width + 1)
+    assert count_macs(model) == pytest.approx(gmacs * 1e9 * (64 / 224) ** 2, rel=0.02)
+    exercise(model, sample, [(1, 10)], n_other=1)  # runs, finite, bounded activations
+
+
 def test_builders_are_seeded():
     first, s1 = mobilenetv2(image_size=32, width=0.35)
     second, s2 = mobilenetv2(image_size=32, width=0.35)

@@ -22,6 +22,40 @@ def _npy_header(shape, dtype="<f4") -> bytes:
     return buf.getvalue()
 
 
+def _vm_rss_kb() -> int:
+    from pathlib import Path
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines()
+                if x.startswith("VmRSS:"))
+    return int(line.split()[1])
+
+
+def test_large_npy_is_mapped_and_streamed_rows_leave_memory(tmp_path, monkeypatch):
+    from compiler.core import npfiles
+    from compiler.core.npfiles import release_rows
+
+    monkeypatch.setattr(npfiles, "MAP_MIN_BYTES", 1 << 20)
+    data = RNG.standard_normal((64, 256, 256)).astype(np.float32)  # 16 MiB
+    np.save(tmp_path / "big.npy", data)
+    mapped = read_npy(tmp_path / "big.npy", limit=48)
+    assert isinstance(mapped, np.memmap) and mapped.shape == (48, 256, 256)
+    before = _vm_rss_kb()
+    total = 0.0
+    for start in range(0, 48, 8):  # as calibration streams: touch a batch, release it
+        total += float(mapped[start:start + 8].sum())
+        release_rows(mapped, start + 8)
+    assert _vm_rss_kb() - before < 4 << 10  # at most ~2 batches (2 MiB each) stayed resident
+    assert total == pytest.approx(float(data[:48].sum(dtype=np.float64)), rel=1e-4)
+    np.testing.assert_array_equal(mapped, data[:48])  # released pages read back unchanged
+    mapped[0] = 0  # copy-on-write: the file keeps its values
+    np.testing.assert_array_equal(read_npy(tmp_path / "big.npy")[0], data[0])
+    release_rows(data, 8)  # not mapped: nothing happens
+    assert float(data[0, 0, 0]) != 0.0
+    small = read_npy(tmp_path / "big.npy", limit=2)  # below the threshold: read into memory
+    assert not isinstance(small, np.memmap)
+    release_rows(small[1:], 1)  # a view over a bytearray
+    np.testing.assert_array_equal(small, data[:2])
+
+
 def test_npy_reads_only_the_samples_asked_for(tmp_path):
     data = RNG.standard_normal((50, 3, 4, 4)).astype(np.float32)
     np.save(tmp_path / "d.npy", data)

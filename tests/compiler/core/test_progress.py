@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from compiler.core.numerics import random_feeds
-from compiler.core.progress import progress_output
+from compiler.core.progress import collect_timings, progress_output, timed
 from passes.prune import prune_model
 from passes.quantize.calibrate import collect_ranges
 from passes.sparsify import sparsify_model
@@ -43,3 +43,16 @@ def test_abc_search_reports_cycles(capsys):
                     abc_cycles=1, abc_sources=2, abc_limit=1, workers=1, seed=0,
                     reconstruct=False, round_to=1)
     assert "ABC search (cycles)" in capsys.readouterr().err
+
+
+def test_timed_phases_accumulate_inside_collect_timings_only():
+    with timed("outside"):  # no collector: nothing recorded, no error
+        pass
+    with collect_timings() as times:
+        for _ in range(3):
+            with timed("a"), timed("a.b"):
+                sum(range(1000))
+    assert set(times) == {"a", "a.b"} and times["a"] >= times["a.b"] > 0
+    with collect_timings() as other:
+        pass
+    assert other == {}

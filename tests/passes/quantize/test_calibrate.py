@@ -152,6 +152,43 @@ def test_histogram_state_is_fixed_size_and_rebin_is_exact(gauss):
     assert np.abs(direct - h.counts).sum() <= 4
 
 
+def _reference_update(h: AbsHistogram, values: np.ndarray) -> None:
+    """The histogram update before the fast path: |x|, its max, int64 indices, a clamp."""
+    a = np.abs(np.asarray(values, np.float32).ravel())
+    m = float(a.max())
+    h.max = max(h.max, m)
+    if m == 0.0:
+        h.counts[0] += a.size
+        return
+    h.edge = h.edge or m
+    while m > h.edge:
+        h._double()
+    bins = len(h.counts)
+    idx = np.minimum((a * np.float32(bins / h.edge)).astype(np.int64), bins - 1)
+    h.counts += np.bincount(idx, minlength=bins)
+
+
+def test_histogram_fast_paths_count_exactly_as_the_reference(gauss):
+    relu = np.maximum(gauss, 0).astype(np.float32)
+    batches = [gauss[:2000] * 3, relu[2000:4000], relu[4000:6000] * 0.1, np.zeros(10),
+               gauss[6000:] * 40, relu[:3000]]
+    ref, plain, fast = AbsHistogram(), AbsHistogram(), AbsHistogram()
+    for b in batches:
+        lo, hi = float(b.min()), float(b.max())
+        _reference_update(ref, b)
+        plain.update(b)
+        fast.update(b, max(-lo, hi), nonnegative=lo >= 0)
+    assert ref.counts[0] > 0 and ref.last_bin() >= len(ref.counts) // 2
+    for h in (plain, fast):
+        np.testing.assert_array_equal(h.counts, ref.counts)
+        assert (h.edge, h.max) == (ref.edge, ref.max)
+    at_edge = np.array([1.0, -1.0, 0.5, 1.0], np.float32)  # |x| == edge: index == bins
+    ref, fast = AbsHistogram(), AbsHistogram()
+    _reference_update(ref, at_edge)
+    fast.update(at_edge, 1.0)
+    assert fast.counts[-1] == ref.counts[-1] == 3 and fast.total == 4
+
+
 def test_histogram_rejects_bad_sizes_and_nan():
     with pytest.raises(ConfigError, match="bins"):
         AbsHistogram(100)
