@@ -462,3 +462,54 @@ def residual_add(node: gs.Node, graph: gs.Graph) -> tuple[gs.Node, gs.Tensor] | 
     if len(other) != 1 or is_const(other[0]) or other[0].shape != out.shape:
         return None
     return add, other[0]
+
+
+def collect_mapped_rows(teacher: Model, node: gs.Node, tensor: str,
+                        positions: np.ndarray | None, feeds, *, max_rows: int = 4096,
+                        batch_size: int = 16, seed: int = 0) -> np.ndarray | None:
+    """Rows of a teacher tensor at the sampled output positions of a *student* layer.
+
+    The teacher may be wider than the student (the float model of a pruned one): its
+    channels `positions` (new position -> teacher channel) are taken first, so the rows line
+    up with `collect_layer_tensors(student, node.name, {key: (tensor, True)}, ...)` row for
+    row and column for column.
+
+    Args:
+        teacher: The model to read `tensor` from.
+        node: The student's layer whose output positions are sampled.
+        tensor: Teacher tensor name with the layer output's spatial shape.
+        positions: Teacher channels per student channel, or None for the same channels.
+        feeds: Calibration inputs.
+        max_rows: Rows kept (as in `collect_rows`).
+        batch_size: Samples per onnxruntime run.
+        seed: Seed of the position sampling.
+
+    Returns:
+        Rows `[G, n, Cout/G]`, or None when the teacher's channels do not match the layer's
+        output width (the caller then needs another teacher).
+    """
+    width = _channel_width(node)
+    batch_size, per_batch = _sampling(teacher, feeds, max_rows, batch_size)
+    shape = _out_shape_hint(node)
+    axis = 1 if node.op == "Conv" else -1
+    parts = []
+    for b, values in enumerate(iter_tensors(teacher, [tensor], feeds, batch_size)):
+        value = values[tensor]
+        if positions is not None:
+            if positions.size and positions.max() >= value.shape[axis]:
+                return None
+            value = np.take(value, positions, axis=axis)
+        if width is not None and value.shape[axis] != width:
+            return None
+        rng = np.random.default_rng([seed, zlib.crc32(node.name.encode()), b])
+        parts.append(layer_rows(node, value, per_batch, rng, True, shape))
+    return np.concatenate(parts, axis=1)
+
+
+def _channel_width(node: gs.Node) -> int | None:
+    w = const_value(node.inputs[1])
+    if node.op == "Conv":
+        return int(w.shape[0])
+    if node.op == "Gemm":
+        return int(w.shape[0] if node.attrs.get("transB", 0) else w.shape[1])
+    return int(w.shape[-1])

@@ -16,6 +16,7 @@ from compiler.core.options import in_range, non_negative, option, positive
 from compiler.core.pass_manager import Pass, PassResult
 from passes.canonicalize import canonicalize
 from passes.prune.apply import apply_with_layout
+from passes.prune.channels import read_channels, record_channels
 from passes.prune.costmodel import (
     CostModel,
     batch1_cost,
@@ -196,6 +197,8 @@ def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: 
     keep = {gid: select(scores[gid], n) for gid, n in counts.items()
             if n < analysis.groups[gid].channels}
     pruned, layout = apply_with_layout(canonical, keep, analysis=analysis)
+    if keep:  # where each kept channel came from, for a later float-teacher re-fit
+        record_channels(pruned, layout, read_channels(canonical))
     recon = None
     if cfg.recon_method() and keep:
         layers = affected_layers(analysis, keep)

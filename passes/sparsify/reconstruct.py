@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from compiler.core.sparsity import LayerMask
 from passes.recon import (
     LayerIO,
     collect_layer_tensors,
+    collect_mapped_rows,
     refit_reason,
     residual_add,
     ridge_fit,
@@ -50,7 +51,7 @@ class ReconOptions:
     residual: bool = True
 
 
-def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
+def reconstruct(student: Model, teacher: Model | Teacher, masks: dict[str, LayerMask],
                 feeds: Mapping[str, np.ndarray], options: ReconOptions | None = None,
                 select: Callable[[Layer, np.ndarray | None, np.ndarray | None], LayerMask]
                 | None = None, pending: Sequence[str] = ()) -> dict[str, dict]:
@@ -58,7 +59,8 @@ def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
 
     Args:
         student: The sparse model (same node names and shapes as the teacher).
-        teacher: The float model (after any reordering, before masking).
+        teacher: The model before masking (after any reordering), or a `Teacher` that
+            also holds the uncompressed float model.
         masks: Node name -> block mask of each sparsified layer; masks chosen here are
             added to it.
         feeds: Calibration inputs, batch on axis 0.
@@ -89,7 +91,7 @@ def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
     return report
 
 
-def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
+def layer_io(student: Model, teacher: Model | Teacher, layer: Layer, feeds,
              opts: ReconOptions) -> LayerIO:
     """Regression rows of one layer: one run of the student, one of the teacher.
 
@@ -108,9 +110,55 @@ def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
         x_specs["shortcut"] = (other.name, True)
         y_specs = {"y": (add.outputs[0].name, True)}
     xs = collect_layer_tensors(student, layer.name, x_specs, feeds, **kw)
-    ys = collect_layer_tensors(teacher, layer.name, y_specs, feeds, **kw)
-    y = ys["y"] - xs["shortcut"] if found is not None else ys["y"]
+    y = None
+    if isinstance(teacher, Teacher):
+        y = teacher.float_rows(layer, y_specs["y"][0], feeds, opts)
+        teacher = teacher.model
+    if y is None:
+        y = collect_layer_tensors(teacher, layer.name, y_specs, feeds, **kw)["y"]
+    y = y - xs["shortcut"] if found is not None else y
     return LayerIO(layer.name, xs["x"], y)
+
+
+@dataclass
+class Teacher:
+    """The models a re-fit matches: the float model where it can, else the input model.
+
+    Attributes:
+        model: The input model before masking (same widths as the student).
+        float_model: The uncompressed float model, or None. A pruned student's tensors are
+            narrower: `channels` names the float channel behind each of its channels.
+        channels: Student tensor -> float channel per position (pruning and reordering
+            composed); a tensor absent here has the float channels in the float order.
+    """
+
+    model: Model
+    float_model: Model | None = None
+    channels: Mapping[str, np.ndarray] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    _names: set[str] | None = field(default=None, init=False, repr=False)
+
+    def float_rows(self, layer: Layer, tensor: str, feeds,
+                   opts: ReconOptions) -> np.ndarray | None:
+        """Rows of the float model's `tensor` matching the student layer, or None.
+
+        None when there is no float model, it lacks the tensor, or its channels cannot be
+        matched to the student's (the input model is the teacher then).
+        """
+        if self.float_model is None or tensor not in self._float_tensors():
+            return None
+        rows = collect_mapped_rows(self.float_model, layer.node, tensor,
+                                   self.channels.get(tensor), feeds, max_rows=opts.rows,
+                                   seed=opts.seed)
+        if rows is not None:
+            self.used.append(layer.name)
+        return rows
+
+    def _float_tensors(self) -> set[str]:
+        if self._names is None:
+            self._names = {n for n, t in self.float_model.graph.tensors().items()
+                           if not is_const(t)}
+        return self._names
 
 
 def mask_weights(layer: Layer, mask: LayerMask) -> None:
