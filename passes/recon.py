@@ -53,11 +53,16 @@ class LayerIO:
         node: The node name.
         x: Regressors [G, n, k] (patches of the student's input, per group).
         y: Targets [G, n, m] (the teacher's output at the same positions, per group).
+        offset: What is added to the layer output before its activation (a residual
+            shortcut, rows like `y`), or None.
+        bounds: The activation's clamp (see `activation_bounds`), or None.
     """
 
     node: str
     x: np.ndarray
     y: np.ndarray
+    offset: np.ndarray | None = None
+    bounds: Bounds | None = None
 
 
 def refit_reason(node: gs.Node) -> str | None:
@@ -513,3 +518,68 @@ def _channel_width(node: gs.Node) -> int | None:
     if node.op == "Gemm":
         return int(w.shape[0] if node.attrs.get("transB", 0) else w.shape[1])
     return int(w.shape[-1])
+
+
+@dataclass
+class Bounds:
+    """The clamp an activation applies after a layer: `min(max(v, lo), hi)`.
+
+    Attributes:
+        tensor: The tensor the activation reads (the layer output or its residual sum).
+        lo: Lower clamp (ReLU: 0).
+        hi: Upper clamp (ReLU6: 6; `inf` for ReLU).
+    """
+
+    tensor: str
+    lo: float
+    hi: float = float("inf")
+
+
+def activation_bounds(node: gs.Node, graph: gs.Graph) -> Bounds | None:
+    """The clamp (ReLU, ReLU6 / Clip) after `node`'s output or the residual sum it feeds.
+
+    None when there is none, or when the tensor is also used before the activation.
+    """
+    out = node.outputs[0]
+    found = residual_add(node, graph)
+    if found is not None:
+        out = found[0].outputs[0]
+    users = list(out.outputs)
+    if len(users) != 1 or is_graph_output(graph, out):
+        return None
+    act = users[0]
+    if act.op == "Relu":
+        return Bounds(out.name, 0.0)
+    if act.op == "Clip":
+        lo, hi = _clip_limits(act)
+        if lo is not None:
+            return Bounds(out.name, lo, hi)
+    return None
+
+
+def _clip_limits(node: gs.Node) -> tuple[float | None, float]:
+    if "min" in node.attrs or "max" in node.attrs:  # opset < 11
+        return float(node.attrs.get("min", -np.inf)), float(node.attrs.get("max", np.inf))
+    lo = hi = None
+    if len(node.inputs) > 1 and node.inputs[1].name:
+        lo = const_value(node.inputs[1])
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        hi = const_value(node.inputs[2])
+    if lo is None or np.size(lo) != 1:
+        return None, float("inf")
+    return float(np.ravel(lo)[0]), float(np.ravel(hi)[0]) if hi is not None else float("inf")
+
+
+def censored_targets(y: np.ndarray, pred: np.ndarray, offset: np.ndarray | float,
+                     bounds: Bounds) -> np.ndarray:
+    """Targets freed where the activation hides the difference.
+
+    Where the teacher's value and the prediction (both plus `offset`, the shortcut of a
+    residual sum) are clamped to the same bound, any prediction is exact after the
+    activation: the target there becomes the prediction, so the next least-squares fit spends
+    its freedom on the values the activation passes. Iterating fit -> `censored_targets` ->
+    fit is a fixed-point scheme for `min ||act(XW + b + s) - act(Y + s)||^2`.
+    """
+    t, p = y + offset, pred + offset
+    free = ((t <= bounds.lo) & (p <= bounds.lo)) | ((t >= bounds.hi) & (p >= bounds.hi))
+    return np.where(free, pred, y).astype(np.float32)

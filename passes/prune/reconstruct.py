@@ -27,6 +27,7 @@ from compiler.core.ir import Model
 from compiler.core.progress import track
 from passes.prune.groups import Analysis
 from passes.recon import (
+    activation_bounds,
     collect_rows,
     refit_reason,
     residual_add,
@@ -34,12 +35,13 @@ from passes.recon import (
     set_layer_weights,
     weight_matrix,
 )
-from passes.recon_stream import layer_stats, refit
+from passes.recon_stream import act_refit, layer_stats, refit
 
 log = logging.getLogger(__name__)
 
 METHODS = ("stream", "lsq", "bias")
 DEFAULT_RECON = "stream"  # measured: docs/results.md, "Post-training recovery"
+ACT_ITERS = 1  # activation-aware re-fits per layer (`passes.recon.censored_targets`)
 
 
 def affected_layers(analysis: Analysis, keep: Mapping[int, np.ndarray]) -> list[str]:
@@ -191,7 +193,8 @@ def reconstruct_stream(pruned: Model, teacher: Model, layout, layers: list[str],
 
 
 def _refit_stream(pruned: Model, teacher: Model, layout, node, feeds, lam: float,
-                  residual: bool, batch_size: int) -> dict:
+                  residual: bool, batch_size: int, act_iters: int | None = None) -> dict:
+    act_iters = ACT_ITERS if act_iters is None else act_iters
     found = residual_add(node, pruned.graph) if residual else None
     target = (found[0] if found else node).outputs[0].name
     stats = layer_stats(pruned, teacher, node, feeds, target=target,
@@ -202,12 +205,24 @@ def _refit_stream(pruned: Model, teacher: Model, layout, node, feeds, lam: float
     has_bias = _has_bias_slot(node)
     b_old = _bias(node).reshape(g, m) if has_bias else None
     w, b, info = refit(stats, w_old, b_old, lam, intercept=has_bias)
+    bounds = activation_bounds(node, pruned.graph) if act_iters else None
+    if bounds is not None and bounds.tensor == target:
+        for _ in range(act_iters):
+            censored = layer_stats(pruned, teacher, node, feeds, target=target,
+                                   out_pos=_positions(layout, target),
+                                   shortcut=found[1].name if found else None,
+                                   batch_size=batch_size, censor=(w, b, bounds))
+            w, b, taken = act_refit(censored, w, b, info.get("ridge", lam), has_bias)
+            info["activation_aware"] = info.get("activation_aware", 0) + int(taken)
+            if not taken:
+                break
     if w is not w_old:
         set_layer_weights(pruned, node.name, w, None if b is None else b.reshape(-1))
     log.debug("reconstruct %s: held-out rel err %s -> %s", node.name, info["error_before"],
               info["error_after"])
     return {"layer": node.name, "err_before": info["error_before"],
-            "err_after": info["error_after"]}
+            "err_after": info["error_after"],
+            "activation_aware": info.get("activation_aware", 0)}
 
 
 def _positions(layout, tensor: str) -> np.ndarray | None:

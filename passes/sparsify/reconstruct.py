@@ -22,6 +22,8 @@ from compiler.core.progress import track
 from compiler.core.sparsity import LayerMask
 from passes.recon import (
     LayerIO,
+    activation_bounds,
+    censored_targets,
     collect_layer_tensors,
     collect_mapped_rows,
     refit_reason,
@@ -43,12 +45,16 @@ class ReconOptions:
         rows: Output positions (regression rows) sampled per layer.
         ridge: Ridge strength relative to the mean diagonal of the input Gram matrix.
         seed: Seed of the position sampling.
+        residual: Fit a layer feeding a residual Add to the block output.
+        act_iters: Activation-aware re-fits after the plain one (`censored_targets`);
+            0 fits the pre-activation output only.
     """
 
     rows: int = 8192
     ridge: float = 1e-3
     seed: int = 0
     residual: bool = True
+    act_iters: int = 2
 
 
 def reconstruct(student: Model, teacher: Model | Teacher, masks: dict[str, LayerMask],
@@ -87,7 +93,8 @@ def reconstruct(student: Model, teacher: Model | Teacher, masks: dict[str, Layer
         if reason:
             report[layer.name] = {"skipped": reason}
             continue
-        report[layer.name] = refit_layer(layer, masks[layer.name], io.x, io.y, opts.ridge)
+        report[layer.name] = refit_layer(layer, masks[layer.name], io.x, io.y, opts.ridge,
+                                         act=io, iters=opts.act_iters)
     return report
 
 
@@ -117,7 +124,10 @@ def layer_io(student: Model, teacher: Model | Teacher, layer: Layer, feeds,
     if y is None:
         y = collect_layer_tensors(teacher, layer.name, y_specs, feeds, **kw)["y"]
     y = y - xs["shortcut"] if found is not None else y
-    return LayerIO(layer.name, xs["x"], y)
+    bounds = activation_bounds(layer.node, student.graph) if opts.act_iters else None
+    if bounds is not None and bounds.tensor != y_specs["y"][0]:
+        bounds = None  # the activation reads a residual sum this fit does not target
+    return LayerIO(layer.name, xs["x"], y, xs.get("shortcut"), bounds)
 
 
 @dataclass
@@ -203,7 +213,7 @@ def dense_followers(layers: Sequence[Layer], sparse: Iterable[str]) -> dict[str,
 
 
 def refit_layer(layer: Layer, mask: LayerMask, x: np.ndarray, y: np.ndarray,
-                ridge: float) -> dict[str, float]:
+                ridge: float, act: LayerIO | None = None, iters: int = 0) -> dict[str, float]:
     """Masked ridge fit of one layer's weights (and per-channel bias) on rows (x, y).
 
     Args:
@@ -212,6 +222,10 @@ def refit_layer(layer: Layer, mask: LayerMask, x: np.ndarray, y: np.ndarray,
         x: Regressors `[G, P, Cin/G * K]` (or `[P, D]` for one group).
         y: Targets `[G, P, Cout/G]` (or `[P, Cout]`).
         ridge: Relative ridge strength.
+        act: Rows whose `bounds` / `offset` describe the activation after the layer (with
+            `iters` > 0 the fit then matches the activated output, see
+            `passes.recon.censored_targets`); None: the pre-activation output.
+        iters: Activation-aware re-fits after the plain one.
 
     Every fifth row is held out to pick the ridge strength (`ridge` times 1, 10, 100 or
     1000) and to decide whether to keep the fit at all: a layer with many weights and few
@@ -237,10 +251,60 @@ def refit_layer(layer: Layer, mask: LayerMask, x: np.ndarray, y: np.ndarray,
                  layer.name, tried[best], before)
         return {"error_before": before, "error_after": before}
     w_new, b_new = _fit_groups(x, y, keep, b_old is not None, best)
+    if act is not None and act.bounds is not None and iters > 0:
+        w_new, b_new = _act_refit(x, y, keep, (w_old, b_old), (w_new, b_new), best, act,
+                                  iters, val)
     layer.store(w_new.reshape(w0.shape))
     if bias is not None:
         bias.values = b_new.reshape(np.shape(bias.values)).astype(bias.values.dtype)
     return {"error_before": before, "error_after": tried[best], "ridge": best}
+
+
+def _act_refit(x: np.ndarray, y: np.ndarray, keep: np.ndarray, old: tuple, plain: tuple,
+               ridge: float, act: LayerIO, iters: int,
+               val: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Activation-aware re-fit: `iters` rounds of `censored_targets` then least squares.
+
+    Decided on the held-out rows like the plain fit: the rounds run on the other rows, and
+    the result is redone on all rows only when it lowers the held-out error after the
+    activation (else the plain fit is returned).
+    """
+    off = np.zeros_like(y) if act.offset is None else act.offset
+    with_bias = old[1] is not None
+
+    def rounds(rows: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple:
+        for _ in range(iters):
+            pred = _predict(x[:, rows], w, b)
+            target = censored_targets(y[:, rows], pred, off[:, rows], act.bounds)
+            w, b = _fit_groups(x[:, rows], target, keep, with_bias, ridge)
+        return w, b
+
+    train = ~val
+    w_t, b_t = _fit_groups(x[:, train], y[:, train], keep, with_bias, ridge)
+    e_plain = _act_error(x[:, val], y[:, val], off[:, val], w_t, b_t, act.bounds)
+    w_a, b_a = rounds(train, w_t, b_t)
+    e_act = _act_error(x[:, val], y[:, val], off[:, val], w_a, b_a, act.bounds)
+    if e_act >= e_plain:
+        return plain
+    return rounds(np.ones(len(val), bool), *plain)
+
+
+def _predict(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """`[G, P, Cout/G]` layer outputs of rows `x` for weights `[Cout, D]`."""
+    per = w.shape[0] // len(x)
+    out = np.stack([x[g] @ w[g * per:(g + 1) * per].T for g in range(len(x))])
+    if b is not None:
+        out = out + b.reshape(len(x), 1, per)
+    return out.astype(np.float32)
+
+
+def _act_error(x: np.ndarray, y: np.ndarray, off: np.ndarray, w: np.ndarray,
+               b: np.ndarray | None, bounds) -> float:
+    """Squared error after the activation: `act(pred + off)` against `act(y + off)`."""
+    pred = _predict(x, w, b)
+    lo, hi = bounds.lo, bounds.hi
+    return float(np.square(np.clip(pred + off, lo, hi) - np.clip(y + off, lo, hi),
+                           dtype=np.float64).sum())
 
 
 def _fit_groups(x: np.ndarray, y: np.ndarray, keep: np.ndarray, with_bias: bool,

@@ -105,3 +105,15 @@ def test_unknown_layer_is_a_graph_error():
         collect_layer_io(_model(), ["nope"], _feeds())
     with pytest.raises(GraphError, match="cannot be re-fitted"):
         collect_layer_io(_model(), [_model().nodes[1].name], _feeds())
+
+
+def test_censored_targets_free_only_entries_clamped_on_both_sides():
+    from passes.recon import Bounds, censored_targets
+
+    y = np.array([[-2.0, -1.0, 1.0, 7.0, 8.0]], np.float32)
+    pred = np.array([[-3.0, 0.5, 2.0, 9.0, 5.0]], np.float32)
+    out = censored_targets(y, pred, 0.0, Bounds("t", 0.0, 6.0))
+    # -2/-3 both below 0 and 7/9 both above 6: freed; the others keep the teacher's value.
+    np.testing.assert_array_equal(out, [[-3.0, -1.0, 1.0, 9.0, 8.0]])
+    shifted = censored_targets(y, pred, np.full_like(y, 4.0), Bounds("t", 0.0))
+    np.testing.assert_array_equal(shifted, y)  # + shortcut 4: nothing is clamped at 0

@@ -72,3 +72,35 @@ def test_default_is_stream_and_beats_sampled_rows(setting):
     rows, _ = prune_model(model, ratio=0.5, calib=calib, reconstruct="lsq", round_to=1)
     assert rep["reconstruction"]["method"] == "stream"
     assert _err(model, default, test) < _err(model, rows, test)
+
+
+def test_channel_map_names_the_float_channel_of_every_kept_channel(setting):
+    from passes.prune.channels import CHANNELS_KEY, read_channels
+    from passes.recon import iter_tensors
+
+    model, calib, _ = setting
+    pruned, _ = prune_model(model, ratio=0.5, reconstruct=False, round_to=1)
+    channels = read_channels(pruned)
+    assert CHANNELS_KEY in pruned.metadata
+    stem = next(n for n in pruned.nodes if n.name == "stem").outputs[0].name
+    names = sorted(channels)
+    got = next(iter_tensors(pruned, names, calib, 64))
+    ref = next(iter_tensors(model, names, calib, 64))
+    for name in names:
+        assert got[name].shape[1] == len(channels[name]) == 8  # 16 -> 8 everywhere
+        assert len(set(channels[name].tolist())) == 8 and channels[name].max() < 16
+    # The stem reads the unpruned input: its kept channels are the float ones, exactly.
+    np.testing.assert_array_equal(got[stem], ref[stem][:, channels[stem]])
+    assert read_channels(model) == {}
+
+
+def test_activation_aware_refit_lowers_the_error_after_relu(setting, monkeypatch):
+    import passes.prune.reconstruct as recon
+
+    model, calib, test = setting
+    fixed, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    monkeypatch.setattr(recon, "ACT_ITERS", 0)
+    plain, rep0 = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    assert sum(r["activation_aware"] for r in rep["reconstruction"]["layers"]) >= 1
+    assert sum(r["activation_aware"] for r in rep0["reconstruction"]["layers"]) == 0
+    assert _err(model, fixed, test) < _err(model, plain, test)

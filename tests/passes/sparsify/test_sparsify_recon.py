@@ -159,3 +159,29 @@ def test_refit_that_overfits_held_out_rows_is_rejected():
                        x, y, ridge=1e-8)
     assert info["error_after"] == info["error_before"]
     assert np.array_equal(layer.logical(), w_true)
+
+
+def test_float_teacher_of_the_model_itself_changes_nothing():
+    """The float-teacher path maps channels through the reordering: same fit, bit for bit."""
+    model = tiny_net(batch="N")
+    calib = _calib(model)
+    own, rep_own = sparsify_model(model, 4, 0.5, reorder=True, calib=calib)
+    via, rep_via = sparsify_model(model, 4, 0.5, reorder=True, calib=calib, teacher=model)
+    assert rep_own["float_teacher"] == []
+    assert set(rep_via["float_teacher"]) >= {"a", "b", "c", "pw", "fc1"}
+    for a, b in zip(weight_layers(own), weight_layers(via), strict=True):
+        np.testing.assert_allclose(a.logical(), b.logical(), rtol=1e-4, atol=1e-5)
+
+
+def test_float_teacher_of_a_pruned_model_matches_the_float_output():
+    from passes.prune import prune_model
+    from tests.passes.prune.test_prune_recon import _images, small_resnet
+
+    model = small_resnet()
+    calib, test = {"x": _images(64, 0)}, {"x": _images(32, 1)}
+    pruned, _ = prune_model(model, ratio=0.5, calib=calib, round_to=1)
+    own, _ = sparsify_model(pruned, 4, 0.5, reorder=True, calib=calib)
+    via, rep = sparsify_model(pruned, 4, 0.5, reorder=True, calib=calib, teacher=model)
+    assert set(rep["float_teacher"]) == {"b0.c1", "b0.c2", "b1.c1", "b1.c2", "fc"}
+    ref = run(model, test)["fc"]
+    assert relative_error(ref, run(via, test)["fc"]) < relative_error(ref, run(own, test)["fc"])
