@@ -36,6 +36,8 @@ from passes.sparsify.obs import gradual_obs_keep
 
 log = logging.getLogger(__name__)
 
+ACT_ITERS = 2  # activation-aware re-fit rounds (measured: docs/results.md, issue #22)
+
 
 @dataclass
 class ReconOptions:
@@ -54,7 +56,7 @@ class ReconOptions:
     ridge: float = 1e-3
     seed: int = 0
     residual: bool = True
-    act_iters: int = 2
+    act_iters: int = ACT_ITERS
 
 
 def reconstruct(student: Model, teacher: Model | Teacher, masks: dict[str, LayerMask],

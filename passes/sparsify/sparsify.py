@@ -45,6 +45,7 @@ from passes.sparsify.layers import (
 )
 from passes.sparsify.options import Plan, SparsifyOptions
 from passes.sparsify.reconstruct import (
+    ACT_ITERS,
     ReconOptions,
     Teacher,
     dense_followers,
@@ -155,7 +156,8 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
             it), overriding the `teacher` option (a path); default: `model` itself. For a
             pruned `model` its `npuc.prune.channels` metadata maps the channels.
         **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
-            include_first_last, reorder, reconstruct, refit_dense, ridge, rows).
+            include_first_last, reorder, reconstruct, refit_dense, refit_activation,
+            teacher, ridge, rows).
 
     Returns:
         (sparse model with metadata `npuc.sparsity`, report dict).
@@ -244,8 +246,10 @@ def _run(model: Model, opts: SparsifyOptions, calib: Any,
         dense = dense_followers(weight_layers(model), sparse) if opts.refit_dense else {}
         masks.update(dense)
         select = partial(obs_mask, block=opts.block, sparsity=opts.sparsity)
-        recon = reconstruct(model, teacher, masks, feeds, ReconOptions(opts.rows, opts.ridge),
-                            select=select, pending=pending)
+        recon_opts = ReconOptions(opts.rows, opts.ridge,
+                                  act_iters=ACT_ITERS if opts.refit_activation else 0)
+        recon = reconstruct(model, teacher, masks, feeds, recon_opts, select=select,
+                            pending=pending)
         for name in dense:
             del masks[name]
     write_sparsity_metadata(model, opts.block, masks, opts.criterion)

@@ -53,7 +53,7 @@ def test_prune_recovery(data, arch, target, bound):
     test, calib = data
     model = load_model(TRAINED / f"fmnist_{arch}.onnx")
     pruned, report = prune_model(model, target_macs=target, calib=calib, reconstruct=True)
-    assert report["reconstruction"]["method"] == "stream"
+    assert report["reconstruction"]["method"] == "act"
     assert report["macs"]["ratio"] <= target + 0.01
     assert _drop_pt(arch, pruned, test) <= bound
 
