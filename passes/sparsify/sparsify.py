@@ -142,7 +142,7 @@ def apply_masks(layers: Sequence[Layer], masks: Mapping[str, LayerMask]) -> None
 
 def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
                    calib: Mapping[str, np.ndarray] | Any = None,
-                   teacher: Model | Callable[[], Model | None] | None = None,
+                   teacher: Model | str | Callable[[], Model | None] | None = None,
                    **options: Any) -> tuple[Model, dict[str, Any]]:
     """1xN-sparsify a (canonicalized) model; the input model is not modified.
 
@@ -152,8 +152,9 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
         sparsity: Block sparsity per layer, or of the eligible MACs with `global_budget`.
         calib: Calibration inputs (dict of arrays or `compiler.core.feeds.Feeds`); needed by
             `reconstruct=True`.
-        teacher: The uncompressed float model the re-fit matches (or a callable returning
-            it), overriding the `teacher` option (a path); default: `model` itself. For a
+        teacher: The uncompressed float model the re-fit matches (a model, a path, or a
+            callable returning the model); default: the `teacher` option, else `model`
+            itself. For a
             pruned `model` its `npuc.prune.channels` metadata maps the channels.
         **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
             include_first_last, reorder, reconstruct, refit_dense, refit_activation,
@@ -193,13 +194,14 @@ def calib_missing(opts: SparsifyOptions) -> str:
             "with --no-reconstruct")
 
 
-def _float_teacher(given: Model | Callable[[], Model | None] | None,
+def _float_teacher(given: Model | str | Callable[[], Model | None] | None,
                    opts: SparsifyOptions) -> Model | None:
-    """The float teacher: `given` (a model, or a callable giving it), else `opts.teacher`."""
+    """The float teacher: `given` (model, path or callable giving the model) or `opts.teacher`."""
     if callable(given):
         given = given()
-    if given is None and opts.teacher:
-        given = load_model(opts.teacher)
+    given = opts.teacher if given is None else given
+    if isinstance(given, str):
+        given = load_model(given)
     return canonicalize(given).model if given is not None else None
 
 
@@ -280,8 +282,9 @@ class BlockSparsify(Pass):
         `teacher`: the float model (or a callable resolved when the pass runs: the compile
         pipeline's canonical original exists only then).
         """
-        rest = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity")}
-        return cls(opts.block, opts.sparsity, calib=calib, teacher=teacher, **rest)
+        rest = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity", "teacher")}
+        return cls(opts.block, opts.sparsity, calib=calib,
+                   teacher=opts.teacher if teacher is None else teacher, **rest)
 
     def call(self, model: Model) -> PassResult:
         """Sparsify; `info` is the report of `sparsify_model`."""

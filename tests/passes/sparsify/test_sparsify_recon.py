@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from compiler.core.numerics import random_feeds, relative_error, run
 from compiler.core.sparsity import LayerMask
@@ -214,3 +215,12 @@ def test_activation_aware_refit_ignores_what_relu_hides():
     act = LayerIO("c", x[None], y[None], None, Bounds("c", 0.0))
     refit_layer(aware, mask, x, y, ridge=1e-6, act=act, iters=4)
     assert relu_err(aware) < 0.75 * relu_err(plain)  # measured 0.19 vs 0.27
+
+
+def test_missing_teacher_file_is_a_one_line_error(tmp_path):
+    from compiler.core.errors import NpucError
+
+    model = tiny_net(batch="N")
+    missing = tmp_path / "float.onnx"
+    with pytest.raises(NpucError, match="float.onnx"):
+        sparsify_model(model, 4, 0.5, calib=_calib(model, 8), teacher=str(missing))
