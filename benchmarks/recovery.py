@@ -9,7 +9,8 @@ would type them; every step runs in a fresh interpreter through `benchmarks/peak
 its wall time and peak RSS (VmHWM) are the step's own. The final model is evaluated on the
 10,000-image test split (`fmnist-test`, Debian package `dataset-fashion-mnist`) and the drop
 is against the float model on the same images. `--extra-prune` / `--extra-sparsify` append
-flags to every prune / sparsify step (e.g. `--reconstruct-method layer` for the old method).
+flags to every prune / sparsify step (e.g. `--extra-prune "--reconstruct stream"
+--extra-sparsify --no-refit-activation` for the former defaults).
 Float training time of each model (`models/trained/*.train.json`) is printed as the anchor.
 """
 
@@ -36,22 +37,27 @@ PRUNE70 = ["prune", "--target-macs", "0.7", *CALIB, "--reconstruct"]
 PRUNE50 = ["prune", "--target-macs", "0.5", *CALIB, "--reconstruct"]
 SPARSE = ["sparsify", "--block", "4", "--sparsity", "0.5", "--reorder", "--criterion", "obs",
           *CALIB, "--reconstruct"]
+# The pipeline's sparsify step matches the unpruned float model (what `npuc compile` does).
+SPARSE_FLOAT = [*SPARSE, "--teacher", "{MODEL}"]
 QUANT = ["quantize", *CALIB]
 # row id -> (model, label, steps, goal in points)
 ROWS: dict[str, tuple[str, str, list[list[str]], float]] = {
     "r70": ("resnet", "prune to 70% MACs", [PRUNE70], 0.3),
     "r50": ("resnet", "prune to 50% MACs", [PRUNE50], 0.5),
     "r1x4": ("resnet", "1x4 @ 50%, reorder, obs", [SPARSE], 0.5),
-    "rpipe": ("resnet", "prune 70% -> 1x4 @ 50% -> int8", [PRUNE70, SPARSE, QUANT], 0.5),
+    "rpipe": ("resnet", "prune 70% -> 1x4 @ 50% -> int8", [PRUNE70, SPARSE_FLOAT, QUANT], 0.5),
     "m70": ("mobilenetv2", "prune to 70% MACs", [PRUNE70], 0.5),
     "m1x4": ("mobilenetv2", "1x4 @ 50%, reorder, obs", [SPARSE], 0.5),
 }
 
 
 def run_step(step: list[str], src: Path, work: Path, index: int,
-             extra: dict[str, list[str]]) -> tuple[Path, float, int]:
-    """Run one step command on `src`; returns (output model, wall seconds, peak RSS bytes)."""
-    cmd, rest = step[0], step[1:]
+             extra: dict[str, list[str]], model: Path) -> tuple[Path, float, int]:
+    """Run one step command on `src`; returns (output model, wall seconds, peak RSS bytes).
+
+    `{MODEL}` in the step's flags stands for the row's float model.
+    """
+    cmd, rest = step[0], [a.replace("{MODEL}", str(model)) for a in step[1:]]
     out = work / (f"step{index}" if cmd == "quantize" else f"step{index}.onnx")
     rss = work / f"step{index}.rss"
     argv = [sys.executable, str(ROOT / "benchmarks" / "peak_rss.py"), str(rss), "compiler.cli",
@@ -86,7 +92,7 @@ def measure(row: str, extra: dict[str, list[str]], data, base: dict[str, float])
     with tempfile.TemporaryDirectory(prefix="npuc-recovery-") as tmp:
         src = MODELS[model]
         for i, step in enumerate(steps):
-            src, wall, peak = run_step(step, src, Path(tmp), i, extra)
+            src, wall, peak = run_step(step, src, Path(tmp), i, extra, MODELS[model])
             walls.append(wall)
             peaks.append(peak)
         acc = top1(src, data[model])

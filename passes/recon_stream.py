@@ -21,7 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compiler.core.ir import Model, const_value
-from passes.recon import blas_single_thread, conv_geometry, iter_tensors
+from passes.recon import blas_single_thread, censored_targets, conv_geometry, iter_tensors
 
 HOLDOUT = 5  # every 5th calibration sample is held out
 RIDGE_STEPS = 4  # ridge * 10**k, k < RIDGE_STEPS, tried on the held-out samples
@@ -100,7 +100,7 @@ def _normal(x: np.ndarray, y: np.ndarray) -> Normal:
 
 def layer_stats(student: Model, teacher: Model, node: gs.Node, feeds, *, target: str,
                 out_pos: np.ndarray | None = None, shortcut: str | None = None,
-                batch_size: int = 16) -> LayerStats:
+                batch_size: int = 16, censor: tuple | None = None) -> LayerStats:
     """Normal equations of `node` (a student layer) against a teacher tensor.
 
     Args:
@@ -115,6 +115,9 @@ def layer_stats(student: Model, teacher: Model, node: gs.Node, feeds, *, target:
         shortcut: Student tensor subtracted from the target (the other operand of the
             residual Add: the layer then fits what the Add needs from it).
         batch_size: Samples per onnxruntime run.
+        censor: `(w [G, D, M], b [G, M], Bounds)`: targets go through
+            `passes.recon.censored_targets` with the predictions of these weights (plus the
+            shortcut), so the statistics describe the activation-aware fit.
     """
     s_names = [node.inputs[0].name] + ([shortcut] if shortcut else [])
     fit = held = None
@@ -127,12 +130,22 @@ def layer_stats(student: Model, teacher: Model, node: gs.Node, feeds, *, target:
             if shortcut:
                 y = y - s_vals[shortcut]
             x_rows, y_rows = all_patches(node, s_vals[s_names[0]]), output_rows(node, y)
+            if censor is not None:
+                off = output_rows(node, s_vals[shortcut]) if shortcut else 0.0
+                y_rows = censored_targets(y_rows, predict(x_rows, censor[0], censor[1]), off,
+                                          censor[2])
             per = x_rows.shape[1] // len(y)
             is_held = np.repeat((sample + np.arange(len(y))) % HOLDOUT == HOLDOUT - 1, per)
             sample += len(y)
             fit = _add(fit, _normal(x_rows[:, ~is_held], y_rows[:, ~is_held]))
             held = _add(held, _normal(x_rows[:, is_held], y_rows[:, is_held]))
     return LayerStats(fit, held)
+
+
+def predict(x_rows: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """Layer outputs `[G, n, M]` of patch rows `[G, n, D]` for `w [G, D, M]`, `b [G, M]`."""
+    out = np.matmul(x_rows.astype(np.float32), np.asarray(w, np.float32))
+    return out if b is None else out + np.asarray(b, np.float32)[:, None, :]
 
 
 def _take(node: gs.Node, value: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -225,5 +238,23 @@ def refit(stats: LayerStats, w_old: np.ndarray, b_old: np.ndarray | None, ridge:
                                             "ridge": best}
 
 
-__all__ = ["HOLDOUT", "LayerStats", "Normal", "all_patches", "layer_stats", "output_rows",
-           "refit", "rel_error", "solve"]
+def act_refit(stats: LayerStats, w: np.ndarray, b: np.ndarray | None, ridge: float,
+              intercept: bool = True) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """Solve the censored statistics (`layer_stats(..., censor=(w, b, bounds))`).
+
+    Kept only when it lowers the held-out censored error of `(w, b)` (an upper bound of the
+    error after the activation, exact for `(w, b)` where the activation clamps both).
+
+    Returns:
+        (w, b, whether the activation-aware fit was taken).
+    """
+    before = rel_error(stats.held, w, b)
+    w_try, b_try = solve(stats.fit, ridge, None, intercept)
+    if rel_error(stats.held, w_try, b_try if intercept else b) >= before:
+        return w, b, False
+    w_new, b_new = solve(stats.total, ridge, None, intercept)
+    return w_new, (b_new if intercept else b), True
+
+
+__all__ = ["HOLDOUT", "LayerStats", "Normal", "act_refit", "all_patches", "layer_stats",
+           "output_rows", "predict", "refit", "rel_error", "solve"]

@@ -112,8 +112,10 @@ def model_passes(state: CompileState) -> list[tuple[str, Pass]]:
     if c["sparsify.enabled"]:
         from passes.sparsify.sparsify import BlockSparsify
 
-        chosen.append(("sparsify", BlockSparsify.from_options(step_options(c, "sparsify"),
-                                                              state.calib)))
+        # The float teacher is the canonical original (set once canonicalize has run), so
+        # the 1xN re-fit also compensates the pruning error.
+        chosen.append(("sparsify", BlockSparsify.from_options(
+            step_options(c, "sparsify"), state.calib, teacher=lambda: state.original)))
     if c["quantize.enabled"]:
         chosen.append(("quantize", quantize_pass(state, budget_data=data)))
     return chosen

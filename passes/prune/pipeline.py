@@ -16,6 +16,7 @@ from compiler.core.options import in_range, non_negative, option, positive
 from compiler.core.pass_manager import Pass, PassResult
 from passes.canonicalize import canonicalize
 from passes.prune.apply import apply_with_layout
+from passes.prune.channels import read_channels, record_channels
 from passes.prune.costmodel import (
     CostModel,
     batch1_cost,
@@ -60,11 +61,12 @@ class PruneOptions:
     search: str | None = option(None, "search per-group rates (ABCPruner) under the "
                                 "target_macs budget", types=(str,), choices=("abc",))
     reconstruct: bool | str = option(
-        True, "re-fit the consumers of pruned channels on calibration data: true/stream "
-        "(ridge re-fit on every calibration position, residual-aware targets), lsq (ridge "
-        "re-fit on sampled rows, the former default), bias (mean folding only) or false",
-        types=(bool, str), choices=(True, False, "stream", "lsq", "bias"), const=True,
-        metavar="stream|lsq|bias")
+        True, "re-fit the consumers of pruned channels on calibration data: true/act "
+        "(stream, then matched after the following ReLU/ReLU6), stream (ridge re-fit on "
+        "every calibration position, residual-aware targets), lsq (ridge re-fit on sampled "
+        "rows), bias (mean folding only) or false",
+        types=(bool, str), choices=(True, False, "act", "stream", "lsq", "bias"), const=True,
+        metavar="act|stream|lsq|bias")
     seed: int = option(0, "seed of random choices", shared="seed", check=non_negative)
     calib_limit: int = option(256, "calibration samples used at most",
                               shared="calibration.limit")
@@ -196,6 +198,8 @@ def prune_model(model: Model, config: PruneOptions | dict | None = None, calib: 
     keep = {gid: select(scores[gid], n) for gid, n in counts.items()
             if n < analysis.groups[gid].channels}
     pruned, layout = apply_with_layout(canonical, keep, analysis=analysis)
+    if keep:  # where each kept channel came from, for a later float-teacher re-fit
+        record_channels(pruned, layout, read_channels(canonical))
     recon = None
     if cfg.recon_method() and keep:
         layers = affected_layers(analysis, keep)

@@ -4,7 +4,11 @@ Each consumer that lost input channels is re-fitted by ridge regression so that 
 pre-activation output on calibration data matches the original model's output, using the
 *pruned* model's inputs, so upstream errors are compensated too.
 
-- "stream" (the default): layers one at a time in graph order, on the normal equations of
+- "act" (the default): "stream", then per layer followed by a ReLU / ReLU6 one more pass
+  whose targets are freed where the activation clamps both the teacher and the prediction
+  (`passes.recon.censored_targets`), so the fit matches the activated output; kept when it
+  lowers the held-out error.
+- "stream": layers one at a time in graph order, on the normal equations of
   every output position of every calibration sample (`passes.recon_stream`); a layer that
   feeds a residual Add is fitted to the teacher's block output minus the student's
   shortcut; the ridge is chosen on held-out samples.
@@ -27,6 +31,7 @@ from compiler.core.ir import Model
 from compiler.core.progress import track
 from passes.prune.groups import Analysis
 from passes.recon import (
+    activation_bounds,
     collect_rows,
     refit_reason,
     residual_add,
@@ -34,12 +39,13 @@ from passes.recon import (
     set_layer_weights,
     weight_matrix,
 )
-from passes.recon_stream import layer_stats, refit
+from passes.recon_stream import act_refit, layer_stats, refit
 
 log = logging.getLogger(__name__)
 
-METHODS = ("stream", "lsq", "bias")
-DEFAULT_RECON = "stream"  # measured: docs/results.md, "Post-training recovery"
+METHODS = ("act", "stream", "lsq", "bias")
+DEFAULT_RECON = "act"  # measured: docs/results.md, "Post-training recovery"
+ACT_ITERS = 1  # "act": activation-aware passes per layer (more measured no better)
 
 
 def affected_layers(analysis: Analysis, keep: Mapping[int, np.ndarray]) -> list[str]:
@@ -60,7 +66,8 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
         layout: The `ApplyTracer` of the pruning (maps new channel positions to old ones).
         layers: Node names to re-fit, topological order.
         feeds: Calibration inputs.
-        method: "stream", "lsq" (ridge re-fits) or "bias" (fold removed channels' mean only).
+        method: "act", "stream", "lsq" (ridge re-fits) or "bias" (fold removed channels'
+            mean only).
         lam: Relative ridge strength.
         max_rows: Sampled output positions per layer ("lsq" and "bias").
         batch_size: Samples per onnxruntime run.
@@ -72,8 +79,9 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r}: choose from {', '.join(METHODS)}")
-    if method == "stream":
-        return reconstruct_stream(pruned, teacher, layout, layers, feeds, lam=lam)
+    if method in ("act", "stream"):
+        return reconstruct_stream(pruned, teacher, layout, layers, feeds, lam=lam,
+                                  act_iters=ACT_ITERS if method == "act" else 0)
     start = time.perf_counter()
     kw = {"max_rows": max_rows, "batch_size": batch_size, "seed": seed}
     layers = [n for n in layers if refit_reason(_node(pruned, n)) is None]
@@ -167,7 +175,7 @@ def _input_width(node) -> int:
 
 def reconstruct_stream(pruned: Model, teacher: Model, layout, layers: list[str], feeds, *,
                        lam: float = 1e-3, residual: bool = True,
-                       batch_size: int = 16) -> dict:
+                       batch_size: int = 16, act_iters: int = 0) -> dict:
     """Sequential re-fit on streamed normal equations (`passes.recon_stream`), in place.
 
     Every layer of `layers` is re-fitted in graph order on all output positions of all
@@ -176,7 +184,8 @@ def reconstruct_stream(pruned: Model, teacher: Model, layout, layers: list[str],
     layer feeding a residual Add (with `residual`) is fitted to the teacher's Add output
     minus the student's shortcut, so the block output matches the float model. The ridge is
     chosen on held-out calibration samples; a layer keeps its weights when no re-fit lowers
-    the held-out error.
+    the held-out error. With `act_iters`, a layer followed by a ReLU / ReLU6 gets up to that
+    many activation-aware passes (method "act").
     """
     start = time.perf_counter()
     rows = []
@@ -185,13 +194,13 @@ def reconstruct_stream(pruned: Model, teacher: Model, layout, layers: list[str],
         if refit_reason(node) is not None:
             continue
         rows.append(_refit_stream(pruned, teacher, layout, node, feeds, lam, residual,
-                                  batch_size))
-    return {"method": "stream", "lambda": lam, "layers": rows,
+                                  batch_size, act_iters))
+    return {"method": "act" if act_iters else "stream", "lambda": lam, "layers": rows,
             "time_s": round(time.perf_counter() - start, 3)}
 
 
 def _refit_stream(pruned: Model, teacher: Model, layout, node, feeds, lam: float,
-                  residual: bool, batch_size: int) -> dict:
+                  residual: bool, batch_size: int, act_iters: int) -> dict:
     found = residual_add(node, pruned.graph) if residual else None
     target = (found[0] if found else node).outputs[0].name
     stats = layer_stats(pruned, teacher, node, feeds, target=target,
@@ -202,12 +211,24 @@ def _refit_stream(pruned: Model, teacher: Model, layout, node, feeds, lam: float
     has_bias = _has_bias_slot(node)
     b_old = _bias(node).reshape(g, m) if has_bias else None
     w, b, info = refit(stats, w_old, b_old, lam, intercept=has_bias)
+    bounds = activation_bounds(node, pruned.graph) if act_iters else None
+    if bounds is not None and bounds.tensor == target:
+        for _ in range(act_iters):
+            censored = layer_stats(pruned, teacher, node, feeds, target=target,
+                                   out_pos=_positions(layout, target),
+                                   shortcut=found[1].name if found else None,
+                                   batch_size=batch_size, censor=(w, b, bounds))
+            w, b, taken = act_refit(censored, w, b, info.get("ridge", lam), has_bias)
+            info["activation_aware"] = info.get("activation_aware", 0) + int(taken)
+            if not taken:
+                break
     if w is not w_old:
         set_layer_weights(pruned, node.name, w, None if b is None else b.reshape(-1))
     log.debug("reconstruct %s: held-out rel err %s -> %s", node.name, info["error_before"],
               info["error_after"])
     return {"layer": node.name, "err_before": info["error_before"],
-            "err_after": info["error_after"]}
+            "err_after": info["error_after"],
+            "activation_aware": info.get("activation_aware", 0)}
 
 
 def _positions(layout, tensor: str) -> np.ndarray | None:

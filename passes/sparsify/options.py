@@ -40,6 +40,13 @@ class SparsifyOptions:
                                "float model's layer outputs on calibration data")
     refit_dense: bool = option(True, "with reconstruct: also re-fit the dense layers after "
                                "sparsified ones (classifier, depthwise)")
+    refit_activation: bool = option(True, "with reconstruct: match each layer's output "
+                                    "after the ReLU/ReLU6 that follows it (activation-aware "
+                                    "re-fit), not the pre-activation output")
+    teacher: str | None = option(
+        None, "reconstruction: the float model the re-fit matches (default: the input model); "
+        "give the unpruned model when sparsifying a pruned one, so the pruning error is "
+        "compensated too (npuc compile does this itself)", types=(str,), metavar="MODEL")
     ridge: float = option(1e-3, "reconstruction: relative ridge strength", check=non_negative)
     rows: int = option(8192, "reconstruction: regression rows sampled per layer",
                        check=positive, metavar="R")

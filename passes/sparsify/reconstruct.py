@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,7 +22,10 @@ from compiler.core.progress import track
 from compiler.core.sparsity import LayerMask
 from passes.recon import (
     LayerIO,
+    activation_bounds,
+    censored_targets,
     collect_layer_tensors,
+    collect_mapped_rows,
     refit_reason,
     residual_add,
     ridge_fit,
@@ -33,6 +36,8 @@ from passes.sparsify.obs import gradual_obs_keep
 
 log = logging.getLogger(__name__)
 
+ACT_ITERS = 2  # activation-aware re-fit rounds (measured: docs/results.md, issue #22)
+
 
 @dataclass
 class ReconOptions:
@@ -42,15 +47,19 @@ class ReconOptions:
         rows: Output positions (regression rows) sampled per layer.
         ridge: Ridge strength relative to the mean diagonal of the input Gram matrix.
         seed: Seed of the position sampling.
+        residual: Fit a layer feeding a residual Add to the block output.
+        act_iters: Activation-aware re-fits after the plain one (`censored_targets`);
+            0 fits the pre-activation output only.
     """
 
     rows: int = 8192
     ridge: float = 1e-3
     seed: int = 0
     residual: bool = True
+    act_iters: int = ACT_ITERS
 
 
-def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
+def reconstruct(student: Model, teacher: Model | Teacher, masks: dict[str, LayerMask],
                 feeds: Mapping[str, np.ndarray], options: ReconOptions | None = None,
                 select: Callable[[Layer, np.ndarray | None, np.ndarray | None], LayerMask]
                 | None = None, pending: Sequence[str] = ()) -> dict[str, dict]:
@@ -58,7 +67,8 @@ def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
 
     Args:
         student: The sparse model (same node names and shapes as the teacher).
-        teacher: The float model (after any reordering, before masking).
+        teacher: The model before masking (after any reordering), or a `Teacher` that
+            also holds the uncompressed float model.
         masks: Node name -> block mask of each sparsified layer; masks chosen here are
             added to it.
         feeds: Calibration inputs, batch on axis 0.
@@ -85,11 +95,12 @@ def reconstruct(student: Model, teacher: Model, masks: dict[str, LayerMask],
         if reason:
             report[layer.name] = {"skipped": reason}
             continue
-        report[layer.name] = refit_layer(layer, masks[layer.name], io.x, io.y, opts.ridge)
+        report[layer.name] = refit_layer(layer, masks[layer.name], io.x, io.y, opts.ridge,
+                                         act=io, iters=opts.act_iters)
     return report
 
 
-def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
+def layer_io(student: Model, teacher: Model | Teacher, layer: Layer, feeds,
              opts: ReconOptions) -> LayerIO:
     """Regression rows of one layer: one run of the student, one of the teacher.
 
@@ -108,9 +119,58 @@ def layer_io(student: Model, teacher: Model, layer: Layer, feeds,
         x_specs["shortcut"] = (other.name, True)
         y_specs = {"y": (add.outputs[0].name, True)}
     xs = collect_layer_tensors(student, layer.name, x_specs, feeds, **kw)
-    ys = collect_layer_tensors(teacher, layer.name, y_specs, feeds, **kw)
-    y = ys["y"] - xs["shortcut"] if found is not None else ys["y"]
-    return LayerIO(layer.name, xs["x"], y)
+    y = None
+    if isinstance(teacher, Teacher):
+        y = teacher.float_rows(layer, y_specs["y"][0], feeds, opts)
+        teacher = teacher.model
+    if y is None:
+        y = collect_layer_tensors(teacher, layer.name, y_specs, feeds, **kw)["y"]
+    y = y - xs["shortcut"] if found is not None else y
+    bounds = activation_bounds(layer.node, student.graph) if opts.act_iters else None
+    if bounds is not None and bounds.tensor != y_specs["y"][0]:
+        bounds = None  # the activation reads a residual sum this fit does not target
+    return LayerIO(layer.name, xs["x"], y, xs.get("shortcut"), bounds)
+
+
+@dataclass
+class Teacher:
+    """The models a re-fit matches: the float model where it can, else the input model.
+
+    Attributes:
+        model: The input model before masking (same widths as the student).
+        float_model: The uncompressed float model, or None. A pruned student's tensors are
+            narrower: `channels` names the float channel behind each of its channels.
+        channels: Student tensor -> float channel per position (pruning and reordering
+            composed); a tensor absent here has the float channels in the float order.
+    """
+
+    model: Model
+    float_model: Model | None = None
+    channels: Mapping[str, np.ndarray] = field(default_factory=dict)
+    used: list[str] = field(default_factory=list)
+    _names: set[str] | None = field(default=None, init=False, repr=False)
+
+    def float_rows(self, layer: Layer, tensor: str, feeds,
+                   opts: ReconOptions) -> np.ndarray | None:
+        """Rows of the float model's `tensor` matching the student layer, or None.
+
+        None when there is no float model, it lacks the tensor, or its channels cannot be
+        matched to the student's (the input model is the teacher then).
+        """
+        if self.float_model is None or tensor not in self._float_tensors():
+            return None
+        rows = collect_mapped_rows(self.float_model, layer.node, tensor,
+                                   self.channels.get(tensor), feeds, max_rows=opts.rows,
+                                   seed=opts.seed)
+        if rows is not None:
+            self.used.append(layer.name)
+        return rows
+
+    def _float_tensors(self) -> set[str]:
+        if self._names is None:
+            self._names = {n for n, t in self.float_model.graph.tensors().items()
+                           if not is_const(t)}
+        return self._names
 
 
 def mask_weights(layer: Layer, mask: LayerMask) -> None:
@@ -155,7 +215,7 @@ def dense_followers(layers: Sequence[Layer], sparse: Iterable[str]) -> dict[str,
 
 
 def refit_layer(layer: Layer, mask: LayerMask, x: np.ndarray, y: np.ndarray,
-                ridge: float) -> dict[str, float]:
+                ridge: float, act: LayerIO | None = None, iters: int = 0) -> dict[str, float]:
     """Masked ridge fit of one layer's weights (and per-channel bias) on rows (x, y).
 
     Args:
@@ -164,6 +224,10 @@ def refit_layer(layer: Layer, mask: LayerMask, x: np.ndarray, y: np.ndarray,
         x: Regressors `[G, P, Cin/G * K]` (or `[P, D]` for one group).
         y: Targets `[G, P, Cout/G]` (or `[P, Cout]`).
         ridge: Relative ridge strength.
+        act: Rows whose `bounds` / `offset` describe the activation after the layer (with
+            `iters` > 0 the fit then matches the activated output, see
+            `passes.recon.censored_targets`); None: the pre-activation output.
+        iters: Activation-aware re-fits after the plain one.
 
     Every fifth row is held out to pick the ridge strength (`ridge` times 1, 10, 100 or
     1000) and to decide whether to keep the fit at all: a layer with many weights and few
@@ -189,10 +253,60 @@ def refit_layer(layer: Layer, mask: LayerMask, x: np.ndarray, y: np.ndarray,
                  layer.name, tried[best], before)
         return {"error_before": before, "error_after": before}
     w_new, b_new = _fit_groups(x, y, keep, b_old is not None, best)
+    if act is not None and act.bounds is not None and iters > 0:
+        w_new, b_new = _act_refit(x, y, keep, (w_old, b_old), (w_new, b_new), best, act,
+                                  iters, val)
     layer.store(w_new.reshape(w0.shape))
     if bias is not None:
         bias.values = b_new.reshape(np.shape(bias.values)).astype(bias.values.dtype)
     return {"error_before": before, "error_after": tried[best], "ridge": best}
+
+
+def _act_refit(x: np.ndarray, y: np.ndarray, keep: np.ndarray, old: tuple, plain: tuple,
+               ridge: float, act: LayerIO, iters: int,
+               val: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Activation-aware re-fit: `iters` rounds of `censored_targets` then least squares.
+
+    Decided on the held-out rows like the plain fit: the rounds run on the other rows, and
+    the result is redone on all rows only when it lowers the held-out error after the
+    activation (else the plain fit is returned).
+    """
+    off = np.zeros_like(y) if act.offset is None else act.offset
+    with_bias = old[1] is not None
+
+    def rounds(rows: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> tuple:
+        for _ in range(iters):
+            pred = _predict(x[:, rows], w, b)
+            target = censored_targets(y[:, rows], pred, off[:, rows], act.bounds)
+            w, b = _fit_groups(x[:, rows], target, keep, with_bias, ridge)
+        return w, b
+
+    train = ~val
+    w_t, b_t = _fit_groups(x[:, train], y[:, train], keep, with_bias, ridge)
+    e_plain = _act_error(x[:, val], y[:, val], off[:, val], w_t, b_t, act.bounds)
+    w_a, b_a = rounds(train, w_t, b_t)
+    e_act = _act_error(x[:, val], y[:, val], off[:, val], w_a, b_a, act.bounds)
+    if e_act >= e_plain:
+        return plain
+    return rounds(np.ones(len(val), bool), *plain)
+
+
+def _predict(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """`[G, P, Cout/G]` layer outputs of rows `x` for weights `[Cout, D]`."""
+    per = w.shape[0] // len(x)
+    out = np.stack([x[g] @ w[g * per:(g + 1) * per].T for g in range(len(x))])
+    if b is not None:
+        out = out + b.reshape(len(x), 1, per)
+    return out.astype(np.float32)
+
+
+def _act_error(x: np.ndarray, y: np.ndarray, off: np.ndarray, w: np.ndarray,
+               b: np.ndarray | None, bounds) -> float:
+    """Squared error after the activation: `act(pred + off)` against `act(y + off)`."""
+    pred = _predict(x, w, b)
+    lo, hi = bounds.lo, bounds.hi
+    return float(np.square(np.clip(pred + off, lo, hi) - np.clip(y + off, lo, hi),
+                           dtype=np.float64).sum())
 
 
 def _fit_groups(x: np.ndarray, y: np.ndarray, keep: np.ndarray, with_bias: bool,

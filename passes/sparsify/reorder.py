@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,17 @@ def reorder_layers(model: Model, names: Sequence[str]) -> tuple[Model, dict[str,
     Returns:
         (the reordered model, node name -> "reordered" or the reason it was not).
     """
-    from passes.prune.apply import apply_keep
+    model, info, _ = reorder_with_layout(model, names)
+    return model, info
+
+
+def reorder_with_layout(model: Model, names: Sequence[str]) -> tuple[Model, dict[str, str], Any]:
+    """`reorder_layers`, also returning the `ApplyTracer` (None when nothing moved).
+
+    `tracer.old_positions(tensor)` gives, per channel of a reordered tensor, its position
+    before the reordering (how a float teacher's channels line up with the student's).
+    """
+    from passes.prune.apply import apply_with_layout
     from passes.prune.groups import build_groups
 
     groups = build_groups(model)
@@ -48,9 +59,10 @@ def reorder_layers(model: Model, names: Sequence[str]) -> tuple[Model, dict[str,
             continue
         keep[group.id] = _group_order(group, layer)
         info[name] = REORDERED
+    layout = None
     if keep:
-        model = apply_keep(model, keep)
-    return model, info
+        model, layout = apply_with_layout(model, keep)
+    return model, info, layout
 
 
 def _group_of(groups, layer: Layer):

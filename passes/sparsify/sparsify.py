@@ -8,16 +8,19 @@ initializers, and the masks travel in the model's metadata (see `metadata.py`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import numpy as np
 
 from compiler.core.errors import ConfigError
+from compiler.core.io import load_model
 from compiler.core.ir import Model
 from compiler.core.pass_manager import Pass, PassResult
 from compiler.core.sparsity import LayerMask, write_sparsity_metadata
+from passes.canonicalize import canonicalize
+from passes.prune.channels import read_channels
 from passes.sparsify.activation import (
     ChannelStats,
     bias_correct,
@@ -42,13 +45,15 @@ from passes.sparsify.layers import (
 )
 from passes.sparsify.options import Plan, SparsifyOptions
 from passes.sparsify.reconstruct import (
+    ACT_ITERS,
     ReconOptions,
+    Teacher,
     dense_followers,
     mask_weights,
     obs_mask,
     reconstruct,
 )
-from passes.sparsify.reorder import reorder_layers
+from passes.sparsify.reorder import reorder_with_layout
 from passes.sparsify.report import build_report
 
 log = logging.getLogger(__name__)
@@ -137,6 +142,7 @@ def apply_masks(layers: Sequence[Layer], masks: Mapping[str, LayerMask]) -> None
 
 def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
                    calib: Mapping[str, np.ndarray] | Any = None,
+                   teacher: Model | str | Callable[[], Model | None] | None = None,
                    **options: Any) -> tuple[Model, dict[str, Any]]:
     """1xN-sparsify a (canonicalized) model; the input model is not modified.
 
@@ -146,8 +152,13 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
         sparsity: Block sparsity per layer, or of the eligible MACs with `global_budget`.
         calib: Calibration inputs (dict of arrays or `compiler.core.feeds.Feeds`); needed by
             `reconstruct=True`.
+        teacher: The uncompressed float model the re-fit matches (a model, a path, or a
+            callable returning the model); default: the `teacher` option, else `model`
+            itself. For a
+            pruned `model` its `npuc.prune.channels` metadata maps the channels.
         **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
-            include_first_last, reorder, reconstruct, refit_dense, ridge, rows).
+            include_first_last, reorder, reconstruct, refit_dense, refit_activation,
+            teacher, ridge, rows).
 
     Returns:
         (sparse model with metadata `npuc.sparsity`, report dict).
@@ -162,7 +173,7 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
     opts.validate()
     if calib is None and needs_calib(opts):
         raise ConfigError(calib_missing(opts))
-    return _run(model.copy(), opts, calib)
+    return _run(model.copy(), opts, calib, teacher)
 
 
 def needs_calib(opts: SparsifyOptions) -> bool:
@@ -183,14 +194,47 @@ def calib_missing(opts: SparsifyOptions) -> str:
             "with --no-reconstruct")
 
 
-def _run(model: Model, opts: SparsifyOptions, calib: Any) -> tuple[Model, dict[str, Any]]:
+def _float_teacher(given: Model | str | Callable[[], Model | None] | None,
+                   opts: SparsifyOptions) -> Model | None:
+    """The float teacher: `given` (model, path or callable giving the model) or `opts.teacher`."""
+    if callable(given):
+        given = given()
+    given = opts.teacher if given is None else given
+    if isinstance(given, str):
+        given = load_model(given)
+    return canonicalize(given).model if given is not None else None
+
+
+def _compose(model: Model, channels: Mapping[str, np.ndarray], layout) -> dict[str, np.ndarray]:
+    """Student tensor -> float channel per position: the pruning map after the reordering."""
+    out = dict(channels)
+    if layout is None:
+        return out
+    for name in model.graph.tensors():
+        if name in layout.slots:
+            pos = np.asarray(layout.old_positions(name))
+            if np.array_equal(pos, np.arange(len(pos))):
+                continue
+            out[name] = channels[name][pos] if name in channels else pos
+    return out
+
+
+def _run(model: Model, opts: SparsifyOptions, calib: Any,
+         float_model: Model | Callable[[], Model | None] | None = None,
+         ) -> tuple[Model, dict[str, Any]]:
     plan = plan_layers(model, opts)
     _check_plan(plan, opts.block)
     reorder_info: dict[str, str] = {}
+    channels, layout = read_channels(model), None
     if opts.reorder:
-        model, reorder_info = reorder_layers(model, [layer.name for layer in plan.layers])
+        model, reorder_info, layout = reorder_with_layout(
+            model, [layer.name for layer in plan.layers])
         plan = plan_layers(model, opts)
-    teacher = model.copy() if opts.reconstruct else None
+    teacher = None
+    if opts.reconstruct:
+        float_model = _float_teacher(float_model, opts)
+        teacher = Teacher(model.copy(), float_model,
+                          _compose(model, channels, layout) if float_model else {})
     feeds = calib.arrays if hasattr(calib, "arrays") else calib
     stats = input_channel_stats(model, plan.layers, feeds) if feeds is not None else None
     masks, corrected, pending = {}, [], [layer.name for layer in plan.layers]
@@ -204,14 +248,17 @@ def _run(model: Model, opts: SparsifyOptions, calib: Any) -> tuple[Model, dict[s
         dense = dense_followers(weight_layers(model), sparse) if opts.refit_dense else {}
         masks.update(dense)
         select = partial(obs_mask, block=opts.block, sparsity=opts.sparsity)
-        recon = reconstruct(model, teacher, masks, feeds, ReconOptions(opts.rows, opts.ridge),
-                            select=select, pending=pending)
+        recon_opts = ReconOptions(opts.rows, opts.ridge,
+                                  act_iters=ACT_ITERS if opts.refit_activation else 0)
+        recon = reconstruct(model, teacher, masks, feeds, recon_opts, select=select,
+                            pending=pending)
         for name in dense:
             del masks[name]
     write_sparsity_metadata(model, opts.block, masks, opts.criterion)
     report = build_report(model, plan, masks, opts, reorder_info, recon)
     report["bias_corrected"] = corrected
     report["refit_dense"] = {name: recon[name] for name in dense}
+    report["float_teacher"] = list(teacher.used) if teacher is not None else []
     return model, report
 
 
@@ -221,17 +268,26 @@ class BlockSparsify(Pass):
     preserves_function = False
 
     def __init__(self, block: int = 4, sparsity: float = 0.5, *, calib: Any = None,
+                 teacher: Model | Callable[[], Model | None] | None = None,
                  **options: Any) -> None:
         self.block, self.sparsity, self.calib, self.options = block, sparsity, calib, options
+        self.teacher = teacher
 
     @classmethod
-    def from_options(cls, opts: SparsifyOptions, calib: Any = None) -> BlockSparsify:
-        """The pass for typed options (what `npuc sparsify` and `npuc compile` build)."""
-        rest = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity")}
-        return cls(opts.block, opts.sparsity, calib=calib, **rest)
+    def from_options(cls, opts: SparsifyOptions, calib: Any = None,
+                     teacher: Model | Callable[[], Model | None] | None = None,
+                     ) -> BlockSparsify:
+        """The pass for typed options (what `npuc sparsify` and `npuc compile` build).
+
+        `teacher`: the float model (or a callable resolved when the pass runs: the compile
+        pipeline's canonical original exists only then).
+        """
+        rest = {k: v for k, v in vars(opts).items() if k not in ("block", "sparsity", "teacher")}
+        return cls(opts.block, opts.sparsity, calib=calib,
+                   teacher=opts.teacher if teacher is None else teacher, **rest)
 
     def call(self, model: Model) -> PassResult:
         """Sparsify; `info` is the report of `sparsify_model`."""
         out, report = sparsify_model(model, self.block, self.sparsity, calib=self.calib,
-                                     **self.options)
+                                     teacher=self.teacher, **self.options)
         return PassResult(out, report["zero_blocks"] > 0 or report["reordered"] > 0, report)

@@ -45,22 +45,22 @@ def _drop_pt(arch: str, model, test) -> float:
 
 
 @pytest.mark.parametrize(("arch", "target", "bound"), [
-    ("resnet", 0.7, 0.3),       # goal 0.3: measured 0.25 (was 0.46 with lsq)
-    ("resnet", 0.5, 0.95),      # goal 0.5: measured 0.88 (was 0.96)
-    ("mobilenetv2", 0.7, 1.0),  # goal 0.5: measured 0.93 (was 0.94)
+    ("resnet", 0.7, 0.25),      # goal 0.3: measured 0.19 (stream 0.25, lsq 0.46)
+    ("resnet", 0.5, 0.9),       # goal 0.5: measured 0.84 (stream 0.88)
+    ("mobilenetv2", 0.7, 0.97),  # goal 0.5: measured 0.92 (stream 0.93)
 ])
 def test_prune_recovery(data, arch, target, bound):
     test, calib = data
     model = load_model(TRAINED / f"fmnist_{arch}.onnx")
     pruned, report = prune_model(model, target_macs=target, calib=calib, reconstruct=True)
-    assert report["reconstruction"]["method"] == "stream"
+    assert report["reconstruction"]["method"] == "act"
     assert report["macs"]["ratio"] <= target + 0.01
     assert _drop_pt(arch, pruned, test) <= bound
 
 
-@pytest.mark.parametrize(("arch", "bound"), [("resnet", 1.0), ("mobilenetv2", 1.05)])
+@pytest.mark.parametrize(("arch", "bound"), [("resnet", 0.88), ("mobilenetv2", 0.96)])
 def test_sparsify_recovery(data, arch, bound):
-    # goal 0.5 for both: measured 0.93 / 0.96 (unchanged: see docs/results.md)
+    # goal 0.5 for both: measured 0.82 / 0.90 (0.93 / 0.96 without the activation-aware re-fit)
     test, calib = data
     model = canonicalize(load_model(TRAINED / f"fmnist_{arch}.onnx")).model
     sparse, _ = sparsify_model(model, 4, 0.5, reorder=True, criterion="obs", calib=calib)

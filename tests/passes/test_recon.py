@@ -105,3 +105,36 @@ def test_unknown_layer_is_a_graph_error():
         collect_layer_io(_model(), ["nope"], _feeds())
     with pytest.raises(GraphError, match="cannot be re-fitted"):
         collect_layer_io(_model(), [_model().nodes[1].name], _feeds())
+
+
+def test_censored_targets_free_only_entries_clamped_on_both_sides():
+    from passes.recon import Bounds, censored_targets
+
+    y = np.array([[-2.0, -1.0, 1.0, 7.0, 8.0]], np.float32)
+    pred = np.array([[-3.0, 0.5, 2.0, 9.0, 5.0]], np.float32)
+    out = censored_targets(y, pred, 0.0, Bounds("t", 0.0, 6.0))
+    # -2/-3 both below 0 and 7/9 both above 6: freed; the others keep the teacher's value.
+    np.testing.assert_array_equal(out, [[-3.0, -1.0, 1.0, 9.0, 8.0]])
+    shifted = censored_targets(y, pred, np.full_like(y, 4.0), Bounds("t", 0.0))
+    np.testing.assert_array_equal(shifted, y)  # + shortcut 4: nothing is clamped at 0
+
+
+def test_activation_bounds_relu_relu6_residual_and_raw_use():
+    from passes.recon import activation_bounds
+
+    b = GraphBuilder("acts", seed=0)
+    r = b.rng
+    x = b.input("x", ["N", 4, 6, 6])
+    a = b.relu6(b.conv(x, he_normal(r, (4, 4, 3, 3)), None, name="a"))
+    c = b.conv(a, he_normal(r, (4, 4, 3, 3)), None, name="c")
+    s = b.relu(b.add(c, a))
+    d = b.conv(s, he_normal(r, (4, 4, 1, 1)), None, name="d")
+    b.output(b.add(d, b.relu(d)))  # d is also used raw: no bounds
+    model = load_model(b.build())
+    nodes = {n.name: n for n in model.graph.nodes}
+    got = {k: activation_bounds(nodes[k], model.graph) for k in ("a", "c", "d")}
+    assert (got["a"].tensor, got["a"].lo, got["a"].hi) == (nodes["a"].outputs[0].name, 0.0,
+                                                           float("inf"))  # lower clamp only
+    add = nodes["c"].outputs[0].outputs[0]
+    assert got["c"].tensor == add.outputs[0].name and got["c"].lo == 0.0
+    assert got["d"] is None

@@ -105,7 +105,7 @@ def test_prune_reconstruct_cli(tmp_path, capsys):
                            "--criterion", "hrank", "--calib", str(calib), "--reconstruct",
                            "--round-to", "1"], capsys)
     assert code == 0, err
-    assert "reconstruction (stream): 5 layers" in out
+    assert "reconstruction (act): 5 layers" in out
 
 
 def test_groups_name_the_blocking_node_and_op(tmp_path, capsys):

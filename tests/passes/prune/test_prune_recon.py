@@ -43,7 +43,7 @@ def _err(model, pruned, feeds):
     return relative_error(run(model, feeds)["fc"], run(pruned, feeds)["fc"])
 
 
-@pytest.mark.parametrize("method", ["stream", "lsq", "bias"])
+@pytest.mark.parametrize("method", ["act", "stream", "lsq", "bias"])
 def test_reconstruction_reduces_error(setting, method):
     model, calib, test = setting
     plain, _ = prune_model(model, ratio=0.5, reconstruct=False, round_to=1)
@@ -66,9 +66,42 @@ def test_reconstruction_keeps_shapes_and_structure(setting):
     assert run(fixed, test)["fc"].shape == (32, 10)
 
 
-def test_default_is_stream_and_beats_sampled_rows(setting):
+def test_stream_beats_sampled_rows(setting):
     model, calib, test = setting
-    default, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    default, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct="stream", round_to=1)
     rows, _ = prune_model(model, ratio=0.5, calib=calib, reconstruct="lsq", round_to=1)
     assert rep["reconstruction"]["method"] == "stream"
     assert _err(model, default, test) < _err(model, rows, test)
+
+
+def test_channel_map_names_the_float_channel_of_every_kept_channel(setting):
+    from passes.prune.channels import CHANNELS_KEY, read_channels
+    from passes.recon import iter_tensors
+
+    model, calib, _ = setting
+    pruned, _ = prune_model(model, ratio=0.5, reconstruct=False, round_to=1)
+    channels = read_channels(pruned)
+    assert CHANNELS_KEY in pruned.metadata
+    stem = next(n for n in pruned.nodes if n.name == "stem").outputs[0].name
+    names = sorted(channels)
+    got = next(iter_tensors(pruned, names, calib, 64))
+    ref = next(iter_tensors(model, names, calib, 64))
+    for name in names:
+        assert got[name].shape[1] == len(channels[name]) == 8  # 16 -> 8 everywhere
+        assert len(set(channels[name].tolist())) == 8 and channels[name].max() < 16
+    # The stem reads the unpruned input: its kept channels are the float ones, exactly.
+    np.testing.assert_array_equal(got[stem], ref[stem][:, channels[stem]])
+    assert read_channels(model) == {}
+
+
+def test_default_act_refit_takes_activation_aware_fits(setting):
+    # On this random-weight toy the logits error of act and stream are within 10 % either
+    # way; the activation-aware fit itself is checked in tests/passes/sparsify
+    # (test_activation_aware_refit_ignores_what_relu_hides) and on 10k real images.
+    model, calib, test = setting
+    fixed, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    plain, rep0 = prune_model(model, ratio=0.5, calib=calib, reconstruct="stream", round_to=1)
+    assert rep["reconstruction"]["method"] == "act"
+    assert sum(r["activation_aware"] for r in rep["reconstruction"]["layers"]) >= 1
+    assert sum(r["activation_aware"] for r in rep0["reconstruction"]["layers"]) == 0
+    assert _err(model, fixed, test) < 1.1 * _err(model, plain, test)
