@@ -15,6 +15,7 @@ import numpy as np
 from compiler.core.errors import TargetError
 from targets.npusim import isa
 from targets.npusim import kernels as K
+from targets.npusim import plans as P
 
 Step = Callable[[], None]
 
@@ -28,42 +29,71 @@ def _out_hw(sim: Any, ins: isa.Instr) -> tuple[int, int]:
 
 
 def conv(sim: Any, ins: isa.Conv) -> Step:
-    """Grouped/dense conv: im2col + exact float32 GEMM per group, per-channel requant."""
+    """Grouped/dense conv: patch matrix + exact float32 GEMM per row block, per-row requant.
+
+    The patch matrix is filled once per frame (channel ranges in parallel); then each thread
+    runs GEMM and requantization over its own blocks of output channels.
+    """
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
-    g, cout = ins.group, w.shape[0]
-    wmat = w.reshape(g, cout // g, -1)
-    w32 = [wmat[i].astype(np.float32) for i in range(g)]
-    splits = [K.k_splits(wmat[i], K.x_max(x.dtype)) for i in range(g)]
-    bias = _blob(sim, ins.bias).astype(np.int64)[:, None]
-    m0 = _blob(sim, ins.mult).astype(np.int64)[:, None]
-    shift = _blob(sim, ins.shift).astype(np.int64)[:, None]
-    kernel, out_hw, cin_g = tuple(w.shape[2:]), _out_hw(sim, ins), w.shape[1]
+    out_hw = _out_hw(sim, ins)
+    m = out_hw[0] * out_hw[1]
+    patches = P.Patches.make(x.shape[1:], x.dtype, tuple(w.shape[2:]), ins.stride, ins.pads,
+                              ins.dilation, out_hw)
+    wmat, xb = w.reshape(w.shape[0], -1), K.x_max(x.dtype)
+    gemm = P.GemmBlocks.make(wmat, ins.group, m, xb,
+                             _requant(sim, ins, 1, P.row_bound(wmat, xb)), sim.threads)
+    fills = P.ranges(x.shape[1], sim.threads)
+    y2 = y.reshape(y.shape[0], w.shape[0], m)
 
     def step() -> None:
         for n in range(x.shape[0]):
-            parts = [K.exact_matmul(w32[i], K.im2col(x[n, i * cin_g:(i + 1) * cin_g], kernel,
-                                                     ins.stride, ins.pads, ins.dilation,
-                                                     out_hw), splits[i]) for i in range(g)]
-            acc = parts[0] if g == 1 else np.concatenate(parts, axis=0)
-            acc += bias
-            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype).reshape(y.shape[1:])
+            sim.map(lambda r, n=n: patches.fill(x[n], *r), fills)
+            sim.map(lambda part, n=n: gemm.run(part, patches.matrix, y2[n]), gemm.parts)
     return step
 
 
+def _requant(sim: Any, ins: Any, trailing: int, bound: np.ndarray) -> P.Requant:
+    """The instruction's bias, M0 and shift blobs as broadcastable columns."""
+    return P.Requant.make(_blob(sim, ins.bias), _blob(sim, ins.mult), _blob(sim, ins.shift),
+                          ins.lo, ins.hi, trailing, bound)
+
+
 def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
-    """Per-channel taps, exact in float32."""
+    """Per-channel taps over a persistent padded copy, exact in float32 (else float64)."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
-    bias = _blob(sim, ins.bias).astype(np.int64)[:, None, None]
-    m0 = _blob(sim, ins.mult).astype(np.int64)[:, None, None]
-    shift = _blob(sim, ins.shift).astype(np.int64)[:, None, None]
-    out_hw = _out_hw(sim, ins)
+    kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
+    dtype = K.depthwise_dtype(kernel, x.dtype)
+    pad = P.Padded.make(x.shape[1:], ins.pads, 0, dtype)
+    taps = pad.taps(kernel, ins.stride, ins.dilation, out_hw)
+    wt = [w[:, 0, i, j].astype(dtype)[:, None, None]
+          for i in range(kernel[0]) for j in range(kernel[1])]
+    shape = (x.shape[1],) + tuple(out_hw)
+    acc, tmp, acc64 = np.empty(shape, dtype), np.empty(shape, dtype), np.empty(shape, np.int64)
+    rq = _requant(sim, ins, 2, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
+    chunks = P.blocks(x.shape[1], out_hw[0] * out_hw[1], min_rows=1)
+    parts = P.deal([(c0, c1, rq.rows_float(c0, c1)) for c0, c1 in chunks], sim.threads)
+
+    def work(part: list[tuple[int, int, bool]], n: int) -> None:
+        for c0, c1, use_float in part:
+            pad.fill(x[n], c0, c1)
+            a, t = acc[c0:c1], tmp[c0:c1]
+            np.multiply(taps[0][c0:c1], wt[0][c0:c1], out=a)
+            for tap, wk in zip(taps[1:], wt[1:], strict=True):
+                np.multiply(tap[c0:c1], wk[c0:c1], out=t)
+                np.add(a, t, out=a)
+            if use_float:
+                f64 = acc64[c0:c1].view(np.float64)
+                np.add(a, rq.bias_f[c0:c1], out=f64)
+                rq.apply_float(f64, y[n, c0:c1], c0, c1)
+            else:
+                np.copyto(acc64[c0:c1], a, casting="unsafe")
+                rq.apply(acc64[c0:c1], y[n, c0:c1], c0, c1)
 
     def step() -> None:
         for n in range(x.shape[0]):
-            acc = K.depthwise(x[n], w, ins.stride, ins.pads, ins.dilation, out_hw) + bias
-            y[n] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype)
+            sim.map(lambda part, n=n: work(part, n), parts)
     return step
 
 
@@ -84,10 +114,28 @@ def fully_connected(sim: Any, ins: isa.FullyConnected) -> Step:
 
 
 def add(sim: Any, ins: isa.Add) -> Step:
-    """Broadcasting add with a common shift."""
+    """Broadcasting add with a common shift (§6), in preallocated int64 scratch.
+
+    Equal shapes are split by channel across threads; broadcasting adds run whole.
+    """
     a, b, y = sim.views[ins.a], sim.views[ins.b], sim.views[ins.ofm]
-    return lambda: y.__setitem__(..., K.add(a, b, ins.mult_a, ins.mult_b, ins.shift, ins.lo,
-                                             ins.hi, y.dtype))
+    acc, tmp = np.empty(y.shape, np.int64), np.empty(y.shape, np.int64)
+    ma, mb = np.int64(ins.mult_a), np.int64(ins.mult_b)
+    rnd, shift = np.left_shift(np.int64(1), np.int64(ins.shift - 1)), np.int64(ins.shift)
+    split = a.shape == b.shape == y.shape and y.ndim >= 2
+    chunks = P.ranges(y.shape[1], sim.threads) if split else [None]
+
+    def work(r: tuple[int, int] | None) -> None:
+        part = (slice(None), slice(*r)) if r else (...,)
+        ya, t = acc[part], tmp[part]
+        np.multiply(a[part] if r else a, ma, out=ya)
+        np.multiply(b[part] if r else b, mb, out=t)
+        np.add(ya, t, out=ya)
+        np.add(ya, rnd, out=ya)
+        np.right_shift(ya, shift, out=ya)
+        np.clip(ya, ins.lo, ins.hi, out=ya)
+        np.copyto(y[part], ya, casting="unsafe")
+    return lambda: sim.map(work, chunks)
 
 
 def mul(sim: Any, ins: isa.Mul) -> Step:
@@ -118,13 +166,27 @@ def global_avgpool(sim: Any, ins: isa.GlobalAvgPool) -> Step:
 
 
 def maxpool(sim: Any, ins: isa.MaxPool) -> Step:
-    """Window max."""
+    """Window max as a running `np.maximum` over the taps of a persistent padded copy.
+
+    Padding with the type's minimum (-128, 0) never changes a max: each window holds at
+    least one input element (checked on load).
+    """
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
+    pad = P.Padded.make(x.shape[1:], ins.pads, np.iinfo(x.dtype).min, x.dtype)
+    taps = pad.taps(ins.kernel, ins.stride, ins.dilation, _out_hw(sim, ins))
+    chunks = P.ranges(x.shape[1], sim.threads)
+
+    def work(r: tuple[int, int], n: int) -> None:
+        c0, c1 = r
+        pad.fill(x[n], c0, c1)
+        out = y[n, c0:c1]
+        np.copyto(out, taps[0][c0:c1])
+        for tap in taps[1:]:
+            np.maximum(out, tap[c0:c1], out=out)
 
     def step() -> None:
         for n in range(x.shape[0]):
-            y[n] = K.window_max(x[n], ins.kernel, ins.stride, ins.pads, ins.dilation,
-                                _out_hw(sim, ins))
+            sim.map(lambda r, n=n: work(r, n), chunks)
     return step
 
 

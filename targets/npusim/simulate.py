@@ -2,8 +2,10 @@
 
 Every tensor is a view into the arena at its allocated offset, so an allocation bug would
 corrupt results and be caught by `npuc verify`. Each instruction is compiled once into a
-closure over its views and prepared constants (float32 weight copies, exact K splits);
-running a frame is then a loop over closures. Batches run frame by frame.
+closure over its views and prepared constants (float32 weight copies, exact K splits,
+preallocated scratch: `plans.py`); running a frame is then a loop over closures. Batches run
+frame by frame; within an instruction, independent blocks of output channels run on
+`threads` worker threads (numpy and BLAS release the GIL), each BLAS call single-threaded.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,13 +28,74 @@ from targets.npusim.ops import COMPILERS
 
 log = logging.getLogger(__name__)
 
+MAX_THREADS = 8
+
+
+def default_threads() -> int:
+    """One worker thread per core this process may run on, at most `MAX_THREADS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_THREADS))
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Wall time of one instruction over a profiled batch."""
+
+    index: int
+    name: str
+    kind: str
+    unit: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per-instruction wall times of one batch (`Simulator.profile`).
+
+    Attributes:
+        steps: One entry per instruction, in program order.
+        total_seconds: Wall time of the whole batch (feeds checked, outputs copied).
+        frames: Frames in the batch.
+        outputs: Each frame's outputs, as `Simulator.run_frames` returns them.
+    """
+
+    steps: list[StepTime]
+    total_seconds: float
+    frames: int
+    outputs: list[dict[str, np.ndarray]]
+
+    def slowest(self, limit: int | None = None) -> list[StepTime]:
+        """Instructions by wall time, slowest first (the first `limit`)."""
+        ranked = sorted(self.steps, key=lambda s: (-s.seconds, s.index))
+        return ranked if limit is None else ranked[:limit]
+
+    def by_kind(self) -> dict[str, float]:
+        """Seconds per instruction kind, largest first."""
+        sums: dict[str, float] = {}
+        for s in self.steps:
+            sums[s.kind] = sums.get(s.kind, 0.0) + s.seconds
+        return dict(sorted(sums.items(), key=lambda kv: -kv[1]))
+
 
 class Simulator:
     """Run an npusim binary: `Simulator("model.bin").run({"input": x}) -> {name: array}`."""
 
     def __init__(self, source: str | os.PathLike | bytes | isa.Program,
-                 blas_threads: int | None = 1) -> None:
+                 blas_threads: int | None = 1, threads: int | None = None) -> None:
+        """Load and prepare a program.
+
+        Args:
+            source: model.bin path, its bytes, or a `Program`.
+            blas_threads: BLAS threads per GEMM call (None: leave the library's setting).
+            threads: Worker threads per instruction (None: one per available core, at most
+                `MAX_THREADS`).
+        """
         self.blas_threads = blas_threads
+        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self._pool: ThreadPoolExecutor | None = None
         self.program = source if isinstance(source, isa.Program) else load_binary(source)
         self.arena = np.zeros(max(self.program.arena_size, 16), np.uint8)
         self.views = [self._view(t) for t in self.program.tensors]
@@ -69,21 +135,72 @@ class Simulator:
 
     def run_frames(self, feeds: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         """Execute one batch and return each frame's outputs separately."""
+        return self._frames(feeds, None)
+
+    def profile(self, feeds: dict[str, Any]) -> Profile:
+        """Execute one batch like `run_frames`, timing every instruction.
+
+        Returns:
+            The wall time of each instruction summed over the frames, and the outputs.
+        """
+        seconds = [0.0] * len(self.steps)
+        start = time.perf_counter()
+        frames = self._frames(feeds, seconds)
+        total = time.perf_counter() - start
+        rows = [StepTime(i, ins.name, ins.kind, "CPU" if ins.unit == isa.CPU else "NPU", t)
+                for i, (ins, t) in enumerate(zip(self.program.code, seconds, strict=True))]
+        return Profile(rows, total, len(frames), frames)
+
+    def _frames(self, feeds: dict[str, Any],
+                seconds: list[float] | None) -> list[dict[str, np.ndarray]]:
         arrays = self._check_feeds(feeds)
         frames = next(iter(arrays.values())).shape[0] if arrays else 1
-        with _blas_limit(self.blas_threads):
-            return [self.run_frame({n: a[f:f + 1] for n, a in arrays.items()})
+        with _blas_limit(self.blas_threads), self._workers():
+            return [self.run_frame({n: a[f:f + 1] for n, a in arrays.items()}, seconds)
                     for f in range(frames)]
 
-    def run_frame(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Execute one frame whose feeds already have the program's exact shapes."""
+    def run_frame(self, feeds: dict[str, np.ndarray],
+                  seconds: list[float] | None = None) -> dict[str, np.ndarray]:
+        """Execute one frame whose feeds already have the program's exact shapes.
+
+        With `seconds` (one entry per instruction), each instruction's wall time is added.
+        """
         self.host.clear()
         for i in self.program.inputs:
             self.views[i][...] = feeds[self.program.tensors[i].name]
-        for step in self.steps:
-            step()
+        if seconds is None:
+            for step in self.steps:
+                step()
+        else:
+            clock = time.perf_counter
+            for i, step in enumerate(self.steps):
+                start = clock()
+                step()
+                seconds[i] += clock() - start
         return {self.program.tensors[i].name: self.value(i).copy()
                 for i in self.program.outputs}
+
+    def map(self, fn: Callable[[Any], None], items: list) -> None:
+        """`fn` over `items`, on the worker threads while a batch runs (else in order)."""
+        if self._pool is None or len(items) < 2:
+            for item in items:
+                fn(item)
+            return
+        for _ in self._pool.map(fn, items):  # re-raises a worker's exception here
+            pass
+
+    @contextlib.contextmanager
+    def _workers(self) -> Iterator[None]:
+        """Worker threads for the duration of one batch (none with `threads=1`)."""
+        if self.threads < 2 or self._pool is not None:
+            yield
+            return
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="npusim")
+        try:
+            yield
+        finally:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True)
 
     def value(self, i: int) -> np.ndarray:
         """The current value of tensor `i` (arena view, or host array once written)."""
