@@ -60,36 +60,38 @@ def _requant(sim: Any, ins: Any, trailing: int, bound: np.ndarray) -> P.Requant:
 
 
 def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
-    """Per-channel taps over a persistent padded copy, exact in float32 (else float64)."""
+    """Per-channel window dot products as one stacked [1, kh·kw] @ [kh·kw, OH·OW] GEMM.
+
+    Exact in float32 (else float64, `kernels.depthwise_dtype`): every partial sum of at
+    most kh·kw integer products stays an integer below 2^24.
+    """
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
     kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
+    taps, m = kernel[0] * kernel[1], out_hw[0] * out_hw[1]
     dtype = K.depthwise_dtype(kernel, x.dtype)
-    pad = P.Padded.make(x.shape[1:], ins.pads, 0, dtype)
-    taps = pad.taps(kernel, ins.stride, ins.dilation, out_hw)
-    wt = [w[:, 0, i, j].astype(dtype)[:, None, None]
-          for i in range(kernel[0]) for j in range(kernel[1])]
-    shape = (x.shape[1],) + tuple(out_hw)
-    acc, tmp, acc64 = np.empty(shape, dtype), np.empty(shape, dtype), np.empty(shape, np.int64)
+    pad = P.Padded.make(x.shape[1:], ins.pads, 0, x.dtype)
+    view = pad.windows(kernel, ins.stride, ins.dilation, out_hw)
+    cols = np.empty(view.shape, dtype)
+    wt = w.reshape(w.shape[0], 1, taps).astype(dtype)
+    acc, acc64 = np.empty((x.shape[1], 1, m), dtype), np.empty((x.shape[1], 1, m), np.int64)
     rq = _requant(sim, ins, 2, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
-    chunks = P.blocks(x.shape[1], out_hw[0] * out_hw[1], min_rows=1)
+    chunks = P.blocks(x.shape[1], m, min_rows=1)
     parts = P.deal([(c0, c1, rq.rows_float(c0, c1)) for c0, c1 in chunks], sim.threads)
+    y3 = y.reshape(y.shape[0], y.shape[1], 1, m)
 
     def work(part: list[tuple[int, int, bool]], n: int) -> None:
         for c0, c1, use_float in part:
             pad.fill(x[n], c0, c1)
-            a, t = acc[c0:c1], tmp[c0:c1]
-            np.multiply(taps[0][c0:c1], wt[0][c0:c1], out=a)
-            for tap, wk in zip(taps[1:], wt[1:], strict=True):
-                np.multiply(tap[c0:c1], wk[c0:c1], out=t)
-                np.add(a, t, out=a)
+            np.copyto(cols[c0:c1], view[c0:c1])
+            np.matmul(wt[c0:c1], cols[c0:c1].reshape(c1 - c0, taps, m), out=acc[c0:c1])
             if use_float:
                 f64 = acc64[c0:c1].view(np.float64)
-                np.add(a, rq.bias_f[c0:c1], out=f64)
-                rq.apply_float(f64, y[n, c0:c1], c0, c1)
+                np.add(acc[c0:c1], rq.bias_f[c0:c1], out=f64)
+                rq.apply_float(f64, y3[n, c0:c1], c0, c1)
             else:
-                np.copyto(acc64[c0:c1], a, casting="unsafe")
-                rq.apply(acc64[c0:c1], y[n, c0:c1], c0, c1)
+                np.copyto(acc64[c0:c1], acc[c0:c1], casting="unsafe")
+                rq.apply(acc64[c0:c1], y3[n, c0:c1], c0, c1)
 
     def step() -> None:
         for n in range(x.shape[0]):
@@ -114,27 +116,29 @@ def fully_connected(sim: Any, ins: isa.FullyConnected) -> Step:
 
 
 def add(sim: Any, ins: isa.Add) -> Step:
-    """Broadcasting add with a common shift (§6), in preallocated int64 scratch.
+    """Broadcasting add (§6) as a lookup in a 256x256 table of every operand pair.
 
-    Equal shapes are split by channel across threads; broadcasting adds run whole.
+    Both operands are 8-bit, so the table, computed at load with the int64 formula
+    (`kernels.add`), holds every possible result; indices are the operands' raw bytes.
+    Equal shapes are split by channel across threads.
     """
     a, b, y = sim.views[ins.a], sim.views[ins.b], sim.views[ins.ofm]
-    acc, tmp = np.empty(y.shape, np.int64), np.empty(y.shape, np.int64)
-    ma, mb = np.int64(ins.mult_a), np.int64(ins.mult_b)
-    rnd, shift = np.left_shift(np.int64(1), np.int64(ins.shift - 1)), np.int64(ins.shift)
+    if a.dtype.itemsize != 1 or b.dtype.itemsize != 1:
+        return lambda: y.__setitem__(..., K.add(a, b, ins.mult_a, ins.mult_b, ins.shift,
+                                                 ins.lo, ins.hi, y.dtype))
+    byte = np.arange(256, dtype=np.uint8)
+    table = K.add(byte.view(a.dtype)[:, None], byte.view(b.dtype)[None, :], ins.mult_a,
+                  ins.mult_b, ins.shift, ins.lo, ins.hi, y.dtype).reshape(-1)
+    index = np.empty(y.shape, np.uint16)
     split = a.shape == b.shape == y.shape and y.ndim >= 2
     chunks = P.ranges(y.shape[1], sim.threads) if split else [None]
 
     def work(r: tuple[int, int] | None) -> None:
         part = (slice(None), slice(*r)) if r else (...,)
-        ya, t = acc[part], tmp[part]
-        np.multiply(a[part] if r else a, ma, out=ya)
-        np.multiply(b[part] if r else b, mb, out=t)
-        np.add(ya, t, out=ya)
-        np.add(ya, rnd, out=ya)
-        np.right_shift(ya, shift, out=ya)
-        np.clip(ya, ins.lo, ins.hi, out=ya)
-        np.copyto(y[part], ya, casting="unsafe")
+        ia, ib, i = a[part] if r else a, b[part] if r else b, index[part]
+        np.left_shift(ia.view(np.uint8), 8, out=i, dtype=np.uint16)
+        np.bitwise_or(i, ib.view(np.uint8), out=i)
+        np.take(table, i, out=y[part], mode="clip")  # every uint16 index is in range
     return lambda: sim.map(work, chunks)
 
 

@@ -18,6 +18,8 @@ from targets.npusim import kernels as K
 
 BLOCK_BYTES = 1 << 19  # int64 accumulator bytes of one block: fits a core's L2 cache
 MIN_BLOCK_ROWS = 64  # fewer output rows per GEMM waste the BLAS kernel
+MAX_BLOCK_ROWS = 256
+MIN_BLOCK_COLS = 256
 
 
 def ranges(n: int, parts: int) -> list[tuple[int, int]]:
@@ -190,18 +192,23 @@ class Patches:
 
 @dataclass
 class GemmBlock:
-    """Output rows `[r0, r1)` of group `group`: weight pieces `(k0, k1, float32 [rows, k])`."""
+    """Output rows `[r0, r1)`, columns `[c0, c1)` of group `group`.
+
+    `pieces` are the rows' weight K ranges `(k0, k1, float32 [rows, k1 - k0])`.
+    """
 
     group: int
     r0: int
     r1: int
+    c0: int
+    c1: int
     pieces: list[tuple[int, int, np.ndarray]]
     float_path: bool = False  # requantize in float64 (`Requant.rows_float`)
 
 
 @dataclass
 class GemmPart:
-    """One thread's blocks and its scratch (float32 GEMM result, int64 accumulator)."""
+    """One thread's blocks and its flat scratch (float32 GEMM result, int64 accumulator)."""
 
     blocks: list[GemmBlock]
     f32: np.ndarray
@@ -225,24 +232,28 @@ class GemmBlocks:
              threads: int) -> GemmBlocks:
         """Blocks of the int8 `w` ([N, Kg], N = groups · rows per group) for M columns."""
         n_group = w.shape[0] // groups
-        blks = [_gemm_block(w, g, g * n_group + a, g * n_group + b, x_bound)
-                for g in range(groups) for a, b in blocks(n_group, m)]
-        for b in blks:
-            b.float_path = requant.rows_float(b.r0, b.r1)
+        blks = []
+        for g in range(groups):
+            for a, b in ranges(n_group, -(-n_group // MAX_BLOCK_ROWS)):
+                rows = _gemm_block(w, g, g * n_group + a, g * n_group + b, x_bound)
+                cols = max(MIN_BLOCK_COLS, BLOCK_BYTES // (8 * (b - a)))
+                blks += [GemmBlock(g, rows.r0, rows.r1, c0, min(c0 + cols, m), rows.pieces,
+                                   requant.rows_float(rows.r0, rows.r1))
+                         for c0 in range(0, m, cols)]
         parts = []
         for part in deal(blks, threads):
-            rows = max(b.r1 - b.r0 for b in part)
-            parts.append(GemmPart(part, np.empty((rows, m), np.float32),
-                                  np.empty((rows, m), np.int64)))
+            size = max((b.r1 - b.r0) * (b.c1 - b.c0) for b in part)
+            parts.append(GemmPart(part, np.empty(size, np.float32), np.empty(size, np.int64)))
         return cls(parts, requant, w.shape[1])
 
     def run(self, part: GemmPart, matrix: np.ndarray, out: np.ndarray) -> None:
         """Rows of `part` into `out` ([N, M], the output's type) from the patch `matrix`."""
         rq = self.requant
         for b in part.blocks:
-            cols = matrix[b.group * self.k_group:(b.group + 1) * self.k_group]
-            f = part.f32[:b.r1 - b.r0]
-            acc = part.i64[:b.r1 - b.r0]
+            cols = matrix[b.group * self.k_group:(b.group + 1) * self.k_group, b.c0:b.c1]
+            shape = (b.r1 - b.r0, b.c1 - b.c0)  # contiguous scratch of the block's shape
+            f = part.f32[:shape[0] * shape[1]].reshape(shape)
+            acc = part.i64[:shape[0] * shape[1]].reshape(shape)
             if b.float_path:
                 acc = acc.view(np.float64)
             for j, (k0, k1, wp) in enumerate(b.pieces):
@@ -254,11 +265,11 @@ class GemmBlocks:
                 else:  # float64 sum of exact integers below 2^53: exact
                     np.add(acc, f, out=acc, casting="unsafe")
             if not b.float_path:
-                rq.apply(acc, out[b.r0:b.r1], b.r0, b.r1)
+                rq.apply(acc, out[b.r0:b.r1, b.c0:b.c1], b.r0, b.r1)
                 continue
             if len(b.pieces) > 1:
                 np.add(acc, rq.bias_f[b.r0:b.r1], out=acc)
-            rq.apply_float(acc, out[b.r0:b.r1], b.r0, b.r1)
+            rq.apply_float(acc, out[b.r0:b.r1, b.c0:b.c1], b.r0, b.r1)
 
 
 def row_bound(w: np.ndarray, x_bound: int) -> np.ndarray:
@@ -270,4 +281,4 @@ def _gemm_block(w: np.ndarray, group: int, r0: int, r1: int, x_bound: int) -> Ge
     rows = w[r0:r1]
     pieces = [(k0, k1, np.ascontiguousarray(rows[:, k0:k1], np.float32))
               for k0, k1 in K.k_splits(rows, x_bound)]
-    return GemmBlock(group, r0, r1, pieces)
+    return GemmBlock(group, r0, r1, 0, 0, pieces)
