@@ -59,12 +59,14 @@ class Profile:
         steps: One entry per instruction, in program order.
         total_seconds: Wall time of the whole batch (feeds checked, outputs copied).
         frames: Frames in the batch.
+        threads: Worker threads the simulator used.
         outputs: Each frame's outputs, as `Simulator.run_frames` returns them.
     """
 
     steps: list[StepTime]
     total_seconds: float
     frames: int
+    threads: int
     outputs: list[dict[str, np.ndarray]]
 
     def slowest(self, limit: int | None = None) -> list[StepTime]:
@@ -149,7 +151,7 @@ class Simulator:
         total = time.perf_counter() - start
         rows = [StepTime(i, ins.name, ins.kind, "CPU" if ins.unit == isa.CPU else "NPU", t)
                 for i, (ins, t) in enumerate(zip(self.program.code, seconds, strict=True))]
-        return Profile(rows, total, len(frames), frames)
+        return Profile(rows, total, len(frames), self.threads, frames)
 
     def _frames(self, feeds: dict[str, Any],
                 seconds: list[float] | None) -> list[dict[str, np.ndarray]]:
