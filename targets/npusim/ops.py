@@ -38,18 +38,19 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     w = _blob(sim, ins.weights)
     out_hw = _out_hw(sim, ins)
     m = out_hw[0] * out_hw[1]
-    patches = P.Patches.make(x.shape[1:], x.dtype, tuple(w.shape[2:]), ins.stride, ins.pads,
-                              ins.dilation, out_hw)
+    patches = P.Patches(sim.workspace, x.shape[1:], x.dtype, tuple(w.shape[2:]), ins.stride,
+                        ins.pads, ins.dilation, out_hw)
     wmat, xb = w.reshape(w.shape[0], -1), K.x_max(x.dtype)
     gemm = P.GemmBlocks.make(wmat, ins.group, m, xb,
-                             _requant(sim, ins, 1, P.row_bound(wmat, xb)), sim.threads)
+                             _requant(sim, ins, 1, P.row_bound(wmat, xb)), sim.threads,
+                             sim.workspace)
     fills = P.ranges(x.shape[1], sim.threads)
     y2 = y.reshape(y.shape[0], w.shape[0], m)
 
     def step() -> None:
         for n in range(x.shape[0]):
             sim.map(lambda r, n=n: patches.fill(x[n], *r), fills)
-            sim.map(lambda part, n=n: gemm.run(part, patches.matrix, y2[n]), gemm.parts)
+            sim.map(lambda part, n=n: gemm.run(part, patches.matrix(), y2[n]), gemm.parts)
     return step
 
 
@@ -63,39 +64,45 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     """Per-channel window dot products as one stacked [1, kh·kw] @ [kh·kw, OH·OW] GEMM.
 
     Exact in float32 (else float64, `kernels.depthwise_dtype`): every partial sum of at
-    most kh·kw integer products stays an integer below 2^24.
+    most kh·kw integer products stays an integer below 2^24. Channel blocks sized for the
+    cache run on the worker threads, each with its own scratch.
     """
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
     kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
     taps, m = kernel[0] * kernel[1], out_hw[0] * out_hw[1]
     dtype = K.depthwise_dtype(kernel, x.dtype)
-    pad = P.Padded.make(x.shape[1:], ins.pads, 0, x.dtype)
-    view = pad.windows(kernel, ins.stride, ins.dilation, out_hw)
-    cols = np.empty(view.shape, dtype)
+    pad = P.Padded(sim.workspace, x.shape[1:], ins.pads, 0, x.dtype)
     wt = w.reshape(w.shape[0], 1, taps).astype(dtype)
-    acc, acc64 = np.empty((x.shape[1], 1, m), dtype), np.empty((x.shape[1], 1, m), np.int64)
     rq = _requant(sim, ins, 2, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
-    chunks = P.blocks(x.shape[1], m, min_rows=1)
+    chunks = P.blocks(x.shape[1], m * taps // 2, min_rows=1)
     parts = P.deal([(c0, c1, rq.rows_float(c0, c1)) for c0, c1 in chunks], sim.threads)
+    rows = max(c1 - c0 for c0, c1 in chunks)
+    scratch = [(sim.workspace.request(f"dw_cols/{i}", (rows, taps, m), dtype),
+                sim.workspace.request(f"dw_acc/{i}", (rows, 1, m), dtype),
+                sim.workspace.request(f"dw_acc64/{i}", (rows, 1, m), np.int64))
+               for i in range(len(parts))]
     y3 = y.reshape(y.shape[0], y.shape[1], 1, m)
 
-    def work(part: list[tuple[int, int, bool]], n: int) -> None:
-        for c0, c1, use_float in part:
+    def work(i: int, n: int) -> None:
+        view = pad.windows(kernel, ins.stride, ins.dilation, out_hw)
+        cols, acc, acc64 = (lazy() for lazy in scratch[i])
+        for c0, c1, use_float in parts[i]:
+            c = c1 - c0
             pad.fill(x[n], c0, c1)
-            np.copyto(cols[c0:c1], view[c0:c1])
-            np.matmul(wt[c0:c1], cols[c0:c1].reshape(c1 - c0, taps, m), out=acc[c0:c1])
+            np.copyto(cols[:c].reshape((c,) + view.shape[1:]), view[c0:c1])
+            np.matmul(wt[c0:c1], cols[:c], out=acc[:c])
             if use_float:
-                f64 = acc64[c0:c1].view(np.float64)
-                np.add(acc[c0:c1], rq.bias_f[c0:c1], out=f64)
+                f64 = acc64[:c].view(np.float64)
+                np.add(acc[:c], rq.bias_f[c0:c1], out=f64)
                 rq.apply_float(f64, y3[n, c0:c1], c0, c1)
             else:
-                np.copyto(acc64[c0:c1], acc[c0:c1], casting="unsafe")
-                rq.apply(acc64[c0:c1], y3[n, c0:c1], c0, c1)
+                np.copyto(acc64[:c], acc[:c], casting="unsafe")
+                rq.apply(acc64[:c], y3[n, c0:c1], c0, c1)
 
     def step() -> None:
         for n in range(x.shape[0]):
-            sim.map(lambda part, n=n: work(part, n), parts)
+            sim.map(lambda i, n=n: work(i, n), list(range(len(parts))))
     return step
 
 
@@ -129,13 +136,13 @@ def add(sim: Any, ins: isa.Add) -> Step:
     byte = np.arange(256, dtype=np.uint8)
     table = K.add(byte.view(a.dtype)[:, None], byte.view(b.dtype)[None, :], ins.mult_a,
                   ins.mult_b, ins.shift, ins.lo, ins.hi, y.dtype).reshape(-1)
-    index = np.empty(y.shape, np.uint16)
+    lazy_index = sim.workspace.request("add_index", y.shape, np.uint16)
     split = a.shape == b.shape == y.shape and y.ndim >= 2
     chunks = P.ranges(y.shape[1], sim.threads) if split else [None]
 
     def work(r: tuple[int, int] | None) -> None:
         part = (slice(None), slice(*r)) if r else (...,)
-        ia, ib, i = a[part] if r else a, b[part] if r else b, index[part]
+        ia, ib, i = a[part] if r else a, b[part] if r else b, lazy_index()[part]
         np.left_shift(ia.view(np.uint8), 8, out=i, dtype=np.uint16)
         np.bitwise_or(i, ib.view(np.uint8), out=i)
         np.take(table, i, out=y[part], mode="clip")  # every uint16 index is in range
@@ -176,17 +183,20 @@ def maxpool(sim: Any, ins: isa.MaxPool) -> Step:
     least one input element (checked on load).
     """
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
-    pad = P.Padded.make(x.shape[1:], ins.pads, np.iinfo(x.dtype).min, x.dtype)
-    taps = pad.taps(ins.kernel, ins.stride, ins.dilation, _out_hw(sim, ins))
+    pad = P.Padded(sim.workspace, x.shape[1:], ins.pads, np.iinfo(x.dtype).min, x.dtype)
+    geometry = (ins.kernel, ins.stride, ins.dilation, _out_hw(sim, ins))
     chunks = P.ranges(x.shape[1], sim.threads)
 
     def work(r: tuple[int, int], n: int) -> None:
         c0, c1 = r
         pad.fill(x[n], c0, c1)
+        view = pad.windows(*geometry)[c0:c1]
         out = y[n, c0:c1]
-        np.copyto(out, taps[0][c0:c1])
-        for tap in taps[1:]:
-            np.maximum(out, tap[c0:c1], out=out)
+        np.copyto(out, view[:, 0, 0])
+        for i in range(view.shape[1]):
+            for j in range(view.shape[2]):
+                if i or j:
+                    np.maximum(out, view[:, i, j], out=out)
 
     def step() -> None:
         for n in range(x.shape[0]):

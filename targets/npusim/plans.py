@@ -1,11 +1,12 @@
 """Buffers and work splits the simulator prepares once per instruction, at load.
 
 A step must not allocate per frame: fresh multi-megabyte temporaries cost page faults that
-measured as much as the arithmetic. So each instruction owns its padded input copy (the border
-written once, only the interior per frame), its patch matrix and its accumulator scratch, and
-views over them (the taps of a window) are made once. Work is cut into blocks of output rows
-(channels) that fit the cache, and the blocks into one list per thread; blocks never share
-output rows, so threads write disjoint memory.
+measured as much as the arithmetic. So every instruction asks the simulator's `Workspace` for
+its scratch (padded input copy, patch matrix, accumulators) at load; instructions run one at a
+time, so one buffer per role, as large as the largest request, serves them all, and views over
+it are made on first use. Work is cut into blocks of output rows (channels) and columns that
+fit the cache, and the blocks into one list per thread; blocks never share output elements,
+so threads write disjoint memory.
 """
 
 from __future__ import annotations
@@ -40,43 +41,90 @@ def deal(items: list, parts: int) -> list[list]:
     return [items[a:b] for a, b in ranges(len(items), parts)]
 
 
-@dataclass
-class Padded:
-    """A persistent padded copy of a [C, H, W] input and the strided views of its taps.
+class Workspace:
+    """Scratch memory shared by the instructions of one simulator, one buffer per role.
 
-    The border holds `value` from construction on; `fill` writes only the interior, so the
-    views stay valid for every frame.
+    `request` records a need at load and returns a `Lazy` view; the buffer of a role is
+    allocated when a view is first used (after every instruction has asked), sized to the
+    largest request. Two requests of one role share memory: an instruction uses each role
+    once (per thread slot), so they never overlap in time.
     """
 
-    buf: np.ndarray
-    pads: tuple[int, ...]
-    hw: tuple[int, int]
+    def __init__(self) -> None:
+        self._need: dict[str, int] = {}
+        self._memory: dict[str, np.ndarray] = {}
 
-    @classmethod
-    def make(cls, shape: tuple[int, ...], pads: tuple[int, ...], value: float,
-             dtype: np.dtype | type) -> Padded:
-        """A `[C, H + top + bottom, W + left + right]` buffer filled with `value`."""
+    def request(self, role: str, shape: tuple[int, ...], dtype: np.dtype | type) -> Lazy:
+        """A lazily bound `shape`/`dtype` view of the role's buffer."""
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        self._need[role] = max(self._need.get(role, 0), nbytes)
+        return Lazy(self, role, tuple(shape), dtype, nbytes)
+
+    def memory(self, role: str) -> np.ndarray:
+        """The role's bytes (allocated on first use)."""
+        mem = self._memory.get(role)
+        if mem is None or mem.nbytes < self._need[role]:
+            mem = self._memory[role] = np.empty(max(self._need[role], 1), np.uint8)
+        return mem
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the roles need once all are allocated."""
+        return sum(self._need.values())
+
+
+class Lazy:
+    """A view of a `Workspace` role, made on the first call."""
+
+    __slots__ = ("_array", "dtype", "nbytes", "role", "shape", "workspace")
+
+    def __init__(self, workspace: Workspace, role: str, shape: tuple[int, ...],
+                 dtype: np.dtype, nbytes: int) -> None:
+        self.workspace, self.role, self.shape, self.dtype = workspace, role, shape, dtype
+        self.nbytes = nbytes
+        self._array: np.ndarray | None = None
+
+    def __call__(self) -> np.ndarray:
+        """The view (made on the first call, once every instruction has asked)."""
+        if self._array is None:
+            raw = self.workspace.memory(self.role)[:self.nbytes]
+            self._array = raw.view(self.dtype).reshape(self.shape)
+        return self._array
+
+
+class Padded:
+    """A padded copy of a [C, H, W] input in workspace memory, and views of its windows.
+
+    The memory is shared with other instructions, so `fill` writes the border too.
+    """
+
+    def __init__(self, workspace: Workspace, shape: tuple[int, ...], pads: tuple[int, ...],
+                 value: float, dtype: np.dtype | type) -> None:
         c, h, w = shape
         top, left, bottom, right = pads
-        return cls(np.full((c, h + top + bottom, w + left + right), value, dtype), pads, (h, w))
+        self.pads, self.hw, self.value = pads, (h, w), value
+        self.buf = workspace.request("padded", (c, h + top + bottom, w + left + right), dtype)
+        self._views: dict[tuple, np.ndarray] = {}
 
     def fill(self, x: np.ndarray, c0: int = 0, c1: int | None = None) -> None:
         """Copy channels `[c0, c1)` of `x` ([C, H, W]) into the interior (converting)."""
-        top, left = self.pads[:2]
+        buf = self.buf()[c0:c1]
+        top, left, bottom, right = self.pads
         h, w = self.hw
-        c1 = x.shape[0] if c1 is None else c1
-        self.buf[c0:c1, top:top + h, left:left + w] = x[c0:c1]
+        for region in ((slice(None), slice(0, top)), (slice(None), slice(top + h, None)),
+                       (slice(None), slice(top, top + h), slice(0, left)),
+                       (slice(None), slice(top, top + h), slice(left + w, None))):
+            buf[region] = self.value
+        buf[:, top:top + h, left:left + w] = x[c0:c1]
 
     def windows(self, kernel: tuple[int, ...], stride: tuple[int, ...],
                 dilation: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
-        """The [C, kh, kw, OH, OW] read-only view of every window."""
-        return K.windows(self.buf, kernel, stride, dilation, out_hw)
-
-    def taps(self, kernel: tuple[int, ...], stride: tuple[int, ...],
-             dilation: tuple[int, ...], out_hw: tuple[int, int]) -> list[np.ndarray]:
-        """One [C, OH, OW] view per kernel tap, row-major over the kernel."""
-        view = self.windows(kernel, stride, dilation, out_hw)
-        return [view[:, i, j] for i in range(kernel[0]) for j in range(kernel[1])]
+        """The [C, kh, kw, OH, OW] read-only view of every window (made once)."""
+        key = (kernel, stride, dilation, out_hw)
+        if key not in self._views:
+            self._views[key] = K.windows(self.buf(), kernel, stride, dilation, out_hw)
+        return self._views[key]
 
 
 EXACT_F64 = 1 << 52  # |a·M0| below this: the float64 product and the rounding add are exact
@@ -159,35 +207,28 @@ class Requant:
         np.copyto(out, a, casting="unsafe")
 
 
-@dataclass
 class Patches:
-    """The float32 [C·kh·kw, OH·OW] patch matrix of one conv, refilled in place per frame."""
+    """The float32 [C·kh·kw, OH·OW] patch matrix of one conv, refilled per frame."""
 
-    matrix: np.ndarray
-    padded: Padded | None  # None: a 1x1 stride-1 unpadded conv reads the input as is
-    view: np.ndarray | None
-    dest: np.ndarray
-
-    @classmethod
-    def make(cls, shape: tuple[int, ...], dtype: np.dtype, kernel: tuple[int, ...],
-             stride: tuple[int, ...], pads: tuple[int, ...], dilation: tuple[int, ...],
-             out_hw: tuple[int, int]) -> Patches:
-        """Buffers for a [C, H, W] input of `dtype` (zero padding)."""
+    def __init__(self, workspace: Workspace, shape: tuple[int, ...], dtype: np.dtype,
+                 kernel: tuple[int, ...], stride: tuple[int, ...], pads: tuple[int, ...],
+                 dilation: tuple[int, ...], out_hw: tuple[int, int]) -> None:
         c = shape[0]
-        matrix = np.empty((c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), np.float32)
-        if kernel == (1, 1) and stride == (1, 1) and not any(pads):
-            return cls(matrix, None, None, matrix)
-        padded = Padded.make(shape, pads, 0, dtype)
-        view = padded.windows(kernel, stride, dilation, out_hw)
-        return cls(matrix, padded, view, matrix.reshape(view.shape))
+        self.matrix = workspace.request(
+            "patches", (c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), np.float32)
+        self.direct = kernel == (1, 1) and stride == (1, 1) and not any(pads)
+        self.padded = None if self.direct else Padded(workspace, shape, pads, 0, dtype)
+        self.geometry = (kernel, stride, dilation, out_hw)
 
     def fill(self, x: np.ndarray, c0: int, c1: int) -> None:
         """Write the patch rows of input channels `[c0, c1)` of `x` ([C, H, W])."""
-        if self.padded is None:
-            np.copyto(self.dest[c0:c1], x[c0:c1].reshape(c1 - c0, -1))
+        matrix = self.matrix()
+        if self.padded is None:  # 1x1 stride 1: the input itself, as float32
+            np.copyto(matrix.reshape(x.shape[0], -1)[c0:c1], x[c0:c1].reshape(c1 - c0, -1))
             return
         self.padded.fill(x, c0, c1)
-        np.copyto(self.dest[c0:c1], self.view[c0:c1])
+        view = self.padded.windows(*self.geometry)
+        np.copyto(matrix.reshape(view.shape)[c0:c1], view[c0:c1])
 
 
 @dataclass
@@ -211,8 +252,8 @@ class GemmPart:
     """One thread's blocks and its flat scratch (float32 GEMM result, int64 accumulator)."""
 
     blocks: list[GemmBlock]
-    f32: np.ndarray
-    i64: np.ndarray
+    f32: Lazy
+    i64: Lazy
 
 
 @dataclass
@@ -229,7 +270,7 @@ class GemmBlocks:
 
     @classmethod
     def make(cls, w: np.ndarray, groups: int, m: int, x_bound: int, requant: Requant,
-             threads: int) -> GemmBlocks:
+             threads: int, workspace: Workspace) -> GemmBlocks:
         """Blocks of the int8 `w` ([N, Kg], N = groups · rows per group) for M columns."""
         n_group = w.shape[0] // groups
         blks = []
@@ -241,9 +282,10 @@ class GemmBlocks:
                                    requant.rows_float(rows.r0, rows.r1))
                          for c0 in range(0, m, cols)]
         parts = []
-        for part in deal(blks, threads):
-            size = max((b.r1 - b.r0) * (b.c1 - b.c0) for b in part)
-            parts.append(GemmPart(part, np.empty(size, np.float32), np.empty(size, np.int64)))
+        for i, part in enumerate(deal(blks, threads)):
+            size = (max((b.r1 - b.r0) * (b.c1 - b.c0) for b in part),)
+            parts.append(GemmPart(part, workspace.request(f"gemm_f32/{i}", size, np.float32),
+                                  workspace.request(f"gemm_acc/{i}", size, np.int64)))
         return cls(parts, requant, w.shape[1])
 
     def run(self, part: GemmPart, matrix: np.ndarray, out: np.ndarray) -> None:
@@ -252,8 +294,8 @@ class GemmBlocks:
         for b in part.blocks:
             cols = matrix[b.group * self.k_group:(b.group + 1) * self.k_group, b.c0:b.c1]
             shape = (b.r1 - b.r0, b.c1 - b.c0)  # contiguous scratch of the block's shape
-            f = part.f32[:shape[0] * shape[1]].reshape(shape)
-            acc = part.i64[:shape[0] * shape[1]].reshape(shape)
+            f = part.f32()[:shape[0] * shape[1]].reshape(shape)
+            acc = part.i64()[:shape[0] * shape[1]].reshape(shape)
             if b.float_path:
                 acc = acc.view(np.float64)
             for j, (k0, k1, wp) in enumerate(b.pieces):

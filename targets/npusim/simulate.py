@@ -25,6 +25,7 @@ from compiler.core.errors import DataError, TargetError
 from targets.npusim import isa
 from targets.npusim.binary import load_binary
 from targets.npusim.ops import COMPILERS
+from targets.npusim.plans import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Simulator:
         self.arena = np.zeros(max(self.program.arena_size, 16), np.uint8)
         self.views = [self._view(t) for t in self.program.tensors]
         self.host: dict[int, np.ndarray] = {}  # values of run-time-shaped tensors
+        self.workspace = Workspace()  # scratch shared by the instructions (plans.py)
         for t, view in zip(self.program.tensors, self.views, strict=True):
             if t.region == "const":
                 view[...] = self.program.blobs[t.blob].array

@@ -70,7 +70,7 @@ def test_gemm_blocks_equal_int64_matmul(groups, threads):
     m0 = rng.integers(1 << 30, 1 << 31, n)
     shift = np.where(np.arange(n) < n // 2, 58, 40)  # the first half: int64 rows only
     rq = P.Requant.make(bias, m0, shift, -128, 127, 1, P.row_bound(w, 128))
-    gemm = P.GemmBlocks.make(w, groups, m, 128, rq, threads)
+    gemm = P.GemmBlocks.make(w, groups, m, 128, rq, threads, P.Workspace())
     blocks = [b for p in gemm.parts for b in p.blocks]
     assert any(len(b.pieces) > 1 for b in blocks) and len(gemm.parts) == threads
     assert {b.float_path for b in blocks} == {True, False} and max(b.c1 for b in blocks) == m
@@ -82,6 +82,17 @@ def test_gemm_blocks_equal_int64_matmul(groups, threads):
                           @ x[i * k:(i + 1) * k].astype(np.float64) for i in range(groups)])
     want = K.requant(ref.astype(np.int64) + rq.bias, rq.m0, rq.shift, -128, 127)
     np.testing.assert_array_equal(out, want)
+
+
+def test_workspace_shares_one_buffer_per_role():
+    ws = P.Workspace()
+    a = ws.request("r", (4, 5), np.float32)
+    b = ws.request("r", (3,), np.int64)
+    c = ws.request("other", (2,), np.int8)
+    assert ws.nbytes == 80 + 2
+    a()[...] = 1.0
+    assert np.shares_memory(a(), b()) and not np.shares_memory(a(), c())
+    assert a().shape == (4, 5) and b().dtype == np.int64 and a() is a()
 
 
 def test_blocks_and_ranges_cover_rows_once():
@@ -106,7 +117,7 @@ class FakeSim:
     """Just what an op compiler reads: views, blobs, threads, map."""
 
     def __init__(self, views, blobs=(), threads=2):
-        self.views, self.threads = list(views), threads
+        self.views, self.threads, self.workspace = list(views), threads, P.Workspace()
         self.program = SimpleNamespace(blobs=[SimpleNamespace(array=b) for b in blobs])
 
     def map(self, fn, items):
