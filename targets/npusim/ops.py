@@ -76,7 +76,7 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     wt = w.reshape(w.shape[0], 1, taps).astype(dtype)
     rq = _requant(sim, ins, 2, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
     chunks = P.blocks(x.shape[1], m * taps // 2, min_rows=1)
-    parts = P.deal([(c0, c1, rq.rows_float(c0, c1)) for c0, c1 in chunks], sim.threads)
+    parts = P.deal([(c0, c1, rq.runs(c0, c1)) for c0, c1 in chunks], sim.threads)
     rows = max(c1 - c0 for c0, c1 in chunks)
     scratch = [(sim.workspace.request(f"dw_cols/{i}", (rows, taps, m), dtype),
                 sim.workspace.request(f"dw_acc/{i}", (rows, 1, m), dtype),
@@ -87,18 +87,19 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     def work(i: int, n: int) -> None:
         view = pad.windows(kernel, ins.stride, ins.dilation, out_hw)
         cols, acc, acc64 = (lazy() for lazy in scratch[i])
-        for c0, c1, use_float in parts[i]:
+        for c0, c1, runs in parts[i]:
             c = c1 - c0
             pad.fill(x[n], c0, c1)
             np.copyto(cols[:c].reshape((c,) + view.shape[1:]), view[c0:c1])
             np.matmul(wt[c0:c1], cols[:c], out=acc[:c])
-            if use_float:
-                f64 = acc64[:c].view(np.float64)
-                np.add(acc[:c], rq.bias_f[c0:c1], out=f64)
-                rq.apply_float(f64, y3[n, c0:c1], c0, c1)
-            else:
-                np.copyto(acc64[:c], acc[:c], casting="unsafe")
-                rq.apply(acc64[:c], y3[n, c0:c1], c0, c1)
+            for a, z, use_float in runs:  # rows a..z of this block
+                if use_float:
+                    f64 = acc64[a:z].view(np.float64)
+                    np.add(acc[a:z], rq.bias_f[c0 + a:c0 + z], out=f64)
+                    rq.apply_float(f64, y3[n, c0 + a:c0 + z], c0 + a, c0 + z)
+                else:
+                    np.copyto(acc64[a:z], acc[a:z], casting="unsafe")
+                    rq.apply(acc64[a:z], y3[n, c0 + a:c0 + z], c0 + a, c0 + z)
 
     def step() -> None:
         for n in range(x.shape[0]):

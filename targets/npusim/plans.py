@@ -11,7 +11,7 @@ so threads write disjoint memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -189,6 +189,12 @@ class Requant:
         """Whether rows `[r0, r1)` may all take the float64 path."""
         return bool(self.float_ok[r0:r1].all())
 
+    def runs(self, r0: int, r1: int) -> list[tuple[int, int, bool]]:
+        """Rows `[r0, r1)` as maximal runs `(a, b, float_ok)`, relative to r0."""
+        ok = self.float_ok[r0:r1]
+        edges = [0, *(np.flatnonzero(ok[1:] != ok[:-1]) + 1).tolist(), len(ok)]
+        return [(a, b, bool(ok[a])) for a, b in zip(edges, edges[1:], strict=False) if b > a]
+
     def apply(self, acc: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         """`out = requant(acc + bias)` for rows `[r0, r1)`, in place in the int64 `acc`."""
         np.add(acc, self.bias[r0:r1], out=acc)
@@ -244,15 +250,16 @@ class GemmBlock:
     c0: int
     c1: int
     pieces: list[tuple[int, int, np.ndarray]]
-    float_path: bool = False  # requantize in float64 (`Requant.rows_float`)
+    runs: list[tuple[int, int, bool]] = field(default_factory=list)  # `Requant.runs`
 
 
 @dataclass
 class GemmPart:
-    """One thread's blocks and its flat scratch (float32 GEMM result, int64 accumulator)."""
+    """One thread's blocks and its flat scratch: GEMM result, float64 and int64 accumulators."""
 
     blocks: list[GemmBlock]
     f32: Lazy
+    f64: Lazy
     i64: Lazy
 
 
@@ -279,39 +286,42 @@ class GemmBlocks:
                 rows = _gemm_block(w, g, g * n_group + a, g * n_group + b, x_bound)
                 cols = max(MIN_BLOCK_COLS, BLOCK_BYTES // (8 * (b - a)))
                 blks += [GemmBlock(g, rows.r0, rows.r1, c0, min(c0 + cols, m), rows.pieces,
-                                   requant.rows_float(rows.r0, rows.r1))
+                                   requant.runs(rows.r0, rows.r1))
                          for c0 in range(0, m, cols)]
         parts = []
         for i, part in enumerate(deal(blks, threads)):
             size = (max((b.r1 - b.r0) * (b.c1 - b.c0) for b in part),)
             parts.append(GemmPart(part, workspace.request(f"gemm_f32/{i}", size, np.float32),
-                                  workspace.request(f"gemm_acc/{i}", size, np.int64)))
+                                  workspace.request(f"gemm_f64/{i}", size, np.float64),
+                                  workspace.request(f"gemm_i64/{i}", size, np.int64)))
         return cls(parts, requant, w.shape[1])
 
     def run(self, part: GemmPart, matrix: np.ndarray, out: np.ndarray) -> None:
         """Rows of `part` into `out` ([N, M], the output's type) from the patch `matrix`."""
-        rq = self.requant
         for b in part.blocks:
             cols = matrix[b.group * self.k_group:(b.group + 1) * self.k_group, b.c0:b.c1]
             shape = (b.r1 - b.r0, b.c1 - b.c0)  # contiguous scratch of the block's shape
             f = part.f32()[:shape[0] * shape[1]].reshape(shape)
-            acc = part.i64()[:shape[0] * shape[1]].reshape(shape)
-            if b.float_path:
-                acc = acc.view(np.float64)
+            acc = part.f64()[:shape[0] * shape[1]].reshape(shape)
             for j, (k0, k1, wp) in enumerate(b.pieces):
                 np.matmul(wp, cols[k0:k1], out=f)
-                if j == 0 and b.float_path and len(b.pieces) == 1:
-                    np.add(f, rq.bias_f[b.r0:b.r1], out=acc)
-                elif j == 0:
-                    np.copyto(acc, f, casting="unsafe")
-                else:  # float64 sum of exact integers below 2^53: exact
-                    np.add(acc, f, out=acc, casting="unsafe")
-            if not b.float_path:
-                rq.apply(acc, out[b.r0:b.r1, b.c0:b.c1], b.r0, b.r1)
-                continue
-            if len(b.pieces) > 1:
-                np.add(acc, rq.bias_f[b.r0:b.r1], out=acc)
-            rq.apply_float(acc, out[b.r0:b.r1, b.c0:b.c1], b.r0, b.r1)
+                if len(b.pieces) > 1:  # float64 sums of exact integers below 2^53: exact
+                    np.add(acc, f, out=acc) if j else np.copyto(acc, f)
+            self._requant(b, f if len(b.pieces) == 1 else acc, acc, part, out)
+
+    def _requant(self, b: GemmBlock, src: np.ndarray, acc: np.ndarray, part: GemmPart,
+                 out: np.ndarray) -> None:
+        """Requantize the block's exact sums `src` run by run (float64 or int64 rows)."""
+        rq = self.requant
+        for a, z, use_float in b.runs:
+            rows, dst = slice(b.r0 + a, b.r0 + z), out[b.r0 + a:b.r0 + z, b.c0:b.c1]
+            if use_float:
+                np.add(src[a:z], rq.bias_f[rows], out=acc[a:z])
+                rq.apply_float(acc[a:z], dst, rows.start, rows.stop)
+            else:
+                i64 = part.i64()[:acc.size].reshape(acc.shape)[a:z]
+                np.copyto(i64, src[a:z], casting="unsafe")
+                rq.apply(i64, dst, rows.start, rows.stop)
 
 
 def row_bound(w: np.ndarray, x_bound: int) -> np.ndarray:
