@@ -15,7 +15,8 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -100,6 +101,7 @@ class Simulator:
         self.blas_threads = blas_threads
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_pid = 0
         self.program = source if isinstance(source, isa.Program) else load_binary(source)
         self.arena = np.zeros(max(self.program.arena_size, 16), np.uint8)
         self.views = [self._view(t) for t in self.program.tensors]
@@ -160,7 +162,8 @@ class Simulator:
                 seconds: list[float] | None) -> list[dict[str, np.ndarray]]:
         arrays = self._check_feeds(feeds)
         frames = next(iter(arrays.values())).shape[0] if arrays else 1
-        with _blas_limit(self.blas_threads), self._workers():
+        self._workers()
+        with _blas_limit(self.blas_threads):
             return [self.run_frame({n: a[f:f + 1] for n, a in arrays.items()}, seconds)
                     for f in range(frames)]
 
@@ -186,7 +189,7 @@ class Simulator:
                 for i in self.program.outputs}
 
     def map(self, fn: Callable[[Any], None], items: list) -> None:
-        """`fn` over `items`, on the worker threads while a batch runs (else in order)."""
+        """`fn` over `items`, on the worker threads once started (else in order)."""
         if self._pool is None or len(items) < 2:
             for item in items:
                 fn(item)
@@ -194,18 +197,17 @@ class Simulator:
         for _ in self._pool.map(fn, items):  # re-raises a worker's exception here
             pass
 
-    @contextlib.contextmanager
-    def _workers(self) -> Iterator[None]:
-        """Worker threads for the duration of one batch (none with `threads=1`)."""
-        if self.threads < 2 or self._pool is not None:
-            yield
+    def _workers(self) -> None:
+        """Start the worker threads on first use; they live as long as the simulator.
+
+        A pool per batch cost 2 ms. A forked child starts its own (threads do not survive
+        a fork).
+        """
+        if self.threads < 2 or (self._pool is not None and self._pool_pid == os.getpid()):
             return
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="npusim")
-        try:
-            yield
-        finally:
-            pool, self._pool = self._pool, None
-            pool.shutdown(wait=True)
+        self._pool_pid = os.getpid()
+        weakref.finalize(self, self._pool.shutdown, wait=False)
 
     def value(self, i: int) -> np.ndarray:
         """The current value of tensor `i` (arena view, or host array once written)."""
