@@ -86,7 +86,7 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     pad = P.Padded(sim.workspace, x.shape[1:], ins.pads, 0, x.dtype)
     wt = w.reshape(w.shape[0], 1, taps).astype(dtype)
     rq = _requant(sim, ins, 2, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
-    chunks = P.blocks(x.shape[1], m * taps // 2, min_rows=1)
+    chunks = P.blocks(x.shape[1], m, min_rows=1)
     parts = P.deal([(c0, c1, rq.runs(c0, c1)) for c0, c1 in chunks],
                    _threads(sim, x.shape[1] * m * (1 + taps // 4)))
     rows = max(c1 - c0 for c0, c1 in chunks)
