@@ -44,10 +44,10 @@ def deal(items: list, parts: int) -> list[list]:
 class Workspace:
     """Scratch memory shared by the instructions of one simulator, one buffer per role.
 
-    `request` records a need at load and returns a `Lazy` view; the buffer of a role is
-    allocated when a view is first used (after every instruction has asked), sized to the
-    largest request. Two requests of one role share memory: an instruction uses each role
-    once (per thread slot), so they never overlap in time.
+    `request` records a need at load and returns a `Lazy` view; `allocate` then makes one
+    buffer per role, sized to the largest request, and views bind to it on first use. Two
+    requests of one role share memory: an instruction uses each role once (per thread
+    slot), so they never overlap in time.
     """
 
     def __init__(self) -> None:
@@ -61,8 +61,18 @@ class Workspace:
         self._need[role] = max(self._need.get(role, 0), nbytes)
         return Lazy(self, role, tuple(shape), dtype, nbytes)
 
+    def allocate(self) -> None:
+        """Allocate every role now (pages are touched only when used).
+
+        Call it once every instruction has asked and before worker threads bind views:
+        two threads binding a role first at the same time would otherwise each allocate
+        it and write to different buffers.
+        """
+        for role in self._need:
+            self.memory(role)
+
     def memory(self, role: str) -> np.ndarray:
-        """The role's bytes (allocated on first use)."""
+        """The role's bytes (allocated on first use if `allocate` was not called)."""
         mem = self._memory.get(role)
         if mem is None or mem.nbytes < self._need[role]:
             mem = self._memory[role] = np.empty(max(self._need[role], 1), np.uint8)

@@ -112,6 +112,7 @@ class Simulator:
                 view[...] = self.program.blobs[t.blob].array
         self.steps: list[Callable[[], None]] = [COMPILERS[type(ins)](self, ins)
                                                 for ins in self.program.code]
+        self.workspace.allocate()  # before any worker thread binds a view
 
     def _view(self, t: isa.Tensor) -> np.ndarray | None:
         if t.runtime:

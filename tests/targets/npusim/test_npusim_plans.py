@@ -170,3 +170,19 @@ def test_depthwise_and_maxpool_equal_reference_kernels(dtype, kernel, stride, pa
     ops.maxpool(FakeSim([x, mp]), ins)()
     np.testing.assert_array_equal(mp[0], K.window_max(x[0], (kernel, kernel), stride, pads,
                                                       dilation, (oh, ow)))
+
+
+def test_workspace_allocated_up_front_gives_threads_one_buffer():
+    # Views bound concurrently on first use must land in the same memory (a race here
+    # once sent half of a layer's channels to a second buffer).
+    from concurrent.futures import ThreadPoolExecutor
+
+    ws = P.Workspace()
+    lazies = [ws.request("padded", (64, 64), np.int8) for _ in range(8)]
+    ws.allocate()
+    with ThreadPoolExecutor(8) as pool:
+        views = list(pool.map(lambda lazy: lazy(), lazies))
+    assert all(np.shares_memory(views[0], v) for v in views[1:])
+    proto = op_zoo_model(seed=1)
+    data = build_binary(quantize_model(proto, random_inputs(proto, 2, 0)).quant_model).data
+    assert {"padded", "patches"} <= set(Simulator(data).workspace._memory)
