@@ -113,9 +113,7 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple
               dilation: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
     """Per-channel window dot products of int8/uint8 [C, H, W] with [C, 1, kh, kw], as int64."""
     kh, kw = w.shape[2:]
-    # Each product is ≤ X·127 (< 2^14 for int8, < 2^15 for uint8): float32 sums stay exact
-    # up to 2^24 / (X·127) taps, else use float64.
-    dtype = np.float32 if kh * kw * x_max(x.dtype) * 127 <= EXACT_F32 else np.float64
+    dtype = depthwise_dtype((kh, kw), x.dtype)
     xp = pad_spatial(x, pads, 0, dtype)
     view = windows(xp, (kh, kw), stride, dilation, out_hw)
     wf = w[:, 0].astype(dtype)
@@ -124,6 +122,16 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple
         for j in range(kw):
             acc += view[:, i, j] * wf[:, i, j, None, None]
     return acc.astype(np.int64)
+
+
+def depthwise_dtype(kernel: tuple[int, ...], x_dtype: np.dtype) -> type:
+    """float32 where a depthwise window sum is exact in it, else float64.
+
+    Each product is ≤ X·128 (< 2^15 for int8, < 2^16 for uint8): float32 sums stay exact
+    up to 2^24 / (X·128) taps.
+    """
+    return np.float32 if kernel[0] * kernel[1] * x_max(x_dtype) * 128 <= EXACT_F32 \
+        else np.float64
 
 
 def window_sum(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],

@@ -117,3 +117,23 @@ def test_build_conv_model_default_output_next_to_model(tmp_path, capsys):
     qpath = save_model(quant, tmp_path / "model.quant.onnx")
     assert main(["build", str(qpath)]) == 0
     assert (tmp_path / "model.bin").read_bytes()[:4] == b"NPUB"
+
+
+def test_run_profile_table_and_json(files, capsys):
+    argv = ["run", str(files / "model.bin"), "--inputs", str(files / "inputs.npz")]
+    assert main([*argv, "--profile", "4", "--threads", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "simulator profile:" in out and "over 3 frame(s), 2 thread(s)" in out
+    table = out[out.index("instruction"):].splitlines()
+    assert len(table) == 2 + 4 and "conv" in out and "%" in table[2]
+    assert main([*argv, "--profile", "--json"]) == 0
+    data = _json(capsys)["profile"]
+    slowest = data["slowest"]
+    assert data["frames"] == 3 and len(slowest) == 10
+    assert [r["ms"] for r in slowest] == sorted((r["ms"] for r in slowest), reverse=True)
+    assert {r["unit"] for r in slowest} <= {"NPU", "CPU"} and slowest[0]["ms"] > 0
+    assert sum(data["by_op_ms"].values()) <= data["ms_per_frame"] * 1.01
+    assert main([*argv, "--profile", "0", "--json"]) == 0
+    everything = _json(capsys)["profile"]["slowest"]
+    assert sum(r["share"] for r in everything) == pytest.approx(1.0, abs=1e-3)
+    assert len({r["index"] for r in everything}) == len(everything) > 20
