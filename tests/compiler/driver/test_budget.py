@@ -86,7 +86,7 @@ def test_bad_budget_values_exit_2(folder, tmp_path, flag, value, capsys):
 def test_compile_budget_chooses_the_pruning_rate(tmp_path):
     """--target-macs is the floor; the budget picks the fraction; the report lists tries.
 
-    (Random weights without reconstruction: 60 % of the MACs loses cosine 0.5 here.)
+    (Random weights without reconstruction: pruning loses much here, so the floor may miss.)
     """
     from models.zoo import mobilenetv2
 
@@ -95,14 +95,14 @@ def test_compile_budget_chooses_the_pruning_rate(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "c.npz", x=rng.standard_normal((16, 3, 32, 32)).astype(np.float32))
     config = {"calibration.data": str(tmp_path / "c.npz"), "prune.enabled": True,
-              "prune.target_macs": 0.6, "prune.reconstruct": False,
+              "prune.target_macs": 0.9, "prune.reconstruct": False,
               "quantize.min_cosine": 0.5, "target.frames": 20, "target.verify_samples": 2}
     report = compile_model(str(tmp_path / "m.onnx"), config, tmp_path / "o").report
     b = report["prune"]["budget"]
     tries = {t["fraction"]: t for t in b["tries"]}
-    assert b["floor"] == 0.6 and tries[b["chosen"]]["met"] and len(tries) <= 5
+    assert b["floor"] == 0.9 and tries[b["chosen"]]["met"] and len(tries) <= 3
     assert all(not t["met"] for f, t in tries.items() if f < b["chosen"])
-    assert 0.6 in tries
+    assert 0.9 in tries
     assert report["prune"]["macs"]["ratio"] == pytest.approx(tries[b["chosen"]]["macs"])
     assert report["budget"]["met"]  # the quantize loop then holds it on the chosen model
     assert report["verify"]["consistent"]
