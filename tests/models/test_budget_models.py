@@ -10,18 +10,8 @@ import json
 import pytest
 
 from compiler.cli import main
-from compiler.core.errors import DataError
-from models.datasets import load_dataset
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def test_split():
-    try:
-        return load_dataset("fmnist-test")
-    except DataError as exc:
-        pytest.skip(str(exc))
 
 
 @pytest.mark.parametrize("model", ["fmnist_resnet", "fmnist_mobilenetv2"])

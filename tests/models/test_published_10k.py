@@ -10,19 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.core.errors import DataError
-from models.datasets import load_dataset
-
 pytestmark = pytest.mark.slow
 ACCURACY = Path(__file__).resolve().parents[2] / "models" / "trained" / "accuracy.json"
-
-
-@pytest.fixture(scope="module")
-def test_split():
-    try:
-        return load_dataset("fmnist-test")
-    except DataError as exc:
-        pytest.skip(str(exc))
 
 
 def test_default_compile_on_10k(test_split, tmp_path):
