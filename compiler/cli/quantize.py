@@ -105,7 +105,8 @@ def _within_budget(source: Any, feeds: Any, shapes: ShapeSpec, calib: Calibratio
     from passes.quantize.api import quantize_kwargs
     from passes.quantize.budget import Budget, quantize_within_budget
 
-    data = budget_feeds(quant, load_model(source, input_shapes=shapes, bind=True), pre)
+    data = None if quant.budget_data is None else budget_feeds(
+        quant, load_model(source, input_shapes=shapes, bind=True), pre)
     out = quantize_within_budget(source, feeds, Budget.from_options(quant), data,
                                  correct=correct_for(data), input_shapes=shapes,
                                  **quantize_kwargs(calib, quant))

@@ -142,10 +142,10 @@ class _Scorer:
         self.evaluations = 0  # the all-int8 model and the search
         self.confirmations = 0  # re-quantized models
 
-    def score(self, on: np.ndarray, ref: Reference | None = None) -> Metrics:
+    def score(self, on: np.ndarray) -> Metrics:
         self.evaluations += 1
         return score_config(self.result.float_model, self.result.qgraph, self.units,
-                            ref or self.ref, on)
+                            self.ref, on)
 
     def all_int8(self) -> Metrics:
         return self.score(np.ones(self.count, np.bool_))
@@ -247,13 +247,17 @@ def _ranking_rows(scorer: _Scorer, ranked: list[tuple[Layer, Metrics]]) -> list[
 def _rank(scorer: _Scorer, feeds: Feeds, budget: Budget, rank_samples: int, batch_size: int,
           executor: ExecutorOptions | None, keep: Sequence[str]
           ) -> list[tuple[Layer, Metrics]]:
-    """The int8 layers with their cost alone, costliest first, scored on the first samples."""
-    ref = scorer.ref if len(feeds) <= rank_samples else Reference(
-        scorer.result.float_model, feeds.take(rank_samples), batch_size, scorer.ref.correct)
+    """The int8 layers with their cost alone, costliest first, scored on the first samples.
+
+    Against the model being quantized (not a pipeline's uncompressed reference): a layer's
+    cost alone is its quantization error, not the pruning error every variant shares.
+    """
+    fm = scorer.result.float_model
+    ref = Reference(fm, feeds.take(rank_samples), batch_size, scorer.ref.correct)
     configs = masks(scorer.layers, scorer.count, "single")
-    metrics = score_configs(scorer.result.float_model, scorer.result.qgraph, ref, configs,
-                            executor, keep, "budget (ranking layers)")
-    key = rank_key(budget.rank_by if ref.labels is not None else "cosine")
+    metrics = score_configs(fm, scorer.result.qgraph, ref, configs, executor, keep,
+                            "budget (ranking layers)")
+    key = rank_key(budget.rank_by)  # max_drop has labels (check_budget_data)
     return sorted(zip(scorer.layers, metrics, strict=True), key=lambda lm: key(lm[1]))
 
 

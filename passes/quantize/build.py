@@ -22,6 +22,7 @@ from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError, GraphError
 from compiler.core.ir import Model, const_value, is_const
 from compiler.core.qops import OpDef, UnitIO, by_unit_kind
+from compiler.core.qops.match import clip_bounds
 from compiler.core.subgraphs import export_subgraph, outer_inputs
 from passes.quantize.dynamic import runtime_tensors
 from passes.quantize.patterns import Unit, partition, scale_preserving
@@ -53,16 +54,15 @@ def float_nonnegative(t: gs.Tensor) -> bool:
     """Float tensor `t` is never negative by its producer's definition (§15).
 
     For tensors quantized where they enter the NPU from the host (the output of a CPU
-    partition): a Relu, Sigmoid, Softmax... there gets uint8 like an int8 unit's output.
+    partition): a Relu, Sigmoid, Softmax, Clip(min ≥ 0)... there gets uint8 like an int8
+    unit's output.
     """
     node = t.inputs[0] if len(t.inputs) == 1 else None
     if node is None:
         return False
-    if node.op == "Clip":  # opset >= 11: min is input 1; older: the attribute
-        low = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1].name else None
-        value = const_value(low) if low is not None and is_const(low) else \
-            node.attrs.get("min") if low is None else None
-        return value is not None and float(np.min(value)) >= 0.0
+    if node.op == "Clip":
+        lo = (clip_bounds(node) or (None, None))[0]
+        return lo is not None and lo >= 0.0
     return node.op in NONNEGATIVE_FLOAT_OPS
 
 
