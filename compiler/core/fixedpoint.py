@@ -17,11 +17,13 @@ from compiler.core.errors import DataError, GraphError
 log = logging.getLogger(__name__)
 
 INT8_MIN, INT8_MAX = -128, 127
-QRANGE: dict[str, tuple[int, int]] = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255)}
+QRANGE: dict[str, tuple[int, int]] = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255),
+                                      "int16": (-(1 << 15), (1 << 15) - 1)}
 """Precisions of quantized activation tensors (zero point 0): dtype name -> (qmin, qmax).
 
-The one place that defines them (docs/fixed-point.md §1, §15); a wider type (int16) is one
-more entry here plus the places that test `LUT_DTYPES`."""
+The one place that defines them (docs/fixed-point.md §1, §15, §16)."""
+WIDE_DTYPES = frozenset({"int16"})
+"""Precisions whose products need the 64-bit accumulator of an A16W8 layer (§16)."""
 LUT_DTYPES = frozenset({"int8", "uint8"})
 """Input dtypes a 256-entry table (§10) can index."""
 WEIGHT_MAX = 127
@@ -29,6 +31,7 @@ MAX_SHIFT = 62
 M0_MIN, M0_LIMIT = 1 << 30, 1 << 31
 PRODUCT_BOUND = 1 << 14          # |x·w| ≤ 128·127 < 2^14
 ACC_MAX = (1 << 31) - 1
+INT64_HEADROOM = 62  # |acc·M0| < 2^62 leaves room for the rounding term 2^(s-1) ≤ 2^61
 T_MIN = 1e-6
 
 
@@ -49,10 +52,38 @@ def is_quantized_dtype(dtype: str | np.dtype) -> bool:
 def product_bound(x_dtype: str | np.dtype) -> int:
     """A power of two P > max|x·w| for inputs of `x_dtype` and weights |w| ≤ 127 (§1).
 
-    int8: 128·127 < 2^14; uint8: 255·127 < 2^15.
+    int8: 128·127 < 2^14; uint8: 255·127 < 2^15; int16: 32768·127 < 2^22.
     """
     lo, hi = qrange(x_dtype)
     return 1 << (max(-lo, hi) * WEIGHT_MAX).bit_length()
+
+
+def is_wide(dtype: str | np.dtype) -> bool:
+    """True for a 16-bit activation precision (A16W8 arithmetic, §16)."""
+    return np.dtype(dtype).name in WIDE_DTYPES
+
+
+def multiplier_bits(acc_bound: int) -> int:
+    """Bits of M0 such that |acc|·M0 < 2^62 for every |acc| ≤ `acc_bound` (§2, §16).
+
+    31 (M0 < 2^31) whenever the accumulator fits int32, as for every 8-bit layer; an A16W8
+    layer's 64-bit accumulator gets a narrower multiplier, never below 16 bits.
+    """
+    bits = min(31, INT64_HEADROOM - int(acc_bound).bit_length())
+    if bits < 16:
+        raise GraphError(f"accumulator bound {acc_bound} leaves {bits} multiplier bits (< 16)")
+    return bits
+
+
+def mac_acc_bound(k: int, x_dtype: str | np.dtype) -> int:
+    """Largest |acc| of a K-term product sum plus its bias (§1, §16).
+
+    8-bit inputs: the int32 limit (the bias bound keeps acc within it); int16 inputs:
+    K·P + (2^31 - 1), the int32 bias on top of K products below P = 2^22.
+    """
+    if not is_wide(x_dtype):
+        return ACC_MAX
+    return k * product_bound(x_dtype) + ACC_MAX
 
 
 def qround(v: np.ndarray | float) -> np.ndarray | float:
@@ -146,8 +177,13 @@ def quantize_constant(values: np.ndarray, scale: float, dtype: str = "int8") -> 
 def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8") -> int:
     """B = 2^31 - 1 - K·P: a bias within ±B keeps the int32 accumulator from overflowing.
 
-    P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for uint8.
+    P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for uint8. An int16 input
+    accumulates in 64 bits (§16): B = 2^31 - 1, the int32 bias's own range.
     """
+    if is_wide(x_dtype):
+        if k * product_bound(x_dtype) >= 1 << 40:
+            raise GraphError(f"node {name!r}: reduction length {k} too large for an A16W8 layer")
+        return ACC_MAX
     bound = ACC_MAX - k * product_bound(x_dtype)
     if bound <= 0:
         raise GraphError(f"node {name!r}: reduction length {k} too large for an int32 accumulator")
@@ -201,33 +237,35 @@ def clamp_bounds(lo: float | None, hi: float | None, scale: float,
 
 # --- multipliers ----------------------------------------------------------------------------
 
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """M -> (M0, s) with M ≈ M0·2^-s, M0 in [2^30, 2^31), s in [1, 62] (§2).
+def quantize_multiplier(m: float, bits: int = 31) -> tuple[int, int]:
+    """M -> (M0, s) with M ≈ M0·2^-s, M0 in [2^(b-1), 2^b), s in [1, 62] (§2; b = `bits`).
 
-    Tiny M (< 2^-32) flushes to (0, 62), M ≥ 2^30 saturates to (2^31-1, 1); both give the
-    ideal result for any |acc| ≤ 2^31.
+    b = 31 for every 8-bit layer; an A16W8 layer uses `multiplier_bits` (§16). Tiny M
+    (< 2^(b-63)) flushes to (0, 62), M ≥ 2^(b-1) saturates to (2^b-1, 1); both give the
+    ideal result for any |acc| ≤ 2^(62-b).
     """
     m = float(m)
     if not math.isfinite(m) or m < 0:
         raise GraphError(f"requantization multiplier {m} is not a finite non-negative number")
     if m == 0:
         return 0, MAX_SHIFT
+    limit = 1 << bits
     f, e = math.frexp(m)
-    m0 = math.floor(f * M0_LIMIT + 0.5)
-    if m0 == M0_LIMIT:
-        m0, e = M0_MIN, e + 1
-    s = 31 - e
+    m0 = math.floor(f * limit + 0.5)
+    if m0 == limit:
+        m0, e = limit >> 1, e + 1
+    s = bits - e
     if s > MAX_SHIFT:
         return 0, MAX_SHIFT
     if s < 1:
-        return M0_LIMIT - 1, 1
+        return limit - 1, 1
     return m0, s
 
 
-def quantize_multipliers(ms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantize_multipliers(ms: np.ndarray, bits: int = 31) -> tuple[np.ndarray, np.ndarray]:
     """Elementwise `quantize_multiplier` -> (m0 int64, shift int64) of the same shape."""
     flat = np.asarray(ms, np.float64).reshape(-1)
-    pairs = [quantize_multiplier(m) for m in flat]
+    pairs = [quantize_multiplier(m, bits) for m in flat]
     m0 = np.array([p[0] for p in pairs], np.int64).reshape(np.shape(ms))
     shift = np.array([p[1] for p in pairs], np.int64).reshape(np.shape(ms))
     return m0, shift

@@ -52,15 +52,19 @@ from compiler.core.safe_yaml import load_json
 __all__ = ["QGraph", "QTensor", "QOp", "FloatNode", "OP_TYPES", "QConv", "QGemm", "QMatMul",
            "QAdd", "QMul", "QConcat", "QAvgPool", "QGlobalAvgPool", "QMaxPool", "QResizeNearest",
            "QMove", "QLut", "QQuantize", "QDequantize", "QCpuPartition", "MOVE_OPS", "INT8_MIN",
-           "INT8_MAX", "SIGNED_SUFFIX", "values_equal"]
+           "INT8_MAX", "SIGNED_SUFFIX", "NARROW_SUFFIX", "values_equal"]
 
 SIGNED_SUFFIX = "__s8"
 """Name suffix of the int8 copy of a uint8 tensor made for an op that needs a signed input
 (docs/fixed-point.md §13, §15)."""
+NARROW_SUFFIX = "__n8"
+"""Name suffix of the int8 copy of an int16 tensor made for an op without int16 inputs
+(docs/fixed-point.md §16)."""
 FORMAT = "npuc.qgraph"
-VERSION = 2
-"""2: quantized tensors may be uint8 (docs/fixed-point.md §15); v1 files (all int8) load too."""
-VERSIONS = (1, 2)
+VERSION = 3
+"""2: quantized tensors may be uint8 (docs/fixed-point.md §15); 3: or int16 (§16). Files of
+earlier versions load too."""
+VERSIONS = (1, 2, 3)
 METADATA_KEY = "npuc.qgraph"
 
 

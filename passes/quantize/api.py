@@ -138,6 +138,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
                    bias_correction: bool = False, rounding: str = "nearest",
                    keep_float: Sequence[str] = (),
                    unsigned: bool = True,
+                   int16: Sequence[str] = (),
                    table: CalibrationTable | str | Path | None = None,
                    batch_size: int = 8,
                    calib_limit: int | None = DEFAULT_CALIB_LIMIT,
@@ -158,6 +159,8 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
             classifier whose int8 logits cost too much accuracy.
         unsigned: uint8 (zero point 0) for tensors that are never negative
             (docs/fixed-point.md §15); False: all-int8.
+        int16: Names of nodes whose layers read and write int16 activations with int8
+            weights (A16W8, docs/fixed-point.md §16).
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
         calib_limit: Use at most this many calibration samples (None: all).
@@ -198,9 +201,9 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
             table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
         info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
                 "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
-                "float_model_hash": digest}
+                "int16": sorted(int16), "float_model_hash": digest}
         with timed("build"):
-            qg, nodes = build_qgraph(fm, table, units, info, unsigned)
+            qg, nodes = build_qgraph(fm, table, units, info, unsigned, int16)
         _warn_unoptimised(table)
         with timed("emit_int"):
             quant = emit_int(qg)
@@ -280,4 +283,5 @@ def quantize_kwargs(calibration: CalibrationOptions, options: QuantizeOptions
             "batch_size": calibration.batch_size, "calib_limit": calibration.limit,
             "table": calibration.table, "cle": options.cle,
             "bias_correction": options.bias_correction, "rounding": options.rounding,
-            "keep_float": tuple(options.keep_float), "unsigned": options.unsigned}
+            "keep_float": tuple(options.keep_float), "unsigned": options.unsigned,
+            "int16": tuple(options.int16)}

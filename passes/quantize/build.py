@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -66,6 +66,38 @@ def float_nonnegative(t: gs.Tensor) -> bool:
     return node.op in NONNEGATIVE_FLOAT_OPS
 
 
+def int16_tensors(units: list[Unit], nodes: Collection[str]) -> frozenset[str]:
+    """Float tensors an int16 layer list makes 16-bit (docs/fixed-point.md §16).
+
+    A layer named in `nodes` (any node of its unit) reads and writes int16: its activation
+    inputs and its outputs. A tensor that a scale-preserving unit (Reshape, MaxPool, ...)
+    moves takes its precision from the unit's input, so the input is made int16 as well.
+
+    Raises:
+        ConfigError: A name that is no node, or a node that runs on the CPU.
+    """
+    wanted = set(nodes)
+    by_node = {n.name: u for u in units for n in u.nodes}
+    missing = sorted(wanted - set(by_node))
+    if missing:
+        raise ConfigError(f"int16: no node named {missing[0]!r} in the model")
+    cpu = sorted(n for n in wanted if by_node[n].kind == "cpu")
+    if cpu:
+        raise ConfigError(f"int16: node {cpu[0]!r} runs on the CPU ({by_node[cpu[0]].reason})")
+    names = {t.name for n in wanted for t in by_node[n].inputs + by_node[n].outputs
+             if not is_const(t)}
+    made_by = {t.name: u for u in units for t in u.outputs}
+    todo = list(names)
+    while todo:
+        src = made_by.get(todo.pop())
+        if src is not None and src.kind != "cpu" and scale_preserving(src):
+            for t in src.inputs[:1]:
+                if not is_const(t) and t.name not in names:
+                    names.add(t.name)
+                    todo.append(t.name)
+    return frozenset(names)
+
+
 def _shape(t: gs.Tensor) -> tuple[int, ...]:
     if t.shape is None:
         return ()
@@ -112,7 +144,8 @@ class QGraphBuilder:
     report: list[dict[str, Any]] = field(default_factory=list)
     runtime: dict[str, str] = field(default_factory=dict)  # run-time-shaped float tensors
     unsigned: bool = True  # uint8 for tensors that are never negative (fixed-point.md §15)
-    signed: dict[str, str] = field(default_factory=dict)  # uint8 tensor -> int8 conversion
+    int16: frozenset[str] = frozenset()  # float tensors stored as int16 (§16)
+    converted: dict[tuple[str, str], str] = field(default_factory=dict)  # (tensor, dtype) ->
 
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, Mapping):
@@ -154,6 +187,7 @@ class QGraphBuilder:
                              fp.quantize_constant(values, scale))
         else:
             dtype = "uint8" if self.unsigned and float_nonnegative(t) else "int8"
+            dtype = "int16" if t.name in self.int16 else dtype
             scale = self.threshold_scale(t.name, dtype)
             name = self._add(f"{t.name}__q", _shape(t), dtype, scale)
             self.ops.append(q.QQuantize(f"{t.name}__quantize", (self.floats[t.name],), (name,),
@@ -182,18 +216,23 @@ class QGraphBuilder:
         return UnitIO(unit.anchor.name, inputs, [t.scale for t in ts], [], 0.0,
                       self.model.opset, [t.dtype for t in ts], "int8", nonneg)
 
-    def _to_signed(self, name: str) -> str:
-        """An int8 copy of uint8 tensor `name` (§15): one-input QConcat, scale S·255/127."""
-        if name not in self.signed:
+    def _to_int8(self, name: str) -> str:
+        """An int8 copy of a uint8 or int16 tensor `name` (§15, §16).
+
+        A one-input QConcat (a requantization) to scale S·qmax/127: the same real range.
+        """
+        key = (name, "int8")
+        if key not in self.converted:
             t = self.tensors[name]
             ratio = fp.qrange(t.dtype)[1] / fp.qrange("int8")[1]
             scale = float(np.float32(np.float64(t.scale) * ratio))
-            out = self._add(f"{name}{q.SIGNED_SUFFIX}", t.shape, "int8", scale)
+            suffix = q.SIGNED_SUFFIX if t.dtype == "uint8" else q.NARROW_SUFFIX
+            out = self._add(f"{name}{suffix}", t.shape, "int8", scale)
             m0, s = fp.quantize_multiplier(float(np.float64(t.scale) / np.float64(scale)))
             self.ops.append(q.QConcat(f"{name}__to_int8", (name,), (out,), axis=0, m0=(m0,),
                                       shift=(s,)))
-            self.signed[name] = out
-        return self.signed[name]
+            self.converted[key] = out
+        return self.converted[key]
 
     def _output_dtype(self, unit: Unit, d: OpDef, io: UnitIO) -> str:
         """The unit's output precision (§15).
@@ -203,6 +242,8 @@ class QGraphBuilder:
         """
         if scale_preserving(unit):
             return io.in_dtype(0)
+        if d.int16_output and unit.outputs[0].name in self.int16:
+            return "int16"
         if self.unsigned and d.nonnegative is not None and d.nonnegative(unit, io):
             return "uint8"
         return "int8"
@@ -212,8 +253,12 @@ class QGraphBuilder:
         d = by_unit_kind(unit.kind)
         inputs = [self.int8_of(t, unit.anchor.name) for t in unit.inputs]
         io = self._input_io(unit, inputs)
+        if not d.int16_input and "int16" in io.in_dtypes:
+            inputs = [self._to_int8(n) if dt == "int16" else n
+                      for n, dt in zip(inputs, io.in_dtypes, strict=True)]
+            io = self._input_io(unit, inputs)
         if d.signed_input is not None and "uint8" in io.in_dtypes and d.signed_input(unit, io):
-            inputs = [self._to_signed(n) if dt == "uint8" else n
+            inputs = [self._to_int8(n) if dt == "uint8" else n
                       for n, dt in zip(inputs, io.in_dtypes, strict=True)]
             io = self._input_io(unit, inputs)
         out_dtype = self._output_dtype(unit, d, io)
@@ -358,7 +403,8 @@ def float_node(node: gs.Node, rename: Mapping[str, str]) -> q.FloatNode:
 def build_qgraph(model: Model, thresholds: Thresholds | Mapping[str, float],
                  units: list[Unit] | None = None,
                  info: dict[str, Any] | None = None,
-                 unsigned: bool = True) -> tuple[q.QGraph, list[dict[str, Any]]]:
+                 unsigned: bool = True,
+                 int16: Collection[str] = ()) -> tuple[q.QGraph, list[dict[str, Any]]]:
     """Quantize a canonical float model with calibrated thresholds.
 
     Args:
@@ -370,13 +416,16 @@ def build_qgraph(model: Model, thresholds: Thresholds | Mapping[str, float],
         info: Provenance stored in the QGraph.
         unsigned: uint8 (scale T/255) for the outputs of ops that are never negative
             (docs/fixed-point.md §15); False: every quantized tensor is int8.
+        int16: Nodes whose layers read and write int16 activations (A16W8, §16;
+            `int16_tensors`).
 
     Returns:
         The QGraph and a per-node report (node, op, qop, qop_name, reason).
     """
     units = units if units is not None else partition(model.graph)
+    wide = int16_tensors(units, int16) if int16 else frozenset()
     builder = QGraphBuilder(model, thresholds, runtime=runtime_tensors(model.graph),
-                            unsigned=unsigned)
+                            unsigned=unsigned, int16=wide)
     graph = builder.build(units, dict(info or {}))
     log.info("quantized %d nodes into %d ops (%d CPU partitions)", len(builder.report),
              len(graph.ops), sum(isinstance(o, q.QCpuPartition) for o in graph.ops))

@@ -16,6 +16,7 @@ import json
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.errors import GraphError
 from compiler.core.io import INTERNAL_OPSET
@@ -78,6 +79,34 @@ class IntEmitter:
         """Cast to a numpy dtype."""
         from onnx.helper import np_dtype_to_tensor_dtype
         return self.node("Cast", [x], dtype=dtype, to=np_dtype_to_tensor_dtype(np.dtype(dtype)))
+
+    def cast_into(self, x: gs.Tensor, out: gs.Tensor) -> gs.Tensor:
+        """Cast `x` to the type of the existing tensor `out`, writing `out`."""
+        from onnx.helper import np_dtype_to_tensor_dtype
+        return self.node("Cast", [x], out=out, to=np_dtype_to_tensor_dtype(np.dtype(out.dtype)))
+
+    def split_bytes(self, x: gs.Tensor) -> tuple[gs.Tensor, gs.Tensor]:
+        """int16 x -> (hi int8, lo uint8) with x = 256·hi + lo exactly (§16).
+
+        lo = x mod 256 (Python-sign Mod: in [0, 255]), hi = (x - lo) / 256 (exact).
+        """
+        x32 = self.cast(x, np.int32)
+        lo = self.node("Mod", [x32, self.scalar(256, np.int32)], fmod=0)
+        hi = self.node("Div", [self.node("Sub", [x32, lo]), self.scalar(256, np.int32)])
+        return self.cast(hi, np.int8), self.cast(lo, np.uint8)
+
+    def integer_mac(self, x: gs.Tensor, mac8) -> gs.Tensor:
+        """int64 Σ x·w of an integer op on an 8- or 16-bit input (§11, §16).
+
+        `mac8(t)` emits the 8-bit integer op (ConvInteger/MatMulInteger, int32 out) on
+        input `t`. An int16 input runs it twice, on its high and low bytes, and combines
+        the two exact int32 sums in int64: 256·acc_hi + acc_lo.
+        """
+        if not fp.is_wide(x.dtype):
+            return self.cast(mac8(x), np.int64)
+        hi, lo = self.split_bytes(x)
+        acc_hi = self.node("Mul", [self.cast(mac8(hi), np.int64), self.scalar(256, np.int64)])
+        return self.node("Add", [acc_hi, self.cast(mac8(lo), np.int64)])
 
     def channel(self, key: str, shape: list[int]) -> gs.Tensor:
         """QGraph array reshaped for broadcasting (folded by onnxruntime)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.errors import GraphError
 from compiler.core.fixedpoint import quantize_weights
@@ -64,10 +65,12 @@ class QdqEmitter:
                  gs.Constant(f"{name}__z", np.array(0, np.dtype(dtype))))
         qt = gs.Variable(f"{name}__qdq_q", dtype=np.dtype(dtype))
         dqt = gs.Variable(f"{name}__qdq", dtype=np.float32, shape=t.shape)
+        # int16 Q/DQ: onnxruntime's com.microsoft ops (ai.onnx has them only from opset 21)
+        domain = "com.microsoft" if fp.is_wide(dtype) else None
         self.g.nodes.append(gs.Node("QuantizeLinear", f"{name}/QuantizeLinear",
-                                    inputs=[t, s, zp], outputs=[qt]))
+                                    inputs=[t, s, zp], outputs=[qt], domain=domain))
         self.g.nodes.append(gs.Node("DequantizeLinear", f"{name}/DequantizeLinear",
-                                    inputs=[qt, s, zp], outputs=[dqt]))
+                                    inputs=[qt, s, zp], outputs=[dqt], domain=domain))
         for node in users:
             node.inputs = [dqt if x is t else x for x in node.inputs]
         if is_graph_output(self.g, t):
@@ -110,8 +113,8 @@ class QdqEmitter:
             if hook is not None:  # ops with float weights replace them by DQ of the int8 data
                 hook(self, op)
         for name, t in self.qg.tensors.items():
-            if name.endswith(q.SIGNED_SUFFIX):
-                continue  # an int8 copy of a uint8 tensor (§15): its consumers read the uint8 DQ
+            if name.endswith((q.SIGNED_SUFFIX, q.NARROW_SUFFIX)):
+                continue  # an int8 copy of a uint8/int16 tensor (§15, §16): consumers read its DQ
             if t.is_quantized and t.data is None:
                 self.qdq_activation(float_name(name), t.scale, t.dtype)
             elif t.is_quantized:

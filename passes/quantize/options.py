@@ -56,6 +56,10 @@ class QuantizeOptions:
     keep_float: Sequence[str] = option((), "node names left in float on the CPU (mixed "
                                        "precision, e.g. the classifier)", item=str,
                                        list_sep=",", metavar="NODES")
+    int16: Sequence[str] = option((), "node names whose layers read and write int16 "
+                                  "activations with int8 weights (A16W8, "
+                                  "docs/fixed-point.md §16)", item=str, list_sep=",",
+                                  metavar="NODES")
     max_drop: float | None = option(
         None, "accuracy budget: at most this drop of top-1 (or OCR exact match) in points "
         "against float on labelled --budget-data; the most sensitive layers leave int8 until "

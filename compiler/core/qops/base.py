@@ -140,6 +140,10 @@ class OpDef:
         signed_input: (unit, io) -> True when the op cannot keep an unsigned input's
             precision (a Pad whose value is negative); the builder then converts the input
             to int8 first (§15).
+        int16_input: The op reads int16 activations (A16W8 for MAC ops, §16); the builder
+            converts an int16 input of any other op to int8 first.
+        int16_output: The op can write an int16 output (its requantization clamps to the
+            output type's range); scale-preserving ops inherit their input's type anyway.
     """
 
     cls: type[QOp]
@@ -157,6 +161,8 @@ class OpDef:
     channelwise: bool = False
     nonnegative: Sign | None = None
     signed_input: Sign | None = None
+    int16_input: bool = False
+    int16_output: bool = False
 
     @property
     def kind(self) -> str:

@@ -73,4 +73,5 @@ def emit_concat(e, op: QConcat, ins: list, outs: list) -> None:
 DEFS = (OpDef(QConcat, "§7", "y = concat(requant(x_i, M0_i, s_i)) along axis",
               run_concat, emit_concat, out_elements, patterns="Concat",
               matchers={"Concat": match_concat}, unit_kinds=("concat",), lower=lower_concat,
-              nonnegative=lambda unit, io: all(io.in_nonneg)),)
+              nonnegative=lambda unit, io: all(io.in_nonneg), int16_input=True,
+              int16_output=True),)

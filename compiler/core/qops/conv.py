@@ -122,14 +122,17 @@ def run_conv(op: QConv, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 
 
 def emit_conv(e, op: QConv, ins: list, outs: list) -> None:
-    """§11 conv: ConvInteger + bias + per-channel requant."""
-    acc = e.node("ConvInteger", [ins[0], e.array(f"{op.name}::weight")],
-                 dtype=np.int32, strides=list(op.strides), pads=list(op.pads),
-                 dilations=list(op.dilations), group=op.group,
-                 kernel_shape=list(op.weight.shape[2:]))
+    """§11 conv: ConvInteger + bias + per-channel requant (§16: two for an int16 input)."""
+    weight = e.array(f"{op.name}::weight")
+
+    def conv8(x: gs.Tensor) -> gs.Tensor:
+        return e.node("ConvInteger", [x, weight], dtype=np.int32, strides=list(op.strides),
+                      pads=list(op.pads), dilations=list(op.dilations), group=op.group,
+                      kernel_shape=list(op.weight.shape[2:]))
+
     shape = [1, -1, 1, 1]
     bias = e.cast(e.channel(f"{op.name}::bias", shape), np.int64)
-    acc = e.node("Add", [e.cast(acc, np.int64), bias])
+    acc = e.node("Add", [e.integer_mac(ins[0], conv8), bias])
     e.requant(acc, e.channel(f"{op.name}::m0", shape), e.channel(f"{op.name}::shift", shape),
               op.lo, op.hi, outs[0])
 
@@ -149,9 +152,10 @@ def conv_work(op: QConv, graph: GraphView) -> OpWork:
 
 
 DEFS = (OpDef(
-    QConv, "§11", "acc = Σ x·W[c] + B[c] (int32); y = requant(acc, M0[c], s[c], lo, hi)",
+    QConv, "§11", "acc = Σ x·W[c] + B[c] (int32; int64 for int16 x, §16); "
+    "y = requant(acc, M0[c], s[c], lo, hi)",
     run_conv, emit_conv, conv_work, nonnegative=lambda unit, io: act_lo_nonneg(unit),
     patterns="Conv (2-D, constant weights; any group, "
     "depthwise, dilation, auto_pad) "
     "[+ Relu/Clip]", matchers={"Conv": match_conv}, unit_kinds=("conv",), lower=lower_conv,
-    emit_qdq=qdq_conv),)
+    emit_qdq=qdq_conv, int16_input=True, int16_output=True),)

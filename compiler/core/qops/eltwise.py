@@ -123,9 +123,10 @@ DEFS = (
           run_add, emit_add, out_elements,
           patterns="Add, Sub (activations or a constant operand) [+ Relu/Clip]",
           matchers={"Add": match_binary, "Sub": match_binary}, unit_kinds=("add",),
-          lower=lower_add, nonnegative=add_nonnegative),
+          lower=lower_add, nonnegative=add_nonnegative, int16_input=True, int16_output=True),
     OpDef(QMul, "§7", "y = requant(xa·xb, M0, s, lo, hi)", run_mul, emit_mul, out_elements,
           patterns="Mul (activations or a constant operand), Div by a constant "
           "[+ Relu/Clip]", matchers={"Mul": match_binary, "Div": match_binary},
-          unit_kinds=("mul",), lower=lower_mul, nonnegative=mul_nonnegative),
+          unit_kinds=("mul",), lower=lower_mul, nonnegative=mul_nonnegative,
+          int16_input=True, int16_output=True),
 )

@@ -125,9 +125,9 @@ def run_gemm(op: QGemm, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 def emit_gemm(e, op: QGemm, ins: list, outs: list) -> None:
     """§11 gemm: MatMulInteger with the transposed weight (folded at load)."""
     w = e.node("Transpose", [e.array(f"{op.name}::weight")], perm=[1, 0])
-    acc = e.node("MatMulInteger", [ins[0], w], dtype=np.int32)
+    acc = e.integer_mac(ins[0], lambda x: e.node("MatMulInteger", [x, w], dtype=np.int32))
     bias = e.cast(e.array(f"{op.name}::bias"), np.int64)
-    acc = e.node("Add", [e.cast(acc, np.int64), bias])
+    acc = e.node("Add", [acc, bias])
     e.requant(acc, e.array(f"{op.name}::m0"), e.array(f"{op.name}::shift"), op.lo, op.hi,
               outs[0])
 
@@ -149,14 +149,17 @@ def gemm_work(op: QGemm, graph: GraphView) -> OpWork:
     return OpWork(out * op.weight.shape[1], out, nbytes(op.weight, op.bias, op.m0, op.shift))
 
 
-_SUMMARY = "acc = B[n] + Σ_k x[..., k]·W[n, k] (int32); y = requant(acc, M0[n], s[n], lo, hi)"
+_SUMMARY = ("acc = B[n] + Σ_k x[..., k]·W[n, k] (int32; int64 for int16 x, §16); "
+            "y = requant(acc, M0[n], s[n], lo, hi)")
 DEFS = (
     OpDef(QGemm, "§11", _SUMMARY, run_gemm, emit_gemm, gemm_work,
           patterns="Gemm (constant B, transA=0, C broadcast along N) [+ Relu/Clip]",
           matchers={"Gemm": match_gemm}, unit_kinds=("gemm",), lower=lower_gemm,
-          emit_qdq=qdq_gemm, nonnegative=lambda unit, io: act_lo_nonneg(unit)),
+          emit_qdq=qdq_gemm, nonnegative=lambda unit, io: act_lo_nonneg(unit),
+          int16_input=True, int16_output=True),
     OpDef(QMatMul, "§11", _SUMMARY, run_gemm, emit_gemm, gemm_work,
           patterns="MatMul (constant 2-D right operand) [+ constant bias Add] [+ Relu/Clip]",
           matchers={"MatMul": match_matmul}, unit_kinds=("matmul",), lower=lower_gemm,
-          emit_qdq=qdq_gemm, nonnegative=lambda unit, io: act_lo_nonneg(unit)),
+          emit_qdq=qdq_gemm, nonnegative=lambda unit, io: act_lo_nonneg(unit),
+          int16_input=True, int16_output=True),
 )

@@ -89,10 +89,11 @@ def bounds(unit: Unit, io: UnitIO) -> tuple[int, int]:
     return fp.clamp_bounds(lo, hi, io.out_scale, io.out_dtype)
 
 
-def channel_requant(sx: float, sw: np.ndarray, sy: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (m0, shift) of Sx·Sw[c]/Sy."""
+def channel_requant(sx: float, sw: np.ndarray, sy: float, bits: int = 31
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (m0, shift) of Sx·Sw[c]/Sy with `bits`-bit multipliers (§2, §16)."""
     m = f64(sx) * sw.astype(np.float64) / f64(sy)
-    return fp.quantize_multipliers(m)
+    return fp.quantize_multipliers(m, bits)
 
 
 def weight_layer(w: np.ndarray, b: np.ndarray | None, io: UnitIO, name: str
@@ -101,11 +102,13 @@ def weight_layer(w: np.ndarray, b: np.ndarray | None, io: UnitIO, name: str
 
     `w` is [Cout, ...] (the reduction over the rest); returns the QOp fields `weight`,
     `bias`, `m0`, `shift` and `weight_scale` (the bias-safe scale of docs/fixed-point.md §1;
-    its bound depends on the input precision).
+    its bound depends on the input precision). An int16 input gets multipliers narrow
+    enough for its 64-bit accumulator (§16).
     """
     sx, k, xt = io.in_scales[0], int(np.prod(w.shape[1:])), io.in_dtype(0)
     wq, sw = fp.quantize_weights(w, name, fp.bias_scale_floor(b, sx, k, name, xt))
-    m0, shift = channel_requant(sx, sw, io.out_scale)
+    bits = fp.multiplier_bits(fp.mac_acc_bound(k, xt))
+    m0, shift = channel_requant(sx, sw, io.out_scale, bits)
     return {"weight": wq, "bias": fp.quantize_bias(b, sx, sw, k, name, xt), "m0": m0,
             "shift": shift, "weight_scale": sw}
 

@@ -180,6 +180,10 @@ def emit_move(e, op: QMove, ins: list, outs: list) -> None:
     if op.op == "Split":
         e.nodes.append(gs.Node("Split", f"{op.name}/Split", {"axis": a["axis"]},
                                inputs=[x, ints(a["split"])], outputs=outs))
+    elif op.op == "Pad" and fp.is_wide(x.dtype):  # onnxruntime pads no int16: via int32
+        padded = e.node("Pad", [e.cast(x, np.int32), ints(a["pads"]),
+                                e.scalar(a["value"], np.int32)], mode=a["mode"])
+        e.cast_into(padded, outs[0])
     elif op.op in ("Reshape", "Squeeze", "Unsqueeze", "Slice", "Pad"):
         e.node(op.op, [x] + _operands(e, op, ints), out=outs[0],
                **({"mode": a["mode"]} if op.op == "Pad" else {}))
@@ -210,4 +214,5 @@ DEFS = (OpDef(QMove, "§9", "y = x rearranged with ONNX semantics (scale kept); 
               "quantized", run_move, emit_move, move_work,
               patterns=", ".join(MOVE_OPS) + " (constant shape/index operands)",
               matchers=dict.fromkeys(MOVE_OPS, match_move), unit_kinds=("move",),
-              lower=lower_move, scale_preserving=True, signed_input=move_signed_input),)
+              lower=lower_move, scale_preserving=True, signed_input=move_signed_input,
+              int16_input=True),)

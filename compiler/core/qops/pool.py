@@ -156,7 +156,8 @@ def lower_gap(unit: Unit, io: UnitIO) -> QOp:
     """GlobalAveragePool / ReduceMean(2,3) -> QGlobalAvgPool."""
     h, w = unit.anchor.inputs[0].shape[2:]
     m = f64(io.in_scales[0]) / (f64(io.out_scale) * f64(int(h) * int(w)))
-    m0, s = fp.quantize_multiplier(float(m))
+    peak = -fp.qrange(io.in_dtype(0))[0]
+    m0, s = fp.quantize_multiplier(float(m), fp.multiplier_bits(int(h) * int(w) * peak))
     lo, hi = bounds(unit, io)
     return QGlobalAvgPool(**io_fields(io), m0=m0, shift=s, lo=lo, hi=hi,
                           keepdims=unit.params.get("keepdims", True))
@@ -222,10 +223,15 @@ def emit_gap(e, op: QGlobalAvgPool, ins: list, outs: list) -> None:
 
 
 def emit_maxpool(e, op: QMaxPool, ins: list, outs: list) -> None:
-    """§8 max pool on int8/uint8."""
-    e.node("MaxPool", [ins[0]], out=outs[0], kernel_shape=list(op.kernel),
-           strides=list(op.strides), pads=list(op.pads), dilations=list(op.dilations),
-           ceil_mode=op.ceil_mode)
+    """§8 max pool on int8/uint8; int16 through float32, which holds every int16 exactly."""
+    attrs = {"kernel_shape": list(op.kernel), "strides": list(op.strides),
+             "pads": list(op.pads), "dilations": list(op.dilations), "ceil_mode": op.ceil_mode}
+    x = ins[0]
+    if fp.is_wide(x.dtype):  # onnxruntime's MaxPool takes no int16
+        pooled = e.node("MaxPool", [e.cast(x, np.float32)], **attrs)
+        e.cast_into(pooled, outs[0])
+    else:
+        e.node("MaxPool", [x], out=outs[0], **attrs)
 
 
 # --- work -----------------------------------------------------------------------------------
@@ -252,13 +258,15 @@ DEFS = (
           "s[oh, ow], lo, hi)", run_avgpool, emit_avgpool, window_work,
           patterns="AveragePool (2-D, static input shape, no dilation) [+ Relu/Clip]",
           matchers={"AveragePool": match_avgpool}, unit_kinds=("avgpool",),
-          lower=lower_avgpool, nonnegative=pool_nonnegative),
+          lower=lower_avgpool, nonnegative=pool_nonnegative, int16_output=True),
     OpDef(QGlobalAvgPool, "§8", "y = requant(Σ_hw x, M0, s, lo, hi)", run_gap, emit_gap,
           gap_work, patterns="GlobalAveragePool, ReduceMean over axes (2, 3) [+ Relu/Clip]",
           matchers={"GlobalAveragePool": match_global_pool, "ReduceMean": match_global_pool},
-          unit_kinds=("gap",), lower=lower_gap, nonnegative=pool_nonnegative),
+          unit_kinds=("gap",), lower=lower_gap, nonnegative=pool_nonnegative,
+          int16_input=True, int16_output=True),
     OpDef(QMaxPool, "§8", "y = window max (padding never wins); output scale and type = "
           "input's", run_maxpool, emit_maxpool, window_work,
           patterns="MaxPool (2-D, indices output unused)", matchers={"MaxPool": match_maxpool},
-          unit_kinds=("maxpool",), lower=lower_maxpool, scale_preserving=True),
+          unit_kinds=("maxpool",), lower=lower_maxpool, scale_preserving=True,
+          int16_input=True),
 )

@@ -87,4 +87,5 @@ DEFS = (OpDef(QResizeNearest, "§9", "y = x[idx_0[i0], idx_1[i1], ...] (gathers;
               run_resize, emit_resize, resize_work,
               patterns="Resize, Upsample (mode nearest, constant scales/sizes, static shapes)",
               matchers={"Resize": match_resize, "Upsample": match_resize},
-              unit_kinds=("resize",), lower=lower_resize, scale_preserving=True),)
+              unit_kinds=("resize",), lower=lower_resize, scale_preserving=True,
+              int16_input=True),)

@@ -233,7 +233,7 @@ def test_near_dead_channel_keeps_its_bias_through_int8():
 # --- unsigned 8-bit tensors (§15) ------------------------------------------------------------
 
 def test_precisions_are_defined_once():
-    assert fp.QRANGE == {"int8": (-128, 127), "uint8": (0, 255)}
+    assert fp.QRANGE == {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767)}
     assert fp.qrange(np.uint8) == (0, 255) and fp.qrange("int8") == (-128, 127)
     assert fp.is_quantized_dtype("uint8") and not fp.is_quantized_dtype("float32")
     with pytest.raises(GraphError):
@@ -241,6 +241,8 @@ def test_precisions_are_defined_once():
     # the product bound is the next power of two above max|x|·127
     assert fp.product_bound("int8") == 1 << 14 > 128 * 127 >= 1 << 13
     assert fp.product_bound("uint8") == 1 << 15 > 255 * 127 >= 1 << 14
+    assert fp.product_bound("int16") == 1 << 22 > 32768 * 127 >= 1 << 21
+    assert fp.is_wide("int16") and not fp.is_wide("uint8")
 
 
 def test_uint8_activation_scale_is_t_over_255():

@@ -364,7 +364,7 @@ def test_version_1_tables_read_as_int8():
 
 @pytest.mark.parametrize("doc, match", [
     ({"method": "max", "tensors": {"a": {"threshold": 1.0, "dtype": "int4"}}},
-     "dtype must be one of int8, uint8, got 'int4'"),
+     "dtype must be one of int8, uint8, int16, got 'int4'"),
     ({"method": "max", "tensors": {"a": {"threshold": 1.0, "dtype": "uint8", "levels": 127}}},
      "levels 127 is not 255"),
     ({"method": "max", "tensors": {"a": {"threshold": 2.55, "dtype": "uint8", "scale": 0.02}}},
