@@ -19,6 +19,15 @@ must leave int8 (docs/quantization.md, "Accuracy budget"):
    real partition: neighbours of a raised layer may move to the host with it). If it
    misses the budget, raise more layers (a quarter more each time) and measure again.
 
+Layers are raised to int16 first (A16W8, docs/fixed-point.md §16: 16-bit activations, the
+same int8 weights, still on the NPU) and to float only when int16 cannot meet the budget:
+- the variant with every int16-capable layer's activations unquantized (int16's step is
+  1/258 of int8's) is scored once; if even that misses, int16 cannot help and the loop
+  goes on with float (steps 2-4) straight away;
+- otherwise those layers are ranked by the cost of their activations alone (weights stay
+  int8), bisected as in step 3, and confirmed by re-quantizing with them in `int16` and
+  measuring that model with its int16 grids.
+
 A raised layer runs in float on the CPU. The budget decides on the fake-quantized model
 (int8 grids, float arithmetic); it leaves out int32 bias rounding and the one-LSB
 difference between the integer requantizer and QuantizeLinear (`sensitivity` module doc),
@@ -40,6 +49,7 @@ from compiler.core.errors import ConfigError
 from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
+from compiler.core.qops import by_unit_kind
 from passes.quantize.api import QuantResult, quantize_model
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
 from passes.quantize.patterns import partition
@@ -150,6 +160,16 @@ class _Scorer:
     def all_int8(self) -> Metrics:
         return self.score(np.ones(self.count, np.bool_))
 
+    def widened(self, layers: Sequence[Layer]) -> np.ndarray:
+        """Points of the all-int8 model with the activations of `layers` unquantized.
+
+        The switch model's stand-in for int16 activations (weights stay int8).
+        """
+        on = np.ones(self.count, np.bool_)
+        for layer in layers:
+            on[layer.activations] = False
+        return on
+
     def raised(self, layers: Sequence[Layer]) -> np.ndarray:
         """Points of the model with `layers` in float.
 
@@ -225,6 +245,16 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
         return BudgetResult(base, base, _finish(report, before, [], True, reason, scorer, 0,
                                                 start))
     quantize_options.pop("table", None)  # the loop reuses the all-int8 model's table
+    run = _Run(model, calib_feeds, base, budget, ref, keep, batch_size, quantize_options,
+               scorer)
+    wide = _int16_stage(run, feeds, rank_samples, executor)
+    report["int16"] = wide.report
+    if wide.met:
+        report["ranking"] = {**wide.report["ranking"],
+                             "layers": _ranking_rows(scorer, wide.ranked)}
+        return BudgetResult(wide.result, base, _finish(
+            report, wide.after, wide.raised, True, wide.reason, scorer, wide.evaluations,
+            start, to="int16"))
     ranked = _rank(scorer, feeds, budget, rank_samples, batch_size, executor, keep)
     order = [layer for layer, _ in ranked]
     k = _search(scorer, order, budget, fa)
@@ -233,7 +263,106 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
     report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked),
                          "layers": _ranking_rows(scorer, ranked)}
     return BudgetResult(result, base, _finish(report, after, ranked[:k], met, reason, scorer,
-                                              len(ranked), start))
+                                              len(ranked) + wide.evaluations, start))
+
+
+@dataclass
+class _Run:
+    """What the stages of one budget loop share."""
+
+    model: Any
+    calib_feeds: Any
+    base: QuantResult
+    budget: Budget
+    ref: Reference
+    keep: Sequence[str]
+    batch_size: int
+    options: dict[str, Any]
+    scorer: _Scorer
+
+    def quantize(self, **kw: Any) -> QuantResult:
+        """Re-quantize with the all-int8 table (calibrating afresh only if it lacks a tensor)."""
+        args = {"batch_size": self.batch_size, "keep_float": tuple(self.keep), **kw}
+        try:
+            return quantize_model(self.model, self.calib_feeds, **args,
+                                  **{**self.options, "table": self.base.table})
+        except ConfigError:
+            return quantize_model(self.model, self.calib_feeds, **args, **self.options)
+
+
+@dataclass
+class _Stage:
+    """Outcome of the int16 stage."""
+
+    met: bool = False
+    result: QuantResult | None = None
+    after: Metrics | None = None
+    reason: str = ""
+    raised: list[tuple[Layer, Metrics]] = field(default_factory=list)
+    ranked: list[tuple[Layer, Metrics]] = field(default_factory=list)
+    evaluations: int = 0  # ranking evaluations (the scorer counts the rest)
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def int16_capable(layer: Layer) -> bool:
+    """The layer's op reads and writes int16 (A16W8, docs/fixed-point.md §16)."""
+    d = by_unit_kind(layer.unit.kind)
+    return d.int16_input and d.int16_output
+
+
+def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
+                 executor: ExecutorOptions | None) -> _Stage:
+    """Raise layers to int16 (module doc); `met` False when int16 cannot meet the budget."""
+    sc, fa = run.scorer, run.ref.float_metrics.accuracy
+    capable = [layer for layer in sc.layers if int16_capable(layer)]
+    if not capable:
+        return _Stage(report={"tried": False, "reason": "no layer can run in int16"})
+    ceiling = sc.score(sc.widened(capable))
+    ok, why = run.budget.check(ceiling, fa)
+    report = {"tried": True, "ceiling": ceiling.to_dict(), "capable": len(capable)}
+    if not ok:
+        log.info("int16 cannot meet the budget (every int16-capable layer in int16: %s); "
+                 "raising layers to float", why)
+        return _Stage(reason=why, report={**report, "reason": why})
+    fm = sc.result.float_model
+    rank_ref = Reference(fm, feeds.take(rank_samples), run.batch_size, run.ref.correct)
+    configs = []
+    for layer in capable:
+        on = np.zeros(sc.count, np.bool_)
+        on[layer.activations] = True
+        configs.append(on)
+    metrics = score_configs(fm, sc.result.qgraph, rank_ref, configs, executor, run.keep,
+                            "budget (ranking int16)")
+    key = rank_key(run.budget.rank_by)
+    ranked = sorted(zip(capable, metrics, strict=True), key=lambda lm: key(lm[1]))
+    order = [layer for layer, _ in ranked]
+    lo, hi = 0, len(order)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if run.budget.check(sc.score(sc.widened(order[:mid])), fa)[0]:
+            hi = mid
+        else:
+            lo = mid
+    result, after, k, met, reason = _confirm_int16(run, order, hi)
+    report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked)}
+    return _Stage(met, result, after, reason, ranked[:k], ranked, len(ranked),
+                  {**report, "met": met, "reason": reason})
+
+
+def _confirm_int16(run: _Run, order: list[Layer], k: int
+                   ) -> tuple[QuantResult, Metrics, int, bool, str]:
+    """Re-quantize with the k worst layers in int16; widen until the real model meets."""
+    result, metrics, met, reason = run.base, None, False, ""
+    for _ in range(MAX_ROUNDS):
+        names = tuple(n.name for layer in order[:k] for n in layer.unit.nodes[:1])
+        result = run.quantize(int16=names)
+        metrics = int8_metrics(result, run.ref, run.keep)
+        run.scorer.confirmations += 1
+        met, reason = run.budget.check(metrics, run.ref.float_metrics.accuracy)
+        if met or k >= len(order):
+            break
+        k = min(len(order), k + max(1, math.ceil(k / 4)))
+    return result, metrics, k, met, reason
 
 
 def _ranking_rows(scorer: _Scorer, ranked: list[tuple[Layer, Metrics]]) -> list[dict]:
@@ -320,12 +449,12 @@ def float_nodes(raised: Sequence[Layer], layers: Sequence[Layer]) -> list[str]:
 
 
 def _finish(report: dict[str, Any], after: Metrics, raised: Sequence[tuple[Layer, Metrics]],
-            met: bool, reason: str, scorer: _Scorer, rank_evals: int, start: float
-            ) -> dict[str, Any]:
+            met: bool, reason: str, scorer: _Scorer, rank_evals: int, start: float,
+            to: str = "float") -> dict[str, Any]:
     total = sum(unit_macs(layer.unit) for layer in scorer.layers) or 1
     rows = [{"name": layer.unit.anchor.name, "op": layer.unit.anchor.op,
              "nodes": [n.name for n in layer.unit.nodes], "macs": unit_macs(layer.unit),
-             "to": "float", "alone": alone.to_dict()} for layer, alone in raised]
+             "to": to, "alone": alone.to_dict()} for layer, alone in raised]
     macs = sum(r["macs"] for r in rows)
     n, samples = len(scorer.layers), report["samples"]
     ranking = report.get("ranking", {"samples": 0, "evaluations": 0})

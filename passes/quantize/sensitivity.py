@@ -145,6 +145,8 @@ class Layer:
             value-moving units after it), entry points it is the first to read.
         tensors: Its activation inputs and outputs (float names).
         moves: The value-moving units whose outputs it owns (Reshape, Flatten, ... after it).
+        outputs: The activation points among `own` (its outputs and entry points), i.e.
+            `own` without the weights and constant operands.
     """
 
     unit: Unit
@@ -152,6 +154,12 @@ class Layer:
     own: list[int] = field(default_factory=list)
     tensors: list[str] = field(default_factory=list)
     moves: list[Unit] = field(default_factory=list)
+    outputs: list[int] = field(default_factory=list)
+
+    @property
+    def activations(self) -> list[int]:
+        """Every activation point of the layer: inputs and outputs (no weights)."""
+        return list(dict.fromkeys(self.inputs + self.outputs))
 
 
 class SwitchBuilder:
@@ -192,13 +200,15 @@ class SwitchBuilder:
             return None
         users = list(t.outputs)
         s = gs.Constant(f"{name}__sens_s", np.array(qt.scale, np.float32))
-        dtype = np.dtype(qt.dtype)  # int8, or uint8 for a never-negative tensor
+        dtype = np.dtype(qt.dtype)  # int8, uint8 for a never-negative tensor, or int16
         zp = gs.Constant(f"{name}__sens_z", np.array(0, dtype))
+        # int16 Q/DQ: onnxruntime's com.microsoft ops (ai.onnx has them from opset 21 only)
+        domain = {"domain": "com.microsoft"} if fp.is_wide(dtype) else {}
         qv = self.g.layer(op="QuantizeLinear", name=f"{name}/sens_q", inputs=[t, s, zp],
-                          outputs=[gs.Variable(f"{name}__sens_q", dtype=dtype)])[0]
+                          outputs=[gs.Variable(f"{name}__sens_q", dtype=dtype)], **domain)[0]
         dq = self.g.layer(op="DequantizeLinear", name=f"{name}/sens_dq", inputs=[qv, s, zp],
                           outputs=[gs.Variable(f"{name}__sens_dq", dtype=np.float32,
-                                               shape=t.shape)])[0]
+                                               shape=t.shape)], **domain)[0]
         self.points[name] = self.count
         y = self._switch(dq, t, f"{name}__sens")
         for node in users:
@@ -309,6 +319,7 @@ def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
         k = b.activation(name)
         if k is not None and layer is not None:
             layer.own.append(k)
+            layer.outputs.append(k)
             if name not in layer.tensors and name in {t.name for t in layer.unit.outputs}:
                 layer.tensors.append(name)
     return b.finish(), layers, b.count

@@ -61,7 +61,7 @@ def test_a_met_budget_changes_nothing_in_one_evaluation(all_int8):
 
 @pytest.fixture(scope="module")
 def tight(data, all_int8):
-    """A cosine budget halfway between all-int8 and float: some layers must leave int8."""
+    """A cosine budget halfway between all-int8 and float: int16 layers meet it."""
     calib, evals = data
     before = all_int8.report["before"]["cosine"]
     goal = before + (1 - before) / 2
@@ -69,11 +69,61 @@ def tight(data, all_int8):
                                         evals, rank_samples=16)
 
 
-def test_a_missed_budget_raises_layers_until_it_holds(tight):
+@pytest.fixture(scope="module")
+def beyond_int16(data, tight):
+    """A cosine budget above what int16 activations reach: layers must go to float."""
+    calib, evals = data
+    ceiling = tight[1].report["int16"]["ceiling"]["cosine"]
+    goal = ceiling + (1 - ceiling) / 2
+    return goal, quantize_within_budget(residual_classifier(), calib, Budget(min_cosine=goal),
+                                        evals, rank_samples=16)
+
+
+def test_a_missed_budget_raises_layers_to_int16_first(data, tight):
     goal, out = tight
     r = out.report
     assert r["met"] and r["after"]["cosine"] >= goal > r["before"]["cosine"]
+    assert r["int16"]["tried"] and r["int16"]["met"]
+    assert r["int16"]["ceiling"]["cosine"] >= goal
+    assert 1 <= len(r["raised"]) <= r["layers"]
+    assert {row["to"] for row in r["raised"]} == {"int16"}
+    res = out.result
+    assert res.report["cpu_nodes"] == 0  # int16 layers stay on the NPU
+    dtypes = {t.dtype for t in res.qgraph.tensors.values() if t.is_quantized}
+    assert "int16" in dtypes
+    assert sorted(res.qgraph.info["int16"]) == sorted(row["nodes"][0] for row in r["raised"])
+    from tests.quant_helpers import mismatches
+    assert mismatches(res.qgraph, {"x": evals_one(data)}) == {}
+
+
+def evals_one(data) -> np.ndarray:
+    return data[1][:1]
+
+
+def test_int16_ranking_costs_one_evaluation_per_capable_layer(tight):
+    _, out = tight
+    r = out.report
+    ev = r["evaluations"]
+    n16 = r["int16"]["capable"]
+    assert ev["ranking"] == n16 == r["ranking"]["evaluations"] and r["ranking"]["samples"] == 16
+    # all-int8, the int16 ceiling, then bisection over the int16-capable layers
+    assert 3 <= ev["search"] <= 2 + math.ceil(math.log2(n16))
+    assert 1 <= ev["confirm"] <= 6
+    assert ev["total"] == ev["ranking"] + ev["search"] + ev["confirm"]
+    assert r["sample_runs"] == n16 * 16 + (ev["search"] + ev["confirm"]) * 48
+    rows = r["ranking"]["layers"]
+    assert [x["cosine"] for x in rows] == sorted(x["cosine"] for x in rows)
+    assert r["raised"][0]["name"] == rows[0]["name"]
+
+
+def test_beyond_int16_layers_go_to_float(beyond_int16):
+    goal, out = beyond_int16
+    r = out.report
+    assert r["met"] and r["after"]["cosine"] >= goal
+    assert r["int16"]["tried"] and not r["int16"].get("met")
+    assert r["int16"]["ceiling"]["cosine"] < goal
     assert 1 <= len(r["raised"]) < r["layers"]
+    assert {row["to"] for row in r["raised"]} == {"float"}
     cpu = out.result.report["cpu_reasons"]
     for row in r["raised"]:  # every node of a raised layer runs in float on the CPU
         assert all(n in cpu for n in row["nodes"])
@@ -81,33 +131,35 @@ def test_a_missed_budget_raises_layers_until_it_holds(tight):
     assert out.baseline.report["cpu_nodes"] == 0
 
 
-def test_the_loop_costs_a_ranking_on_few_samples_and_a_binary_search(tight):
-    _, out = tight
+def test_the_float_loop_costs_a_ranking_on_few_samples_and_a_binary_search(beyond_int16):
+    _, out = beyond_int16
     r = out.report
-    n = r["layers"]
+    n, n16 = r["layers"], r["int16"]["capable"]
     ev = r["evaluations"]
     assert ev["ranking"] == n and r["ranking"]["samples"] == 16
-    assert 2 <= ev["search"] <= 1 + math.ceil(math.log2(n))  # all-int8, then bisection
-    assert 1 <= ev["confirm"] <= 6
+    # all-int8, the int16 ceiling (missed: no int16 ranking), then bisection
+    assert 3 <= ev["search"] <= 2 + math.ceil(math.log2(n))
+    assert 1 <= ev["confirm"] <= 6 and n16 <= n
     assert ev["total"] == ev["ranking"] + ev["search"] + ev["confirm"]
     assert r["sample_runs"] == n * 16 + (ev["search"] + ev["confirm"]) * 48
-    assert r["full_sweep_sample_runs"] == n * 48  # cheaper only from ~10 layers on
+    assert r["full_sweep_sample_runs"] == n * 48
 
 
-def test_the_ranking_is_the_single_layer_sweep(data, tight):
-    """The first raised layer is the costliest alone on the ranking samples."""
+def test_the_float_ranking_is_the_single_layer_sweep(data, beyond_int16):
+    """The first layer raised to float is the costliest alone on the ranking samples."""
     calib, evals = data
-    _, out = tight
+    _, out = beyond_int16
     sweep = quantize_sensitivity(residual_classifier(), calib, evals[:16])
     assert out.report["raised"][0]["name"] == sweep.layers[0].name
     assert out.report["raised"][0]["alone"]["cosine"] == pytest.approx(
         sweep.layers[0].metrics.cosine, abs=1e-9)
 
 
-def test_the_budget_metric_is_that_of_the_written_int8_model(data, tight):
+@pytest.mark.parametrize("case", ["tight", "beyond_int16"])
+def test_the_budget_metric_is_that_of_the_written_model(data, case, request):
     """The fake-quant measurement matches model.qdq.onnx run in onnxruntime."""
     _, evals = data
-    _, out = tight
+    _, out = request.getfixturevalue(case)
     res = out.result
     ref = outputs(res.float_model, evals).ravel()
     qdq = outputs(res.qdq_model, evals, fuse_qdq=False).ravel()
