@@ -31,6 +31,7 @@ MAX_SHIFT = 62
 M0_MIN, M0_LIMIT = 1 << 30, 1 << 31
 PRODUCT_BOUND = 1 << 14          # |x·w| ≤ 128·127 < 2^14
 ACC_MAX = (1 << 31) - 1
+A16_MAX_K = 1 << 16  # the low-byte int32 sum K·255·127 of the byte split stays < 2^31 (§16)
 INT64_HEADROOM = 62  # |acc·M0| < 2^62 leaves room for the rounding term 2^(s-1) ≤ 2^61
 T_MIN = 1e-6
 
@@ -181,8 +182,9 @@ def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8") -> int:
     accumulates in 64 bits (§16): B = 2^31 - 1, the int32 bias's own range.
     """
     if is_wide(x_dtype):
-        if k * product_bound(x_dtype) >= 1 << 40:
-            raise GraphError(f"node {name!r}: reduction length {k} too large for an A16W8 layer")
+        if k >= A16_MAX_K:
+            raise GraphError(f"node {name!r}: reduction length {k} too large for int16 "
+                             f"activations (at most {A16_MAX_K - 1}, §16)")
         return ACC_MAX
     bound = ACC_MAX - k * product_bound(x_dtype)
     if bound <= 0:
