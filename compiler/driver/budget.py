@@ -69,8 +69,14 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
              f"{'met' if report['met'] else 'NOT met: ' + report['reason']}",
              f"  all int8: {_metrics(report['before'], report['float_accuracy'])}"]
     raised = report["raised"]
+    rounding = report.get("rounding", {})
+    if rounding.get("tried"):
+        lines.append(f"  weights rounded with {rounding['tried']}: "
+                     f"{_metrics(rounding['metrics'], report['float_accuracy'])}"
+                     f"{'' if rounding['adopted'] else ' (not better: kept nearest)'}")
     if not raised:
-        lines.append("  nothing raised: all-int8 is within the budget")
+        gptq = " with gptq weight rounding" if rounding.get("adopted") else ""
+        lines.append(f"  nothing raised: all-int8{gptq} is within the budget")
     else:
         names = ", ".join(r["name"] for r in raised[:8]) + (" ..." if len(raised) > 8 else "")
         lines += [f"  chosen:   {_metrics(report['after'], report['float_accuracy'])}",

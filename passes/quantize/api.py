@@ -90,6 +90,19 @@ def prepare_float(model: ModelSource, *, cle: bool = False,
     return m
 
 
+def pristine_float(model: ModelSource, result: QuantResult,
+                   input_shapes: ShapeArg = None) -> Model:
+    """The canonical float model of `result` without GPTQ rounding or bias correction.
+
+    `result.float_model` holds the adjusted weights when either was used; measuring
+    against it would hide the weights' quantization error, so this reloads `model`.
+    """
+    info = result.qgraph.info
+    if info.get("rounding", "nearest") == "nearest" and not info.get("bias_correction"):
+        return result.float_model
+    return prepare_float(model, cle=bool(info.get("cle")), input_shapes=input_shapes)
+
+
 def canonicalize_in_place(model: Model, rounds: int = 10) -> Model:
     """`passes.canonicalize.canonicalize` without the PassManager's defensive copy.
 

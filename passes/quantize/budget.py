@@ -50,7 +50,7 @@ from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
 from compiler.core.qops import by_unit_kind
-from passes.quantize.api import QuantResult, quantize_model
+from passes.quantize.api import QuantResult, pristine_float, quantize_model
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
 from passes.quantize.patterns import partition
 from passes.quantize.sensitivity import (
@@ -144,18 +144,20 @@ def check_budget_data(budget: Budget, ref: Reference) -> None:
 class _Scorer:
     """Scores configurations of one all-int8 switch model and counts the evaluations."""
 
-    def __init__(self, result: QuantResult, ref: Reference, keep_float: Sequence[str]) -> None:
+    def __init__(self, result: QuantResult, ref: Reference, keep_float: Sequence[str],
+                 float_model: Model | None = None) -> None:
         self.result, self.ref = result, ref
-        self.units = partition(result.float_model.graph, frozenset(keep_float))
-        _, self.layers, self.count = build_switch_model(result.float_model, result.qgraph,
-                                                        self.units)
+        # the float weights a switch turns back on: the model as given, not the one GPTQ
+        # rounding or bias correction adjusted (result.float_model holds those)
+        self.fm = float_model if float_model is not None else result.float_model
+        self.units = partition(self.fm.graph, frozenset(keep_float))
+        _, self.layers, self.count = build_switch_model(self.fm, result.qgraph, self.units)
         self.evaluations = 0  # the all-int8 model and the search
         self.confirmations = 0  # re-quantized models
 
     def score(self, on: np.ndarray) -> Metrics:
         self.evaluations += 1
-        return score_config(self.result.float_model, self.result.qgraph, self.units,
-                            self.ref, on)
+        return score_config(self.fm, self.result.qgraph, self.units, self.ref, on)
 
     def all_int8(self) -> Metrics:
         return self.score(np.ones(self.count, np.bool_))
@@ -186,14 +188,17 @@ class _Scorer:
         return on
 
 
-def int8_metrics(result: QuantResult, ref: Reference, keep_float: Sequence[str] = ()
-                 ) -> Metrics:
+def int8_metrics(result: QuantResult, ref: Reference, keep_float: Sequence[str] = (),
+                 float_model: Model | None = None) -> Metrics:
     """The fidelity of a quantized model (fake-quant, as the loop measures) against `ref`.
 
     `ref` may hold another float model's outputs with the same graph outputs (the unpruned
-    model, for a pruned one).
+    model, for a pruned one). `float_model`: the canonical float model before any weight
+    adjustment (needed when `result` used GPTQ rounding or bias correction, whose
+    `float_model` holds the adjusted weights); default `result.float_model`.
     """
-    return _Scorer(result, ref, keep_float).all_int8()
+    return _Scorer(result, ref, keep_float, float_model).all_int8()
+
 
 
 def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
@@ -231,12 +236,12 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
     keep = tuple(quantize_options.pop("keep_float", ()))
     base = quantize_model(model, calib_feeds, batch_size=batch_size, keep_float=keep,
                           **quantize_options)
-    fm = base.float_model
+    fm = pristine_float(model, base, quantize_options.get("input_shapes"))
     feeds = load_feeds(calib_feeds if data is None else data, fm)
     ref = Reference(fm if reference is None else reference, feeds, batch_size, correct)
     check_budget_data(budget, ref)
     fa = ref.float_metrics.accuracy
-    scorer = _Scorer(base, ref, keep)
+    scorer = _Scorer(base, ref, keep, fm)
     before = scorer.all_int8()
     report: dict[str, Any] = {"budget": budget.to_dict(), "samples": ref.samples,
                               "float_accuracy": fa, "before": before.to_dict()}
@@ -246,13 +251,20 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
                                                 start))
     quantize_options.pop("table", None)  # the loop reuses the all-int8 model's table
     run = _Run(model, calib_feeds, base, budget, ref, keep, batch_size, quantize_options,
-               scorer)
+               scorer, fm)
+    first = base
+    weights = _rounding_stage(run, before)
+    report["rounding"] = weights.report
+    if weights.met:
+        return BudgetResult(run.base, first, _finish(report, weights.after, [], True,
+                                                     weights.reason, run.scorer, 0, start))
+    base, scorer, quantize_options = run.base, run.scorer, run.options
     wide = _int16_stage(run, feeds, rank_samples, executor)
     report["int16"] = wide.report
     if wide.met:
         report["ranking"] = {**wide.report["ranking"],
                              "layers": _ranking_rows(scorer, wide.ranked)}
-        return BudgetResult(wide.result, base, _finish(
+        return BudgetResult(wide.result, first, _finish(
             report, wide.after, wide.raised, True, wide.reason, scorer, wide.evaluations,
             start, to="int16"))
     ranked = _rank(scorer, feeds, budget, rank_samples, batch_size, executor, keep)
@@ -262,7 +274,7 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
                                              keep, batch_size, quantize_options, scorer)
     report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked),
                          "layers": _ranking_rows(scorer, ranked)}
-    return BudgetResult(result, base, _finish(report, after, ranked[:k], met, reason, scorer,
+    return BudgetResult(result, first, _finish(report, after, ranked[:k], met, reason, scorer,
                                               len(ranked) + wide.evaluations, start))
 
 
@@ -279,15 +291,40 @@ class _Run:
     batch_size: int
     options: dict[str, Any]
     scorer: _Scorer
+    float_model: Model  # the canonical float model, weights as given
 
     def quantize(self, **kw: Any) -> QuantResult:
         """Re-quantize with the all-int8 table (calibrating afresh only if it lacks a tensor)."""
-        args = {"batch_size": self.batch_size, "keep_float": tuple(self.keep), **kw}
+        args = {"batch_size": self.batch_size, "keep_float": tuple(self.keep),
+                **self.options, **kw}
         try:
-            return quantize_model(self.model, self.calib_feeds, **args,
-                                  **{**self.options, "table": self.base.table})
+            return quantize_model(self.model, self.calib_feeds, **{**args,
+                                                                   "table": self.base.table})
         except ConfigError:
-            return quantize_model(self.model, self.calib_feeds, **args, **self.options)
+            return quantize_model(self.model, self.calib_feeds, **args)
+
+
+def _rounding_stage(run: _Run, before: Metrics) -> _Stage:
+    """Error-compensating weight rounding (GPTQ) first: it moves no layer off int8.
+
+    Tried when the weights were rounded to nearest and there is calibration data; the
+    better of the two becomes the base of the later stages.
+    """
+    if run.options.get("rounding", "nearest") != "nearest" or run.calib_feeds is None:
+        return _Stage(report={"tried": False})
+    result = run.quantize(rounding="gptq")
+    metrics = int8_metrics(result, run.ref, run.keep, run.float_model)
+    run.scorer.confirmations += 1
+    met, reason = run.budget.check(metrics, run.ref.float_metrics.accuracy)
+    key = rank_key(run.budget.rank_by)  # smaller: worse
+    adopted = met or key(metrics) > key(before)
+    if adopted:
+        old, run.base = run.scorer, result
+        run.options = {**run.options, "rounding": "gptq"}
+        run.scorer = _Scorer(result, run.ref, run.keep, run.float_model)
+        run.scorer.evaluations, run.scorer.confirmations = old.evaluations, old.confirmations
+    return _Stage(met, result, metrics, reason, report={
+        "tried": "gptq", "metrics": metrics.to_dict(), "adopted": adopted, "met": met})
 
 
 @dataclass
@@ -324,7 +361,7 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
         log.info("int16 cannot meet the budget (every int16-capable layer in int16: %s); "
                  "raising layers to float", why)
         return _Stage(reason=why, report={**report, "reason": why})
-    fm = sc.result.float_model
+    fm = sc.fm
     rank_ref = Reference(fm, feeds.take(rank_samples), run.batch_size, run.ref.correct)
     configs = []
     for layer in capable:
@@ -356,7 +393,7 @@ def _confirm_int16(run: _Run, order: list[Layer], k: int
     for _ in range(MAX_ROUNDS):
         names = tuple(n.name for layer in order[:k] for n in layer.unit.nodes[:1])
         result = run.quantize(int16=names)
-        metrics = int8_metrics(result, run.ref, run.keep)
+        metrics = int8_metrics(result, run.ref, run.keep, run.float_model)
         run.scorer.confirmations += 1
         met, reason = run.budget.check(metrics, run.ref.float_metrics.accuracy)
         if met or k >= len(order):
@@ -381,7 +418,7 @@ def _rank(scorer: _Scorer, feeds: Feeds, budget: Budget, rank_samples: int, batc
     Against the model being quantized (not a pipeline's uncompressed reference): a layer's
     cost alone is its quantization error, not the pruning error every variant shares.
     """
-    fm = scorer.result.float_model
+    fm = scorer.fm
     ref = Reference(fm, feeds.take(rank_samples), batch_size, scorer.ref.correct)
     configs = masks(scorer.layers, scorer.count, "single")
     metrics = score_configs(fm, scorer.result.qgraph, ref, configs, executor, keep,
@@ -420,7 +457,7 @@ def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer]
         except ConfigError:  # the table lacks a tensor: calibrate this partition afresh
             result = quantize_model(model, calib_feeds, batch_size=batch_size,
                                     keep_float=names, **options)
-        metrics = int8_metrics(result, ref, names)
+        metrics = int8_metrics(result, ref, names, scorer.fm)
         scorer.confirmations += 1
         met, reason = budget.check(metrics, ref.float_metrics.accuracy)
         if met or k >= len(order):

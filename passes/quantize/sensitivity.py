@@ -66,7 +66,7 @@ from compiler.core.io import ShapeArg, from_proto, to_proto
 from compiler.core.ir import Model, is_const
 from compiler.core.numerics import run, session
 from compiler.core.progress import track
-from passes.quantize.api import QuantResult, quantize_model
+from passes.quantize.api import QuantResult, pristine_float, quantize_model
 from passes.quantize.calibrate import collect_ranges
 from passes.quantize.emit_qdq import float_name
 from passes.quantize.fidelity import (
@@ -421,7 +421,7 @@ def quantize_sensitivity(model: Any, calib_feeds: Any, eval_feeds: Any = None, *
     start = time.perf_counter()
     res = quantized or quantize_model(model, calib_feeds, calibrator, batch_size=batch_size,
                                       input_shapes=input_shapes, **quantize_options)
-    fm = res.float_model
+    fm = pristine_float(model, res, input_shapes)  # the float weights, not GPTQ's
     units = partition(fm.graph, quantize_options.get("keep_float", ()))
     _, layers, count = build_switch_model(fm, res.qgraph, units)
     if not layers:

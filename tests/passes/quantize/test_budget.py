@@ -66,7 +66,7 @@ def tight(data, all_int8):
     before = all_int8.report["before"]["cosine"]
     goal = before + (1 - before) / 2
     return goal, quantize_within_budget(residual_classifier(), calib, Budget(min_cosine=goal),
-                                        evals, rank_samples=16)
+                                        evals, rank_samples=16, rounding="gptq")
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +76,28 @@ def beyond_int16(data, tight):
     ceiling = tight[1].report["int16"]["ceiling"]["cosine"]
     goal = ceiling + (1 - ceiling) / 2
     return goal, quantize_within_budget(residual_classifier(), calib, Budget(min_cosine=goal),
-                                        evals, rank_samples=16)
+                                        evals, rank_samples=16, rounding="gptq")
+
+
+def test_gptq_rounding_is_tried_before_any_layer_moves(data, all_int8):
+    """With nearest rounding, a missed budget first re-rounds the weights (GPTQ)."""
+    calib, evals = data
+    before = all_int8.report["before"]["cosine"]
+    out = quantize_within_budget(residual_classifier(), calib,
+                                 Budget(min_cosine=before + (1 - before) / 2), evals,
+                                 rank_samples=16)
+    r = out.report
+    assert r["rounding"]["tried"] == "gptq"
+    assert r["rounding"]["adopted"] == (r["rounding"]["metrics"]["cosine"] > before)
+    assert r["met"] and out.baseline.qgraph.info["rounding"] == "nearest"
+    if r["rounding"]["met"]:
+        assert r["raised"] == [] and out.result.qgraph.info["rounding"] == "gptq"
 
 
 def test_a_missed_budget_raises_layers_to_int16_first(data, tight):
     goal, out = tight
     r = out.report
+    assert r["rounding"] == {"tried": False}  # gptq already
     assert r["met"] and r["after"]["cosine"] >= goal > r["before"]["cosine"]
     assert r["int16"]["tried"] and r["int16"]["met"]
     assert r["int16"]["ceiling"]["cosine"] >= goal
@@ -122,12 +138,13 @@ def test_beyond_int16_layers_go_to_float(beyond_int16):
     assert r["met"] and r["after"]["cosine"] >= goal
     assert r["int16"]["tried"] and not r["int16"].get("met")
     assert r["int16"]["ceiling"]["cosine"] < goal
-    assert 1 <= len(r["raised"]) < r["layers"]
+    assert 1 <= len(r["raised"]) <= r["layers"]
     assert {row["to"] for row in r["raised"]} == {"float"}
+    assert out.result.qgraph.info["rounding"] == "gptq"  # as asked
     cpu = out.result.report["cpu_reasons"]
     for row in r["raised"]:  # every node of a raised layer runs in float on the CPU
         assert all(n in cpu for n in row["nodes"])
-    assert 0 < r["macs_raised"] and 0 < r["macs_raised_share"] < 1
+    assert 0 < r["macs_raised"] and 0 < r["macs_raised_share"] <= 1
     assert out.baseline.report["cpu_nodes"] == 0
 
 
@@ -145,11 +162,14 @@ def test_the_float_loop_costs_a_ranking_on_few_samples_and_a_binary_search(beyon
     assert r["full_sweep_sample_runs"] == n * 48
 
 
-def test_the_float_ranking_is_the_single_layer_sweep(data, beyond_int16):
-    """The first layer raised to float is the costliest alone on the ranking samples."""
+def test_the_float_ranking_is_the_single_layer_sweep(data, tight):
+    """The first layer raised to float is the costliest alone (the sweep's, same rounding)."""
     calib, evals = data
-    _, out = beyond_int16
-    sweep = quantize_sensitivity(residual_classifier(), calib, evals[:16])
+    ceiling = tight[1].report["int16"]["ceiling"]["cosine"]
+    out = quantize_within_budget(residual_classifier(), calib,
+                                 Budget(min_cosine=ceiling + (1 - ceiling) / 2), evals,
+                                 rank_samples=16, rounding="gptq")
+    sweep = quantize_sensitivity(residual_classifier(), calib, evals[:16], rounding="gptq")
     assert out.report["raised"][0]["name"] == sweep.layers[0].name
     assert out.report["raised"][0]["alone"]["cosine"] == pytest.approx(
         sweep.layers[0].metrics.cosine, abs=1e-9)
@@ -189,3 +209,20 @@ def test_labelled_budget_is_measured_in_accuracy_points(data):
     r = out.report
     assert r["float_accuracy"] == 1.0
     assert r["met"] and r["after"]["accuracy"] == 1.0 and r["after"]["flips"] == 0
+
+
+def test_gptq_rounded_models_are_measured_against_the_float_weights(data):
+    """`result.float_model` holds GPTQ's rounded weights; the budget compares with float."""
+    from compiler.core.feeds import load_feeds
+    from passes.quantize.api import pristine_float, quantize_model
+    from passes.quantize.budget import _Scorer
+    from passes.quantize.fidelity import Reference
+    calib, evals = data
+    res = quantize_model(residual_classifier(), calib, rounding="gptq")
+    fm = pristine_float(residual_classifier(), res)
+    assert fm is not res.float_model
+    ref = Reference(fm, load_feeds(evals, fm), 8, None)
+    sc = _Scorer(res, ref, (), fm)
+    assert sc.score(np.zeros(sc.count, np.bool_)).cosine == pytest.approx(1.0, abs=1e-9)
+    stale = _Scorer(res, ref, ())  # the rounded weights as "float": not the float model
+    assert stale.score(np.zeros(stale.count, np.bool_)).cosine < 1 - 1e-7
