@@ -89,3 +89,27 @@ def test_binary_commands_on_an_onnx_file_say_build_first(tmp_path, capsys):
     code, _, err = _run(["-v", "perf", str(path)], capsys)
     assert code == 2 and "looks like an ONNX model: build it first" in err
     assert logging.getLogger("PIL").getEffectiveLevel() == logging.WARNING
+
+
+def test_quantize_int16_flag(tmp_path, capsys):
+    """`--int16 NODES` makes the named layers' activations int16; a bad name is exit 2."""
+    from compiler.core.io import load_model
+    from compiler.core.qgraph import QGraph
+
+    path = tmp_path / "m.onnx"
+    onnx.save(conv_model(), path)
+    model = onnx.load(path)
+    conv = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    calib = tmp_path / "calib.npy"
+    import numpy as np
+    np.save(calib, np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32))
+    out = tmp_path / "q"
+    code, _, err = _run(["quantize", str(path), "-o", str(out), "--calib", str(calib),
+                         "--int16", conv], capsys)
+    assert code == 0, err
+    qg = QGraph.from_model(load_model(out / "model.quant.onnx"))
+    assert list(qg.info["int16"]) == [conv]
+    assert {t.dtype for t in qg.tensors.values() if t.is_quantized} >= {"int16"}
+    code, _, err = _run(["quantize", str(path), "-o", str(tmp_path / "r"), "--calib",
+                         str(calib), "--int16", "nope"], capsys)
+    assert code == 2 and err.strip() == "npuc: error: int16: no node named 'nope' in the model"
