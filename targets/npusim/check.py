@@ -16,7 +16,7 @@ from targets.npusim.cpu import check_partition
 from targets.npusim.shapes import SHAPE_RULES
 
 MAX_ARENA = 1 << 30
-QUANTIZED = ("int8", "uint8")  # activation types (docs/fixed-point.md §15)
+QUANTIZED = ("int8", "uint8", "int16")  # activation types (docs/fixed-point.md §15, §16)
 
 
 def check_program(p: isa.Program) -> None:

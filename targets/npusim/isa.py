@@ -52,7 +52,7 @@ class Instr:
 
 @dataclass(frozen=True)
 class Quantize(Instr):
-    """float32 → int8/uint8 (the ofm's type), §4: `clamp(floor(x ⊗ inv ⊕ 0.5))` in float32."""
+    """float32 → int8/uint8/int16 (the ofm's type), §4: `clamp(floor(x ⊗ inv ⊕ 0.5))` in float32."""
 
     OPCODE = 1
     TENSORS = ("ifm", "ofm")
@@ -63,7 +63,7 @@ class Quantize(Instr):
 
 @dataclass(frozen=True)
 class Dequantize(Instr):
-    """int8/uint8 → float32, §5: `float32(q) ⊗ S`."""
+    """int8/uint8/int16 → float32, §5: `float32(q) ⊗ S`."""
 
     OPCODE = 2
     TENSORS = ("ifm", "ofm")
@@ -74,7 +74,10 @@ class Dequantize(Instr):
 
 @dataclass(frozen=True)
 class Conv(Instr):
-    """2-D convolution (dense or grouped), int32 accumulate, per-channel requant (§11)."""
+    """2-D convolution (dense or grouped), per-channel requant (§11).
+
+    Accumulates in int32 for an 8-bit ifm, in int64 for an int16 ifm (A16W8, §16).
+    """
 
     OPCODE = 3
     TENSORS = ("ifm", "ofm")
@@ -102,7 +105,10 @@ class DepthwiseConv(Conv):
 
 @dataclass(frozen=True)
 class FullyConnected(Instr):
-    """`acc[..., n] = B[n] + Σ_k x[..., k]·W[n, k]`, requant along the last axis."""
+    """`acc[..., n] = B[n] + Σ_k x[..., k]·W[n, k]`, requant along the last axis.
+
+    int32 accumulator for an 8-bit ifm, int64 for an int16 ifm (A16W8, §16).
+    """
 
     OPCODE = 5
     TENSORS = ("ifm", "ofm")
@@ -322,7 +328,8 @@ MNEMONIC = {
     Transpose: "transpose", Slice: "slice", Pad: "pad", CpuCall: "cpu_call",
     ChannelLut: "channel_lut"}
 
-DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8", 6: "bool"}
+DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8", 6: "bool", 7: "int16"}
+"""Tensor dtype codes; 7 (int16, A16W8 activations, docs/fixed-point.md §16) is new in 2.1."""
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 REGIONS = {0: "arena", 1: "input", 2: "output", 3: "const"}
 

@@ -1,12 +1,16 @@
 """Exact integer kernels of the simulator (docs/fixed-point.md), written from the spec.
 
-Integer GEMMs run through float32 BLAS, which is exact as long as every partial sum is an
-integer of magnitude ≤ 2^24 (all such integers are float32 numbers, so no addition order —
-blocked, FMA or not — ever rounds). `k_splits` proves that per weight matrix: with
-`|x| ≤ X` (X = 128 for int8 activations, 255 for uint8), any partial sum over a K-range is
-bounded by `X·max_n Σ_k |W[n, k]|`, so K is cut into ranges whose bound stays ≤ 2^24 and
-the float32 results of the ranges (exact integers) are summed in int64. Requantization is
-the int64 formula of §3; results are stored in the output tensor's type (int8 or uint8).
+Integer GEMMs run through float BLAS, which is exact as long as every partial sum is an
+integer the float type holds exactly: ≤ 2^24 in float32, ≤ 2^53 in float64 (all such
+integers are numbers of the type, so no addition order — blocked, FMA or not — ever
+rounds). `k_splits` proves that per weight matrix: with `|x| ≤ X` (X = 128 for int8
+activations, 255 for uint8, 32768 for int16), any partial sum over a K-range is bounded by
+`X·max_n Σ_k |W[n, k]|`, so K is cut into ranges whose bound stays within the limit and the
+exact results of the ranges are summed in float64 or int64. 8-bit activations use float32
+(one range almost always suffices); int16 activations (A16W8, §16) use float64, since a
+product below 2^22 would leave float32 ranges of a handful of terms, while float64 holds any
+sum of fewer than 2^31 such products (`gemm_dtype`). Requantization is the int64 formula of
+§3; results are stored in the output tensor's type (int8, uint8 or int16).
 """
 
 from __future__ import annotations
@@ -15,22 +19,36 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 EXACT_F32 = 1 << 24
+EXACT_F64 = 1 << 53
+EXACT = {np.dtype(np.float32): EXACT_F32, np.dtype(np.float64): EXACT_F64}
+"""Largest integer magnitude below which every integer is a number of the float type."""
 X_MAX = 128  # |int8| bound of an activation
 
 
 def x_max(dtype: np.dtype | str) -> int:
-    """The largest |x| of an activation type: 128 (int8), 255 (uint8)."""
+    """The largest |x| of an activation type: 128 (int8), 255 (uint8), 32768 (int16)."""
     info = np.iinfo(np.dtype(dtype))
     return max(-int(info.min), int(info.max))
 
 
-def k_splits(w: np.ndarray, x_bound: int = X_MAX) -> list[tuple[int, int]]:
-    """K ranges `[k0, k1)` of a `[N, K]` int weight whose float32 products sum exactly.
+def gemm_dtype(x_dtype: np.dtype | str) -> np.dtype:
+    """The BLAS type of an exact GEMM over activations of `x_dtype`.
 
-    Exact for activations with |x| ≤ `x_bound`.
+    float32 for 8-bit activations (|x·w| < 2^15: thousands of terms per exact range);
+    float64 for int16 (|x·w| < 2^22, so float32 ranges would hold as few as 4 terms while
+    float64 holds fewer than 2^31 of them exactly: one range for every real layer).
+    """
+    return np.dtype(np.float64) if x_max(x_dtype) > 255 else np.dtype(np.float32)
+
+
+def k_splits(w: np.ndarray, x_bound: int = X_MAX,
+             dtype: np.dtype | type = np.float32) -> list[tuple[int, int]]:
+    """K ranges `[k0, k1)` of a `[N, K]` int weight whose `dtype` products sum exactly.
+
+    Exact for activations with |x| ≤ `x_bound` and a float32 or float64 `dtype`.
     """
     n, k = w.shape
-    limit = EXACT_F32 // x_bound
+    limit = EXACT[np.dtype(dtype)] // x_bound
     splits, k0 = [], 0
     while k0 < k:
         k1 = _reach(w, k0, limit)
@@ -41,11 +59,11 @@ def k_splits(w: np.ndarray, x_bound: int = X_MAX) -> list[tuple[int, int]]:
 
 def _reach(w: np.ndarray, k0: int, limit: int, step: int = 512) -> int:
     """The largest k1 > k0 with max_n Σ_{k0 ≤ k < k1} |W[n, k]| ≤ limit (block-wise scan)."""
-    carry = np.zeros(w.shape[0], np.int32)
+    carry = np.zeros(w.shape[0], np.int64)
     for start in range(k0, w.shape[1], step):
-        part = np.cumsum(np.abs(w[:, start:start + step].astype(np.int32)), axis=1)
+        part = np.cumsum(np.abs(w[:, start:start + step].astype(np.int64)), axis=1)
         part += carry[:, None]
-        reach = part.max(axis=0) if w.shape[0] else np.zeros(part.shape[1], np.int32)
+        reach = part.max(axis=0) if w.shape[0] else np.zeros(part.shape[1], np.int64)
         fits = int(np.searchsorted(reach, limit, side="right"))
         if fits < part.shape[1]:
             return max(start + fits, k0 + 1)
@@ -53,13 +71,16 @@ def _reach(w: np.ndarray, k0: int, limit: int, step: int = 512) -> int:
     return w.shape[1]
 
 
-def exact_matmul(w32: np.ndarray, x32: np.ndarray, splits: list[tuple[int, int]]) -> np.ndarray:
-    """`w @ x` for integer-valued float32 operands, exact, as int64 ([N, K] @ [K, M])."""
+def exact_matmul(wf: np.ndarray, xf: np.ndarray, splits: list[tuple[int, int]]) -> np.ndarray:
+    """`w @ x` for integer-valued float operands, exact per `k_splits`, as int64.
+
+    ([N, K] @ [K, M]; float32 or float64 operands of one type.)
+    """
     if len(splits) == 1:
-        return (w32 @ x32).astype(np.int64)
-    acc = np.zeros((w32.shape[0], x32.shape[1]), np.int64)
+        return (wf @ xf).astype(np.int64)
+    acc = np.zeros((wf.shape[0], xf.shape[1]), np.int64)
     for k0, k1 in splits:
-        acc += (w32[:, k0:k1] @ x32[k0:k1]).astype(np.int64)
+        acc += (wf[:, k0:k1] @ xf[k0:k1]).astype(np.int64)
     return acc
 
 
@@ -127,8 +148,8 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple
 def depthwise_dtype(kernel: tuple[int, ...], x_dtype: np.dtype) -> type:
     """float32 where a depthwise window sum is exact in it, else float64.
 
-    Each product is ≤ X·128 (< 2^15 for int8, < 2^16 for uint8): float32 sums stay exact
-    up to 2^24 / (X·128) taps.
+    Each product is ≤ X·128 (< 2^15 for int8, < 2^16 for uint8, ≤ 2^22 for int16): float32
+    sums stay exact up to 2^24 / (X·128) taps (4 for int16), float64 sums up to 2^31 taps.
     """
     return np.float32 if kernel[0] * kernel[1] * x_max(x_dtype) * 128 <= EXACT_F32 \
         else np.float64

@@ -30,7 +30,9 @@ def _out_hw(sim: Any, ins: isa.Instr) -> tuple[int, int]:
 
 
 def conv(sim: Any, ins: isa.Conv) -> Step:
-    """Grouped/dense conv: patch matrix + exact float32 GEMM per row block, per-row requant.
+    """Grouped/dense conv: patch matrix + exact float GEMM per row block, per-row requant.
+
+    float32 for 8-bit inputs, float64 for int16 inputs (`kernels.gemm_dtype`).
 
     The patch matrix is filled once per frame (channel ranges in parallel); then each thread
     runs GEMM and requantization over its own blocks of output channels.
@@ -123,14 +125,15 @@ def fully_connected(sim: Any, ins: isa.FullyConnected) -> Step:
     """x[M, K] · Wᵀ through the exact GEMM (as Wᵀ-major: [N, K] @ [K, M])."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
-    w32, splits = w.astype(np.float32), K.k_splits(w, K.x_max(x.dtype))
+    dtype = K.gemm_dtype(x.dtype)  # float64 for int16 activations (A16W8)
+    wf, splits = w.astype(dtype), K.k_splits(w, K.x_max(x.dtype), dtype)
     bias = _blob(sim, ins.bias).astype(np.int64)[:, None]
     m0 = _blob(sim, ins.mult).astype(np.int64)[:, None]
     shift = _blob(sim, ins.shift).astype(np.int64)[:, None]
 
     def step() -> None:
-        cols = x.reshape(-1, w.shape[1]).T.astype(np.float32)
-        acc = K.exact_matmul(w32, cols, splits) + bias
+        cols = x.reshape(-1, w.shape[1]).T.astype(dtype)
+        acc = K.exact_matmul(wf, cols, splits) + bias
         y[...] = K.requant(acc, m0, shift, ins.lo, ins.hi, y.dtype).T.reshape(y.shape)
     return step
 
@@ -140,7 +143,8 @@ def add(sim: Any, ins: isa.Add) -> Step:
 
     Both operands are 8-bit, so the table, computed at load with the int64 formula
     (`kernels.add`), holds every possible result; indices are the operands' raw bytes.
-    Equal shapes are split by channel across threads.
+    Equal shapes are split by channel across threads. An int16 operand takes the int64
+    formula directly (a table would need 2^24 entries or more).
     """
     a, b, y = sim.views[ins.a], sim.views[ins.b], sim.views[ins.ofm]
     if a.dtype.itemsize != 1 or b.dtype.itemsize != 1:
@@ -289,13 +293,13 @@ def pad(sim: Any, ins: isa.Pad) -> Step:
 
 
 def quantize(sim: Any, ins: isa.Quantize) -> Step:
-    """float32 → int8/uint8."""
+    """float32 → int8/uint8/int16."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     return lambda: y.__setitem__(..., K.quantize(x, ins.inv_scale, y.dtype))
 
 
 def dequantize(sim: Any, ins: isa.Dequantize) -> Step:
-    """int8/uint8 → float32."""
+    """int8/uint8/int16 → float32."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     return lambda: y.__setitem__(..., K.dequantize(x, ins.scale))
 

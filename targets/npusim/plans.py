@@ -145,7 +145,8 @@ class Requant:
     """Per-row §3 constants of one instruction, shaped to broadcast over [rows, ...].
 
     Two exact evaluations of `clamp((a·M0 + 2^(s-1)) >> s, lo, hi)` for `a = acc + bias`
-    (|a| ≤ 2^32, so a is exact in float64):
+    (|a| ≤ 2^32 for 8-bit inputs, ≤ K·2^22 + 2^31 < 2^53 for int16 inputs, so a is exact in
+    float64; an int16 layer's narrow M0 keeps |a·M0| < 2^62 for the int64 formula, §16):
 
     - int64, always (`apply`);
     - float64 `clamp(floor(a·M + 1/2), lo, hi)` with `M = M0·2^-s` (exact: M0 < 2^31), six
@@ -224,14 +225,18 @@ class Requant:
 
 
 class Patches:
-    """The float32 [C·kh·kw, OH·OW] patch matrix of one conv, refilled per frame."""
+    """The [C·kh·kw, OH·OW] patch matrix of one conv, refilled per frame.
+
+    Of the GEMM's float type (`kernels.gemm_dtype`): float32 for 8-bit inputs, float64 for
+    int16 inputs.
+    """
 
     def __init__(self, workspace: Workspace, shape: tuple[int, ...], dtype: np.dtype,
                  kernel: tuple[int, ...], stride: tuple[int, ...], pads: tuple[int, ...],
                  dilation: tuple[int, ...], out_hw: tuple[int, int]) -> None:
         c = shape[0]
         self.matrix = workspace.request(
-            "patches", (c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), np.float32)
+            "patches", (c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), K.gemm_dtype(dtype))
         self.direct = kernel == (1, 1) and stride == (1, 1) and not any(pads)
         self.padded = None if self.direct else Padded(workspace, shape, pads, 0, dtype)
         self.geometry = (kernel, stride, dilation, out_hw)
@@ -239,7 +244,7 @@ class Patches:
     def fill(self, x: np.ndarray, c0: int, c1: int) -> None:
         """Write the patch rows of input channels `[c0, c1)` of `x` ([C, H, W])."""
         matrix = self.matrix()
-        if self.padded is None:  # 1x1 stride 1: the input itself, as float32
+        if self.padded is None:  # 1x1 stride 1: the input itself, as float
             np.copyto(matrix.reshape(x.shape[0], -1)[c0:c1], x[c0:c1].reshape(c1 - c0, -1))
             return
         self.padded.fill(x, c0, c1)
@@ -251,7 +256,8 @@ class Patches:
 class GemmBlock:
     """Output rows `[r0, r1)`, columns `[c0, c1)` of group `group`.
 
-    `pieces` are the rows' weight K ranges `(k0, k1, float32 [rows, k1 - k0])`.
+    `pieces` are the rows' weight K ranges `(k0, k1, float [rows, k1 - k0])` (float32, or
+    float64 for an int16 input).
     """
 
     group: int
@@ -265,10 +271,13 @@ class GemmBlock:
 
 @dataclass
 class GemmPart:
-    """One thread's blocks and its flat scratch: GEMM result, float64 and int64 accumulators."""
+    """One thread's blocks and its scratch: GEMM result, float64 and int64 accumulators.
+
+    The GEMM result has the pieces' float type (float64 for an int16 input).
+    """
 
     blocks: list[GemmBlock]
-    f32: Lazy
+    f32: Lazy  # float32, or float64 for an int16 input
     f64: Lazy
     i64: Lazy
 
@@ -278,7 +287,8 @@ class GemmBlocks:
     """An exact int GEMM `W[N, K] @ patches` + requant, cut into per-thread row blocks.
 
     Each block's K is split (`kernels.k_splits`, on that block's rows only) so every float32
-    partial sum is an exact integer; the pieces are summed in int64.
+    (float64 for int16 inputs) partial sum is an exact integer; the pieces are summed in
+    float64, exact below 2^53.
     """
 
     parts: list[GemmPart]
@@ -288,12 +298,17 @@ class GemmBlocks:
     @classmethod
     def make(cls, w: np.ndarray, groups: int, m: int, x_bound: int, requant: Requant,
              threads: int, workspace: Workspace) -> GemmBlocks:
-        """Blocks of the int8 `w` ([N, Kg], N = groups · rows per group) for M columns."""
+        """Blocks of the int8 `w` ([N, Kg], N = groups · rows per group) for M columns.
+
+        `x_bound` is the activations' largest |x|: above 255 (int16) the GEMM runs in
+        float64 (`kernels.gemm_dtype`), and the patch matrix must be float64 too.
+        """
         n_group = w.shape[0] // groups
+        dtype = np.float64 if x_bound > 255 else np.float32
         blks = []
         for g in range(groups):
             for a, b in ranges(n_group, -(-n_group // MAX_BLOCK_ROWS)):
-                rows = _gemm_block(w, g, g * n_group + a, g * n_group + b, x_bound)
+                rows = _gemm_block(w, g, g * n_group + a, g * n_group + b, x_bound, dtype)
                 cols = max(MIN_BLOCK_COLS, BLOCK_BYTES // (8 * (b - a)))
                 blks += [GemmBlock(g, rows.r0, rows.r1, c0, min(c0 + cols, m), rows.pieces,
                                    requant.runs(rows.r0, rows.r1))
@@ -301,7 +316,7 @@ class GemmBlocks:
         parts = []
         for i, part in enumerate(deal(blks, threads)):
             size = (max((b.r1 - b.r0) * (b.c1 - b.c0) for b in part),)
-            parts.append(GemmPart(part, workspace.request(f"gemm_f32/{i}", size, np.float32),
+            parts.append(GemmPart(part, workspace.request(f"gemm_f32/{i}", size, dtype),
                                   workspace.request(f"gemm_f64/{i}", size, np.float64),
                                   workspace.request(f"gemm_i64/{i}", size, np.int64)))
         return cls(parts, requant, w.shape[1])
@@ -339,8 +354,9 @@ def row_bound(w: np.ndarray, x_bound: int) -> np.ndarray:
     return x_bound * np.abs(w.astype(np.int64)).sum(axis=1)
 
 
-def _gemm_block(w: np.ndarray, group: int, r0: int, r1: int, x_bound: int) -> GemmBlock:
+def _gemm_block(w: np.ndarray, group: int, r0: int, r1: int, x_bound: int,
+                dtype: type) -> GemmBlock:
     rows = w[r0:r1]
-    pieces = [(k0, k1, np.ascontiguousarray(rows[:, k0:k1], np.float32))
-              for k0, k1 in K.k_splits(rows, x_bound)]
+    pieces = [(k0, k1, np.ascontiguousarray(rows[:, k0:k1], dtype))
+              for k0, k1 in K.k_splits(rows, x_bound, dtype)]
     return GemmBlock(group, r0, r1, 0, 0, pieces)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from compiler.core import fixedpoint as fp
 from targets.npusim import isa
 
 Require = Callable[[bool, str], None]
@@ -42,8 +43,10 @@ def _blob(p: isa.Program, i: int, kind: str, req: Require) -> np.ndarray:
     return blob.array
 
 
-QUANT = "int8|uint8"
-"""Activation types of the quantized instructions (docs/fixed-point.md §15)."""
+QUANT = "int8|uint8|int16"
+"""Activation types of the quantized instructions (docs/fixed-point.md §15, §16)."""
+NARROW = "int8|uint8"
+"""Inputs a 256-entry table or the average-pooling datapath reads (int16 is converted first)."""
 
 
 def _dtypes(p: isa.Program, ins: isa.Instr, req: Require, src: str, dst: str) -> None:
@@ -95,15 +98,23 @@ def conv(p: isa.Program, ins: isa.Conv, req: Require) -> None:
         req(g == x[1] == w.shape[0], "depthwise needs group = input = output channels")
     oh, ow = _window(x[2:], w.shape[2:], ins.stride, ins.pads, ins.dilation, req)
     req(y == (x[0], w.shape[0], oh, ow), f"output shape {y} != {(x[0], w.shape[0], oh, ow)}")
-    _per_channel(p, ins, w.shape[0], req)
+    _per_channel(p, ins, w, req)
 
 
-def _per_channel(p: isa.Program, ins: isa.Instr, n: int, req: Require) -> None:
+def _per_channel(p: isa.Program, ins: isa.Instr, w: np.ndarray, req: Require) -> None:
+    n = w.shape[0]
     bias = _blob(p, ins.bias, "bias", req)
     mult = _blob(p, ins.mult, "mult", req)
     shift = _blob(p, ins.shift, "shift", req)
     req(bias.shape == mult.shape == shift.shape == (n,), f"bias/mult/shift must have {n} values")
     req(requant_ok(mult, shift), "multiplier or shift out of range")
+    x_dtype = _t(p, ins.ifm).dtype
+    if fp.is_wide(x_dtype):  # the 64-bit accumulator's narrow multipliers (§16)
+        k = int(np.prod(w.shape[1:], dtype=np.int64))
+        fits = k * fp.product_bound(x_dtype) < 1 << 40  # fp.bias_bound's limit for int16
+        bits = fp.multiplier_bits(fp.mac_acc_bound(k, x_dtype)) if fits else 0
+        req(bits > 0 and in_range(mult, 0, (1 << bits) - 1),
+            f"multiplier of an int16-input layer (K = {k}) needs M0 < 2^{bits}")
 
 
 def fully_connected(p: isa.Program, ins: isa.FullyConnected, req: Require) -> None:
@@ -114,7 +125,7 @@ def fully_connected(p: isa.Program, ins: isa.FullyConnected, req: Require) -> No
     w = _blob(p, ins.weights, "weight", req)
     req(w.ndim == 2 and len(x) >= 1 and x[-1] == w.shape[1] and y == x[:-1] + (w.shape[0],),
         f"shapes x {x}, W {w.shape}, y {y} do not match")
-    _per_channel(p, ins, w.shape[0], req)
+    _per_channel(p, ins, w, req)
 
 
 def binary(p: isa.Program, ins: isa.Add | isa.Mul, req: Require) -> None:
@@ -135,7 +146,7 @@ def binary(p: isa.Program, ins: isa.Add | isa.Mul, req: Require) -> None:
 
 def avgpool(p: isa.Program, ins: isa.AvgPool, req: Require) -> None:
     """Window sum with per-position requant."""
-    _dtypes(p, ins, req, QUANT, QUANT)
+    _dtypes(p, ins, req, NARROW, QUANT)
     _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     req(len(x) == 4, "pooling input must be 4-D")
@@ -169,14 +180,14 @@ def maxpool(p: isa.Program, ins: isa.MaxPool, req: Require) -> None:
 
 def lut(p: isa.Program, ins: isa.Lut, req: Require) -> None:
     """256-entry table."""
-    _dtypes(p, ins, req, QUANT, QUANT)
+    _dtypes(p, ins, req, NARROW, NARROW)
     req(_blob(p, ins.table, "lut", req).shape == (256,), "table must have 256 entries")
     req(_t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "input and output shapes differ")
 
 
 def channel_lut(p: isa.Program, ins: isa.ChannelLut, req: Require) -> None:
     """One 256-entry table per channel of an [N, C, ...] tensor."""
-    _dtypes(p, ins, req, QUANT, QUANT)
+    _dtypes(p, ins, req, NARROW, NARROW)
     x = _t(p, ins.ifm).shape
     req(len(x) >= 2 and x == _t(p, ins.ofm).shape, "channel tables need equal [N, C, ...] shapes")
     req(_blob(p, ins.table, "lut", req).shape == (x[1], 256), "table must be [channels, 256]")
@@ -253,14 +264,14 @@ def pad(p: isa.Program, ins: isa.Pad, req: Require) -> None:
 
 
 def quantize(p: isa.Program, ins: isa.Quantize, req: Require) -> None:
-    """float32 → int8/uint8."""
+    """float32 → int8/uint8/int16."""
     _dtypes(p, ins, req, "float32", QUANT)
     req(ins.inv_scale > 0 and _t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "bad quantize")
     req(ins.inv_scale <= FLOAT32_MAX, f"inverse scale {ins.inv_scale:g} overflows float32")
 
 
 def dequantize(p: isa.Program, ins: isa.Dequantize, req: Require) -> None:
-    """int8/uint8 → float32."""
+    """int8/uint8/int16 → float32."""
     _dtypes(p, ins, req, QUANT, "float32")
     req(ins.scale > 0 and _t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "bad dequantize")
     req(ins.scale <= FLOAT32_MAX, f"scale {ins.scale:g} overflows float32")
