@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from compiler.core import fixedpoint as fp
 from compiler.core.qgraph import QGraph, QOp
+from compiler.core.qops import OPS
 
 Check = Callable[[QOp, QGraph], tuple[bool, str]]
 MAX_CHANNELS = 4096
@@ -110,6 +112,48 @@ def _resize_spatial(op: QOp, graph: QGraph) -> tuple[bool, str]:
     axes = [a for a, idx in enumerate(op.indices) if idx is not None]
     ok = all(a >= len(op.indices) - 2 for a in axes)
     return ok, "" if ok else f"resize along non-spatial axes {axes}"
+
+
+# The boundary ops convert float to and from every activation type; the quantizer builds them
+# directly, so their OpDefs carry no int16 flags.
+WIDE_INPUT = frozenset({"QDequantize"})
+WIDE_OUTPUT = frozenset({"QQuantize"})
+
+
+def reads_int16(kind: str) -> bool:
+    """Whether op kind `kind` has a 16-bit input path (A16W8, docs/fixed-point.md §16)."""
+    d = OPS.get(kind)
+    return kind in WIDE_INPUT or (d is not None and d.int16_input)
+
+
+def writes_int16(kind: str) -> bool:
+    """Whether op kind `kind` may write an int16 output."""
+    d = OPS.get(kind)
+    return kind in WIDE_OUTPUT or (d is not None and (d.int16_output or d.scale_preserving))
+
+
+def _activation_types(op: QOp, graph: QGraph) -> tuple[bool, str]:
+    """int16 only in and out of ops with a 16-bit datapath."""
+    for name in op.inputs:
+        if fp.is_wide(graph.tensor(name).dtype) and not reads_int16(op.kind):
+            return False, f"int16 input {name!r}: {op.kind} has no 16-bit datapath"
+    for name in op.outputs:
+        if fp.is_wide(graph.tensor(name).dtype) and not writes_int16(op.kind):
+            return False, f"int16 output {name!r}: {op.kind} cannot write 16 bits"
+    return True, ""
+
+
+def activation_types(kind: str, mac: bool = False) -> Constraint:
+    """The activation-type rule of op kind `kind`, its text naming the types it takes."""
+    if kind in WIDE_OUTPUT:
+        text = "float32 input, int8/uint8/int16 output"
+    elif not reads_int16(kind):
+        text = "8-bit input (int8/uint8)" + ("; int16 output" if writes_int16(kind) else "")
+    elif mac:
+        text = "int8/uint8 input, or int16 (A16W8: two passes over the 8-bit MAC array)"
+    else:
+        text = "int8/uint8/int16 input"
+    return Constraint(text, _activation_types)
 
 
 RANK = Constraint("every tensor at most 4-D, each dimension <= 65536", _rank(4))

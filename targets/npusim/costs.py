@@ -5,12 +5,21 @@ active cores. Array mapping follows the usual output-stationary picture (compare
 and Arm Vela): per cycle a core multiplies `pixels` output positions x `in_channels` x
 `out_channels`, so partial tiles waste lanes (`ceil` below); 1xN-sparse weights skip zero
 blocks with the architecture's efficiency for that N.
+
+The MAC array and the vector unit have 8-bit lanes. A16W8 layers (int16 activations, §16 of
+docs/fixed-point.md) run as two passes over the array, one per activation byte (the high
+byte signed, the low byte unsigned, recombined as 256·hi + lo in the accumulator), so their
+array cycles double (`passes`); a vector instruction that touches an int16 tensor uses two
+lanes per element. int16 tensors are 2 bytes per element in every byte count (DDR traffic,
+SRAM fit, arena allocation: `isa.Tensor.nbytes`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import ceil, prod
+
+import numpy as np
 
 from targets.npusim import isa
 from targets.npusim.arch import Arch
@@ -41,6 +50,20 @@ def _shape(p: isa.Program, i: int) -> tuple[int, ...]:
 def elements(t: isa.Tensor) -> int:
     """Element count; a run-time dimension counts as 1, so host tensors give a lower bound."""
     return prod(1 if d == isa.RUNTIME_DIM else d for d in t.shape)
+
+
+def passes(p: isa.Program, ins: isa.Instr) -> int:
+    """MAC-array passes of a Conv / FullyConnected: one per byte of its activation type.
+
+    1 for int8/uint8 inputs; 2 for int16 (A16W8: the high and the low byte).
+    """
+    return np.dtype(p.tensors[ins.ifm].dtype).itemsize
+
+
+def lanes(p: isa.Program, ins: isa.Instr) -> int:
+    """8-bit vector lanes per element: 2 when the instruction touches an int16 tensor."""
+    wide = any(p.tensors[t].dtype == "int16" for t in ins.reads() + ins.writes())
+    return 2 if wide else 1
 
 
 def _const_bytes(p: isa.Program, ins: isa.Instr) -> int:
@@ -81,6 +104,7 @@ def conv_work(p: isa.Program, ins: isa.Conv, arch: Arch) -> Work:
     else:
         cycles = ins.group * ceil(positions / px) * ceil(cin_g / ic) * \
             ceil(cout // ins.group / oc) * kh * kw
+    cycles *= passes(p, ins)
     return Work(round(macs * (1 - zero)), cycles * (1 - skip), 0, _const_bytes(p, ins),
                 _bytes(p, ins.reads()), _bytes(p, ins.writes()), block, zero)
 
@@ -91,7 +115,7 @@ def fc_work(p: isa.Program, ins: isa.FullyConnected, arch: Arch) -> Work:
     rows = prod(_shape(p, ins.ifm)[:-1])
     block, zero, skip = _sparsity(p, ins, arch)
     px, ic, oc = arch.mac_array
-    cycles = ceil(rows / px) * ceil(k / ic) * ceil(nout / oc)
+    cycles = ceil(rows / px) * ceil(k / ic) * ceil(nout / oc) * passes(p, ins)
     return Work(round(dense_macs(p, ins) * (1 - zero)), cycles * (1 - skip), 0,
                 _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()),
                 block, zero)
@@ -105,7 +129,7 @@ def vector_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
         elements = out * prod(ins.kernel)
     elif isinstance(ins, (isa.GlobalAvgPool, isa.Concat, isa.Add, isa.Mul)):
         elements = max(out, sum(prod(_shape(p, i)) for i in ins.reads()))
-    return Work(0, 0.0, elements, _const_bytes(p, ins), _bytes(p, ins.reads()),
+    return Work(0, 0.0, elements * lanes(p, ins), _const_bytes(p, ins), _bytes(p, ins.reads()),
                 _bytes(p, ins.writes()))
 
 

@@ -31,6 +31,7 @@ from targets.npusim.constraints import (
     _rank,
     _resize_spatial,
     _stride,
+    activation_types,
 )
 
 Lower = Callable[[lw.Ctx, Any, int], None]
@@ -60,26 +61,29 @@ POOL_PADS = Constraint("padding <= kernel - 1", _pads_within_kernel)
 
 OP_TABLE: Mapping[str, OpSupport] = MappingProxyType({
     "QConv": OpSupport(lw.conv, (
-        RANK, Constraint("kernel height and width 1..11", _kernel(11)),
+        RANK, activation_types("QConv", mac=True),
+        Constraint("kernel height and width 1..11", _kernel(11)),
         Constraint("stride 1..4", _stride(4)), Constraint("dilation 1..4", _dilation(4)),
         Constraint("padding <= dilated kernel extent - 1", _pads_within_kernel),
         Constraint("input and output channels <= 4096", _conv_channels))),
-    "QGemm": OpSupport(lw.gemm, (RANK, FC_SIZE)),
-    "QMatMul": OpSupport(lw.gemm, (RANK, FC_SIZE)),
-    "QAdd": OpSupport(lw.binary, (RANK, ONE_SIDE)),
-    "QMul": OpSupport(lw.binary, (RANK, ONE_SIDE)),
-    "QConcat": OpSupport(lw.concat, (RANK, Constraint("at most 64 inputs", _concat_inputs))),
-    "QAvgPool": OpSupport(lw.avgpool, (RANK, *POOL, POOL_PADS)),
-    "QGlobalAvgPool": OpSupport(lw.global_avgpool, (RANK,)),
-    "QMaxPool": OpSupport(lw.maxpool, (RANK, *POOL, Constraint("dilation 1", _dilation(1)),
-                                       POOL_PADS)),
+    "QGemm": OpSupport(lw.gemm, (RANK, activation_types("QGemm", mac=True), FC_SIZE)),
+    "QMatMul": OpSupport(lw.gemm, (RANK, activation_types("QMatMul", mac=True), FC_SIZE)),
+    "QAdd": OpSupport(lw.binary, (RANK, activation_types("QAdd"), ONE_SIDE)),
+    "QMul": OpSupport(lw.binary, (RANK, activation_types("QMul"), ONE_SIDE)),
+    "QConcat": OpSupport(lw.concat, (RANK, activation_types("QConcat"),
+                                     Constraint("at most 64 inputs", _concat_inputs))),
+    "QAvgPool": OpSupport(lw.avgpool, (RANK, activation_types("QAvgPool"), *POOL, POOL_PADS)),
+    "QGlobalAvgPool": OpSupport(lw.global_avgpool, (RANK, activation_types("QGlobalAvgPool"))),
+    "QMaxPool": OpSupport(lw.maxpool, (RANK, activation_types("QMaxPool"), *POOL,
+                                       Constraint("dilation 1", _dilation(1)), POOL_PADS)),
     "QResizeNearest": OpSupport(lw.resize, (
-        RANK, Constraint("resize only the two spatial axes", _resize_spatial))),
-    "QMove": OpSupport(lw.move, (MOVE_RANK, Constraint("Pad mode constant, edge or reflect",
-                                                       _pad_mode))),
-    "QLut": OpSupport(lw.lut, (RANK,)),
-    "QQuantize": OpSupport(lw.quantize, (RANK,)),
-    "QDequantize": OpSupport(lw.dequantize, (RANK,)),
+        RANK, activation_types("QResizeNearest"),
+        Constraint("resize only the two spatial axes", _resize_spatial))),
+    "QMove": OpSupport(lw.move, (MOVE_RANK, activation_types("QMove"),
+                                 Constraint("Pad mode constant, edge or reflect", _pad_mode))),
+    "QLut": OpSupport(lw.lut, (RANK, activation_types("QLut"))),
+    "QQuantize": OpSupport(lw.quantize, (RANK, activation_types("QQuantize"))),
+    "QDequantize": OpSupport(lw.dequantize, (RANK, activation_types("QDequantize"))),
     "QCpuPartition": OpSupport(lw.cpu_partition,
                                cpu_reason="float CPU partition (not quantizable)"),
 })
@@ -88,8 +92,8 @@ OP_TABLE: Mapping[str, OpSupport] = MappingProxyType({
 # Generic rule: any channelwise op without an entry runs as per-channel tables, so a new
 # elementwise op (e.g. PRelu) needs no change here (docs/architecture.md, "Adding an int8 op").
 CHANNELWISE = OpSupport(lw.channel_table, (
-    RANK, Constraint("channel axis 1 with <= 4096 channels (one table per channel)",
-                     _channels)))
+    RANK, activation_types(""),
+    Constraint("channel axis 1 with <= 4096 channels (one table per channel)", _channels)))
 
 
 def support(kind: str) -> OpSupport | None:
