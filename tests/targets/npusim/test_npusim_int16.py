@@ -245,6 +245,7 @@ def test_int16_layer_costs_two_mac_passes_and_two_bytes_per_element():
     # 64x64 3x3 at 32x32: ⌈1024/4⌉·⌈64/16⌉·⌈64/16⌉·9 = 36864 array cycles per pass
     assert c8["cycles"] == 36864 + overhead and c8["bound"] == "compute"
     assert c16["cycles"] == 2 * 36864 + overhead and c16["macs"] == c8["macs"] == 37748736
+    assert c8["utilisation"] == 0.9946
     assert c16["utilisation"] == round(37748736 / ((2 * 36864 + overhead) * 1024), 4) == 0.4986
     x8, x16 = (programs[k].tensor("x__q") for k in ("int8", "int16"))
     assert (x8.dtype, x16.dtype) == ("int8", "int16") and x16.nbytes == 2 * x8.nbytes == 131072
