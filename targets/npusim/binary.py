@@ -23,7 +23,7 @@ MAX_BINARY = 1 << 32
 def write_binary(program: Program, blocks: dict[int, int] | None = None) -> bytes:
     """Serialize `program`; `blocks` maps weight-blob index to its 1xN block (0/absent = dense)."""
     check_program(program)
-    return container.pack(codec.encode(program, blocks or {}))
+    return container.pack(codec.encode(program, blocks or {}), codec.format_minor(program))
 
 
 def load_binary(source: str | os.PathLike | bytes | bytearray | memoryview) -> Program:

@@ -45,6 +45,14 @@ REGION_CODES = {v: k for k, v in REGIONS.items()}
 RUNTIME_DIM_CODE = 0xFFFFFFFF  # a dimension known only at run time (format 2.0)
 
 
+def format_minor(program: Program) -> int:
+    """The oldest 2.x minor that reads `program`: 1 with an int16 tensor, else 0.
+
+    An all-8-bit binary stays a 2.0 file, byte for byte, so older readers keep reading it.
+    """
+    return 1 if any(t.dtype == "int16" for t in program.tensors) else 0
+
+
 def encode(program: Program, blob_blocks: dict[int, int]) -> dict[Section, bytes]:
     """All sections of a program; `blob_blocks` gives the 1xN block chosen per weight blob."""
     directory, data = _encode_blobs(program.blobs, blob_blocks)

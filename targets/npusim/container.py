@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from compiler.core.errors import TargetError
 
 MAGIC = b"NPUB"
-VERSION = (2, 1)  # 2.1: tensor dtype code 7 (int16); 2.0 files read unchanged
+VERSION = (2, 1)  # the newest version written; 2.1 adds tensor dtype code 7 (int16)
 READS = (1, 2)  # major versions this reader accepts: 1.x files are 2.x files without
 # run-time dimensions
 HEADER = struct.Struct("<4sHHIIQQI24sI")  # 64 bytes, see docs/binary-format.md
@@ -49,8 +49,10 @@ def _pad(n: int, align: int) -> int:
     return -n % align
 
 
-def pack(sections: dict[Section, bytes]) -> bytes:
+def pack(sections: dict[Section, bytes], minor: int = VERSION[1]) -> bytes:
     """Serialize payloads (one per `Section` member) into a container.
+
+    `minor` is the version minor written (the oldest a reader needs: `codec.format_minor`).
 
     Raises:
         TargetError: A section is missing or the file would exceed 4 GiB.
@@ -74,7 +76,7 @@ def pack(sections: dict[Section, bytes]) -> bytes:
     if size > MAX_FILE:
         raise TargetError(f"binary: {size} bytes exceeds the 4 GiB format limit")
     table = b"".join(entries)
-    head = HEADER.pack(MAGIC, *VERSION, HEADER.size, len(Section), HEADER.size, size, 0,
+    head = HEADER.pack(MAGIC, VERSION[0], minor, HEADER.size, len(Section), HEADER.size, size, 0,
                        bytes(24), 0)
     crc = zlib.crc32(head[:-4] + table)
     return head[:-4] + struct.pack("<I", crc) + table + bytes(body)

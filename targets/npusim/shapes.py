@@ -111,9 +111,9 @@ def _per_channel(p: isa.Program, ins: isa.Instr, w: np.ndarray, req: Require) ->
     x_dtype = _t(p, ins.ifm).dtype
     if fp.is_wide(x_dtype):  # the 64-bit accumulator's narrow multipliers (§16)
         k = int(np.prod(w.shape[1:], dtype=np.int64))
-        fits = k * fp.product_bound(x_dtype) < 1 << 40  # fp.bias_bound's limit for int16
-        bits = fp.multiplier_bits(fp.mac_acc_bound(k, x_dtype)) if fits else 0
-        req(bits > 0 and in_range(mult, 0, (1 << bits) - 1),
+        req(k < fp.A16_MAX_K, f"int16-input layer with K = {k} (at most {fp.A16_MAX_K - 1})")
+        bits = fp.multiplier_bits(fp.mac_acc_bound(k, x_dtype))
+        req(in_range(mult, 0, (1 << bits) - 1),
             f"multiplier of an int16-input layer (K = {k}) needs M0 < 2^{bits}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 from fractions import Fraction
 
 import numpy as np
@@ -194,6 +195,7 @@ def wide_build():
 def test_int16_binary_round_trips_with_dtype_code_7(wide_build):
     _, built = wide_build
     assert VERSION == (2, 1) and isa.DTYPE_CODES["int16"] == 7
+    assert struct.unpack_from("<HH", built.data, 4) == (2, 1)  # 8-bit-only binaries stay 2.0
     program = load_binary(built.data)
     assert program.code == built.instructions
     assert [t.dtype for t in program.tensors] == [t.dtype for t in built.program.tensors]
