@@ -46,6 +46,7 @@ class Arch:
     frame_overhead_us: float
     sparse_efficiency: dict[int, float]
     host: Host
+    lane_bits: int = 8  # activation bits per MAC / vector lane: int16 takes 16 / lane_bits passes
 
     @property
     def macs_per_cycle(self) -> int:
@@ -115,6 +116,8 @@ _FIELDS: dict[str, Callable[[Any], Any]] = {
 }
 _HOST = {"cores": _POS_INT, "gflops_per_core": _POS_NUM, "partition_overhead_us": _NONNEG}
 _ARRAY = ("pixels", "in_channels", "out_channels")
+LANE_BITS = (8, 16)
+"""Activation lane widths: 8 (an int8 NPU; A16W8 runs as two byte passes) or 16."""
 
 
 def parse_arch(data: Any, label: str = "<arch>") -> Arch:
@@ -132,7 +135,17 @@ def parse_arch(data: Any, label: str = "<arch>") -> Arch:
         mac_array=tuple(_field(array, k, _POS_INT, label, "mac_array.") for k in _ARRAY),
         sparse_efficiency=_efficiency(_get(top, "sparse_efficiency", label), label),
         host=Host(**{k: _field(host, k, check, label, "host.") for k, check in _HOST.items()}),
-        **values)
+        lane_bits=_lane_bits(top, label), **values)
+
+
+def _lane_bits(top: dict, label: str) -> int:
+    """Optional `lane_bits` (default 8, so architecture files written before it stay valid)."""
+    if top.get("lane_bits") is None:
+        return 8
+    bits = _field(top, "lane_bits", _POS_INT, label)
+    if bits not in LANE_BITS:
+        raise ConfigError(f"{label}: field lane_bits must be one of {LANE_BITS}, got {bits}")
+    return bits
 
 
 def _mapping(value: Any, label: str, what: str) -> dict:

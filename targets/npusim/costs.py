@@ -6,12 +6,13 @@ and Arm Vela): per cycle a core multiplies `pixels` output positions x `in_chann
 `out_channels`, so partial tiles waste lanes (`ceil` below); 1xN-sparse weights skip zero
 blocks with the architecture's efficiency for that N.
 
-The MAC array and the vector unit have 8-bit lanes. A16W8 layers (int16 activations, §16 of
-docs/fixed-point.md) run as two passes over the array, one per activation byte (the high
-byte signed, the low byte unsigned, recombined as 256·hi + lo in the accumulator), so their
-array cycles double (`passes`); a vector instruction that touches an int16 tensor uses two
-lanes per element. int16 tensors are 2 bytes per element in every byte count (DDR traffic,
-SRAM fit, arena allocation: `isa.Tensor.nbytes`).
+The MAC array and the vector unit have `arch.lane_bits`-bit activation lanes (8 in the
+presets). On 8-bit lanes, A16W8 layers (int16 activations, §16 of docs/fixed-point.md) run
+as two passes over the array, one per activation byte (the high byte signed, the low byte
+unsigned, recombined as 256·hi + lo in the accumulator), so their array cycles double
+(`passes`); a vector instruction that touches an int16 tensor uses two lanes per element.
+int16 tensors are 2 bytes per element in every byte count (DDR traffic, SRAM fit, arena
+allocation: `isa.Tensor.nbytes`).
 """
 
 from __future__ import annotations
@@ -52,18 +53,23 @@ def elements(t: isa.Tensor) -> int:
     return prod(1 if d == isa.RUNTIME_DIM else d for d in t.shape)
 
 
-def passes(p: isa.Program, ins: isa.Instr) -> int:
-    """MAC-array passes of a Conv / FullyConnected: one per byte of its activation type.
+def _per_lane(bits: int, arch: Arch) -> int:
+    return max(1, ceil(bits / arch.lane_bits))
 
-    1 for int8/uint8 inputs; 2 for int16 (A16W8: the high and the low byte).
+
+def passes(p: isa.Program, ins: isa.Instr, arch: Arch) -> int:
+    """MAC-array passes of a Conv / FullyConnected over its activation type's bits.
+
+    1 for int8/uint8 inputs; 2 for int16 on 8-bit lanes (A16W8: the high and low byte).
     """
-    return np.dtype(p.tensors[ins.ifm].dtype).itemsize
+    return _per_lane(8 * np.dtype(p.tensors[ins.ifm].dtype).itemsize, arch)
 
 
-def lanes(p: isa.Program, ins: isa.Instr) -> int:
-    """8-bit vector lanes per element: 2 when the instruction touches an int16 tensor."""
-    wide = any(p.tensors[t].dtype == "int16" for t in ins.reads() + ins.writes())
-    return 2 if wide else 1
+def lanes(p: isa.Program, ins: isa.Instr, arch: Arch) -> int:
+    """Vector lanes per element: 2 on 8-bit lanes when an int16 tensor is touched."""
+    quantized = [p.tensors[t].dtype for t in ins.reads() + ins.writes()
+                 if p.tensors[t].dtype in ("int8", "uint8", "int16")]
+    return _per_lane(max((8 * np.dtype(d).itemsize for d in quantized), default=8), arch)
 
 
 def _const_bytes(p: isa.Program, ins: isa.Instr) -> int:
@@ -104,7 +110,7 @@ def conv_work(p: isa.Program, ins: isa.Conv, arch: Arch) -> Work:
     else:
         cycles = ins.group * ceil(positions / px) * ceil(cin_g / ic) * \
             ceil(cout // ins.group / oc) * kh * kw
-    cycles *= passes(p, ins)
+    cycles *= passes(p, ins, arch)
     return Work(round(macs * (1 - zero)), cycles * (1 - skip), 0, _const_bytes(p, ins),
                 _bytes(p, ins.reads()), _bytes(p, ins.writes()), block, zero)
 
@@ -115,7 +121,7 @@ def fc_work(p: isa.Program, ins: isa.FullyConnected, arch: Arch) -> Work:
     rows = prod(_shape(p, ins.ifm)[:-1])
     block, zero, skip = _sparsity(p, ins, arch)
     px, ic, oc = arch.mac_array
-    cycles = ceil(rows / px) * ceil(k / ic) * ceil(nout / oc) * passes(p, ins)
+    cycles = ceil(rows / px) * ceil(k / ic) * ceil(nout / oc) * passes(p, ins, arch)
     return Work(round(dense_macs(p, ins) * (1 - zero)), cycles * (1 - skip), 0,
                 _const_bytes(p, ins), _bytes(p, ins.reads()), _bytes(p, ins.writes()),
                 block, zero)
@@ -129,8 +135,8 @@ def vector_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:
         elements = out * prod(ins.kernel)
     elif isinstance(ins, (isa.GlobalAvgPool, isa.Concat, isa.Add, isa.Mul)):
         elements = max(out, sum(prod(_shape(p, i)) for i in ins.reads()))
-    return Work(0, 0.0, elements * lanes(p, ins), _const_bytes(p, ins), _bytes(p, ins.reads()),
-                _bytes(p, ins.writes()))
+    return Work(0, 0.0, elements * lanes(p, ins, arch), _const_bytes(p, ins),
+                _bytes(p, ins.reads()), _bytes(p, ins.writes()))
 
 
 def free_work(p: isa.Program, ins: isa.Instr, arch: Arch) -> Work:

@@ -11,18 +11,28 @@ import dataclasses
 import math
 import struct
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from compiler.core import fixedpoint as fp
 from compiler.core.builder import GraphBuilder
-from compiler.core.errors import TargetError
+from compiler.core.errors import ConfigError, TargetError
 from passes.quantize.api import quantize_model
 from passes.quantize.reference import execute
-from targets.npusim import Simulator, build_binary, estimate_perf, isa, load_binary, verify
+from targets.npusim import (
+    Simulator,
+    build_binary,
+    estimate_perf,
+    isa,
+    load_arch,
+    load_binary,
+    verify,
+)
 from targets.npusim import kernels as K
 from targets.npusim import plans as P
+from targets.npusim.arch import PRESET_DIR
 from targets.npusim.check import check_program
 from targets.npusim.container import VERSION
 from targets.npusim.testing import op_zoo_model, random_inputs
@@ -255,3 +265,18 @@ def test_int16_layer_costs_two_mac_passes_and_two_bytes_per_element():
     mp8, mp16 = (next(lay for n, lay in r.items() if lay["kind"] == "maxpool")
                  for r in (reports["int8"], reports["int16"]))
     assert mp16["cycles"] - overhead == 2 * (mp8["cycles"] - overhead)  # two lanes per element
+    wide_lanes = dataclasses.replace(load_arch("default"), lane_bits=16)
+    native = {lay["name"]: lay for lay in estimate_perf(programs["int16"], wide_lanes).layers}
+    assert native["conv"]["cycles"] == c8["cycles"]  # 16-bit lanes: one pass
+
+
+def test_lane_bits_is_optional_and_checked(tmp_path):
+    text = (Path(PRESET_DIR) / "default.yaml").read_text()
+    assert load_arch("default").lane_bits == 8
+    old = tmp_path / "old.yaml"
+    old.write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("lane_bits")))
+    assert load_arch(str(old)).lane_bits == 8  # files written before the field stay valid
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace("lane_bits: 8", "lane_bits: 12"))
+    with pytest.raises(ConfigError, match="lane_bits must be one of"):
+        load_arch(str(bad))
