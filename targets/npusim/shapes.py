@@ -164,6 +164,10 @@ def global_avgpool(p: isa.Program, ins: isa.GlobalAvgPool, req: Require) -> None
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
     req(len(x) == 4 and y in (x[:2] + (1, 1), x[:2]), f"output shape {y} for input {x}")
     req(requant_ok(ins.mult, ins.shift), "multiplier or shift out of range")
+    x_dtype = _t(p, ins.ifm).dtype
+    if fp.is_wide(x_dtype):  # |Σ_hw x| ≤ HW·2^15: the multiplier keeps |sum·M0| < 2^62 (§16)
+        bits = fp.multiplier_bits(x[2] * x[3] * -fp.qrange(x_dtype)[0])
+        req(ins.mult < 1 << bits, f"multiplier of an int16 global pooling needs M0 < 2^{bits}")
 
 
 def maxpool(p: isa.Program, ins: isa.MaxPool, req: Require) -> None:

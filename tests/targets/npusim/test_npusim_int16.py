@@ -33,6 +33,7 @@ from targets.npusim import (
 from targets.npusim import kernels as K
 from targets.npusim import plans as P
 from targets.npusim.arch import PRESET_DIR
+from targets.npusim.binary import write_binary
 from targets.npusim.check import check_program
 from targets.npusim.container import VERSION
 from targets.npusim.testing import op_zoo_model, random_inputs
@@ -280,3 +281,29 @@ def test_lane_bits_is_optional_and_checked(tmp_path):
     bad.write_text(text.replace("lane_bits: 8", "lane_bits: 12"))
     with pytest.raises(ConfigError, match="lane_bits must be one of"):
         load_arch(str(bad))
+
+
+def test_relabelled_int16_tensors_are_rejected_or_run():
+    """Every tensor of an 8-bit binary relabelled int16 (dtype code 7, CRCs resealed by
+    re-encoding): one-line TargetError on load, or a program that runs to outputs of the
+    declared shapes; never a crash or an int64 overflow the loader did not bound."""
+    proto = _table_model()[0]
+    _, built = _build(proto, [], calib=2)
+    p = load_binary(built.data)
+    feeds = random_inputs(proto, 1, 3)
+    outcomes = {"rejected": 0, "runs": 0}
+    for i, t in enumerate(p.tensors):
+        if t.dtype not in ("int8", "uint8"):
+            continue
+        tensors = list(p.tensors)
+        tensors[i] = dataclasses.replace(t, dtype="int16")
+        try:
+            data = write_binary(dataclasses.replace(p, tensors=tuple(tensors)))
+            out = Simulator(load_binary(data)).run(feeds)
+        except TargetError as e:
+            assert "\n" not in str(e)
+            outcomes["rejected"] += 1
+            continue
+        assert all(v.shape == built.program.tensor(n).shape for n, v in out.items())
+        outcomes["runs"] += 1
+    assert outcomes == {"rejected": 9, "runs": 1}  # runs: fc__q (an int16 fc output)
