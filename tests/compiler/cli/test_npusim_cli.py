@@ -137,3 +137,28 @@ def test_run_profile_table_and_json(files, capsys):
     everything = _json(capsys)["profile"]["slowest"]
     assert sum(r["share"] for r in everything) == pytest.approx(1.0, abs=1e-3)
     assert len({r["index"] for r in everything}) == len(everything) > 20
+
+
+def test_int16_layers_through_quantize_build_verify_run_perf(files, tmp_path, capsys):
+    """`npuc quantize --int16` then build, verify (0 mismatches), run and perf on the binary."""
+    calib = tmp_path / "calib.npy"
+    np.save(calib, random_inputs(op_zoo_model(), 4, 0)["x"])
+    q = tmp_path / "q"
+    assert main(["quantize", str(files / "float.onnx"), "-o", str(q), "--calib", str(calib),
+                 "--int16", "c1,dw,pw,grouped"]) == 0
+    binary = tmp_path / "m16.bin"
+    assert main(["build", str(q / "model.quant.onnx"), "-o", str(binary)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(q / "model.quant.onnx"), str(binary), "--inputs",
+                 str(files / "inputs.npz"), "--json"]) == 0
+    data = _json(capsys)
+    assert data["consistent"] and data["outputs"][0]["mismatched"] == 0
+    assert main(["run", str(binary), "--inputs", str(files / "inputs.npz"), "-o",
+                 str(tmp_path / "out.npz")]) == 0
+    assert np.load(tmp_path / "out.npz")["softmax"].shape == (3, 10)
+    capsys.readouterr()
+    layers = {}
+    for label, path in (("int8", files / "model.bin"), ("int16", binary)):
+        assert main(["perf", str(path), "--json"]) == 0
+        layers[label] = {lay["name"]: lay for lay in _json(capsys)["layers"]}
+    assert layers["int16"]["c1"]["cycles"] > layers["int8"]["c1"]["cycles"]
