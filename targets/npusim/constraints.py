@@ -114,22 +114,16 @@ def _resize_spatial(op: QOp, graph: QGraph) -> tuple[bool, str]:
     return ok, "" if ok else f"resize along non-spatial axes {axes}"
 
 
-# The boundary ops convert float to and from every activation type; the quantizer builds them
-# directly, so their OpDefs carry no int16 flags.
-WIDE_INPUT = frozenset({"QDequantize"})
-WIDE_OUTPUT = frozenset({"QQuantize"})
-
-
 def reads_int16(kind: str) -> bool:
     """Whether op kind `kind` has a 16-bit input path (A16W8, docs/fixed-point.md §16)."""
     d = OPS.get(kind)
-    return kind in WIDE_INPUT or (d is not None and d.int16_input)
+    return d is not None and d.int16_input
 
 
 def writes_int16(kind: str) -> bool:
     """Whether op kind `kind` may write an int16 output."""
     d = OPS.get(kind)
-    return kind in WIDE_OUTPUT or (d is not None and (d.int16_output or d.scale_preserving))
+    return d is not None and (d.int16_output or d.scale_preserving)
 
 
 def _activation_types(op: QOp, graph: QGraph) -> tuple[bool, str]:
@@ -145,7 +139,7 @@ def _activation_types(op: QOp, graph: QGraph) -> tuple[bool, str]:
 
 def activation_types(kind: str, mac: bool = False) -> Constraint:
     """The activation-type rule of op kind `kind`, its text naming the types it takes."""
-    if kind in WIDE_OUTPUT:
+    if kind == "QQuantize":  # the float boundary: no integer input
         text = "float32 input, int8/uint8/int16 output"
     elif not reads_int16(kind):
         text = "8-bit input (int8/uint8)" + ("; int16 output" if writes_int16(kind) else "")

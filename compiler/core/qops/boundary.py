@@ -54,7 +54,7 @@ def emit_dequantize(e, op: QDequantize, ins: list, outs: list) -> None:
 
 DEFS = (
     OpDef(QQuantize, "§4", "q = clamp(floor(x ⊗ inv_scale ⊕ 0.5), qmin, qmax) in float32",
-          run_quantize, emit_quantize, out_elements),
+          run_quantize, emit_quantize, out_elements, int16_output=True),
     OpDef(QDequantize, "§5", "x = float32(q) ⊗ scale", run_dequantize, emit_dequantize,
-          out_elements),
+          out_elements, int16_input=True),
 )
