@@ -110,6 +110,31 @@ def test_uint8_kl_threshold_merges_into_256_bins(gauss):
         assert finalize(h, method, dtype="uint8") == finalize(h, method)
 
 
+def laplace_with_rare_wide_component(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Laplace(1), one value in 1,000 from Laplace(8): a tail that grows the max with data."""
+    x = rng.laplace(size=n)
+    x[rng.random(n) < 1e-3] *= 8.0
+    return x.astype(np.float32)
+
+
+def test_more_data_does_not_worsen_the_mse_threshold():
+    # docs/calibration.md "More calibration data": a stationary heavy-tailed stream whose
+    # running max keeps growing (the histogram's edge doubles and its bins merge). Scored on
+    # 1M held-out values, the threshold from more batches must be at least as good: excess
+    # error over the best clip 1.26 (32 batches) -> 1.015 (100) -> 1.001 (200) here.
+    held = laplace_with_rare_wide_component(np.random.default_rng(99), 1_000_000)
+    best = min(quant_mse(held, g) for g in np.linspace(5, 60, 111))
+    rng, h, excess = np.random.default_rng(5), AbsHistogram(), {}
+    for batch in range(1, 201):
+        h.update(laplace_with_rare_wide_component(rng, 10_000))
+        if batch in (32, 100, 200):
+            excess[batch] = quant_mse(held, mse_threshold(h)) / best
+    assert h.edge > 1.5 * np.abs(laplace_with_rare_wide_component(
+        np.random.default_rng(5), 10_000)).max()  # the edge doubled: bins were merged
+    assert excess[200] <= excess[100] * 1.005 <= excess[32] * 1.005 * 1.005
+    assert excess[200] < 1.01
+
+
 def test_mse_uniform_data_keeps_the_max():
     x = np.random.default_rng(2).uniform(-1, 1, N)
     assert mse_threshold(hist_of(x)) > 0.98
