@@ -70,13 +70,13 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
              f"  all int8: {_metrics(report['before'], report['float_accuracy'])}"]
     raised = report["raised"]
     rounding = report.get("rounding", {})
-    if rounding.get("tried"):
-        lines.append(f"  weights rounded with {rounding['tried']}: "
-                     f"{_metrics(rounding['metrics'], report['float_accuracy'])}"
-                     f"{'' if rounding['adopted'] else ' (not better: kept nearest)'}")
+    for name in rounding.get("tried", []):
+        lines.append(f"  weights with {name}: "
+                     f"{_metrics(rounding['results'][name], report['float_accuracy'])}"
+                     f"{' (adopted)' if rounding['adopted'] == name else ''}")
     if not raised:
-        gptq = " with gptq weight rounding" if rounding.get("adopted") else ""
-        lines.append(f"  nothing raised: all-int8{gptq} is within the budget")
+        how = f" with {rounding['adopted']}" if rounding.get("adopted") else ""
+        lines.append(f"  nothing raised: all-int8{how} is within the budget")
     else:
         names = ", ".join(r["name"] for r in raised[:8]) + (" ..." if len(raised) > 8 else "")
         lines += [f"  chosen:   {_metrics(report['after'], report['float_accuracy'])}",

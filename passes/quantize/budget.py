@@ -317,27 +317,46 @@ class _Run:
             return quantize_model(self.model, self.calib_feeds, **args)
 
 
-def _rounding_stage(run: _Run, before: Metrics) -> _Stage:
-    """Error-compensating weight rounding (GPTQ) first: it moves no layer off int8.
+WEIGHT_VARIANTS: dict[str, dict[str, Any]] = {
+    "gptq": {"rounding": "gptq"},
+    "bias_correction": {"bias_correction": True},
+    "gptq+bias_correction": {"rounding": "gptq", "bias_correction": True},
+}
+"""Weight treatments the loop tries before moving any layer (same arithmetic and speed)."""
 
-    Tried when the weights were rounded to nearest and there is calibration data; the
-    better of the two becomes the base of the later stages.
+
+def _rounding_stage(run: _Run, before: Metrics) -> _Stage:
+    """Better weights first: GPTQ rounding and/or bias correction move no layer off int8.
+
+    Tried when the user left both at their defaults and there is calibration data; each
+    variant is re-quantized and measured on its integer model, the first one within the
+    budget ends the loop, else the best one (if better than round-to-nearest) becomes the
+    base of the later stages.
     """
-    if run.options.get("rounding", "nearest") != "nearest" or run.calib_feeds is None:
-        return _Stage(report={"tried": False})
-    result = run.quantize(rounding="gptq")
-    metrics = integer_metrics(result, run.ref)
-    run.scorer.confirmations += 1
-    met, reason = run.budget.check(metrics, run.ref.float_metrics.accuracy)
+    if run.options.get("rounding", "nearest") != "nearest" or \
+            run.options.get("bias_correction") or run.calib_feeds is None:
+        return _Stage(report={"tried": []})
     key = rank_key(run.budget.rank_by)  # smaller: worse
-    adopted = met or key(metrics) > key(before)
-    if adopted:
-        old, run.base = run.scorer, result
-        run.options = {**run.options, "rounding": "gptq"}
-        run.scorer = _Scorer(result, run.ref, run.keep, run.float_model)
+    fa = run.ref.float_metrics.accuracy
+    results, best, best_m = {}, None, before
+    met, reason, chosen = False, "", None
+    for name, variant in WEIGHT_VARIANTS.items():
+        result = run.quantize(**variant)
+        metrics = integer_metrics(result, run.ref)
+        run.scorer.confirmations += 1
+        results[name] = metrics.to_dict()
+        met, reason = run.budget.check(metrics, fa)
+        if met or key(metrics) > key(best_m):
+            best, best_m, chosen = result, metrics, name
+        if met:
+            break
+    if best is not None:
+        old, run.base = run.scorer, best
+        run.options = {**run.options, **WEIGHT_VARIANTS[chosen]}
+        run.scorer = _Scorer(best, run.ref, run.keep, run.float_model)
         run.scorer.evaluations, run.scorer.confirmations = old.evaluations, old.confirmations
-    return _Stage(met, result, metrics, reason, report={
-        "tried": "gptq", "metrics": metrics.to_dict(), "adopted": adopted, "met": met})
+    return _Stage(met, best, best_m, reason, report={
+        "tried": list(results), "results": results, "adopted": chosen, "met": met})
 
 
 @dataclass

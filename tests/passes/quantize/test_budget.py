@@ -80,24 +80,29 @@ def beyond_int16(data, tight):
 
 
 def test_gptq_rounding_is_tried_before_any_layer_moves(data, all_int8):
-    """With nearest rounding, a missed budget first re-rounds the weights (GPTQ)."""
+    """With default weights, a missed budget first tries GPTQ rounding / bias correction."""
     calib, evals = data
     before = all_int8.report["before"]["cosine"]
     out = quantize_within_budget(residual_classifier(), calib,
                                  Budget(min_cosine=before + (1 - before) / 2), evals,
                                  rank_samples=16)
     r = out.report
-    assert r["rounding"]["tried"] == "gptq"
-    assert r["rounding"]["adopted"] == (r["rounding"]["metrics"]["cosine"] > before)
+    w = r["rounding"]
+    assert w["tried"][0] == "gptq" and set(w["tried"]) <= {"gptq", "bias_correction",
+                                                          "gptq+bias_correction"}
+    best = max(w["results"].values(), key=lambda m: m["cosine"])
+    assert (w["adopted"] is not None) == (best["cosine"] > before)
     assert r["met"] and out.baseline.qgraph.info["rounding"] == "nearest"
-    if r["rounding"]["met"]:
-        assert r["raised"] == [] and out.result.qgraph.info["rounding"] == "gptq"
+    if w["met"]:  # the last one tried met the budget: nothing else moved
+        assert r["raised"] == [] and w["adopted"] == w["tried"][-1]
+        assert out.result.qgraph.info["rounding"] == ("nearest" if w["adopted"] ==
+                                                      "bias_correction" else "gptq")
 
 
 def test_a_missed_budget_raises_layers_to_int16_first(data, tight):
     goal, out = tight
     r = out.report
-    assert r["rounding"] == {"tried": False}  # gptq already
+    assert r["rounding"] == {"tried": []}  # gptq asked for: weights are the user's choice
     assert r["met"] and r["after"]["cosine"] >= goal > r["before"]["cosine"]
     assert r["int16"]["tried"] and r["int16"]["met"]
     assert r["int16"]["ceiling"]["cosine"] >= goal
