@@ -73,8 +73,15 @@ def lanes(p: isa.Program, ins: isa.Instr, arch: Arch) -> int:
 
 
 def _const_bytes(p: isa.Program, ins: isa.Instr) -> int:
-    return sum(p.blobs[b].stored_bytes or p.blobs[b].array.nbytes for b in ins.refs(ins.BLOBS)
+    return sum(_blob_bytes(p.blobs[b]) for b in ins.refs(ins.BLOBS)
                if p.blobs[b].array is not None or p.blobs[b].raw)
+
+
+def _blob_bytes(blob: isa.Blob) -> int:
+    """Stored size; before the program is written: the array's or the raw bytes' size."""
+    if blob.stored_bytes:
+        return blob.stored_bytes
+    return blob.array.nbytes if blob.array is not None else len(blob.raw)
 
 
 def _sparsity(p: isa.Program, ins: isa.Instr, arch: Arch) -> tuple[int, float, float]:

@@ -109,6 +109,8 @@ def test_npu_mac_fraction_is_hand_computed(built):
     perf = estimate_perf(result.data)
     assert perf.npu_mac_fraction == macs.fraction
     assert perf.to_dict()["npu_mac_fraction"] == round(macs.fraction, 6)
+    # the unsaved program (a CPU partition's blob has raw bytes only) prices the same
+    assert estimate_perf(result.program).latency_ms == pytest.approx(perf.latency_ms, rel=1e-9)
 
 
 def test_every_conv_and_gemm_runs_on_the_npu(built):
