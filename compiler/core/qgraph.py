@@ -163,6 +163,8 @@ class QGraph(Record):
                              f"(format={desc.get('format')!r}, version={desc.get('version')!r})")
         try:
             tensors = [QTensor(**_decode(t, arrays)) for t in desc["tensors"]]
+            for t in tensors:
+                _check_dtype(t)
             ops = tuple(_decode_op(o, arrays) for o in desc["ops"])
             return cls({t.name: t for t in tensors}, ops, tuple(desc["inputs"]),
                        tuple(desc["outputs"]), dict(desc.get("info", {})))
@@ -187,6 +189,17 @@ class QGraph(Record):
 
 def _why(error: Exception) -> str:
     return f"missing field {error}" if isinstance(error, KeyError) else str(error)
+
+
+def _check_dtype(t: QTensor) -> None:
+    # A foreign dtype string would otherwise surface later as numpy's TypeError.
+    try:
+        kind = np.dtype(t.dtype).kind
+    except TypeError:
+        kind = ""
+    if not isinstance(t.dtype, str) or kind not in "biuf" or not kind:
+        raise GraphError(f"qgraph: tensor {t.name!r} has dtype {t.dtype!r} "
+                         "(expected a numeric numpy dtype name)")
 
 
 def _check_tensor(t: QTensor, op: QOp) -> None:
