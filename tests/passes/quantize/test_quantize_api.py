@@ -13,7 +13,7 @@ from onnx import helper
 from compiler.cli import main
 from compiler.core.errors import ConfigError, DataError, GraphError
 from compiler.core.io import load_model
-from compiler.core.numerics import run
+from compiler.core.numerics import run, session
 from compiler.core.pass_manager import PassManager
 from compiler.core.qgraph import QGraph
 from passes.quantize.api import quantize_model
@@ -27,9 +27,14 @@ CALIB = {"x": np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.f
 
 
 def lsb_diff_fraction(result, feeds) -> float:
-    """Fraction of output elements where QDQ and integer models differ by > 1 output LSB."""
+    """Fraction of output elements where QDQ and integer models differ by > 1 output LSB.
+
+    The QDQ model runs as written (fusion off): onnxruntime's fused u8 kernels saturate on
+    x86 without VNNI (docs/fixed-point.md §11), which is its arithmetic, not the grid's.
+    """
     qg = result.qgraph
-    a, b = run(result.quant_model, feeds), run(result.qdq_model, feeds)
+    a = run(result.quant_model, feeds)
+    b = run(session(result.qdq_model, fuse_qdq=False), feeds)
     worst = []
     for name in qg.outputs:
         scale = qg.tensor(f"{name}__q").scale
