@@ -63,3 +63,23 @@ def test_kept_layers_are_neither_rounded_nor_bias_corrected():
     assert set(result.report["weight_rounding"]) == {"c1", "dw", "c2"}
     conv = next(n for n in result.float_model.graph.nodes if n.name == "c2")
     assert not np.array_equal(conv.inputs[2].values, original["c2"].inputs[2].values)
+
+
+def test_a_kept_conv_keeps_its_fused_activation_in_float():
+    """Its raw output is never quantized: only the activation's output enters the NPU."""
+    model = net(0)
+    relu = next(n for n in model.graph.nodes if n.op == "Relu" and n.inputs[0].name ==
+                next(c for c in model.graph.nodes if c.name == "c1").outputs[0].name)
+    calib, test = {"x": data(0)}, {"x": data(4, 8)}
+    result = quantize_model(model, calib, "max", keep_float=["c1"])
+    reasons = result.report["cpu_reasons"]
+    assert reasons == {"c1": f"Conv: {KEEP_FLOAT_REASON}",
+                       relu.name: "Relu: fused with 'c1', which is kept in float"}
+    conv_out = next(n for n in model.graph.nodes if n.name == "c1").outputs[0].name
+    assert f"{conv_out}__q" not in result.qgraph.tensors
+    assert result.qgraph.tensor(f"{relu.outputs[0].name}__q").dtype == "uint8"
+    assert mismatches(result.qgraph, test) == {}
+    full = quantize_model(model, calib, "max")
+    ref = run(model, test)["fc"]
+    assert cosine(run(result.quant_model, test)["fc"], ref) >= \
+        cosine(run(full.quant_model, test)["fc"], ref) - 1e-4
