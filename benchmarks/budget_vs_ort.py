@@ -178,8 +178,11 @@ def fidelity(model: Path, quant: Path, calib: Path, evals: Path) -> dict:
             "calib": int8_cosine(model, quant, calib).get("worst")}
 
 
-def run_graph(entry: dict, corpus: Path, args: argparse.Namespace) -> dict:
-    """ORT's three modes, npuc all-int8, npuc's budget loop; fidelity and costs of each."""
+def run_graph(entry: dict, corpus: Path, args: argparse.Namespace, prev: dict) -> dict:
+    """ORT's three modes, npuc all-int8, npuc's budget loop; fidelity and costs of each.
+
+    Parts already in `prev` (an earlier run's row of the --json file) are kept, not re-run.
+    """
     from coverage import input_flags, write_feeds
 
     model = corpus / entry["file"]
@@ -187,30 +190,44 @@ def run_graph(entry: dict, corpus: Path, args: argparse.Namespace) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     calib, evals = write_feeds(entry, corpus, work)
     flags = input_flags(entry)
-    row: dict = {"macs": None}
-    for mode in ORT_MODES:
+    row: dict = {k: v for k, v in prev.items() if "error" not in prev}
+    for mode in [m for m in ORT_MODES if m not in row]:
         out = work / f"{mode}.qdq.onnx"
         secs = ort_quantize(model, calib, out, mode)
         row[mode] = {**fidelity(model, out, calib, evals), "seconds": round(secs, 1)}
         print(f"  {mode:8s} eval {row[mode]['eval']:.5f}  calib {row[mode]['calib']:.5f}",
               flush=True)
     base = ["quantize", str(model), "--calib", str(calib), "--calib-limit", "32", *flags]
-    res = npuc([*base, "-o", str(work / "npuc")], work / "npuc")
-    row["npuc"] = {**fidelity(model, work / "npuc" / "model.quant.onnx", calib, evals),
-                   "seconds": round(res["wall_s"], 1)}
+    if "npuc" not in row:
+        res = npuc([*base, "-o", str(work / "npuc")], work / "npuc")
+        row["npuc"] = {**fidelity(model, work / "npuc" / "model.quant.onnx", calib, evals),
+                       "seconds": round(res["wall_s"], 1)}
     print(f"  npuc     eval {row['npuc']['eval']:.5f}  calib {row['npuc']['calib']:.5f}",
           flush=True)
     on = args.budget_on
     target = round(max(row[m][on] for m in ORT_MODES) + args.margin, 5)
     target = min(target, args.cap)
-    bargs = [*base, "-o", str(work / "budget"), "--min-cosine", f"{target:g}"]
+    if "budget" not in row:
+        row["budget"] = budget_run(model, work, base, calib, evals, target, on, "budget")
+    for extra in args.extra_targets:
+        if f"budget@{extra:g}" in row:
+            continue
+        row[f"budget@{extra:g}"] = budget_run(model, work, base, calib, evals, extra, on,
+                                              f"budget{extra:g}")
+    return row
+
+
+def budget_run(model: Path, work: Path, base: list[str], calib: Path, evals: Path,
+               target: float, on: str, tag: str) -> dict:
+    """`npuc quantize ... --min-cosine TARGET --json`: fidelity of the written model, report."""
+    bargs = [*base, "-o", str(work / tag), "--min-cosine", f"{target:g}"]
     if on == "eval":
         bargs += ["--budget-data", str(evals)]
-    res = npuc(bargs, work / "budget")
+    res = npuc(bargs, work / tag)
     rep = res["budget"]
     raised = rep.get("raised", [])
-    row["budget"] = {
-        **fidelity(model, work / "budget" / "model.quant.onnx", calib, evals),
+    b = {
+        **fidelity(model, work / tag / "model.quant.onnx", calib, evals),
         "target": target, "on": on, "met": rep["met"], "reason": rep["reason"],
         "loop_before": rep["before"]["cosine"], "loop_after": rep["after"]["cosine"],
         "weights": rep.get("rounding", {}).get("adopted"),
@@ -223,18 +240,17 @@ def run_graph(entry: dict, corpus: Path, args: argparse.Namespace) -> dict:
         "latency_ms": rep.get("costs", {}).get("latency_ms"),
         "evaluations": rep["evaluations"], "loop_s": rep["time_s"],
         "seconds": round(res["wall_s"], 1)}
-    b = row["budget"]
-    print(f"  budget   eval {b['eval']:.5f}  calib {b['calib']:.5f}  (target {target:g} on "
+    print(f"  {tag:8s} eval {b['eval']:.5f}  calib {b['calib']:.5f}  (target {target:g} on "
           f"{on}, {'met' if b['met'] else 'NOT met'}; weights {b['weights']}; "
-          f"int16 {len(b['int16'])} layers = {b['macs_raised_share']:.1%} of the MACs; "
-          f"float {len(b['float'])}; {b['evaluations']['total']} evaluations, "
-          f"{b['seconds']:.0f} s)", flush=True)
-    if b["int16"]:
-        print(f"    int16: {', '.join(b['int16'])}")
+          f"int16 {len(b['int16'])} layers, float {len(b['float'])}: "
+          f"{b['macs_raised_share']:.1%} of the MACs; {b['evaluations']['total']} "
+          f"evaluations, {b['seconds']:.0f} s)", flush=True)
+    if b["int16"] or b["float"]:
+        print(f"    int16: {', '.join(b['int16'])}; float: {', '.join(b['float'])}")
     if b["latency_ms"]:
         print(f"    latency {b['latency_ms']['before']:.3f} -> "
               f"{b['latency_ms']['after']:.3f} ms (1 core, 1 thread)")
-    return row
+    return b
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -245,7 +261,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     for name in args.graphs.split(","):
         print(f"== {name}", flush=True)
         try:
-            results[name] = run_graph(entries[name], corpus, args)
+            results[name] = run_graph(entries[name], corpus, args, results.get(name, {}))
         except Exception as e:  # noqa: BLE001 - one graph failing must not lose the others
             print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
             results[name] = {"error": f"{type(e).__name__}: {e}"}
@@ -271,6 +287,19 @@ def table(results: dict) -> str:
             f"({b['on']}) | {win}{b['eval']:.4f}{win} | {len(b['int16'])} of {b['layers']} | "
             f"{b['macs_raised_share']:.1%} | {len(b['float'])} | {b['weights'] or '-'} | "
             f"{b['evaluations']['total']} | {b['seconds']:.0f} |")
+    lines += ["", "| graph | --min-cosine (on) | met | eval cosine | calib cosine | int16 layers "
+              "| float layers | raised MACs | weights | latency ms | evals | wall s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        for key in [k for k in r if k.startswith("budget")]:
+            b = r[key]
+            lat = b["latency_ms"] or {}
+            lat = f"{lat['before']:.3f} → {lat['after']:.3f}" if lat else "n/a"
+            lines.append(
+                f"| {name} | {b['target']:g} ({b['on']}) | {'yes' if b['met'] else 'NO'} | "
+                f"{b['eval']:.4f} | {b['calib']:.4f} | {len(b['int16'])} | {len(b['float'])} "
+                f"| {b['macs_raised_share']:.1%} | {b['weights'] or '-'} | {lat} | "
+                f"{b['evaluations']['total']} | {b['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -289,6 +318,8 @@ def main() -> None:
     p.add_argument("--cap", type=float, default=0.9999, help="upper bound of the budget")
     p.add_argument("--budget-on", choices=("calib", "eval"), default="calib",
                    help="data the budget is set and measured on")
+    p.add_argument("--extra-targets", type=lambda v: [float(x) for x in v.split(",")],
+                   default=[], help="also run the loop at these fixed --min-cosine values")
     p.add_argument("--json", metavar="OUT.json", help="results (read back and extended)")
     p = sub.add_parser("table", help="the markdown table of a --json file")
     p.add_argument("json")
