@@ -10,7 +10,9 @@ asymmetric", shows the commands that produced the table):
     /work/venv-torch/bin/python benchmarks/budget_vs_ort.py export --corpus DIR [--graphs ..]
     # 2. the comparison (the npuc venv)
     nice .venv/bin/python benchmarks/budget_vs_ort.py run --corpus DIR [--graphs ..]
-        [--margin 0.001] [--json OUT.json]
+        [--margin 0.001] [--extra-targets 0.98] [--json OUT.json]
+    # where the all-int8 error is (weights / activations / lookup tables; switch model)
+    nice .venv/bin/python benchmarks/budget_vs_ort.py split --corpus DIR [--graphs ..]
 
 Per graph, with the corpus's feeds (`coverage.write_feeds`: 32 calibration views, 8 held-out
 eval views, the graph's own preprocessing):
@@ -270,6 +272,44 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(table(results))
 
 
+def cmd_split(args: argparse.Namespace) -> None:
+    """Where the all-int8 error is: the switch model (fake-quant) on the calibration views.
+
+    Cosine with only the weights quantized, only the activations, only the points of the
+    layers that cannot run in int16 (lookup tables: Sigmoid, HardSwish, ...), and the budget
+    loop's int16 stand-in with every int16-capable layer widened (its ceiling).
+    """
+    from compiler.core.feeds import load_feeds
+    from passes.quantize.api import pristine_float, quantize_model
+    from passes.quantize.budget import _Scorer, int16_capable
+    from passes.quantize.fidelity import Reference
+
+    corpus, out = Path(args.corpus), {}
+    for name in args.graphs.split(","):
+        calib = corpus / "_work" / name / "calib.npz"
+        base = quantize_model(corpus / f"{name}.onnx", calib, input_shapes="")
+        fm = pristine_float(corpus / f"{name}.onnx", base, "")
+        sc = _Scorer(base, Reference(fm, load_feeds(calib, fm), 8), (), fm)
+        acts = {i for layer in sc.layers for i in layer.activations}
+        tables = [layer for layer in sc.layers if not int16_capable(layer)]
+
+        def only(points, sc=sc) -> float:
+            on = np.zeros(sc.count, np.bool_)
+            on[sorted(points)] = True
+            return sc.score(on).cosine
+
+        out[name] = {"all_int8": sc.all_int8().cosine,
+                     "weights_only": only(set(range(sc.count)) - acts),
+                     "activations_only": only(acts),
+                     "tables_only": only({i for t in tables for i in t.activations}),
+                     "int16_ceiling": sc.score(sc.widened(
+                         [la for la in sc.layers if int16_capable(la)])).cosine,
+                     "layers": len(sc.layers), "tables": len(tables)}
+        print(name, json.dumps(out[name]), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def table(results: dict) -> str:
     """The markdown table of docs/quantization.md."""
     lines = ["| graph | ORT u8 asym | ORT s8 asym | ORT s8 sym | npuc all-int8 | budget target "
@@ -321,13 +361,17 @@ def main() -> None:
     p.add_argument("--extra-targets", type=lambda v: [float(x) for x in v.split(",")],
                    default=[], help="also run the loop at these fixed --min-cosine values")
     p.add_argument("--json", metavar="OUT.json", help="results (read back and extended)")
+    p = sub.add_parser("split", help="weights vs activations vs tables error (npuc venv)")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--graphs", default=",".join(GRAPHS))
+    p.add_argument("--json", metavar="OUT.json")
     p = sub.add_parser("table", help="the markdown table of a --json file")
     p.add_argument("json")
     args = ap.parse_args()
     if args.cmd == "table":
         print(table(json.loads(Path(args.json).read_text())))
         return
-    {"export": cmd_export, "run": cmd_run}[args.cmd](args)
+    {"export": cmd_export, "run": cmd_run, "split": cmd_split}[args.cmd](args)
 
 
 if __name__ == "__main__":
