@@ -163,8 +163,8 @@ def npuc(args: list[str], log: Path) -> dict:
     proc = subprocess.run([sys.executable, "-m", "compiler.cli", *args, "--json"], cwd=REPO,
                           env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    log.with_suffix(".out").write_text(proc.stdout)
-    log.with_suffix(".err").write_text(proc.stderr)
+    Path(f"{log}.out").write_text(proc.stdout)  # not with_suffix: "budget0.98" has a dot
+    Path(f"{log}.err").write_text(proc.stderr)
     if proc.returncode:
         raise RuntimeError(f"npuc {' '.join(args[:2])} failed ({proc.returncode}): "
                            f"{proc.stderr.strip().splitlines()[-1:]}")
