@@ -147,6 +147,7 @@ def ort_quantize(model: Path, calib: Path, out: Path, mode: str) -> float:
             batch = next(self.it, None)
             return None if batch is None else {name: batch}
 
+    model = ort_input(model, out.parent)
     act = QuantType.QUInt8 if mode == "ort_u8" else QuantType.QInt8
     extra = {"ActivationSymmetric": True} if mode == "ort_sym" else {}
     t0 = time.perf_counter()
@@ -154,6 +155,26 @@ def ort_quantize(model: Path, calib: Path, out: Path, mode: str) -> float:
                     per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
     return time.perf_counter() - t0
+
+
+def ort_input(model: Path, work: Path) -> Path:
+    """The float model onnxruntime quantizes: opset >= 13 (converted when older).
+
+    Per-channel QDQ needs per-axis DequantizeLinear (opset 13): at opset 11 quantize_static
+    writes a model onnxruntime refuses to load (its bias DequantizeLinear). The converted
+    graph computes the same function; fidelity is still measured against the original.
+    """
+    import onnx
+    from onnx import version_converter
+
+    proto = onnx.load(str(model))
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset >= 13:
+        return model
+    path = work / "ort_input_op13.onnx"
+    if not path.exists():
+        onnx.save(version_converter.convert_version(proto, 13), str(path))
+    return path
 
 
 def npuc(args: list[str], log: Path) -> dict:
