@@ -227,6 +227,7 @@ class QGraphBuilder:
         at the int16 range): the int8 reader then sees the grid it has in the all-int8
         model, not 127 steps over the int16 range, whose threshold (near max|x| for 32767
         levels) would make the int16 layer's int8 readers coarser than with no int16 at all.
+        A moved tensor (Pad, MaxPool, ... output: no threshold of its own) keeps the range.
         """
         key = (name, "int8")
         if key not in self.converted:
@@ -235,8 +236,11 @@ class QGraphBuilder:
             scale = float(np.float32(np.float64(t.scale) * ratio))
             if t.dtype == "int16":
                 source = next(f for f, n in self.int8.items() if n == name)
-                clip = self.thresholds.threshold(source, "int8", record=False)
-                scale = min(scale, fp.activation_scale(clip, source, "int8"))
+                try:
+                    clip = self.thresholds.threshold(source, "int8", record=False)
+                    scale = min(scale, fp.activation_scale(clip, source, "int8"))
+                except KeyError:  # a moved tensor (Pad, MaxPool, ...): not calibrated itself
+                    pass
             suffix = q.SIGNED_SUFFIX if t.dtype == "uint8" else q.NARROW_SUFFIX
             out = self._add(f"{name}{suffix}", t.shape, "int8", scale)
             m0, s = fp.quantize_multiplier(float(np.float64(t.scale) / np.float64(scale)))
