@@ -172,11 +172,16 @@ class _Scorer:
     def widened(self, layers: Sequence[Layer]) -> np.ndarray:
         """Points of the all-int8 model with the activations of `layers` unquantized.
 
-        The switch model's stand-in for int16 activations (weights stay int8).
+        The switch model's stand-in for int16 activations (weights stay int8). A point that
+        a layer which cannot read or write int16 (a lookup table, ...) also uses stays
+        quantized: that layer reads or writes int8 whatever its neighbours' precision.
         """
         on = np.ones(self.count, np.bool_)
         for layer in layers:
             on[layer.activations] = False
+        for layer in self.layers:
+            if not int16_capable(layer):
+                on[layer.activations] = True
         return on
 
     def raised(self, layers: Sequence[Layer]) -> np.ndarray:

@@ -111,8 +111,11 @@ def _dtype(t: gs.Tensor) -> str:
 class Thresholds(Protocol):
     """Calibrated thresholds per precision (`passes.quantize.calibrate.CalibrationTable`)."""
 
-    def threshold(self, name: str, dtype: str) -> float:
-        """T of float tensor `name` stored as `dtype` (KeyError when not calibrated)."""
+    def threshold(self, name: str, dtype: str, *, record: bool = True) -> float:
+        """T of float tensor `name` stored as `dtype` (KeyError when not calibrated).
+
+        `record=False`: only read it (a narrowed copy's clip, not the tensor's precision).
+        """
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class FixedThresholds:
 
     values: Mapping[str, float]
 
-    def threshold(self, name: str, dtype: str = "int8") -> float:
+    def threshold(self, name: str, dtype: str = "int8", *, record: bool = True) -> float:
         """`values[name]` for every `dtype`."""
         return self.values[name]
 
@@ -219,13 +222,25 @@ class QGraphBuilder:
     def _to_int8(self, name: str) -> str:
         """An int8 copy of a uint8 or int16 tensor `name` (§15, §16).
 
-        A one-input QConcat (a requantization) to scale S·qmax/127: the same real range.
+        A one-input QConcat (a requantization). A uint8 copy keeps the same real range
+        (scale S·255/127). An int16 copy is clipped at the tensor's int8 threshold (capped
+        at the int16 range): the int8 reader then sees the grid it has in the all-int8
+        model, not 127 steps over the int16 range, whose threshold (near max|x| for 32767
+        levels) would make the int16 layer's int8 readers coarser than with no int16 at all.
+        A moved tensor (Pad, MaxPool, ... output: no threshold of its own) keeps the range.
         """
         key = (name, "int8")
         if key not in self.converted:
             t = self.tensors[name]
             ratio = fp.qrange(t.dtype)[1] / fp.qrange("int8")[1]
             scale = float(np.float32(np.float64(t.scale) * ratio))
+            if t.dtype == "int16":
+                source = next(f for f, n in self.int8.items() if n == name)
+                try:
+                    clip = self.thresholds.threshold(source, "int8", record=False)
+                    scale = min(scale, fp.activation_scale(clip, source, "int8"))
+                except KeyError:  # a moved tensor (Pad, MaxPool, ...): not calibrated itself
+                    pass
             suffix = q.SIGNED_SUFFIX if t.dtype == "uint8" else q.NARROW_SUFFIX
             out = self._add(f"{name}{suffix}", t.shape, "int8", scale)
             m0, s = fp.quantize_multiplier(float(np.float64(t.scale) / np.float64(scale)))

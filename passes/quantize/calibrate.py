@@ -356,8 +356,11 @@ class CalibrationTable:
         """The precision `name`'s threshold is for."""
         return self.dtypes.get(name, "int8")
 
-    def threshold(self, name: str, dtype: str = "int8") -> float:
+    def threshold(self, name: str, dtype: str = "int8", *, record: bool = True) -> float:
         """The threshold of `name` stored as `dtype` (recorded as that precision's).
+
+        `record=False` reads the threshold for `dtype` without recording it (the builder's
+        int8 copy of an int16 tensor: the tensor itself stays int16).
 
         Raises:
             KeyError: `name` is not in the table.
@@ -368,9 +371,10 @@ class CalibrationTable:
         if self.method in LEVEL_DEPENDENT:
             if name in self.states:
                 t = finalize(self.states[name], self.method, name, dtype, **self.options)
-            else:
+            elif record:
                 self.unoptimised.add(name)
-        self.thresholds[name], self.dtypes[name] = t, dtype
+        if record:
+            self.thresholds[name], self.dtypes[name] = t, dtype
         return t
 
     @property

@@ -258,3 +258,29 @@ def test_gptq_rounded_models_are_measured_against_the_float_weights(data):
     assert sc.score(np.zeros(sc.count, np.bool_)).cosine == pytest.approx(1.0, abs=1e-9)
     stale = _Scorer(res, ref, ())  # the rounded weights as "float": not the float model
     assert stale.score(np.zeros(stale.count, np.bool_)).cosine < 1 - 1e-7
+
+
+def test_the_int16_stand_in_keeps_the_points_of_int8_only_layers():
+    """A table reads and writes int8 whatever its neighbours' precision, so the switch model's
+    int16 stand-in keeps its points quantized (EfficientNet-B0's SiLU tables: the stand-in
+    promised cosine 0.996 with every int16-capable layer widened; the int16 model scores
+    0.944, and the stand-in now says 0.946)."""
+    from passes.quantize.api import quantize_model
+    from passes.quantize.budget import _Scorer, int16_capable
+    from passes.quantize.fidelity import Reference
+    from tests.passes.quantize.test_int16 import _net
+    from tests.quant_helpers import feeds_for
+
+    model = _net()
+    base = quantize_model(model, feeds_for(model, 8, seed=0), calibrator="mse")
+    ref = Reference(base.float_model, Feeds(feeds_for(model, 2, seed=3), "t"), 1)
+    sc = _Scorer(base, ref, ())
+    capable = [layer for layer in sc.layers if int16_capable(layer)]
+    tables = [layer for layer in sc.layers if not int16_capable(layer)]
+    assert [layer.unit.anchor.name for layer in tables] == ["sig"]
+    on = sc.widened(capable)
+    shared = {i for layer in tables for i in layer.activations}
+    assert shared and on[sorted(shared)].all()  # the Sigmoid's input (add) and output
+    alone = [i for layer in capable for i in layer.activations if i not in shared]
+    assert alone and not on[alone].any()
+    assert on.sum() == len(shared) + (sc.count - len(set(alone) | shared))
