@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 
 SUPPORTED = ("Conv", "Relu", "Clip", "Add")
 HOLDOUT = 5  # every 5th calibration sample is held out
+# Adam steps per block (docs/results.md, issue #22). Read when `BlockOptions` is made, so
+# the unit tests' conftest can lower it for the small models; the 10k tests use it as is.
+STEPS = 300
+
+
+def _steps() -> int:
+    return STEPS
 
 
 @dataclass
@@ -57,7 +64,7 @@ class BlockOptions:
         seed: Seed of the mini-batch order.
     """
 
-    steps: int = 300
+    steps: int = field(default_factory=_steps)
     batch: int = 32
     lr: float = 1e-2
     max_convs: int = 3
