@@ -44,7 +44,7 @@ SUPPORTED = ("Conv", "Relu", "Clip", "Add")
 HOLDOUT = 5  # every 5th calibration sample is held out
 # Adam steps per block (docs/results.md, issue #22). Read when `BlockOptions` is made, so
 # the unit tests' conftest can lower it for the small models; the 10k tests use it as is.
-STEPS = 300
+STEPS = 800
 
 
 def _steps() -> int:
@@ -380,13 +380,17 @@ def _sq_err(net: BlockNet, x: np.ndarray, y: np.ndarray, batch: int) -> float:
     return total
 
 
-def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions) -> dict:
+def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions,
+                period: int | None = None) -> dict:
     """Adam on the block's conv parameters (in place): inputs/targets NHWC, all samples.
+
+    `period`: samples `i` and `i + period` are views of one image (augmented copies); they
+    are held out together (default: every sample its own image).
 
     Returns:
         {"error_before", "error_after"} (held-out relative squared error) and "kept".
     """
-    held = np.arange(len(x)) % HOLDOUT == HOLDOUT - 1
+    held = (np.arange(len(x)) % (period or len(x))) % HOLDOUT == HOLDOUT - 1
     if held.sum() == 0 or held.all():
         held = np.zeros(len(x), bool)
     xt, yt = x[~held], y[~held]
