@@ -380,17 +380,13 @@ def _sq_err(net: BlockNet, x: np.ndarray, y: np.ndarray, batch: int) -> float:
     return total
 
 
-def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions,
-                period: int | None = None) -> dict:
+def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions) -> dict:
     """Adam on the block's conv parameters (in place): inputs/targets NHWC, all samples.
-
-    `period`: samples `i` and `i + period` are views of one image (augmented copies); they
-    are held out together (default: every sample its own image).
 
     Returns:
         {"error_before", "error_after"} (held-out relative squared error) and "kept".
     """
-    held = (np.arange(len(x)) % (period or len(x))) % HOLDOUT == HOLDOUT - 1
+    held = np.arange(len(x)) % HOLDOUT == HOLDOUT - 1
     if held.sum() == 0 or held.all():
         held = np.zeros(len(x), bool)
     xt, yt = x[~held], y[~held]
