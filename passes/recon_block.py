@@ -62,6 +62,8 @@ class BlockOptions:
         max_convs: Most convs grouped into one block.
         eval_every: Held-out evaluation interval (steps); the best weights are kept.
         seed: Seed of the mini-batch order.
+        max_mb: A block whose teacher output on the calibration set takes more memory than
+            this (its input and the im2col buffers are of the same order) is not trained.
     """
 
     steps: int = field(default_factory=_steps)
@@ -70,6 +72,7 @@ class BlockOptions:
     max_convs: int = 3
     eval_every: int = 25
     seed: int = 0
+    max_mb: float = 256.0
 
 
 @dataclass
@@ -468,6 +471,8 @@ def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockO
     y = targets(block.output)
     if y is None:
         return {**info, "skipped": "no teacher tensor"}
+    if y.nbytes > opts.max_mb * 2**20:
+        return {**info, "skipped": f"block output {y.nbytes / 2**20:.0f} MB > {opts.max_mb} MB"}
     x = np.concatenate([v[block.input] for v in iter_tensors(student, [block.input], feeds,
                                                              batch_size, only=True)])
     if x.ndim != 4 or y.ndim != 4 or len(x) != len(y):

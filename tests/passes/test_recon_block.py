@@ -181,3 +181,17 @@ def test_block_reconstruction_beats_closed_form_refit_on_the_committed_resnet():
     assert row["output"] == out and row["kept"]
     after = block_error(pruned)
     assert after < 0.93 * before  # measured 0.0504 -> 0.0442 (100 steps, 96 images)
+
+
+def test_block_too_large_for_the_memory_cap_is_skipped():
+    model = tiny_net(batch="N")
+    feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
+    before = {n.name: np.asarray(n.inputs[1].values).copy() for n in find_blocks(model)[0].convs}
+
+    def targets(tensor):
+        return teacher_tensors(model, [tensor], feeds)[tensor] * 1.1
+
+    report = reconstruct_blocks(model, targets, feeds, options=BlockOptions(steps=5, max_mb=0.01))
+    assert all("MB >" in b["skipped"] for b in report["blocks"])
+    for n in find_blocks(model)[0].convs:
+        np.testing.assert_array_equal(n.inputs[1].values, before[n.name])
