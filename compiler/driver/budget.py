@@ -78,7 +78,8 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
         how = f" with {rounding['adopted']}" if rounding.get("adopted") else ""
         lines.append(f"  nothing raised: all-int8{how} is within the budget")
     else:
-        names = ", ".join(r["name"] for r in raised[:8]) + (" ..." if len(raised) > 8 else "")
+        names = ", ".join(r["name"] + (f" [{', '.join(r['flags'])}]" if r.get("flags") else "")
+                          for r in raised[:8]) + (" ..." if len(raised) > 8 else "")
         lines += [f"  chosen:   {_metrics(report['after'], report['float_accuracy'])}",
                   f"  raised to {raised[0]['to']}: {len(raised)} of {report['layers']} layers "
                   f"({report['macs_raised_share']:.1%} of the MACs): {names}"]

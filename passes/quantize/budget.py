@@ -28,6 +28,11 @@ same int8 weights, still on the NPU) and to float only when int16 cannot meet th
   int8), bisected as in step 3, and confirmed by re-quantizing with them in `int16` and
   measuring that model with its int16 grids.
 
+Flagged layers (`sensitivity.layer_flags`: outputs decoded directly — box regression, DFL
+bins, logits — and activation ranges dominated by a few outliers) go first in the int16
+order: the exclusions peers make by hand, made by the loop only when the budget needs a
+layer raised. The float order stays the measured cost alone (a float layer leaves the NPU).
+
 A raised layer runs in float on the CPU. The budget decides on the fake-quantized model
 (int8 grids, float arithmetic); it leaves out int32 bias rounding and the one-LSB
 difference between the integer requantizer and QuantizeLinear (`sensitivity` module doc),
@@ -39,7 +44,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +62,7 @@ from passes.quantize.patterns import partition
 from passes.quantize.sensitivity import (
     Layer,
     build_switch_model,
+    layer_flags,
     masks,
     score_config,
     score_configs,
@@ -272,11 +278,14 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
         return BudgetResult(run.base, first, _finish(report, weights.after, [], True,
                                                      weights.reason, run.scorer, 0, start))
     base, scorer, quantize_options = run.base, run.scorer, run.options
-    wide = _int16_stage(run, feeds, rank_samples, executor)
+    calib = feeds if calib_feeds is None else load_feeds(calib_feeds, fm)
+    flags = layer_flags(fm, base.qgraph, scorer.layers, calib, batch_size)
+    report["flagged"] = flags
+    wide = _int16_stage(run, feeds, rank_samples, executor, flags)
     report["int16"] = wide.report
     if wide.met:
         report["ranking"] = {**wide.report["ranking"],
-                             "layers": _ranking_rows(scorer, wide.ranked)}
+                             "layers": _ranking_rows(scorer, wide.ranked, flags)}
         return BudgetResult(wide.result, first, _finish(
             report, wide.after, wide.raised, True, wide.reason, scorer, wide.evaluations,
             start, to="int16"))
@@ -286,7 +295,7 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
     result, after, k, met, reason = _confirm(model, calib_feeds, base, order, k, budget, ref,
                                              keep, batch_size, quantize_options, scorer)
     report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked),
-                         "layers": _ranking_rows(scorer, ranked)}
+                         "layers": _ranking_rows(scorer, ranked, flags)}
     return BudgetResult(result, first, _finish(report, after, ranked[:k], met, reason, scorer,
                                               len(ranked) + wide.evaluations, start))
 
@@ -380,8 +389,14 @@ def int16_capable(layer: Layer) -> bool:
 
 
 def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
-                 executor: ExecutorOptions | None) -> _Stage:
-    """Raise layers to int16 (module doc); `met` False when int16 cannot meet the budget."""
+                 executor: ExecutorOptions | None, flags: dict[str, list[str]]) -> _Stage:
+    """Raise layers to int16 (module doc); `met` False when int16 cannot meet the budget.
+
+    Flagged layers (`sensitivity.layer_flags`: decoding heads, outlier-dominated ranges)
+    come first in the order, whatever their cost on the ranking samples: int16 is the
+    remedy peers apply to them by hand, and a few ranking samples can miss the rare inputs
+    that make them costly (an outlier, a box far from the ones seen).
+    """
     sc, fa = run.scorer, run.ref.float_metrics.accuracy
     capable = [layer for layer in sc.layers if int16_capable(layer)]
     if not capable:
@@ -403,7 +418,7 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
     metrics = score_configs(fm, sc.result.qgraph, rank_ref, configs, executor, run.keep,
                             "budget (ranking int16)")
     key = rank_key(run.budget.rank_by)
-    ranked = sorted(zip(capable, metrics, strict=True), key=lambda lm: key(lm[1]))
+    ranked = flagged_first(zip(capable, metrics, strict=True), flags, key)
     order = [layer for layer, _ in ranked]
     lo, hi = 0, len(order)
     while hi - lo > 1:
@@ -416,6 +431,12 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
     report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked)}
     return _Stage(met, result, after, reason, ranked[:k], ranked, len(ranked),
                   {**report, "met": met, "reason": reason})
+
+
+def flagged_first(layers: Iterable[tuple[Layer, Metrics]], flags: Collection[str],
+                  key: Callable[[Metrics], Any]) -> list[tuple[Layer, Metrics]]:
+    """(layer, cost alone) pairs in raising order: flagged anchors first, then by `key`."""
+    return sorted(layers, key=lambda lm: (lm[0].unit.anchor.name not in flags, key(lm[1])))
 
 
 def _confirm_int16(run: _Run, order: list[Layer], k: int
@@ -434,11 +455,13 @@ def _confirm_int16(run: _Run, order: list[Layer], k: int
     return result, metrics, k, met, reason
 
 
-def _ranking_rows(scorer: _Scorer, ranked: list[tuple[Layer, Metrics]]) -> list[dict]:
-    """Every layer's cost alone, costliest first (`index`: position in network order)."""
+def _ranking_rows(scorer: _Scorer, ranked: list[tuple[Layer, Metrics]],
+                  flags: dict[str, list[str]]) -> list[dict]:
+    """Every layer's cost alone in the order the loop raises them (`index`: network order)."""
     index = {id(layer): i for i, layer in enumerate(scorer.layers)}
     return [{"name": layer.unit.anchor.name, "op": layer.unit.anchor.op,
-             "macs": unit_macs(layer.unit), "index": index[id(layer)], **m.to_dict()}
+             "macs": unit_macs(layer.unit), "index": index[id(layer)],
+             "flags": flags.get(layer.unit.anchor.name, []), **m.to_dict()}
             for layer, m in ranked]
 
 
@@ -523,7 +546,9 @@ def _finish(report: dict[str, Any], after: Metrics, raised: Sequence[tuple[Layer
     total = sum(unit_macs(layer.unit) for layer in scorer.layers) or 1
     rows = [{"name": layer.unit.anchor.name, "op": layer.unit.anchor.op,
              "nodes": [n.name for n in layer.unit.nodes], "macs": unit_macs(layer.unit),
-             "to": to, "alone": alone.to_dict()} for layer, alone in raised]
+             "to": to, "alone": alone.to_dict(),
+             "flags": report.get("flagged", {}).get(layer.unit.anchor.name, [])}
+            for layer, alone in raised]
     macs = sum(r["macs"] for r in rows)
     n, samples = len(scorer.layers), report["samples"]
     ranking = report.get("ranking", {"samples": 0, "evaluations": 0})

@@ -1,6 +1,7 @@
 """QGraph -> `model.quant.onnx`: the fixed-point arithmetic in standard ONNX integer ops.
 
-ConvInteger/MatMulInteger (int8 or uint8 activations × int8 weights -> int32), int64
+ConvInteger/MatMulInteger (int8 activations × int8 weights -> int32; uint8 and int16
+activations as sums of int8 parts, `IntEmitter.signed_parts`), int64
 Mul/Add, the floor shift of docs/fixed-point.md §3 as `(v - Mod(v, 2^s)) / 2^s`, Clip, Cast,
 and Gather for tables and nearest resizing. Each op's nodes come from the `emit_int` of its
 definition (compiler/core/qops); this module holds the emitter and its helpers. Every QGraph
@@ -85,28 +86,43 @@ class IntEmitter:
         from onnx.helper import np_dtype_to_tensor_dtype
         return self.node("Cast", [x], out=out, to=np_dtype_to_tensor_dtype(np.dtype(out.dtype)))
 
-    def split_bytes(self, x: gs.Tensor) -> tuple[gs.Tensor, gs.Tensor]:
-        """int16 x -> (hi int8, lo uint8) with x = 256·hi + lo exactly (§16).
+    def signed_parts(self, x: gs.Tensor) -> list[tuple[int, gs.Tensor]]:
+        """The input as Σ factor·part, every part int8 in [-128, 127] (docs/fixed-point.md §11).
 
-        lo = x mod 256 (Python-sign Mod: in [0, 255]), hi = (x - lo) / 256 (exact).
+        int8: x itself. uint8: 128·h + l, h ∈ {0, 1}, l ∈ [0, 127]. int16: 256·hi + 128·h +
+        l with hi = floor(x / 256) and the low byte split as a uint8. Why not feed uint8 to
+        the integer ops: onnxruntime's u8×s8 kernels on x86 without VNNI (AVX2, AVX-512BW)
+        add adjacent products in int16 with saturation (vpmaddubsw), so 2·255·127 > 2^15 is
+        clipped and the sum is wrong; its s8×s8 kernels are exact for weights in ±127.
         """
+        if x.dtype is not None and np.dtype(x.dtype) == np.int8:
+            return [(1, x)]
         x32 = self.cast(x, np.int32)
-        lo = self.node("Mod", [x32, self.scalar(256, np.int32)], fmod=0)
-        hi = self.node("Div", [self.node("Sub", [x32, lo]), self.scalar(256, np.int32)])
-        return self.cast(hi, np.int8), self.cast(lo, np.uint8)
+        parts = []
+        if fp.is_wide(x.dtype):
+            low = self.node("Mod", [x32, self.scalar(256, np.int32)], fmod=0)
+            high = self.node("Div", [self.node("Sub", [x32, low]), self.scalar(256, np.int32)])
+            parts.append((256, self.cast(high, np.int8)))
+            x32 = low
+        low = self.node("Mod", [x32, self.scalar(128, np.int32)], fmod=0)
+        high = self.node("Div", [self.node("Sub", [x32, low]), self.scalar(128, np.int32)])
+        return [*parts, (128, self.cast(high, np.int8)), (1, self.cast(low, np.int8))]
 
     def integer_mac(self, x: gs.Tensor, mac8) -> gs.Tensor:
-        """int64 Σ x·w of an integer op on an 8- or 16-bit input (§11, §16).
+        """int64 Σ x·w of an integer op on an int8, uint8 or int16 input (§11, §16).
 
-        `mac8(t)` emits the 8-bit integer op (ConvInteger/MatMulInteger, int32 out) on
-        input `t`. An int16 input runs it twice, on its high and low bytes, and combines
-        the two exact int32 sums in int64: 256·acc_hi + acc_lo.
+        `mac8(t)` emits the 8-bit integer op (ConvInteger/MatMulInteger, int32 out) on an
+        int8 input `t`. Other inputs run it once per part of `signed_parts` (zero padding
+        pads every part with 0, so the parts' sums add up exactly) and combine the exact
+        int32 sums in int64: Σ factor·acc_part.
         """
-        if not fp.is_wide(x.dtype):
-            return self.cast(mac8(x), np.int64)
-        hi, lo = self.split_bytes(x)
-        acc_hi = self.node("Mul", [self.cast(mac8(hi), np.int64), self.scalar(256, np.int64)])
-        return self.node("Add", [acc_hi, self.cast(mac8(lo), np.int64)])
+        acc = None
+        for factor, part in self.signed_parts(x):
+            term = self.cast(mac8(part), np.int64)
+            if factor != 1:
+                term = self.node("Mul", [term, self.scalar(factor, np.int64)])
+            acc = term if acc is None else self.node("Add", [acc, term])
+        return acc
 
     def channel(self, key: str, shape: list[int]) -> gs.Tensor:
         """QGraph array reshaped for broadcasting (folded by onnxruntime)."""

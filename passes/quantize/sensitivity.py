@@ -503,14 +503,39 @@ def _thresholds(qgraph: q.QGraph, names: Iterable[str]) -> dict[str, float]:
             for n in names if n in tensors}
 
 
+def layer_flags(model: Model, qgraph: q.QGraph, layers: Sequence[Layer], feeds: Feeds,
+                batch_size: int, threshold: float = OUTLIER_THRESHOLD) -> dict[str, list[str]]:
+    """Anchor name -> the flags (module doc) of each layer that has any.
+
+    What peers exclude by hand — decoding heads, outlier-dominated ranges — found from the
+    graph and one percentile pass over `feeds`; the budget loop raises these layers first.
+    """
+    names = dict.fromkeys(n for layer in layers for n in layer.tensors)
+    ratios = outlier_ratios(model, feeds, _thresholds(qgraph, names), batch_size)
+    heads = decoding_heads(model, layers)
+    flags = {}
+    for layer in layers:
+        name = layer.unit.anchor.name
+        found = [f for f, on in (("outlier_range", _worst_ratio(layer, ratios)[1] > threshold),
+                                 ("feeds_decoding", name in heads)) if on]
+        if found:
+            flags[name] = found
+    return flags
+
+
+def _worst_ratio(layer: Layer, ratios: dict[str, float]) -> tuple[str, float]:
+    """The layer's activation tensor with the largest outlier ratio, and that ratio."""
+    worst = max(layer.tensors, key=lambda n: ratios.get(n, 1.0), default="")
+    return worst, float(ratios.get(worst, 1.0))
+
+
 def _rows(model: Model, layers: Sequence[Layer], metrics: Sequence[Metrics],
           ratios: dict[str, float], threshold: float) -> list[LayerSensitivity]:
     heads = decoding_heads(model, layers)
     rows = []
     for index, (layer, m) in enumerate(zip(layers, metrics, strict=True)):
         anchor = layer.unit.anchor
-        worst = max(layer.tensors, key=lambda n: ratios.get(n, 1.0), default="")
-        ratio = float(ratios.get(worst, 1.0))
+        worst, ratio = _worst_ratio(layer, ratios)
         rows.append(LayerSensitivity(
             anchor.name, anchor.op, layer.unit.kind, unit_macs(layer.unit), m, ratio, worst,
             ratio > threshold, anchor.name in heads, list(layer.tensors), index))

@@ -10,7 +10,7 @@ import pytest
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds
 from compiler.core.numerics import run, session
-from passes.quantize.budget import Budget, quantize_within_budget
+from passes.quantize.budget import Budget, flagged_first, quantize_within_budget
 from passes.quantize.fidelity import Metrics
 from passes.quantize.sensitivity import quantize_sensitivity
 from tests.exporter_graphs import residual_classifier
@@ -133,8 +133,35 @@ def test_int16_ranking_costs_one_evaluation_per_capable_layer(tight):
     assert ev["total"] == ev["ranking"] + ev["search"] + ev["confirm"]
     assert r["sample_runs"] == n16 * 16 + (ev["search"] + ev["confirm"]) * 48
     rows = r["ranking"]["layers"]
-    assert [x["cosine"] for x in rows] == sorted(x["cosine"] for x in rows)
+    # the order the loop raises them: flagged layers first, then costliest alone first
+    assert [(not x["flags"], x["cosine"]) for x in rows] == sorted(
+        (not x["flags"], x["cosine"]) for x in rows)
     assert r["raised"][0]["name"] == rows[0]["name"]
+
+
+def test_flagged_layers_are_raised_to_int16_first(tight):
+    """The classifier's logits reach the output through non-MAC ops only: a decoding head."""
+    _, out = tight
+    r = out.report
+    assert r["flagged"] == {"fc": ["feeds_decoding"]}
+    assert r["raised"][0]["name"] == "fc" and r["raised"][0]["flags"] == ["feeds_decoding"]
+    assert all(not row["flags"] for row in r["raised"][1:])
+    assert r["ranking"]["layers"][0]["name"] == "fc"
+
+
+def test_flagged_layers_go_first_whatever_their_cost():
+    from types import SimpleNamespace
+
+    def layer(name):
+        return SimpleNamespace(unit=SimpleNamespace(anchor=SimpleNamespace(name=name)))
+
+    costs = {"a": 0.90, "head": 0.999, "b": 0.95, "outlier": 0.99}
+    pairs = [(layer(n), Metrics(cosine=c, agreement=1.0, flips=0)) for n, c in costs.items()]
+    order = flagged_first(pairs, {"head": ["feeds_decoding"], "outlier": ["outlier_range"]},
+                          lambda m: m.cosine)
+    assert [lm[0].unit.anchor.name for lm in order] == ["outlier", "head", "a", "b"]
+    assert [lm[0].unit.anchor.name for lm in flagged_first(pairs, {}, lambda m: m.cosine)] \
+        == ["a", "b", "outlier", "head"]
 
 
 def test_beyond_int16_layers_go_to_float(beyond_int16):

@@ -23,21 +23,50 @@ node = helper.make_node
 
 # -- arithmetic ------------------------------------------------------------------------------
 
-def test_every_int16_splits_into_high_and_low_bytes_exactly():
-    """The emitted split (Mod fmod=0, exact Div) in onnxruntime, on all 65536 values."""
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.int8])
+def test_every_activation_splits_into_exact_int8_parts(dtype):
+    """The emitted split (Mod fmod=0, exact Div) in onnxruntime, on every value of the type.
+
+    Only int8 parts reach ConvInteger/MatMulInteger: onnxruntime's u8×s8 kernels saturate
+    on x86 without VNNI (emit_int.IntEmitter.signed_parts).
+    """
     import onnx_graphsurgeon as gs
 
     from passes.quantize.emit_int import IntEmitter
+    info = np.iinfo(dtype)
+    xs = np.arange(info.min, info.max + 1).astype(dtype)
     e = IntEmitter(q.QGraph({}, (), (), (), {}))
-    x = gs.Variable("x", dtype=np.int16, shape=[65536])
-    hi, lo = e.split_bytes(x)
-    hi.name, lo.name = "hi", "lo"
-    g = gs.Graph(nodes=e.nodes, inputs=[x], outputs=[hi, lo], opset=17)
-    sess = session(gs.export_onnx(g))
-    xs = np.arange(-32768, 32768, dtype=np.int16)
-    out = run(sess, {"x": xs})
-    assert out["hi"].dtype == np.int8 and out["lo"].dtype == np.uint8
-    assert np.array_equal(256 * out["hi"].astype(np.int64) + out["lo"], xs.astype(np.int64))
+    x = gs.Variable("x", dtype=dtype, shape=[len(xs)])
+    parts = e.signed_parts(x)
+    for i, (_, t) in enumerate(parts):
+        t.name = f"p{i}"
+    g = gs.Graph(nodes=e.nodes, inputs=[x], outputs=[t for _, t in parts], opset=17)
+    out = run(session(gs.export_onnx(g)), {"x": xs}) if len(parts) > 1 or e.nodes else \
+        {"p0": xs}
+    assert [f for f, _ in parts] == {np.int16: [256, 128, 1], np.uint8: [128, 1],
+                                     np.int8: [1]}[dtype]
+    total = np.zeros(len(xs), np.int64)
+    for i, (factor, _) in enumerate(parts):
+        assert out[f"p{i}"].dtype == np.int8
+        total += factor * out[f"p{i}"].astype(np.int64)
+    assert np.array_equal(total, xs.astype(np.int64))
+
+
+def test_uint8_and_int16_macs_are_exact_where_u8s8_kernels_saturate():
+    """Adjacent products 255·127 + 255·127 > 2^15: exact through the int8 parts."""
+    import onnx_graphsurgeon as gs
+
+    from passes.quantize.emit_int import IntEmitter
+    w = np.full((4, 1), 127, np.int8)
+    for dtype, value in ((np.uint8, 255), (np.int16, 32767), (np.int16, -32768)):
+        e = IntEmitter(q.QGraph({}, (), (), (), {}))
+        x = gs.Variable("x", dtype=dtype, shape=[1, 4])
+        acc = e.integer_mac(x, lambda t, e=e: e.node("MatMulInteger", [t, gs.Constant("w", w)],
+                                                     dtype=np.int32))
+        acc.name, acc.dtype = "acc", np.int64
+        g = gs.Graph(nodes=e.nodes, inputs=[x], outputs=[acc], opset=17)
+        got = run(session(gs.export_onnx(g)), {"x": np.full((1, 4), value, dtype)})["acc"]
+        assert got.dtype == np.int64 and got.item() == 4 * 127 * value
 
 
 @pytest.mark.parametrize("k", [1, 9, 576, 4608, fp.A16_MAX_K - 1])
