@@ -59,9 +59,10 @@ def test_prune_recovery(data, arch, target, bound):
     assert _drop_pt(arch, pruned, test) <= bound
 
 
-@pytest.mark.parametrize(("arch", "bound"), [("resnet", 0.88), ("mobilenetv2", 0.96)])
+@pytest.mark.parametrize(("arch", "bound"), [("resnet", 0.88), ("mobilenetv2", 0.97)])
 def test_sparsify_recovery(data, arch, bound):
-    # goal 0.5 for both: measured 0.82 / 0.90 (0.93 / 0.96 without the activation-aware re-fit)
+    # goal 0.5 for both: measured 0.84 / 0.93 with block training (act alone 0.82 / 0.90,
+    # pre-activation fit 0.93 / 0.96); docs/results.md
     test, calib = data
     model = canonicalize(load_model(TRAINED / f"fmnist_{arch}.onnx")).model
     sparse, report = sparsify_model(model, 4, 0.5, reorder=True, criterion="obs", calib=calib)
