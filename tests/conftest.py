@@ -64,3 +64,16 @@ def ray_cluster():
              logging_level=logging.ERROR)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _short_block_training(request, monkeypatch):
+    """Block reconstruction (`passes.recon_block`) with 40 Adam steps per block.
+
+    Prune / sparsify default to it; on the small test models the default 300 steps only cost
+    time. The slow tier (the 10k recovery tests) keeps the default.
+    """
+    if request.node.get_closest_marker("slow") is None:
+        import passes.recon_block
+
+        monkeypatch.setattr(passes.recon_block, "STEPS", 40)

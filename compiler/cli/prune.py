@@ -96,6 +96,12 @@ def print_report(report: dict) -> None:
         print(f"reconstruction ({recon['method']}): {len(errs)} layers, mean rel. error "
               f"{sum(e[0] for e in errs) / len(errs):.4f} -> "
               f"{sum(e[1] for e in errs) / len(errs):.4f} in {recon['time_s']:.1f}s")
+    blocks = [b for b in (recon or {}).get("blocks", []) if "error_before" in b]
+    if blocks:
+        kept = [b for b in blocks if b["kept"]]
+        print(f"block reconstruction: {len(kept)} of {len(blocks)} blocks improved, mean "
+              f"held-out rel. error {sum(b['error_before'] for b in blocks) / len(blocks):.4f}"
+              f" -> {sum(b['error_after'] for b in blocks) / len(blocks):.4f}")
     search = report.get("search")
     if search:
         print(f"ABC search: best fitness {search['best_fitness']:.4f} after "

@@ -61,12 +61,13 @@ class PruneOptions:
     search: str | None = option(None, "search per-group rates (ABCPruner) under the "
                                 "target_macs budget", types=(str,), choices=("abc",))
     reconstruct: bool | str = option(
-        True, "re-fit the consumers of pruned channels on calibration data: true/act "
-        "(stream, then matched after the following ReLU/ReLU6), stream (ridge re-fit on "
-        "every calibration position, residual-aware targets), lsq (ridge re-fit on sampled "
-        "rows), bias (mean folding only) or false",
-        types=(bool, str), choices=(True, False, "act", "stream", "lsq", "bias"), const=True,
-        metavar="act|stream|lsq|bias")
+        True, "re-fit the consumers of pruned channels on calibration data: true/block "
+        "(act, then each block's convs trained jointly with Adam to the float block "
+        "output), act (stream, then matched after the following ReLU/ReLU6), stream "
+        "(ridge re-fit on every calibration position, residual-aware targets), lsq (ridge "
+        "re-fit on sampled rows), bias (mean folding only) or false",
+        types=(bool, str), choices=(True, False, "block", "act", "stream", "lsq", "bias"),
+        const=True, metavar="block|act|stream|lsq|bias")
     seed: int = option(0, "seed of random choices", shared="seed", check=non_negative)
     calib_limit: int = option(256, "calibration samples used at most",
                               shared="calibration.limit")

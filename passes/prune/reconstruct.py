@@ -4,7 +4,11 @@ Each consumer that lost input channels is re-fitted by ridge regression so that 
 pre-activation output on calibration data matches the original model's output, using the
 *pruned* model's inputs, so upstream errors are compensated too.
 
-- "act" (the default): "stream", then per layer followed by a ReLU / ReLU6 one more pass
+- "block" (the default): "act", then block-wise gradient reconstruction
+  (`passes.recon_block`): the convs of each residual / conv-ReLU-conv / inverted-residual
+  block trained jointly with Adam so the block output (after its activation) matches the
+  teacher's, kept per block when the held-out error goes down.
+- "act": "stream", then per layer followed by a ReLU / ReLU6 one more pass
   whose targets are freed where the activation clamps both the teacher and the prediction
   (`passes.recon.censored_targets`), so the fit matches the activated output; kept when it
   lowers the held-out error.
@@ -26,7 +30,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from compiler.core.errors import ConfigError
+from compiler.core.errors import ConfigError, GraphError
 from compiler.core.ir import Model
 from compiler.core.progress import track
 from passes.prune.groups import Analysis
@@ -39,12 +43,13 @@ from passes.recon import (
     set_layer_weights,
     weight_matrix,
 )
+from passes.recon_block import BlockOptions, reconstruct_blocks, teacher_tensors
 from passes.recon_stream import act_refit, layer_stats, refit
 
 log = logging.getLogger(__name__)
 
-METHODS = ("act", "stream", "lsq", "bias")
-DEFAULT_RECON = "act"  # measured: docs/results.md, "Post-training recovery"
+METHODS = ("block", "act", "stream", "lsq", "bias")
+DEFAULT_RECON = "block"  # measured: docs/results.md, "Post-training recovery"
 ACT_ITERS = 1  # "act": activation-aware passes per layer (more measured no better)
 
 
@@ -66,7 +71,8 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
         layout: The `ApplyTracer` of the pruning (maps new channel positions to old ones).
         layers: Node names to re-fit, topological order.
         feeds: Calibration inputs.
-        method: "act", "stream", "lsq" (ridge re-fits) or "bias" (fold removed channels'
+        method: "block" (block-wise gradient reconstruction after "act"), "act",
+            "stream", "lsq" (ridge re-fits) or "bias" (fold removed channels'
             mean only).
         lam: Relative ridge strength.
         max_rows: Sampled output positions per layer ("lsq" and "bias").
@@ -79,9 +85,12 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
     """
     if method not in METHODS:
         raise ConfigError(f"reconstruction method {method!r}: choose from {', '.join(METHODS)}")
-    if method in ("act", "stream"):
-        return reconstruct_stream(pruned, teacher, layout, layers, feeds, lam=lam,
-                                  act_iters=ACT_ITERS if method == "act" else 0)
+    if method in ("block", "act", "stream"):
+        report = reconstruct_stream(pruned, teacher, layout, layers, feeds, lam=lam,
+                                    act_iters=0 if method == "stream" else ACT_ITERS)
+        if method == "block":
+            report = _reconstruct_blocks(pruned, teacher, layout, feeds, report)
+        return report
     start = time.perf_counter()
     kw = {"max_rows": max_rows, "batch_size": batch_size, "seed": seed}
     layers = [n for n in layers if refit_reason(_node(pruned, n)) is None]
@@ -99,6 +108,24 @@ def reconstruct(pruned: Model, teacher: Model, layout, layers: list[str], feeds,
                                s_in[name], method, lam))
     return {"method": method, "lambda": lam, "layers": rows,
             "time_s": round(time.perf_counter() - start, 3)}
+
+
+def _reconstruct_blocks(pruned: Model, teacher: Model, layout, feeds, report: dict,
+                        options: BlockOptions | None = None) -> dict:
+    """Block-wise reconstruction after the closed-form re-fit; `report` gains "blocks"."""
+    start = time.perf_counter()
+
+    def targets(tensor: str) -> np.ndarray | None:
+        try:
+            value = teacher_tensors(teacher, [tensor], feeds)[tensor]
+        except GraphError:
+            return None
+        pos = _positions(layout, tensor)
+        return value if pos is None else np.take(value, pos, axis=1)
+
+    blocks = reconstruct_blocks(pruned, targets, feeds, options=options)
+    return {**report, "method": "block", "blocks": blocks["blocks"],
+            "time_s": round(report["time_s"] + time.perf_counter() - start, 3)}
 
 
 def _node(model: Model, name: str):

@@ -43,6 +43,10 @@ class SparsifyOptions:
     refit_activation: bool = option(True, "with reconstruct: match each layer's output "
                                     "after the ReLU/ReLU6 that follows it (activation-aware "
                                     "re-fit), not the pre-activation output")
+    refit_block: bool = option(True, "with reconstruct: then train the convs of each block "
+                               "(residual / inverted-residual / conv-ReLU-conv) jointly with "
+                               "Adam so the block output after its activation matches the "
+                               "teacher's; 1xN masks stay fixed")
     teacher: str | None = option(
         None, "reconstruction: the float model the re-fit matches (default: the input model); "
         "give the unpruned model when sparsifying a pruned one, so the pruning error is "

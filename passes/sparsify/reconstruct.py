@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.core.errors import GraphError
 from compiler.core.ir import Model, const_value, is_const
 from compiler.core.progress import track
 from compiler.core.sparsity import LayerMask
@@ -30,6 +31,7 @@ from passes.recon import (
     residual_add,
     ridge_fit,
 )
+from passes.recon_block import BlockOptions, reconstruct_blocks, teacher_tensors
 from passes.sparsify.criteria import element_mask, select_uniform, unit_scores
 from passes.sparsify.layers import Layer, reaches, weight_layers
 from passes.sparsify.obs import gradual_obs_keep
@@ -166,11 +168,60 @@ class Teacher:
             self.used.append(layer.name)
         return rows
 
+    def full_tensor(self, tensor: str, feeds) -> np.ndarray | None:
+        """The teacher's `tensor` on all calibration samples, channels in the student's order.
+
+        The float model's when it has the tensor and its channels map onto the student's
+        (`channels`), else the input model's; None when neither has it.
+        """
+        if self.float_model is not None and tensor in self._float_tensors():
+            value = teacher_tensors(self.float_model, [tensor], feeds)[tensor]
+            pos = self.channels.get(tensor)
+            if pos is not None and value.ndim > 1:
+                fits = not pos.size or pos.max() < value.shape[1]
+                value = np.take(value, pos, axis=1) if fits else None
+            width = _width(self.model, tensor)
+            if value is not None and (width is None or value.shape[1] == width):
+                return value
+        try:
+            return teacher_tensors(self.model, [tensor], feeds)[tensor]
+        except GraphError:
+            return None
+
     def _float_tensors(self) -> set[str]:
         if self._names is None:
             self._names = {n for n, t in self.float_model.graph.tensors().items()
                            if not is_const(t)}
         return self._names
+
+
+def _width(model: Model, tensor: str) -> int | None:
+    t = model.graph.tensors().get(tensor)
+    shape = getattr(t, "shape", None)
+    if not shape or len(shape) < 2 or not isinstance(shape[1], (int, np.integer)):
+        return None
+    return int(shape[1])
+
+
+def block_refit(student: Model, teacher: Teacher, masks: Mapping[str, LayerMask], feeds,
+                options: BlockOptions | None = None) -> dict:
+    """Block-wise gradient reconstruction (`passes.recon_block`) after the layer re-fits.
+
+    The sparsified convs keep their 1xN masks (masked gradients: zero blocks stay zero);
+    the other convs of a block train freely. Targets are the teacher's block outputs (the
+    float model's, channel-mapped, where there is one).
+    """
+    by_name = {n.name: n for n in student.graph.nodes}
+    keep = {}
+    for name, mask in masks.items():
+        node = by_name.get(name)
+        if node is None or node.op != "Conv" or mask.mask.all():
+            continue
+        shape = const_value(node.inputs[1]).shape
+        keep[name] = element_mask(mask.mask, mask.block, shape)
+    trained = set(masks)
+    return reconstruct_blocks(student, lambda t: teacher.full_tensor(t, feeds), feeds,
+                              masks=keep, only=trained, options=options)
 
 
 def mask_weights(layer: Layer, mask: LayerMask) -> None:

@@ -48,6 +48,7 @@ from passes.sparsify.reconstruct import (
     ACT_ITERS,
     ReconOptions,
     Teacher,
+    block_refit,
     dense_followers,
     mask_weights,
     obs_mask,
@@ -158,6 +159,7 @@ def sparsify_model(model: Model, block: int = 4, sparsity: float = 0.5, *,
             pruned `model` its `npuc.prune.channels` metadata maps the channels.
         **options: Further `SparsifyOptions` fields (criterion, global_budget, exclude,
             include_first_last, reorder, reconstruct, refit_dense, refit_activation,
+            refit_block,
             teacher, ridge, rows).
 
     Returns:
@@ -242,7 +244,7 @@ def _run(model: Model, opts: SparsifyOptions, calib: Any,
         masks, pending = select_masks(plan.layers, opts, stats), []
         corrected = _bias_correct(plan.layers, masks, stats) if stats else []
         apply_masks(plan.layers, masks)
-    recon, dense = {}, {}
+    recon, dense, blocks = {}, {}, None
     if teacher is not None:
         sparse = [layer.name for layer in plan.layers]
         dense = dense_followers(weight_layers(model), sparse) if opts.refit_dense else {}
@@ -252,12 +254,15 @@ def _run(model: Model, opts: SparsifyOptions, calib: Any,
                                   act_iters=ACT_ITERS if opts.refit_activation else 0)
         recon = reconstruct(model, teacher, masks, feeds, recon_opts, select=select,
                             pending=pending)
+        if opts.refit_block:
+            blocks = block_refit(model, teacher, masks, feeds)
         for name in dense:
             del masks[name]
     write_sparsity_metadata(model, opts.block, masks, opts.criterion)
     report = build_report(model, plan, masks, opts, reorder_info, recon)
     report["bias_corrected"] = corrected
     report["refit_dense"] = {name: recon[name] for name in dense}
+    report["refit_block"] = blocks
     report["float_teacher"] = list(teacher.used) if teacher is not None else []
     return model, report
 

@@ -45,23 +45,26 @@ def _drop_pt(arch: str, model, test) -> float:
 
 
 @pytest.mark.parametrize(("arch", "target", "bound"), [
-    ("resnet", 0.7, 0.25),      # goal 0.3: measured 0.19 (stream 0.25, lsq 0.46)
-    ("resnet", 0.5, 0.9),       # goal 0.5: measured 0.84 (stream 0.88)
-    ("mobilenetv2", 0.7, 0.97),  # goal 0.5: measured 0.92 (stream 0.93)
+    ("resnet", 0.7, 0.25),      # goal 0.3: measured 0.15 (act 0.19, stream 0.25, lsq 0.46)
+    ("resnet", 0.5, 0.84),      # goal 0.5: measured 0.78 (act 0.84, stream 0.88)
+    ("mobilenetv2", 0.7, 0.62),  # goal 0.5: measured 0.57 (act 0.92, stream 0.93)
 ])
 def test_prune_recovery(data, arch, target, bound):
     test, calib = data
     model = load_model(TRAINED / f"fmnist_{arch}.onnx")
     pruned, report = prune_model(model, target_macs=target, calib=calib, reconstruct=True)
-    assert report["reconstruction"]["method"] == "act"
+    assert report["reconstruction"]["method"] == "block"
+    assert any(b.get("kept") for b in report["reconstruction"]["blocks"])
     assert report["macs"]["ratio"] <= target + 0.01
     assert _drop_pt(arch, pruned, test) <= bound
 
 
-@pytest.mark.parametrize(("arch", "bound"), [("resnet", 0.88), ("mobilenetv2", 0.96)])
+@pytest.mark.parametrize(("arch", "bound"), [("resnet", 0.88), ("mobilenetv2", 0.97)])
 def test_sparsify_recovery(data, arch, bound):
-    # goal 0.5 for both: measured 0.82 / 0.90 (0.93 / 0.96 without the activation-aware re-fit)
+    # goal 0.5 for both: measured 0.84 / 0.93 with block training (act alone 0.82 / 0.90,
+    # pre-activation fit 0.93 / 0.96); docs/results.md
     test, calib = data
     model = canonicalize(load_model(TRAINED / f"fmnist_{arch}.onnx")).model
-    sparse, _ = sparsify_model(model, 4, 0.5, reorder=True, criterion="obs", calib=calib)
+    sparse, report = sparsify_model(model, 4, 0.5, reorder=True, criterion="obs", calib=calib)
+    assert any(b.get("kept") for b in report["refit_block"]["blocks"])
     assert _drop_pt(arch, sparse, test) <= bound

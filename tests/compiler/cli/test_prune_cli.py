@@ -105,7 +105,8 @@ def test_prune_reconstruct_cli(tmp_path, capsys):
                            "--criterion", "hrank", "--calib", str(calib), "--reconstruct",
                            "--round-to", "1"], capsys)
     assert code == 0, err
-    assert "reconstruction (act): 5 layers" in out
+    assert "reconstruction (block): 5 layers" in out
+    assert "block reconstruction: " in out and " of 2 blocks improved" in out
 
 
 def test_groups_name_the_blocking_node_and_op(tmp_path, capsys):

@@ -43,7 +43,7 @@ def _err(model, pruned, feeds):
     return relative_error(run(model, feeds)["fc"], run(pruned, feeds)["fc"])
 
 
-@pytest.mark.parametrize("method", ["act", "stream", "lsq", "bias"])
+@pytest.mark.parametrize("method", ["block", "act", "stream", "lsq", "bias"])
 def test_reconstruction_reduces_error(setting, method):
     model, calib, test = setting
     plain, _ = prune_model(model, ratio=0.5, reconstruct=False, round_to=1)
@@ -94,14 +94,33 @@ def test_channel_map_names_the_float_channel_of_every_kept_channel(setting):
     assert read_channels(model) == {}
 
 
-def test_default_act_refit_takes_activation_aware_fits(setting):
+def test_act_refit_takes_activation_aware_fits(setting):
     # On this random-weight toy the logits error of act and stream are within 10 % either
     # way; the activation-aware fit itself is checked in tests/passes/sparsify
     # (test_activation_aware_refit_ignores_what_relu_hides) and on 10k real images.
     model, calib, test = setting
-    fixed, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    fixed, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct="act", round_to=1)
     plain, rep0 = prune_model(model, ratio=0.5, calib=calib, reconstruct="stream", round_to=1)
     assert rep["reconstruction"]["method"] == "act"
     assert sum(r["activation_aware"] for r in rep["reconstruction"]["layers"]) >= 1
     assert sum(r["activation_aware"] for r in rep0["reconstruction"]["layers"]) == 0
     assert _err(model, fixed, test) < 1.1 * _err(model, plain, test)
+
+
+def test_default_block_reconstruction_trains_blocks_after_act(setting):
+    """`--reconstruct` (block): the act re-fit, then both residual blocks trained."""
+    model, calib, test = setting
+    fixed, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
+    act, _ = prune_model(model, ratio=0.5, calib=calib, reconstruct="act", round_to=1)
+    recon = rep["reconstruction"]
+    assert recon["method"] == "block"
+    assert sum(r["activation_aware"] for r in recon["layers"]) >= 1
+    trained = {b["output"]: b for b in recon["blocks"]}
+    assert len(trained) == 2 and all("kept" in b for b in trained.values())
+    for b in trained.values():
+        assert b["error_after"] <= b["error_before"]
+    assert any(b["kept"] for b in trained.values())
+    # Block outputs, not logits, are trained (the classifier is not in a block): on this
+    # random-weight toy the logits error is within 10 % of act's (measured 0.160 vs 0.153);
+    # the real figures are the 10k tests' (tests/models/test_recovery_10k.py).
+    assert _err(model, fixed, test) < 1.1 * _err(model, act, test)

@@ -1,0 +1,534 @@
+"""Block-wise gradient reconstruction (BRECQ-style) of a compressed model against its teacher.
+
+The closed-form re-fits (`passes.recon_stream`, `passes.sparsify.reconstruct`) fit one layer
+at a time to its own (or its residual sum's) output. Here the layers of a *block* (a
+residual block, a conv -> ReLU -> conv chain, an inverted-residual block: the nodes between
+two tensors every path of the network runs through, grouped up to `max_convs` convs) are
+optimised jointly: all their conv weights and biases are trained with Adam, in numpy, to
+minimise the squared error of the block output (after its ReLU / ReLU6 / residual Add)
+against the teacher's same tensor, with the student's own block input (so the error of the
+earlier blocks is compensated). Masked weights (1xN blocks) get masked gradients and stay
+exactly zero. Every `HOLDOUT`-th calibration sample is held out; the weights with the lowest
+held-out error during training are kept, and a block keeps its old weights when training does
+not lower that error.
+
+    blocks = find_blocks(student)
+    report = reconstruct_blocks(student, targets, feeds, masks={"conv": keep_bool_oihw})
+
+`targets(tensor)` returns the teacher's tensor on all calibration samples (NCHW, channels
+mapped to the student's), or None when it cannot (the block is then skipped).
+
+The numpy layers work in NHWC: a conv is im2col + matmul (1x1 stride-1 convs a plain
+matmul, depthwise convs per-tap multiply-adds), its backward the transposed products and a
+per-tap scatter (col2im).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from compiler.core.errors import GraphError
+from compiler.core.ir import Model, const_value, is_const
+from compiler.core.progress import track
+from passes.recon import _clip_limits, blas_single_thread, conv_geometry, iter_tensors
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("Conv", "Relu", "Clip", "Add")
+HOLDOUT = 5  # every 5th calibration sample is held out
+# Adam steps per block (docs/results.md, issue #22). Read when `BlockOptions` is made, so
+# the unit tests' conftest can lower it for the small models; the 10k tests use it as is.
+STEPS = 800
+
+
+def _steps() -> int:
+    return STEPS
+
+
+@dataclass
+class BlockOptions:
+    """Knobs of the block-wise reconstruction.
+
+    Attributes:
+        steps: Adam steps per block.
+        batch: Calibration samples per step.
+        lr: Step size relative to each weight tensor's RMS (cosine-decayed to 0).
+        max_convs: Most convs grouped into one block.
+        eval_every: Held-out evaluation interval (steps); the best weights are kept.
+        seed: Seed of the mini-batch order.
+        max_mb: A block whose teacher output on the calibration set takes more memory than
+            this (its input and the im2col buffers are of the same order) is not trained.
+    """
+
+    steps: int = field(default_factory=_steps)
+    batch: int = 32
+    lr: float = 1e-2
+    max_convs: int = 3
+    eval_every: int = 25
+    seed: int = 0
+    max_mb: float = 256.0
+
+
+@dataclass
+class Block:
+    """A subgraph trained as one unit.
+
+    Attributes:
+        input: The tensor the block reads (its only non-constant input).
+        output: The tensor matched against the teacher.
+        nodes: The block's nodes in topological order.
+    """
+
+    input: str
+    output: str
+    nodes: list[gs.Node] = field(default_factory=list)
+
+    @property
+    def convs(self) -> list[gs.Node]:
+        """The block's Conv nodes."""
+        return [n for n in self.nodes if n.op == "Conv"]
+
+
+# ---------------------------------------------------------------- block discovery
+
+
+def find_blocks(model: Model, max_convs: int = 3) -> list[Block]:
+    """Blocks of `model`: runs of nodes between single-tensor cuts, up to `max_convs` convs.
+
+    A cut is a point of the topological order where one tensor alone carries everything the
+    rest of the network reads. Segments (the nodes between two cuts) are grouped greedily in
+    order while the group holds at most `max_convs` convs; a segment without convs (e.g. the
+    ReLU after a residual Add) joins the group before it, so a block ends after its
+    activation. Segments with ops other than Conv / Relu / Clip / Add (or convs this module
+    cannot train) end a group and are not trained.
+    """
+    graph = model.graph
+    nodes = list(graph.nodes)
+    consumers_after = _last_use(graph, nodes)
+    inputs = [t.name for t in graph.inputs]
+    live = set(inputs)
+    cut_before = inputs[0] if len(inputs) == 1 else None
+    segments: list[tuple[str, list[gs.Node], str]] = []
+    current: list[gs.Node] = []
+    for i, node in enumerate(nodes):
+        current.append(node)
+        live |= {t.name for t in node.outputs}
+        live = {t for t in live if consumers_after.get(t, -1) > i}
+        if len(live) == 1:
+            cut = next(iter(live))
+            if cut_before is not None:
+                segments.append((cut_before, current, cut))
+            cut_before, current = cut, []
+    return _group(segments, max_convs)
+
+
+def _last_use(graph: gs.Graph, nodes: list[gs.Node]) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for t in node.inputs:
+            if not is_const(t):
+                last[t.name] = i
+    for t in graph.outputs:
+        last[t.name] = len(nodes)
+    return last
+
+
+def _group(segments: list[tuple[str, list[gs.Node], str]], max_convs: int) -> list[Block]:
+    blocks: list[Block] = []
+    group: Block | None = None
+    for start, nodes, end in segments:
+        ok = all(_trainable(n) for n in nodes)
+        convs = sum(n.op == "Conv" for n in nodes)
+        if not ok:
+            group = None
+            continue
+        if group is not None and (convs == 0 or len(group.convs) + convs <= max_convs):
+            group.nodes += nodes
+            group.output = end
+            continue
+        group = Block(start, end, list(nodes))
+        blocks.append(group)
+    return [b for b in blocks if b.convs]
+
+
+def _trainable(node: gs.Node) -> bool:
+    if node.op not in SUPPORTED:
+        return False
+    if node.op == "Conv":
+        w = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if w is None or w.ndim != 4:
+            return False
+        if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
+            return False
+        g = int(node.attrs.get("group", 1))
+        return g == 1 or (g == w.shape[0] and w.shape[1] == 1)
+    if node.op == "Add":
+        return not any(is_const(t) for t in node.inputs)
+    if node.op == "Clip":
+        return _clip_limits(node)[0] is not None
+    return True
+
+
+# ---------------------------------------------------------------- numpy layers (NHWC)
+
+
+@dataclass
+class Conv:
+    """A 2-D convolution in NHWC with its parameters (weights OIHW, bias [Cout])."""
+
+    w: np.ndarray
+    b: np.ndarray
+    strides: tuple[int, int] = (1, 1)
+    dil: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+    depthwise: bool = False
+
+    @classmethod
+    def of(cls, node: gs.Node, in_hw: tuple[int, int]) -> Conv:
+        """The layer of an ONNX Conv node (input spatial size `in_hw`)."""
+        w = np.asarray(const_value(node.inputs[1]), np.float32)
+        has_b = len(node.inputs) > 2 and node.inputs[2].name
+        b = (np.asarray(const_value(node.inputs[2]), np.float32).reshape(-1) if has_b
+             else np.zeros(w.shape[0], np.float32))
+        strides, dil, pads, _ = conv_geometry(node, in_hw, w.shape[2:])
+        group = int(node.attrs.get("group", 1))
+        return cls(w.copy(), b.copy(), tuple(strides), tuple(dil), tuple(pads),
+                   depthwise=group > 1)
+
+    def _out_hw(self, h: int, w: int) -> tuple[int, int]:
+        kh, kw = self.w.shape[2:]
+        p = self.pads
+        oh = (h + p[0] + p[2] - self.dil[0] * (kh - 1) - 1) // self.strides[0] + 1
+        ow = (w + p[1] + p[3] - self.dil[1] * (kw - 1) - 1) // self.strides[1] + 1
+        return oh, ow
+
+    def _pointwise(self) -> bool:
+        return (self.w.shape[2:] == (1, 1) and self.strides == (1, 1) and not any(self.pads)
+                and not self.depthwise)
+
+    def _taps(self, xp: np.ndarray, oh: int, ow: int) -> list[tuple[slice, slice]]:
+        kh, kw = self.w.shape[2:]
+        s, d = self.strides, self.dil
+        return [(slice(i * d[0], i * d[0] + s[0] * (oh - 1) + 1, s[0]),
+                 slice(j * d[1], j * d[1] + s[1] * (ow - 1) + 1, s[1]))
+                for i in range(kh) for j in range(kw)]
+
+    def _pad(self, x: np.ndarray) -> np.ndarray:
+        p = self.pads
+        if not any(p):
+            return x
+        return np.pad(x, ((0, 0), (p[0], p[2]), (p[1], p[3]), (0, 0)))
+
+    def forward(self, x: np.ndarray) -> tuple[np.ndarray, tuple]:
+        """Output `[B, OH, OW, Cout]` of `x [B, H, W, Cin]` and what `backward` needs."""
+        bsz, h, w_, c = x.shape
+        oh, ow = self._out_hw(h, w_)
+        cout = self.w.shape[0]
+        if self._pointwise():
+            y = x.reshape(-1, c) @ self.w.reshape(cout, c).T
+            return (y + self.b).reshape(bsz, oh, ow, cout), (x,)
+        xp = self._pad(x)
+        taps = self._taps(xp, oh, ow)
+        if self.depthwise:
+            wk = self.w.reshape(cout, -1)  # [C, K]
+            y = np.zeros((bsz, oh, ow, cout), np.result_type(x, self.w))
+            for k, (si, sj) in enumerate(taps):
+                y += xp[:, si, sj, :] * wk[:, k]
+            return y + self.b, (xp, x.shape)
+        cols = np.stack([xp[:, si, sj, :] for si, sj in taps], axis=-1)  # [B,OH,OW,C,K]
+        rows = cols.reshape(bsz * oh * ow, -1)
+        y = rows @ self.w.reshape(cout, -1).T
+        return (y + self.b).reshape(bsz, oh, ow, cout), (rows, xp.shape, x.shape)
+
+    def backward(self, dy: np.ndarray, saved: tuple,
+                 need_dx: bool = True) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+        """(dx, dw, db) of the output gradient `dy [B, OH, OW, Cout]`."""
+        bsz, oh, ow, cout = dy.shape
+        db = dy.reshape(-1, cout).sum(0)
+        if self._pointwise():
+            (x,) = saved
+            c = x.shape[-1]
+            dyf = dy.reshape(-1, cout)
+            dw = (dyf.T @ x.reshape(-1, c)).reshape(self.w.shape)
+            dx = (dyf @ self.w.reshape(cout, c)).reshape(x.shape) if need_dx else None
+            return dx, dw, db
+        if self.depthwise:
+            xp, xshape = saved
+            taps = self._taps(xp, oh, ow)
+            wk = self.w.reshape(cout, -1)
+            dw = np.stack([np.einsum("bhwc,bhwc->c", dy, xp[:, si, sj, :]) for si, sj in taps],
+                          axis=1).reshape(self.w.shape)
+            dx = None
+            if need_dx:
+                dxp = np.zeros(xp.shape, dy.dtype)
+                for k, (si, sj) in enumerate(taps):
+                    dxp[:, si, sj, :] += dy * wk[:, k]
+                dx = self._crop(dxp, xshape)
+            return dx, dw, db
+        rows, xp_shape, xshape = saved
+        dyf = dy.reshape(-1, cout)
+        dw = (dyf.T @ rows).reshape(self.w.shape)
+        dx = None
+        if need_dx:
+            drows = (dyf @ self.w.reshape(cout, -1)).reshape(bsz, oh, ow, xshape[-1], -1)
+            dxp = np.zeros(xp_shape, dy.dtype)
+            for k, (si, sj) in enumerate(self._taps(dxp, oh, ow)):
+                dxp[:, si, sj, :] += drows[..., k]
+            dx = self._crop(dxp, xshape)
+        return dx, dw, db
+
+    def _crop(self, dxp: np.ndarray, xshape: tuple) -> np.ndarray:
+        p = self.pads
+        return dxp[:, p[0]:p[0] + xshape[1], p[1]:p[1] + xshape[2], :]
+
+
+def clamp_backward(dy: np.ndarray, x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Gradient through `clip(x, lo, hi)` (ReLU: lo 0, hi inf)."""
+    return dy * ((x > lo) & (x < hi))
+
+
+# ---------------------------------------------------------------- a block in numpy
+
+
+class BlockNet:
+    """A `Block` as numpy layers with trainable conv parameters."""
+
+    def __init__(self, block: Block, in_hw: tuple[int, int],
+                 masks: Mapping[str, np.ndarray] | None = None) -> None:
+        self.block = block
+        self.convs: dict[str, Conv] = {}
+        self.masks: dict[str, np.ndarray] = {}
+        hw = {block.input: in_hw}
+        for node in block.nodes:
+            src = next(t.name for t in node.inputs if not is_const(t))
+            if node.op == "Conv":
+                layer = Conv.of(node, hw[src])
+                self.convs[node.name] = layer
+                hw[node.outputs[0].name] = layer._out_hw(*hw[src])
+                if masks is not None and node.name in masks:
+                    m = np.asarray(masks[node.name], bool).reshape(layer.w.shape)
+                    self.masks[node.name] = m
+                    layer.w *= m
+            else:
+                hw[node.outputs[0].name] = hw[src]
+        self._clamps = {n.name: ((0.0, np.inf) if n.op == "Relu" else _clip_limits(n))
+                        for n in block.nodes if n.op in ("Relu", "Clip")}
+
+    def params(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Conv name -> (weights OIHW, bias), the live arrays."""
+        return {k: (c.w, c.b) for k, c in self.convs.items()}
+
+    def forward(self, x: np.ndarray, keep: bool = False) -> tuple[np.ndarray, dict]:
+        """Block output (NHWC) of input `x` (NHWC); with `keep` what `backward` needs."""
+        env = {self.block.input: x}
+        saved: dict = {}
+        for node in self.block.nodes:
+            ins = [env[t.name] for t in node.inputs if not is_const(t)]
+            if node.op == "Conv":
+                y, s = self.convs[node.name].forward(ins[0])
+                if keep:
+                    saved[node.name] = s
+            elif node.op == "Add":
+                y = ins[0] + ins[1]
+            else:
+                lo, hi = self._clamps[node.name]
+                y = np.clip(ins[0], lo, hi)
+                if keep:
+                    saved[node.name] = ins[0]
+            env[node.outputs[0].name] = y
+        return env[self.block.output], saved
+
+    def backward(self, dout: np.ndarray, saved: dict) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Conv name -> (dW, db) of the output gradient `dout` (masked where masked)."""
+        grads: dict[str, np.ndarray] = {self.block.output: dout}
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for node in reversed(self.block.nodes):
+            g = grads.pop(node.outputs[0].name, None)
+            if g is None:
+                continue
+            srcs = [t.name for t in node.inputs if not is_const(t)]
+            if node.op == "Conv":
+                need = srcs[0] != self.block.input
+                dx, dw, db = self.convs[node.name].backward(g, saved[node.name], need)
+                if node.name in self.masks:
+                    dw = dw * self.masks[node.name]
+                out[node.name] = (dw, db)
+                douts = [dx] if need else []
+            elif node.op == "Add":
+                douts = [g, g]
+            else:
+                lo, hi = self._clamps[node.name]
+                douts = [clamp_backward(g, saved[node.name], lo, hi)]
+            for name, d in zip(srcs, douts, strict=False):
+                if name == self.block.input or d is None:
+                    continue
+                grads[name] = grads[name] + d if name in grads else d
+        return out
+
+
+# ---------------------------------------------------------------- training
+
+
+def _sq_err(net: BlockNet, x: np.ndarray, y: np.ndarray, batch: int) -> float:
+    total = 0.0
+    for s in range(0, len(x), batch):
+        out, _ = net.forward(x[s:s + batch])
+        total += float(np.square(out - y[s:s + batch], dtype=np.float64).sum())
+    return total
+
+
+def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions) -> dict:
+    """Adam on the block's conv parameters (in place): inputs/targets NHWC, all samples.
+
+    Returns:
+        {"error_before", "error_after"} (held-out relative squared error) and "kept".
+    """
+    held = np.arange(len(x)) % HOLDOUT == HOLDOUT - 1
+    if held.sum() == 0 or held.all():
+        held = np.zeros(len(x), bool)
+    xt, yt = x[~held], y[~held]
+    xh, yh = (x[held], y[held]) if held.any() else (xt, yt)
+    scale = max(float(np.square(yh, dtype=np.float64).sum()), 1e-30)
+    best_err = before = _sq_err(net, xh, yh, opts.batch) / scale
+    params = net.params()
+    best = {k: (w.copy(), b.copy()) for k, (w, b) in params.items()}
+    rates = {k: opts.lr * max(float(np.sqrt(np.mean(np.square(w)))), 1e-4)
+             for k, (w, _) in params.items()}
+    m = {k: (np.zeros_like(w), np.zeros_like(b)) for k, (w, b) in params.items()}
+    v = {k: (np.zeros_like(w), np.zeros_like(b)) for k, (w, b) in params.items()}
+    rng = np.random.default_rng(opts.seed)
+    b1, b2, eps = 0.9, 0.999, 1e-12
+    norm = 1.0 / max(float(np.square(yt, dtype=np.float64).sum()) / len(xt), 1e-30)
+    for step in range(1, opts.steps + 1):
+        idx = rng.choice(len(xt), min(opts.batch, len(xt)), replace=False)
+        out, saved = net.forward(xt[idx], keep=True)
+        grads = net.backward((2.0 * norm / len(idx)) * (out - yt[idx]), saved)
+        lr_t = 0.5 * (1 + np.cos(np.pi * (step - 1) / opts.steps))
+        for k, (w, b) in params.items():
+            if k not in grads:
+                continue
+            for i, (p, g) in enumerate(zip((w, b), grads[k], strict=True)):
+                mi, vi = m[k][i], v[k][i]
+                mi *= b1
+                mi += (1 - b1) * g
+                vi *= b2
+                vi += (1 - b2) * g * g
+                mhat = mi / (1 - b1 ** step)
+                vhat = vi / (1 - b2 ** step)
+                p -= (rates[k] * lr_t * mhat / (np.sqrt(vhat) + eps)).astype(np.float32)
+            if k in net.masks:
+                w *= net.masks[k]
+        if step % opts.eval_every == 0 or step == opts.steps:
+            err = _sq_err(net, xh, yh, opts.batch) / scale
+            if err < best_err:
+                best_err = err
+                best = {k: (w.copy(), b.copy()) for k, (w, b) in params.items()}
+    for k, (w, b) in params.items():
+        w[...], b[...] = best[k]
+    return {"error_before": round(before, 6), "error_after": round(best_err, 6),
+            "kept": bool(best_err < before)}
+
+
+def reconstruct_blocks(student: Model, targets: Callable[[str], np.ndarray | None], feeds, *,
+                       masks: Mapping[str, np.ndarray] | None = None,
+                       only: Collection[str] | None = None,
+                       options: BlockOptions | None = None, batch_size: int = 32) -> dict:
+    """Train each block of `student` (in place) to match the teacher's block outputs.
+
+    Args:
+        student: The compressed model (canonical: BatchNorm folded).
+        targets: Tensor name -> the teacher's tensor on all calibration samples (NCHW,
+            channels in the student's order), or None to skip the block.
+        feeds: Calibration inputs.
+        masks: Conv name -> bool array of its weight's shape (True: may be non-zero).
+        only: Train only blocks holding one of these convs (None: every block).
+        options: Steps, batch, learning rate, block size.
+        batch_size: Samples per onnxruntime run.
+
+    Returns:
+        Report: per block its output tensor, convs and held-out errors, and the time.
+    """
+    opts = options or BlockOptions()
+    start = time.perf_counter()
+    rows = []
+    blocks = [b for b in find_blocks(student, opts.max_convs)
+              if only is None or any(c.name in only for c in b.convs)]
+    with blas_single_thread():
+        for block in track(blocks, "reconstruct (blocks)"):
+            rows.append(_one_block(student, block, targets, feeds, masks, opts, batch_size))
+    return {"method": "block", "blocks": rows, "time_s": round(time.perf_counter() - start, 3)}
+
+
+def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockOptions,
+               batch_size: int) -> dict:
+    info = {"output": block.output, "convs": [c.name for c in block.convs]}
+    y = targets(block.output)
+    if y is None:
+        return {**info, "skipped": "no teacher tensor"}
+    if y.nbytes > opts.max_mb * 2**20:
+        return {**info, "skipped": f"block output {y.nbytes / 2**20:.0f} MB > {opts.max_mb} MB"}
+    x = np.concatenate([v[block.input] for v in iter_tensors(student, [block.input], feeds,
+                                                             batch_size, only=True)])
+    if x.ndim != 4 or y.ndim != 4 or len(x) != len(y):
+        return {**info, "skipped": "not a 4-D feature map"}
+    net = BlockNet(block, x.shape[2:], masks)
+    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32)
+    y = np.ascontiguousarray(y.transpose(0, 2, 3, 1), np.float32)
+    out, _ = net.forward(x[:1])
+    if out.shape[1:] != y.shape[1:]:
+        return {**info, "skipped": f"teacher shape {y.shape[1:]} != block {out.shape[1:]}"}
+    result = train_block(net, x, y, opts)
+    if result["kept"]:
+        for node in block.convs:
+            conv = net.convs[node.name]
+            write_conv(node, conv.w, conv.b)
+    log.debug("block %s: held-out rel err %.5f -> %.5f", block.output,
+              result["error_before"], result["error_after"])
+    return {**info, **result}
+
+
+def write_conv(node: gs.Node, w: np.ndarray, b: np.ndarray) -> None:
+    """Write weights and bias into a Conv node (in place; shared constants are not touched)."""
+    old = node.inputs[1]
+    if not isinstance(old, gs.Constant):
+        raise GraphError(f"conv {node.name!r}: weights are not a constant")
+    new_w = w.astype(np.asarray(old.values).dtype)
+    if len(old.outputs) <= 1:
+        old.values = new_w
+    else:
+        node.inputs[1] = gs.Constant(f"{old.name}_block", new_w)
+    has_b = len(node.inputs) > 2 and node.inputs[2].name
+    if has_b and isinstance(node.inputs[2], gs.Constant) and len(node.inputs[2].outputs) <= 1:
+        bias = node.inputs[2]
+        bias.values = b.reshape(np.shape(bias.values)).astype(np.asarray(bias.values).dtype)
+    elif has_b:
+        node.inputs[2] = gs.Constant(f"{node.name}.bias_block", b.astype(np.float32))
+    else:
+        node.inputs.append(gs.Constant(f"{node.name}.bias_block", b.astype(np.float32)))
+
+
+def teacher_tensors(teacher: Model, names: Collection[str], feeds,
+                    batch_size: int = 32) -> dict[str, np.ndarray]:
+    """The teacher's tensors `names` on all calibration samples (one run)."""
+    names = list(dict.fromkeys(names))
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for values in iter_tensors(teacher, names, feeds, batch_size, only=True):
+        for n in names:
+            parts[n].append(values[n])
+    return {n: np.concatenate(p) for n, p in parts.items()}
+
+
+def block_outputs(model: Model, max_convs: int = 3) -> list[str]:
+    """The output tensors of `model`'s blocks (what `targets` will be asked for)."""
+    return [b.output for b in find_blocks(model, max_convs)]
+
+
+__all__ = ["Block", "BlockNet", "BlockOptions", "Conv", "block_outputs", "clamp_backward",
+           "find_blocks", "reconstruct_blocks", "teacher_tensors",
+           "train_block", "write_conv"]
