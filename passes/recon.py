@@ -16,9 +16,11 @@ grouped conv is `G` independent problems; arrays carry the group on axis 0.
 from __future__ import annotations
 
 import contextlib
+import functools
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -38,11 +40,21 @@ def blas_single_thread() -> contextlib.AbstractContextManager:
     For the small dense solves here threading only costs time, tens of times over on a busy
     2-core machine.
     """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: the limit is only a speed-up
+    controller = _blas_controller()
+    if controller is None:  # optional: the limit is only a speed-up
         return contextlib.nullcontext()
-    return threadpool_limits(1, user_api="blas")
+    return controller.limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    # One scan of the loaded libraries per process: `threadpool_limits` rescans
+    # /proc/self/maps on every call, which took a third of a compile (29k masked solves).
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    return ThreadpoolController()
 
 
 @dataclass

@@ -109,7 +109,7 @@ class Budget:
             drop = 100.0 * ((float_accuracy or 0.0) - (m.accuracy or 0.0))
             if drop > self.max_drop + 1e-9:
                 return False, f"accuracy drop {drop:.2f} pt > {self.max_drop:g} pt"
-        if self.min_cosine is not None and m.cosine < self.min_cosine:
+        if self.min_cosine is not None and not m.cosine >= self.min_cosine:  # NaN misses
             return False, f"cosine {m.cosine:.6f} < {self.min_cosine:g}"
         if self.min_agreement is not None and m.agreement < self.min_agreement:
             return False, f"agreement {m.agreement:.4f} < {self.min_agreement:g}"

@@ -53,6 +53,10 @@ class Row:
         snr_db: 10·log10(sum ref² / sum (ref - test)²); inf when identical.
         ref_max: max |ref| (to read max_abs against).
         test_name: The paired tensor's name in the test model.
+        ref_nonfinite: inf/NaN elements in the reference tensor.
+        test_nonfinite: inf/NaN elements in the test tensor. With either non-zero, cosine
+            and SNR are NaN (undefined) and the row ranks worst; max_abs and ref_max cover
+            the finite pairs.
     """
 
     name: str
@@ -62,11 +66,19 @@ class Row:
     snr_db: float
     ref_max: float
     test_name: str = ""
+    ref_nonfinite: int = 0
+    test_nonfinite: int = 0
+
+    @property
+    def nonfinite(self) -> bool:
+        """True when either tensor held inf or NaN."""
+        return bool(self.ref_nonfinite or self.test_nonfinite)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (non-finite SNR becomes null)."""
+        """JSON-friendly form (non-finite cosine and SNR become null)."""
         d = dict(self.__dict__)
-        d["snr_db"] = self.snr_db if math.isfinite(self.snr_db) else None
+        for key in ("cosine", "snr_db"):
+            d[key] = d[key] if math.isfinite(d[key]) else None
         return d
 
 
@@ -77,14 +89,21 @@ class Accumulator:
         self.dot = self.ref2 = self.test2 = self.err2 = 0.0
         self.max_abs = self.ref_max = 0.0
         self.batches = self.skipped = 0  # batches compared / skipped (shapes differ)
+        self.ref_nonfinite = self.test_nonfinite = 0
 
     def update(self, ref: np.ndarray, test: np.ndarray) -> None:
         """Add one batch (shapes must match)."""
         r, t = np.asarray(ref, np.float64).ravel(), np.asarray(test, np.float64).ravel()
         if r.shape != t.shape:
             raise DataError(f"shapes differ: {np.shape(ref)} vs {np.shape(test)}")
-        d = r - t
         self.batches += 1
+        fin_r, fin_t = np.isfinite(r), np.isfinite(t)
+        if not (fin_r.all() and fin_t.all()):  # an overflowing model: sums over finite pairs
+            self.ref_nonfinite += int(r.size - np.count_nonzero(fin_r))
+            self.test_nonfinite += int(t.size - np.count_nonzero(fin_t))
+            keep = fin_r & fin_t
+            r, t = r[keep], t[keep]
+        d = r - t
         self.dot += float(r @ t)
         self.ref2 += float(r @ r)
         self.test2 += float(t @ t)
@@ -94,7 +113,10 @@ class Accumulator:
             self.ref_max = max(self.ref_max, float(np.max(np.abs(r))))
 
     def row(self, name: str, kind: str, test_name: str = "") -> Row:
-        """The metrics so far."""
+        """The metrics so far (cosine and SNR NaN when either side held inf/NaN)."""
+        if self.ref_nonfinite or self.test_nonfinite:
+            return Row(name, kind, math.nan, self.max_abs, math.nan, self.ref_max,
+                       test_name or name, self.ref_nonfinite, self.test_nonfinite)
         if self.ref2 == 0 and self.test2 == 0:
             cos = 1.0
         elif self.ref2 == 0 or self.test2 == 0:
@@ -111,8 +133,8 @@ class Accumulator:
 
 
 def rank(rows: list[Row]) -> list[Row]:
-    """Worst first: lowest cosine, then lowest SNR."""
-    return sorted(rows, key=lambda r: (r.cosine, r.snr_db))
+    """Worst first: tensors with inf/NaN, then lowest cosine, then lowest SNR."""
+    return sorted(rows, key=lambda r: (not r.nonfinite, r.cosine, r.snr_db))
 
 
 def compare_tensors(ref: dict[str, np.ndarray], test: dict[str, np.ndarray],
@@ -292,6 +314,7 @@ def compare_models_on_data(float_model: Model, test_model: Model, feeds: Any,
         samples += len(next(iter(batch.values())))
     rows = [acc.row(p.ref, p.kind, p.test) for p, acc in accs.items() if acc.batches]
     notes = [_skip_note(p.ref, acc) for p, acc in accs.items() if acc.skipped]
+    notes += [_nonfinite_note(r) for r in rows if r.nonfinite]
     return CompareReport(rank([r for r in rows if r.kind == "output"]),
                          rank([r for r in rows if r.kind == "layer"]), samples, reference,
                          notes)
@@ -308,6 +331,13 @@ def _accumulate(accs: dict[Pairing, Accumulator], p: Pairing, ref: np.ndarray,
             return
         log.warning("not comparing %r with %r: %s", p.ref, p.test, e)
         del accs[p]
+
+
+def _nonfinite_note(row: Row) -> str:
+    where = [f"{n} in the {side} model" for n, side in
+             ((row.ref_nonfinite, "float"), (row.test_nonfinite, "test")) if n]
+    return (f"{row.kind} {row.name!r}: inf/NaN values ({', '.join(where)}); cosine and SNR "
+            "are undefined, max abs err covers the finite values")
 
 
 def _skip_note(name: str, acc: Accumulator) -> str:

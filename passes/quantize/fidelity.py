@@ -17,7 +17,7 @@ returns `Metrics`:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,13 +110,21 @@ class Scorer:
         """The metrics so far."""
         cosines = {n: _cosine(acc) for n, acc in self.accs.items()}
         accuracy = self.correct / max(self.samples, 1) if self.labelled else None
-        return Metrics(min(cosines.values()), self.agree / max(self.positions, 1),
+        return Metrics(_worst(cosines.values()), self.agree / max(self.positions, 1),
                        self.positions - self.agree, accuracy, cosines)
 
 
 def _cosine(acc: Accumulator) -> float:
-    # identical outputs give exactly 1.0 (dot / sqrt(dot²) can round below it)
+    # identical outputs give exactly 1.0 (dot / sqrt(dot²) can round below it); inf/NaN in
+    # an output gives NaN, which fails every `>=` budget test and ranks worst in `_worst`
+    if acc.ref_nonfinite or acc.test_nonfinite:
+        return math.nan
     return 1.0 if acc.err2 == 0 else acc.row("", "").cosine
+
+
+def _worst(cosines: Iterable[float]) -> float:
+    """The lowest cosine, NaN (an output with inf/NaN) below every number."""
+    return min(cosines, key=lambda c: -math.inf if math.isnan(c) else c)
 
 
 def _positions(x: np.ndarray) -> np.ndarray:

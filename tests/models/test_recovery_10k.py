@@ -22,7 +22,7 @@ from passes.canonicalize import canonicalize
 from passes.prune import prune_model
 from passes.sparsify.sparsify import sparsify_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.full_recon]
 TRAINED = Path(__file__).resolve().parents[2] / "models" / "trained"
 FLOAT_TOP1 = {"resnet": 0.9434, "mobilenetv2": 0.9361}  # models/trained/accuracy.json
 

@@ -83,6 +83,22 @@ def test_accumulator_streaming_equals_one_shot():
     assert streamed.max_abs == one.max_abs
 
 
+def test_inf_and_nan_make_cosine_undefined_and_rank_worst():
+    """An overflowing test model (inf/NaN outputs) is named, counted and ranked first."""
+    ref = np.ones((2, 8), np.float32)
+    test = ref.copy()
+    test[0, :3] = [np.inf, -np.inf, np.nan]
+    test[1, 0] = 4.0
+    rows = compare_tensors({"bad": ref, "good": ref * 0.5}, {"bad": test, "good": ref * 0.5})
+    assert [r.name for r in rows] == ["bad", "good"]
+    bad = rows[0]
+    assert math.isnan(bad.cosine) and math.isnan(bad.snr_db)
+    assert (bad.ref_nonfinite, bad.test_nonfinite) == (0, 3)
+    assert bad.max_abs == 3.0  # over the 13 finite pairs
+    assert bad.to_dict()["cosine"] is None and bad.to_dict()["snr_db"] is None
+    assert rows[1].cosine == pytest.approx(1.0) and not rows[1].nonfinite
+
+
 def test_same_model_is_identical(data):
     m = load_model(float_net())
     report = compare_models_on_data(m, load_model(float_net()), data, batch_size=5)

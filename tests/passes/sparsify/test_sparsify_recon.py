@@ -165,15 +165,23 @@ def test_refit_that_overfits_held_out_rows_is_rejected():
 
 
 def test_float_teacher_of_the_model_itself_changes_nothing():
-    """The float-teacher path maps channels through the reordering: same fit, bit for bit."""
+    """The float-teacher path maps channels through the reordering: same fit.
+
+    The closed-form refit agrees to float rounding; block reconstruction (the default) is
+    iterative, so rounding differences grow a little (measured max 6e-5), while a wrong channel
+    mapping would move weights by their own size (~0.1).
+    """
     model = tiny_net(batch="N")
     calib = _calib(model)
-    own, rep_own = sparsify_model(model, 4, 0.5, reorder=True, calib=calib)
-    via, rep_via = sparsify_model(model, 4, 0.5, reorder=True, calib=calib, teacher=model)
-    assert rep_own["float_teacher"] == []
-    assert set(rep_via["float_teacher"]) >= {"a", "b", "c", "pw", "fc1"}
-    for a, b in zip(weight_layers(own), weight_layers(via), strict=True):
-        np.testing.assert_allclose(a.logical(), b.logical(), rtol=1e-4, atol=1e-5)
+    for refit_block, atol in ((False, 1e-5), (True, 1e-3)):
+        own, rep_own = sparsify_model(model, 4, 0.5, reorder=True, calib=calib,
+                                      refit_block=refit_block)
+        via, rep_via = sparsify_model(model, 4, 0.5, reorder=True, calib=calib, teacher=model,
+                                      refit_block=refit_block)
+        assert rep_own["float_teacher"] == []
+        assert set(rep_via["float_teacher"]) >= {"a", "b", "c", "pw", "fc1"}
+        for a, b in zip(weight_layers(own), weight_layers(via), strict=True):
+            np.testing.assert_allclose(a.logical(), b.logical(), rtol=1e-4, atol=atol)
 
 
 def test_float_teacher_of_a_pruned_model_matches_the_float_output():
