@@ -84,6 +84,8 @@ def refit_reason(node: gs.Node) -> str | None:
     if const_value(node.inputs[1]) is None:
         return "weights are not a constant"
     w = const_value(node.inputs[1])
+    if w.size == 0:
+        return f"empty weight (shape {tuple(w.shape)}): nothing to re-fit"
     if node.op == "Conv" and w.ndim != 4:
         return f"only 2-D convolutions are re-fitted (weight rank {w.ndim})"
     if node.op == "Gemm" and (node.attrs.get("transA", 0) or node.attrs.get("alpha", 1.0) != 1.0

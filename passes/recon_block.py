@@ -162,7 +162,7 @@ def _trainable(node: gs.Node) -> bool:
         return False
     if node.op == "Conv":
         w = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        if w is None or w.ndim != 4:
+        if w is None or w.ndim != 4 or w.size == 0:
             return False
         if len(node.inputs) > 2 and node.inputs[2].name and const_value(node.inputs[2]) is None:
             return False

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from compiler.core.errors import ConfigError, DataError, ModelLoadError
+from compiler.core.errors import ConfigError, DataError, GraphError, ModelLoadError
 from compiler.core.executor import ExecutorOptions, open_pool
 from compiler.core.feeds import Preprocess, model_hw
 from compiler.core.imagefolder import open_folder
@@ -108,7 +108,12 @@ class Runner:
             self.session = ort_session(self.model_bytes)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise ModelLoadError(f"{name}: onnxruntime cannot load the model ({exc})") from exc
-        first = self.session.get_inputs()[0]
+        inputs = self.session.get_inputs()
+        if len(inputs) != 1:  # the samples feed one image input
+            names = ", ".join(repr(i.name) for i in inputs) or "none"
+            raise GraphError(f"{name}: eval feeds one input, the model has {len(inputs)} "
+                             f"({names})")
+        first = inputs[0]
         self.input_name = first.name
         self.shape = [d if isinstance(d, int) and d > 0 else None for d in first.shape]
 

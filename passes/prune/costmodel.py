@@ -50,7 +50,7 @@ class CostModel:
         # Row r: (positions of group g in the tensor) / (channels of g * tensor width).
         row = np.zeros(len(self.groups))
         slot = self.analysis.slots.get(tensor)
-        if slot is None:
+        if slot is None or not len(slot.arr):  # no channel axis, or an empty one
             return row
         gids = self.analysis.comp_group[self.analysis.comp[slot.arr]]
         counts = np.bincount(gids, minlength=len(self.groups))

@@ -63,16 +63,22 @@ def _normalized_sum(vectors: Sequence[np.ndarray], size: int) -> np.ndarray:
     return total
 
 
+def _taps(w: np.ndarray) -> int:
+    """Kernel positions per (out, in) channel pair (1 for a matrix)."""
+    return int(np.prod(w.shape[2:], dtype=np.int64))
+
+
 def output_rows(node: gs.Node) -> np.ndarray:
     """The producer's weights as one row per output channel position: [Cout, fan_in]."""
     w = const_value(node.inputs[1])
+    taps = _taps(w)  # explicit sizes, not -1: a weight may have a 0-sized axis
     if node.op == "Conv":
-        return w.reshape(w.shape[0], -1)
+        return w.reshape(w.shape[0], w.shape[1] * taps)
     if node.op == "ConvTranspose":
         group = int(node.attrs.get("group", 1))
         cin_g, cout_g = w.shape[0] // group, w.shape[1]
-        blocks = w.reshape(group, cin_g, cout_g, -1).transpose(0, 2, 1, 3)
-        return blocks.reshape(group * cout_g, -1)
+        blocks = w.reshape(group, cin_g, cout_g, taps).transpose(0, 2, 1, 3)
+        return blocks.reshape(group * cout_g, cin_g * taps)
     if node.op == "Gemm" and node.attrs.get("transB", 0):
         return w
     return w.T
@@ -81,13 +87,14 @@ def output_rows(node: gs.Node) -> np.ndarray:
 def input_columns(node: gs.Node) -> np.ndarray:
     """The consumer's weights as one row per input channel position: [Cin, fan_out]."""
     w = const_value(node.inputs[1])
+    taps = _taps(w)
     if node.op == "Conv":
         group = int(node.attrs.get("group", 1))
         cout_g = w.shape[0] // group
-        blocks = w.reshape(group, cout_g, w.shape[1], -1).transpose(0, 2, 1, 3)
-        return blocks.reshape(group * w.shape[1], -1)
+        blocks = w.reshape(group, cout_g, w.shape[1], taps).transpose(0, 2, 1, 3)
+        return blocks.reshape(group * w.shape[1], cout_g * taps)
     if node.op == "ConvTranspose":
-        return w.reshape(w.shape[0], -1)
+        return w.reshape(w.shape[0], w.shape[1] * taps)
     if node.op == "Gemm" and node.attrs.get("transB", 0):
         return w.T
     return w

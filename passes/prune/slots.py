@@ -14,6 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from compiler.core.ir import static_shape
+from compiler.core.subgraphs import outer_inputs
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,8 @@ def label(node: gs.Node) -> str:
 def unknown(node: gs.Node, tr: Tracer, why: str | None = None) -> None:
     """An op whose channel semantics are unknown: pin its inputs and outputs."""
     reason = f"{describe(node)}: {why or 'channel semantics unknown'}"
-    for t in node.inputs:
+    # an If/Loop/Scan body reads enclosing tensors by name, not through node.inputs
+    for t in [*node.inputs, *outer_inputs(node)]:
         s = tr.slot(t)
         if s is not None:
             tr.block(s.arr, reason, blocker(node))

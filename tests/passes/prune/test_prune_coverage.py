@@ -68,3 +68,28 @@ def test_zoo_extra_coverage_and_oracle(name):
     # probabilities are compared with an absolute tolerance
     check_oracle(model, keep, analysis, feeds=sample,
                  atol=1e-4 if name == "ppocr_det" else 0.0)
+
+
+
+def test_a_tensor_read_inside_an_if_branch_is_not_pruned():
+    """An If body reads `c1` by name (no node input): its channels are pinned, and the pruned
+    model stays consistent (before the fix the If branches kept 16 channels, Gemm got 8)."""
+    import onnx
+
+    from compiler.core.io import to_proto
+    from compiler.core.numerics import run, session
+    from tests.hostile.models import BUILDERS
+    from tests.hostile.mutations import if_subgraph
+
+    proto = BUILDERS["res"]()
+    if_subgraph(proto)
+    model = load_model(proto)
+    groups = {m: g for g in analyze(canonicalize(model).model).groups for m in g.members}
+    assert not groups["expand.out"].prunable
+    assert "If node 'branch'" in groups["expand.out"].reason
+    pruned, report = prune_model(model, ratio=0.5, reconstruct=False)
+    assert report["macs"]["after"] < report["macs"]["before"]  # the residual group still is
+    onnx.shape_inference.infer_shapes(to_proto(pruned), strict_mode=True)  # raises on a clash
+    x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    y = run(session(pruned), {"x": x})
+    assert next(iter(y.values())).shape == (2, 10)
