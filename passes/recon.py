@@ -397,7 +397,14 @@ def _solve_masked(gram: np.ndarray, cross: np.ndarray, reg: float,
                   mask: np.ndarray) -> np.ndarray:
     if mask.shape != cross.shape:
         raise GraphError(f"mask shape {mask.shape} does not match weights {cross.shape}")
+    if mask.all():
+        return _solve(gram, cross, reg)
     w = np.zeros_like(cross)
+    if mask.shape[1] == 1:  # one output (a depthwise channel): no patterns to group
+        free = np.flatnonzero(mask[:, 0])
+        if free.size:
+            w[free] = _solve(gram[np.ix_(free, free)], cross[free], reg)
+        return w
     # Columns sharing one sparsity pattern (e.g. the N outputs of a 1xN block) share a solve.
     patterns, inverse = np.unique(mask.T, axis=0, return_inverse=True)
     for p, pattern in enumerate(patterns):

@@ -75,13 +75,16 @@ def _block_scores(gram: np.ndarray, cross: np.ndarray, keep: np.ndarray, block: 
     """`[rows, cin]` OBS scores of the kept blocks of one group (inf where already zero)."""
     k = len(gram) // cin
     scores = np.full(keep.shape, np.inf)
-    for b in range(keep.shape[0]):
-        chans = np.flatnonzero(keep[b])
+    # Block rows with the same kept channels share both inverses (all rows in round one).
+    patterns, which = np.unique(keep, axis=0, return_inverse=True)
+    for p, pattern in enumerate(patterns):
+        chans = np.flatnonzero(pattern)
         cols = (chans[:, None] * k + np.arange(k)).ravel()
         hinv = np.linalg.inv(gram[np.ix_(cols, cols)])
-        w = hinv @ cross[cols, b * block:(b + 1) * block]  # re-fit of the block row
         idx = np.arange(len(cols)).reshape(len(chans), k)
         inv_blocks = np.linalg.inv(hinv[idx[:, :, None], idx[:, None, :]])
-        wk = w.reshape(len(chans), k, block)
-        scores[b, chans] = np.einsum("ckn,ckl,cln->c", wk, inv_blocks, wk)
+        for b in np.flatnonzero(which.ravel() == p):
+            w = hinv @ cross[cols, b * block:(b + 1) * block]  # re-fit of the block row
+            wk = w.reshape(len(chans), k, block)
+            scores[b, chans] = np.sum(wk * np.matmul(inv_blocks, wk), axis=(1, 2))
     return scores

@@ -5,6 +5,12 @@ defaults (`--reconstruct`, `fmnist-calib`) and bounds the top-1 drop against the
 Rows whose issue goal is not reached yet are held at the measured figure plus a few images
 (docs/results.md, "Post-training recovery", explains the gap). Needs the Debian package
 dataset-fashion-mnist; skips without it.
+
+CI runs two rows, one per default path: channel pruning with block reconstruction (ResNet
+70 %) and 1x4 sparsity with block re-fit (MobileNetV2); each costs 4-5 minutes of one core
+with the default 800 Adam steps per block. `python benchmarks/recovery.py` measures every
+row (the other ones held here before: ResNet 50 % <= 0.84, MobileNetV2 70 % <= 0.62,
+ResNet 1x4 <= 0.88).
 """
 
 from __future__ import annotations
@@ -46,8 +52,6 @@ def _drop_pt(arch: str, model, test) -> float:
 
 @pytest.mark.parametrize(("arch", "target", "bound"), [
     ("resnet", 0.7, 0.25),      # goal 0.3: measured 0.15 (act 0.19, stream 0.25, lsq 0.46)
-    ("resnet", 0.5, 0.84),      # goal 0.5: measured 0.78 (act 0.84, stream 0.88)
-    ("mobilenetv2", 0.7, 0.62),  # goal 0.5: measured 0.57 (act 0.92, stream 0.93)
 ])
 def test_prune_recovery(data, arch, target, bound):
     test, calib = data
@@ -59,10 +63,10 @@ def test_prune_recovery(data, arch, target, bound):
     assert _drop_pt(arch, pruned, test) <= bound
 
 
-@pytest.mark.parametrize(("arch", "bound"), [("resnet", 0.88), ("mobilenetv2", 0.97)])
+@pytest.mark.parametrize(("arch", "bound"), [("mobilenetv2", 0.97)])
 def test_sparsify_recovery(data, arch, bound):
-    # goal 0.5 for both: measured 0.84 / 0.93 with block training (act alone 0.82 / 0.90,
-    # pre-activation fit 0.93 / 0.96); docs/results.md
+    # goal 0.5: measured 0.93 with block training (act alone 0.90, pre-activation fit 0.96);
+    # docs/results.md
     test, calib = data
     model = canonicalize(load_model(TRAINED / f"fmnist_{arch}.onnx")).model
     sparse, report = sparsify_model(model, 4, 0.5, reorder=True, criterion="obs", calib=calib)
