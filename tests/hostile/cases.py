@@ -71,6 +71,8 @@ FLOAT_CMDS: dict[str, tuple[list[str], tuple[str, ...], str | None]] = {
     "compile": (["compile", "m.onnx", "-o", "out", "--calib", "calib.npy", "--quiet",
                  "--prune-ratio", "0.25", "--sparsity", "0.5", "--block", "2"], ("out",),
                 "check_compile_dir"),
+    "sensitivity": (["sensitivity", "m.onnx", "--calib", "calib.npy", "-o", "s.json"],
+                    ("s.json",), None),
 }
 QUANT_CMDS = {
     "build": (["build", "q.onnx", "-o", "out.bin"], ("out.bin",), "check_bin"),
@@ -131,6 +133,8 @@ EXTRA_FLOAT_CMDS = {"zero_channel_weight": ("prune", "compile"), "constant_graph
 def _float_commands(i: int, name: str) -> list[str]:
     cmds = ["inspect", "quantize", ROUND_ROBIN[i % 6], ROUND_ROBIN[(i + 3) % 6]]
     cmds += [c for c in EXTRA_FLOAT_CMDS.get(name, ()) if c not in cmds]
+    if i % 4 == 0:  # every mutation passed sensitivity (both modes) once; a quarter keep it
+        cmds.append("sensitivity")
     if name.startswith(("external", "constantofshape", "expand", "tile", "resize_bomb",
                         "range", "huge", "loop")):
         cmds = ["inspect", "groups", "prune", "sparsify", "quantize", "compare", "eval",
