@@ -41,6 +41,9 @@ from passes.recon import _clip_limits, blas_single_thread, conv_geometry, iter_t
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("Conv", "Relu", "Clip", "Add")
+# Most nodes in one block: a residual or inverted-residual block has under 12; a chain of
+# thousands of activations would otherwise join one block and cost each step its length.
+MAX_NODES = 24
 HOLDOUT = 5  # every 5th calibration sample is held out
 # Adam steps per block (docs/results.md, issue #22). Read when `BlockOptions` is made, so
 # the unit tests' conftest can lower it for the small models; the 10k tests use it as is.
@@ -143,12 +146,13 @@ def _group(segments: list[tuple[str, list[gs.Node], str]], max_convs: int) -> li
     blocks: list[Block] = []
     group: Block | None = None
     for start, nodes, end in segments:
-        ok = all(_trainable(n) for n in nodes)
+        ok = all(_trainable(n) for n in nodes) and len(nodes) <= MAX_NODES
         convs = sum(n.op == "Conv" for n in nodes)
         if not ok:
             group = None
             continue
-        if group is not None and (convs == 0 or len(group.convs) + convs <= max_convs):
+        if group is not None and len(group.nodes) + len(nodes) <= MAX_NODES \
+                and (convs == 0 or len(group.convs) + convs <= max_convs):
             group.nodes += nodes
             group.output = end
             continue

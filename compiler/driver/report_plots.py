@@ -15,6 +15,7 @@ from typing import Any
 
 NPU_COLOR, CPU_COLOR, BEFORE_COLOR, SWITCH_COLOR = "#3b6ea8", "#d9822b", "#cccccc", "#a01010"
 MAX_NAMED_TICKS = 32  # above this many layers the axis shows indices, not names
+MAX_LABEL_CHARS = 40  # longer names are cut in the middle (tables keep them whole)
 COSINE_FLOOR = 0.9  # the cosine axis starts here unless the data goes lower
 PART_COLORS = (NPU_COLOR, CPU_COLOR, SWITCH_COLOR, "#888888", "#bbbbbb")
 
@@ -54,13 +55,25 @@ def _width(n: int) -> float:
     return min(12.0, max(6.4, 0.16 * n))
 
 
+def short(name: str, limit: int = MAX_LABEL_CHARS) -> str:
+    """`name` cut in the middle to `limit` characters; exporters' scoped names keep both ends.
+
+    matplotlib lays out every character of a tick label: 20,000-character node names took
+    45 s per report.
+    """
+    if len(name) <= limit:
+        return name
+    head = (limit - 1) // 2
+    return f"{name[:head]}…{name[len(name) - (limit - 1 - head):]}"
+
+
 def _layer_axis(ax, names: Sequence[str], label: str) -> None:
     """Names as ticks when they fit, else integer indices (never fractional ticks)."""
     from matplotlib.ticker import MaxNLocator
 
     if len(names) <= MAX_NAMED_TICKS:
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=90, fontsize=7)
+        ax.set_xticklabels([short(n) for n in names], rotation=90, fontsize=7)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"{label} index")
@@ -145,7 +158,7 @@ def breakdown_plot(latency: dict | None) -> str | None:
             left += us
     ax.invert_yaxis()  # "before" on top
     ax.set_yticks(range(len(bars)))
-    ax.set_yticklabels([name for name, _ in bars])
+    ax.set_yticklabels([short(name) for name, _ in bars])
     ax.set_xlabel("µs per frame (1 core, 1 thread)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return _png(plt, fig)
@@ -160,7 +173,7 @@ def scatter_plot(variants: Sequence[dict]) -> str | None:
     for i, v in enumerate(points):
         xy = (v["macs"] / 1e6, v["accuracy"] * 100)
         ax.scatter(*xy)
-        ax.annotate(v["name"], xy, xytext=(6, 10 * i - 10), textcoords="offset points",
+        ax.annotate(short(v["name"]), xy, xytext=(6, 10 * i - 10), textcoords="offset points",
                     fontsize=8)
     ax.margins(x=0.2, y=0.2)
     ax.set_xlabel("MMACs")
@@ -201,7 +214,7 @@ def sensitivity_plot(doc: dict[str, Any]) -> str | None:
     _layer_axis(ax, [r["name"] for r in rows], "layer")
     if len(rows) > MAX_NAMED_TICKS:  # index axis: name the five worst
         for i in sorted(range(len(rows)), key=lambda i: -err[i])[:5]:
-            ax.annotate(rows[i]["name"], (i, err[i]), xytext=(0, 3),
+            ax.annotate(short(rows[i]["name"]), (i, err[i]), xytext=(0, 3),
                         textcoords="offset points", fontsize=6, ha="left", rotation=45)
     ax.set_ylabel("1 − output cosine (log)")
     return _png(plt, fig)
