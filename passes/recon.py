@@ -15,16 +15,14 @@ grouped conv is `G` independent problems; arrays carry the group on axis 0.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import zlib
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.blas import blas_single_thread
 from compiler.core.errors import GraphError
 from compiler.core.ir import Model, const_value, is_const, is_graph_output
 from compiler.core.numerics import session
@@ -32,29 +30,6 @@ from compiler.core.numerics import session
 REFITTABLE = ("Conv", "Gemm", "MatMul")
 # onnxruntime intra-op threads for calibration runs (0: all cores); worker processes set 1.
 ORT_THREADS = 0
-
-
-def blas_single_thread() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread (a no-op without threadpoolctl).
-
-    For the small dense solves here threading only costs time, tens of times over on a busy
-    2-core machine.
-    """
-    controller = _blas_controller()
-    if controller is None:  # optional: the limit is only a speed-up
-        return contextlib.nullcontext()
-    return controller.limit(limits=1, user_api="blas")
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    # One scan of the loaded libraries per process: `threadpool_limits` rescans
-    # /proc/self/maps on every call, which took a third of a compile (29k masked solves).
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
 
 
 @dataclass

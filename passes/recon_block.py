@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.blas import blas_single_thread
 from compiler.core.errors import GraphError
 from compiler.core.ir import Model, const_value, is_const
 from compiler.core.progress import track
-from passes.recon import _clip_limits, blas_single_thread, conv_geometry, iter_tensors
+from passes.recon import _clip_limits, conv_geometry, iter_tensors
 
 log = logging.getLogger(__name__)
 

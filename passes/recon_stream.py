@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.blas import blas_single_thread
 from compiler.core.ir import Model, const_value
-from passes.recon import blas_single_thread, censored_targets, conv_geometry, iter_tensors
+from passes.recon import censored_targets, conv_geometry, iter_tensors
 
 HOLDOUT = 5  # every 5th calibration sample is held out
 RIDGE_STEPS = 4  # ridge * 10**k, k < RIDGE_STEPS, tried on the held-out samples

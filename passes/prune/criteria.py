@@ -13,10 +13,11 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.blas import blas_single_thread
 from compiler.core.errors import ConfigError, DataError
 from compiler.core.ir import const_value
 from passes.prune.groups import Analysis, Group
-from passes.recon import blas_single_thread, iter_tensors
+from passes.recon import iter_tensors
 
 log = logging.getLogger(__name__)
 

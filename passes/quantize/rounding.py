@@ -33,12 +33,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from compiler.core.blas import blas_single_thread
 from compiler.core.errors import GraphError
 from compiler.core.feeds import Feeds
 from compiler.core.fixedpoint import weight_scales
 from compiler.core.ir import Model, const_value
 from compiler.core.progress import track
-from passes.recon import blas_single_thread, collect_rows, split_layers, weight_matrix
+from passes.recon import collect_rows, split_layers, weight_matrix
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ frame by frame; within an instruction, independent blocks of output channels run
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.core.blas import blas_threads
 from compiler.core.errors import DataError, TargetError
 from targets.npusim import isa
 from targets.npusim.binary import load_binary
@@ -271,24 +271,7 @@ def _blas_limit(threads: int | None) -> contextlib.AbstractContextManager:
     machine is oversubscribed, while one thread runs at full speed. The simulator's own
     worker threads use the cores instead.
     """
-    controller = _blas_controller() if threads is not None else None
-    if controller is None:
-        return contextlib.nullcontext()
-    return controller.limit(limits=threads, user_api="blas")
-
-
-@functools.cache
-def _blas_controller() -> Any:
-    """The loaded BLAS as threadpoolctl sees it, made once per process.
-
-    A fresh `threadpool_limits` rescans every loaded library: 2.4 ms per call measured, a
-    tenth of a MobileNetV2 frame.
-    """
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
-        return None
-    return ThreadpoolController()
+    return blas_threads(threads)
 
 
 def run(binary: str | os.PathLike | bytes, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
