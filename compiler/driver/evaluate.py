@@ -116,6 +116,7 @@ class Runner:
         first = inputs[0]
         self.input_name = first.name
         self.shape = [d if isinstance(d, int) and d > 0 else None for d in first.shape]
+        self.dtype = ORT_DTYPES.get(first.type, "float32")  # a float16 model takes float16
 
     def check(self, inputs: np.ndarray, source: str) -> None:
         """Raise `DataError` if `inputs` cannot feed the model input (rank or fixed dims)."""
@@ -140,12 +141,13 @@ class Runner:
             return self._run_on(executor, inputs, chunk)
         starts = range(0, len(inputs), chunk)
         return np.concatenate([
-            run_chunk(self.session, self.input_name, inputs, start, chunk, bool(self.shape[0]))
+            run_chunk(self.session, self.input_name, inputs, start, chunk, bool(self.shape[0]),
+                      self.dtype)
             for start in track(starts, f"eval {Path(self.name).name}", len(starts))])
 
     def _run_on(self, executor: ExecutorOptions, inputs: Any, chunk: int) -> np.ndarray:
         payload = {"model": self.model_bytes, "input": self.input_name, "inputs": inputs,
-                   "chunk": chunk, "fixed": bool(self.shape[0])}
+                   "chunk": chunk, "fixed": bool(self.shape[0]), "dtype": self.dtype}
         with open_pool(executor, init=_init_eval_worker, payload=payload) as pool:
             spans = shard_spans(len(inputs), chunk, SHARDS_PER_WORKER * pool.workers)
             return np.concatenate(pool.map(_eval_span, spans))
@@ -154,10 +156,15 @@ class Runner:
 SHARDS_PER_WORKER = 4  # a few shards per worker even out uneven workers
 
 
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
+              "tensor(double)": "float64", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
+"""onnxruntime's input type names -> the dtype eval feeds (other inputs get float32)."""
+
+
 def run_chunk(session: Any, input_name: str, inputs: Any, start: int, chunk: int,
-              fixed: bool) -> np.ndarray:
+              fixed: bool, dtype: str = "float32") -> np.ndarray:
     """First output for samples [start, start + chunk); a fixed batch is zero-padded."""
-    x = inputs[start:start + chunk].astype(np.float32, copy=False)
+    x = inputs[start:start + chunk].astype(dtype, copy=False)
     n = len(x)
     if fixed and n < chunk:
         x = np.concatenate([x, np.zeros((chunk - n, *x.shape[1:]), x.dtype)])
@@ -184,7 +191,7 @@ def _eval_span(span: tuple[int, int]) -> np.ndarray:
     start, stop = span
     w = _WORKER
     return np.concatenate([run_chunk(w["session"], w["input"], w["inputs"], s, w["chunk"],
-                                     w["fixed"])
+                                     w["fixed"], w["dtype"])
                            for s in range(start, stop, w["chunk"])])
 
 

@@ -122,6 +122,9 @@ def evaluate(state: CompileState) -> str:
     executor = executor if executor.requested() else None
     if source is None and state.calib is None:
         return "skipped: no eval.data and no calibration data to measure fidelity on"
+    if len(state.original.graph.inputs) != 1:  # samples feed one image input
+        return (f"skipped: eval feeds one input, the model has "
+                f"{len(state.original.graph.inputs)}")
     shape = next(iter(input_specs(state.original).values()))[0]
     data = eval_dataset(source, shape, c["eval.limit"], preprocess(c)) if source else \
         _calibration_set(state)
@@ -199,5 +202,16 @@ def _simulate_span(span: tuple[int, int]) -> Any:
     import numpy as np
 
     (start, stop), s = span, _SIM
-    return np.concatenate([s["sim"].run({s["input"]: s["inputs"][i:min(stop, i + s["batch"])]})
-                           [s["output"]] for i in range(start, stop, s["batch"])])
+    return np.concatenate([_simulate_chunk(s["sim"], s["input"],
+                                           s["inputs"][i:min(stop, i + s["batch"])])[s["output"]]
+                           for i in range(start, stop, s["batch"])])
+
+
+def _simulate_chunk(sim: Any, name: str, x: Any) -> dict[str, Any]:
+    """Outputs for the samples `x`, zero-padded to whole frames of a fixed batch and trimmed."""
+    import numpy as np
+
+    n, pad = len(x), -len(x) % sim.frame_batch
+    if pad:
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    return {k: v[:n] for k, v in sim.run({name: x}).items()}

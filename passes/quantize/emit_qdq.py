@@ -115,6 +115,8 @@ class QdqEmitter:
         for name, t in self.qg.tensors.items():
             if name.endswith((q.SIGNED_SUFFIX, q.NARROW_SUFFIX)):
                 continue  # an int8 copy of a uint8/int16 tensor (§15, §16): consumers read its DQ
+            if t.scale is None:
+                continue  # an integer tensor of the float model itself (a uint8 image input)
             if t.is_quantized and t.data is None:
                 self.qdq_activation(float_name(name), t.scale, t.dtype)
             elif t.is_quantized:

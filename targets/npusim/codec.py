@@ -46,11 +46,12 @@ RUNTIME_DIM_CODE = 0xFFFFFFFF  # a dimension known only at run time (format 2.0)
 
 
 def format_minor(program: Program) -> int:
-    """The oldest 2.x minor that reads `program`: 1 with an int16 tensor, else 0.
+    """The oldest 2.x minor that reads `program`: 2 with float16, 1 with int16, else 0.
 
     An all-8-bit binary stays a 2.0 file, byte for byte, so older readers keep reading it.
     """
-    return 1 if any(t.dtype == "int16" for t in program.tensors) else 0
+    dtypes = {t.dtype for t in program.tensors}
+    return 2 if "float16" in dtypes else 1 if "int16" in dtypes else 0
 
 
 def encode(program: Program, blob_blocks: dict[int, int]) -> dict[Section, bytes]:

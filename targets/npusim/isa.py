@@ -328,8 +328,10 @@ MNEMONIC = {
     Transpose: "transpose", Slice: "slice", Pad: "pad", CpuCall: "cpu_call",
     ChannelLut: "channel_lut"}
 
-DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8", 6: "bool", 7: "int16"}
-"""Tensor dtype codes; 7 (int16, A16W8 activations, docs/fixed-point.md §16) is new in 2.1."""
+DTYPES = {1: "int8", 2: "int32", 3: "float32", 4: "int64", 5: "uint8", 6: "bool", 7: "int16",
+          8: "float16"}
+"""Tensor dtype codes; 7 (int16, A16W8 activations, docs/fixed-point.md §16) is new in 2.1,
+8 (float16, host tensors at the interface of a half-precision model) in 2.2."""
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 REGIONS = {0: "arena", 1: "input", 2: "output", 3: "const"}
 

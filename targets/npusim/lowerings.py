@@ -56,7 +56,7 @@ class Ctx:
             if qt.dtype not in isa.DTYPE_CODES:
                 raise TargetError(f"tensor {name!r}: dtype {qt.dtype} has no NPU encoding")
             entry = {"name": name, "shape": self.shape(name), "dtype": qt.dtype,
-                     "scale": float(qt.scale or 0.0), "region": "arena", "blob": -1}
+                     "scale": _scale(qt), "region": "arena", "blob": -1}
             if qt.data is not None:
                 entry.update(region="const", blob=self.blob("const", qt.data))
             self.ids[name] = len(self.tensors)
@@ -210,3 +210,14 @@ def cpu_partition(ctx: Ctx, op: q.QCpuPartition, unit: int) -> None:
 def move(ctx: Ctx, op: q.QMove, unit: int) -> None:
     """Data movement (moves.py: one or more move instructions)."""
     lower_move(ctx, op, unit)
+
+
+def _scale(qt) -> float:
+    """A tensor's scale (r = scale · q).
+
+    An 8/16-bit integer tensor of the float model itself (a uint8 image input) has none: it
+    stands for its integers, scale 1.
+    """
+    if qt.scale is None and qt.dtype in ("int8", "uint8", "int16"):
+        return 1.0
+    return float(qt.scale or 0.0)

@@ -126,6 +126,14 @@ class Simulator:
         return [self.program.tensors[i].name for i in self.program.inputs]
 
     @property
+    def frame_batch(self) -> int:
+        """Samples per frame: the program's (fixed) batch, 1 for a batch-1 or scalar input."""
+        for i in self.program.inputs:
+            shape = self.program.tensors[i].shape
+            return max(int(shape[0]), 1) if shape else 1
+        return 1
+
+    @property
     def output_names(self) -> list[str]:
         """Names of the program outputs."""
         return [self.program.tensors[i].name for i in self.program.outputs]
@@ -162,10 +170,12 @@ class Simulator:
     def _frames(self, feeds: dict[str, Any],
                 seconds: list[float] | None) -> list[dict[str, np.ndarray]]:
         arrays = self._check_feeds(feeds)
-        frames = next(iter(arrays.values())).shape[0] if arrays else 1
+        b = self.frame_batch
+        frames = next(iter(arrays.values())).shape[0] // b if arrays else 1
         self._workers()
         with _blas_limit(self.blas_threads):
-            return [self.run_frame({n: a[f:f + 1] for n, a in arrays.items()}, seconds)
+            return [self.run_frame({n: a[f * b:(f + 1) * b] for n, a in arrays.items()},
+                                   seconds)
                     for f in range(frames)]
 
     def run_frame(self, feeds: dict[str, np.ndarray],
@@ -235,6 +245,11 @@ class Simulator:
             frames.add(a.shape[0] if a.ndim else 1)
         if len(frames) > 1:
             raise DataError(f"inputs have different batch sizes {sorted(frames)}")
+        n, b = (frames.pop() if frames else 1), self.frame_batch
+        if n % b or n == 0:
+            # a frame of a fixed-batch program is b samples; broadcasting one would be wrong
+            raise DataError(f"{n} sample(s) do not make whole frames of the binary's fixed "
+                            f"batch of {b}")
         return arrays
 
 

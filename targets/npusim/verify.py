@@ -67,8 +67,10 @@ def verify(quant_model: Model | str | os.PathLike, binary: str | os.PathLike | b
     """
     model = quant_model if isinstance(quant_model, Model) else load_model(quant_model)
     sim = Simulator(binary)
+    feeds, notes = whole_frames(feeds, sim.frame_batch)
     got = sim.run_frames(feeds)
-    ref = reference_frames(model, {n: np.asarray(feeds[n]) for n in sim.input_names})
+    ref = reference_frames(model, {n: np.asarray(feeds[n]) for n in sim.input_names},
+                           sim.frame_batch)
     missing = [n for n in sim.output_names if n not in ref[0]]
     if missing:
         raise DataError(f"the quantized model has no outputs {missing} (binary built from a "
@@ -78,7 +80,8 @@ def verify(quant_model: Model | str | os.PathLike, binary: str | os.PathLike | b
                for n in sim.output_names]
     source = sim.program.metadata.get("source_hash")
     match = None if source is None else source == model_hash(model)
-    notes = [] if match is not False else ["the binary was built from a different model file"]
+    if match is False:
+        notes.append("the binary was built from a different model file")
     samples = next(iter(feeds.values())).shape[0] if feeds else 0
     return VerifyReport(outputs, samples, match, notes)
 
@@ -100,9 +103,28 @@ def merge_frames(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
-def reference_frames(model: Model, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Outputs of `model` in onnxruntime, frame by frame (its batch may be fixed to 1)."""
+def whole_frames(feeds: dict[str, Any], batch: int) -> tuple[dict[str, Any], list[str]]:
+    """`feeds` cut to whole frames of a fixed `batch` (as calibration does), and a note.
+
+    Raises:
+        DataError: Fewer samples than one frame.
+    """
+    n = min((np.shape(a)[0] for a in feeds.values() if np.ndim(a)), default=1)
+    usable = n - n % batch
+    if usable == 0:
+        raise DataError(f"{n} sample(s), fewer than the binary's fixed batch of {batch}")
+    if usable == n:
+        return feeds, []
+    return ({k: np.asarray(a)[:usable] if np.ndim(a) else a for k, a in feeds.items()},
+            [f"the last {n - usable} sample(s) do not fill the fixed batch of {batch}: "
+             "not compared"])
+
+
+def reference_frames(model: Model, feeds: dict[str, np.ndarray],
+                     batch: int = 1) -> list[dict[str, np.ndarray]]:
+    """Outputs of `model` in onnxruntime, frame by frame (`batch` samples per frame)."""
     sess = session(model)
-    frames = next(iter(feeds.values())).shape[0] if feeds else 1
-    return [run(sess, {n: a[f:f + 1] for n, a in feeds.items()}) for f in range(frames)]
+    frames = next(iter(feeds.values())).shape[0] // batch if feeds else 1
+    return [run(sess, {n: a[f * batch:(f + 1) * batch] for n, a in feeds.items()})
+            for f in range(frames)]
 
