@@ -10,7 +10,9 @@ internal opset is unchanged and needs nothing. For the rest:
   relabelled (the new attributes dropped when they hold the default);
 * the ops whose meaning moved are rewritten: Reduce* take `axes` as an input from 18 on
   (back to the attribute), Split-18's `num_outputs` (back to sizes), Pad-18's `axes`
-  (expanded to all axes), Gelu-20 (decomposed with Erf or Tanh);
+  (expanded to all axes), Gelu-20 (decomposed with Erf or Tanh), Mish-18 (Softplus, Tanh,
+  Mul), GroupNormalization-21 (InstanceNormalization over the groups, then the per-channel
+  affine);
 * anything else raises one line naming the node.
 
 The result is checked against the internal opset by `onnx.checker` (the caller loads it),
@@ -81,6 +83,13 @@ def _node(node: onnx.NodeProto, opset: int, target: int, shapes: dict, consts: d
         return [_pad(node, shapes, consts, proto, where)]
     if node.op_type == "Gelu":
         return _gelu(node, proto)
+    if node.op_type == "Mish":  # x·tanh(softplus(x)), the form exporters wrote before 18
+        x, p = node.input[0], node.name or node.output[0]
+        return [helper.make_node("Softplus", [x], [f"{p}__sp"], name=f"{p}__softplus"),
+                helper.make_node("Tanh", [f"{p}__sp"], [f"{p}__t"], name=f"{p}__tanh"),
+                helper.make_node("Mul", [x, f"{p}__t"], list(node.output), name=p)]
+    if node.op_type == "GroupNormalization":
+        return _group_norm(node, shapes, proto, where)
     if not _exists(node.op_type, target):
         raise ModelLoadError(f"{where}: op introduced in opset {since}, after the internal "
                              f"opset {target}; no rewrite known")
@@ -224,6 +233,43 @@ def _gelu(node: onnx.NodeProto, proto: onnx.ModelProto) -> list[onnx.NodeProto]:
                              name=f"{p}__add_one"),
             helper.make_node("Mul", [f"{p}__hx", f"{p}__1t"], [y], name=p)]
     return half + core + tail
+
+
+def _group_norm(node: onnx.NodeProto, shapes: dict, proto: onnx.ModelProto,
+                where: str) -> list[onnx.NodeProto]:
+    """GroupNormalization -> Reshape [N, G, -1], InstanceNormalization, Reshape back, affine.
+
+    InstanceNormalization normalizes each (n, g) row over everything else, which is what
+    GroupNormalization does per group; scale and bias are per channel (opset 21; onnx's
+    checker rejects the per-group opset-18 form as deprecated before this runs).
+    """
+    x, scale, bias = node.input[:3]
+    y, p = node.output[0], node.name or node.output[0]
+    groups = int(_attr(node, "num_groups"))
+    rank = len(shapes.get(x) or [])
+    if rank < 3 or groups < 1:
+        raise ModelLoadError(f"{where}: GroupNormalization needs an input of known rank >= 3")
+    ones, zeros = f"{p}__ones", f"{p}__zeros"
+    proto.graph.initializer.extend([numpy_helper.from_array(np.ones(groups, np.float32), ones),
+                                    numpy_helper.from_array(np.zeros(groups, np.float32), zeros)])
+    affine = []
+    for name, role in ((scale, "scale"), (bias, "bias")):
+        shaped = f"{p}__{role}_shaped"
+        affine.append(helper.make_node("Reshape", [name, _add_ints(
+            proto, f"{p}__{role}_shape", [-1] + [1] * (rank - 2))], [shaped],
+            name=f"{p}__{role}_reshape"))
+    eps = float(_attr(node, "epsilon", 1e-5))
+    return affine + [
+        helper.make_node("Shape", [x], [f"{p}__shape"], name=f"{p}__shape"),
+        helper.make_node("Reshape", [x, _add_ints(proto, f"{p}__groups", [0, groups, -1])],
+                         [f"{p}__grouped"], name=f"{p}__group"),
+        helper.make_node("InstanceNormalization", [f"{p}__grouped", ones, zeros],
+                         [f"{p}__normed"], name=f"{p}__norm", epsilon=eps),
+        helper.make_node("Reshape", [f"{p}__normed", f"{p}__shape"], [f"{p}__back"],
+                         name=f"{p}__ungroup"),
+        helper.make_node("Mul", [f"{p}__back", f"{p}__scale_shaped"], [f"{p}__scaled"],
+                         name=f"{p}__mul"),
+        helper.make_node("Add", [f"{p}__scaled", f"{p}__bias_shaped"], [y], name=p)]
 
 
 def _add_ints(proto: onnx.ModelProto, name: str, values: list[int]) -> str:

@@ -77,12 +77,39 @@ def test_gelu_is_decomposed(approximate):
 
 
 def test_op_with_no_opset17_form_is_one_error_naming_it():
+    nodes = [helper.make_node("CenterCropPad", ["x", "hw"], ["y"], name="crop", axes=[2, 3])]
+    with pytest.raises(ModelLoadError, match=r"node 'crop' \(CenterCropPad\): op "
+                                             r"introduced in opset 18"):
+        load_model(_model(nodes, [1, 4, 6, 6], [("y", [1, 4, 3, 3])], 18,
+                          [_ints("hw", [3, 3])]))
+
+
+def _group_norm(x, groups, scale, bias, eps):
+    n, c = x.shape[:2]
+    g = x.reshape(n, groups, -1).astype(np.float64)
+    g = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)
+    shape = (1, c) + (1,) * (x.ndim - 2)
+    return g.reshape(x.shape) * scale.reshape(shape) + bias.reshape(shape)
+
+
+def test_group_normalization_is_instance_norm_over_groups():
+    scale, bias = RNG.standard_normal(6) + 1, RNG.standard_normal(6)
     nodes = [helper.make_node("GroupNormalization", ["x", "s", "b"], ["y"], name="gn",
-                              num_groups=2)]
-    inits = [numpy_helper.from_array(np.ones(4, np.float32), n) for n in ("s", "b")]
-    with pytest.raises(ModelLoadError, match=r"node 'gn' \(GroupNormalization\): op "
-                                             r"introduced in opset 21"):
-        load_model(_model(nodes, [1, 4, 3, 3], [("y", [1, 4, 3, 3])], 21, inits))
+                              num_groups=2, epsilon=1e-3)]
+    inits = [numpy_helper.from_array(v.astype(np.float32), n)
+             for n, v in (("s", scale), ("b", bias))]
+    model = load_model(_model(nodes, [2, 6, 3, 5], [("y", [2, 6, 3, 5])], 21, inits))
+    assert "InstanceNormalization" in [n.op for n in model.nodes]
+    x = RNG.standard_normal((2, 6, 3, 5)).astype(np.float32)
+    got = run(to_proto(model), {"x": x})["y"]
+    np.testing.assert_allclose(got, _group_norm(x, 2, scale, bias, 1e-3), atol=1e-4)
+
+
+def test_mish_is_decomposed():
+    nodes = [helper.make_node("Mish", ["x"], ["y"], name="mish")]
+    model = _same_function(_model(nodes, [1, 3, 4, 4], [("y", [1, 3, 4, 4])], 18),
+                           [1, 3, 4, 4], tol=1e-5)
+    assert [n.op for n in model.nodes] == ["Softplus", "Tanh", "Mul"]
 
 
 def test_type_only_bumps_are_relabelled_and_checked():
