@@ -152,6 +152,9 @@ def test_fixed_batch_of_four_runs_whole_frames(tmp_path):
     quant = _quantize_build_verify(tmp_path, model, {"x": x})
     sim = Simulator(tmp_path / "m.bin")
     assert sim.frame_batch == 4
+    code, perf = _cli(["perf", tmp_path / "m.bin"])
+    assert code == 0 and perf["batch"] == 4 and perf["fps"] == pytest.approx(
+        4e3 / perf["latency_ms"], rel=1e-3)  # samples per second: 4 per frame
     got = sim.run({"x": x})["y"]
     sess = ort.InferenceSession(str(quant))
     want = np.concatenate([sess.run(None, {"x": x[i:i + 4]})[0] for i in (0, 4)])

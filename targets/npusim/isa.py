@@ -405,6 +405,14 @@ class Program:
                 return t
         raise KeyError(name)
 
+    @property
+    def frame_batch(self) -> int:
+        """Samples per frame (one execution): the first input's fixed batch, else 1."""
+        for i in self.inputs:
+            shape = self.tensors[i].shape
+            return max(int(shape[0]), 1) if shape else 1
+        return 1
+
 
 def field_specs(cls: type[Instr]) -> list[tuple[str, str]]:
     """(name, type) of each payload field, in declaration order (name and unit excluded)."""

@@ -29,7 +29,11 @@ KINDS_ON_MAC_ARRAY = (isa.Conv, isa.DepthwiseConv, isa.FullyConnected)
 
 @dataclass
 class PerfReport:
-    """Predicted latency and throughput, with the per-layer table."""
+    """Predicted latency and throughput, with the per-layer table.
+
+    A frame is one execution of the program: `batch` samples for a model with a fixed
+    batch, else one. `latency_ms` is per frame, `fps` counts samples (images) per second.
+    """
 
     latency_ms: float
     fps: float
@@ -40,6 +44,7 @@ class PerfReport:
     arch: str
     totals: dict[str, Any] = field(default_factory=dict)
     macs: MacSplit = field(default_factory=lambda: MacSplit(0, 0))
+    batch: int = 1
 
     @property
     def npu_mac_fraction(self) -> float:
@@ -49,7 +54,8 @@ class PerfReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain data for `--json`."""
         return {"arch": self.arch, "cores": self.cores, "threads": self.threads,
-                "frames": self.frames, "latency_ms": self.latency_ms, "fps": self.fps,
+                "frames": self.frames, "batch": self.batch, "latency_ms": self.latency_ms,
+                "fps": self.fps,
                 **self.macs.to_dict(), "totals": self.totals, "layers": self.layers}
 
 
@@ -147,12 +153,14 @@ def estimate_perf(binary: str | os.PathLike | bytes | isa.Program, arch: str | o
     limits = {"threads": threads / latency,
               "npu": active / npu_avg if npu_avg else float("inf"),
               "host": spec.host.cores / host_s if host_s else float("inf")}
-    fps = min(limits.values())
+    batch = p.frame_batch
+    fps = min(limits.values()) * batch  # frames/s -> samples/s
     totals = _totals(layers, npu_s, host_s, resident, p, spec)
     totals.update(weight_load_ms=round((first - steady) / frames * 1e3, 6),
                   fps_limit=min(limits, key=limits.get))
     return PerfReport(round(latency * 1e3, 6), round(fps, 3), layers, cores, threads, frames,
-                      spec.name, totals, mac_split(p))
+                      spec.name, totals, mac_split(p), batch)
+
 
 
 def _build_arch(p: isa.Program) -> str:

@@ -127,11 +127,8 @@ class Simulator:
 
     @property
     def frame_batch(self) -> int:
-        """Samples per frame: the program's (fixed) batch, 1 for a batch-1 or scalar input."""
-        for i in self.program.inputs:
-            shape = self.program.tensors[i].shape
-            return max(int(shape[0]), 1) if shape else 1
-        return 1
+        """Samples per frame: the program's fixed batch (`Program.frame_batch`)."""
+        return self.program.frame_batch
 
     @property
     def output_names(self) -> list[str]:
