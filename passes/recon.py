@@ -207,7 +207,8 @@ def collect_layer_tensors(model: Model, layer: str, specs: Mapping[str, tuple[st
     shape = _out_shape_hint(node)
     names = list(dict.fromkeys(tensor for tensor, _ in specs.values()))
     parts: dict[str, list[np.ndarray]] = {key: [] for key in specs}
-    for b, values in enumerate(iter_tensors(model, names, feeds, batch_size)):
+    # only the requested tensors are outputs: the nodes after them do not run
+    for b, values in enumerate(iter_tensors(model, names, feeds, batch_size, only=True)):
         for key, (tensor, is_output) in specs.items():
             rng = np.random.default_rng([seed, zlib.crc32(layer.encode()), b])
             parts[key].append(layer_rows(node, values[tensor], per_batch, rng, is_output, shape))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -51,6 +51,14 @@ HOLDOUT = 5  # every 5th calibration sample is held out
 STEPS = 800
 
 
+# Multiply-accumulates one block's training may cost (forward and backward of every step;
+# 3x the forward). Fashion-MNIST blocks need at most ~0.4 TMAC for the full 800 steps; a
+# 224x224 MobileNetV2 block at batch 32 would need ~20 TMAC, an hour of numpy: such blocks
+# train fewer steps (never fewer than MIN_STEPS, else they keep their closed-form weights).
+MAX_TMACS = 1.0
+MIN_STEPS = 100
+
+
 def _steps() -> int:
     return STEPS
 
@@ -68,6 +76,9 @@ class BlockOptions:
         seed: Seed of the mini-batch order.
         max_mb: A block whose teacher output on the calibration set takes more memory than
             this (its input and the im2col buffers are of the same order) is not trained.
+        max_tmacs: Most multiply-accumulates (10^12) one block's training may cost; a
+            block that would need more trains proportionally fewer steps (at least
+            `MIN_STEPS`, else it is not trained). Deterministic, unlike a time limit.
     """
 
     steps: int = field(default_factory=_steps)
@@ -77,6 +88,7 @@ class BlockOptions:
     eval_every: int = 25
     seed: int = 0
     max_mb: float = 256.0
+    max_tmacs: float = MAX_TMACS
 
 
 @dataclass
@@ -309,6 +321,7 @@ class BlockNet:
         self.block = block
         self.convs: dict[str, Conv] = {}
         self.masks: dict[str, np.ndarray] = {}
+        self.macs = 0  # per sample, forward
         hw = {block.input: in_hw}
         for node in block.nodes:
             src = next(t.name for t in node.inputs if not is_const(t))
@@ -316,6 +329,7 @@ class BlockNet:
                 layer = Conv.of(node, hw[src])
                 self.convs[node.name] = layer
                 hw[node.outputs[0].name] = layer._out_hw(*hw[src])
+                self.macs += int(np.prod(hw[node.outputs[0].name])) * layer.w.size
                 if masks is not None and node.name in masks:
                     m = np.asarray(masks[node.name], bool).reshape(layer.w.shape)
                     self.masks[node.name] = m
@@ -488,6 +502,14 @@ def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockO
     out, _ = net.forward(x[:1])
     if out.shape[1:] != y.shape[1:]:
         return {**info, "skipped": f"teacher shape {y.shape[1:]} != block {out.shape[1:]}"}
+    per_step = 3 * min(opts.batch, len(x)) * net.macs
+    steps = min(opts.steps, int(opts.max_tmacs * 1e12 // max(per_step, 1)))
+    if steps < min(MIN_STEPS, opts.steps):
+        return {**info, "skipped": f"training costs {per_step / 1e9:.1f} GMAC a step: "
+                                   f"{MIN_STEPS} steps exceed {opts.max_tmacs:g} TMAC"}
+    if steps < opts.steps:
+        info["steps"] = steps
+        opts = replace(opts, steps=steps)
     result = train_block(net, x, y, opts)
     if result["kept"]:
         for node in block.convs:

@@ -197,6 +197,31 @@ def test_block_too_large_for_the_memory_cap_is_skipped():
         np.testing.assert_array_equal(n.inputs[1].values, before[n.name])
 
 
+def test_training_compute_is_capped_in_macs():
+    """A block's steps shrink to fit `max_tmacs`; below MIN_STEPS it is not trained."""
+    from passes.recon_block import MIN_STEPS
+
+    model = tiny_net(batch="N")
+    feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
+    block = find_blocks(model)[0]
+    macs = BlockNet(block, (12, 12)).macs
+    # stem 3x3 3->16, then a and b 3x3 16->16, all on 12x12 (padded)
+    assert [c.name for c in block.convs] == ["stem", "a", "b"]
+    assert macs == 12 * 12 * 16 * 27 + 2 * 12 * 12 * 16 * 144
+    per_step = 3 * 8 * macs  # batch 8 of the 10 samples (2 are held out)
+
+    def targets(tensor):
+        return teacher_tensors(model, [tensor], feeds)[tensor] * 1.1
+
+    budget = 150 * per_step / 1e12
+    report = reconstruct_blocks(model, targets, feeds,
+                                options=BlockOptions(steps=400, batch=8, max_tmacs=budget))
+    assert report["blocks"][0]["steps"] == 150
+    report = reconstruct_blocks(model, targets, feeds, options=BlockOptions(
+        steps=400, batch=8, max_tmacs=(MIN_STEPS - 1) * per_step / 1e12))
+    assert "exceed" in report["blocks"][0]["skipped"]
+
+
 def test_a_long_activation_chain_does_not_make_one_huge_block():
     """3,000 ReLUs after a conv (a hostile graph): blocks stop at MAX_NODES nodes, so a
     sparsify of it trains in seconds instead of 70 s of ReLU backward passes."""
