@@ -197,3 +197,22 @@ def test_two_input_model_compiles_with_eval_skipped(tmp_path):
                       tmp_path / "calib.npz", "--quiet"])
     assert code == 0, out
     assert (tmp_path / "c" / "model.bin").is_file()
+
+
+def test_bfloat16_model_is_computed_and_fed_in_float32(tmp_path):
+    """numpy has no bfloat16: the inputs and outputs become float32 too."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    model = _classifier("x", 1)
+    for t in model.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(ml_dtypes.bfloat16),
+                                           t.name))
+    for v in [*model.graph.input, *model.graph.output]:
+        v.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    up = onnx.ModelProto()
+    up.CopyFrom(model)
+    assert upcast_half(up) == []
+    assert up.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert "Cast" not in [n.op_type for n in up.graph.node]
+    x = RNG.standard_normal((8, 3, 12, 12)).astype(np.float32)
+    quant = _quantize_build_verify(tmp_path, model, {"x": x})
+    assert onnx.load(str(quant)).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT

@@ -4,11 +4,12 @@ Exporters write float16 models (torch `.half()` before export, onnxconverter-com
 float16 converter) and, rarely, bfloat16 ones. Calibration, pruning, reconstruction and the
 integer arithmetic all work on float32, so such a graph is upcast when it is loaded: every
 float16/bfloat16 weight, Constant, Cast target and value type becomes float32. The user's
-interface is kept: a half graph input gets a Cast to float32 right after it, a half graph
-output a Cast back right before it (both run on the host). float32 holds every float16 and
-bfloat16 value exactly, so the weights are unchanged; only the intermediate rounding of the
-arithmetic becomes finer, and the float reference npuc measures against is this float32
-computation.
+interface is kept for float16: a float16 graph input gets a Cast to float32 right after it,
+a float16 graph output a Cast back right before it (both run on the host); bfloat16 inputs
+and outputs become float32, as numpy has no bfloat16 to feed them with. float32 holds every
+float16 and bfloat16 value exactly, so the weights are unchanged; only the intermediate
+rounding of the arithmetic becomes finer, and the float reference npuc measures against is
+this float32 computation.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ SUFFIX = "__float32"
 def has_half(proto: onnx.ModelProto) -> bool:
     """True when the model computes anything in float16/bfloat16.
 
-    Half graph inputs read only by Casts to float32 and half graph outputs written by Casts
-    do not count: that is the interface `upcast_half` leaves, so it is idempotent.
+    float16 graph inputs read only by Casts to float32 and float16 graph outputs written by
+    Casts do not count: that is the interface `upcast_half` leaves, so it is idempotent.
     """
     graph = proto.graph
     readers: dict[str, list[onnx.NodeProto]] = {}
@@ -37,6 +38,8 @@ def has_half(proto: onnx.ModelProto) -> bool:
             writer[name] = node
     boundary = {id(writer[o.name]) for o in graph.output
                 if o.name in writer and writer[o.name].op_type == "Cast"}
+    if any(_elem(i) == TensorProto.BFLOAT16 for i in [*graph.input, *graph.output]):
+        return True
     if any(_elem(i) in HALF and not all(_casts_to_float(n) for n in readers.get(i.name, []))
            for i in graph.input):
         return True
@@ -54,17 +57,18 @@ def upcast_half(proto: onnx.ModelProto) -> list[str]:
     """Rewrite a half-precision `proto` in place to compute in float32 (module docstring).
 
     Returns:
-        The names of the graph inputs and outputs that keep their half type behind a Cast
-        (empty when the model had nothing in half precision).
+        The names of the graph inputs and outputs that keep their float16 type behind a
+        Cast (empty when none does, or the model had nothing in half precision).
     """
     if not has_half(proto):
         return []
     graph = proto.graph
     inputs = {i.name for i in graph.input}
-    half_in = [(i, _elem(i)) for i in graph.input if _elem(i) in HALF]
-    # a graph output that is a graph input stays the input itself, in its half type
+    # float16 inputs/outputs keep their type; bfloat16 ones become float32 (numpy, and so
+    # the user's data, has no bfloat16). An output that is an input stays the input itself.
+    half_in = [(i, _elem(i)) for i in graph.input if _elem(i) == TensorProto.FLOAT16]
     half_out = list({o.name: (o, _elem(o)) for o in graph.output
-                     if _elem(o) in HALF and o.name not in inputs}.values())
+                     if _elem(o) == TensorProto.FLOAT16 and o.name not in inputs}.values())
     _upcast_graph(graph)
     taken = _all_names(graph)
     casts_in = [_cast_input(graph, v, half, taken) for v, half in half_in]
