@@ -294,20 +294,23 @@ def compare_models_on_data(float_model: Model, test_model: Model, feeds: Any,
         layers: Also compare intermediate tensors (else graph outputs only).
 
     Raises:
-        DataError: Data unusable by either model, or models with different fixed batches.
+        DataError: Data unusable by either model, or models with different fixed batches
+            (a symbolic batch runs at the other model's fixed one).
         GraphError: Outputs that cannot be paired.
     """
     float_model, reference = reference_model(float_model, test_model)
     feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, float_model)
     check_feeds(feeds, test_model)
-    if model_batch(float_model) != model_batch(test_model):
+    fixed = {model_batch(float_model), model_batch(test_model)} - {None}
+    if len(fixed) > 1:  # a symbolic batch takes the other model's fixed one
         raise DataError(f"the models have different batch sizes ({model_batch(float_model)} "
                         f"vs {model_batch(test_model)})")
+    driver = test_model if model_batch(float_model) is None else float_model
     pairs = [p for p in pair_tensors(float_model, test_model) if layers or p.kind == "output"]
     ref_sess = session(with_outputs(float_model, list(dict.fromkeys(p.ref for p in pairs))))
     test_sess = session(with_outputs(test_model, list(dict.fromkeys(p.test for p in pairs))))
     accs, samples = {p: Accumulator() for p in pairs}, 0
-    for batch in iter_batches(float_model, feeds, batch_size):
+    for batch in iter_batches(driver, feeds, batch_size):
         ref, test = run(ref_sess, batch), run(test_sess, batch)
         for p in list(accs):
             _accumulate(accs, p, ref[p.ref], test[p.test])

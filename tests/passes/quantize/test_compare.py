@@ -11,6 +11,7 @@ import pytest
 
 from compiler.cli import main
 from compiler.core.builder import GraphBuilder, he_normal
+from compiler.core.errors import DataError
 from compiler.core.io import load_model, save_model
 from passes.quantize.compare import (
     Accumulator,
@@ -193,6 +194,16 @@ def test_fixed_batch_models(tmp_path, data):
     save_model(f, tmp_path / "f1.onnx")
     report = compare_models_on_data(f, load_model(tmp_path / "f1.onnx"), data[:3])
     assert report.samples == 3 and report.outputs[0].cosine == pytest.approx(1.0)
+
+
+def test_a_symbolic_batch_runs_at_the_other_models_fixed_batch(tmp_path, data):
+    """A dynamic-batch export against its quantized model (batch bound to 1 at load)."""
+    f = load_model(float_net(batch="N"))
+    fixed = load_model(float_net(batch=1))
+    report = compare_models_on_data(f, fixed, data[:3])
+    assert report.samples == 3 and report.outputs[0].cosine == pytest.approx(1.0)
+    with pytest.raises(DataError, match="different batch sizes"):
+        compare_models_on_data(load_model(float_net(batch=2)), fixed, data[:4])
 
 
 def bn_net():
