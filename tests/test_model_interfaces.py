@@ -216,3 +216,45 @@ def test_bfloat16_model_is_computed_and_fed_in_float32(tmp_path):
     x = RNG.standard_normal((8, 3, 12, 12)).astype(np.float32)
     quant = _quantize_build_verify(tmp_path, model, {"x": x})
     assert onnx.load(str(quant)).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+
+
+def _dynamic_hw_classifier() -> onnx.ModelProto:
+    model = _classifier("x", 1)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_param, dims[2].dim_param, dims[3].dim_param = "N", "H", "W"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    return model
+
+
+def test_data_shapes_fill_only_symbolic_dims_past_the_batch():
+    from compiler.core.io import bind_input_shapes
+    from compiler.core.shapes import DataShapes
+
+    def bound(spec, model=None):
+        proto = model or _dynamic_hw_classifier()
+        bind_input_shapes(proto, DataShapes(spec), "m")
+        return [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+
+    assert bound({"": (6, 3, 20, 24)}) == [1, 3, 20, 24]  # batch: the usual default
+    assert bound({"x": (6, 3, 20, 24), "labels": (6,)}) == [1, 3, 20, 24]
+    assert bound({"images": (6, 3, 20, 24), "labels": (6,)}) == [1, 3, 20, 24]
+    assert bound({"": (6, 5, 20, 24)}) == [1, 3, 20, 24]  # a fixed dim is never overridden
+    fixed = _classifier("x", 1)
+    assert bound({"": (6, 3, 20, 24)}, fixed) == [1, 3, 12, 12]
+    with pytest.raises(Exception, match="--input-shape"):  # rank 3 data: no hint, the error
+        bound({"": (6, 20, 24)})
+
+
+def test_dynamic_height_and_width_come_from_the_calibration_file(tmp_path):
+    src, calib = tmp_path / "m.onnx", tmp_path / "calib.npy"
+    onnx.save(_dynamic_hw_classifier(), src)
+    np.save(calib, RNG.standard_normal((8, 3, 20, 24)).astype(np.float32))
+    assert _cli(["inspect", src])[0] == 2  # nothing to take the size from: one-line error
+    assert _cli(["quantize", src, "-o", tmp_path / "q", "--calib", calib])[0] == 0
+    quant = onnx.load(str(tmp_path / "q" / "model.quant.onnx"))
+    assert [d.dim_value for d in quant.graph.input[0].type.tensor_type.shape.dim] == \
+        [1, 3, 20, 24]
+    code, out = _cli(["compare", src, tmp_path / "q" / "model.quant.onnx", "--calib", calib])
+    assert code == 0 and out["outputs"][0]["cosine"] > 0.99
+    code, out = _cli(["compile", src, "-o", tmp_path / "c", "--calib", calib, "--quiet"])
+    assert code == 0, out

@@ -6,13 +6,15 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from compiler.cli.options import add_flags, from_args
 from compiler.core.feeds import Preprocess
 from compiler.core.io import load_model
 from compiler.core.ir import Model
-from compiler.core.shapes import InputShapes, ShapeSpec
+from compiler.core.npfiles import array_shapes
+from compiler.core.shapes import DataShapes, InputShapes, ShapeSpec
 from passes.quantize.options import CalibrationOptions
 
 CALIB_FIELDS = ("data", "limit")
@@ -36,8 +38,19 @@ def add_input_shape_flag(p: argparse.ArgumentParser) -> None:
 
 
 def input_shapes(args: argparse.Namespace) -> ShapeSpec:
-    """The parsed `--input-shape` flags (`{name: dims}`, "" for a bare shape)."""
-    return from_args(args, InputShapes).spec
+    """The parsed `--input-shape` flags (`{name: dims}`, "" for a bare shape).
+
+    Without the flag, the shapes of an `.npy`/`.npz` data file given to the command
+    (`--calib`, `--data`) fill the dims the model leaves symbolic (`DataShapes`).
+    """
+    spec = from_args(args, InputShapes).spec
+    if spec:
+        return spec
+    for attr in ("calib", "data"):
+        path = getattr(args, attr, None)
+        if isinstance(path, str) and path.endswith((".npy", ".npz")) and Path(path).is_file():
+            return DataShapes(array_shapes(Path(path)))
+    return spec
 
 
 def load_bound(path: str, args: argparse.Namespace, *, keep_batch: bool = False) -> Model:

@@ -22,7 +22,15 @@ from compiler.core.model_check import check_model
 from compiler.core.onnxfile import parse_proto as parse_proto
 from compiler.core.onnxfile import write_atomic as write_atomic
 from compiler.core.opset import convert_opset
-from compiler.core.shapes import FLAG, KEY, ShapeSpec, format_dims, parse_input_shapes
+from compiler.core.shapes import (
+    FLAG,
+    KEY,
+    MAX_DIM,
+    DataShapes,
+    ShapeSpec,
+    format_dims,
+    parse_input_shapes,
+)
 from compiler.core.weight_check import check_weights_finite
 
 log = logging.getLogger(__name__)
@@ -450,8 +458,12 @@ def bind_input_shapes(proto: onnx.ModelProto, shapes: ShapeArg, label: str = "<m
     inits = {t.name for t in proto.graph.initializer} | set(skip)
     inputs = {v.name: v for v in proto.graph.input
               if v.type.HasField("tensor_type") and v.name not in inits}
-    spec = _resolve_names(_parsed(shapes), list(inputs), label)
     changed = False
+    if isinstance(shapes, DataShapes):
+        for name, dims in _data_dims(shapes, list(inputs)).items():
+            changed |= _fill_dims(inputs[name], dims)
+        shapes = None
+    spec = _resolve_names(_parsed(shapes), list(inputs), label)
     for name, value in inputs.items():
         if name in spec:
             changed |= _set_dims(value, spec[name], label)
@@ -459,6 +471,30 @@ def bind_input_shapes(proto: onnx.ModelProto, shapes: ShapeArg, label: str = "<m
             changed |= _default_dims(value, label, keep_batch)
     if changed:
         _drop_stale_shapes(proto)
+    return changed
+
+
+def _data_dims(shapes: DataShapes, names: list[str]) -> dict[str, tuple[int, ...]]:
+    # arrays named like inputs; else, for a single input, the bare / lone / "images" array
+    named = {n: tuple(shapes[n]) for n in names if n in shapes}
+    if named or len(names) != 1:
+        return named
+    lone = next(iter(shapes.values())) if len(shapes) == 1 else None
+    dims = shapes.get("", shapes.get("images", lone))
+    return {names[0]: tuple(dims)} if dims else {}
+
+
+def _fill_dims(value: onnx.ValueInfoProto, dims: tuple[int, ...]) -> bool:
+    # only symbolic dims past the batch, and only from data of the input's rank
+    tensor = value.type.tensor_type
+    if not tensor.HasField("shape") or len(tensor.shape.dim) != len(dims):
+        return False
+    changed = False
+    for i, dim in enumerate(tensor.shape.dim):
+        if i and not dim.HasField("dim_value") and 0 < dims[i] <= MAX_DIM:
+            dim.Clear()
+            dim.dim_value = int(dims[i])
+            changed = True
     return changed
 
 

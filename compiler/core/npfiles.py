@@ -52,6 +52,26 @@ def read_npz(path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
         raise DataError(f"{path}: not a readable .npz ({e})") from e
 
 
+def array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Shape of each array in an `.npy` ("" names it) or `.npz` file, from headers only.
+
+    Unreadable files give {}: the shapes are a hint; reading the data reports the error.
+    """
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as fh:
+                return {"": _header(fh, str(path))[0]}
+        with zipfile.ZipFile(path) as zf:
+            out = {}
+            for info in zf.infolist():
+                with zf.open(info) as fh:
+                    out[info.filename.removesuffix(".npy")] = _header(fh, str(path))[0]
+            return out
+    except (OSError, DataError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error,
+            NotImplementedError, RuntimeError, ValueError):
+        return {}
+
+
 def _read(fh: IO[bytes], available: int, label: str, limit: int | None,
           ratio: float = 1.0, path: Path | None = None) -> np.ndarray:
     shape, fortran, dtype, header = _header(fh, label)

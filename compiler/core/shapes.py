@@ -28,6 +28,16 @@ ShapeSpec = dict[str, tuple[int, ...]]
 MAX_DIM = 2**31 - 1  # ONNX dims are int64, onnxruntime's int32 in places; no CNN needs more
 
 
+class DataShapes(dict):
+    """Shapes of the user's data arrays (array name -> dims), used when no spec is given.
+
+    Binding takes from them only the dims the model leaves symbolic past the batch, for the
+    inputs they name (or the single input, from a bare `.npy` or a lone array): data of
+    shape [N, 3, 640, 640] binds an input [batch, 3, H, W] to [1, 3, 640, 640]. They never
+    override a fixed dim; data that does not fit is reported when it is read.
+    """
+
+
 def parse_input_shapes(value: Any) -> ShapeSpec:
     """`{input name: dims}` from any accepted form ("" names the only input).
 
@@ -36,6 +46,8 @@ def parse_input_shapes(value: Any) -> ShapeSpec:
     """
     if value is None:
         return {}
+    if isinstance(value, DataShapes):
+        return value
     if isinstance(value, Mapping):
         return _merge((str(k), _dims(v, str(k))) for k, v in value.items())
     if isinstance(value, str):
@@ -119,5 +131,5 @@ class InputShapes:
         return parse_input_shapes(self.shape)
 
 
-__all__ = ["FLAG", "KEY", "InputShapes", "ShapeSpec", "format_dims", "parse_input_shapes",
-           "shape_problem"]
+__all__ = ["FLAG", "KEY", "DataShapes", "InputShapes", "ShapeSpec", "format_dims",
+           "parse_input_shapes", "shape_problem"]

@@ -20,6 +20,7 @@ from compiler.core.cost import model_cost
 from compiler.core.errors import ConfigError
 from compiler.core.io import load_model
 from compiler.core.pass_manager import Pass, PassResult
+from compiler.core.shapes import DataShapes
 from compiler.driver.config import step_options
 from compiler.driver.context import CompileState
 from compiler.driver.outputs import write_quantized
@@ -46,11 +47,22 @@ def load(state: CompileState) -> str:
     source = state.source
     if isinstance(source, (str, Path)):
         source = resolve_model(source)
-    shapes = step_options(state.config, "shape").spec
+    shapes = step_options(state.config, "shape").spec or data_shapes(state)
     state.model = load_model(source, input_shapes=shapes, bind=True)
     if needs_calibration(state.config):
         state.calib = calibration_feeds(state)
     return f"{len(state.model.nodes)} nodes, opset {state.model.opset}"
+
+
+def data_shapes(state: CompileState) -> DataShapes | None:
+    """Without `input.shape`: the shapes of an .npy/.npz calibration file (`DataShapes`)."""
+    from compiler.core.npfiles import array_shapes
+
+    source = state.calib_source or state.config["calibration.data"]
+    if isinstance(source, (str, Path)) and str(source).endswith((".npy", ".npz")) \
+            and Path(source).is_file():
+        return DataShapes(array_shapes(Path(source)))
+    return None
 
 
 def needs_calibration(c: dict[str, Any]) -> bool:
