@@ -145,9 +145,17 @@ def test_compile_with_input_shape_builds_and_verifies_bit_exact(model_path, cali
     assert model_path.read_bytes() == before
 
 
-def test_compile_without_shape_on_symbolic_hw_exits_2(model_path, calib_path, tmp_path,
-                                                      capsys):
+def test_compile_without_shape_on_symbolic_hw(model_path, calib_path, tmp_path, capsys):
+    """The .npz calibration file's [8, 3, 12, 20] gives H and W; image folders cannot."""
     code, _, err = _run(["compile", model_path, "--calib", calib_path, "-o", tmp_path / "out",
+                         "--quiet"], capsys)
+    assert code == 0, err
+    quant = onnx.load(str(tmp_path / "out" / "model.quant.onnx"))
+    assert [d.dim_value for d in quant.graph.input[0].type.tensor_type.shape.dim] == \
+        [1, 3, 12, 20]
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    code, _, err = _run(["compile", model_path, "--calib", folder, "-o", tmp_path / "o1",
                          "--quiet"], capsys)
     assert code == 2
     assert "--input-shape x:1x3xHxW, each letter a size (config: input.shape)" in err
