@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -121,6 +122,7 @@ class LocalPool(WorkerPool):
 
     def __init__(self, workers: int, init: Init | None, payload: Any) -> None:
         super().__init__(workers)
+        _quiet_resource_tracker()
         method = "forkserver" if "forkserver" in get_all_start_methods() else "spawn"
         self._pool = ProcessPoolExecutor(workers, mp_context=get_context(method),
                                          initializer=_local_init, initargs=(init, payload))
@@ -141,6 +143,21 @@ class LocalPool(WorkerPool):
             proc.terminate()
         for proc in procs:
             proc.join(timeout=5)
+
+
+TRACKER_QUIET = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """Keep multiprocessing's resource tracker from warning about leaked semaphores.
+
+    A worker terminated on Ctrl-C can die holding one of the pool's semaphores; the tracker
+    frees it when the program exits, and its warning would be a second stderr line after
+    npuc's one-line "interrupted". The tracker is a separate interpreter started on the
+    first pool with the parent's -W options, so the filter goes there.
+    """
+    if TRACKER_QUIET not in sys.warnoptions:
+        sys.warnoptions.append(TRACKER_QUIET)
 
 
 def _local_init(init: Init | None, payload: Any) -> None:
