@@ -85,8 +85,23 @@ def _classifier(arch: str):
     torch.manual_seed(0)
     if arch.startswith("timm:"):
         return timm.create_model(arch[5:], pretrained=False)
+    if arch.startswith("seg:"):  # torchvision segmentation: the "out" map of the dict
+        kwargs = {"aux_loss": False} if "lraspp" not in arch else {}
+        return _Segmenter(torchvision.models.get_model(arch[4:], weights=None,
+                                                       weights_backbone=None, **kwargs))
     kwargs = {"aux_logits": False, "init_weights": True} if arch == "googlenet" else {}
     return torchvision.models.get_model(arch, weights=None, **kwargs)
+
+
+class _Segmenter(torch.nn.Module):
+    """torchvision segmentation model returning its "out" logits map, not a dict."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)["out"]
 
 
 def _imagenet(size: int = 224) -> dict:
@@ -127,6 +142,18 @@ CLASSIFIERS = [
     ("dynamo_efficientnet_b0_op18", "efficientnet_b0", "dynamo", 18, False, 224),
     ("dynamo_shufflenet_v2_x1_0", "shufflenet_v2_x1_0", "dynamo", None, False, 224),
     ("dynamo_timm_ghostnet_100_dyn", "timm:ghostnet_100", "dynamo", None, True, 224),
+    # segmentation (session 13): dilated backbones, ASPP / LR-ASPP heads, bilinear Resize
+    ("tv_deeplabv3_mobilenet_v3_large_op17_dyn", "seg:deeplabv3_mobilenet_v3_large", "legacy",
+     17, True, 256),
+    ("tv_lraspp_mobilenet_v3_large_op13", "seg:lraspp_mobilenet_v3_large", "legacy", 13, False,
+     256),
+    ("tv_fcn_resnet50_op11", "seg:fcn_resnet50", "legacy", 11, False, 224),
+    # conv/attention hybrids and re-parameterized nets: LayerNorm, GELU, attention MatMuls
+    ("timm_convnext_atto_op17", "timm:convnext_atto", "legacy", 17, False, 224),
+    ("timm_mobilevit_xxs_op17", "timm:mobilevit_xxs", "legacy", 17, False, 256),
+    ("timm_efficientvit_b0_op17", "timm:efficientvit_b0", "legacy", 17, False, 224),
+    ("timm_repvgg_a0_op13", "timm:repvgg_a0", "legacy", 13, False, 224),
+    ("dynamo_timm_convnext_atto_op21", "timm:convnext_atto", "dynamo", 21, False, 224),
 ]
 
 
