@@ -7,9 +7,6 @@ quantize, build, verify (bit for bit), run and compile, with its interface kept.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +15,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from compiler.cli import main
 from compiler.core.errors import DataError
 from compiler.core.float16 import upcast_half
 from targets.npusim import Simulator
+from tests.test_field_corpus import _cli
 
 RNG = np.random.default_rng(7)
 
@@ -77,14 +74,6 @@ def _two_input_model() -> onnx.ModelProto:
                           helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 1, 12, 12])],
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 12, 12])],
                   [_w("wa", (8, 3, 3, 3)), _w("wb", (8, 1, 3, 3)), _w("wf", (4, 16, 1, 1))])
-
-
-def _cli(argv: list) -> tuple[int, dict]:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main([str(a) for a in argv] + ["--json"])
-    text = buf.getvalue()
-    return code, json.loads(text) if code == 0 and text.strip() else {}
 
 
 def _quantize_build_verify(tmp_path: Path, model: onnx.ModelProto, feeds: dict) -> Path:
