@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compiler.core.subgraphs import graph_attrs, rename_reads
+
 HALF = frozenset({TensorProto.FLOAT16, TensorProto.BFLOAT16})
 SUFFIX = "__float32"
 
@@ -53,15 +55,15 @@ def _casts_to_float(node: onnx.NodeProto) -> bool:
         a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
 
 
-def upcast_half(proto: onnx.ModelProto) -> list[str]:
+def upcast_half(proto: onnx.ModelProto) -> list[str] | None:
     """Rewrite a half-precision `proto` in place to compute in float32 (module docstring).
 
     Returns:
-        The names of the graph inputs and outputs that keep their float16 type behind a
-        Cast (empty when none does, or the model had nothing in half precision).
+        None when the model has nothing in half precision (and is left alone), else the
+        names of the graph inputs and outputs that keep their float16 type behind a Cast.
     """
     if not has_half(proto):
-        return []
+        return None
     graph = proto.graph
     inputs = {i.name for i in graph.input}
     # float16 inputs/outputs keep their type; bfloat16 ones become float32 (numpy, and so
@@ -99,15 +101,9 @@ def _graph_has_half(graph: onnx.GraphProto, skip: frozenset | set = frozenset(),
             if attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT \
                     and attr.i in HALF:
                 return True
-            if any(_graph_has_half(g) for g in _subgraphs(attr)):
-                return True
+        if any(_graph_has_half(g) for g in graph_attrs(node)):
+            return True
     return False
-
-
-def _subgraphs(attr: onnx.AttributeProto) -> list[onnx.GraphProto]:
-    if attr.type == onnx.AttributeProto.GRAPH:
-        return [attr.g]
-    return list(attr.graphs) if attr.type == onnx.AttributeProto.GRAPHS else []
 
 
 def _upcast_tensor(t: onnx.TensorProto) -> None:
@@ -128,8 +124,8 @@ def _upcast_graph(graph: onnx.GraphProto) -> None:
             elif attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT \
                     and attr.i in HALF:
                 attr.i = TensorProto.FLOAT
-            for sub in _subgraphs(attr):
-                _upcast_graph(sub)
+        for sub in graph_attrs(node):
+            _upcast_graph(sub)
 
 
 def _all_names(graph: onnx.GraphProto) -> set[str]:
@@ -152,22 +148,13 @@ def _fresh(name: str, taken: set[str]) -> str:
 
 
 def _rename_reads(graph: onnx.GraphProto, old: str, new: str) -> None:
-    # sub-graphs read outer names implicitly, unless they define the name themselves
+    # the top graph's nodes, and the sub-graphs that read `old` from the enclosing scope
     for node in graph.node:
         for k, name in enumerate(node.input):
             if name == old:
                 node.input[k] = new
-        for attr in node.attribute:
-            for sub in _subgraphs(attr):
-                if old not in _defined(sub):
-                    _rename_reads(sub, old, new)
-
-
-def _defined(graph: onnx.GraphProto) -> set[str]:
-    out = {i.name for i in graph.input} | {t.name for t in graph.initializer}
-    for node in graph.node:
-        out.update(node.output)
-    return out
+        for sub in graph_attrs(node):
+            rename_reads(sub, {old: new})
 
 
 def _cast_input(graph: onnx.GraphProto, value: onnx.ValueInfoProto, half: int,

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from compiler.core import onnxfile
 from compiler.core.errors import ConfigError, ModelLoadError
-from compiler.core.float16 import has_half, upcast_half
+from compiler.core.float16 import upcast_half
 from compiler.core.ir import Model, freeze
 from compiler.core.model_check import check_model
 from compiler.core.onnxfile import parse_proto as parse_proto
@@ -188,8 +188,8 @@ def normalize_proto(proto: onnx.ModelProto, label: str, *, fix_batch: bool = Fal
     onnxfile.name_nodes(proto)
     if opset != INTERNAL_OPSET:
         proto = _convert_opset(proto, label, opset)
-    if has_half(proto):
-        kept = upcast_half(proto)
+    kept = upcast_half(proto)
+    if kept is not None:
         log.warning("%s: float16/bfloat16 model computed in float32%s", label,
                     f" ({', '.join(kept)} keep float16 behind a Cast)" if kept else "")
     if fix_batch:

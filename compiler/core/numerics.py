@@ -13,11 +13,12 @@ from compiler.core.errors import DataError, GraphError, one_line
 from compiler.core.io import to_lean_proto
 from compiler.core.ir import Model
 
-_NP_TYPES = {
+NP_TYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
     "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int32)": np.int32,
     "tensor(int64)": np.int64, "tensor(bool)": np.bool_,
 }
+"""onnxruntime's input/output type names -> numpy dtypes."""
 
 
 def session_options(*, threads: int = 0, optimize: bool = True,
@@ -157,7 +158,7 @@ def random_feeds(model: Model | ort.InferenceSession, seed: int = 0,
     feeds = {}
     for inp in sess.get_inputs():
         shape = [d if isinstance(d, int) and d > 0 else batch for d in inp.shape]
-        dtype = _NP_TYPES.get(inp.type, np.float32)
+        dtype = NP_TYPES.get(inp.type, np.float32)
         if np.issubdtype(dtype, np.floating):
             feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
         else:

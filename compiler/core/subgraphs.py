@@ -76,13 +76,14 @@ def rename_reads(graph: onnx.GraphProto, rename: Mapping[str, str]) -> None:
     for node in graph.node:
         for i, name in enumerate(node.input):
             node.input[i] = rename.get(name, name)
-        for inner in _graph_attrs(node):
+        for inner in graph_attrs(node):
             rename_reads(inner, rename)
     for out in graph.output:
         out.name = rename.get(out.name, out.name)
 
 
-def _graph_attrs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+def graph_attrs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The sub-graphs a node holds in its attributes (If branches, Loop/Scan bodies)."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g
@@ -98,7 +99,7 @@ def outer_names(graph: onnx.GraphProto) -> list[str]:
     found: dict[str, None] = {}
     for node in graph.node:
         found.update((i, None) for i in node.input if i and i not in local)
-        for inner in _graph_attrs(node):
+        for inner in graph_attrs(node):
             found.update((i, None) for i in outer_names(inner) if i not in local)
     found.update((o.name, None) for o in graph.output if o.name not in local)
     return list(found)

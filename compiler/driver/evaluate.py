@@ -99,7 +99,7 @@ class Runner:
 
     def __init__(self, model: onnx.ModelProto, name: str) -> None:
         from compiler.core.model_check import check_as_is
-        from compiler.core.numerics import ort_session
+        from compiler.core.numerics import NP_TYPES, ort_session
 
         check_as_is(model, name)  # size bombs and Loop trip counts before onnxruntime runs
         self.name = name
@@ -116,7 +116,8 @@ class Runner:
         first = inputs[0]
         self.input_name = first.name
         self.shape = [d if isinstance(d, int) and d > 0 else None for d in first.shape]
-        self.dtype = ORT_DTYPES.get(first.type, "float32")  # a float16 model takes float16
+        # a float16 model takes float16, a uint8-image model uint8
+        self.dtype = np.dtype(NP_TYPES.get(first.type, np.float32)).name
 
     def check(self, inputs: np.ndarray, source: str) -> None:
         """Raise `DataError` if `inputs` cannot feed the model input (rank or fixed dims)."""
@@ -154,11 +155,6 @@ class Runner:
 
 
 SHARDS_PER_WORKER = 4  # a few shards per worker even out uneven workers
-
-
-ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16",
-              "tensor(double)": "float64", "tensor(uint8)": "uint8", "tensor(int8)": "int8"}
-"""onnxruntime's input type names -> the dtype eval feeds (other inputs get float32)."""
 
 
 def run_chunk(session: Any, input_name: str, inputs: Any, start: int, chunk: int,
