@@ -17,6 +17,10 @@ from compiler.core.errors import DataError, GraphError
 log = logging.getLogger(__name__)
 
 INT8_MIN, INT8_MAX = -128, 127
+FLOAT32_EXACT = 1 << 24
+"""Every integer of smaller magnitude is exact in float32 (24-bit significand)."""
+FLOAT64_PRODUCT_EXACT = 1 << 52
+"""|a·M0| below this: §3's float64 product and rounding add are exact (`requant_float_ok`)."""
 QRANGE: dict[str, tuple[int, int]] = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255),
                                       "int16": (-(1 << 15), (1 << 15) - 1)}
 """Precisions of quantized activation tensors (zero point 0): dtype name -> (qmin, qmax).
@@ -301,6 +305,28 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
     v = np.asarray(acc, np.int64) * np.asarray(m0, np.int64)
     v = v + np.left_shift(np.int64(1), shift - 1)
     return np.clip(np.right_shift(v, shift), lo, hi).astype(dtype)
+
+
+def requant_float_ok(m0: np.ndarray | int, shift: np.ndarray | int, lo: int, hi: int,
+                     bound: np.ndarray | None = None) -> np.ndarray:
+    """Per channel: whether float64 `clamp(floor(a·M + 1/2), lo, hi)`, `M = M0·2^-s`, is §3.
+
+    Scaling by 2^-s commutes with rounding, so `fl(a·M) + 1/2` is `(fl(a·M0) + 2^(s-1))·2^-s`
+    rounded once more, and both roundings are exact while `|a·M0| < 2^52` (a itself exact
+    in float64, |a| < 2^53). Larger products must saturate, and do exactly when
+    `2^(52-s) ≥ 2^e ≥ max(-lo, hi + 1)`: then `|a·M| ≥ 2^e`, and float rounding is
+    monotone, so the float result saturates alike. A channel also qualifies when `bound`
+    (its largest |a| over every input, bias included) keeps `|a·M0| < 2^52`. Used by the
+    simulator and by model.quant.onnx (docs/binary-format.md §7, docs/fixed-point.md §3).
+    """
+    m0, shift = np.broadcast_arrays(np.asarray(m0, np.int64), np.asarray(shift, np.int64))
+    e = int(np.ceil(np.log2(max(-lo, hi + 1, 1))))
+    ok = (shift + e <= 52).reshape(-1)
+    if bound is not None:
+        worst = np.broadcast_to(np.asarray(bound, np.float64).reshape(-1), ok.shape) \
+            * m0.reshape(-1).astype(np.float64)
+        ok |= worst < FLOAT64_PRODUCT_EXACT
+    return ok
 
 
 def shift_round(acc: np.ndarray, shift: int, lo: int = INT8_MIN, hi: int = INT8_MAX) -> np.ndarray:

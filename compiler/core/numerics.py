@@ -10,6 +10,7 @@ import onnx
 import onnxruntime as ort
 
 from compiler.core.errors import DataError, GraphError, one_line
+from compiler.core.fold_numpy import numpy_value
 from compiler.core.io import to_lean_proto
 from compiler.core.ir import Model
 
@@ -217,18 +218,17 @@ def function_checker(rtol: float = 1e-4, seed: int = 0):
 def eval_node(node, opset: int) -> list[np.ndarray]:
     """Evaluate one graphsurgeon node whose inputs are all constants.
 
-    Used by constant folding; onnxruntime runs the node, with the ONNX reference
-    evaluator as a fallback for ops onnxruntime lacks. Layout-only ops (Reshape, Flatten,
-    Squeeze, Unsqueeze, Transpose, Identity) are exact in numpy and run there: a session
-    per folded weight reshape cost a copy of the weight into the protobuf, another into
-    onnxruntime and its output, and the first session alone about 20 MB.
+    Used by constant folding. Layout and shape-arithmetic ops where numpy is exactly ONNX
+    run in numpy (`compiler.core.fold_numpy`): a session per folded node cost copies of
+    its inputs and, for the first one, about 20 MB. Other nodes run in onnxruntime, with
+    the ONNX reference evaluator as a fallback for ops onnxruntime lacks.
     """
-    import onnx_graphsurgeon as gs
-    from onnx.reference import ReferenceEvaluator
-
-    fast = _layout_value(node, opset)
+    fast = numpy_value(node, opset)
     if fast is not None:
         return fast
+    import onnx_graphsurgeon as gs
+    from onnx.reference import ReferenceEvaluator  # costs memory: imported when needed
+
     clone = gs.Node(node.op, node.name or "fold", dict(node.attrs), domain=node.domain,
                     inputs=[gs.Constant(t.name, np.asarray(t.values)) if t.name else t
                             for t in node.inputs],
@@ -240,54 +240,3 @@ def eval_node(node, opset: int) -> list[np.ndarray]:
         return session(proto, threads=1).run(names, {})
     except Exception:  # fall back to the slower but more complete reference evaluator
         return list(ReferenceEvaluator(proto).run(names, {}))
-
-
-def _layout_value(node, opset: int) -> list[np.ndarray] | None:
-    """The output of a layout-only node computed in numpy (read-only), or None to run it."""
-    rule = _LAYOUT.get(node.op)
-    if rule is None or opset < 14 or node.domain not in (None, "", "ai.onnx") \
-            or len(node.outputs) != 1 or not node.inputs or not node.inputs[0].name:
-        return None
-    args = [np.asarray(t.values) if t.name else None for t in node.inputs]
-    try:
-        out = np.asarray(rule(node.attrs, *args))
-    except (ValueError, TypeError, IndexError):  # invalid here: onnxruntime gives the error
-        return None
-    if np.may_share_memory(out, args[0]):  # a view: the input's memory, not to be written
-        out = out.view()
-        out.flags.writeable = False
-    return [out]
-
-
-def _reshape(attrs: dict, x: np.ndarray, shape: np.ndarray) -> np.ndarray:
-    dims = [int(d) for d in shape.reshape(-1)]
-    if not attrs.get("allowzero", 0):  # 0 copies the input's dim at that position
-        dims = [x.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    return x.reshape(dims)
-
-
-def _flatten(attrs: dict, x: np.ndarray) -> np.ndarray:
-    axis = int(attrs.get("axis", 1))
-    axis = axis + x.ndim if axis < 0 else axis
-    if not 0 <= axis <= x.ndim:
-        raise ValueError(f"Flatten axis {axis} out of range")
-    return x.reshape(int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
-
-
-def _squeeze(attrs: dict, x: np.ndarray, axes: np.ndarray | None = None) -> np.ndarray:
-    if axes is None:
-        return np.squeeze(x)
-    return np.squeeze(x, axis=tuple(int(a) for a in axes.reshape(-1)))
-
-
-def _unsqueeze(attrs: dict, x: np.ndarray, axes: np.ndarray) -> np.ndarray:
-    return np.expand_dims(x, tuple(int(a) for a in axes.reshape(-1)))
-
-
-def _transpose(attrs: dict, x: np.ndarray) -> np.ndarray:
-    perm = attrs.get("perm")
-    return np.ascontiguousarray(np.transpose(x, [int(p) for p in perm] if perm else None))
-
-
-_LAYOUT = {"Reshape": _reshape, "Flatten": _flatten, "Squeeze": _squeeze,
-           "Unsqueeze": _unsqueeze, "Transpose": _transpose, "Identity": lambda attrs, x: x}

@@ -23,6 +23,7 @@ from compiler.core.errors import GraphError
 from compiler.core.io import INTERNAL_OPSET
 from compiler.core.ir import Model
 from compiler.core.qops import op_def
+from compiler.core.qops.arith import channel_l1
 
 
 class IntEmitter:
@@ -123,6 +124,62 @@ class IntEmitter:
                 term = self.node("Mul", [term, self.scalar(factor, np.int64)])
             acc = term if acc is None else self.node("Add", [acc, term])
         return acc
+
+    def weighted_layer(self, op, x: gs.Tensor, out: gs.Tensor, mac8, mac_float,
+                       param) -> gs.Tensor:
+        """§11 conv/gemm `y = requant(Σ x·W + B)` into `out`, in the fastest exact form.
+
+        * Σ x·W: in float32 (`mac_float(Cast<float>(x))`) when every partial sum is an
+          integer below 2^24 in magnitude (`channel_l1` of the weight times the input type's
+          largest |x|): each product and partial sum is then a float32, so the float op
+          returns the exact sum in any summation order, several times faster than
+          onnxruntime's integer kernels. Else `integer_mac` (int64).
+        * requant: in float64 (`requant_float`) when `fp.requant_float_ok` holds for every
+          channel given the accumulator bound; else the int64 formula of §3.
+
+        Args:
+            op: The QConv/QGemm/QMatMul (weight, bias, m0, shift, lo, hi).
+            x: Its input.
+            out: Its output.
+            mac8: Emits the 8-bit integer op on an int8 tensor.
+            mac_float: Emits the float32 op on a float32 tensor.
+            param: QGraph array key -> tensor broadcasting along the channel axis.
+        """
+        lo, hi = fp.QRANGE[np.dtype(x.dtype).name]
+        bound = channel_l1(op.weight) * max(-lo, hi)
+        bias_bound = bound + np.abs(np.asarray(op.bias, np.int64))
+        fast = fp.requant_float_ok(op.m0, op.shift, op.lo, op.hi, bias_bound).all()
+        if int(bound.max(initial=0)) < fp.FLOAT32_EXACT:
+            mac = mac_float(self.cast(x, np.float32))
+            if fast:
+                acc = self.node("Add", [self.cast(mac, np.float64),
+                                        self.cast(param(f"{op.name}::bias"), np.float64)])
+                return self.requant_float(acc, param(f"{op.name}::m0"),
+                                          param(f"{op.name}::shift"), op.lo, op.hi, out)
+            mac = self.cast(mac, np.int64)
+        else:
+            mac = self.integer_mac(x, mac8)
+        acc = self.node("Add", [mac, self.cast(param(f"{op.name}::bias"), np.int64)])
+        if fast:
+            return self.requant_float(self.cast(acc, np.float64), param(f"{op.name}::m0"),
+                                      param(f"{op.name}::shift"), op.lo, op.hi, out)
+        return self.requant(acc, param(f"{op.name}::m0"), param(f"{op.name}::shift"), op.lo,
+                            op.hi, out)
+
+    def requant_float(self, acc: gs.Tensor, m0: gs.Tensor, shift: gs.Tensor, lo: int, hi: int,
+                      out: gs.Tensor) -> gs.Tensor:
+        """§3 in float64 for a float64 `acc` (only where `fp.requant_float_ok` proves it exact).
+
+        `Cast<T>(Clip(Floor(acc·M + 1/2), lo, hi))` with `M = M0 / 2^s` computed in the
+        graph from the stored arrays (exact: a power-of-two division), folded at load.
+        """
+        ones = self.scalar(1, np.uint64)
+        pow2 = self.node("BitShift", [ones, self.cast(shift, np.uint64)], direction="LEFT")
+        mult = self.node("Div", [self.cast(m0, np.float64), self.cast(pow2, np.float64)])
+        v = self.node("Add", [self.node("Mul", [acc, mult]), self.scalar(0.5, np.float64)])
+        clipped = self.node("Clip", [self.node("Floor", [v]), self.scalar(lo, np.float64),
+                                     self.scalar(hi, np.float64)])
+        return self.cast_into(clipped, out)
 
     def channel(self, key: str, shape: list[int]) -> gs.Tensor:
         """QGraph array reshaped for broadcasting (folded by onnxruntime)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from compiler.core import fixedpoint as fp
 from targets.npusim import kernels as K
 
 BLOCK_BYTES = 1 << 19  # int64 accumulator bytes of one block: fits a core's L2 cache
@@ -137,9 +138,6 @@ class Padded:
         return self._views[key]
 
 
-EXACT_F64 = 1 << 52  # |a·M0| below this: the float64 product and the rounding add are exact
-
-
 @dataclass
 class Requant:
     """Per-row §3 constants of one instruction, shaped to broadcast over [rows, ...].
@@ -186,12 +184,9 @@ class Requant:
             return np.asarray(a, np.int64).reshape((-1,) + (1,) * trailing)
         bias, m0, shift = col(bias), col(m0), col(shift)
         m0, bias, shift = np.broadcast_arrays(m0, bias, shift)
-        e = int(np.ceil(np.log2(max(-lo, hi + 1, 1))))
-        ok = (shift + e <= 52).reshape(-1)
         if bound is not None:
-            worst = (np.asarray(bound, np.float64).reshape(-1) + np.abs(bias.reshape(-1))) \
-                * m0.reshape(-1)
-            ok |= worst < EXACT_F64
+            bound = np.asarray(bound, np.float64).reshape(-1) + np.abs(bias.reshape(-1))
+        ok = fp.requant_float_ok(m0, shift, lo, hi, bound)
         return cls(bias.copy(), m0.copy(), np.left_shift(np.int64(1), shift - 1), shift.copy(),
                    lo, hi, bias.astype(np.float64), np.ldexp(m0.astype(np.float64), -shift),
                    ok)

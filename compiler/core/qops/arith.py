@@ -43,3 +43,14 @@ def gemm_exact(cols: np.ndarray, w: np.ndarray) -> np.ndarray:
 def nbytes(*arrays: np.ndarray | None) -> int:
     """Total bytes of the given constant arrays (None skipped)."""
     return sum(int(a.nbytes) for a in arrays if a is not None)
+
+
+
+def channel_l1(weight: np.ndarray) -> np.ndarray:
+    """Σ|w| per output channel (axis 0) of an integer weight, int64.
+
+    Times the input's largest |x| it bounds every partial sum of that channel's dot product
+    (the float32 path of model.quant.onnx, docs/fixed-point.md §11).
+    """
+    w = np.abs(np.asarray(weight, np.int64))
+    return w.reshape(len(w), -1).sum(axis=1)

@@ -122,19 +122,16 @@ def run_conv(op: QConv, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 
 
 def emit_conv(e, op: QConv, ins: list, outs: list) -> None:
-    """§11 conv: ConvInteger + bias + per-channel requant (§16: two for an int16 input)."""
+    """§11 conv: ConvInteger or an exact float32 Conv, + bias, per-channel requant."""
     weight = e.array(f"{op.name}::weight")
-
-    def conv8(x: gs.Tensor) -> gs.Tensor:
-        return e.node("ConvInteger", [x, weight], dtype=np.int32, strides=list(op.strides),
-                      pads=list(op.pads), dilations=list(op.dilations), group=op.group,
-                      kernel_shape=list(op.weight.shape[2:]))
-
-    shape = [1, -1, 1, 1]
-    bias = e.cast(e.channel(f"{op.name}::bias", shape), np.int64)
-    acc = e.node("Add", [e.integer_mac(ins[0], conv8), bias])
-    e.requant(acc, e.channel(f"{op.name}::m0", shape), e.channel(f"{op.name}::shift", shape),
-              op.lo, op.hi, outs[0])
+    attrs = {"strides": list(op.strides), "pads": list(op.pads),
+             "dilations": list(op.dilations), "group": op.group,
+             "kernel_shape": list(op.weight.shape[2:])}
+    e.weighted_layer(
+        op, ins[0], outs[0],
+        lambda x: e.node("ConvInteger", [x, weight], dtype=np.int32, **attrs),
+        lambda x: e.node("Conv", [x, e.cast(weight, np.float32)], dtype=np.float32, **attrs),
+        lambda key: e.channel(key, [1, -1, 1, 1]))
 
 
 def qdq_conv(e, op: QConv) -> None:

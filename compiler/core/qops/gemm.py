@@ -123,13 +123,13 @@ def run_gemm(op: QGemm, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 
 
 def emit_gemm(e, op: QGemm, ins: list, outs: list) -> None:
-    """§11 gemm: MatMulInteger with the transposed weight (folded at load)."""
+    """§11 gemm: MatMulInteger or an exact float32 MatMul on the transposed weight."""
     w = e.node("Transpose", [e.array(f"{op.name}::weight")], perm=[1, 0])
-    acc = e.integer_mac(ins[0], lambda x: e.node("MatMulInteger", [x, w], dtype=np.int32))
-    bias = e.cast(e.array(f"{op.name}::bias"), np.int64)
-    acc = e.node("Add", [acc, bias])
-    e.requant(acc, e.array(f"{op.name}::m0"), e.array(f"{op.name}::shift"), op.lo, op.hi,
-              outs[0])
+    e.weighted_layer(
+        op, ins[0], outs[0],
+        lambda x: e.node("MatMulInteger", [x, w], dtype=np.int32),
+        lambda x: e.node("MatMul", [x, e.cast(w, np.float32)], dtype=np.float32),
+        e.array)
 
 
 def qdq_gemm(e, op: QGemm) -> None:
