@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 INT8_MIN, INT8_MAX = -128, 127
 FLOAT32_EXACT = 1 << 24
 """Every integer of smaller magnitude is exact in float32 (24-bit significand)."""
+FLOAT64_EXACT = 1 << 53
+"""Every integer of smaller magnitude is exact in float64 (53-bit significand)."""
 FLOAT64_PRODUCT_EXACT = 1 << 52
 """|a·M0| below this: §3's float64 product and rounding add are exact (`requant_float_ok`)."""
 QRANGE: dict[str, tuple[int, int]] = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255),
@@ -305,6 +307,12 @@ def requantize(acc: np.ndarray, m0: np.ndarray | int, shift: np.ndarray | int,
     v = np.asarray(acc, np.int64) * np.asarray(m0, np.int64)
     v = v + np.left_shift(np.int64(1), shift - 1)
     return np.clip(np.right_shift(v, shift), lo, hi).astype(dtype)
+
+
+def max_abs(dtype: str | np.dtype) -> int:
+    """The largest |q| of a quantized type (128 for int8, 255 for uint8, 32768 for int16)."""
+    lo, hi = qrange(np.dtype(dtype).name)
+    return max(-lo, hi)
 
 
 def requant_float_ok(m0: np.ndarray | int, shift: np.ndarray | int, lo: int, hi: int,

@@ -23,7 +23,7 @@ from compiler.core.errors import GraphError
 from compiler.core.io import INTERNAL_OPSET
 from compiler.core.ir import Model
 from compiler.core.qops import op_def
-from compiler.core.qops.arith import channel_l1
+from compiler.core.qops.arith import channel_l1, float_chunks
 
 
 class IntEmitter:
@@ -125,15 +125,16 @@ class IntEmitter:
             acc = term if acc is None else self.node("Add", [acc, term])
         return acc
 
-    def weighted_layer(self, op, x: gs.Tensor, out: gs.Tensor, mac8, mac_float,
-                       param) -> gs.Tensor:
+    def weighted_layer(self, op, x: gs.Tensor, out: gs.Tensor, mac8, mac_float, param,
+                       input_l1: np.ndarray) -> gs.Tensor:
         """§11 conv/gemm `y = requant(Σ x·W + B)` into `out`, in the fastest exact form.
 
-        * Σ x·W: in float32 (`mac_float(Cast<float>(x))`) when every partial sum is an
-          integer below 2^24 in magnitude (`channel_l1` of the weight times the input type's
-          largest |x|): each product and partial sum is then a float32, so the float op
-          returns the exact sum in any summation order, several times faster than
-          onnxruntime's integer kernels. Else `integer_mac` (int64).
+        * Σ x·W: in float32 on `Cast<float>(x)` when the input indices split into a few
+          ranges (`float_chunks`) over which every partial sum is an integer below 2^24 in
+          magnitude: each product and partial sum is then a float32, so the float op returns
+          the exact sum in any summation order (several times faster than onnxruntime's
+          integer kernels); the ranges' sums are added exactly in float64 / int64. Else
+          `integer_mac` (int64).
         * requant: in float64 (`requant_float`) when `fp.requant_float_ok` holds for every
           channel given the accumulator bound; else the int64 formula of §3.
 
@@ -142,44 +143,71 @@ class IntEmitter:
             x: Its input.
             out: Its output.
             mac8: Emits the 8-bit integer op on an int8 tensor.
-            mac_float: Emits the float32 op on a float32 tensor.
+            mac_float: `(t, k0, k1)` -> the float32 op on a float32 tensor `t`, over the
+                input indices [k0, k1) only.
             param: QGraph array key -> tensor broadcasting along the channel axis.
+            input_l1: [C_out, K] Σ|w| per output channel and input index (`float_chunks`).
         """
         lo, hi = fp.QRANGE[np.dtype(x.dtype).name]
-        bound = channel_l1(op.weight) * max(-lo, hi)
-        bias_bound = bound + np.abs(np.asarray(op.bias, np.int64))
+        xmax = max(-lo, hi)
+        bias_bound = channel_l1(op.weight) * xmax + np.abs(np.asarray(op.bias, np.int64))
         fast = fp.requant_float_ok(op.m0, op.shift, op.lo, op.hi, bias_bound).all()
-        if int(bound.max(initial=0)) < fp.FLOAT32_EXACT:
-            mac = mac_float(self.cast(x, np.float32))
-            if fast:
-                acc = self.node("Add", [self.cast(mac, np.float64),
-                                        self.cast(param(f"{op.name}::bias"), np.float64)])
-                return self.requant_float(acc, param(f"{op.name}::m0"),
-                                          param(f"{op.name}::shift"), op.lo, op.hi, out)
-            mac = self.cast(mac, np.int64)
+        wide = np.float64 if fast else np.int64  # |acc| < 2^53: exact either way
+        chunks = float_chunks(input_l1, xmax)
+        if chunks is not None:
+            xf = self.cast(x, np.float32)
+            mac = None
+            for k0, k1 in chunks:  # Add, not Sum: Sum has no int64 kernel
+                part = self.cast(mac_float(xf, k0, k1), wide)
+                mac = part if mac is None else self.node("Add", [mac, part])
         else:
             mac = self.integer_mac(x, mac8)
-        acc = self.node("Add", [mac, self.cast(param(f"{op.name}::bias"), np.int64)])
-        if fast:
-            return self.requant_float(self.cast(acc, np.float64), param(f"{op.name}::m0"),
-                                      param(f"{op.name}::shift"), op.lo, op.hi, out)
-        return self.requant(acc, param(f"{op.name}::m0"), param(f"{op.name}::shift"), op.lo,
-                            op.hi, out)
+            mac = self.cast(mac, np.float64) if fast else mac
+        acc = self.node("Add", [mac, self.cast(param(f"{op.name}::bias"), wide)])
+        requant = self.requant_float if fast else self.requant
+        return requant(acc, param(f"{op.name}::m0"), param(f"{op.name}::shift"), op.lo, op.hi,
+                       out)
 
-    def requant_float(self, acc: gs.Tensor, m0: gs.Tensor, shift: gs.Tensor, lo: int, hi: int,
+    def requant_float(self, acc: gs.Tensor, m0, shift, lo: int, hi: int,
                       out: gs.Tensor) -> gs.Tensor:
         """§3 in float64 for a float64 `acc` (only where `fp.requant_float_ok` proves it exact).
 
-        `Cast<T>(Clip(Floor(acc·M + 1/2), lo, hi))` with `M = M0 / 2^s` computed in the
-        graph from the stored arrays (exact: a power-of-two division), folded at load.
+        `Cast<T>(Clip(Floor(acc·M + 1/2), lo, hi))` with `M = M0 / 2^s`: for stored arrays
+        computed in the graph (a power-of-two division, exact, folded at load); for the ints
+        of scalar ops a float64 constant (`ldexp`, exact).
         """
-        ones = self.scalar(1, np.uint64)
-        pow2 = self.node("BitShift", [ones, self.cast(shift, np.uint64)], direction="LEFT")
-        mult = self.node("Div", [self.cast(m0, np.float64), self.cast(pow2, np.float64)])
+        if isinstance(m0, (int, np.integer)) and isinstance(shift, (int, np.integer)):
+            mult = self.scalar(np.ldexp(float(m0), -int(shift)), np.float64)
+        else:
+            ones = self.scalar(1, np.uint64)
+            pow2 = self.node("BitShift", [ones, self.cast(shift, np.uint64)], direction="LEFT")
+            mult = self.node("Div", [self.cast(m0, np.float64), self.cast(pow2, np.float64)])
         v = self.node("Add", [self.node("Mul", [acc, mult]), self.scalar(0.5, np.float64)])
         clipped = self.node("Clip", [self.node("Floor", [v]), self.scalar(lo, np.float64),
                                      self.scalar(hi, np.float64)])
         return self.cast_into(clipped, out)
+
+    def requant_any(self, acc_of, m0, shift, lo: int, hi: int, out: gs.Tensor,
+                    bound, m0_values=None, shift_values=None) -> gs.Tensor:
+        """§3 on `acc_of(dtype)` (the accumulator built in float64 or int64), float64 where
+        `fp.requant_float_ok` proves it for `bound` (the largest |acc| any input gives).
+
+        The accumulator of scalar ops (Add, Mul, Concat, pooling) is below 2^53, so building
+        it in float64 is exact too. `m0_values`/`shift_values`: the arrays behind tensor
+        `m0`/`shift` (default: `m0`, `shift` themselves, ints).
+        """
+        m0v = m0 if m0_values is None else m0_values
+        sv = shift if shift_values is None else shift_values
+        bound = np.asarray(bound, np.float64)
+        if bound.max() < fp.FLOAT64_EXACT and fp.requant_float_ok(m0v, sv, lo, hi, bound).all():
+            return self.requant_float(acc_of(np.float64), m0, shift, lo, hi, out)
+        return self.requant(acc_of(np.int64), m0, shift, lo, hi, out)
+
+    def slice(self, x: gs.Tensor, start: int, stop: int, axis: int) -> gs.Tensor:
+        """x[start:stop] along `axis` (ONNX Slice)."""
+        return self.node("Slice", [x, self.scalar([start], np.int64),
+                                   self.scalar([stop], np.int64), self.scalar([axis], np.int64)],
+                         dtype=x.dtype)
 
     def channel(self, key: str, shape: list[int]) -> gs.Tensor:
         """QGraph array reshaped for broadcasting (folded by onnxruntime)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from compiler.core import fixedpoint as fp
+
 CHUNK_ELEMENTS = 1 << 22  # float64 elements per im2col / weight block (32 MiB)
 
 
@@ -46,11 +48,39 @@ def nbytes(*arrays: np.ndarray | None) -> int:
 
 
 
-def channel_l1(weight: np.ndarray) -> np.ndarray:
-    """Σ|w| per output channel (axis 0) of an integer weight, int64.
 
-    Times the input's largest |x| it bounds every partial sum of that channel's dot product
-    (the float32 path of model.quant.onnx, docs/fixed-point.md §11).
-    """
+def channel_l1(weight: np.ndarray) -> np.ndarray:
+    """Σ|w| per output channel (axis 0) of an integer weight, int64."""
     w = np.abs(np.asarray(weight, np.int64))
     return w.reshape(len(w), -1).sum(axis=1)
+
+
+MAX_FLOAT_CHUNKS = 8
+"""More input ranges than this and the integer op is the better exact form."""
+
+
+def float_chunks(l1: np.ndarray, xmax: int) -> list[tuple[int, int]] | None:
+    """Input ranges over which every partial sum of every output channel is float32-exact.
+
+    Args:
+        l1: [C_out, K] Σ|w| of output channel c over input index k (a Conv's input channel
+            covers its kernel taps).
+        xmax: The input type's largest |x| (128 int8, 255 uint8, 32768 int16).
+
+    Returns:
+        Consecutive `[k0, k1)` covering K, greedy, each with `max_c Σ_k l1[c, k] · xmax <
+        2^24` (docs/fixed-point.md §11), or None when more than `MAX_FLOAT_CHUNKS` are
+        needed.
+    """
+    limit = (fp.FLOAT32_EXACT - 1) // xmax
+    l1 = np.asarray(l1, np.int64)
+    if l1.size and l1.max() > limit:
+        return None
+    chunks, start, run = [], 0, np.zeros(len(l1), np.int64)
+    for k in range(l1.shape[1]):
+        if (run + l1[:, k] > limit).any():
+            chunks.append((start, k))
+            start, run = k, np.zeros(len(l1), np.int64)
+        run += l1[:, k]
+    chunks.append((start, l1.shape[1]))
+    return chunks if len(chunks) <= MAX_FLOAT_CHUNKS else None

@@ -65,8 +65,8 @@ def emit_concat(e, op: QConcat, ins: list, outs: list) -> None:
         if (m0, s) == IDENTITY and np.dtype(x.dtype) == dtype:
             parts.append(x)
         else:
-            parts.append(e.requant(e.cast(x, np.int64), m0, s, lo, hi,
-                                   e.tmp("concat_in", dtype)))
+            parts.append(e.requant_any(lambda t, x=x: e.cast(x, t), m0, s, lo, hi,
+                                       e.tmp("concat_in", dtype), fp.max_abs(x.dtype)))
     e.node("Concat", parts, out=outs[0], axis=op.axis)
 
 

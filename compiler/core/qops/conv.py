@@ -122,16 +122,28 @@ def run_conv(op: QConv, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 
 
 def emit_conv(e, op: QConv, ins: list, outs: list) -> None:
-    """§11 conv: ConvInteger or an exact float32 Conv, + bias, per-channel requant."""
+    """§11 conv: exact float32 Conv(s) over input-channel ranges, or ConvInteger; requant."""
     weight = e.array(f"{op.name}::weight")
     attrs = {"strides": list(op.strides), "pads": list(op.pads),
              "dilations": list(op.dilations), "group": op.group,
              "kernel_shape": list(op.weight.shape[2:])}
+    w_float = []
+
+    def conv_float(x: gs.Tensor, k0: int, k1: int) -> gs.Tensor:
+        if not w_float:
+            w_float.append(e.cast(weight, np.float32))
+        w = w_float[0]
+        if (k0, k1) != (0, input_l1.shape[1]):  # a range of input channels (group 1 only)
+            x, w = (e.slice(t, k0, k1, axis=1) for t in (x, w))
+        return e.node("Conv", [x, w], dtype=np.float32, **attrs)
+
+    taps = np.abs(op.weight.astype(np.int64)).sum(axis=(2, 3))  # [Cout, Cin/group]
+    # grouped convs are not split: their input channels differ per output channel
+    input_l1 = taps if op.group == 1 else taps.sum(axis=1, keepdims=True)
     e.weighted_layer(
         op, ins[0], outs[0],
-        lambda x: e.node("ConvInteger", [x, weight], dtype=np.int32, **attrs),
-        lambda x: e.node("Conv", [x, e.cast(weight, np.float32)], dtype=np.float32, **attrs),
-        lambda key: e.channel(key, [1, -1, 1, 1]))
+        lambda x: e.node("ConvInteger", [x, weight], dtype=np.int32, **attrs), conv_float,
+        lambda key: e.channel(key, [1, -1, 1, 1]), input_l1)
 
 
 def qdq_conv(e, op: QConv) -> None:

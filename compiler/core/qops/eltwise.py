@@ -106,16 +106,22 @@ def mul_nonnegative(unit: Unit, io: UnitIO) -> bool:
 
 
 def emit_add(e, op: QAdd, ins: list, outs: list) -> None:
-    """§6."""
-    a = e.node("Mul", [e.cast(ins[0], np.int64), e.scalar(op.a_mult, np.int64)])
-    b = e.node("Mul", [e.cast(ins[1], np.int64), e.scalar(op.b_mult, np.int64)])
-    e.requant(e.node("Add", [a, b]), 1, op.shift, op.lo, op.hi, outs[0])
+    """§6 (float64 where exact: |acc| < 2^53 always, the rounding where proven)."""
+    bound = sum(fp.max_abs(x.dtype) * abs(m) for x, m in zip(ins, (op.a_mult, op.b_mult),
+                                                            strict=True))
+
+    def acc(dtype):
+        a = e.node("Mul", [e.cast(ins[0], dtype), e.scalar(op.a_mult, dtype)])
+        b = e.node("Mul", [e.cast(ins[1], dtype), e.scalar(op.b_mult, dtype)])
+        return e.node("Add", [a, b])
+    e.requant_any(acc, 1, op.shift, op.lo, op.hi, outs[0], bound)
 
 
 def emit_mul(e, op: QMul, ins: list, outs: list) -> None:
-    """§7 mul."""
-    acc = e.node("Mul", [e.cast(ins[0], np.int64), e.cast(ins[1], np.int64)])
-    e.requant(acc, op.m0, op.shift, op.lo, op.hi, outs[0])
+    """§7 mul (float64 where the rounding is proven exact)."""
+    bound = fp.max_abs(ins[0].dtype) * fp.max_abs(ins[1].dtype)
+    e.requant_any(lambda dtype: e.node("Mul", [e.cast(ins[0], dtype), e.cast(ins[1], dtype)]),
+                  op.m0, op.shift, op.lo, op.hi, outs[0], bound)
 
 
 DEFS = (

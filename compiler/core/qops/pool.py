@@ -206,20 +206,34 @@ def run_maxpool(op: QMaxPool, args: list[np.ndarray], graph: GraphView) -> list[
 # --- integer ONNX ---------------------------------------------------------------------------
 
 def emit_avgpool(e, op: QAvgPool, ins: list, outs: list) -> None:
-    """§8 avg pool: window sums as a depthwise ConvInteger with an all-ones kernel."""
+    """§8 avg pool: window sums as a depthwise conv with an all-ones kernel: in float32
+    (exact: a window sum of 8-bit values is far below 2^24), else ConvInteger."""
     channels = e.qg.tensor(op.inputs[0]).shape[1]
-    ones = e.scalar(np.ones((channels, 1, *op.kernel)), np.int8)
-    acc = e.node("ConvInteger", [ins[0], ones], dtype=np.int32, strides=list(op.strides),
-                 pads=list(op.pads), group=channels, kernel_shape=list(op.kernel))
-    e.requant(e.cast(acc, np.int64), e.array(f"{op.name}::m0"), e.array(f"{op.name}::shift"),
-              op.lo, op.hi, outs[0])
+    attrs = {"strides": list(op.strides), "pads": list(op.pads), "group": channels,
+             "kernel_shape": list(op.kernel)}
+    window = int(np.prod(op.kernel))
+    bound = window * fp.max_abs(ins[0].dtype)
+
+    def acc(dtype):
+        if bound < fp.FLOAT32_EXACT and np.dtype(ins[0].dtype).itemsize == 1:
+            ones = e.scalar(np.ones((channels, 1, *op.kernel)), np.float32)
+            return e.cast(e.node("Conv", [e.cast(ins[0], np.float32), ones], dtype=np.float32,
+                                 **attrs), dtype)
+        ones = e.scalar(np.ones((channels, 1, *op.kernel)), np.int8)
+        return e.cast(e.node("ConvInteger", [ins[0], ones], dtype=np.int32, **attrs), dtype)
+    e.requant_any(acc, e.array(f"{op.name}::m0"), e.array(f"{op.name}::shift"), op.lo, op.hi,
+                  outs[0], bound, op.m0, op.shift)
 
 
 def emit_gap(e, op: QGlobalAvgPool, ins: list, outs: list) -> None:
-    """§8 global pool: int64 ReduceSum."""
-    acc = e.node("ReduceSum", [e.cast(ins[0], np.int64), e.scalar([2, 3], np.int64)],
-                 keepdims=int(op.keepdims))
-    e.requant(acc, op.m0, op.shift, op.lo, op.hi, outs[0])
+    """§8 global pool: ReduceSum in float64 (exact, |sum| < 2^53) or int64."""
+    spatial = e.qg.tensor(op.inputs[0]).shape[2:]
+    bound = np.inf if any(d < 0 for d in spatial) else \
+        int(np.prod(spatial)) * fp.max_abs(ins[0].dtype)  # unknown size: int64
+    e.requant_any(lambda dtype: e.node("ReduceSum", [e.cast(ins[0], dtype),
+                                                     e.scalar([2, 3], np.int64)],
+                                       keepdims=int(op.keepdims)),
+                  op.m0, op.shift, op.lo, op.hi, outs[0], bound)
 
 
 def emit_maxpool(e, op: QMaxPool, ins: list, outs: list) -> None:

@@ -17,6 +17,7 @@ import pytest
 from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.numerics import run, session
+from compiler.core.qops.arith import MAX_FLOAT_CHUNKS, float_chunks
 from passes.quantize.emit_int import IntEmitter
 
 
@@ -36,9 +37,12 @@ def _emit_gemm(op, x_dtype, k: int):
     w = gs.Constant("w", np.ascontiguousarray(op.weight.T))
     x = gs.Variable("x", dtype=x_dtype, shape=[None, k])
     y = gs.Variable("y", dtype=np.int64 if op.hi > 255 or op.lo < -128 else np.int8)
+    def matmul_float(t, k0, k1):
+        wf = e.slice(e.cast(w, np.float32), k0, k1, axis=0)
+        return e.node("MatMul", [e.slice(t, k0, k1, axis=-1), wf], dtype=np.float32)
+
     e.weighted_layer(op, x, y, lambda t: e.node("MatMulInteger", [t, w], dtype=np.int32),
-                     lambda t: e.node("MatMul", [t, e.cast(w, np.float32)], dtype=np.float32),
-                     consts.__getitem__)
+                     matmul_float, consts.__getitem__, np.abs(op.weight.astype(np.int64)))
     sess = session(gs.export_onnx(gs.Graph(nodes=e.nodes, inputs=[x], outputs=[y], opset=17)))
     return {n.op for n in e.nodes}, lambda v: run(sess, {"x": v})["y"]
 
@@ -57,10 +61,12 @@ def _extreme_inputs(dtype, k: int, rng) -> np.ndarray:
 
 
 @pytest.mark.parametrize("dtype, xmax", [(np.int8, 128), (np.uint8, 255)])
-@pytest.mark.parametrize("float_mac", [True, False])
-def test_float32_mac_exactly_up_to_its_bound(dtype, xmax, float_mac):
-    """The largest Σ|w| with Σ|w|·max|x| < 2^24 runs in float32; one more goes to integers."""
-    l1 = (fp.FLOAT32_EXACT - 1) // xmax + (0 if float_mac else 1)
+@pytest.mark.parametrize("chunks", [1, 2, MAX_FLOAT_CHUNKS, MAX_FLOAT_CHUNKS + 1])
+def test_float32_mac_exactly_up_to_its_bound(dtype, xmax, chunks):
+    """Σ|w|·max|x| just below `chunks`·2^24 runs as that many exact float32 ranges; past
+    MAX_FLOAT_CHUNKS ranges the integer op is used."""
+    limit = (fp.FLOAT32_EXACT - 1) // xmax
+    l1 = limit * chunks - (127 * (chunks - 1) if chunks > 1 else 0)
     k = -(-l1 // 127)
     row = np.full(k, 127, np.int64)
     row[-1] = l1 - 127 * (k - 1)
@@ -69,7 +75,14 @@ def test_float32_mac_exactly_up_to_its_bound(dtype, xmax, float_mac):
     # M = 1 and a wide clamp: the output is the accumulator itself, every bit checked
     op = _layer(w, [5, -7, 2**20], 1 << 30, 30, lo=-(1 << 26), hi=1 << 26)
     ops, run_it = _emit_gemm(op, dtype, k)
+    float_mac = chunks <= MAX_FLOAT_CHUNKS
     assert ("MatMul" in ops and "MatMulInteger" not in ops) == float_mac
+    assert (float_chunks(np.abs(w), xmax) is None) == (not float_mac)
+    if float_mac:
+        ranges = float_chunks(np.abs(w), xmax)
+        assert len(ranges) == chunks and ranges[0][0] == 0 and ranges[-1][1] == k
+        assert all(np.abs(w[:, a:b]).sum(axis=1).max() * xmax < fp.FLOAT32_EXACT
+                   for a, b in ranges)
     x = _extreme_inputs(dtype, k, np.random.default_rng(k))
     np.testing.assert_array_equal(run_it(x).astype(np.int64), _reference(op, x))
 
