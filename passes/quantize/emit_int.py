@@ -189,12 +189,12 @@ class IntEmitter:
 
     def requant_any(self, acc_of, m0, shift, lo: int, hi: int, out: gs.Tensor,
                     bound, m0_values=None, shift_values=None) -> gs.Tensor:
-        """§3 on `acc_of(dtype)` (the accumulator built in float64 or int64), float64 where
-        `fp.requant_float_ok` proves it for `bound` (the largest |acc| any input gives).
+        """§3 on `acc_of(dtype)`, the accumulator built in float64 or int64.
 
-        The accumulator of scalar ops (Add, Mul, Concat, pooling) is below 2^53, so building
-        it in float64 is exact too. `m0_values`/`shift_values`: the arrays behind tensor
-        `m0`/`shift` (default: `m0`, `shift` themselves, ints).
+        float64 where `fp.requant_float_ok` proves it for `bound` (the largest |acc| any
+        input gives) and `bound < 2^53`, so that building the accumulator (Add, Mul, Concat,
+        pooling) in float64 is exact too. `m0_values`/`shift_values`: the arrays behind
+        tensor `m0`/`shift` (default: `m0`, `shift` themselves, ints).
         """
         m0v = m0 if m0_values is None else m0_values
         sv = shift if shift_values is None else shift_values

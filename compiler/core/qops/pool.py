@@ -206,8 +206,10 @@ def run_maxpool(op: QMaxPool, args: list[np.ndarray], graph: GraphView) -> list[
 # --- integer ONNX ---------------------------------------------------------------------------
 
 def emit_avgpool(e, op: QAvgPool, ins: list, outs: list) -> None:
-    """§8 avg pool: window sums as a depthwise conv with an all-ones kernel: in float32
-    (exact: a window sum of 8-bit values is far below 2^24), else ConvInteger."""
+    """§8 avg pool: window sums as a depthwise conv with an all-ones kernel.
+
+    In float32 (exact: a window sum of 8-bit values is far below 2^24), else ConvInteger.
+    """
     channels = e.qg.tensor(op.inputs[0]).shape[1]
     attrs = {"strides": list(op.strides), "pads": list(op.pads), "group": channels,
              "kernel_shape": list(op.kernel)}
