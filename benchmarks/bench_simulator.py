@@ -6,7 +6,9 @@ frames, then time one frame at a time, interleaved, on real photos:
 
 - simulator: `Simulator("model.bin").run(frame)` with its defaults (what `npuc run` does);
 - onnxruntime: a plain `onnxruntime.InferenceSession("model.qdq.onnx")`, default
-  SessionOptions (all graph optimizations, default threads), as a user would run it.
+  SessionOptions (all graph optimizations, default threads), as a user would run it;
+- the integer model `model.quant.onnx` in the same kind of session (what `npuc eval`,
+  `compare` and the accuracy budget run; docs/fixed-point.md §3, §11 for its fast exact forms).
 
 Prints ms/frame (best and median of the rounds), the ratio, the machine load, and the
 simulator's per-kind and slowest-instruction breakdown (`Simulator.profile`).
@@ -119,18 +121,22 @@ def measure(name: str, args: argparse.Namespace, photos: np.ndarray) -> dict:
         sim = Simulator(str(binary), threads=args.threads)
         load_ort = timed(lambda: ort.InferenceSession(str(qdq)))
         sess = ort.InferenceSession(str(qdq))
+        int_sess = ort.InferenceSession(str(qdq.with_name("model.quant.onnx")))
         feed = sim.input_names[0]
         report = verify(quant, binary.read_bytes(), {feed: frames})
-        sim_t, ort_t = [], []
+        sim_t, ort_t, int_t = [], [], []
         for _ in range(args.repeat):
             for f in range(len(frames)):
                 one = {feed: frames[f:f + 1]}
                 sim_t.append(timed(lambda: sim.run(one)))  # noqa: B023 - called at once
                 ort_t.append(timed(lambda: sess.run(None, one)))  # noqa: B023
+                int_t.append(timed(lambda: int_sess.run(None, one)))  # noqa: B023
         profile = min((sim.profile({feed: frames[:1]}) for _ in range(3)),
                       key=lambda p: p.total_seconds)
     return row(name, sim_t, ort_t, report, profile, args.top) | {
-        "simulator_load_s": round(load_sim, 2), "onnxruntime_load_s": round(load_ort, 2)}
+        "simulator_load_s": round(load_sim, 2), "onnxruntime_load_s": round(load_ort, 2),
+        "quant_onnx_ms": round(min(int_t) * 1e3, 1),
+        "quant_onnx_ratio": round(min(int_t) / min(ort_t), 2)}
 
 
 def row(name: str, sim_t: list[float], ort_t: list[float], report, profile, top: int) -> dict:
@@ -154,11 +160,13 @@ def row(name: str, sim_t: list[float], ort_t: list[float], report, profile, top:
 def print_rows(rows: list[dict], load: tuple[float, float]) -> None:
     print(f"load average before / after: {load[0]:.2f} / {load[1]:.2f} "
           f"({os.cpu_count()} cores)\n")
-    print("| model | simulator ms | onnxruntime QDQ ms | ratio | median ratio | mismatches |")
-    print("|---|---|---|---|---|---|")
+    print("| model | simulator ms | onnxruntime QDQ ms | ratio | median ratio | mismatches "
+          "| model.quant.onnx ms (ratio) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['simulator_ms']} | {r['onnxruntime_qdq_ms']} | "
-              f"{r['ratio']}x | {r['ratio_median']}x | {r['mismatches']} |")
+              f"{r['ratio']}x | {r['ratio_median']}x | {r['mismatches']} | "
+              f"{r['quant_onnx_ms']} ({r['quant_onnx_ratio']}x) |")
     for r in rows:
         kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["by_kind_ms"].items())
         print(f"\n{r['model']}: simulator ms by op: {kinds}")

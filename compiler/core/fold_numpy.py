@@ -201,6 +201,21 @@ def _cast(attrs: dict, x: np.ndarray) -> np.ndarray:
     return x.astype(to)
 
 
+def _logical(fn: Callable) -> Callable:
+    """Not/And/Or: ONNX defines them on bool only."""
+    def rule(attrs: dict, *xs: np.ndarray) -> np.ndarray:
+        if any(x is None or x.dtype != np.bool_ for x in xs):
+            raise TypeError("logical ops take bool")
+        return fn(*xs)
+    return rule
+
+
+def _where(attrs: dict, cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if cond.dtype != np.bool_:
+        raise TypeError("Where's condition must be bool")
+    return _same_type(lambda x, y: np.where(cond, x, y))(attrs, a, b)
+
+
 def _unary_float(fn: Callable) -> Callable:
     def rule(attrs: dict, x: np.ndarray) -> np.ndarray:
         if not issubclass(x.dtype.type, np.floating):
@@ -220,7 +235,6 @@ _RULES: dict[str, Callable] = {
     "Ceil": _unary_float(np.ceil), "Floor": _unary_float(np.floor),
     "Min": _extreme(np.minimum), "Max": _extreme(np.maximum),
     "Equal": _same_type(np.equal), "Less": _same_type(np.less),
-    "Greater": _same_type(np.greater), "Not": _same_type(np.logical_not),
-    "And": _same_type(np.logical_and), "Or": _same_type(np.logical_or),
-    "Where": lambda attrs, c, a, b: _same_type(lambda a, b: np.where(c, a, b))(attrs, a, b),
+    "Greater": _same_type(np.greater), "Not": _logical(np.logical_not),
+    "And": _logical(np.logical_and), "Or": _logical(np.logical_or), "Where": _where,
 }

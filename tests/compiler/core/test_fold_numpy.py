@@ -83,6 +83,7 @@ def test_numpy_fold_equals_onnxruntime(op, inputs, attrs, monkeypatch):
     ("Max", (np.array([np.nan], np.float32), np.array([1.0], np.float32)), {}),
     ("Gather", (A, np.array([8], I64)), {}), ("Slice", (X, [0], [1], [0], [0]), {}),
     ("Sqrt", (G,), {}), ("ConstantOfShape", (np.array([-1], I64),), {}),
+    ("Not", (A,), {}), ("And", (A, B), {}), ("Where", (A, A, B), {}),  # not bool: invalid
 ])
 def test_cases_numpy_does_not_decide_are_left_to_onnxruntime(op, inputs, attrs):
     assert numpy_value(_node(op, *inputs, **attrs), 17) is None
