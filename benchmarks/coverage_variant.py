@@ -19,7 +19,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from coverage import DEFAULT_CORPUS, REPO, input_flags, int8_cosine, run_cli  # noqa: E402
+from coverage import (  # noqa: E402
+    DEFAULT_CORPUS,
+    REPO,
+    _commit,
+    input_flags,
+    int8_cosine,
+    run_cli,
+)
 
 
 def run_variant(entry: dict, corpus: Path, flags: list[str], label: str,
@@ -33,7 +40,8 @@ def run_variant(entry: dict, corpus: Path, flags: list[str], label: str,
     if not res["ok"]:
         return {"flags": flags, "error": res.get("error"), "seconds": res["seconds"]}
     cos = int8_cosine(corpus / entry["file"], out / "model.quant.onnx", work / "eval.npz")
-    return {"flags": flags, "cosine": cos.get("worst"), "seconds": res["seconds"]}
+    return {"flags": flags, "cosine": cos.get("worst"), "seconds": res["seconds"],
+            "commit": _commit()}
 
 
 def main(argv: list[str] | None = None) -> None:
