@@ -1,15 +1,16 @@
-"""QGraph -> `model.quant.onnx`: the fixed-point arithmetic in standard ONNX integer ops.
+"""QGraph -> `model.quant.onnx`: the fixed-point arithmetic in standard ONNX ops, exactly.
 
-ConvInteger/MatMulInteger (int8 activations × int8 weights -> int32; uint8 and int16
-activations as sums of int8 parts, `IntEmitter.signed_parts`), int64
-Mul/Add, the floor shift of docs/fixed-point.md §3 as `(v - Mod(v, 2^s)) / 2^s`, Clip, Cast,
-and Gather for tables and nearest resizing. Each op's nodes come from the `emit_int` of its
-definition (compiler/core/qops); this module holds the emitter and its helpers. Every QGraph
-array becomes the initializer named by its key and is read by some node as-is (reshapes and
-the 2^s divisors are computed in the graph, where onnxruntime folds them at load), so
-`QGraph.from_model` recovers the QGraph exactly.
+Σ x·W as float32 Conv/MatMul over input ranges whose partial sums are float32-exact
+integers (docs/fixed-point.md §11), else ConvInteger/MatMulInteger (int8 activations × int8
+weights -> int32; uint8 and int16 activations as sums of int8 parts,
+`IntEmitter.signed_parts`); the requantization of §3 in float64 where
+`fixedpoint.requant_float_ok` proves it, else in int64 with the floor shift as
+`(v - Mod(v, 2^s)) / 2^s`; Clip, Cast, and Gather for tables and nearest resizing. Each
+op's nodes come from the `emit_int` of its definition (compiler/core/qops); this module holds
+the emitter and its helpers. Every QGraph array becomes the initializer named by its key and
+is read by some node as-is (reshapes, casts and the 2^s divisors are computed in the graph,
+where onnxruntime folds them at load), so `QGraph.from_model` recovers the QGraph exactly.
 """
-
 from __future__ import annotations
 
 import json
@@ -148,8 +149,7 @@ class IntEmitter:
             param: QGraph array key -> tensor broadcasting along the channel axis.
             input_l1: [C_out, K] Σ|w| per output channel and input index (`float_chunks`).
         """
-        lo, hi = fp.QRANGE[np.dtype(x.dtype).name]
-        xmax = max(-lo, hi)
+        xmax = fp.max_abs(x.dtype)
         bias_bound = channel_l1(op.weight) * xmax + np.abs(np.asarray(op.bias, np.int64))
         fast = fp.requant_float_ok(op.m0, op.shift, op.lo, op.hi, bias_bound).all()
         wide = np.float64 if fast else np.int64  # |acc| < 2^53: exact either way
