@@ -962,7 +962,8 @@ def quant_weight_external(m):
 
 @quant_mutation
 def quant_node_removed(m):
-    nodes = [n for n in m.graph.node if n.op_type != "ConvInteger"]
+    # the convolutions, in either exact form model.quant.onnx writes them (fixed-point §11)
+    nodes = [n for n in m.graph.node if n.op_type not in ("ConvInteger", "Conv")]
     del m.graph.node[:]
     m.graph.node.extend(nodes)
 
