@@ -203,6 +203,13 @@ class IntEmitter:
             return self.requant_float(acc_of(np.float64), m0, shift, lo, hi, out)
         return self.requant(acc_of(np.int64), m0, shift, lo, hi, out)
 
+    def as_float(self, weight: gs.Tensor) -> gs.Tensor:
+        """`Cast<float>(weight)`, one node per weight however many ranges read it."""
+        key = f"float:{weight.name}"
+        if key not in self.vars:
+            self.vars[key] = self.cast(weight, np.float32)
+        return self.vars[key]
+
     def slice(self, x: gs.Tensor, start: int, stop: int, axis: int) -> gs.Tensor:
         """x[start:stop] along `axis` (ONNX Slice)."""
         return self.node("Slice", [x, self.scalar([start], np.int64),

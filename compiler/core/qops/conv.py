@@ -127,12 +127,8 @@ def emit_conv(e, op: QConv, ins: list, outs: list) -> None:
     attrs = {"strides": list(op.strides), "pads": list(op.pads),
              "dilations": list(op.dilations), "group": op.group,
              "kernel_shape": list(op.weight.shape[2:])}
-    w_float = []
-
     def conv_float(x: gs.Tensor, k0: int, k1: int) -> gs.Tensor:
-        if not w_float:
-            w_float.append(e.cast(weight, np.float32))
-        w = w_float[0]
+        w = e.as_float(weight)
         if (k0, k1) != (0, input_l1.shape[1]):  # a range of input channels (group 1 only)
             x, w = (e.slice(t, k0, k1, axis=1) for t in (x, w))
         return e.node("Conv", [x, w], dtype=np.float32, **attrs)

@@ -125,12 +125,8 @@ def run_gemm(op: QGemm, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 def emit_gemm(e, op: QGemm, ins: list, outs: list) -> None:
     """§11 gemm: exact float32 MatMul(s) over K ranges, or MatMulInteger; on Wᵀ."""
     w = e.node("Transpose", [e.array(f"{op.name}::weight")], perm=[1, 0])
-    w_float = []
-
     def matmul_float(x: gs.Tensor, k0: int, k1: int) -> gs.Tensor:
-        if not w_float:
-            w_float.append(e.cast(w, np.float32))
-        wk = w_float[0]
+        wk = e.as_float(w)
         if (k0, k1) != (0, op.weight.shape[1]):
             x, wk = e.slice(x, k0, k1, axis=-1), e.slice(wk, k0, k1, axis=0)
         return e.node("MatMul", [x, wk], dtype=np.float32)
