@@ -345,9 +345,27 @@ def shift_round(acc: np.ndarray, shift: int, lo: int = INT8_MIN, hi: int = INT8_
 def quantize_input(x: np.ndarray, inv_scale: float, dtype: str = "int8") -> np.ndarray:
     """float32 -> `dtype`: clamp(floor(x ⊗ inv ⊕ 0.5), qmin, qmax), all in float32 (§4)."""
     lo, hi = qrange(dtype)
-    v = np.asarray(x, np.float32) * np.float32(inv_scale)
+    with np.errstate(over="ignore"):  # beyond float32: ±inf, which saturates (§4)
+        v = np.asarray(x, np.float32) * np.float32(inv_scale)
     v = np.floor(v + np.float32(0.5))
     return np.clip(v, np.float32(lo), np.float32(hi)).astype(np.dtype(dtype))
+
+
+def quantize_barrier(inv_scale: float, lo: int, hi: int) -> tuple[np.float32, np.float32]:
+    """float32 bounds (c_lo, c_hi) with clamp(x, c_lo, c_hi) leaving `quantize_input` unchanged.
+
+    Inside the bounds the clamp is the identity; beyond them `quantize_input` saturates (§4):
+    `c_hi ⊗ inv ≥ hi + 1` and `c_lo ⊗ inv ≤ lo - 1` in float32, and ⊗ is monotonic.
+    """
+    inv = np.float32(inv_scale)
+
+    def bound(level: int, direction: float) -> np.float32:
+        c = np.float32(level / float(inv))
+        while not direction * float(c * inv) >= direction * level:
+            c = np.nextafter(c, np.float32(direction * np.inf))
+        return c
+
+    return bound(lo - 1, -1.0), bound(hi + 1, 1.0)
 
 
 def dequantize(q: np.ndarray, scale: float) -> np.ndarray:

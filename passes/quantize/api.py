@@ -276,8 +276,11 @@ def _round_weights(fm: Model, feeds: Feeds | None, rounding: str, batch_size: in
 def _correct_bias(fm: Model, qg: q.QGraph, feeds: Feeds | None, batch_size: int,
                   pristine: dict[str, Any] | None, int8: set[str], table: CalibrationTable,
                   ) -> tuple[Model, dict[str, Any]]:
-    """Bias correction (passes/quantize/bias_correction.py): the shifts of a table saved
-    with them, else measured on `qg`'s QDQ model and recorded in `table`."""
+    """Bias correction (passes/quantize/bias_correction.py) of the layers in `int8`.
+
+    A table saved with shifts supplies them; else they are measured on `qg`'s QDQ model and
+    recorded in `table`.
+    """
     from passes.quantize.bias_correction import correct_bias
     if table.bias_shifts:
         fm, report = correct_bias(fm, None, None, only=int8, shifts=table.bias_shifts)

@@ -1,6 +1,7 @@
-"""Bias correction of each int8 layer's own mean error (Nagel et al. 2019, "Data-Free
-Quantization", section 4.2, in its empirical form; NNCF's bias correction also measures the
-quantized model rather than the weights alone).
+"""Bias correction of each int8 layer's own mean error, measured on the quantized model.
+
+Nagel et al. 2019 ("Data-Free Quantization", section 4.2) in its empirical form; NNCF's bias
+correction also measures the quantized model rather than the weights alone.
 
 Where the float model computes L(x) for an int8 Conv/Gemm L, the quantized model computes
 L_q(DQ(Q(x))): int8 weights, int32 bias, the input rounded and clipped to its calibrated
@@ -220,8 +221,10 @@ def _gemm_bias(node: gs.Node) -> np.ndarray | None:
 
 def _probe(qdq_model: Model, reference: Mapping[str, FloatLayer],
            ) -> tuple[Model, dict[str, tuple[str, str]]]:
-    """A copy of the QDQ model whose outputs are, per layer, its own and the float layer's
-    output averaged over everything but the sample and channel axes."""
+    """A copy of the QDQ model that outputs, per layer, its own and the float layer's output.
+
+    Both are averaged over everything but the sample and channel axes.
+    """
     probe = qdq_model.copy()
     probe.graph.outputs = []  # only the means are fetched; unneeded nodes are dropped
     nodes = {n.name: n for n in probe.graph.nodes}
@@ -248,7 +251,7 @@ def _float_branch(probe: Model, node: gs.Node, ref: FloatLayer) -> gs.Variable:
 
 
 def _before_qdq(t: gs.Tensor) -> gs.Tensor:
-    """x where `t` is DequantizeLinear(QuantizeLinear(x)); else `t` itself (an exact input)."""
+    """The x of `t` = DequantizeLinear(QuantizeLinear(x)); else `t` itself (an exact input)."""
     dq = t.inputs[0] if len(t.inputs) == 1 else None
     if dq is None or dq.op != "DequantizeLinear":
         return t

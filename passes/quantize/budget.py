@@ -45,7 +45,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,7 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
 from compiler.core.qops import by_unit_kind
 from passes.quantize.api import QuantResult, pristine_float, quantize_model
+from passes.quantize.calibrate import CalibrationTable
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
 from passes.quantize.patterns import partition
 from passes.quantize.sensitivity import (
@@ -325,8 +326,8 @@ class _Run:
         args = {"batch_size": self.batch_size, "keep_float": tuple(self.keep),
                 **self.options, **kw}
         try:
-            return quantize_model(self.model, self.calib_feeds, **{**args,
-                                                                   "table": self.base.table})
+            return quantize_model(self.model, self.calib_feeds,
+                                  **{**args, "table": thresholds_only(self.base.table)})
         except ConfigError:
             return quantize_model(self.model, self.calib_feeds, **args)
 
@@ -502,6 +503,15 @@ def _search(scorer: _Scorer, order: list[Layer], budget: Budget, fa: float | Non
     return hi
 
 
+def thresholds_only(table: CalibrationTable) -> CalibrationTable:
+    """`table` without its bias shifts.
+
+    They hold for the build that measured them; a model with other weights or other
+    float/int16 layers measures its own.
+    """
+    return replace(table, bias_shifts={})
+
+
 def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer], k: int,
              budget: Budget, ref: Reference, keep: Sequence[str], batch_size: int,
              options: dict[str, Any], scorer: _Scorer
@@ -515,8 +525,8 @@ def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer]
     for _ in range(MAX_ROUNDS):
         names = tuple(dict.fromkeys([*keep, *float_nodes(order[:k], order)]))
         try:
-            result = quantize_model(model, calib_feeds, batch_size=batch_size,
-                                    keep_float=names, **{**options, "table": base.table})
+            result = quantize_model(model, calib_feeds, batch_size=batch_size, keep_float=names,
+                                    **{**options, "table": thresholds_only(base.table)})
         except ConfigError:  # the table lacks a tensor: calibrate this partition afresh
             result = quantize_model(model, calib_feeds, batch_size=batch_size,
                                     keep_float=names, **options)

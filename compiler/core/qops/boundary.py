@@ -39,17 +39,21 @@ def run_dequantize(op: QDequantize, args: list[np.ndarray],
 
 
 def emit_quantize(e, op: QQuantize, ins: list, outs: list) -> None:
-    """§4."""
-    v = e.node("Mul", [ins[0], e.scalar(op.inv_scale, np.float32)])
-    v = e.node("Floor", [e.node("Add", [v, e.scalar(0.5, np.float32)])])
+    """§4; the leading Clip is a fusion barrier (§4: it changes no result)."""
     lo, hi = fp.qrange(outs[0].dtype)
+    c_lo, c_hi = fp.quantize_barrier(op.inv_scale, lo, hi)
+    v = e.node("Clip", [ins[0], e.scalar(c_lo, np.float32), e.scalar(c_hi, np.float32)])
+    v = e.node("Mul", [v, e.scalar(op.inv_scale, np.float32)])
+    v = e.node("Floor", [e.node("Add", [v, e.scalar(0.5, np.float32)])])
     v = e.node("Clip", [v, e.scalar(lo, np.float32), e.scalar(hi, np.float32)])
     e.node("Cast", [v], out=outs[0], to=np_dtype_to_tensor_dtype(np.dtype(outs[0].dtype)))
 
 
 def emit_dequantize(e, op: QDequantize, ins: list, outs: list) -> None:
-    """§5."""
-    e.node("Mul", [e.cast(ins[0], np.float32), e.scalar(op.scale, np.float32)], out=outs[0])
+    """§5; the trailing Clip to the ends of the dequantized range is a fusion barrier (§5)."""
+    v = e.node("Mul", [e.cast(ins[0], np.float32), e.scalar(op.scale, np.float32)])
+    lo, hi = (fp.dequantize(np.array(b), op.scale) for b in fp.qrange(ins[0].dtype))
+    e.node("Clip", [v, e.scalar(lo, np.float32), e.scalar(hi, np.float32)], out=outs[0])
 
 
 DEFS = (

@@ -311,3 +311,25 @@ def test_lut_with_uint8_input_and_output():
     assert np.all(neg[129:] == -128)
     with pytest.raises(GraphError):
         fp.lut_offset("float32")
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16"])
+@pytest.mark.parametrize("inv", [fp.inverse_scale(0.1), 25.079370498657227, 1e-6, 3e5, 1.0])
+def test_quantize_barrier_changes_no_result(dtype, inv):
+    """The emitted QQuantize clamps x to (c_lo, c_hi) first (an onnxruntime fusion barrier,
+    fixed-point.md §4): the same integers for every float32, ties and saturation included."""
+    lo, hi = fp.qrange(dtype)
+    c_lo, c_hi = fp.quantize_barrier(inv, lo, hi)
+    i32 = np.float32(inv)
+    levels = np.arange(lo - 3, hi + 4, dtype=np.float64)
+    ties = ((levels + 0.5) / float(i32)).astype(np.float32)  # around every rounding edge
+    near = np.concatenate([np.nextafter(ties, np.float32(d) * np.inf) for d in (-1, 1)])
+    rng = np.random.default_rng(3)
+    wide = (rng.standard_normal(20000) * (hi - lo) / float(i32)).astype(np.float32)
+    edges = np.array([c_lo, c_hi, np.nextafter(c_lo, -np.inf), np.nextafter(c_hi, np.inf),
+                      np.inf, -np.inf, 3e38, -3e38, 0.0, -0.0], np.float32)
+    x = np.concatenate([ties, near, wide, edges])
+    clamped = np.clip(x, c_lo, c_hi)
+    np.testing.assert_array_equal(fp.quantize_input(clamped, inv, dtype),
+                                  fp.quantize_input(x, inv, dtype))
+    assert float(c_hi * i32) >= hi + 1 and float(c_lo * i32) <= lo - 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 from onnx import helper
 
@@ -253,3 +255,54 @@ def test_intermediate_graph_output_and_dynamic_batch():
                        {"w": W(4, 3, 1, 1), "w2": W(2, 4, 1, 1)})
     result = check_quantized(model, batch=3)
     assert result.qgraph.tensor("r__q").is_quantized and result.qgraph.tensor("r").scale is None
+
+
+def test_partition_boundaries_survive_onnxruntime_fusions(tmp_path):
+    """onnxruntime would fold a boundary's scale into a float partition's MatMul or Conv
+    (MatMulScaleFusion, ConvMulFusion, ConvAddFusion), which changes their rounding: the
+    reference runs the partition alone, so an int8 value could differ by one LSB. The
+    boundaries' Clip barriers (fixed-point.md §4, §5) keep every boundary tensor."""
+    import onnxruntime as ort
+
+    from compiler.core.io import to_proto
+
+    nodes = [node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             node("Reshape", ["c", "s3"], ["r"]),                  # int8 [1, 4, 64]
+             node("Transpose", ["r"], ["rt"], perm=[0, 2, 1]),
+             node("MatMul", ["r", "rt"], ["g"]),                   # host: activations only
+             node("MatMul", ["g", "r"], ["gr"]),
+             node("Conv", ["gr", "w1"], ["c1"], pads=[1, 1]),      # host: a 1-D conv
+             node("Reshape", ["c1", "s4"], ["c1r"]),
+             node("Add", ["c1r", "c"], ["y"])]                     # int8 again
+    model = make_model(nodes, {"x": [1, 3, 8, 8]}, ["y"],
+                       {"w": W(4, 3, 3, 3), "w1": W(4, 4, 3),
+                        "s3": np.array([1, 4, 64], np.int64),
+                        "s4": np.array([1, 4, 8, 8], np.int64)})
+    result = check_quantized(model, min_cos=0.9)
+    parts = [op for op in result.qgraph.ops if isinstance(op, q.QCpuPartition)]
+    boundary = {t for p in parts for t in (*p.inputs, *p.outputs)}
+    assert {n.op for p in parts for n in p.nodes} >= {"MatMul", "Conv"}
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(to_proto(result.quant_model).SerializeToString(), opts,
+                         providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "optimized.onnx"))
+    kept = {t for n in optimized.graph.node for t in (*n.input, *n.output)}
+    host_convs = {n.outputs[0] for p in parts for n in p.nodes if n.op == "Conv"}
+    # only Conv + Clip may fuse (FusedConv applies the same clamp to the same float result)
+    assert boundary - kept <= host_convs, sorted(boundary - kept)
+    assert not [n for n in optimized.graph.node if n.op_type == "FusedMatMul"]
+    # every boundary scale is still multiplied on its own (none folded into a weight)
+    scales = {np.float32(op.inv_scale if isinstance(op, q.QQuantize) else op.scale)
+              for op in result.qgraph.ops if isinstance(op, (q.QQuantize, q.QDequantize))}
+    emitted = _scalar_muls(to_proto(result.quant_model), scales)
+    assert emitted >= 4 and _scalar_muls(optimized, scales) == emitted
+
+
+def _scalar_muls(model: onnx.ModelProto, values: set) -> int:
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts |= {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t)
+               for n in model.graph.node if n.op_type == "Constant"}
+    return sum(1 for n in model.graph.node if n.op_type == "Mul" and any(
+        i in consts and consts[i].size == 1 and np.float32(consts[i].item()) in values
+        for i in n.input))
