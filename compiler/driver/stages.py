@@ -236,10 +236,12 @@ def _save_float(state: CompileState, role: str, filename: str) -> None:
 
 def _compare_layers(state: CompileState) -> list[dict]:
     """Per-layer cosine of the int8 model (dequantized) against the float model it came from."""
+    from passes.quantize.api import pristine_float
     from passes.quantize.compare import compare_models_on_data
 
-    report = compare_models_on_data(state.quant.float_model, state.quant.quant_model,
-                                    state.calib.take(32))
+    # the float model as given: `quant.float_model` holds biases that bias correction moved
+    report = compare_models_on_data(pristine_float(state.model, state.quant),
+                                    state.quant.quant_model, state.calib.take(32))
     return [row.to_dict() for row in report.outputs + report.layers]
 
 

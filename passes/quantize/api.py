@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from compiler.core import qgraph as q
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds, load_feeds
+from compiler.core.fixedpoint import fake_quant_weights
 from compiler.core.io import ModelSource, ShapeArg, load_model, model_hash
 from compiler.core.ir import Model
 from compiler.core.progress import collect_timings, timed
@@ -147,7 +148,7 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
 def quantize_model(model: ModelSource, calib_feeds: Any = None,
                    calibrator: str = DEFAULT_CALIBRATOR, *,
                    percentile: float | None = DEFAULT_PERCENTILE, cle: bool = False,
-                   bias_correction: bool = True, rounding: str = "nearest",
+                   bias_correction: bool = False, rounding: str = "nearest",
                    keep_float: Sequence[str] = (),
                    unsigned: bool = True,
                    int16: Sequence[str] = (),
@@ -164,8 +165,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
         percentile: Percentile for the "percentile" calibrator (None: the default 99.99);
             another value with another calibrator is an error.
         cle: Cross-layer equalization before quantizing.
-        bias_correction: Correct each int8 layer's bias for the mean error it adds
-            (passes/quantize/bias_correction.py; needs calibration data, skipped without).
+        bias_correction: Correct biases for the weight quantization error.
         rounding: Weight rounding: "nearest", or "gptq" (error-compensating, needs data;
             passes/quantize/rounding.py).
         keep_float: Names of nodes to leave in float on the CPU (mixed precision), e.g. a
@@ -205,28 +205,18 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
         keep = _keep_float_names(fm, keep_float)
         int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
         with timed("adjust_weights"):
-            fm, weight_report, pristine = _round_weights(fm, feeds, rounding, batch_size, int8)
-        units = partition(fm.graph, keep)
+            fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding,
+                                                batch_size, int8)
+        units = partition(fm.graph, keep)  # again: bias correction returns a new model
         names = calibration_tensors(units)
         digest = model_hash(fm)
         with timed("calibrate"):
             table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
-        if bias_correction and feeds is None and not table.bias_shifts:
-            log.warning("bias correction skipped: it needs calibration data (--calib) or a "
-                        "calibration table saved with it")
-            bias_correction = False
         info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
                 "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
                 "int16": sorted(int16), "float_model_hash": digest}
         with timed("build"):
             qg, nodes = build_qgraph(fm, table, units, info, unsigned, int16)
-        if bias_correction:
-            with timed("bias_correction"):
-                fm, weight_report["bias_correction"] = _correct_bias(
-                    fm, qg, feeds, batch_size, pristine, int8, table)
-            with timed("build"):  # same scales, corrected biases
-                qg, nodes = build_qgraph(fm, table, partition(fm.graph, keep), info, unsigned,
-                                         int16)
         _warn_unoptimised(table)
         with timed("emit_int"):
             quant = emit_int(qg)
@@ -254,40 +244,32 @@ def _keep_float_names(model: Model, names: Sequence[str]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _round_weights(fm: Model, feeds: Feeds | None, rounding: str, batch_size: int,
-                   int8: set[str]) -> tuple[Model, dict[str, Any], dict[str, Any] | None]:
-    """GPTQ rounding of the layers in `int8` (in place) with its report entries.
+def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, rounding: str,
+                    batch_size: int, int8: set[str]) -> tuple[Model, dict[str, Any]]:
+    """GPTQ rounding and/or bias correction of the layers in `int8`; report entries for both.
 
-    Also returns, when weights were rounded, the layers with their float weights as given
-    (`FloatLayer`s: what bias correction measures against); None otherwise.
+    Bias correction is measured against the float weights with the rounding that the
+    integer model will use, so the two compose. Layers left on the CPU keep their weights.
     """
-    if rounding == "nearest":
-        return fm, {}, None
+    if not bias_correction and rounding == "nearest":
+        return fm, {}
     if feeds is None:
-        raise ConfigError(f"--rounding {rounding} needs calibration data")
-    from passes.quantize.rounding import apply_weights, round_weights
-    rounded = round_weights(fm, feeds, batch_size=batch_size, only=int8)
-    from passes.quantize.bias_correction import FloatLayer
-    pristine = {n.name: FloatLayer.of(n) for n in fm.graph.nodes if n.name in rounded.weights}
-    apply_weights(fm, rounded.weights)  # fresh constants: `pristine` keeps the given ones
-    return fm, rounded.report(), pristine
-
-
-def _correct_bias(fm: Model, qg: q.QGraph, feeds: Feeds | None, batch_size: int,
-                  pristine: dict[str, Any] | None, int8: set[str], table: CalibrationTable,
-                  ) -> tuple[Model, dict[str, Any]]:
-    """Bias correction (passes/quantize/bias_correction.py) of the layers in `int8`.
-
-    A table saved with shifts supplies them; else they are measured on `qg`'s QDQ model and
-    recorded in `table`.
-    """
-    from passes.quantize.bias_correction import correct_bias
-    if table.bias_shifts:
-        fm, report = correct_bias(fm, None, None, only=int8, shifts=table.bias_shifts)
-    else:
-        fm, report = correct_bias(fm, emit_qdq(fm, qg), feeds, batch_size, pristine, int8)
-        table.bias_shifts = report["shifts"]
-    return fm, {"corrected": len(report["corrected"]), "skipped": len(report["skipped"])}
+        flag = "--bias-correction" if bias_correction else f"--rounding {rounding}"
+        raise ConfigError(f"{flag} needs calibration data")
+    report: dict[str, Any] = {}
+    rounded = None
+    if rounding == "gptq":
+        from passes.quantize.rounding import round_weights
+        rounded = round_weights(fm, feeds, batch_size=batch_size, only=int8)
+        report |= rounded.report()
+    if bias_correction:
+        from passes.quantize.bias_correction import correct_bias
+        fm = correct_bias(fm, fake_quant_weights, feeds, batch_size,
+                          quantized=rounded.weights if rounded else None, only=int8)
+    if rounded:
+        from passes.quantize.rounding import apply_weights
+        apply_weights(fm, rounded.weights)
+    return fm, report
 
 
 def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, float]) -> dict:

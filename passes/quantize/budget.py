@@ -45,7 +45,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,6 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
 from compiler.core.qops import by_unit_kind
 from passes.quantize.api import QuantResult, pristine_float, quantize_model
-from passes.quantize.calibrate import CalibrationTable
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
 from passes.quantize.patterns import partition
 from passes.quantize.sensitivity import (
@@ -326,33 +325,30 @@ class _Run:
         args = {"batch_size": self.batch_size, "keep_float": tuple(self.keep),
                 **self.options, **kw}
         try:
-            return quantize_model(self.model, self.calib_feeds,
-                                  **{**args, "table": thresholds_only(self.base.table)})
+            return quantize_model(self.model, self.calib_feeds, **{**args,
+                                                                   "table": self.base.table})
         except ConfigError:
             return quantize_model(self.model, self.calib_feeds, **args)
 
 
 WEIGHT_VARIANTS: dict[str, dict[str, Any]] = {
     "gptq": {"rounding": "gptq"},
-    "no_bias_correction": {"bias_correction": False},
-    "gptq-bias_correction": {"rounding": "gptq", "bias_correction": False},
+    "bias_correction": {"bias_correction": True},
+    "gptq+bias_correction": {"rounding": "gptq", "bias_correction": True},
 }
-"""Weight treatments the loop tries before moving any layer (same arithmetic and speed):
-the defaults are nearest rounding with bias correction; bias correction lowers a few models
-(docs/coverage.md), so the loop also tries without it."""
+"""Weight treatments the loop tries before moving any layer (same arithmetic and speed)."""
 
 
 def _rounding_stage(run: _Run, before: Metrics) -> _Stage:
     """Better weights first: GPTQ rounding and/or bias correction move no layer off int8.
 
-    Tried when the user left both at their defaults (nearest rounding, bias correction on)
-    and there is calibration data; each
+    Tried when the user left both at their defaults and there is calibration data; each
     variant is re-quantized and measured on its integer model, the first one within the
     budget ends the loop, else the best one (if better than round-to-nearest) becomes the
     base of the later stages.
     """
     if run.options.get("rounding", "nearest") != "nearest" or \
-            not run.options.get("bias_correction", True) or run.calib_feeds is None:
+            run.options.get("bias_correction") or run.calib_feeds is None:
         return _Stage(report={"tried": []})
     key = rank_key(run.budget.rank_by)  # smaller: worse
     fa = run.ref.float_metrics.accuracy
@@ -503,15 +499,6 @@ def _search(scorer: _Scorer, order: list[Layer], budget: Budget, fa: float | Non
     return hi
 
 
-def thresholds_only(table: CalibrationTable) -> CalibrationTable:
-    """`table` without its bias shifts.
-
-    They hold for the build that measured them; a model with other weights or other
-    float/int16 layers measures its own.
-    """
-    return replace(table, bias_shifts={})
-
-
 def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer], k: int,
              budget: Budget, ref: Reference, keep: Sequence[str], batch_size: int,
              options: dict[str, Any], scorer: _Scorer
@@ -525,8 +512,8 @@ def _confirm(model: Any, calib_feeds: Any, base: QuantResult, order: list[Layer]
     for _ in range(MAX_ROUNDS):
         names = tuple(dict.fromkeys([*keep, *float_nodes(order[:k], order)]))
         try:
-            result = quantize_model(model, calib_feeds, batch_size=batch_size, keep_float=names,
-                                    **{**options, "table": thresholds_only(base.table)})
+            result = quantize_model(model, calib_feeds, batch_size=batch_size,
+                                    keep_float=names, **{**options, "table": base.table})
         except ConfigError:  # the table lacks a tensor: calibrate this partition afresh
             result = quantize_model(model, calib_feeds, batch_size=batch_size,
                                     keep_float=names, **options)

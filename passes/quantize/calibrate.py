@@ -333,9 +333,6 @@ class CalibrationTable:
         states: Tensor name -> calibration state (in memory only; empty for a loaded table).
         unoptimised: Tensors whose `kl`/`mse` threshold, calibrated for another precision
             and without a histogram to re-derive it, was used as is.
-        bias_shifts: Layer name -> the shift per output channel bias correction subtracted
-            (passes/quantize/bias_correction.py), so that a saved table reproduces the
-            corrected build without data; empty when bias correction was off.
     """
 
     method: str
@@ -345,7 +342,6 @@ class CalibrationTable:
     dtypes: dict[str, str] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict, repr=False, compare=False)
     unoptimised: set[str] = field(default_factory=set, repr=False, compare=False)
-    bias_shifts: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_states(cls, method: str, states: dict[str, State], digest: str = "",
@@ -391,11 +387,8 @@ class CalibrationTable:
         tensors = {n: {"threshold": t, "scale": t / levels(self.dtype(n)),
                        "dtype": self.dtype(n), "levels": levels(self.dtype(n))}
                    for n, t in self.thresholds.items()}
-        doc = {"version": TABLE_VERSION, "method": self.method, "model_hash": self.model_hash,
-               "options": self.options, "tensors": tensors}
-        if self.bias_shifts:
-            doc["bias_shifts"] = {n: list(v) for n, v in self.bias_shifts.items()}
-        return doc
+        return {"version": TABLE_VERSION, "method": self.method, "model_hash": self.model_hash,
+                "options": self.options, "tensors": tensors}
 
     def save(self, path: str | Path) -> Path:
         """Write the table atomically as JSON."""
@@ -431,14 +424,9 @@ class CalibrationTable:
         if not isinstance(doc["tensors"], dict):
             raise ConfigError(f"{where}: 'tensors' must be an object of name -> entry")
         entries = {n: _entry(e, f"{where}: tensor {n!r}") for n, e in doc["tensors"].items()}
-        shifts = doc.get("bias_shifts", {})
-        if not isinstance(shifts, dict):
-            raise ConfigError(f"{where}: 'bias_shifts' must be an object of layer -> numbers")
         return cls(doc["method"], {n: t for n, (t, _) in entries.items()},
                    str(doc.get("model_hash", "")), dict(doc.get("options") or {}),
-                   {n: d for n, (_, d) in entries.items()},
-                   bias_shifts={n: _shift(v, f"{where}: bias_shifts {n!r}")
-                                for n, v in shifts.items()})
+                   {n: d for n, (_, d) in entries.items()})
 
     def check_model(self, model: Model) -> bool:
         """True when the table was calibrated on exactly this model (hashes match)."""
@@ -461,16 +449,6 @@ def _entry(entry: Any, where: str) -> tuple[float, str]:
         if not math.isclose(s, t / n, rel_tol=1e-6):
             raise ConfigError(f"{where}: scale {s!r} is not threshold/{n} ({t / n!r})")
     return t, dtype
-
-
-def _shift(value: Any, where: str) -> list[float]:
-    """A validated list of finite numbers (one layer's bias shift per channel)."""
-    if not isinstance(value, list) or not value:
-        raise ConfigError(f"{where} must be a non-empty list of numbers")
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConfigError(f"{where} must hold finite numbers, got {v!r}")
-    return [float(v) for v in value]
 
 
 def _positive(value: Any, where: str) -> float:

@@ -46,9 +46,8 @@ class QuantizeOptions:
     """How weights are prepared and which nodes stay in float."""
 
     cle: bool = option(False, "cross-layer equalization before quantizing")
-    bias_correction: bool = option(True, "correct each int8 layer's bias for the mean "
-                                   "error its int8 weights and input add, measured on the "
-                                   "calibration data")
+    bias_correction: bool = option(False, "empirical bias correction of the weight "
+                                   "quantization error (needs calibration data)")
     rounding: str = option("nearest", "weight rounding: nearest, or gptq (error-compensating "
                            "on the calibration data; slower, usually more accurate)",
                            choices=ROUNDINGS)

@@ -80,7 +80,7 @@ def beyond_int16(data, tight):
 
 
 def test_gptq_rounding_is_tried_before_any_layer_moves(data, all_int8):
-    """With default weights, a missed budget first tries GPTQ, and no bias correction."""
+    """With default weights, a missed budget first tries GPTQ rounding / bias correction."""
     calib, evals = data
     before = all_int8.report["before"]["cosine"]
     out = quantize_within_budget(residual_classifier(), calib,
@@ -88,16 +88,15 @@ def test_gptq_rounding_is_tried_before_any_layer_moves(data, all_int8):
                                  rank_samples=16)
     r = out.report
     w = r["rounding"]
-    assert w["tried"][0] == "gptq" and set(w["tried"]) <= {"gptq", "no_bias_correction",
-                                                          "gptq-bias_correction"}
+    assert w["tried"][0] == "gptq" and set(w["tried"]) <= {"gptq", "bias_correction",
+                                                          "gptq+bias_correction"}
     best = max(w["results"].values(), key=lambda m: m["cosine"])
     assert (w["adopted"] is not None) == (best["cosine"] > before)
     assert r["met"] and out.baseline.qgraph.info["rounding"] == "nearest"
     if w["met"]:  # the last one tried met the budget: nothing else moved
         assert r["raised"] == [] and w["adopted"] == w["tried"][-1]
         assert out.result.qgraph.info["rounding"] == ("nearest" if w["adopted"] ==
-                                                      "no_bias_correction" else "gptq")
-        assert out.result.qgraph.info["bias_correction"] == (w["adopted"] == "gptq")
+                                                      "bias_correction" else "gptq")
 
 
 def test_a_missed_budget_raises_layers_to_int16_first(data, tight):
