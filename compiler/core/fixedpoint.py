@@ -358,12 +358,17 @@ def quantize_barrier(inv_scale: float, lo: int, hi: int) -> tuple[np.float32, np
     `c_hi ⊗ inv ≥ hi + 1` and `c_lo ⊗ inv ≤ lo - 1` in float32, and ⊗ is monotonic.
     """
     inv = np.float32(inv_scale)
+    if not (np.isfinite(inv) and inv > 0):
+        raise GraphError(f"quantize: inverse scale {inv_scale!r} is not a positive finite "
+                         "number")
 
     def bound(level: int, direction: float) -> np.float32:
         c = np.float32(level / float(inv))
-        while not direction * float(c * inv) >= direction * level:
+        for _ in range(64):  # float32(level / inv) ⊗ inv is within a few ulps of level
+            if direction * float(c * inv) >= direction * level:
+                return c
             c = np.nextafter(c, np.float32(direction * np.inf))
-        return c
+        return np.float32(direction * np.inf)  # unreachable for a finite positive inv
 
     return bound(lo - 1, -1.0), bound(hi + 1, 1.0)
 

@@ -333,3 +333,9 @@ def test_quantize_barrier_changes_no_result(dtype, inv):
     np.testing.assert_array_equal(fp.quantize_input(clamped, inv, dtype),
                                   fp.quantize_input(x, inv, dtype))
     assert float(c_hi * i32) >= hi + 1 and float(c_lo * i32) <= lo - 1
+
+
+@pytest.mark.parametrize("inv", [0.0, -1.0, float("nan"), float("inf")])
+def test_quantize_barrier_rejects_a_degenerate_scale(inv):
+    with pytest.raises(GraphError, match="inverse scale"):
+        fp.quantize_barrier(inv, -128, 127)
