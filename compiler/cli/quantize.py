@@ -36,8 +36,8 @@ EXAMPLES = (
     ('quantize model.onnx -o q --calib photos/ --resize 256 --crop 224x224 '
      '--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225',
      'int8 with ImageNet preprocessing of a folder of images'),
-    ('quantize model.onnx -o q --calib calib.npz --calibrator percentile --bias-correction',
-     'clip outliers at the 99.99th percentile, correct biases'),
+    ('quantize model.onnx -o q --calib calib.npz --calibrator percentile --no-bias-correction',
+     'clip outliers at the 99.99th percentile, biases as given'),
     ('quantize model.onnx -o q --calib calib.npz --keep-float /head/Conv',
      'keep one node in float on the CPU'),
     ('quantize model.onnx -o q --calib calib/ --max-drop 0.5 --budget-data val/',

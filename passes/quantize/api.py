@@ -12,7 +12,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,7 @@ def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator:
 def quantize_model(model: ModelSource, calib_feeds: Any = None,
                    calibrator: str = DEFAULT_CALIBRATOR, *,
                    percentile: float | None = DEFAULT_PERCENTILE, cle: bool = False,
-                   bias_correction: bool = False, rounding: str = "nearest",
+                   bias_correction: bool = True, rounding: str = "nearest",
                    keep_float: Sequence[str] = (),
                    unsigned: bool = True,
                    int16: Sequence[str] = (),
@@ -165,7 +165,9 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
         percentile: Percentile for the "percentile" calibrator (None: the default 99.99);
             another value with another calibrator is an error.
         cle: Cross-layer equalization before quantizing.
-        bias_correction: Correct biases for the weight quantization error.
+        bias_correction: Correct each int8 layer's bias for the mean error of its int8
+            weights, measured on the calibration data (passes/quantize/bias_correction.py);
+            without data, the shifts saved in `table` (none: skipped).
         rounding: Weight rounding: "nearest", or "gptq" (error-compensating, needs data;
             passes/quantize/rounding.py).
         keep_float: Names of nodes to leave in float on the CPU (mixed precision), e.g. a
@@ -204,15 +206,17 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
                                                                limit=calib_limit)
         keep = _keep_float_names(fm, keep_float)
         int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
+        table = _load_table(table)
         with timed("adjust_weights"):
-            fm, weight_report = _adjust_weights(fm, feeds, bias_correction, rounding,
-                                                batch_size, int8)
+            fm, weight_report, shifts = _adjust_weights(fm, feeds, bias_correction, rounding,
+                                                        batch_size, int8, table)
         units = partition(fm.graph, keep)  # again: bias correction returns a new model
         names = calibration_tensors(units)
         digest = model_hash(fm)
         with timed("calibrate"):
             table = _thresholds(fm, feeds, names, calibrator, table, batch_size, opts, digest)
-        info = {"calibrator": table.method, "cle": cle, "bias_correction": bias_correction,
+        table = _with_shifts(table, shifts, rounding)
+        info = {"calibrator": table.method, "cle": cle, "bias_correction": bool(shifts),
                 "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
                 "int16": sorted(int16), "float_model_hash": digest}
         with timed("build"):
@@ -244,32 +248,86 @@ def _keep_float_names(model: Model, names: Sequence[str]) -> frozenset[str]:
     return frozenset(names)
 
 
-def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, rounding: str,
-                    batch_size: int, int8: set[str]) -> tuple[Model, dict[str, Any]]:
-    """GPTQ rounding and/or bias correction of the layers in `int8`; report entries for both.
+def _load_table(table: CalibrationTable | str | Path | None) -> CalibrationTable | None:
+    return table if table is None or isinstance(table, CalibrationTable) else \
+        CalibrationTable.load(table)
 
+
+def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, rounding: str,
+                    batch_size: int, int8: set[str], table: CalibrationTable | None,
+                    ) -> tuple[Model, dict[str, Any], dict[str, list[float]]]:
+    """GPTQ rounding and/or bias correction of the layers in `int8`.
+
+    Returns the model, the report entries and the bias shifts applied ({} when none).
     Bias correction is measured against the float weights with the rounding that the
-    integer model will use, so the two compose. Layers left on the CPU keep their weights.
+    integer model will use, so the two compose; without data it applies the shifts saved
+    in `table` when they were measured for this rounding, else it is skipped (a table
+    saved without it reproduces the build without it). Layers left on the CPU keep their
+    weights.
     """
-    if not bias_correction and rounding == "nearest":
-        return fm, {}
     if feeds is None:
-        flag = "--bias-correction" if bias_correction else f"--rounding {rounding}"
-        raise ConfigError(f"{flag} needs calibration data")
+        if rounding != "nearest":
+            raise ConfigError(f"--rounding {rounding} needs calibration data")
+        if not bias_correction:
+            return fm, {}, {}
+        return _saved_shifts(fm, table, rounding, int8)
     report: dict[str, Any] = {}
     rounded = None
     if rounding == "gptq":
         from passes.quantize.rounding import round_weights
         rounded = round_weights(fm, feeds, batch_size=batch_size, only=int8)
         report |= rounded.report()
+    shifts: dict[str, list[float]] = {}
     if bias_correction:
-        from passes.quantize.bias_correction import correct_bias
-        fm = correct_bias(fm, fake_quant_weights, feeds, batch_size,
-                          quantized=rounded.weights if rounded else None, only=int8)
+        from passes.quantize.bias_correction import correct_bias_with_report
+        fm, corrected = correct_bias_with_report(
+            fm, fake_quant_weights, feeds, batch_size,
+            quantized=rounded.weights if rounded else None, only=int8)
+        shifts = corrected["shifts"]
+        report["bias_correction"] = _bias_report(corrected)
     if rounded:
         from passes.quantize.rounding import apply_weights
         apply_weights(fm, rounded.weights)
-    return fm, report
+    return fm, report, shifts
+
+
+def _saved_shifts(fm: Model, table: CalibrationTable | None, rounding: str, int8: set[str],
+                  ) -> tuple[Model, dict[str, Any], dict[str, list[float]]]:
+    """Bias correction from the shifts a table was saved with (no calibration data)."""
+    if table is None or not table.bias_shifts:
+        log.info("bias correction skipped: no calibration data, and the table was saved "
+                 "without it")
+        return fm, {}, {}
+    if table.bias_rounding != rounding:
+        log.warning("bias correction skipped: the table's shifts were measured with "
+                    "--rounding %s, this run rounds %s (give --calib to measure them)",
+                    table.bias_rounding, rounding)
+        return fm, {}, {}
+    from passes.quantize.bias_correction import apply_shifts
+    fm, corrected = apply_shifts(fm, table.bias_shifts, only=int8)
+    return fm, {"bias_correction": _bias_report(corrected) | {"from_table": True}}, \
+        corrected["shifts"]
+
+
+def _bias_report(corrected: dict[str, Any]) -> dict[str, Any]:
+    shifts = corrected["corrected"].values()
+    return {"layers": len(corrected["corrected"]), "skipped": len(corrected["skipped"]),
+            "max_abs_shift": max(shifts, default=0.0)}
+
+
+def _with_shifts(table: CalibrationTable, shifts: dict[str, list[float]],
+                 rounding: str) -> CalibrationTable:
+    """`table` recording the bias shifts of this build.
+
+    A copy when they differ: a table passed in (e.g. the budget loop's) is shared between
+    builds.
+    """
+    rounding = rounding if shifts else ""
+    if table.bias_shifts == shifts and table.bias_rounding == rounding:
+        return table
+    return replace(table, thresholds=dict(table.thresholds), dtypes=dict(table.dtypes),
+                   unoptimised=set(table.unoptimised), bias_shifts=shifts,
+                   bias_rounding=rounding)
 
 
 def summarize(qg: q.QGraph, nodes: list[dict[str, Any]], timings: dict[str, float]) -> dict:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from compiler.core.errors import GraphError
+from compiler.core.errors import ConfigError, GraphError
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model, static_shape
 from compiler.core.numerics import run, session
@@ -83,7 +83,12 @@ def correct_bias_with_report(float_model: Model,
                              quantized: Mapping[str, np.ndarray] | None = None,
                              only: Collection[str] | None = None,
                              ) -> tuple[Model, dict[str, Any]]:
-    """Like `correct_bias`; also returns {"corrected": {layer: max|shift|}, "skipped": {...}}."""
+    """Like `correct_bias`; also returns its report.
+
+    The report is {"corrected": {layer: max|shift|}, "skipped": {layer: reason}, "shifts":
+    {layer: shift per output channel}}. The shifts reproduce the correction without data
+    (`apply_shifts`); `quantize_model` saves them in the calibration table.
+    """
     if feeds is None:
         raise GraphError("bias correction needs calibration data (feeds)")
     feeds = feeds if isinstance(feeds, Feeds) else load_feeds(feeds, float_model)
@@ -92,12 +97,49 @@ def correct_bias_with_report(float_model: Model,
     quantized = quantized or {}
     deltas = {n.name: _delta(n, quantize_weight, quantized.get(n.name)) for n in layers}
     means = _mean_errors(float_model, layers, deltas, feeds, batch_size)
-    corrected = {}
+    report = _subtract_all(out, layers, means)
+    log.info("bias correction: %d layers corrected, %d skipped", len(report["corrected"]),
+             len(skipped))
+    return out, report | {"skipped": skipped}
+
+
+def apply_shifts(float_model: Model, shifts: Mapping[str, Any],
+                 only: Collection[str] | None = None) -> tuple[Model, dict[str, Any]]:
+    """A copy of `float_model` with saved shifts subtracted from the biases (no data needed).
+
+    Args:
+        float_model: The float model (IR), canonicalized; same layers as when measured.
+        shifts: Layer name -> shift per output channel (the report's "shifts").
+        only: The layers to correct; each must have a shift of its channel count.
+
+    Returns:
+        The corrected copy and its report (as `correct_bias_with_report`).
+
+    Raises:
+        ConfigError: A layer to correct has no shift, or one of the wrong length.
+    """
+    out = float_model.copy()
+    layers, skipped = eligible_layers(out, only)
+    means = {}
     for node in layers:
-        _subtract_bias(out, node, means[node.name])
+        shift = shifts.get(node.name)
+        if shift is None or len(shift) != _out_channels(node):
+            got = "none" if shift is None else f"{len(shift)} values"
+            raise ConfigError(f"calibration table: bias_shifts for layer {node.name!r}: {got}, "
+                              f"expected {_out_channels(node)} (made for another model or "
+                              f"options?)")
+        means[node.name] = np.asarray(shift, np.float64)
+    return out, _subtract_all(out, layers, means) | {"skipped": skipped}
+
+
+def _subtract_all(model: Model, layers: list[gs.Node], means: Mapping[str, np.ndarray],
+                  ) -> dict[str, Any]:
+    corrected, shifts = {}, {}
+    for node in layers:
+        _subtract_bias(model, node, means[node.name])
         corrected[node.name] = float(np.max(np.abs(means[node.name]), initial=0.0))
-    log.info("bias correction: %d layers corrected, %d skipped", len(corrected), len(skipped))
-    return out, {"corrected": corrected, "skipped": skipped}
+        shifts[node.name] = [float(v) for v in np.asarray(means[node.name], np.float64)]
+    return {"corrected": corrected, "shifts": shifts}
 
 
 def eligible_layers(model: Model, only: Collection[str] | None = None,

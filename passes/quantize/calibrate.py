@@ -52,6 +52,7 @@ from passes.quantize.histogram import (
     mse_threshold,
     percentile_threshold,
 )
+from passes.quantize.options import ROUNDINGS
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +334,10 @@ class CalibrationTable:
         states: Tensor name -> calibration state (in memory only; empty for a loaded table).
         unoptimised: Tensors whose `kl`/`mse` threshold, calibrated for another precision
             and without a histogram to re-derive it, was used as is.
+        bias_shifts: Layer name -> the shift per output channel that bias correction
+            subtracted before calibrating (passes/quantize/bias_correction.py), so a saved
+            table reproduces the corrected build without data; empty when it was off.
+        bias_rounding: The weight rounding those shifts were measured for ("" when none).
     """
 
     method: str
@@ -342,6 +347,8 @@ class CalibrationTable:
     dtypes: dict[str, str] = field(default_factory=dict)
     states: dict[str, State] = field(default_factory=dict, repr=False, compare=False)
     unoptimised: set[str] = field(default_factory=set, repr=False, compare=False)
+    bias_shifts: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    bias_rounding: str = ""
 
     @classmethod
     def from_states(cls, method: str, states: dict[str, State], digest: str = "",
@@ -387,8 +394,12 @@ class CalibrationTable:
         tensors = {n: {"threshold": t, "scale": t / levels(self.dtype(n)),
                        "dtype": self.dtype(n), "levels": levels(self.dtype(n))}
                    for n, t in self.thresholds.items()}
-        return {"version": TABLE_VERSION, "method": self.method, "model_hash": self.model_hash,
-                "options": self.options, "tensors": tensors}
+        doc = {"version": TABLE_VERSION, "method": self.method, "model_hash": self.model_hash,
+               "options": self.options, "tensors": tensors}
+        if self.bias_shifts:
+            doc["bias_correction"] = {"rounding": self.bias_rounding,
+                                      "shifts": {n: list(v) for n, v in self.bias_shifts.items()}}
+        return doc
 
     def save(self, path: str | Path) -> Path:
         """Write the table atomically as JSON."""
@@ -424,9 +435,11 @@ class CalibrationTable:
         if not isinstance(doc["tensors"], dict):
             raise ConfigError(f"{where}: 'tensors' must be an object of name -> entry")
         entries = {n: _entry(e, f"{where}: tensor {n!r}") for n, e in doc["tensors"].items()}
+        rounding, shifts = _bias_correction(doc.get("bias_correction"), where)
         return cls(doc["method"], {n: t for n, (t, _) in entries.items()},
                    str(doc.get("model_hash", "")), dict(doc.get("options") or {}),
-                   {n: d for n, (_, d) in entries.items()})
+                   {n: d for n, (_, d) in entries.items()}, bias_shifts=shifts,
+                   bias_rounding=rounding)
 
     def check_model(self, model: Model) -> bool:
         """True when the table was calibrated on exactly this model (hashes match)."""
@@ -449,6 +462,30 @@ def _entry(entry: Any, where: str) -> tuple[float, str]:
         if not math.isclose(s, t / n, rel_tol=1e-6):
             raise ConfigError(f"{where}: scale {s!r} is not threshold/{n} ({t / n!r})")
     return t, dtype
+
+
+def _bias_correction(entry: Any, where: str) -> tuple[str, dict[str, list[float]]]:
+    """(rounding, shifts) of a validated "bias_correction" entry (absent: none)."""
+    if entry is None:
+        return "", {}
+    where = f"{where}: bias_correction"
+    if not isinstance(entry, dict) or not isinstance(entry.get("shifts"), dict):
+        raise ConfigError(f"{where} must be an object with 'shifts': layer -> numbers")
+    rounding = entry.get("rounding", "nearest")
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"{where}: rounding must be one of {', '.join(ROUNDINGS)}, "
+                          f"got {rounding!r}")
+    return rounding, {n: _shift(v, f"{where}: layer {n!r}") for n, v in entry["shifts"].items()}
+
+
+def _shift(value: Any, where: str) -> list[float]:
+    """One layer's shift per output channel: a non-empty list of finite numbers."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{where} must be a non-empty list of numbers")
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(f"{where} must hold finite numbers, got {v!r}")
+    return [float(v) for v in value]
 
 
 def _positive(value: Any, where: str) -> float:

@@ -46,8 +46,9 @@ class QuantizeOptions:
     """How weights are prepared and which nodes stay in float."""
 
     cle: bool = option(False, "cross-layer equalization before quantizing")
-    bias_correction: bool = option(False, "empirical bias correction of the weight "
-                                   "quantization error (needs calibration data)")
+    bias_correction: bool = option(True, "correct each int8 layer's bias for the mean "
+                                   "error of its int8 weights, measured on the calibration "
+                                   "data (without data: the shifts saved in --calib-table)")
     rounding: str = option("nearest", "weight rounding: nearest, or gptq (error-compensating "
                            "on the calibration data; slower, usually more accurate)",
                            choices=ROUNDINGS)

@@ -56,11 +56,57 @@ def test_quantize_model_outputs_and_qdq_agreement():
 def test_calibration_table_reuse(tmp_path):
     first = quantize_model(conv_model(), CALIB)
     path = first.table.save(tmp_path / "calibration.json")
+    # bias correction is on by default; its shifts travel in the table, so reusing the table
+    # without data reproduces the corrected build exactly
+    assert first.qgraph.info["bias_correction"] and first.table.bias_shifts
+    assert first.report["bias_correction"]["layers"] == len(first.table.bias_shifts) >= 2
     again = quantize_model(conv_model(), None, table=path)
-    assert again.qgraph == first.qgraph
+    assert again.qgraph == first.qgraph and again.report["bias_correction"]["from_table"]
     other = make_model([helper.make_node("Relu", ["x"], ["z"])], {"x": [1, 3, 8, 8]}, ["z"])
     with pytest.raises(ConfigError, match="lacks"):
         quantize_model(other, None, table=path)
+
+
+def test_table_saved_without_bias_correction_reproduces_that_build(tmp_path):
+    plain = quantize_model(conv_model(), CALIB, bias_correction=False)
+    corrected = quantize_model(conv_model(), CALIB)
+    assert not plain.table.bias_shifts and "bias_correction" not in plain.table.to_dict()
+    path = plain.table.save(tmp_path / "calibration.json")
+    again = quantize_model(conv_model(), None, table=path)  # bias correction asked, no data
+    assert again.qgraph == plain.qgraph and not again.qgraph.info["bias_correction"]
+    assert corrected.qgraph != plain.qgraph  # the correction changed the integer model
+
+
+def test_table_shifts_from_gptq_are_not_applied_to_nearest_weights(tmp_path, caplog):
+    gptq = quantize_model(conv_model(), CALIB, rounding="gptq")
+    assert gptq.table.bias_rounding == "gptq"
+    path = gptq.table.save(tmp_path / "calibration.json")
+    again = quantize_model(conv_model(), None, table=path)
+    assert not again.qgraph.info["bias_correction"] and "measured with --rounding gptq" in \
+        caplog.text
+
+
+@pytest.mark.parametrize("entry,match", [
+    ([1.0], "must be an object with 'shifts'"),
+    ({"rounding": "nearest", "shifts": {"c": []}}, "non-empty list"),
+    ({"rounding": "nearest", "shifts": {"c": [1.0, float("nan")]}}, "finite numbers"),
+    ({"rounding": "nearest", "shifts": {"c": [True]}}, "finite numbers"),
+    ({"rounding": "ties", "shifts": {}}, "rounding must be one of"),
+])
+def test_bad_bias_shift_entries_are_config_errors(entry, match):
+    doc = quantize_model(conv_model(), CALIB).table.to_dict() | {"bias_correction": entry}
+    with pytest.raises(ConfigError, match=match):
+        CalibrationTable.from_dict(doc)
+
+
+def test_bias_shifts_of_the_wrong_length_are_a_config_error(tmp_path):
+    doc = quantize_model(conv_model(), CALIB).table.to_dict()
+    layer = next(iter(doc["bias_correction"]["shifts"]))
+    doc["bias_correction"]["shifts"][layer].append(0.0)
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=f"bias_shifts for layer {layer!r}: .* expected"):
+        quantize_model(conv_model(), None, table=path)
 
 
 def test_quantize_pass_in_pass_manager():
