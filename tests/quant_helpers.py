@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from compiler.core.io import load_model, to_proto
 from compiler.core.numerics import cosine, run
 from compiler.core.qgraph import QGraph
-from passes.quantize.api import QuantResult, quantize_model
+from passes.quantize.api import QuantResult, pristine_float, quantize_model
 from passes.quantize.emit_int import emit_int
 from passes.quantize.reference import execute
 
@@ -69,7 +69,7 @@ def check_quantized(model: onnx.ModelProto, *, calib: int = 8, batch: int = 1,
     test = feeds_for(model, batch, seed=1)
     assert mismatches(result.qgraph, test) == {}
     assert QGraph.from_model(load_model(to_proto(result.quant_model))) == result.qgraph
-    ref, out = run(result.float_model, test), run(result.quant_model, test)
+    ref, out = run(pristine_float(model, result), test), run(result.quant_model, test)
     for name in ref:
         assert cosine(ref[name], out[name]) >= min_cos, name
     return result

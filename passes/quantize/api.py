@@ -260,17 +260,14 @@ def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, round
 
     Returns the model, the report entries and the bias shifts applied ({} when none).
     Bias correction is measured against the float weights with the rounding that the
-    integer model will use, so the two compose; without data it applies the shifts saved
-    in `table` when they were measured for this rounding, else it is skipped (a table
-    saved without it reproduces the build without it). Layers left on the CPU keep their
-    weights.
+    integer model will use, so the two compose. A calibration table given decides it as it
+    decides the thresholds, so it reproduces the build it was saved from: its saved shifts
+    are applied, or none when it was saved without; only shifts measured for another
+    rounding are measured again (on the data; without data: skipped). Layers left on the
+    CPU keep their weights.
     """
-    if feeds is None:
-        if rounding != "nearest":
-            raise ConfigError(f"--rounding {rounding} needs calibration data")
-        if not bias_correction:
-            return fm, {}, {}
-        return _saved_shifts(fm, table, rounding, int8)
+    if rounding != "nearest" and feeds is None:
+        raise ConfigError(f"--rounding {rounding} needs calibration data")
     report: dict[str, Any] = {}
     rounded = None
     if rounding == "gptq":
@@ -279,34 +276,38 @@ def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, round
         report |= rounded.report()
     shifts: dict[str, list[float]] = {}
     if bias_correction:
-        from passes.quantize.bias_correction import correct_bias_with_report
-        fm, corrected = correct_bias_with_report(
-            fm, fake_quant_weights, feeds, batch_size,
-            quantized=rounded.weights if rounded else None, only=int8)
-        shifts = corrected["shifts"]
-        report["bias_correction"] = _bias_report(corrected)
+        fm, shifts, report["bias_correction"] = _correct_bias(
+            fm, feeds, batch_size, int8, table, rounding,
+            rounded.weights if rounded else None)
+        if not shifts:
+            del report["bias_correction"]
     if rounded:
         from passes.quantize.rounding import apply_weights
         apply_weights(fm, rounded.weights)
     return fm, report, shifts
 
 
-def _saved_shifts(fm: Model, table: CalibrationTable | None, rounding: str, int8: set[str],
-                  ) -> tuple[Model, dict[str, Any], dict[str, list[float]]]:
-    """Bias correction from the shifts a table was saved with (no calibration data)."""
-    if table is None or not table.bias_shifts:
-        log.info("bias correction skipped: no calibration data, and the table was saved "
-                 "without it")
+def _correct_bias(fm: Model, feeds: Feeds | None, batch_size: int, int8: set[str],
+                  table: CalibrationTable | None, rounding: str,
+                  quantized: dict[str, Any] | None,
+                  ) -> tuple[Model, dict[str, list[float]], dict[str, Any]]:
+    """Bias correction from `table`'s shifts, or measured on `feeds` (see `_adjust_weights`)."""
+    from passes.quantize.bias_correction import apply_shifts, correct_bias_with_report
+    if table is not None and table.bias_shifts and table.bias_rounding == rounding:
+        fm, corrected = apply_shifts(fm, table.bias_shifts, only=int8)
+        return fm, corrected["shifts"], _bias_report(corrected) | {"from_table": True}
+    if table is not None and not table.bias_shifts:
+        log.info("bias correction skipped: the calibration table was saved without it")
         return fm, {}, {}
-    if table.bias_rounding != rounding:
-        log.warning("bias correction skipped: the table's shifts were measured with "
-                    "--rounding %s, this run rounds %s (give --calib to measure them)",
-                    table.bias_rounding, rounding)
+    if feeds is None:  # (no table either: calibration reports the missing data next)
+        if table is not None:
+            log.warning("bias correction skipped: the table's shifts were measured with "
+                        "--rounding %s, this run rounds %s (give --calib to measure them)",
+                        table.bias_rounding, rounding)
         return fm, {}, {}
-    from passes.quantize.bias_correction import apply_shifts
-    fm, corrected = apply_shifts(fm, table.bias_shifts, only=int8)
-    return fm, {"bias_correction": _bias_report(corrected) | {"from_table": True}}, \
-        corrected["shifts"]
+    fm, corrected = correct_bias_with_report(fm, fake_quant_weights, feeds, batch_size,
+                                             quantized=quantized, only=int8)
+    return fm, corrected["shifts"], _bias_report(corrected)
 
 
 def _bias_report(corrected: dict[str, Any]) -> dict[str, Any]:

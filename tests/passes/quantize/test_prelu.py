@@ -14,7 +14,7 @@ from onnx import helper
 from compiler.core.numerics import cosine, run
 from compiler.core.qops import OPS, channel_tables
 from compiler.core.qops.prelu import QPRelu
-from passes.quantize.api import quantize_model
+from passes.quantize.api import pristine_float, quantize_model
 from targets.npusim import build_binary, verify
 from targets.npusim.testing import random_inputs
 from tests.quant_helpers import check_quantized, feeds_for, make_model
@@ -75,7 +75,7 @@ def test_prelu_float_vs_int8_cosine():
     proto = conv_prelu_model(SLOPES.reshape(6, 1, 1))
     result = quantize_model(proto, feeds_for(proto, 16, 0))
     test = feeds_for(proto, 8, 5)
-    ref, out = run(result.float_model, test)["y"], run(result.quant_model, test)["y"]
+    ref, out = run(pristine_float(proto, result), test)["y"], run(result.quant_model, test)["y"]
     assert cosine(ref, out) > 0.99
 
 

@@ -77,7 +77,8 @@ def test_efficientnet_lite0_gptq_rounding_beats_nearest_on_held_out_photos():
     calib = {proto.graph.input[0].name: photos.inputs[::10][:32]}
     scores = {}
     for rounding in ("nearest", "gptq"):
-        result = quantize_model(proto, calib, "max", rounding=rounding)
+        # rounding alone: bias correction (on by default) would close part of the gap
+        result = quantize_model(proto, calib, "max", rounding=rounding, bias_correction=False)
         scores[rounding] = evaluate(to_proto(result.quant_model), test,
                                     reference=proto).metrics
     assert len(test.inputs) == 144

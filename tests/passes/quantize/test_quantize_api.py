@@ -62,6 +62,9 @@ def test_calibration_table_reuse(tmp_path):
     assert first.report["bias_correction"]["layers"] == len(first.table.bias_shifts) >= 2
     again = quantize_model(conv_model(), None, table=path)
     assert again.qgraph == first.qgraph and again.report["bias_correction"]["from_table"]
+    other = {"x": CALIB["x"][::-1] * 2 + 1}  # other data: the table still decides
+    assert quantize_model(conv_model(), other, table=path).qgraph == first.qgraph
+    assert quantize_model(conv_model(), other).qgraph != first.qgraph
     other = make_model([helper.make_node("Relu", ["x"], ["z"])], {"x": [1, 3, 8, 8]}, ["z"])
     with pytest.raises(ConfigError, match="lacks"):
         quantize_model(other, None, table=path)
