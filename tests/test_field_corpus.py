@@ -118,12 +118,30 @@ def feeds(request, tmp_path, photo_views) -> tuple[Path, Path, np.ndarray]:
     return calib, evals, x[16:]
 
 
+def _taps_reading_data(node: onnx.NodeProto, x: tuple, w: tuple) -> int:
+    """Kernel taps of a Conv that read the input for some output position (brute force):
+    canonicalization cuts the others, which only ever multiply zero padding."""
+    attrs = {a.name: list(a.ints) for a in node.attribute}
+    rank = len(w) - 2
+    strides = attrs.get("strides") or [1] * rank
+    dilations = attrs.get("dilations") or [1] * rank
+    pads = attrs.get("pads") or [0] * 2 * rank
+    taps = 1
+    for ax in range(rank):
+        k, d, s, size, begin = w[2 + ax], dilations[ax], strides[ax], x[2 + ax], pads[ax]
+        out = (size + begin + pads[rank + ax] - d * (k - 1) - 1) // s + 1
+        used = [t for t in range(k) if any(0 <= y * s - begin + d * t < size
+                                           for y in range(out))]
+        taps *= used[-1] - used[0] + 1
+    return taps
+
+
 def _reference_macs(path: Path, x: np.ndarray) -> int:
     """Conv/Gemm/MatMul MACs from the tensor shapes onnxruntime produces (no npuc code)."""
     model = onnx.load(str(path))
     weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
     nodes = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
-    probe = {n.output[0] for n in nodes} | {n.input[0] for n in nodes if n.op_type != "Conv"}
+    probe = {n.output[0] for n in nodes} | {n.input[0] for n in nodes}
     known = {o.name for o in model.graph.output}
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n)
                               for n in sorted(probe - known))
@@ -135,7 +153,8 @@ def _reference_macs(path: Path, x: np.ndarray) -> int:
     for n in nodes:
         out = int(np.prod(shapes[n.output[0]]))
         if n.op_type == "Conv":
-            total += out * int(np.prod(weights[n.input[1]][1:]))
+            w = weights[n.input[1]]
+            total += out * w[1] * _taps_reading_data(n, shapes[n.input[0]], w)
         else:
             total += out * shapes[n.input[0]][-1]
     return total

@@ -7,6 +7,7 @@ from compiler.core.pass_manager import Pass, PassManager, PassResult
 from passes.canonicalize.batchnorm import FoldBatchNorm, bn_affine, fold_batchnorm
 from passes.canonicalize.constants import FoldConstants, fold_constants
 from passes.canonicalize.custom_shapes import ProbeCustomShapes, probe_custom_shapes
+from passes.canonicalize.padding_taps import TrimPaddingTaps, trim_padding_taps
 from passes.canonicalize.simplify import (
     DropIdentities,
     RemoveDeadNodes,
@@ -20,14 +21,14 @@ __all__ = [
     "Canonicalize", "DropIdentities", "FoldBatchNorm", "FoldConstants", "ProbeCustomShapes",
     "RemoveDeadNodes", "SumToAdd", "bn_affine", "canonicalize", "canonical_passes",
     "drop_identities", "fold_batchnorm", "fold_constants", "probe_custom_shapes",
-    "remove_dead_nodes", "sum_to_add",
+    "remove_dead_nodes", "sum_to_add", "TrimPaddingTaps", "trim_padding_taps",
 ]
 
 
 def canonical_passes() -> list:
     """The canonicalization passes, in the order they run."""
     return [FoldConstants(), ProbeCustomShapes(), DropIdentities(), SumToAdd(), FoldBatchNorm(),
-            RemoveDeadNodes()]
+            TrimPaddingTaps(), RemoveDeadNodes()]
 
 
 def canonicalize(model: Model, *, verify_each: bool = False, check_function=None,

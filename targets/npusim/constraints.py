@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import prod
 
 from compiler.core import fixedpoint as fp
 from compiler.core.qgraph import QGraph, QOp
@@ -62,6 +63,21 @@ def _dilation(limit: int) -> Check:
     def check(op: QOp, graph: QGraph) -> tuple[bool, str]:
         ok = all(1 <= d <= limit for d in getattr(op, "dilations", (1, 1)))
         return ok, "" if ok else f"dilation {tuple(op.dilations)} exceeds {limit}"
+    return check
+
+
+def _dilated_window(extent: int, area: int) -> Check:
+    """The dilated kernel's extent d·(k-1)+1 per axis and their product.
+
+    Arm's Ethos-U85 limits its window the same way, not its dilation factor (Vela's
+    supported-ops list: dilated kernel height 1..64, product 1..4096).
+    """
+    def check(op: QOp, graph: QGraph) -> tuple[bool, str]:
+        dil = getattr(op, "dilations", (1, 1))
+        window = [d * (k - 1) + 1 for k, d in zip(op.weight.shape[2:], dil, strict=True)]
+        ok = all(1 <= w <= extent for w in window) and prod(window) <= area
+        return ok, "" if ok else (f"dilated kernel {'x'.join(map(str, window))} exceeds "
+                                  f"{extent} per axis or {area} in all")
     return check
 
 

@@ -22,6 +22,7 @@ from targets.npusim.constraints import (
     _channels,
     _concat_inputs,
     _conv_channels,
+    _dilated_window,
     _dilation,
     _fc_size,
     _kernel,
@@ -63,7 +64,8 @@ OP_TABLE: Mapping[str, OpSupport] = MappingProxyType({
     "QConv": OpSupport(lw.conv, (
         RANK, activation_types("QConv", mac=True),
         Constraint("kernel height and width 1..11", _kernel(11)),
-        Constraint("stride 1..4", _stride(4)), Constraint("dilation 1..4", _dilation(4)),
+        Constraint("stride 1..4", _stride(4)),
+        Constraint("dilated kernel extent 1..64 per axis, 4096 in all", _dilated_window(64, 4096)),
         Constraint("padding <= dilated kernel extent - 1", _pads_within_kernel),
         Constraint("input and output channels <= 4096", _conv_channels))),
     "QGemm": OpSupport(lw.gemm, (RANK, activation_types("QGemm", mac=True), FC_SIZE)),

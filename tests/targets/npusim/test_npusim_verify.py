@@ -48,6 +48,32 @@ def test_capability_fallback_runs_on_cpu_and_is_counted():
     assert result.cpu_partitions == 2  # the 13x13 conv and the Softmax partition
 
 
+def _atrous(size: int, dilations: tuple[int, ...]) -> onnx.ModelProto:
+    """DeepLab's ASPP: parallel 3x3 convs with dilation d and padding d, concatenated."""
+    from compiler.core.builder import GraphBuilder
+    b = GraphBuilder("aspp", 0)
+    x = b.relu(b.input("x", [1, 8, size, size]))
+    branches = [b.relu(b.node("Conv", [x, b.const(
+        b.rng.standard_normal((4, 8, 3, 3)).astype(np.float32) * 0.2, f"w{d}")],
+        name=f"atrous{d}", dilations=[d, d], pads=[d] * 4)) for d in dilations]
+    b.output(b.concat(branches, axis=1))
+    return b.build()
+
+
+def test_atrous_convs_run_on_the_npu_bit_exactly():
+    """DeepLabV3's ASPP at 256x256 input (16x16 map): dilation 24/36 become 1x1 convs in
+    canonicalization, dilation 12 (a 25x25 window) runs as is; 40 (81x81) exceeds the
+    NPU's 64-wide window and falls back to the CPU with the reason."""
+    _, result, _ = _check(_atrous(16, (12, 24, 36)), frames=2)
+    units = {p["node"]: p["unit"] for p in result.placement if p["node"].startswith("atrous")}
+    assert units == {"atrous12": "NPU", "atrous24": "NPU", "atrous36": "NPU"}
+    convs = [i for i in result.instructions if i.kind == "conv"]
+    assert sorted(tuple(i.dilation) for i in convs) == [(1, 1), (1, 1), (12, 12)]
+    _, result, _ = _check(_atrous(48, (40,)), frames=1)
+    wide = next(p for p in result.placement if p["node"] == "atrous40")
+    assert wide["unit"] == "CPU" and "dilated kernel 81x81 exceeds 64" in wide["reason"]
+
+
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
                                   if n in HEAVY_LIGHT else n for n in LIGHT_MODELS])
 def test_light_zoo_is_bit_exact(name):
