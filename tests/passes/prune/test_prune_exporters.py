@@ -245,10 +245,12 @@ def test_sparsify_reports_convtranspose_skipped():
 
 # --- PP-OCR models shipped in rapidocr-onnxruntime ---------------------------------------
 
-# file, input shape -> fraction of MACs removed at --ratio 0.3 (l1, default --round-to 8)
+# file, input shape -> fraction of MACs removed at --ratio 0.3 (l1, default --round-to 8);
+# cls: two of its convs read padding only with some taps at 48x192, which canonicalization
+# cuts (passes/canonicalize/padding_taps.py: 0.4442 of the uncut MACs before)
 PPOCR = {"det": (0.5307, "ch_PP-OCRv4_det_infer.onnx", (1, 3, 640, 640)),
          "rec": (0.4810, "ch_PP-OCRv4_rec_infer.onnx", (1, 3, 48, 320)),
-         "cls": (0.4442, "ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192))}
+         "cls": (0.4524, "ch_ppocr_mobile_v2.0_cls_infer.onnx", (1, 3, 48, 192))}
 
 
 def _ppocr(name: str) -> Model:
