@@ -276,11 +276,10 @@ def _adjust_weights(fm: Model, feeds: Feeds | None, bias_correction: bool, round
         report |= rounded.report()
     shifts: dict[str, list[float]] = {}
     if bias_correction:
-        fm, shifts, report["bias_correction"] = _correct_bias(
-            fm, feeds, batch_size, int8, table, rounding,
-            rounded.weights if rounded else None)
-        if not shifts:
-            del report["bias_correction"]
+        fm, shifts, entry = _correct_bias(fm, feeds, batch_size, int8, table, rounding,
+                                          rounded.weights if rounded else None)
+        if shifts:
+            report["bias_correction"] = entry
     if rounded:
         from passes.quantize.rounding import apply_weights
         apply_weights(fm, rounded.weights)

@@ -125,9 +125,9 @@ def apply_shifts(float_model: Model, shifts: Mapping[str, Any],
         shift = shifts.get(node.name)
         if shift is None or len(shift) != _out_channels(node):
             got = "none" if shift is None else f"{len(shift)} values"
-            raise ConfigError(f"calibration table: bias_shifts for layer {node.name!r}: {got}, "
-                              f"expected {_out_channels(node)} (made for another model or "
-                              f"options?)")
+            raise ConfigError(f"calibration table: bias_correction shifts for layer "
+                              f"{node.name!r}: {got}, expected {_out_channels(node)} (made "
+                              f"for another model or options?)")
         means[node.name] = np.asarray(shift, np.float64)
     return out, _subtract_all(out, layers, means) | {"skipped": skipped}
 

@@ -108,7 +108,7 @@ def test_bias_shifts_of_the_wrong_length_are_a_config_error(tmp_path):
     doc["bias_correction"]["shifts"][layer].append(0.0)
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(ConfigError, match=f"bias_shifts for layer {layer!r}: .* expected"):
+    with pytest.raises(ConfigError, match=f"shifts for layer {layer!r}: .* expected"):
         quantize_model(conv_model(), None, table=path)
 
 
