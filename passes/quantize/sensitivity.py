@@ -7,7 +7,9 @@ every quantization point of the QGraph behind a switch,
 - an activation tensor `t` with scale `S`: ``Where(on[k], DequantizeLinear(QuantizeLinear(t,
   S)), t)`` (int8, zero point 0, saturating: the same grid as `model.qdq.onnx`);
 - a weight (Conv/Gemm/MatMul) or constant operand (Add/Mul/Concat): ``Where(on[k], Wq·Sw,
-  W)`` with the QGraph's own int8 values and per-channel scales;
+  W)`` with the QGraph's own int8 values and per-channel scales; a Conv/Gemm's bias switches
+  with its weights to the integer layer's ``bias·Sx·Sw`` (bias correction and int32 rounding
+  included: the float model is the one as given);
 
 where ``on`` is one boolean vector input. A single onnxruntime session then runs every
 configuration over the same data, converted once, against the float outputs computed
@@ -27,9 +29,9 @@ Methods:
   a budget decision, but each figure sits on the full int8 error floor, so small
   differences between layers drown in it.
 
-Not simulated: int32 bias rounding (at most half a step of `Sx·Sw[c]`, far below the
-activation step) and the one-LSB difference between the integer requantization
-(round half up) and QuantizeLinear (round half to even).
+Not simulated: the int32 bias rounding of a MatMul's separate bias Add (at most half a
+step of `Sx·Sw[c]`, far below the activation step) and the one-LSB difference between the
+integer requantization (round half up) and QuantizeLinear (round half to even).
 
 Flags per layer (docs/quantization.md, "Sensitivity analysis"):
 - ``outlier_range``: the calibrated range of one of the layer's activation tensors is
@@ -172,16 +174,22 @@ class SwitchBuilder:
         self.tensors = self.g.tensors()
         self.nodes = {n.name: n for n in self.g.nodes}
         self.ops = {op.name: op for op in qgraph.ops}
+        self.qgraph = qgraph
         self.scales = {float_name(n): t for n, t in qgraph.tensors.items()
                        if t.is_quantized and t.scale is not None}
         self.enable = gs.Variable(ENABLE, dtype=np.bool_, shape=[0])
         self.points: dict[str, int] = {}  # activation tensor -> point index
         self.count = 0
 
-    def _switch(self, on_value: gs.Tensor, off_value: gs.Tensor, name: str) -> gs.Tensor:
-        """Point `count`: a `Where` on the `ENABLE` input, or a fixed choice when baking."""
-        k = self.count
-        self.count += 1
+    def _switch(self, on_value: gs.Tensor, off_value: gs.Tensor, name: str,
+                k: int | None = None) -> gs.Tensor:
+        """A `Where` on the `ENABLE` input, or a fixed choice when baking.
+
+        The switch is point `count` (a new point), or the existing point `k`.
+        """
+        if k is None:
+            k = self.count
+            self.count += 1
         if self.on is not None:
             return on_value if self.on[k] else off_value
         cond = self.g.layer(op="Gather", name=f"{name}/on", inputs=[
@@ -218,13 +226,17 @@ class SwitchBuilder:
             self.g.outputs = [y if x is t else x for x in self.g.outputs]
         return self.points[name]
 
-    def constant(self, node: gs.Node, index: int, values: np.ndarray) -> int:
-        """A point replacing input `index` (a constant) of `node` by `values` when on."""
+    def constant(self, node: gs.Node, index: int, values: np.ndarray,
+                 k: int | None = None) -> int:
+        """A point replacing input `index` (a constant) of `node` by `values` when on.
+
+        `k`: switch with that existing point instead of adding one.
+        """
         old = node.inputs[index]
-        k = self.count
+        point = self.count if k is None else k
         new = gs.Constant(f"{node.name}__sens_c{index}", np.asarray(values, old.values.dtype))
-        node.inputs[index] = self._switch(new, old, f"{node.name}__sens_c{index}")
-        return k
+        node.inputs[index] = self._switch(new, old, f"{node.name}__sens_c{index}", k)
+        return point
 
     def unit_constants(self, unit: Unit) -> list[int]:
         """Points of the unit's weights and constant operands (int8 values of the QGraph)."""
@@ -234,6 +246,9 @@ class SwitchBuilder:
         weight = _weight_values(anchor, op)
         if weight is not None:
             points.append(self.constant(anchor, 1, weight))
+            bias = self._bias_values(anchor, op)
+            if bias is not None:  # the int8 layer's bias goes with its weights
+                self.constant(anchor, 2, bias, points[-1])
         for t in unit.inputs:
             qt = self.scales.get(t.name)
             if not is_const(t) or qt is None or qt.data is None:
@@ -245,6 +260,27 @@ class SwitchBuilder:
                     if x.name == t.name and np.shape(x.values) == fq.shape:
                         points.append(self.constant(live, i, fq))
         return points
+
+    def _bias_values(self, node: gs.Node, op: q.QOp) -> np.ndarray | None:
+        """The bias the integer layer adds, bias·Sx·Sw, in the float node's own bias input.
+
+        It differs from the float bias by its int32 rounding and by bias correction (which
+        the integer model has and the float model as given does not). Conv and Gemm only
+        (a MatMul's bias is a separate Add); a missing bias input gets zeros to switch from.
+        """
+        if node.op not in ("Conv", "Gemm") or getattr(op, "bias", None) is None:
+            return None
+        sx = self.qgraph.tensor(op.inputs[0]).scale
+        d = np.asarray(op.bias, np.float64) * float(sx) * np.asarray(op.weight_scale, np.float64)
+        if node.op == "Gemm":
+            d = d / float(node.attrs.get("beta", 1.0))
+        if len(node.inputs) < 3 or not node.inputs[2].name:
+            zeros = np.zeros(d.shape, np.float32)
+            node.inputs[2:] = [gs.Constant(f"{node.name}__sens_b0", zeros)]
+        old = node.inputs[2]
+        if not is_const(old) or np.size(old.values) != d.size:
+            return None  # a scalar or [M, N] C: left as given
+        return d.reshape(np.shape(old.values))
 
     def finish(self) -> Model:
         """The model: with the `ENABLE` vector input of all points unless baked."""

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from compiler.core.errors import ConfigError
 from compiler.core.io import load_model
 from compiler.core.numerics import run, session
-from passes.quantize.api import quantize_model
+from passes.quantize.api import pristine_float, quantize_model
 from passes.quantize.compare import Accumulator
 from passes.quantize.patterns import partition
 from passes.quantize.sensitivity import (
@@ -112,6 +112,26 @@ def test_switch_model_matches_the_baked_models_and_the_float_model():
     acc.update(run(session(res.qdq_model, fuse_qdq=False), x)["fc_out"], on)
     assert acc.row("y", "output").cosine > 0.9999
     assert not np.array_equal(on, off)
+
+
+def test_switch_model_adds_the_integer_layers_biases():
+    """All on, the switch model built on the float model *as given* is the integer model:
+    each int8 layer's bias (bias correction and int32 rounding included) switches with its
+    weights. Without that, the budget loop scored int16 stand-ins without the correction."""
+    model = residual_classifier()
+    res = quantize_model(model, images(16, 0))
+    assert res.table.bias_shifts  # bias correction moved the biases (on by default)
+    fm = pristine_float(model, res)
+    units = partition(fm.graph)
+    count = build_switch_model(fm, res.qgraph, units)[2]
+    x = {"x": images(1, 5)}
+    on = build_switch_model(fm, res.qgraph, units, np.ones(count, np.bool_))[0]
+    step = res.qgraph.tensor("fc_out__q").scale
+    diff = np.abs(run(session(on, fuse_qdq=False), x)["fc_out"] -
+                  run(res.quant_model, x)["fc_out"]).max()
+    assert diff <= step / 2  # with the float biases: one output step off (0.0082)
+    off = build_switch_model(fm, res.qgraph, units, np.zeros(count, np.bool_))[0]
+    np.testing.assert_array_equal(run(off, x)["fc_out"], run(fm, x)["fc_out"])
 
 
 def test_heads_of_a_detector_include_box_regression_and_dfl():
