@@ -273,7 +273,10 @@ class SwitchBuilder:
         sx = self.qgraph.tensor(op.inputs[0]).scale
         d = np.asarray(op.bias, np.float64) * float(sx) * np.asarray(op.weight_scale, np.float64)
         if node.op == "Gemm":
-            d = d / float(node.attrs.get("beta", 1.0))
+            beta = float(node.attrs.get("beta", 1.0))
+            if beta == 0.0:
+                return None  # C is ignored: nothing to switch
+            d = d / beta
         if len(node.inputs) < 3 or not node.inputs[2].name:
             zeros = np.zeros(d.shape, np.float32)
             node.inputs[2:] = [gs.Constant(f"{node.name}__sens_b0", zeros)]
