@@ -278,8 +278,11 @@ class SwitchBuilder:
                 return None  # C is ignored: nothing to switch
             d = d / beta
         if len(node.inputs) < 3 or not node.inputs[2].name:
-            zeros = np.zeros(d.shape, np.float32)
-            node.inputs[2:] = [gs.Constant(f"{node.name}__sens_b0", zeros)]
+            zeros = gs.Constant(f"{node.name}__sens_b0", np.zeros(d.shape, np.float32))
+            if len(node.inputs) < 3:
+                node.inputs.append(zeros)
+            else:
+                node.inputs[2] = zeros
         old = node.inputs[2]
         if not is_const(old) or np.size(old.values) != d.size:
             return None  # a scalar or [M, N] C: left as given
