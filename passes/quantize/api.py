@@ -126,10 +126,9 @@ def _all_typed(m: Model) -> bool:
 
 
 def _thresholds(model: Model, feeds: Feeds | None, names: list[str], calibrator: str,
-                table: CalibrationTable | str | Path | None, batch_size: int,
+                table: CalibrationTable | None, batch_size: int,
                 opts: dict[str, Any], digest: str) -> CalibrationTable:
     if table is not None:
-        table = table if isinstance(table, CalibrationTable) else CalibrationTable.load(table)
         missing = [n for n in names if n not in table.thresholds]
         if missing:
             raise ConfigError(f"calibration table lacks {len(missing)} tensor(s) of this model, "
