@@ -1,7 +1,7 @@
 """Post-training recovery table of issue #22: top-1 drop per compression step on 10k images.
 
     python benchmarks/recovery.py [--rows r70 r50 r1x4 rpipe m70 m1x4] [--extra-prune ARGS]
-        [--extra-sparsify ARGS] [--json OUT.json]
+        [--extra-sparsify ARGS] [--calib fmnist-train --calib-limit 2048] [--json OUT.json]
 
 Each row is a chain of `npuc` step commands (`prune`, `sparsify`, `quantize`) on a committed
 Fashion-MNIST model with the bundled `fmnist-calib` calibration images, exactly as a user
@@ -10,7 +10,9 @@ its wall time and peak RSS (VmHWM) are the step's own. The final model is evalua
 10,000-image test split (`fmnist-test`, Debian package `dataset-fashion-mnist`) and the drop
 is against the float model on the same images. `--extra-prune` / `--extra-sparsify` append
 flags to every prune / sparsify step (e.g. `--extra-prune "--reconstruct stream"
---extra-sparsify --no-refit-activation` for the former defaults).
+--extra-sparsify --no-refit-activation` for the former defaults). `--calib` / `--calib-limit`
+replace the calibration set of every step (e.g. the first 2,048 images of the training split,
+`fmnist-train`, instead of the 256 bundled ones).
 Float training time of each model (`models/trained/*.train.json`) is printed as the anchor.
 """
 
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAINED = ROOT / "models" / "trained"
 MODELS = {"resnet": TRAINED / "fmnist_resnet.onnx",
           "mobilenetv2": TRAINED / "fmnist_mobilenetv2.onnx"}
-CALIB = ["--calib", "fmnist-calib"]
+CALIB = ["{CALIB}"]  # becomes --calib DATA [--calib-limit N] (flags of this script)
 PRUNE70 = ["prune", "--target-macs", "0.7", *CALIB, "--reconstruct"]
 PRUNE50 = ["prune", "--target-macs", "0.5", *CALIB, "--reconstruct"]
 SPARSE = ["sparsify", "--block", "4", "--sparsity", "0.5", "--reorder", "--criterion", "obs",
@@ -55,9 +57,10 @@ def run_step(step: list[str], src: Path, work: Path, index: int,
              extra: dict[str, list[str]], model: Path) -> tuple[Path, float, int]:
     """Run one step command on `src`; returns (output model, wall seconds, peak RSS bytes).
 
-    `{MODEL}` in the step's flags stands for the row's float model.
+    `{MODEL}` in the step's flags stands for the row's float model; `{CALIB}` for the
+    calibration flags (`extra["calib"]`).
     """
-    cmd, rest = step[0], [a.replace("{MODEL}", str(model)) for a in step[1:]]
+    cmd, rest = step[0], _expand(step[1:], model, extra["calib"])
     out = work / (f"step{index}" if cmd == "quantize" else f"step{index}.onnx")
     rss = work / f"step{index}.rss"
     argv = [sys.executable, str(ROOT / "benchmarks" / "peak_rss.py"), str(rss), "compiler.cli",
@@ -69,6 +72,13 @@ def run_step(step: list[str], src: Path, work: Path, index: int,
         raise SystemExit(f"{shlex.join(argv[3:])} failed:\n{proc.stderr[-2000:]}")
     final = out / "model.quant.onnx" if cmd == "quantize" else out
     return final, wall, int(rss.read_text())
+
+
+def _expand(flags: list[str], model: Path, calib: list[str]) -> list[str]:
+    out: list[str] = []
+    for flag in flags:
+        out.extend(calib if flag == "{CALIB}" else [flag.replace("{MODEL}", str(model))])
+    return out
 
 
 def top1(path: Path, data) -> float:
@@ -97,8 +107,9 @@ def measure(row: str, extra: dict[str, list[str]], data, base: dict[str, float])
             peaks.append(peak)
         acc = top1(src, data[model])
     train = json.loads((TRAINED / f"fmnist_{model}.train.json").read_text())["train_seconds"]
-    commands = [" ".join(["npuc", s[0], "MODEL", "-o", "OUT", *s[1:], *extra.get(s[0], [])])
-                for s in steps]
+    commands = [" ".join(["npuc", s[0], "MODEL", "-o", "OUT",
+                          *_expand(s[1:], Path("MODEL"), extra["calib"]),
+                          *extra.get(s[0], [])]) for s in steps]
     return {"row": row, "model": model, "step": label, "top1": acc,
             "drop_pt": round(100 * (base[model] - acc), 2), "goal_pt": goal,
             "wall_s": round(sum(walls), 1), "peak_rss_mb": round(max(peaks) / 2**20),
@@ -111,13 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--extra-prune", default="", help="flags appended to every prune step")
     p.add_argument("--extra-sparsify", default="", help="flags appended to every sparsify step")
+    p.add_argument("--calib", default="fmnist-calib", help="calibration set of every step")
+    p.add_argument("--calib-limit", type=int, help="its sample limit (--calib-limit of npuc)")
     p.add_argument("--json", help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from compiler.core.io import load_model
     from compiler.driver.data import load_data
 
-    extra = {"prune": shlex.split(args.extra_prune), "sparsify": shlex.split(args.extra_sparsify)}
+    extra = {"prune": shlex.split(args.extra_prune), "sparsify": shlex.split(args.extra_sparsify),
+             "calib": ["--calib", args.calib]
+             + (["--calib-limit", str(args.calib_limit)] if args.calib_limit else [])}
     needed = {ROWS[r][0] for r in args.rows}
     data = {m: load_data("fmnist-test", load_model(MODELS[m])) for m in needed}
     base = {m: top1(MODELS[m], data[m]) for m in needed}

@@ -32,6 +32,7 @@ from compiler.core.imagefolder import open_folder
 from compiler.core.options import option, positive
 from compiler.core.progress import track
 from compiler.core.shapes import ShapeSpec
+from models.datasets import DATASETS
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ class EvalOptions:
     """What `evaluate` runs on: config keys `eval.*`, the flags of `npuc eval`."""
 
     data: str | None = option(
-        None, "labelled evaluation data: bundled dataset name (fmnist-eval, fmnist-calib, "
-        "fmnist-test, photos, text-lines), an .npz with 'images' and optional 'labels', or a "
+        None, f"labelled evaluation data: bundled dataset name ({', '.join(DATASETS)}), "
+        "an .npz with 'images' and optional 'labels', or a "
         "folder of images (class-per-folder: labelled; image preprocessing flags apply)",
         types=(str,), required=True, metavar="NAME|PATH")
     limit: int | None = option(None, "use only N samples (image folders: as many per class)",

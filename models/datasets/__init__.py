@@ -8,6 +8,7 @@ name            contents                                                kind
 fmnist-eval     2,000 Fashion-MNIST test images (committed npz)         classification
 fmnist-calib    256 Fashion-MNIST train images (committed npz)          classification
 fmnist-test     the full 10,000-image test split (Debian package)       classification
+fmnist-train    the 60,000-image training split (Debian package)        classification
 photos          320 crops of bundled real photos, ImageNet-normalised   unlabelled
 text-lines      200 rendered text lines with their strings              ocr
 ==============  ======================================================  ==============
@@ -107,13 +108,20 @@ def _fmnist_norm() -> tuple[float, float]:
     return float(MEAN), float(STD)
 
 
-def _fmnist_test() -> Dataset:
+def _fmnist(split: str, limit: int | None = None) -> Dataset:
+    """One Fashion-MNIST split, normalised as the trained models expect.
+
+    Only the first `limit` images are converted to float (the training split is 188 MB in
+    float32; a calibration set takes a few thousand of its images).
+    """
     from models.datasets.fmnist_idx import load_fmnist
 
-    images, labels = load_fmnist("test")
+    images, labels = load_fmnist(split)
+    images, labels = images[:limit], labels[:limit]
     mean, std = _fmnist_norm()
     x = ((images.astype(np.float32) / 255.0 - mean) / std)[:, None]
-    return Dataset(x.astype(np.float32), labels.astype(np.int64), "fmnist-test", "classification")
+    return Dataset(x.astype(np.float32), labels.astype(np.int64), f"fmnist-{split}",
+                   "classification")
 
 
 def _photos() -> Dataset:
@@ -129,13 +137,15 @@ def _text_lines() -> Dataset:
     return Dataset(images, labels, "text-lines", "ocr")
 
 
-DATASETS: dict[str, Callable[[], Dataset]] = {
-    "fmnist-eval": lambda: load_npz(DATA_DIR / "fmnist_eval.npz", "fmnist-eval"),
-    "fmnist-calib": lambda: load_npz(DATA_DIR / "fmnist_calib.npz", "fmnist-calib"),
-    "fmnist-test": _fmnist_test,
-    "photos": _photos,
-    "text-lines": _text_lines,
+DATASETS: dict[str, Callable[[int | None], Dataset]] = {
+    "fmnist-eval": lambda limit: load_npz(DATA_DIR / "fmnist_eval.npz", "fmnist-eval", limit),
+    "fmnist-calib": lambda limit: load_npz(DATA_DIR / "fmnist_calib.npz", "fmnist-calib", limit),
+    "fmnist-test": lambda limit: _fmnist("test", limit),
+    "fmnist-train": lambda limit: _fmnist("train", limit),
+    "photos": lambda _limit: _photos(),
+    "text-lines": lambda _limit: _text_lines(),
 }
+"""Bundled datasets by name; each loader takes the sample limit (None: all)."""
 
 
 def load_dataset(name: str | Path, limit: int | None = None) -> Dataset:
@@ -152,7 +162,9 @@ def load_dataset(name: str | Path, limit: int | None = None) -> Dataset:
     if key.endswith(".npz"):
         data = load_npz(key, limit=limit)
     elif key in DATASETS:
-        data = DATASETS[key]()
+        if limit is not None and limit < 1:
+            raise DataError(f"dataset {key}: limit must be positive, got {limit}")
+        data = DATASETS[key](limit)
     else:
         raise DataError(f"unknown dataset {key!r}: expected one of {', '.join(DATASETS)} "
                         "or an .npz file")

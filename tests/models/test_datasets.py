@@ -39,6 +39,23 @@ def test_fmnist_test_full_split():
         np.testing.assert_allclose(ds.inputs[ev["indices"][:5]], ev["images"][:5], atol=1e-6)
 
 
+def test_fmnist_train_split_limit_matches_the_committed_calibration_images():
+    from models.datasets.fmnist_idx import load_fmnist
+
+    try:
+        load_fmnist("train")
+    except DataError as exc:
+        pytest.skip(str(exc))
+    cal = np.load(DATA_DIR / "fmnist_calib.npz")
+    last = int(cal["indices"][3]) + 1  # the limit reaches the 4th calibration image
+    ds = load_dataset("fmnist-train", limit=last)
+    assert ds.inputs.shape == (last, 1, 28, 28) and ds.name == "fmnist-train"
+    np.testing.assert_allclose(ds.inputs[cal["indices"][:4]], cal["images"][:4], atol=1e-6)
+    np.testing.assert_array_equal(ds.labels[cal["indices"][:4]], cal["labels"][:4])
+    with pytest.raises(DataError, match="limit must be positive"):
+        load_dataset("fmnist-train", limit=0)
+
+
 @pytest.fixture(scope="module")
 def photos():
     pytest.importorskip("skimage", reason="zoo extra not installed")
