@@ -15,8 +15,10 @@ not lower that error.
     blocks = find_blocks(student)
     report = reconstruct_blocks(student, targets, feeds, masks={"conv": keep_bool_oihw})
 
-`targets(tensor)` returns the teacher's tensor on all calibration samples (NCHW, channels
-mapped to the student's), or None when it cannot (the block is then skipped).
+`targets(tensor, limit)` returns the teacher's tensor on the first `limit` calibration samples
+(all for None; NCHW, channels mapped to the student's), or None when it cannot (the block is
+then skipped). A block trains on as many leading samples as fit in `BlockOptions.max_mb`, so
+a large calibration set does not raise the memory of the blocks with large feature maps.
 
 The numpy layers work in NHWC: a conv is im2col + matmul (1x1 stride-1 convs a plain
 matmul, depthwise convs per-tap multiply-adds), its backward the transposed products and a
@@ -57,6 +59,7 @@ STEPS = 800
 # train fewer steps (never fewer than MIN_STEPS, else they keep their closed-form weights).
 MAX_TMACS = 1.0
 MIN_STEPS = 100
+MIN_SAMPLES = 64  # fewer than this (2 mini-batches) within max_mb: the block is not trained
 
 
 def _steps() -> int:
@@ -74,8 +77,9 @@ class BlockOptions:
         max_convs: Most convs grouped into one block.
         eval_every: Held-out evaluation interval (steps); the best weights are kept.
         seed: Seed of the mini-batch order.
-        max_mb: A block whose teacher output on the calibration set takes more memory than
-            this (its input and the im2col buffers are of the same order) is not trained.
+        max_mb: Memory of one block's teacher output on the samples it trains on (its
+            input and the im2col buffers are of the same order): a block trains on the
+            leading samples that fit, and is not trained when fewer than `MIN_SAMPLES` do.
         max_tmacs: Most multiply-accumulates (10^12) one block's training may cost; a
             block that would need more trains proportionally fewer steps (at least
             `MIN_STEPS`, else it is not trained). Deterministic, unlike a time limit.
@@ -454,7 +458,8 @@ def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions)
             "kept": bool(best_err < before)}
 
 
-def reconstruct_blocks(student: Model, targets: Callable[[str], np.ndarray | None], feeds, *,
+def reconstruct_blocks(student: Model, targets: Callable[[str, int | None], np.ndarray | None],
+                       feeds, *,
                        masks: Mapping[str, np.ndarray] | None = None,
                        only: Collection[str] | None = None,
                        options: BlockOptions | None = None, batch_size: int = 32) -> dict:
@@ -487,18 +492,25 @@ def reconstruct_blocks(student: Model, targets: Callable[[str], np.ndarray | Non
 def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockOptions,
                batch_size: int) -> dict:
     info = {"output": block.output, "convs": [c.name for c in block.convs]}
-    y = targets(block.output)
+    cap = int(opts.max_mb * 2**20)
+    limit = _sample_limit(student, block.output, cap)
+    if limit is not None and limit < MIN_SAMPLES:
+        return {**info, "skipped": f"block output over {opts.max_mb} MB for {MIN_SAMPLES} samples"}
+    y = targets(block.output, limit)
     if y is None:
         return {**info, "skipped": "no teacher tensor"}
-    if y.nbytes > opts.max_mb * 2**20:
-        return {**info, "skipped": f"block output {y.nbytes / 2**20:.0f} MB > {opts.max_mb} MB"}
-    x = np.concatenate([v[block.input] for v in iter_tensors(student, [block.input], feeds,
-                                                             batch_size, only=True)])
+    if y.nbytes > cap:  # shape unknown before the run: keep the samples that fit
+        limit = cap // max(y[:1].nbytes, 1)
+        if limit < MIN_SAMPLES:
+            return {**info, "skipped": f"block output {y.nbytes / 2**20:.0f} MB > {opts.max_mb} MB"}
+        y = y[:limit].copy()
+    x = teacher_tensors(student, [block.input], feeds, batch_size, limit=len(y))[block.input]
     if x.ndim != 4 or y.ndim != 4 or len(x) != len(y):
         return {**info, "skipped": "not a 4-D feature map"}
+    info["samples"] = len(y)
     net = BlockNet(block, x.shape[2:], masks)
-    x = np.ascontiguousarray(x.transpose(0, 2, 3, 1), np.float32)
-    y = np.ascontiguousarray(y.transpose(0, 2, 3, 1), np.float32)
+    x = _nhwc(x)
+    y = _nhwc(y)
     out, _ = net.forward(x[:1])
     if out.shape[1:] != y.shape[1:]:
         return {**info, "skipped": f"teacher shape {y.shape[1:]} != block {out.shape[1:]}"}
@@ -540,15 +552,46 @@ def write_conv(node: gs.Node, w: np.ndarray, b: np.ndarray) -> None:
         node.inputs.append(gs.Constant(f"{node.name}.bias_block", b.astype(np.float32)))
 
 
-def teacher_tensors(teacher: Model, names: Collection[str], feeds,
-                    batch_size: int = 32) -> dict[str, np.ndarray]:
-    """The teacher's tensors `names` on all calibration samples (one run)."""
+def teacher_tensors(teacher: Model, names: Collection[str], feeds, batch_size: int = 32,
+                    limit: int | None = None) -> dict[str, np.ndarray]:
+    """The teacher's tensors `names` on the first `limit` calibration samples (None: all)."""
     names = list(dict.fromkeys(names))
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    seen = 0
     for values in iter_tensors(teacher, names, feeds, batch_size, only=True):
         for n in names:
-            parts[n].append(values[n])
-    return {n: np.concatenate(p) for n, p in parts.items()}
+            parts[n].append(values[n] if limit is None else values[n][:limit - seen])
+        seen += len(parts[names[0]][-1]) if names else 0
+        if limit is not None and seen >= limit:
+            break
+    return {n: _join(p) for n, p in parts.items()}
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """One array from the batches, releasing each batch as it is copied."""
+    if len(parts) == 1:
+        return parts.pop()
+    out = np.empty((sum(len(p) for p in parts), *parts[0].shape[1:]), parts[0].dtype)
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        out[start:start + len(part)] = part
+        start += len(part)
+    return out
+
+
+def _nhwc(a: np.ndarray) -> np.ndarray:
+    """float32 NHWC copy of an NCHW array (the caller drops the NCHW one)."""
+    return np.ascontiguousarray(a.transpose(0, 2, 3, 1), np.float32)
+
+
+def _sample_limit(model: Model, tensor: str, cap: int) -> int | None:
+    """Samples of `tensor` (float32, static shape) that fit in `cap` bytes; None if unknown."""
+    shape = getattr(model.graph.tensors().get(tensor), "shape", None)
+    dims = list(shape[1:]) if shape else []
+    if not dims or not all(isinstance(d, (int, np.integer)) and d > 0 for d in dims):
+        return None
+    return cap // (4 * int(np.prod(dims)))
 
 
 def block_outputs(model: Model, max_convs: int = 3) -> list[str]:

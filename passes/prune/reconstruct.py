@@ -115,9 +115,9 @@ def _reconstruct_blocks(pruned: Model, teacher: Model, layout, feeds, report: di
     """Block-wise reconstruction after the closed-form re-fit; `report` gains "blocks"."""
     start = time.perf_counter()
 
-    def targets(tensor: str) -> np.ndarray | None:
+    def targets(tensor: str, limit: int | None) -> np.ndarray | None:
         try:
-            value = teacher_tensors(teacher, [tensor], feeds)[tensor]
+            value = teacher_tensors(teacher, [tensor], feeds, limit=limit)[tensor]
         except GraphError:
             return None
         pos = _positions(layout, tensor)

@@ -168,14 +168,14 @@ class Teacher:
             self.used.append(layer.name)
         return rows
 
-    def full_tensor(self, tensor: str, feeds) -> np.ndarray | None:
-        """The teacher's `tensor` on all calibration samples, channels in the student's order.
+    def full_tensor(self, tensor: str, feeds, limit: int | None = None) -> np.ndarray | None:
+        """The teacher's `tensor` on the first `limit` calibration samples, student's channels.
 
-        The float model's when it has the tensor and its channels map onto the student's
-        (`channels`), else the input model's; None when neither has it.
+        `limit` None: all samples. The float model's when it has the tensor and its channels
+        map onto the student's (`channels`), else the input model's; None when neither has it.
         """
         if self.float_model is not None and tensor in self._float_tensors():
-            value = teacher_tensors(self.float_model, [tensor], feeds)[tensor]
+            value = teacher_tensors(self.float_model, [tensor], feeds, limit=limit)[tensor]
             pos = self.channels.get(tensor)
             if pos is not None and value.ndim > 1:
                 fits = not pos.size or pos.max() < value.shape[1]
@@ -184,7 +184,7 @@ class Teacher:
             if value is not None and (width is None or value.shape[1] == width):
                 return value
         try:
-            return teacher_tensors(self.model, [tensor], feeds)[tensor]
+            return teacher_tensors(self.model, [tensor], feeds, limit=limit)[tensor]
         except GraphError:
             return None
 
@@ -220,7 +220,7 @@ def block_refit(student: Model, teacher: Teacher, masks: Mapping[str, LayerMask]
         shape = const_value(node.inputs[1]).shape
         keep[name] = element_mask(mask.mask, mask.block, shape)
     trained = set(masks)
-    return reconstruct_blocks(student, lambda t: teacher.full_tensor(t, feeds), feeds,
+    return reconstruct_blocks(student, lambda t, n: teacher.full_tensor(t, feeds, n), feeds,
                               masks=keep, only=trained, options=options)
 
 

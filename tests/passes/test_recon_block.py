@@ -165,13 +165,13 @@ def test_block_reconstruction_beats_closed_form_refit_on_the_committed_resnet():
     float_model = canonicalize(model).model
     out = "layers.1.1.relu2.out"
 
-    def targets(tensor, data=feeds):
-        value = teacher_tensors(float_model, [tensor], data)[tensor]
+    def targets(tensor, limit=None, data=feeds):
+        value = teacher_tensors(float_model, [tensor], data, limit=limit)[tensor]
         return value if tensor not in channels else value[:, channels[tensor]]
 
     def block_error(m) -> float:
         got = teacher_tensors(m, [out], other)[out]
-        ref = targets(out, other)
+        ref = targets(out, data=other)
         return float(np.sum((got - ref) ** 2) / np.sum(ref ** 2))
 
     before = block_error(pruned)
@@ -188,13 +188,39 @@ def test_block_too_large_for_the_memory_cap_is_skipped():
     feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
     before = {n.name: np.asarray(n.inputs[1].values).copy() for n in find_blocks(model)[0].convs}
 
-    def targets(tensor):
-        return teacher_tensors(model, [tensor], feeds)[tensor] * 1.1
+    def targets(tensor, limit):
+        return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
 
     report = reconstruct_blocks(model, targets, feeds, options=BlockOptions(steps=5, max_mb=0.01))
-    assert all("MB >" in b["skipped"] for b in report["blocks"])
+    assert all("over 0.01 MB for 64 samples" in b["skipped"] for b in report["blocks"])
     for n in find_blocks(model)[0].convs:
         np.testing.assert_array_equal(n.inputs[1].values, before[n.name])
+
+
+def test_a_block_trains_on_the_leading_samples_that_fit_the_memory_cap():
+    """More calibration samples than fit `max_mb`: the block trains on the first ones, and
+    neither the teacher nor the student tensor is gathered for the others."""
+    from passes.recon_block import MIN_SAMPLES
+
+    model = tiny_net(batch="N")
+    feeds = {"x": np.random.default_rng(5).standard_normal((300, 3, 12, 12)).astype(np.float32)}
+    out = find_blocks(model)[0].output
+    per_sample = 4 * int(np.prod(model.graph.tensors()[out].shape[1:]))
+    asked = []
+
+    def targets(tensor, limit):
+        asked.append(limit)
+        return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
+
+    fit = 100
+    report = reconstruct_blocks(model, targets, feeds, batch_size=64, options=BlockOptions(
+        steps=5, max_mb=(fit + 0.5) * per_sample / 2**20))
+    assert asked[0] == fit and report["blocks"][0]["samples"] == fit > MIN_SAMPLES
+    assert "error_after" in report["blocks"][0]
+    got = teacher_tensors(model, [out], feeds, batch_size=64, limit=fit)[out]
+    assert got.shape[0] == fit  # a limit inside a batch cuts that batch
+    full = teacher_tensors(model, [out], feeds, batch_size=64)[out]
+    np.testing.assert_array_equal(got, full[:fit])
 
 
 def test_training_compute_is_capped_in_macs():
@@ -210,8 +236,8 @@ def test_training_compute_is_capped_in_macs():
     assert macs == 12 * 12 * 16 * 27 + 2 * 12 * 12 * 16 * 144
     per_step = 3 * 8 * macs  # batch 8 of the 10 samples (2 are held out)
 
-    def targets(tensor):
-        return teacher_tensors(model, [tensor], feeds)[tensor] * 1.1
+    def targets(tensor, limit):
+        return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
 
     budget = 150 * per_step / 1e12
     report = reconstruct_blocks(model, targets, feeds,
