@@ -89,7 +89,7 @@ def test_clamp_backward_passes_only_the_open_interval():
 def test_block_net_matches_onnxruntime_and_finite_differences():
     """tiny_net's residual block (stem, a, ReLU, b, Add, ReLU) in numpy, value and gradient."""
     model = tiny_net(batch="N")
-    block = find_blocks(model)[0]
+    block = find_blocks(model, 3)[0]
     assert [c.name for c in block.convs] == ["stem", "a", "b"]
     feed = {"x": np.random.default_rng(2).standard_normal((3, 3, 12, 12)).astype(np.float32)}
     ref = next(iter_tensors(model, [block.output], feed, 8))[block.output]
@@ -115,22 +115,26 @@ def test_block_net_matches_onnxruntime_and_finite_differences():
 
 def test_blocks_of_the_committed_models():
     resnet = canonicalize(load_model(TRAINED / "fmnist_resnet.onnx")).model
-    blocks = find_blocks(resnet)
+    blocks = find_blocks(resnet, max_convs=3)
     assert [b.output for b in blocks] == ["relu1.out"] + [
         f"layers.{i}.{j}.relu2.out" for i in range(3) for j in range(2)]
     assert [c.name for c in blocks[2].convs] == ["layers.0.1.conv1", "layers.0.1.conv2"]
+    # The default (MAX_CONVS = 9) joins whole residual blocks up to 9 convs.
+    assert [len(b.convs) for b in find_blocks(resnet)] == [9, 7]
+    assert find_blocks(resnet)[0].output == "layers.1.0.relu2.out"
     mbv2 = canonicalize(load_model(TRAINED / "fmnist_mobilenetv2.onnx")).model
-    blocks = find_blocks(mbv2)
+    blocks = find_blocks(mbv2, max_convs=3)
     assert len(blocks) == 12
     assert [c.name for c in blocks[2].convs] == ["blocks.2.expand", "blocks.2.dw",
                                                  "blocks.2.project"]
     assert blocks[2].output == "blocks.2.add.out"
+    assert [len(b.convs) for b in find_blocks(mbv2)] == [9, 9, 9, 7]
 
 
 def test_masked_weights_stay_zero_and_training_lowers_the_error():
     """Random teacher perturbation of a block; masked entries stay exactly zero."""
     model = tiny_net(batch="N")
-    block = find_blocks(model)[0]
+    block = find_blocks(model, 3)[0]
     rng = np.random.default_rng(4)
     x = rng.standard_normal((40, 12, 12, 3)).astype(np.float32)
     teacher = BlockNet(block, (12, 12))
@@ -176,7 +180,7 @@ def test_block_reconstruction_beats_closed_form_refit_on_the_committed_resnet():
 
     before = block_error(pruned)
     report = reconstruct_blocks(pruned, targets, feeds, only={"layers.1.1.conv2"},
-                                options=BlockOptions(steps=100))
+                                options=BlockOptions(steps=100, max_convs=3))
     (row,) = report["blocks"]
     assert row["output"] == out and row["kept"]
     after = block_error(pruned)
@@ -186,14 +190,15 @@ def test_block_reconstruction_beats_closed_form_refit_on_the_committed_resnet():
 def test_block_too_large_for_the_memory_cap_is_skipped():
     model = tiny_net(batch="N")
     feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
-    before = {n.name: np.asarray(n.inputs[1].values).copy() for n in find_blocks(model)[0].convs}
+    before = {n.name: np.asarray(n.inputs[1].values).copy() for n in find_blocks(model, 3)[0].convs}
 
     def targets(tensor, limit):
         return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
 
-    report = reconstruct_blocks(model, targets, feeds, options=BlockOptions(steps=5, max_mb=0.01))
+    report = reconstruct_blocks(model, targets, feeds,
+                                options=BlockOptions(steps=5, max_mb=0.01, max_convs=3))
     assert all("over 0.01 MB for 64 samples" in b["skipped"] for b in report["blocks"])
-    for n in find_blocks(model)[0].convs:
+    for n in find_blocks(model, 3)[0].convs:
         np.testing.assert_array_equal(n.inputs[1].values, before[n.name])
 
 
@@ -204,7 +209,7 @@ def test_a_block_trains_on_the_leading_samples_that_fit_the_memory_cap():
 
     model = tiny_net(batch="N")
     feeds = {"x": np.random.default_rng(5).standard_normal((300, 3, 12, 12)).astype(np.float32)}
-    out = find_blocks(model)[0].output
+    out = find_blocks(model, 3)[0].output
     per_sample = 4 * int(np.prod(model.graph.tensors()[out].shape[1:]))
     asked = []
 
@@ -214,7 +219,7 @@ def test_a_block_trains_on_the_leading_samples_that_fit_the_memory_cap():
 
     fit = 100
     report = reconstruct_blocks(model, targets, feeds, batch_size=64, options=BlockOptions(
-        steps=5, max_mb=(fit + 0.5) * per_sample / 2**20))
+        steps=5, max_mb=(fit + 0.5) * per_sample / 2**20, max_convs=3))
     assert asked[0] == fit and report["blocks"][0]["samples"] == fit > MIN_SAMPLES
     assert "error_after" in report["blocks"][0]
     got = teacher_tensors(model, [out], feeds, batch_size=64, limit=fit)[out]
@@ -229,7 +234,7 @@ def test_training_compute_is_capped_in_macs():
 
     model = tiny_net(batch="N")
     feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
-    block = find_blocks(model)[0]
+    block = find_blocks(model, 3)[0]
     macs = BlockNet(block, (12, 12)).macs
     # stem 3x3 3->16, then a and b 3x3 16->16, all on 12x12 (padded)
     assert [c.name for c in block.convs] == ["stem", "a", "b"]
@@ -241,10 +246,11 @@ def test_training_compute_is_capped_in_macs():
 
     budget = 150 * per_step / 1e12
     report = reconstruct_blocks(model, targets, feeds,
-                                options=BlockOptions(steps=400, batch=8, max_tmacs=budget))
+                                options=BlockOptions(steps=400, batch=8, max_tmacs=budget,
+                                                     max_convs=3))
     assert report["blocks"][0]["steps"] == 150
     report = reconstruct_blocks(model, targets, feeds, options=BlockOptions(
-        steps=400, batch=8, max_tmacs=(MIN_STEPS - 1) * per_step / 1e12))
+        steps=400, batch=8, max_tmacs=(MIN_STEPS - 1) * per_step / 1e12, max_convs=3))
     assert "exceed" in report["blocks"][0]["skipped"]
 
 

@@ -108,7 +108,8 @@ def test_act_refit_takes_activation_aware_fits(setting):
 
 
 def test_default_block_reconstruction_trains_blocks_after_act(setting):
-    """`--reconstruct` (block): the act re-fit, then both residual blocks trained."""
+    """`--reconstruct` (block): the act re-fit, then the network's convs trained as one block
+    (stem and both residual blocks: 5 convs, within MAX_CONVS)."""
     model, calib, test = setting
     fixed, rep = prune_model(model, ratio=0.5, calib=calib, reconstruct=True, round_to=1)
     act, _ = prune_model(model, ratio=0.5, calib=calib, reconstruct="act", round_to=1)
@@ -116,7 +117,8 @@ def test_default_block_reconstruction_trains_blocks_after_act(setting):
     assert recon["method"] == "block"
     assert sum(r["activation_aware"] for r in recon["layers"]) >= 1
     trained = {b["output"]: b for b in recon["blocks"]}
-    assert len(trained) == 2 and all("kept" in b for b in trained.values())
+    assert len(trained) == 1 and all("kept" in b for b in trained.values())
+    assert [len(b["convs"]) for b in trained.values()] == [5]
     for b in trained.values():
         assert b["error_after"] <= b["error_before"]
     assert any(b["kept"] for b in trained.values())
