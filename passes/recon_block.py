@@ -39,7 +39,7 @@ from compiler.core.blas import blas_single_thread
 from compiler.core.errors import GraphError
 from compiler.core.ir import Model, const_value, is_const
 from compiler.core.progress import track
-from passes.recon import _clip_limits, iter_tensors
+from passes.recon import _clip_limits, _feed_dict, iter_tensors
 from passes.recon_nhwc import Conv, clamp_backward
 
 log = logging.getLogger(__name__)
@@ -381,16 +381,19 @@ def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockO
                batch_size: int) -> dict:
     info = {"output": block.output, "convs": [c.name for c in block.convs]}
     cap = int(opts.max_mb * 2**20)
+    # A calibration set smaller than MIN_SAMPLES trains when all of it fits.
+    need = min(MIN_SAMPLES, len(next(iter(_feed_dict(feeds).values()))))
+    too_large = {**info, "skipped": f"block output over {opts.max_mb} MB for {need} samples"}
     limit = _sample_limit(student, block.output, cap)
-    if limit is not None and limit < MIN_SAMPLES:
-        return {**info, "skipped": f"block output over {opts.max_mb} MB for {MIN_SAMPLES} samples"}
+    if limit is not None and limit < need:
+        return too_large
     y = targets(block.output, limit)
     if y is None:
         return {**info, "skipped": "no teacher tensor"}
     if y.nbytes > cap:  # shape unknown before the run: keep the samples that fit
         limit = cap // max(y[:1].nbytes, 1)
-        if limit < MIN_SAMPLES:
-            return {**info, "skipped": f"block output {y.nbytes / 2**20:.0f} MB > {opts.max_mb} MB"}
+        if limit < need:
+            return too_large
         y = y[:limit].copy()
     x = teacher_tensors(student, [block.input], feeds, batch_size, limit=len(y))[block.input]
     if x.ndim != 4 or y.ndim != 4 or len(x) != len(y):

@@ -189,7 +189,7 @@ def test_block_reconstruction_beats_closed_form_refit_on_the_committed_resnet():
 
 def test_block_too_large_for_the_memory_cap_is_skipped():
     model = tiny_net(batch="N")
-    feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
+    feeds = {"x": np.random.default_rng(5).standard_normal((80, 3, 12, 12)).astype(np.float32)}
     before = {n.name: np.asarray(n.inputs[1].values).copy() for n in find_blocks(model, 3)[0].convs}
 
     def targets(tensor, limit):
@@ -200,6 +200,27 @@ def test_block_too_large_for_the_memory_cap_is_skipped():
     assert all("over 0.01 MB for 64 samples" in b["skipped"] for b in report["blocks"])
     for n in find_blocks(model, 3)[0].convs:
         np.testing.assert_array_equal(n.inputs[1].values, before[n.name])
+
+
+def test_a_calibration_set_smaller_than_min_samples_trains_when_it_fits():
+    from passes.recon_block import MIN_SAMPLES
+
+    model = tiny_net(batch="N")
+    feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
+    out = find_blocks(model, 3)[0].output
+    per_sample = 4 * int(np.prod(model.graph.tensors()[out].shape[1:]))
+
+    def targets(tensor, limit):
+        return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
+
+    cap = 12 * per_sample / 2**20  # all 10 fit, MIN_SAMPLES do not
+    assert 12 < MIN_SAMPLES
+    report = reconstruct_blocks(model, targets, feeds,
+                                options=BlockOptions(steps=5, max_mb=cap, max_convs=3))
+    assert report["blocks"][0]["samples"] == 10 and "error_after" in report["blocks"][0]
+    report = reconstruct_blocks(model, targets, feeds,
+                                options=BlockOptions(steps=5, max_mb=cap / 2, max_convs=3))
+    assert report["blocks"][0]["skipped"] == f"block output over {cap / 2} MB for 10 samples"
 
 
 def test_a_block_trains_on_the_leading_samples_that_fit_the_memory_cap():
