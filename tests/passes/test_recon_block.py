@@ -149,6 +149,32 @@ def test_masked_weights_stay_zero_and_training_lowers_the_error():
     assert not net.convs["a"].w[~np.broadcast_to(mask, (16, 16, 3, 3))].any()
 
 
+def test_a_block_that_never_improves_stops_at_half_its_schedule():
+    """Student = teacher: the held-out error starts at 0, nothing can beat it."""
+    model = tiny_net(batch="N")
+    block = find_blocks(model, 3)[0]
+    x = np.random.default_rng(5).standard_normal((40, 12, 12, 3)).astype(np.float32)
+    net = BlockNet(block, (12, 12))
+    y = net.forward(x)[0]
+    weights = {k: w.copy() for k, (w, _) in net.params().items()}
+    info = train_block(net, x, y, BlockOptions(steps=200, batch=8, eval_every=25))
+    assert info == {"error_before": 0.0, "error_after": 0.0, "kept": False, "steps_run": 100}
+    assert all(np.array_equal(w, weights[k]) for k, (w, _) in net.params().items())
+
+
+def test_an_improving_block_runs_its_whole_schedule():
+    model = tiny_net(batch="N")
+    block = find_blocks(model, 3)[0]
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((40, 12, 12, 3)).astype(np.float32)
+    teacher = BlockNet(block, (12, 12))
+    for conv in teacher.convs.values():
+        conv.w *= (1 + 0.3 * rng.standard_normal(conv.w.shape)).astype(np.float32)
+    info = train_block(BlockNet(block, (12, 12)), x, teacher.forward(x)[0],
+                       BlockOptions(steps=120, batch=8))
+    assert info["kept"] and info["steps_run"] == 120
+
+
 def test_block_reconstruction_beats_closed_form_refit_on_the_committed_resnet():
     """ResNet pruned to 50 % MACs with the closed-form `act` re-fit, then one block trained.
 
