@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -71,6 +72,9 @@ MIN_STEPS = 100
 # their whole schedule for nothing; a block that improves before then runs its whole schedule.
 GIVE_UP = 0.5
 MIN_SAMPLES = 64  # fewer than this (2 mini-batches) within max_mb: the block is not trained
+# Smallest mini-batch a block trains with when one step of `batch` samples would exceed
+# `max_step_mb` (a 640x640 detector's early blocks keep ~100 MB per sample for backward).
+MIN_BATCH = 4
 
 
 def _steps() -> int:
@@ -94,6 +98,9 @@ class BlockOptions:
         max_tmacs: Most multiply-accumulates (10^12) one block's training may cost; a
             block that would need more trains proportionally fewer steps (at least
             `MIN_STEPS`, else it is not trained). Deterministic, unlike a time limit.
+        max_step_mb: Memory of one training step (the activations and im2col buffers the
+            backward pass keeps, and their gradients): a block with large feature maps
+            trains on smaller mini-batches (at least `MIN_BATCH`, else it is not trained).
     """
 
     steps: int = field(default_factory=_steps)
@@ -104,6 +111,7 @@ class BlockOptions:
     seed: int = 0
     max_mb: float = 256.0
     max_tmacs: float = MAX_TMACS
+    max_step_mb: float = 1024.0
 
 
 @dataclass
@@ -410,9 +418,18 @@ def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockO
     net = BlockNet(block, x.shape[2:], masks)
     x = _nhwc(x)
     y = _nhwc(y)
-    out, _ = net.forward(x[:1])
+    out, saved = net.forward(x[:1], keep=True)
     if out.shape[1:] != y.shape[1:]:
         return {**info, "skipped": f"teacher shape {y.shape[1:]} != block {out.shape[1:]}"}
+    # what backward keeps per sample, twice (its gradients are of the same size)
+    sample_bytes = 2 * (_nbytes(saved) + out.nbytes)
+    fit = int(opts.max_step_mb * 2**20 // max(sample_bytes, 1))
+    if fit < min(opts.batch, MIN_BATCH):
+        return {**info, "skipped": f"a training step over {opts.max_step_mb:g} MB for "
+                                   f"{MIN_BATCH} samples"}
+    if fit < opts.batch:
+        info["batch"] = fit
+        opts = replace(opts, batch=fit)
     per_step = 3 * min(opts.batch, len(x)) * net.macs
     steps = min(opts.steps, int(opts.max_tmacs * 1e12 // max(per_step, 1)))
     if steps < min(MIN_STEPS, opts.steps):
@@ -429,6 +446,17 @@ def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockO
     log.debug("block %s: held-out rel err %.5f -> %.5f", block.output,
               result["error_before"], result["error_after"])
     return {**info, **result}
+
+
+def _nbytes(saved: Any) -> int:
+    """Bytes of the arrays in `BlockNet.forward`'s saved state (nested tuples, dicts)."""
+    if isinstance(saved, np.ndarray):
+        return saved.nbytes
+    if isinstance(saved, dict):
+        return sum(_nbytes(v) for v in saved.values())
+    if isinstance(saved, (tuple, list)):
+        return sum(_nbytes(v) for v in saved)
+    return 0
 
 
 def write_conv(node: gs.Node, w: np.ndarray, b: np.ndarray) -> None:

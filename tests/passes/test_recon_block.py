@@ -301,6 +301,34 @@ def test_training_compute_is_capped_in_macs():
     assert "exceed" in report["blocks"][0]["skipped"]
 
 
+def test_training_step_memory_is_capped_by_smaller_batches():
+    """Large feature maps train on mini-batches that fit `max_step_mb`; below MIN_BATCH: not."""
+    from passes.recon_block import MIN_BATCH, _nbytes
+
+    model = tiny_net(batch="N")
+    feeds = {"x": np.random.default_rng(5).standard_normal((40, 3, 12, 12)).astype(np.float32)}
+    block = find_blocks(model, 3)[0]
+    out, saved = BlockNet(block, (12, 12)).forward(np.zeros((1, 12, 12, 3), np.float32),
+                                                   keep=True)
+    sample = 2 * (_nbytes(saved) + out.nbytes)
+    # the im2col rows of the three 3x3 convs alone (float32)
+    assert sample >= 2 * 4 * 144 * (27 + 2 * 144)
+
+    def targets(tensor, limit):
+        return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
+
+    def run(samples: float) -> dict:
+        opts = BlockOptions(steps=100, batch=16, max_convs=3, max_step_mb=samples * sample / 2**20)
+        return reconstruct_blocks(model, targets, feeds, options=opts)["blocks"][0]
+
+    assert "batch" not in run(16.5)
+    row = run(6.5)
+    assert row["batch"] == 6 and row["error_after"] < row["error_before"]
+    cap = (MIN_BATCH - 0.5) * sample / 2**20
+    skipped = run(MIN_BATCH - 0.5)["skipped"]
+    assert skipped == f"a training step over {cap:g} MB for {MIN_BATCH} samples"
+
+
 def test_a_long_activation_chain_does_not_make_one_huge_block():
     """3,000 ReLUs after a conv (a hostile graph): blocks stop at MAX_NODES nodes, so a
     sparsify of it trains in seconds instead of 70 s of ReLU backward passes."""
