@@ -65,6 +65,11 @@ STEPS = 800
 # 224x224 MobileNetV2 block at batch 32 would need ~20 TMAC, an hour of numpy: such blocks
 # train fewer steps (never fewer than MIN_STEPS, else they keep their closed-form weights).
 MAX_TMACS = 1.0
+# ... and all blocks of one model together: a block gets at most an equal share of what the
+# blocks before it left. The Fashion-MNIST models need 2.0 / 1.5 TMAC in all; torchvision's
+# EfficientNet-B0 has 17 blocks, which at 1 TMAC each kept `npuc prune --reconstruct` busy
+# for over 20 minutes on 32 images.
+MAX_TOTAL_TMACS = 4.0
 MIN_STEPS = 100
 # A block whose held-out error has not fallen below its closed-form weights' by this
 # fraction of its steps stops training (it keeps those weights). On the field corpus with 32
@@ -98,6 +103,8 @@ class BlockOptions:
         max_tmacs: Most multiply-accumulates (10^12) one block's training may cost; a
             block that would need more trains proportionally fewer steps (at least
             `MIN_STEPS`, else it is not trained). Deterministic, unlike a time limit.
+        max_total_tmacs: The same for all blocks together: each block may spend at most
+            an equal share of what the blocks before it left.
         max_step_mb: Memory of one training step (the activations and im2col buffers the
             backward pass keeps, and their gradients): a block with large feature maps
             trains on smaller mini-batches (at least `MIN_BATCH`, else it is not trained).
@@ -111,6 +118,7 @@ class BlockOptions:
     seed: int = 0
     max_mb: float = 256.0
     max_tmacs: float = MAX_TMACS
+    max_total_tmacs: float = MAX_TOTAL_TMACS
     max_step_mb: float = 1024.0
 
 
@@ -388,8 +396,11 @@ def reconstruct_blocks(student: Model, targets: Callable[[str, int | None], np.n
     blocks = [b for b in find_blocks(student, opts.max_convs)
               if only is None or any(c.name in only for c in b.convs)]
     with blas_single_thread():
-        for block in track(blocks, "reconstruct (blocks)"):
-            rows.append(_one_block(student, block, targets, feeds, masks, opts, batch_size))
+        left = opts.max_total_tmacs
+        for i, block in enumerate(track(blocks, "reconstruct (blocks)")):
+            share = replace(opts, max_tmacs=min(opts.max_tmacs, left / (len(blocks) - i)))
+            rows.append(_one_block(student, block, targets, feeds, masks, share, batch_size))
+            left -= rows[-1].get("tmacs", 0.0)
     return {"method": "block", "blocks": rows, "time_s": round(time.perf_counter() - start, 3)}
 
 
@@ -439,6 +450,7 @@ def _one_block(student: Model, block: Block, targets, feeds, masks, opts: BlockO
         info["steps"] = steps
         opts = replace(opts, steps=steps)
     result = train_block(net, x, y, opts)
+    result["tmacs"] = round(result["steps_run"] * per_step / 1e12, 6)
     if result["kept"]:
         for node in block.convs:
             conv = net.convs[node.name]

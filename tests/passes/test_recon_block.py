@@ -301,6 +301,28 @@ def test_training_compute_is_capped_in_macs():
     assert "exceed" in report["blocks"][0]["skipped"]
 
 
+def test_all_blocks_together_share_one_compute_budget():
+    """Each block gets at most an equal share of what the blocks before it left."""
+    model = tiny_net(batch="N")
+    feeds = {"x": np.random.default_rng(5).standard_normal((10, 3, 12, 12)).astype(np.float32)}
+    first = find_blocks(model, 3)[0]
+    per_step = 3 * 8 * BlockNet(first, (12, 12)).macs
+
+    def targets(tensor, limit):
+        return teacher_tensors(model, [tensor], feeds, limit=limit)[tensor] * 1.1
+
+    total = 2 * 150 * per_step / 1e12
+    rows = reconstruct_blocks(model, targets, feeds, options=BlockOptions(
+        steps=400, batch=8, max_convs=3, max_total_tmacs=total))["blocks"]
+    assert len(rows) == 2 and rows[0]["steps"] == 150 == rows[0]["steps_run"]
+    assert rows[0]["tmacs"] == pytest.approx(total / 2, abs=1e-6)
+    # the second block may spend what the first left, not more
+    assert 0 < rows[1]["tmacs"] <= total - rows[0]["tmacs"] + 1e-6
+    uncapped = reconstruct_blocks(model, targets, feeds, options=BlockOptions(
+        steps=400, batch=8, max_convs=3))["blocks"]
+    assert uncapped[0]["steps_run"] == 400 and "steps" not in uncapped[0]
+
+
 def test_training_step_memory_is_capped_by_smaller_batches():
     """Large feature maps train on mini-batches that fit `max_step_mb`; below MIN_BATCH: not."""
     from passes.recon_block import MIN_BATCH, _nbytes
