@@ -328,6 +328,8 @@ def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions)
     xh, yh = (x[held], y[held]) if held.any() else (xt, yt)
     scale = max(float(np.square(yh, dtype=np.float64).sum()), 1e-30)
     best_err = before = _sq_err(net, xh, yh, opts.batch) / scale
+    if before == 0.0:  # the block already matches its teacher (compression did not touch it)
+        return {"error_before": 0.0, "error_after": 0.0, "kept": False, "steps_run": 0}
     params = net.params()
     best = {k: (w.copy(), b.copy()) for k, (w, b) in params.items()}
     rates = {k: opts.lr * max(float(np.sqrt(np.mean(np.square(w)))), 1e-4)

@@ -150,16 +150,28 @@ def test_masked_weights_stay_zero_and_training_lowers_the_error():
 
 
 def test_a_block_that_never_improves_stops_at_half_its_schedule():
-    """Student = teacher: the held-out error starts at 0, nothing can beat it."""
+    """Training samples already matched (no gradient), held-out ones not: no gain, ever."""
+    from passes.recon_block import HOLDOUT
+
     model = tiny_net(batch="N")
     block = find_blocks(model, 3)[0]
     x = np.random.default_rng(5).standard_normal((40, 12, 12, 3)).astype(np.float32)
     net = BlockNet(block, (12, 12))
     y = net.forward(x)[0]
+    y[np.arange(40) % HOLDOUT == HOLDOUT - 1] += 1.0
     weights = {k: w.copy() for k, (w, _) in net.params().items()}
     info = train_block(net, x, y, BlockOptions(steps=200, batch=8, eval_every=25))
-    assert info == {"error_before": 0.0, "error_after": 0.0, "kept": False, "steps_run": 100}
+    assert not info["kept"] and info["steps_run"] == 100
     assert all(np.array_equal(w, weights[k]) for k, (w, _) in net.params().items())
+
+
+def test_a_block_that_already_matches_its_teacher_is_not_trained():
+    model = tiny_net(batch="N")
+    block = find_blocks(model, 3)[0]
+    x = np.random.default_rng(5).standard_normal((40, 12, 12, 3)).astype(np.float32)
+    net = BlockNet(block, (12, 12))
+    info = train_block(net, x, net.forward(x)[0], BlockOptions(steps=200, batch=8))
+    assert info == {"error_before": 0.0, "error_after": 0.0, "kept": False, "steps_run": 0}
 
 
 def test_an_improving_block_runs_its_whole_schedule():
