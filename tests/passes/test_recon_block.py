@@ -131,16 +131,24 @@ def test_blocks_of_the_committed_models():
     assert [len(b.convs) for b in find_blocks(mbv2)] == [9, 9, 9, 7]
 
 
-def test_masked_weights_stay_zero_and_training_lowers_the_error():
-    """Random teacher perturbation of a block; masked entries stay exactly zero."""
-    model = tiny_net(batch="N")
-    block = find_blocks(model, 3)[0]
-    rng = np.random.default_rng(4)
+def _tiny_block(seed: int, perturb: float = 0.0):
+    """The tiny net's first block, 40 random NHWC inputs and its outputs as targets.
+
+    With `perturb`, the targets come from a teacher whose conv weights are scaled by
+    1 + perturb * N(0, 1), so training has something to recover.
+    """
+    block = find_blocks(tiny_net(batch="N"), 3)[0]
+    rng = np.random.default_rng(seed)
     x = rng.standard_normal((40, 12, 12, 3)).astype(np.float32)
     teacher = BlockNet(block, (12, 12))
     for conv in teacher.convs.values():
-        conv.w *= (1 + 0.3 * rng.standard_normal(conv.w.shape)).astype(np.float32)
-    y = teacher.forward(x)[0]
+        conv.w *= (1 + perturb * rng.standard_normal(conv.w.shape)).astype(np.float32)
+    return block, rng, x, teacher.forward(x)[0]
+
+
+def test_masked_weights_stay_zero_and_training_lowers_the_error():
+    """Random teacher perturbation of a block; masked entries stay exactly zero."""
+    block, rng, x, y = _tiny_block(4, perturb=0.3)
     mask = rng.random((16, 16, 1, 1)) > 0.5
     net = BlockNet(block, (12, 12), masks={"a": np.broadcast_to(mask, (16, 16, 3, 3))})
     info = train_block(net, x, y, BlockOptions(steps=150, batch=8))
@@ -153,12 +161,9 @@ def test_a_block_that_never_improves_stops_at_half_its_schedule():
     """Training samples already matched (no gradient), held-out ones not: no gain, ever."""
     from passes.recon_block import HOLDOUT
 
-    model = tiny_net(batch="N")
-    block = find_blocks(model, 3)[0]
-    x = np.random.default_rng(5).standard_normal((40, 12, 12, 3)).astype(np.float32)
-    net = BlockNet(block, (12, 12))
-    y = net.forward(x)[0]
+    block, _, x, y = _tiny_block(5)
     y[np.arange(40) % HOLDOUT == HOLDOUT - 1] += 1.0
+    net = BlockNet(block, (12, 12))
     weights = {k: w.copy() for k, (w, _) in net.params().items()}
     info = train_block(net, x, y, BlockOptions(steps=200, batch=8, eval_every=25))
     assert not info["kept"] and info["steps_run"] == 100
@@ -166,24 +171,14 @@ def test_a_block_that_never_improves_stops_at_half_its_schedule():
 
 
 def test_a_block_that_already_matches_its_teacher_is_not_trained():
-    model = tiny_net(batch="N")
-    block = find_blocks(model, 3)[0]
-    x = np.random.default_rng(5).standard_normal((40, 12, 12, 3)).astype(np.float32)
-    net = BlockNet(block, (12, 12))
-    info = train_block(net, x, net.forward(x)[0], BlockOptions(steps=200, batch=8))
+    block, _, x, y = _tiny_block(5)
+    info = train_block(BlockNet(block, (12, 12)), x, y, BlockOptions(steps=200, batch=8))
     assert info == {"error_before": 0.0, "error_after": 0.0, "kept": False, "steps_run": 0}
 
 
 def test_an_improving_block_runs_its_whole_schedule():
-    model = tiny_net(batch="N")
-    block = find_blocks(model, 3)[0]
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((40, 12, 12, 3)).astype(np.float32)
-    teacher = BlockNet(block, (12, 12))
-    for conv in teacher.convs.values():
-        conv.w *= (1 + 0.3 * rng.standard_normal(conv.w.shape)).astype(np.float32)
-    info = train_block(BlockNet(block, (12, 12)), x, teacher.forward(x)[0],
-                       BlockOptions(steps=120, batch=8))
+    block, _, x, y = _tiny_block(6, perturb=0.3)
+    info = train_block(BlockNet(block, (12, 12)), x, y, BlockOptions(steps=120, batch=8))
     assert info["kept"] and info["steps_run"] == 120
 
 
