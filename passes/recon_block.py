@@ -18,7 +18,10 @@ not lower that error.
 `targets(tensor, limit)` returns the teacher's tensor on the first `limit` calibration samples
 (all for None; NCHW, channels mapped to the student's), or None when it cannot (the block is
 then skipped). A block trains on as many leading samples as fit in `BlockOptions.max_mb`, so
-a large calibration set does not raise the memory of the blocks with large feature maps.
+a large calibration set does not raise the memory of the blocks with large feature maps; one
+training step holds at most `max_step_mb` (smaller mini-batches for large feature maps), one
+block spends at most `max_tmacs` and all blocks together `max_total_tmacs` (fewer steps), so
+the cost on other people's 224x224 or 640x640 models stays bounded.
 
 The numpy layers (`passes.recon_nhwc`) work in NHWC: a conv is im2col + matmul (1x1
 stride-1 convs a plain matmul, depthwise convs per-tap multiply-adds), its backward the
