@@ -83,6 +83,9 @@ MIN_SAMPLES = 64  # fewer than this (2 mini-batches) within max_mb: the block is
 # Smallest mini-batch a block trains with when one step of `batch` samples would exceed
 # `max_step_mb` (a 640x640 detector's early blocks keep ~100 MB per sample for backward).
 MIN_BATCH = 4
+# Held-out relative squared error below which a block counts as matching its teacher already
+# (float rounding of an untouched block: EfficientNet-B0's stem blocks start at ~1e-9).
+MATCHED = 1e-6
 
 
 def _steps() -> int:
@@ -331,8 +334,9 @@ def train_block(net: BlockNet, x: np.ndarray, y: np.ndarray, opts: BlockOptions)
     xh, yh = (x[held], y[held]) if held.any() else (xt, yt)
     scale = max(float(np.square(yh, dtype=np.float64).sum()), 1e-30)
     best_err = before = _sq_err(net, xh, yh, opts.batch) / scale
-    if before == 0.0:  # the block already matches its teacher (compression did not touch it)
-        return {"error_before": 0.0, "error_after": 0.0, "kept": False, "steps_run": 0}
+    if before < MATCHED:  # the block matches its teacher (compression did not touch it)
+        return {"error_before": round(before, 6), "error_after": round(before, 6),
+                "kept": False, "steps_run": 0}
     params = net.params()
     best = {k: (w.copy(), b.copy()) for k, (w, b) in params.items()}
     rates = {k: opts.lr * max(float(np.sqrt(np.mean(np.square(w)))), 1e-4)
