@@ -33,6 +33,14 @@ WIDE_DTYPES = frozenset({"int16"})
 LUT_DTYPES = frozenset({"int8", "uint8"})
 """Input dtypes a 256-entry table (§10) can index."""
 WEIGHT_MAX = 127
+WEIGHT16_MAX = 127 * 256
+"""|w| bound of a 16-bit weight (W16, §17): 32512 = 255·127 + 127, so every weight splits
+exactly into two int8 digits `w = 255·hi + lo`, hi, lo ∈ [-127, 127] (`split_weight16`), the
+range in which onnxruntime's s8×s8 integer kernels are exact (§11). Its step is 1/256 of
+int8's."""
+WEIGHT16_RADIX = 255
+WEIGHT_DTYPES = {"int8": WEIGHT_MAX, "int16": WEIGHT16_MAX}
+"""Weight precisions: dtype name -> largest |w| (symmetric, zero point 0)."""
 MAX_SHIFT = 62
 M0_MIN, M0_LIMIT = 1 << 30, 1 << 31
 PRODUCT_BOUND = 1 << 14          # |x·w| ≤ 128·127 < 2^14
@@ -56,6 +64,14 @@ def is_quantized_dtype(dtype: str | np.dtype) -> bool:
     return np.dtype(dtype).name in QRANGE
 
 
+def weight_max(dtype: str | np.dtype = "int8") -> int:
+    """Largest |w| of a weight precision: 127 (int8) or 32512 (int16, §17)."""
+    name = np.dtype(dtype).name
+    if name not in WEIGHT_DTYPES:
+        raise GraphError(f"{name} is not a weight type ({', '.join(WEIGHT_DTYPES)})")
+    return WEIGHT_DTYPES[name]
+
+
 def product_bound(x_dtype: str | np.dtype) -> int:
     """A power of two P > max|x·w| for inputs of `x_dtype` and weights |w| ≤ 127 (§1).
 
@@ -63,6 +79,30 @@ def product_bound(x_dtype: str | np.dtype) -> int:
     """
     lo, hi = qrange(x_dtype)
     return 1 << (max(-lo, hi) * WEIGHT_MAX).bit_length()
+
+
+def split_weight16(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int8 digits (hi, lo) of 16-bit weights, `w = 255·hi + lo` exactly (§17).
+
+    `lo = ((w + 127) mod 255) - 127 ∈ [-127, 127]`, `hi = (w - lo) / 255`, which lies in
+    [-127, 127] for |w| ≤ 32512. Raises GraphError for a weight outside that range.
+    """
+    w = np.asarray(w, np.int64)
+    if w.size and int(np.abs(w).max()) > WEIGHT16_MAX:
+        raise GraphError(f"16-bit weight {int(np.abs(w).max())} outside ±{WEIGHT16_MAX}")
+    lo = np.mod(w + 127, WEIGHT16_RADIX) - 127
+    return ((w - lo) // WEIGHT16_RADIX).astype(np.int8), lo.astype(np.int8)
+
+
+def wide_weight_acc_bound(weight: np.ndarray, x_dtype: str | np.dtype) -> int:
+    """Largest |acc| of a 16-bit-weight layer: max_c Σ|w[c]|·max|x| + (2^31 - 1) (§17).
+
+    The layer's own weights bound it (K·32639·32768 would leave too few multiplier bits).
+    """
+    lo, hi = qrange(x_dtype)
+    w = np.abs(np.asarray(weight, np.int64)).reshape(len(weight), -1)
+    l1 = int(w.sum(axis=1).max()) if w.size else 0
+    return l1 * max(-lo, hi) + ACC_MAX
 
 
 def is_wide(dtype: str | np.dtype) -> bool:
@@ -91,6 +131,17 @@ def mac_acc_bound(k: int, x_dtype: str | np.dtype) -> int:
     if not is_wide(x_dtype):
         return ACC_MAX
     return k * product_bound(x_dtype) + ACC_MAX
+
+
+def layer_multiplier_bits(weight: np.ndarray, x_dtype: str | np.dtype) -> int:
+    """Multiplier bits of a conv/FC layer with integer `weight` [Cout, ...] (§2, §16, §17).
+
+    8-bit weights: from `mac_acc_bound` (31 for 8-bit inputs); 16-bit weights: from the
+    layer's own bound `wide_weight_acc_bound`.
+    """
+    if np.asarray(weight).dtype == np.int16:
+        return multiplier_bits(wide_weight_acc_bound(weight, x_dtype))
+    return multiplier_bits(mac_acc_bound(int(np.prod(np.shape(weight)[1:])), x_dtype))
 
 
 def qround(v: np.ndarray | float) -> np.ndarray | float:
@@ -128,24 +179,26 @@ def constant_scale(values: np.ndarray) -> float:
 BLOCK = 1 << 20  # elements per float64 temporary when quantizing large weights
 
 
-def weight_scales(peak: np.ndarray) -> np.ndarray:
-    """`Sw[c] = f32(max|W[c]| / 127)` from per-channel peaks (§1).
+def weight_scales(peak: np.ndarray, wmax: int = WEIGHT_MAX) -> np.ndarray:
+    """`Sw[c] = f32(max|W[c]| / wmax)` from per-channel peaks (§1; wmax 127, §17: 32639).
 
     An all-zero channel gets the layer's largest scale (1.0 if every channel is zero).
     """
-    scale = (np.asarray(peak, np.float64) / WEIGHT_MAX).astype(np.float32)
+    scale = (np.asarray(peak, np.float64) / wmax).astype(np.float32)
     fallback = float(scale.max()) if scale.size and scale.max() > 0 else 1.0
     return np.where(scale > 0, scale, np.float32(fallback)).astype(np.float32)
 
 
 def quantize_weights(w: np.ndarray, name: str = "<node>",
-                     min_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel (axis 0) symmetric int8 weights and float32 scales (§1).
+                     min_scale: np.ndarray | None = None,
+                     dtype: str = "int8") -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel (axis 0) symmetric int8 (or int16, §17) weights and float32 scales.
 
     `min_scale` (per channel, from `bias_scale_floor`) raises a channel's scale so its bias
     fits the int32 accumulator. Works in blocks of output channels so float64 temporaries
     stay small.
     """
+    wmax = weight_max(dtype)
     w = np.asarray(w)
     flat = w.reshape(w.shape[0], -1) if w.size else w.reshape(len(w), 0)
     rows = max(1, BLOCK // max(flat.shape[1], 1))
@@ -155,20 +208,20 @@ def quantize_weights(w: np.ndarray, name: str = "<node>",
         if not np.all(np.isfinite(block)):
             raise GraphError(f"node {name!r}: weights contain NaN or Inf")
         peak[i:i + rows] = np.max(np.abs(block), axis=1) if block.shape[1] else 0.0
-    scale = weight_scales(peak)
+    scale = weight_scales(peak, wmax)
     if min_scale is not None:
         scale = np.maximum(scale, np.asarray(min_scale, np.float32))
-    q = np.empty(flat.shape, np.int8)
+    q = np.empty(flat.shape, np.dtype(dtype))
     s64 = scale.astype(np.float64).reshape(-1, 1)
     for i in range(0, len(flat), rows):
         v = qround(flat[i:i + rows].astype(np.float64) / s64[i:i + rows])
-        q[i:i + rows] = np.clip(v, -WEIGHT_MAX, WEIGHT_MAX)
+        q[i:i + rows] = np.clip(v, -wmax, wmax)
     return q.reshape(w.shape), scale
 
 
-def fake_quant_weights(w: np.ndarray) -> np.ndarray:
+def fake_quant_weights(w: np.ndarray, dtype: str = "int8") -> np.ndarray:
     """Wq·Sw in the weight's dtype: what the integer model computes with (bias correction)."""
-    q, scale = quantize_weights(w)
+    q, scale = quantize_weights(w, dtype=dtype)
     bshape = (-1,) + (1,) * (np.ndim(w) - 1)
     return (q.astype(np.float64) * scale.astype(np.float64).reshape(bshape)).astype(
         np.asarray(w).dtype)
@@ -181,16 +234,23 @@ def quantize_constant(values: np.ndarray, scale: float, dtype: str = "int8") -> 
     return np.asarray(q, np.dtype(dtype))
 
 
-def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8") -> int:
+def wide_layer(x_dtype: str | np.dtype = "int8", w_dtype: str | np.dtype = "int8") -> bool:
+    """True when a MAC layer accumulates in 64 bits: int16 inputs (§16) or weights (§17)."""
+    return is_wide(x_dtype) or np.dtype(w_dtype).name == "int16"
+
+
+def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8",
+               w_dtype: str = "int8") -> int:
     """B = 2^31 - 1 - K·P: a bias within ±B keeps the int32 accumulator from overflowing.
 
-    P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for uint8. An int16 input
-    accumulates in 64 bits (§16): B = 2^31 - 1, the int32 bias's own range.
+    P = `product_bound(x_dtype)`: 2^14 for int8 inputs, 2^15 for uint8. A layer with int16
+    inputs or weights accumulates in 64 bits (§16, §17): B = 2^31 - 1, the int32 bias's own
+    range, and K is limited by the byte split's int32 partial sums.
     """
-    if is_wide(x_dtype):
+    if wide_layer(x_dtype, w_dtype):
         if k >= A16_MAX_K:
             raise GraphError(f"node {name!r}: reduction length {k} too large for int16 "
-                             f"activations (at most {A16_MAX_K - 1}, §16)")
+                             f"activations or weights (at most {A16_MAX_K - 1}, §16)")
         return ACC_MAX
     bound = ACC_MAX - k * product_bound(x_dtype)
     if bound <= 0:
@@ -199,7 +259,8 @@ def bias_bound(k: int, name: str = "<node>", x_dtype: str = "int8") -> int:
 
 
 def bias_scale_floor(b: np.ndarray | None, x_scale: float, k: int,
-                     name: str = "<node>", x_dtype: str = "int8") -> np.ndarray | None:
+                     name: str = "<node>", x_dtype: str = "int8",
+                     w_dtype: str = "int8") -> np.ndarray | None:
     """Smallest float32 `Sw[c]` with `|b[c]| / (Sx·Sw[c]) ≤ B` (§1), or None without bias.
 
     A channel whose weights are (nearly) zero but whose bias is not would otherwise get a
@@ -211,16 +272,17 @@ def bias_scale_floor(b: np.ndarray | None, x_scale: float, k: int,
     b64 = np.abs(np.asarray(b, np.float64).reshape(-1))
     if not np.all(np.isfinite(b64)):
         raise GraphError(f"node {name!r}: bias contains NaN or Inf")
-    need = b64 / (np.float64(x_scale) * bias_bound(k, name, x_dtype))
+    need = b64 / (np.float64(x_scale) * bias_bound(k, name, x_dtype, w_dtype))
     floor = need.astype(np.float32)
     return np.where(floor.astype(np.float64) < need, np.nextafter(floor, np.float32(np.inf)),
                     floor).astype(np.float32)
 
 
 def quantize_bias(b: np.ndarray | None, x_scale: float, w_scale: np.ndarray, k: int,
-                  name: str = "<node>", x_dtype: str = "int8") -> np.ndarray:
-    """int32 bias round(b / (Sx·Sw[c])), saturated to ±bias_bound(K, x_dtype) (§1)."""
-    bound = bias_bound(k, name, x_dtype)
+                  name: str = "<node>", x_dtype: str = "int8",
+                  w_dtype: str = "int8") -> np.ndarray:
+    """int32 bias round(b / (Sx·Sw[c])), saturated to ±bias_bound(K, ...) (§1)."""
+    bound = bias_bound(k, name, x_dtype, w_dtype)
     if b is None:
         return np.zeros(len(w_scale), np.int32)
     b64 = np.asarray(b, np.float64).reshape(-1)

@@ -61,10 +61,10 @@ NARROW_SUFFIX = "__n8"
 """Name suffix of the int8 copy of an int16 tensor made for an op without int16 inputs
 (docs/fixed-point.md §16)."""
 FORMAT = "npuc.qgraph"
-VERSION = 3
-"""2: quantized tensors may be uint8 (docs/fixed-point.md §15); 3: or int16 (§16). Files of
-earlier versions load too."""
-VERSIONS = (1, 2, 3)
+VERSION = 4
+"""2: quantized tensors may be uint8 (docs/fixed-point.md §15); 3: or int16 (§16); 4: the
+weights of a conv/FC layer may be int16 (§17). Files of earlier versions load too."""
+VERSIONS = (1, 2, 3, 4)
 METADATA_KEY = "npuc.qgraph"
 
 

@@ -80,13 +80,18 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
     else:
         names = ", ".join(r["name"] + (f" [{', '.join(r['flags'])}]" if r.get("flags") else "")
                           for r in raised[:8]) + (" ..." if len(raised) > 8 else "")
+        w16 = sum(r.get("weights") == "int16" for r in raised)
+        to = raised[0]["to"] + (f" ({w16} with int16 weights: A16W16)" if w16 else "")
         lines += [f"  chosen:   {_metrics(report['after'], report['float_accuracy'])}",
-                  f"  raised to {raised[0]['to']}: {len(raised)} of {report['layers']} layers "
+                  f"  raised to {to}: {len(raised)} of {report['layers']} layers "
                   f"({report['macs_raised_share']:.1%} of the MACs): {names}"]
     wide = report.get("int16", {})
     if wide.get("tried") and not wide.get("met"):
         lines.append(f"  int16 not enough: with every int16-capable layer in int16 "
                      f"{_metrics(wide['ceiling'], report['float_accuracy'])}")
+        if "ceiling_w16" in wide:
+            lines.append(f"  and with int16 weights too (A16W16) "
+                         f"{_metrics(wide['ceiling_w16'], report['float_accuracy'])}")
     costs = report.get("costs")
     if costs and raised:
         lat, size = costs["latency_ms"], costs["binary_bytes"]

@@ -29,7 +29,7 @@ from compiler.core.qonnx import load_lean, release_memory
 from compiler.core.shape_inference import refresh_shapes
 from passes.canonicalize import canonical_passes
 from passes.quantize.absmax import abs_max_ranges
-from passes.quantize.build import build_qgraph, calibration_tensors
+from passes.quantize.build import build_qgraph, calibration_tensors, wide_weight_layers
 from passes.quantize.calibrate import METHODS, CalibrationTable, collect_states
 from passes.quantize.emit_int import emit_int
 from passes.quantize.emit_qdq import emit_qdq
@@ -151,6 +151,7 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
                    keep_float: Sequence[str] = (),
                    unsigned: bool = True,
                    int16: Sequence[str] = (),
+                   int16_weights: Sequence[str] = (),
                    table: CalibrationTable | str | Path | None = None,
                    batch_size: int = 8,
                    calib_limit: int | None = DEFAULT_CALIB_LIMIT,
@@ -175,6 +176,9 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
             (docs/fixed-point.md §15); False: all-int8.
         int16: Names of nodes whose layers read and write int16 activations with int8
             weights (A16W8, docs/fixed-point.md §16).
+        int16_weights: Names of nodes whose Conv/Gemm/MatMul layers get int16 weights (W16,
+            §17; with `int16` on the same layers A16W16). Neither GPTQ-rounded nor
+            bias-corrected: their rounding error is 1/256 of int8's.
         table: A saved calibration table (or its path) to use instead of calibrating.
         batch_size: Calibration batch size (models with a symbolic batch).
         calib_limit: Use at most this many calibration samples (None: all).
@@ -204,7 +208,9 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
             feeds = None if calib_feeds is None else load_feeds(calib_feeds, fm,
                                                                limit=calib_limit)
         keep = _keep_float_names(fm, keep_float)
-        int8 = {u.anchor.name for u in partition(fm.graph, keep) if u.kind != "cpu"}
+        units = partition(fm.graph, keep)
+        wide = wide_weight_layers(units, int16_weights)
+        int8 = {u.anchor.name for u in units if u.kind != "cpu"} - wide
         table = _load_table(table)
         with timed("adjust_weights"):
             fm, weight_report, shifts = _adjust_weights(fm, feeds, bias_correction, rounding,
@@ -217,9 +223,10 @@ def quantize_model(model: ModelSource, calib_feeds: Any = None,
         table = _with_shifts(table, shifts, rounding)
         info = {"calibrator": table.method, "cle": cle, "bias_correction": bool(shifts),
                 "rounding": rounding, "keep_float": sorted(keep_float), "unsigned": unsigned,
-                "int16": sorted(int16), "float_model_hash": digest}
+                "int16": sorted(int16), "int16_weights": sorted(wide),
+                "float_model_hash": digest}
         with timed("build"):
-            qg, nodes = build_qgraph(fm, table, units, info, unsigned, int16)
+            qg, nodes = build_qgraph(fm, table, units, info, unsigned, int16, wide)
         _warn_unoptimised(table)
         with timed("emit_int"):
             quant = emit_int(qg)
@@ -354,4 +361,4 @@ def quantize_kwargs(calibration: CalibrationOptions, options: QuantizeOptions
             "table": calibration.table, "cle": options.cle,
             "bias_correction": options.bias_correction, "rounding": options.rounding,
             "keep_float": tuple(options.keep_float), "unsigned": options.unsigned,
-            "int16": tuple(options.int16)}
+            "int16": tuple(options.int16), "int16_weights": tuple(options.int16_weights)}

@@ -57,6 +57,7 @@ from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
 from compiler.core.qops import by_unit_kind
 from passes.quantize.api import QuantResult, pristine_float, quantize_model
+from passes.quantize.build import WEIGHTED_KINDS
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
 from passes.quantize.patterns import partition
 from passes.quantize.sensitivity import (
@@ -169,16 +170,20 @@ class _Scorer:
     def all_int8(self) -> Metrics:
         return self.score(np.ones(self.count, np.bool_))
 
-    def widened(self, layers: Sequence[Layer]) -> np.ndarray:
+    def widened(self, layers: Sequence[Layer], weights: bool = False) -> np.ndarray:
         """Points of the all-int8 model with the activations of `layers` unquantized.
 
-        The switch model's stand-in for int16 activations (weights stay int8). A point that
-        a layer which cannot read or write int16 (a lookup table, ...) also uses stays
-        quantized: that layer reads or writes int8 whatever its neighbours' precision.
+        The switch model's stand-in for int16 activations (weights stay int8; with
+        `weights`, the weights of Conv/Gemm/MatMul layers are unquantized too: int16
+        weights, A16W16, docs/fixed-point.md §17). A point that a layer which cannot read or
+        write int16 (a lookup table, ...) also uses stays quantized: that layer reads or
+        writes int8 whatever its neighbours' precision.
         """
         on = np.ones(self.count, np.bool_)
         for layer in layers:
             on[layer.activations] = False
+            if weights:
+                on[wide_weight_points(layer)] = False
         for layer in self.layers:
             if not int16_capable(layer):
                 on[layer.activations] = True
@@ -293,7 +298,7 @@ def quantize_within_budget(model: Any, calib_feeds: Any, budget: Budget,
                              "layers": _ranking_rows(scorer, wide.ranked, flags)}
         return BudgetResult(wide.result, first, _finish(
             report, wide.after, wide.raised, True, wide.reason, scorer, wide.evaluations,
-            start, to="int16"))
+            start, to="int16", wide_weights=wide.report["precision"] == "A16W16"))
     ranked = _rank(scorer, feeds, budget, rank_samples, batch_size, executor, keep)
     order = [layer for layer, _ in ranked]
     k = _search(scorer, order, budget, fa)
@@ -396,6 +401,14 @@ def int16_capable(layer: Layer) -> bool:
     return d.int16_input and d.int16_output
 
 
+def wide_weight_points(layer: Layer) -> list[int]:
+    """The switch points of a layer's weights when they can be int16 (W16, §17), else []."""
+    if layer.unit.kind not in WEIGHTED_KINDS:
+        return []
+    outputs = set(layer.outputs)
+    return [p for p in layer.own if p not in outputs]
+
+
 def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
                  executor: ExecutorOptions | None, flags: dict[str, list[str]]) -> _Stage:
     """Raise layers to int16 (module doc); `met` False when int16 cannot meet the budget.
@@ -411,10 +424,16 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
         return _Stage(report={"tried": False, "reason": "no layer can run in int16"})
     ceiling = sc.score(sc.widened(capable))
     ok, why = run.budget.check(ceiling, fa)
-    report = {"tried": True, "ceiling": ceiling.to_dict(), "capable": len(capable)}
+    report = {"tried": True, "ceiling": ceiling.to_dict(), "capable": len(capable),
+              "precision": "A16W8"}
+    weights = not ok  # then 16-bit weights too (A16W16), before any layer leaves the NPU
+    if weights:
+        wide = sc.score(sc.widened(capable, weights=True))
+        ok, why = run.budget.check(wide, fa)
+        report |= {"ceiling_w16": wide.to_dict(), "precision": "A16W16"}
     if not ok:
-        log.info("int16 cannot meet the budget (every int16-capable layer in int16: %s); "
-                 "raising layers to float", why)
+        log.info("int16 cannot meet the budget (every int16-capable layer in int16, with "
+                 "int16 weights: %s); raising layers to float", why)
         return _Stage(reason=why, report={**report, "reason": why})
     fm = sc.fm
     rank_ref = Reference(fm, feeds.take(rank_samples), run.batch_size, run.ref.correct)
@@ -422,6 +441,8 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
     for layer in capable:
         on = np.zeros(sc.count, np.bool_)
         on[layer.activations] = True
+        if weights:
+            on[wide_weight_points(layer)] = True
         configs.append(on)
     metrics = score_configs(fm, sc.result.qgraph, rank_ref, configs, executor, run.keep,
                             "budget (ranking int16)")
@@ -431,11 +452,11 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
     lo, hi = 0, len(order)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if run.budget.check(sc.score(sc.widened(order[:mid])), fa)[0]:
+        if run.budget.check(sc.score(sc.widened(order[:mid], weights)), fa)[0]:
             hi = mid
         else:
             lo = mid
-    result, after, k, met, reason = _confirm_int16(run, order, hi)
+    result, after, k, met, reason = _confirm_int16(run, order, hi, weights)
     report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked)}
     return _Stage(met, result, after, reason, ranked[:k], ranked, len(ranked),
                   {**report, "met": met, "reason": reason})
@@ -447,13 +468,18 @@ def flagged_first(layers: Iterable[tuple[Layer, Metrics]], flags: Collection[str
     return sorted(layers, key=lambda lm: (lm[0].unit.anchor.name not in flags, key(lm[1])))
 
 
-def _confirm_int16(run: _Run, order: list[Layer], k: int
+def _confirm_int16(run: _Run, order: list[Layer], k: int, weights: bool = False
                    ) -> tuple[QuantResult, Metrics, int, bool, str]:
-    """Re-quantize with the k worst layers in int16; widen until the real model meets."""
+    """Re-quantize with the k worst layers in int16; widen until the real model meets.
+
+    `weights`: their Conv/Gemm/MatMul weights in int16 too (A16W16).
+    """
     result, metrics, met, reason = run.base, None, False, ""
     for _ in range(MAX_ROUNDS):
         names = tuple(n.name for layer in order[:k] for n in layer.unit.nodes[:1])
-        result = run.quantize(int16=names)
+        wide = tuple(layer.unit.anchor.name for layer in order[:k]
+                     if weights and layer.unit.kind in WEIGHTED_KINDS)
+        result = run.quantize(int16=names, int16_weights=wide)
         metrics = integer_metrics(result, run.ref)
         run.scorer.confirmations += 1
         met, reason = run.budget.check(metrics, run.ref.float_metrics.accuracy)
@@ -550,11 +576,13 @@ def float_nodes(raised: Sequence[Layer], layers: Sequence[Layer]) -> list[str]:
 
 def _finish(report: dict[str, Any], after: Metrics, raised: Sequence[tuple[Layer, Metrics]],
             met: bool, reason: str, scorer: _Scorer, rank_evals: int, start: float,
-            to: str = "float") -> dict[str, Any]:
+            to: str = "float", wide_weights: bool = False) -> dict[str, Any]:
     total = sum(unit_macs(layer.unit) for layer in scorer.layers) or 1
     rows = [{"name": layer.unit.anchor.name, "op": layer.unit.anchor.op,
              "nodes": [n.name for n in layer.unit.nodes], "macs": unit_macs(layer.unit),
              "to": to, "alone": alone.to_dict(),
+             "weights": "float" if to == "float" else "int16" if wide_weights and
+             layer.unit.kind in WEIGHTED_KINDS else "int8",
              "flags": report.get("flagged", {}).get(layer.unit.anchor.name, [])}
             for layer, alone in raised]
     macs = sum(r["macs"] for r in rows)
@@ -567,6 +595,6 @@ def _finish(report: dict[str, Any], after: Metrics, raised: Sequence[tuple[Layer
                             "confirm": scorer.confirmations},
             # the cost in sample-forwards, against a sweep of every layer on all the data
             "sample_runs": (scorer.evaluations + scorer.confirmations) * samples
-            + ranking["evaluations"] * ranking["samples"],
+            + rank_evals * ranking["samples"],  # both rankings run on the same samples
             "full_sweep_sample_runs": n * samples,
             "time_s": round(time.perf_counter() - start, 3)}

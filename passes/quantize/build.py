@@ -98,6 +98,33 @@ def int16_tensors(units: list[Unit], nodes: Collection[str]) -> frozenset[str]:
     return frozenset(names)
 
 
+WEIGHTED_KINDS = frozenset({"conv", "gemm", "matmul"})
+"""Unit kinds with a weight matrix (Conv, Gemm, MatMul with a constant operand)."""
+
+
+def wide_weight_layers(units: list[Unit], nodes: Collection[str]) -> frozenset[str]:
+    """Anchor names of the layers whose weights are int16 (W16, docs/fixed-point.md §17).
+
+    A layer is named by any node of its unit.
+
+    Raises:
+        ConfigError: A name that is no node, a node on the CPU, or one without weights.
+    """
+    by_node = {n.name: u for u in units for n in u.nodes}
+    anchors = set()
+    for name in sorted(set(nodes)):
+        unit = by_node.get(name)
+        if unit is None:
+            raise ConfigError(f"int16_weights: no node named {name!r} in the model")
+        if unit.kind == "cpu":
+            raise ConfigError(f"int16_weights: node {name!r} runs on the CPU ({unit.reason})")
+        if unit.kind not in WEIGHTED_KINDS:
+            raise ConfigError(f"int16_weights: node {name!r} ({unit.anchor.op}) has no weights "
+                              "(Conv, Gemm or MatMul layers only)")
+        anchors.add(unit.anchor.name)
+    return frozenset(anchors)
+
+
 def _shape(t: gs.Tensor) -> tuple[int, ...]:
     if t.shape is None:
         return ()
@@ -148,6 +175,7 @@ class QGraphBuilder:
     runtime: dict[str, str] = field(default_factory=dict)  # run-time-shaped float tensors
     unsigned: bool = True  # uint8 for tensors that are never negative (fixed-point.md §15)
     int16: frozenset[str] = frozenset()  # float tensors stored as int16 (§16)
+    wide_weights: frozenset[str] = frozenset()  # anchors of layers with int16 weights (§17)
     converted: dict[tuple[str, str], str] = field(default_factory=dict)  # (tensor, dtype) ->
 
     def __post_init__(self) -> None:
@@ -280,7 +308,8 @@ class QGraphBuilder:
         out_scale = io.in_scales[0] if scale_preserving(unit) else self.threshold_scale(
             unit.outputs[0].name, out_dtype)
         names = [f"{t.name}__q" if t.name in self.outputs else t.name for t in unit.outputs]
-        io = replace(io, outputs=names, out_scale=out_scale, out_dtype=out_dtype)
+        io = replace(io, outputs=names, out_scale=out_scale, out_dtype=out_dtype,
+                     weight_dtype="int16" if unit.anchor.name in self.wide_weights else "int8")
         op = d.lower(unit, io)
         for t, name in zip(unit.outputs, names, strict=True):
             self._add(name, _shape(t), out_dtype, out_scale)
@@ -419,7 +448,8 @@ def build_qgraph(model: Model, thresholds: Thresholds | Mapping[str, float],
                  units: list[Unit] | None = None,
                  info: dict[str, Any] | None = None,
                  unsigned: bool = True,
-                 int16: Collection[str] = ()) -> tuple[q.QGraph, list[dict[str, Any]]]:
+                 int16: Collection[str] = (), int16_weights: Collection[str] = ()
+                 ) -> tuple[q.QGraph, list[dict[str, Any]]]:
     """Quantize a canonical float model with calibrated thresholds.
 
     Args:
@@ -433,6 +463,8 @@ def build_qgraph(model: Model, thresholds: Thresholds | Mapping[str, float],
             (docs/fixed-point.md §15); False: every quantized tensor is int8.
         int16: Nodes whose layers read and write int16 activations (A16W8, §16;
             `int16_tensors`).
+        int16_weights: Nodes whose layers get int16 weights (W16, §17;
+            `wide_weight_layers`).
 
     Returns:
         The QGraph and a per-node report (node, op, qop, qop_name, reason).
@@ -440,7 +472,8 @@ def build_qgraph(model: Model, thresholds: Thresholds | Mapping[str, float],
     units = units if units is not None else partition(model.graph)
     wide = int16_tensors(units, int16) if int16 else frozenset()
     builder = QGraphBuilder(model, thresholds, runtime=runtime_tensors(model.graph),
-                            unsigned=unsigned, int16=wide)
+                            unsigned=unsigned, int16=wide,
+                            wide_weights=wide_weight_layers(units, int16_weights))
     graph = builder.build(units, dict(info or {}))
     log.info("quantized %d nodes into %d ops (%d CPU partitions)", len(builder.report),
              len(graph.ops), sum(isinstance(o, q.QCpuPartition) for o in graph.ops))

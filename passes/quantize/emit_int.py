@@ -126,11 +126,13 @@ class IntEmitter:
             acc = term if acc is None else self.node("Add", [acc, term])
         return acc
 
-    def weighted_layer(self, op, x: gs.Tensor, out: gs.Tensor, mac8, mac_float, param,
-                       input_l1: np.ndarray) -> gs.Tensor:
+    def weighted_layer(self, op, x: gs.Tensor, out: gs.Tensor, weight: gs.Tensor, mac8,
+                       mac_float, param, input_l1) -> gs.Tensor:
         """§11 conv/gemm `y = requant(Σ x·W + B)` into `out`, in the fastest exact form.
 
-        * Σ x·W: in float32 on `Cast<float>(x)` when the input indices split into a few
+        * Σ x·W, per byte of the weights (`weight_parts`: int8 weights are one part, int16
+          weights two, §17), each as:
+          in float32 on `Cast<float>(x)` when the input indices split into a few
           ranges (`float_chunks`) over which every partial sum is an integer below 2^24 in
           magnitude: each product and partial sum is then a float32, so the float op returns
           the exact sum in any summation order (several times faster than onnxruntime's
@@ -143,30 +145,58 @@ class IntEmitter:
             op: The QConv/QGemm/QMatMul (weight, bias, m0, shift, lo, hi).
             x: Its input.
             out: Its output.
-            mac8: Emits the 8-bit integer op on an int8 tensor.
-            mac_float: `(t, k0, k1)` -> the float32 op on a float32 tensor `t`, over the
-                input indices [k0, k1) only.
+            weight: The weight tensor in the layout the ops read (the op's int8 or int16
+                QGraph array, or a transpose of it).
+            mac8: `(t, w)` -> the 8-bit integer op on an int8 tensor `t` and int8 weight `w`.
+            mac_float: `(t, k0, k1, w)` -> the float32 op on a float32 tensor `t` with the
+                weight `w` (as_float), over the input indices [k0, k1) only.
             param: QGraph array key -> tensor broadcasting along the channel axis.
-            input_l1: [C_out, K] Σ|w| per output channel and input index (`float_chunks`).
+            input_l1: int weight [C_out, ...] -> [C_out, K] Σ|w| per output channel and
+                input index (`float_chunks`).
         """
         xmax = fp.max_abs(x.dtype)
         bias_bound = channel_l1(op.weight) * xmax + np.abs(np.asarray(op.bias, np.int64))
         fast = fp.requant_float_ok(op.m0, op.shift, op.lo, op.hi, bias_bound).all()
         wide = np.float64 if fast else np.int64  # |acc| < 2^53: exact either way
-        chunks = float_chunks(input_l1, xmax)
-        if chunks is not None:
-            xf = self.cast(x, np.float32)
-            mac = None
-            for k0, k1 in chunks:  # Add, not Sum: Sum has no int64 kernel
-                part = self.cast(mac_float(xf, k0, k1), wide)
-                mac = part if mac is None else self.node("Add", [mac, part])
-        else:
-            mac = self.integer_mac(x, mac8)
-            mac = self.cast(mac, np.float64) if fast else mac
+        mac = None
+        for factor, w, values in self.weight_parts(op.weight, weight):
+            chunks = float_chunks(input_l1(values), xmax)
+            if chunks is not None:
+                xf = self.cast(x, np.float32)
+                term = None
+                for k0, k1 in chunks:  # Add, not Sum: Sum has no int64 kernel
+                    part = self.cast(mac_float(xf, k0, k1, w), wide)
+                    term = part if term is None else self.node("Add", [term, part])
+            else:
+                term = self.integer_mac(x, lambda t, w=w: mac8(t, w))
+                term = self.cast(term, np.float64) if fast else term
+            if factor != 1:
+                term = self.node("Mul", [term, self.scalar(factor, wide)])
+            mac = term if mac is None else self.node("Add", [mac, term])
         acc = self.node("Add", [mac, self.cast(param(f"{op.name}::bias"), wide)])
         requant = self.requant_float if fast else self.requant
         return requant(acc, param(f"{op.name}::m0"), param(f"{op.name}::shift"), op.lo, op.hi,
                        out)
+
+    def weight_parts(self, values: np.ndarray, weight: gs.Tensor
+                     ) -> list[tuple[int, gs.Tensor, np.ndarray]]:
+        """`(factor, tensor, values)` with W = Σ factor·part, every part int8 (§11, §17).
+
+        int8 weights: the weight itself. int16 weights: `255·hi + lo`, both digits in
+        [-127, 127] (`fp.split_weight16`), computed in the graph from the stored int16
+        initializer (`lo = Mod(w + 127, 255) - 127`, `hi = (w - lo) / 255`: exact, folded by
+        onnxruntime at load), so the QGraph array stays recoverable as is.
+        """
+        if values.dtype != np.int16:
+            return [(1, weight, values)]
+        hi, lo = fp.split_weight16(values)
+        radix = fp.WEIGHT16_RADIX
+        w32 = self.cast(weight, np.int32)
+        shifted = self.node("Add", [w32, self.scalar(127, np.int32)])
+        low = self.node("Sub", [self.node("Mod", [shifted, self.scalar(radix, np.int32)],
+                                          fmod=0), self.scalar(127, np.int32)])
+        high = self.node("Div", [self.node("Sub", [w32, low]), self.scalar(radix, np.int32)])
+        return [(radix, self.cast(high, np.int8), hi), (1, self.cast(low, np.int8), lo)]
 
     def requant_float(self, acc: gs.Tensor, m0, shift, lo: int, hi: int,
                       out: gs.Tensor) -> gs.Tensor:

@@ -40,11 +40,13 @@ class QdqEmitter:
 
     def dq(self, name: str, values: np.ndarray, scale: np.ndarray | float,
            axis: int | None = None) -> gs.Variable:
-        """DequantizeLinear of a constant integer array."""
+        """DequantizeLinear of a constant integer array (int16: onnxruntime's com.microsoft op)."""
         zero = np.zeros(np.shape(scale), values.dtype)
         out = gs.Variable(f"{name}__dq", dtype=np.float32)
         attrs = {"axis": axis} if axis is not None else {}
+        domain = "com.microsoft" if values.dtype == np.int16 else None
         self.g.nodes.append(gs.Node("DequantizeLinear", f"{name}/DequantizeLinear", attrs,
+                                    domain=domain,
                                     inputs=[gs.Constant(f"{name}__int", values),
                                             gs.Constant(f"{name}__scale",
                                                         np.asarray(scale, np.float32)),
@@ -95,7 +97,7 @@ class QdqEmitter:
             w = w if alpha == 1.0 else w.astype(np.float64) * alpha
         elif node.op == "MatMul":
             w = w.T
-        wq, sw = quantize_weights(w, node.name, op.weight_scale)
+        wq, sw = quantize_weights(w, node.name, op.weight_scale, op.weight.dtype.name)
         if not np.array_equal(wq, op.weight):
             raise GraphError(f"qdq: weights of {node.name!r} differ from the QGraph's")
         return sw

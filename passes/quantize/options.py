@@ -61,6 +61,11 @@ class QuantizeOptions:
                                   "activations with int8 weights (A16W8, "
                                   "docs/fixed-point.md §16)", item=str, list_sep=",",
                                   metavar="NODES")
+    int16_weights: Sequence[str] = option((), "node names of Conv/Gemm/MatMul layers whose "
+                                          "weights are int16 (W16, 1/256 of the int8 step; "
+                                          "with --int16 on the same layers: A16W16, "
+                                          "docs/fixed-point.md §17)", item=str, list_sep=",",
+                                          metavar="NODES")
     max_drop: float | None = option(
         None, "accuracy budget: at most this drop of top-1 (or OCR exact match) in points "
         "against float on labelled --budget-data; the most sensitive layers leave int8 until "

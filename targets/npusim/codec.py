@@ -35,10 +35,11 @@ MAX_ELEMENTS = 1 << 28
 MAX_COUNT = 1 << 20
 MAX_TUPLE = 4096
 KINDS = {1: "weight", 2: "bias", 3: "mult", 4: "shift", 5: "lut", 6: "index", 7: "const",
-         8: "onnx"}
+         8: "onnx", 9: "weight16"}
 KIND_CODES = {v: k for k, v in KINDS.items()}
 KIND_DTYPE = {"weight": "int8", "bias": "int32", "mult": "int32", "shift": "uint8",
-              "lut": "int8", "index": "int64", "const": "int8", "onnx": "uint8"}
+              "lut": "int8", "index": "int64", "const": "int8", "onnx": "uint8",
+              "weight16": "int16"}
 KIND_SECTION = {"lut": Section.LUTS, "onnx": Section.CPU}
 BLOB_ENTRY = struct.Struct("<BBBBBBHQQ")
 REGION_CODES = {v: k for k, v in REGIONS.items()}
@@ -46,10 +47,13 @@ RUNTIME_DIM_CODE = 0xFFFFFFFF  # a dimension known only at run time (format 2.0)
 
 
 def format_minor(program: Program) -> int:
-    """The oldest 2.x minor that reads `program`: 2 with float16, 1 with int16, else 0.
+    """The oldest 2.x minor that reads `program`: 3, 2, 1 or 0.
 
-    An all-8-bit binary stays a 2.0 file, byte for byte, so older readers keep reading it.
+    3 with int16 weights (blob kind 9), 2 with float16, 1 with int16 tensors. An all-8-bit
+    binary stays a 2.0 file, byte for byte, so older readers keep reading it.
     """
+    if any(b.kind == "weight16" for b in program.blobs):
+        return 3
     dtypes = {t.dtype for t in program.tensors}
     return 2 if "float16" in dtypes else 1 if "int16" in dtypes else 0
 

@@ -58,11 +58,16 @@ def _per_lane(bits: int, arch: Arch) -> int:
 
 
 def passes(p: isa.Program, ins: isa.Instr, arch: Arch) -> int:
-    """MAC-array passes of a Conv / FullyConnected over its activation type's bits.
+    """MAC-array passes of a Conv / FullyConnected over its activation and weight bits.
 
-    1 for int8/uint8 inputs; 2 for int16 on 8-bit lanes (A16W8: the high and low byte).
+    1 for int8/uint8 inputs and int8 weights; on 8-bit lanes, 2 for int16 inputs (A16W8:
+    the high and low byte), 2 for int16 weights (W16, §17: two weight digits) and 4 for
+    both (A16W16: every byte of the input against every digit of the weights).
     """
-    return _per_lane(8 * np.dtype(p.tensors[ins.ifm].dtype).itemsize, arch)
+    weight = p.blobs[ins.weights].array
+    wbits = 8 * (weight.dtype.itemsize if weight is not None else 1)
+    return _per_lane(8 * np.dtype(p.tensors[ins.ifm].dtype).itemsize, arch) * \
+        _per_lane(wbits, arch)
 
 
 def lanes(p: isa.Program, ins: isa.Instr, arch: Arch) -> int:

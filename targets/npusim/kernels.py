@@ -31,14 +31,16 @@ def x_max(dtype: np.dtype | str) -> int:
     return max(-int(info.min), int(info.max))
 
 
-def gemm_dtype(x_dtype: np.dtype | str) -> np.dtype:
-    """The BLAS type of an exact GEMM over activations of `x_dtype`.
+def gemm_dtype(x_dtype: np.dtype | str, w_dtype: np.dtype | str = np.int8) -> np.dtype:
+    """The BLAS type of an exact GEMM over activations of `x_dtype` and weights of `w_dtype`.
 
-    float32 for 8-bit activations (|x·w| < 2^15: thousands of terms per exact range);
-    float64 for int16 (|x·w| < 2^22, so float32 ranges would hold as few as 4 terms while
-    float64 holds fewer than 2^31 of them exactly: one range for every real layer).
+    float32 for 8-bit activations and weights (|x·w| < 2^15: thousands of terms per exact
+    range); float64 for int16 activations (|x·w| < 2^22, so float32 ranges would hold as
+    few as 4 terms while float64 holds fewer than 2^31 of them exactly: one range for every
+    real layer) or int16 weights (|x·w| < 2^30, §17: fewer than 2^23 terms per range).
     """
-    return np.dtype(np.float64) if x_max(x_dtype) > 255 else np.dtype(np.float32)
+    wide = x_max(x_dtype) > 255 or np.dtype(w_dtype).itemsize > 1
+    return np.dtype(np.float64) if wide else np.dtype(np.float32)
 
 
 def k_splits(w: np.ndarray, x_bound: int = X_MAX,
@@ -134,7 +136,7 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple
               dilation: tuple[int, ...], out_hw: tuple[int, int]) -> np.ndarray:
     """Per-channel window dot products of int8/uint8 [C, H, W] with [C, 1, kh, kw], as int64."""
     kh, kw = w.shape[2:]
-    dtype = depthwise_dtype((kh, kw), x.dtype)
+    dtype = depthwise_dtype((kh, kw), x.dtype, w.dtype)
     xp = pad_spatial(x, pads, 0, dtype)
     view = windows(xp, (kh, kw), stride, dilation, out_hw)
     wf = w[:, 0].astype(dtype)
@@ -145,13 +147,16 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], pads: tuple
     return acc.astype(np.int64)
 
 
-def depthwise_dtype(kernel: tuple[int, ...], x_dtype: np.dtype) -> type:
+def depthwise_dtype(kernel: tuple[int, ...], x_dtype: np.dtype,
+                    w_dtype: np.dtype | str = np.int8) -> type:
     """float32 where a depthwise window sum is exact in it, else float64.
 
-    Each product is ≤ X·128 (< 2^15 for int8, < 2^16 for uint8, ≤ 2^22 for int16): float32
-    sums stay exact up to 2^24 / (X·128) taps (4 for int16), float64 sums up to 2^31 taps.
+    Each product is ≤ X·Wmax (Wmax 128 for int8 weights: < 2^15 for int8 x, < 2^16 for
+    uint8, ≤ 2^22 for int16; 32768 for int16 weights, §17): float32 sums stay exact up to
+    2^24 / (X·Wmax) taps (4 for int16 x), float64 sums up to 2^23 taps of any kind.
     """
-    return np.float32 if kernel[0] * kernel[1] * x_max(x_dtype) * 128 <= EXACT_F32 \
+    w_max = 128 if np.dtype(w_dtype).itemsize == 1 else 1 << 15
+    return np.float32 if kernel[0] * kernel[1] * x_max(x_dtype) * w_max <= EXACT_F32 \
         else np.float64
 
 

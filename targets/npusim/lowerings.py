@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.core import fixedpoint as fp
 from compiler.core import qgraph as q
 from compiler.core.errors import TargetError
 from compiler.core.qops import channel_tables
@@ -79,10 +80,22 @@ class Ctx:
 
 def _params(ctx: Ctx, op: Any) -> dict[str, int]:
     """weights/bias/mult/shift blobs of a Conv or Gemm."""
-    return {"weights": ctx.blob("weight", op.weight.astype(np.int8), ctx.hints.get(op.name)),
+    return {"weights": _weights(ctx, op),
             "bias": ctx.blob("bias", op.bias.astype(np.int32)),
             "mult": ctx.blob("mult", _int32(op.m0, op.name)),
             "shift": ctx.blob("shift", _shift(op.shift, op.name))}
+
+
+def _weights(ctx: Ctx, op: Any) -> int:
+    """The weight blob: int8 (dense or 1xN block-sparse), or dense int16 (W16, §17)."""
+    w = np.asarray(op.weight)
+    if w.dtype == np.int16:
+        if w.size and int(np.abs(w.astype(np.int64)).max()) > fp.WEIGHT16_MAX:
+            raise TargetError(f"op {op.name!r}: 16-bit weight outside ±{fp.WEIGHT16_MAX}")
+        return ctx.blob("weight16", w)
+    if w.dtype != np.int8:
+        raise TargetError(f"op {op.name!r}: weights of type {w.dtype} (int8 or int16 only)")
+    return ctx.blob("weight", w, ctx.hints.get(op.name))
 
 
 def _int32(values: Any, where: str) -> np.ndarray:

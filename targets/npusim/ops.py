@@ -32,7 +32,7 @@ def _out_hw(sim: Any, ins: isa.Instr) -> tuple[int, int]:
 def conv(sim: Any, ins: isa.Conv) -> Step:
     """Grouped/dense conv: patch matrix + exact float GEMM per row block, per-row requant.
 
-    float32 for 8-bit inputs, float64 for int16 inputs (`kernels.gemm_dtype`).
+    float32 for 8-bit inputs and weights, float64 for int16 ones (`kernels.gemm_dtype`).
 
     The patch matrix is filled once per frame (channel ranges in parallel); then each thread
     runs GEMM and requantization over its own blocks of output channels.
@@ -42,7 +42,7 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     out_hw = _out_hw(sim, ins)
     m = out_hw[0] * out_hw[1]
     patches = P.Patches(sim.workspace, x.shape[1:], x.dtype, tuple(w.shape[2:]), ins.stride,
-                        ins.pads, ins.dilation, out_hw)
+                        ins.pads, ins.dilation, out_hw, w.dtype)
     wmat, xb = w.reshape(w.shape[0], -1), K.x_max(x.dtype)
     threads = _threads(sim, w.shape[0] * m + wmat.size * m // 16)
     gemm = P.GemmBlocks.make(wmat, ins.group, m, xb,
@@ -84,7 +84,7 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     w = _blob(sim, ins.weights)
     kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
     taps, m = kernel[0] * kernel[1], out_hw[0] * out_hw[1]
-    dtype = K.depthwise_dtype(kernel, x.dtype)
+    dtype = K.depthwise_dtype(kernel, x.dtype, w.dtype)
     pad = P.Padded(sim.workspace, x.shape[1:], ins.pads, 0, x.dtype)
     wt = w.reshape(w.shape[0], 1, taps).astype(dtype)
     rq = _requant(sim, ins, 2, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
@@ -125,7 +125,7 @@ def fully_connected(sim: Any, ins: isa.FullyConnected) -> Step:
     """x[M, K] · Wᵀ through the exact GEMM (as Wᵀ-major: [N, K] @ [K, M])."""
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
-    dtype = K.gemm_dtype(x.dtype)  # float64 for int16 activations (A16W8)
+    dtype = K.gemm_dtype(x.dtype, w.dtype)  # float64 for int16 activations or weights
     wf, splits = w.astype(dtype), K.k_splits(w, K.x_max(x.dtype), dtype)
     bias = _blob(sim, ins.bias).astype(np.int64)[:, None]
     m0 = _blob(sim, ins.mult).astype(np.int64)[:, None]

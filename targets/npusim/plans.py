@@ -222,16 +222,18 @@ class Requant:
 class Patches:
     """The [C·kh·kw, OH·OW] patch matrix of one conv, refilled per frame.
 
-    Of the GEMM's float type (`kernels.gemm_dtype`): float32 for 8-bit inputs, float64 for
-    int16 inputs.
+    Of the GEMM's float type (`kernels.gemm_dtype`): float32 for 8-bit inputs and weights,
+    float64 for int16 inputs or weights.
     """
 
     def __init__(self, workspace: Workspace, shape: tuple[int, ...], dtype: np.dtype,
                  kernel: tuple[int, ...], stride: tuple[int, ...], pads: tuple[int, ...],
-                 dilation: tuple[int, ...], out_hw: tuple[int, int]) -> None:
+                 dilation: tuple[int, ...], out_hw: tuple[int, int],
+                 w_dtype: np.dtype | type = np.int8) -> None:
         c = shape[0]
         self.matrix = workspace.request(
-            "patches", (c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]), K.gemm_dtype(dtype))
+            "patches", (c * kernel[0] * kernel[1], out_hw[0] * out_hw[1]),
+            K.gemm_dtype(dtype, w_dtype))
         self.direct = kernel == (1, 1) and stride == (1, 1) and not any(pads)
         self.padded = None if self.direct else Padded(workspace, shape, pads, 0, dtype)
         self.geometry = (kernel, stride, dilation, out_hw)
@@ -299,7 +301,7 @@ class GemmBlocks:
         float64 (`kernels.gemm_dtype`), and the patch matrix must be float64 too.
         """
         n_group = w.shape[0] // groups
-        dtype = np.float64 if x_bound > 255 else np.float32
+        dtype = np.float64 if x_bound > 255 or w.dtype.itemsize > 1 else np.float32
         blks = []
         for g in range(groups):
             for a, b in ranges(n_group, -(-n_group // MAX_BLOCK_ROWS)):

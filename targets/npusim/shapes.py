@@ -37,12 +37,16 @@ def _t(p: isa.Program, i: int) -> isa.Tensor:
     return p.tensors[i]
 
 
-def _blob(p: isa.Program, i: int, kind: str, req: Require) -> np.ndarray:
+def _blob(p: isa.Program, i: int, kind: str | tuple[str, ...], req: Require) -> np.ndarray:
     blob = p.blobs[i]
-    req(blob.kind == kind and blob.array is not None, f"blob {i} is a {blob.kind}, not a {kind}")
+    kinds = (kind,) if isinstance(kind, str) else kind
+    req(blob.kind in kinds and blob.array is not None,
+        f"blob {i} is a {blob.kind}, not a {' or '.join(kinds)}")
     return blob.array
 
 
+WEIGHTS = ("weight", "weight16")
+"""Weight blob kinds: int8, int16 (W16, docs/fixed-point.md §17)."""
 QUANT = "int8|uint8|int16"
 """Activation types of the quantized instructions (docs/fixed-point.md §15, §16)."""
 NARROW = "int8|uint8"
@@ -89,7 +93,7 @@ def conv(p: isa.Program, ins: isa.Conv, req: Require) -> None:
     _dtypes(p, ins, req, QUANT, QUANT)
     _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
-    w = _blob(p, ins.weights, "weight", req)
+    w = _blob(p, ins.weights, WEIGHTS, req)
     req(len(x) == 4 and len(y) == 4 and w.ndim == 4, "conv tensors must be 4-D (NCHW)")
     g = ins.group
     req(g >= 1 and x[1] % g == 0 and w.shape[0] % g == 0 and w.shape[1] * g == x[1],
@@ -109,12 +113,15 @@ def _per_channel(p: isa.Program, ins: isa.Instr, w: np.ndarray, req: Require) ->
     req(bias.shape == mult.shape == shift.shape == (n,), f"bias/mult/shift must have {n} values")
     req(requant_ok(mult, shift), "multiplier or shift out of range")
     x_dtype = _t(p, ins.ifm).dtype
-    if fp.is_wide(x_dtype):  # the 64-bit accumulator's narrow multipliers (§16)
+    if fp.wide_layer(x_dtype, w.dtype):  # the 64-bit accumulator's narrow multipliers
         k = int(np.prod(w.shape[1:], dtype=np.int64))
-        req(k < fp.A16_MAX_K, f"int16-input layer with K = {k} (at most {fp.A16_MAX_K - 1})")
-        bits = fp.multiplier_bits(fp.mac_acc_bound(k, x_dtype))
+        what = "int16-input" if fp.is_wide(x_dtype) else "16-bit-weight"
+        req(k < fp.A16_MAX_K, f"{what} layer with K = {k} (at most {fp.A16_MAX_K - 1})")
+        req(w.dtype != np.int16 or int(np.abs(w.astype(np.int64)).max(initial=0)) <=
+            fp.WEIGHT16_MAX, f"16-bit weight outside ±{fp.WEIGHT16_MAX}")
+        bits = fp.layer_multiplier_bits(w, x_dtype)  # (§16, §17)
         req(in_range(mult, 0, (1 << bits) - 1),
-            f"multiplier of an int16-input layer (K = {k}) needs M0 < 2^{bits}")
+            f"multiplier of an {what} layer (K = {k}) needs M0 < 2^{bits}")
 
 
 def fully_connected(p: isa.Program, ins: isa.FullyConnected, req: Require) -> None:
@@ -122,7 +129,7 @@ def fully_connected(p: isa.Program, ins: isa.FullyConnected, req: Require) -> No
     _dtypes(p, ins, req, QUANT, QUANT)
     _bounds(p, ins, req)
     x, y = _t(p, ins.ifm).shape, _t(p, ins.ofm).shape
-    w = _blob(p, ins.weights, "weight", req)
+    w = _blob(p, ins.weights, WEIGHTS, req)
     req(w.ndim == 2 and len(x) >= 1 and x[-1] == w.shape[1] and y == x[:-1] + (w.shape[0],),
         f"shapes x {x}, W {w.shape}, y {y} do not match")
     _per_channel(p, ins, w, req)

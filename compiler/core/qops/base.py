@@ -62,6 +62,8 @@ class UnitIO:
         out_dtype: Precision of the outputs (docs/fixed-point.md §15).
         in_nonneg: Per input: never negative (an unsigned tensor, or a constant without a
             negative value); what `OpDef.nonnegative` decides from.
+        weight_dtype: Precision of a conv/FC layer's weights: "int8", or "int16" (W16,
+            docs/fixed-point.md §17).
     """
 
     name: str
@@ -73,6 +75,7 @@ class UnitIO:
     in_dtypes: list[str] = field(default_factory=list)
     out_dtype: str = "int8"
     in_nonneg: list[bool] = field(default_factory=list)
+    weight_dtype: str = "int8"
 
     def in_dtype(self, i: int = 0) -> str:
         """Precision of input `i`."""

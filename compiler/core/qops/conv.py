@@ -123,22 +123,25 @@ def run_conv(op: QConv, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 
 def emit_conv(e, op: QConv, ins: list, outs: list) -> None:
     """§11 conv: exact float32 Conv(s) over input-channel ranges, or ConvInteger; requant."""
-    weight = e.array(f"{op.name}::weight")
     attrs = {"strides": list(op.strides), "pads": list(op.pads),
              "dilations": list(op.dilations), "group": op.group,
              "kernel_shape": list(op.weight.shape[2:])}
-    def conv_float(x: gs.Tensor, k0: int, k1: int) -> gs.Tensor:
-        w = e.as_float(weight)
-        if (k0, k1) != (0, input_l1.shape[1]):  # a range of input channels (group 1 only)
+    cin = op.weight.shape[1] if op.group == 1 else 1
+
+    def conv_float(x: gs.Tensor, k0: int, k1: int, w: gs.Tensor) -> gs.Tensor:
+        w = e.as_float(w)
+        if (k0, k1) != (0, cin):  # a range of input channels (group 1 only)
             x, w = (e.slice(t, k0, k1, axis=1) for t in (x, w))
         return e.node("Conv", [x, w], dtype=np.float32, **attrs)
 
-    taps = np.abs(op.weight.astype(np.int64)).sum(axis=(2, 3))  # [Cout, Cin/group]
-    # grouped convs are not split: their input channels differ per output channel
-    input_l1 = taps if op.group == 1 else taps.sum(axis=1, keepdims=True)
+    def input_l1(values: np.ndarray) -> np.ndarray:
+        taps = np.abs(values.astype(np.int64)).sum(axis=(2, 3))  # [Cout, Cin/group]
+        # grouped convs are not split: their input channels differ per output channel
+        return taps if op.group == 1 else taps.sum(axis=1, keepdims=True)
+
     e.weighted_layer(
-        op, ins[0], outs[0],
-        lambda x: e.node("ConvInteger", [x, weight], dtype=np.int32, **attrs), conv_float,
+        op, ins[0], outs[0], e.array(f"{op.name}::weight"),
+        lambda x, w: e.node("ConvInteger", [x, w], dtype=np.int32, **attrs), conv_float,
         lambda key: e.channel(key, [1, -1, 1, 1]), input_l1)
 
 

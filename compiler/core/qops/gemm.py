@@ -124,16 +124,16 @@ def run_gemm(op: QGemm, args: list[np.ndarray], graph: GraphView) -> list[np.nda
 
 def emit_gemm(e, op: QGemm, ins: list, outs: list) -> None:
     """§11 gemm: exact float32 MatMul(s) over K ranges, or MatMulInteger; on Wᵀ."""
-    w = e.node("Transpose", [e.array(f"{op.name}::weight")], perm=[1, 0])
-    def matmul_float(x: gs.Tensor, k0: int, k1: int) -> gs.Tensor:
+    def matmul_float(x: gs.Tensor, k0: int, k1: int, w: gs.Tensor) -> gs.Tensor:
         wk = e.as_float(w)
         if (k0, k1) != (0, op.weight.shape[1]):
             x, wk = e.slice(x, k0, k1, axis=-1), e.slice(wk, k0, k1, axis=0)
         return e.node("MatMul", [x, wk], dtype=np.float32)
 
-    e.weighted_layer(op, ins[0], outs[0],
-                     lambda x: e.node("MatMulInteger", [x, w], dtype=np.int32), matmul_float,
-                     e.array, np.abs(op.weight.astype(np.int64)))
+    w = e.node("Transpose", [e.array(f"{op.name}::weight")], perm=[1, 0])
+    e.weighted_layer(op, ins[0], outs[0], w,
+                     lambda x, wt: e.node("MatMulInteger", [x, wt], dtype=np.int32),
+                     matmul_float, e.array, lambda values: np.abs(values.astype(np.int64)))
 
 
 def qdq_gemm(e, op: QGemm) -> None:

@@ -98,18 +98,18 @@ def channel_requant(sx: float, sw: np.ndarray, sy: float, bits: int = 31
 
 def weight_layer(w: np.ndarray, b: np.ndarray | None, io: UnitIO, name: str
                  ) -> dict[str, np.ndarray]:
-    """int8 per-channel weights, int32 bias and requant multipliers of a conv/FC layer.
+    """Per-channel weights, int32 bias and requant multipliers of a conv/FC layer.
 
-    `w` is [Cout, ...] (the reduction over the rest); returns the QOp fields `weight`,
-    `bias`, `m0`, `shift` and `weight_scale` (the bias-safe scale of docs/fixed-point.md §1;
-    its bound depends on the input precision). An int16 input gets multipliers narrow
-    enough for its 64-bit accumulator (§16).
+    `w` is [Cout, ...] (the reduction over the rest); returns the QOp fields `weight`
+    (int8, or int16 when `io.weight_dtype` says so, §17), `bias`, `m0`, `shift` and
+    `weight_scale` (the bias-safe scale of docs/fixed-point.md §1; its bound depends on the
+    input and weight precisions). A 64-bit accumulator (int16 inputs or weights) gets
+    multipliers narrow enough for it (§16, §17).
     """
-    sx, k, xt = io.in_scales[0], int(np.prod(w.shape[1:])), io.in_dtype(0)
-    wq, sw = fp.quantize_weights(w, name, fp.bias_scale_floor(b, sx, k, name, xt))
-    bits = fp.multiplier_bits(fp.mac_acc_bound(k, xt))
-    m0, shift = channel_requant(sx, sw, io.out_scale, bits)
-    return {"weight": wq, "bias": fp.quantize_bias(b, sx, sw, k, name, xt), "m0": m0,
+    sx, k, xt, wt = io.in_scales[0], int(np.prod(w.shape[1:])), io.in_dtype(0), io.weight_dtype
+    wq, sw = fp.quantize_weights(w, name, fp.bias_scale_floor(b, sx, k, name, xt, wt), wt)
+    m0, shift = channel_requant(sx, sw, io.out_scale, fp.layer_multiplier_bits(wq, xt))
+    return {"weight": wq, "bias": fp.quantize_bias(b, sx, sw, k, name, xt, wt), "m0": m0,
             "shift": shift, "weight_scale": sw}
 
 

@@ -59,11 +59,16 @@ def test_quantize_cli_budget_json_and_text(folder, tmp_path, capsys):
     b = doc["budget"]
     assert b["samples"] == 40 and b["budget"] == {"min_cosine": 0.99999, "min_agreement": 1.0}
     assert b["met"] and b["after"]["agreement"] == 1.0
-    assert doc["cpu_nodes"] >= len(b["raised"]) >= 1
+    # beyond what int16 activations reach: 16-bit weights too (A16W16), still on the NPU
+    assert b["int16"]["precision"] == "A16W16" and doc["cpu_nodes"] == 0
+    assert b["int16"]["ceiling"]["cosine"] < 0.99999 <= b["int16"]["ceiling_w16"]["cosine"]
+    raised = b["raised"]
+    assert raised and {r["to"] for r in raised} == {"int16"}
+    assert {r["weights"] for r in raised if r["op"] in ("Conv", "Gemm")} == {"int16"}
     assert main([*args[:3], str(tmp_path / "q2"), *args[4:]]) == 0
     out = capsys.readouterr().out
     assert "accuracy budget (min-cosine 0.99999, min-agreement 1) on 40 samples: met" in out
-    assert "raised to float:" in out and "cost: latency" in out
+    assert "with int16 weights: A16W16" in out and "cost: latency" in out
 
 
 def test_max_drop_without_labels_is_a_one_line_error(folder, tmp_path, capsys):

@@ -37,12 +37,12 @@ def _emit_gemm(op, x_dtype, k: int):
     w = gs.Constant("w", np.ascontiguousarray(op.weight.T))
     x = gs.Variable("x", dtype=x_dtype, shape=[None, k])
     y = gs.Variable("y", dtype=np.int64 if op.hi > 255 or op.lo < -128 else np.int8)
-    def matmul_float(t, k0, k1):
-        wf = e.slice(e.cast(w, np.float32), k0, k1, axis=0)
+    def matmul_float(t, k0, k1, wt):
+        wf = e.slice(e.cast(wt, np.float32), k0, k1, axis=0)
         return e.node("MatMul", [e.slice(t, k0, k1, axis=-1), wf], dtype=np.float32)
 
-    e.weighted_layer(op, x, y, lambda t: e.node("MatMulInteger", [t, w], dtype=np.int32),
-                     matmul_float, consts.__getitem__, np.abs(op.weight.astype(np.int64)))
+    e.weighted_layer(op, x, y, w, lambda t, wt: e.node("MatMulInteger", [t, wt], dtype=np.int32),
+                     matmul_float, consts.__getitem__, lambda v: np.abs(v.astype(np.int64)))
     sess = session(gs.export_onnx(gs.Graph(nodes=e.nodes, inputs=[x], outputs=[y], opset=17)))
     return {n.op for n in e.nodes}, lambda v: run(sess, {"x": v})["y"]
 

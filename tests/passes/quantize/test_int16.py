@@ -228,7 +228,9 @@ def test_int16_needs_real_npu_nodes():
 def test_old_qgraph_versions_still_load():
     result = check_quantized(_net(), calibrator="max")
     desc, arrays = result.qgraph.to_json()
-    assert desc["version"] == q.VERSION == 3
+    assert desc["version"] == q.VERSION == 4
+    desc["version"] = 3
+    assert q.QGraph.from_json(desc, arrays) == result.qgraph
     desc["version"] = 2
     assert q.QGraph.from_json(desc, arrays) == result.qgraph
 

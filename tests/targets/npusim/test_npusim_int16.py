@@ -205,7 +205,7 @@ def wide_build():
 
 def test_int16_binary_round_trips_with_dtype_code_7(wide_build):
     _, built = wide_build
-    assert VERSION == (2, 2) and isa.DTYPE_CODES["int16"] == 7
+    assert VERSION == (2, 3) and isa.DTYPE_CODES["int16"] == 7
     assert struct.unpack_from("<HH", built.data, 4) == (2, 1)  # 8-bit-only binaries stay 2.0
     program = load_binary(built.data)
     assert program.code == built.instructions
