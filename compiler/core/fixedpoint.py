@@ -32,6 +32,10 @@ WIDE_DTYPES = frozenset({"int16"})
 """Precisions whose products need the 64-bit accumulator of an A16W8 layer (§16)."""
 LUT_DTYPES = frozenset({"int8", "uint8"})
 """Input dtypes a 256-entry table (§10) can index."""
+LUT16_SHIFT = 7
+"""An int16 input reads an interpolated table (§18): knots every 2^7 input steps."""
+LUT16_ENTRIES = (1 << (16 - LUT16_SHIFT)) + 1
+"""513 knots: x = -32768, -32640, ..., 32768 (the last one past the int16 range)."""
 WEIGHT_MAX = 127
 WEIGHT16_MAX = 127 * 256
 """|w| bound of a 16-bit weight (W16, §17): 32512 = 255·127 + 127, so every weight splits
@@ -476,7 +480,13 @@ def lut_offset(dtype: str | np.dtype) -> int:
 
 
 def lut_grid(x_scale: float, in_dtype: str = "int8") -> np.ndarray:
-    """The 256 real inputs of a table, float64: (i - offset)·Sx for i in 0..255 (§10)."""
+    """The real inputs a table holds, float64 (§10, §18).
+
+    8-bit inputs: the 256 values (i - offset)·Sx; int16: the 513 knots (128·j - 32768)·Sx.
+    """
+    if is_wide(in_dtype):
+        knots = np.arange(LUT16_ENTRIES, dtype=np.float64) * (1 << LUT16_SHIFT) - 32768.0
+        return knots * np.float64(x_scale)
     lo = -lut_offset(in_dtype)
     return np.arange(lo, lo + 256, dtype=np.float64) * np.float64(x_scale)
 
@@ -505,3 +515,24 @@ def build_lut(fn: str, x_scale: float, y_scale: float, in_dtype: str = "int8",
 def apply_lut(x: np.ndarray, table: np.ndarray, offset: int = 128) -> np.ndarray:
     """Y = table[x + offset] (offset = `lut_offset` of the input dtype)."""
     return table[np.asarray(x, np.int64) + offset]
+
+
+def apply_lut16(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """§18: the 513-knot table linearly interpolated at an int16 `x`, in `table`'s type.
+
+    `u = x + 32768`, `i = u >> 7`, `f = u & 127`:
+    `y = (128·T[i] + (T[i+1] - T[i])·f + 64) >> 7` (floor shift; |terms| < 2^23).
+    """
+    u = np.asarray(x, np.int64) + 32768
+    i, f = u >> LUT16_SHIFT, u & ((1 << LUT16_SHIFT) - 1)
+    t = np.asarray(table, np.int64)
+    t0, t1 = t[i], t[i + 1]
+    y = ((t0 << LUT16_SHIFT) + (t1 - t0) * f + (1 << (LUT16_SHIFT - 1))) >> LUT16_SHIFT
+    return y.astype(table.dtype)
+
+
+def lookup(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """A table read by `x`: direct for 8-bit inputs (§10), interpolated for int16 (§18)."""
+    if is_wide(x.dtype):
+        return apply_lut16(x, table)
+    return apply_lut(x, table, lut_offset(x.dtype))

@@ -413,6 +413,12 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
                  executor: ExecutorOptions | None, flags: dict[str, list[str]]) -> _Stage:
     """Raise layers to int16 (module doc); `met` False when int16 cannot meet the budget.
 
+    Both 16-bit precisions are planned where their ceiling meets the budget: A16W8 (int16
+    activations) and A16W16 (int16 weights too). Each is ranked and bisected on its own
+    stand-in; the plan adding the fewest MAC-array passes (`_Plan.extra_passes`, the perf
+    model's rule: one pass per byte of activations times digit of weights) is confirmed
+    first, the other if it misses.
+
     Flagged layers (`sensitivity.layer_flags`: decoding heads, outlier-dominated ranges)
     come first in the order, whatever their cost on the ranking samples: int16 is the
     remedy peers apply to them by hand, and a few ranking samples can miss the rare inputs
@@ -422,21 +428,58 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
     capable = [layer for layer in sc.layers if int16_capable(layer)]
     if not capable:
         return _Stage(report={"tried": False, "reason": "no layer can run in int16"})
-    ceiling = sc.score(sc.widened(capable))
-    ok, why = run.budget.check(ceiling, fa)
-    report = {"tried": True, "ceiling": ceiling.to_dict(), "capable": len(capable),
-              "precision": "A16W8"}
-    weights = not ok  # then 16-bit weights too (A16W16), before any layer leaves the NPU
-    if weights:
-        wide = sc.score(sc.widened(capable, weights=True))
-        ok, why = run.budget.check(wide, fa)
-        report |= {"ceiling_w16": wide.to_dict(), "precision": "A16W16"}
-    if not ok:
-        log.info("int16 cannot meet the budget (every int16-capable layer in int16, with "
-                 "int16 weights: %s); raising layers to float", why)
+    report: dict[str, Any] = {"tried": True, "capable": len(capable)}
+    meets, why = [], ""
+    for weights, key in ((False, "ceiling"), (True, "ceiling_w16")):
+        ceiling = sc.score(sc.widened(capable, weights))
+        report[key] = ceiling.to_dict()
+        ok, reason = run.budget.check(ceiling, fa)
+        meets += [weights] if ok else []
+        why = why or reason
+    if not meets:
+        log.info("int16 cannot meet the budget (every int16-capable layer in int16, also "
+                 "with int16 weights: %s); raising layers to float", why)
         return _Stage(reason=why, report={**report, "reason": why})
-    fm = sc.fm
-    rank_ref = Reference(fm, feeds.take(rank_samples), run.batch_size, run.ref.correct)
+    rank_ref = Reference(sc.fm, feeds.take(rank_samples), run.batch_size, run.ref.correct)
+    plans = sorted((_plan(run, capable, weights, rank_ref, executor, flags)
+                    for weights in meets), key=_Plan.extra_passes)
+    report["plans"] = [p.to_dict(sc) for p in plans]
+    report["ranking"] = {"samples": min(rank_samples, len(feeds)),
+                         "evaluations": sum(len(p.ranked) for p in plans)}
+    for plan in plans:
+        order = [layer for layer, _ in plan.ranked]
+        result, after, k, met, reason = _confirm_int16(run, order, plan.k, plan.weights)
+        if met:
+            break
+    report["precision"] = "A16W16" if plan.weights else "A16W8"
+    return _Stage(met, result, after, reason, plan.ranked[:k], plan.ranked,
+                  report["ranking"]["evaluations"], {**report, "met": met, "reason": reason})
+
+
+@dataclass
+class _Plan:
+    """One 16-bit precision's raising order and the bisected number of layers."""
+
+    weights: bool  # A16W16 (int16 weights too), else A16W8
+    ranked: list[tuple[Layer, Metrics]]
+    k: int
+
+    def extra_passes(self) -> int:
+        """MACs run again on top of int8 (A16W8: once more; A16W16: 3 more, 2 x 2 bytes)."""
+        return sum(unit_macs(layer.unit) * (3 if self.weights else 1)
+                   for layer, _ in self.ranked[:self.k])
+
+    def to_dict(self, sc: _Scorer) -> dict[str, Any]:
+        total = sum(unit_macs(layer.unit) for layer in sc.layers) or 1
+        return {"precision": "A16W16" if self.weights else "A16W8", "layers": self.k,
+                "macs_share": sum(unit_macs(lay.unit) for lay, _ in self.ranked[:self.k])
+                / total, "extra_passes": self.extra_passes()}
+
+
+def _plan(run: _Run, capable: list[Layer], weights: bool, rank_ref: Reference,
+          executor: ExecutorOptions | None, flags: dict[str, list[str]]) -> _Plan:
+    """Rank the capable layers by their 16-bit points' cost alone, bisect on the stand-in."""
+    sc, fa = run.scorer, run.ref.float_metrics.accuracy
     configs = []
     for layer in capable:
         on = np.zeros(sc.count, np.bool_)
@@ -444,10 +487,10 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
         if weights:
             on[wide_weight_points(layer)] = True
         configs.append(on)
-    metrics = score_configs(fm, sc.result.qgraph, rank_ref, configs, executor, run.keep,
-                            "budget (ranking int16)")
-    key = rank_key(run.budget.rank_by)
-    ranked = flagged_first(zip(capable, metrics, strict=True), flags, key)
+    metrics = score_configs(sc.fm, sc.result.qgraph, rank_ref, configs, executor, run.keep,
+                            f"budget (ranking {'A16W16' if weights else 'A16W8'})")
+    ranked = flagged_first(zip(capable, metrics, strict=True), flags,
+                           rank_key(run.budget.rank_by))
     order = [layer for layer, _ in ranked]
     lo, hi = 0, len(order)
     while hi - lo > 1:
@@ -456,10 +499,7 @@ def _int16_stage(run: _Run, feeds: Feeds, rank_samples: int,
             hi = mid
         else:
             lo = mid
-    result, after, k, met, reason = _confirm_int16(run, order, hi, weights)
-    report["ranking"] = {"samples": min(rank_samples, len(feeds)), "evaluations": len(ranked)}
-    return _Stage(met, result, after, reason, ranked[:k], ranked, len(ranked),
-                  {**report, "met": met, "reason": reason})
+    return _Plan(weights, ranked, hi)
 
 
 def flagged_first(layers: Iterable[tuple[Layer, Metrics]], flags: Collection[str],

@@ -25,6 +25,7 @@ from targets.npusim.isa import (
     RUNTIME_DIM,
     Blob,
     Instr,
+    Lut,
     Program,
     Tensor,
     field_specs,
@@ -49,10 +50,12 @@ RUNTIME_DIM_CODE = 0xFFFFFFFF  # a dimension known only at run time (format 2.0)
 def format_minor(program: Program) -> int:
     """The oldest 2.x minor that reads `program`: 3, 2, 1 or 0.
 
-    3 with int16 weights (blob kind 9), 2 with float16, 1 with int16 tensors. An all-8-bit
+    3 with int16 weights (blob kind 9) or an interpolated table (a `lut` reading int16), 2
+    with float16, 1 with int16 tensors. An all-8-bit
     binary stays a 2.0 file, byte for byte, so older readers keep reading it.
     """
-    if any(b.kind == "weight16" for b in program.blobs):
+    if any(b.kind == "weight16" for b in program.blobs) or any(
+            isinstance(i, Lut) and program.tensors[i.ifm].dtype == "int16" for i in program.code):
         return 3
     dtypes = {t.dtype for t in program.tensors}
     return 2 if "float16" in dtypes else 1 if "int16" in dtypes else 0

@@ -17,7 +17,7 @@ from compiler.core.errors import TargetError
 
 MAGIC = b"NPUB"
 VERSION = (2, 3)  # newest written; 2.1 adds dtype code 7 (int16), 2.2 code 8 (float16),
-# 2.3 blob kind 9 (int16 weights)
+# 2.3 blob kind 9 (int16 weights) and tables read by int16 (513 interpolated knots)
 READS = (1, 2)  # major versions this reader accepts: 1.x files are 2.x files without
 # run-time dimensions
 HEADER = struct.Struct("<4sHHIIQQI24sI")  # 64 bytes, see docs/binary-format.md

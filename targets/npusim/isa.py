@@ -204,7 +204,8 @@ class MaxPool(Instr):
 class Lut(Instr):
     """`y = table[x + offset]`, offset 128 for an int8 ifm, 0 for uint8 (§10, §15).
 
-    The blob holds the 256 entries' bytes; they are read as the ofm's type.
+    The blob holds the 256 entries' bytes; they are read as the ofm's type. An int16 ifm
+    reads 513 knots, linearly interpolated (§18, format 2.3).
     """
 
     OPCODE = 11

@@ -212,7 +212,13 @@ def lut_index(x: np.ndarray) -> np.ndarray:
 
 
 def lut(x: np.ndarray, table: np.ndarray) -> np.ndarray:
-    """§10: `table[x + offset]`."""
+    """§10: `table[x + offset]`; §18 for an int16 `x`: 513 knots, linear interpolation."""
+    if x.dtype == np.int16:
+        u = x.astype(np.int32) + 32768  # [0, 65535]
+        i, f = u >> 7, u & 127
+        t0 = table[i].astype(np.int32)
+        t1 = table[i + 1].astype(np.int32)
+        return ((t0 * 128 + (t1 - t0) * f + 64) >> 7).astype(table.dtype)
     return table[lut_index(x)]
 
 

@@ -190,9 +190,13 @@ def maxpool(p: isa.Program, ins: isa.MaxPool, req: Require) -> None:
 
 
 def lut(p: isa.Program, ins: isa.Lut, req: Require) -> None:
-    """256-entry table."""
-    _dtypes(p, ins, req, NARROW, NARROW)
-    req(_blob(p, ins.table, "lut", req).shape == (256,), "table must have 256 entries")
+    """256-entry table of the ofm's type; 513 interpolated knots for an int16 ifm (§18)."""
+    _dtypes(p, ins, req, QUANT, QUANT)
+    x, y = _t(p, ins.ifm).dtype, _t(p, ins.ofm).dtype
+    entries = fp.LUT16_ENTRIES if fp.is_wide(x) else 256
+    size = entries * np.dtype(y).itemsize
+    req(_blob(p, ins.table, "lut", req).shape == (size,),
+        f"table must have {entries} {y} entries ({size} bytes)")
     req(_t(p, ins.ifm).shape == _t(p, ins.ofm).shape, "input and output shapes differ")
 
 

@@ -27,7 +27,8 @@ LUT_OPS = ("Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Relu", "
 class QLut(QOp):
     """y = table[x + offset]; `table` [256] of the output's type; `fn` names the function.
 
-    offset = 128 for an int8 input, 0 for uint8 (§10, §15).
+    offset = 128 for an int8 input, 0 for uint8 (§10, §15). An int16 input reads a
+    513-knot table, linearly interpolated (§18).
     """
 
     table: np.ndarray
@@ -110,17 +111,37 @@ def lower_lut(unit: Unit, io: UnitIO) -> QOp:
 
 
 def run_lut(op: QLut, args: list[np.ndarray], graph: GraphView) -> list[np.ndarray]:
-    """§10 table lookup."""
-    return [fp.apply_lut(args[0], op.table, fp.lut_offset(args[0].dtype))]
+    """§10 table lookup; §18 interpolated for an int16 input."""
+    return [fp.lookup(args[0], op.table)]
 
 
 def emit_lut(e, op: QLut, ins: list, outs: list) -> None:
-    """§10: table[x + offset] via Gather (offset 128 for int8, none for uint8)."""
+    """§10: table[x + offset] via Gather (offset 128 for int8, none for uint8); §18 for int16."""
+    if fp.is_wide(ins[0].dtype):
+        _emit_lut16(e, op, ins[0], outs[0])
+        return
     idx = e.cast(ins[0], np.int64)
     offset = fp.lut_offset(ins[0].dtype)
     if offset:
         idx = e.node("Add", [idx, e.scalar(offset, np.int64)])
     e.node("Gather", [e.array(f"{op.name}::table"), idx], out=outs[0], axis=0)
+
+
+def _emit_lut16(e, op: QLut, x: gs.Tensor, out: gs.Tensor) -> None:
+    """§18 in int32: two Gathers at the knots around `x + 32768` and the rounded blend."""
+    step = 1 << fp.LUT16_SHIFT
+    u = e.node("Add", [e.cast(x, np.int32), e.scalar(32768, np.int32)])  # [0, 65535]
+    frac = e.node("Mod", [u, e.scalar(step, np.int32)], fmod=0)
+    i = e.cast(e.node("Div", [e.node("Sub", [u, frac]), e.scalar(step, np.int32)]), np.int64)
+    table = e.cast(e.array(f"{op.name}::table"), np.int32)
+    t0 = e.node("Gather", [table, i], axis=0)
+    t1 = e.node("Gather", [table, e.node("Add", [i, e.scalar(1, np.int64)])], axis=0)
+    blend = e.node("Add", [e.node("Mul", [t0, e.scalar(step, np.int32)]),
+                           e.node("Mul", [e.node("Sub", [t1, t0]), frac])])
+    v = e.node("Add", [blend, e.scalar(step // 2, np.int32)])
+    low = e.node("Mod", [v, e.scalar(step, np.int32)], fmod=0)  # floor division, any sign
+    y = e.node("Div", [e.node("Sub", [v, low]), e.scalar(step, np.int32)])
+    e.cast_into(y, out)
 
 
 def lut_work(op: QLut, graph: GraphView) -> OpWork:
@@ -133,4 +154,5 @@ DEFS = (OpDef(QLut, "§10", "y = table[x + offset] (table of f, 256 entries; off
               emit_lut, lut_work, patterns=", ".join(LUT_OPS) + "; x·Sigmoid(x), "
               "x·HardSigmoid(x); single-input elementwise regions (e.g. GELU)",
               matchers=dict.fromkeys(LUT_OPS, match_lut), unit_kinds=("lut",),
-              lower=lower_lut, channelwise=True, nonnegative=lut_nonnegative),)
+              lower=lower_lut, channelwise=True, nonnegative=lut_nonnegative,
+              int16_input=True, int16_output=True),)

@@ -130,12 +130,20 @@ def test_int16_ranking_costs_one_evaluation_per_capable_layer(tight):
     r = out.report
     ev = r["evaluations"]
     n16 = r["int16"]["capable"]
-    assert ev["ranking"] == n16 == r["ranking"]["evaluations"] and r["ranking"]["samples"] == 16
-    # all-int8, the int16 ceiling, then bisection over the int16-capable layers
-    assert 3 <= ev["search"] <= 2 + math.ceil(math.log2(n16))
+    # both 16-bit precisions meet at their ceilings: each is ranked and bisected, the one
+    # adding fewer MAC passes is confirmed
+    plans = r["int16"]["plans"]
+    assert sorted(p["precision"] for p in plans) == ["A16W16", "A16W8"]
+    assert plans[0]["extra_passes"] <= plans[1]["extra_passes"]
+    assert r["int16"]["precision"] == plans[0]["precision"]
+    assert len(r["raised"]) >= plans[0]["layers"]  # confirmation may widen the bisected k
+    assert ev["ranking"] == 2 * n16 == r["ranking"]["evaluations"]
+    assert r["ranking"]["samples"] == 16
+    # all-int8, the two int16 ceilings, then a bisection per precision
+    assert 4 <= ev["search"] <= 3 + 2 * math.ceil(math.log2(n16))
     assert 1 <= ev["confirm"] <= 6
     assert ev["total"] == ev["ranking"] + ev["search"] + ev["confirm"]
-    assert r["sample_runs"] == n16 * 16 + (ev["search"] + ev["confirm"]) * 48
+    assert r["sample_runs"] == 2 * n16 * 16 + (ev["search"] + ev["confirm"]) * 48
     rows = r["ranking"]["layers"]
     # the order the loop raises them: flagged layers first, then costliest alone first
     assert [(not x["flags"], x["cosine"]) for x in rows] == sorted(
@@ -269,17 +277,18 @@ def test_gptq_rounded_models_are_measured_against_the_float_weights(data):
 
 
 def test_the_int16_stand_in_keeps_the_points_of_int8_only_layers():
-    """A table reads and writes int8 whatever its neighbours' precision, so the switch model's
-    int16 stand-in keeps its points quantized (EfficientNet-B0's SiLU tables: the stand-in
-    promised cosine 0.996 with every int16-capable layer widened; the int16 model scores
-    0.944, and the stand-in now says 0.946)."""
+    """A per-channel table (PRelu) reads and writes int8 whatever its neighbours'
+    precision, so the switch model's int16 stand-in keeps its points quantized
+    (EfficientNet-B0's SiLU tables, before they read int16: the stand-in promised cosine
+    0.996 with every int16-capable layer widened; the int16 model scored 0.944, and the
+    stand-in then said 0.946)."""
     from passes.quantize.api import quantize_model
     from passes.quantize.budget import _Scorer, int16_capable
     from passes.quantize.fidelity import Reference
     from tests.passes.quantize.test_int16 import _net
     from tests.quant_helpers import feeds_for
 
-    model = _net()
+    model = _net("PRelu")
     base = quantize_model(model, feeds_for(model, 8, seed=0), calibrator="mse")
     ref = Reference(base.float_model, Feeds(feeds_for(model, 2, seed=3), "t"), 1)
     sc = _Scorer(base, ref, ())

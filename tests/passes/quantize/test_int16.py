@@ -134,8 +134,11 @@ def test_requantize_of_extreme_a16w8_accumulators_matches_exact_rationals(k):
 
 # -- graphs ----------------------------------------------------------------------------------
 
-def _net():
-    """conv-relu-maxpool-(pad-conv | conv)-add-sigmoid-gap-flatten-gemm (fixed weights)."""
+def _net(gate: str = "Sigmoid"):
+    """conv-relu-maxpool-(pad-conv | conv)-add-sigmoid-gap-flatten-gemm (fixed weights).
+
+    `gate="PRelu"`: a PRelu (per-channel tables, 8-bit inputs only) instead of the Sigmoid.
+    """
     rng = np.random.default_rng(16)
     W = lambda *s: rng.standard_normal(s).astype(np.float32) * 0.3  # noqa: E731
     nodes = [node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], name="conv1"),
@@ -146,13 +149,15 @@ def _net():
              node("Pad", ["p", "pads"], ["p1"], name="pad"),
              node("Conv", ["p1", "w3"], ["p2"], name="conv3"),
              node("Add", ["c2", "p2"], ["a"], name="add"),
-             node("Sigmoid", ["a"], ["s"], name="sig"),
+             node("Sigmoid", ["a"], ["s"], name="sig") if gate == "Sigmoid" else
+             node("PRelu", ["a", "slope"], ["s"], name="sig"),
              node("GlobalAveragePool", ["s"], ["g"], name="gap"),
              node("Flatten", ["g"], ["f"], name="fl"),
              node("Gemm", ["f", "wf", "bf"], ["y"], transB=1, name="fc")]
     inits = {"w": W(64, 3, 3, 3), "b": W(64), "w2": W(16, 64, 3, 3), "b2": W(16),
              "w3": W(16, 64, 3, 3), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64),
-             "wf": W(10, 16), "bf": W(10)}
+             "wf": W(10, 16), "bf": W(10),
+             "slope": np.linspace(0.05, 0.3, 16, dtype=np.float32).reshape(1, 16, 1, 1)}
     return make_model(nodes, {"x": [1, 3, 16, 16]}, ["y"], inits)
 
 
@@ -175,19 +180,24 @@ def test_a_raised_conv_reads_and_writes_int16_and_moves_follow():
     assert list(result.qgraph.info["int16"]) == ["conv2"]
 
 
-def test_int16_everywhere_is_bit_exact_and_converts_before_a_table():
-    result = check_quantized(_net(), calibrator="max",
-                             int16=("conv1", "conv2", "conv3", "add", "fc"), min_cos=0.99)
+def test_int16_everywhere_is_bit_exact_and_tables_interpolate_int16():
+    layers = ("conv1", "conv2", "conv3", "add", "fc")
+    result = check_quantized(_net(), calibrator="max", int16=layers, min_cos=0.99)
     d = _dtypes(result)
     assert d["x__q"] == d["a"] == d["g"] == d["f"] == d["y__q"] == "int16"
-    # the Sigmoid table reads an int8 copy of the int16 Add output
-    assert d["a" + q.NARROW_SUFFIX] == "int8"
+    # the Sigmoid table reads the int16 Add output itself: 513 interpolated knots (§18)
+    assert "a" + q.NARROW_SUFFIX not in d
     lut = next(op for op in result.qgraph.ops if op.kind == "QLut")
-    assert lut.inputs == ("a" + q.NARROW_SUFFIX,)
+    assert lut.inputs == ("a",) and lut.table.shape == (fp.LUT16_ENTRIES,) == (513,)
     feeds = feeds_for(_net(), 1, seed=5)
     env = execute(result.qgraph, feeds, keep_all=True)
     assert env["a"].dtype == np.int16 and np.abs(env["a"]).max() > 127
     assert mismatches(result.qgraph, feeds) == {}
+    # a per-channel table (PRelu) still reads an int8 copy of the int16 tensor
+    prelu = check_quantized(_net("PRelu"), calibrator="max", int16=layers, min_cos=0.99)
+    d = _dtypes(prelu)
+    assert d["a"] == "int16" and d["a" + q.NARROW_SUFFIX] == "int8"
+    assert mismatches(prelu.qgraph, feeds) == {}
 
 
 def test_int16_beats_int8_on_the_raised_tensor():
@@ -236,15 +246,15 @@ def test_old_qgraph_versions_still_load():
 
 
 def test_int8_copy_of_an_int16_tensor_keeps_the_int8_clip():
-    """A table after an int16 layer reads the grid it has in the all-int8 model.
+    """A per-channel table after an int16 layer reads the grid it has in the all-int8 model.
 
     mse clips an int8 tensor well inside its range; the int16 threshold (32767 levels) is
     near max|x|. An int8 copy over the int16 range would give the table 127 coarser steps
     than with no int16 layer at all (EfficientNet-B0: every layer of the budget loop in
     int16 scored cosine 0.924 against 0.937 all-int8, before the copy kept the int8 clip).
     """
-    int8 = check_quantized(_net(), calibrator="mse", min_cos=0.99)
-    wide = check_quantized(_net(), calibrator="mse", int16=("add",), min_cos=0.99)
+    int8 = check_quantized(_net("PRelu"), calibrator="mse", min_cos=0.99)
+    wide = check_quantized(_net("PRelu"), calibrator="mse", int16=("add",), min_cos=0.99)
     s8 = int8.qgraph.tensor("a").scale
     a16 = wide.qgraph.tensor("a")
     copy = wide.qgraph.tensor("a" + q.NARROW_SUFFIX)
@@ -253,7 +263,7 @@ def test_int8_copy_of_an_int16_tensor_keeps_the_int8_clip():
     same_range = float(np.float32(np.float64(a16.scale) * 32767 / 127))
     assert copy.scale < same_range  # mse clips (2 % on this net): the old copy was coarser
     assert wide.table.dtype("a") == "int16"  # reading the copy's clip recorded nothing
-    feeds = feeds_for(_net(), 1, seed=7)
+    feeds = feeds_for(_net("PRelu"), 1, seed=7)
     assert mismatches(wide.qgraph, feeds) == {}
     env = execute(wide.qgraph, feeds, keep_all=True)
     # the copy saturates where |a| exceeds the int8 clip, as the all-int8 tensor does

@@ -80,12 +80,12 @@ def test_op_zoo_with_int16_layers_is_bit_exact(seed, share):
     reads, writes = _io_types(built.program)
     if share == 1.0:  # every op kind with a 16-bit path runs it
         assert {"conv", "dwconv", "fc", "add", "mul", "concat", "gavgpool", "maxpool", "pad",
-                "reshape", "transpose", "slice", "resize", "dequantize"} <= reads
+                "reshape", "transpose", "slice", "resize", "dequantize", "lut"} <= reads
         assert {"conv", "dwconv", "fc", "add", "mul", "concat", "avgpool", "gavgpool",
-                "quantize", "maxpool", "pad", "resize"} <= writes
+                "quantize", "maxpool", "pad", "resize", "lut"} <= writes
         big = next(i for i in built.program.code if i.name == "big_kernel")
         assert big.unit == isa.CPU and built.program.tensors[big.ifm].dtype == "int16"
-    assert not reads & {"lut", "channel_lut", "avgpool"}  # converted to int8 first
+    assert not reads & {"channel_lut", "avgpool"}  # converted to int8 first
     assert "int16" in {t.dtype for t in built.program.tensors}
 
 
@@ -107,17 +107,22 @@ def _table_model() -> tuple:
     return b.build(), ["c1", "prelu", "dw2", "dw3", "fc"]
 
 
-def test_int16_before_tables_is_narrowed_to_int8_and_bit_exact():
+def test_int16_into_tables_interpolates_or_narrows_and_is_bit_exact():
+    """The SiLU table reads the int16 tensor (513 interpolated knots, §18); the per-channel
+    PRelu tables read an int8 copy."""
     proto, wide = _table_model()
     result, built = _build(proto, wide, calib=6)
     _three_way(proto, result, built, frames=3)
     p = built.program
     by_out = {o: ins for ins in p.code for o in ins.writes()}
-    for kind in ("channel_lut", "lut"):
-        ins = next(i for i in p.code if i.kind == kind)
-        src = by_out[ins.ifm]
-        assert p.tensors[ins.ifm].dtype == "int8" and p.tensors[ins.ifm].name.endswith("__n8")
-        assert src.kind == "concat" and p.tensors[src.inputs[0]].dtype == "int16"
+    ins = next(i for i in p.code if i.kind == "channel_lut")
+    src = by_out[ins.ifm]
+    assert p.tensors[ins.ifm].dtype == "int8" and p.tensors[ins.ifm].name.endswith("__n8")
+    assert src.kind == "concat" and p.tensors[src.inputs[0]].dtype == "int16"
+    lut = next(i for i in p.code if i.kind == "lut")
+    out_bytes = np.dtype(p.tensors[lut.ofm].dtype).itemsize
+    assert p.tensors[lut.ifm].dtype == "int16" and by_out[lut.ifm].kind == "dwconv"
+    assert p.blobs[lut.table].array.shape == (513 * out_bytes,)
     dws = [i for i in p.code if i.kind == "dwconv"]
     assert [p.tensors[i.ifm].dtype for i in dws] == ["int16", "int16"]
     # 4 taps of |x·w| ≤ 2^22 sum exactly in float32; 9 taps need float64
@@ -206,7 +211,8 @@ def wide_build():
 def test_int16_binary_round_trips_with_dtype_code_7(wide_build):
     _, built = wide_build
     assert VERSION == (2, 3) and isa.DTYPE_CODES["int16"] == 7
-    assert struct.unpack_from("<HH", built.data, 4) == (2, 1)  # 8-bit-only binaries stay 2.0
+    # int16 tensors alone need a 2.1 reader; the table reading int16 (§18) needs 2.3
+    assert struct.unpack_from("<HH", built.data, 4) == (2, 3)
     program = load_binary(built.data)
     assert program.code == built.instructions
     assert [t.dtype for t in program.tensors] == [t.dtype for t in built.program.tensors]
@@ -226,14 +232,25 @@ def test_too_wide_multiplier_of_an_int16_layer_is_rejected(wide_build):
         check_program(dataclasses.replace(p, blobs=tuple(blobs)))
 
 
-def test_int16_into_a_table_is_rejected_on_load(wide_build):
+def test_int16_into_a_per_channel_table_is_rejected_on_load(wide_build):
     _, built = wide_build
     p = load_binary(built.data)
-    lut = next(i for i in p.code if i.kind == "lut")
+    lut = next(i for i in p.code if i.kind == "channel_lut")
     src = next(i for i in p.code if lut.ifm in i.writes())
     code = [dataclasses.replace(i, ifm=src.inputs[0]) if i is lut else i for i in p.code]
     with pytest.raises(TargetError, match="must be int8\\|uint8"):
         check_program(dataclasses.replace(p, code=tuple(code)))
+
+
+def test_a_table_read_by_int16_needs_513_knots(wide_build):
+    _, built = wide_build
+    p = load_binary(built.data)
+    lut = next(i for i in p.code if i.kind == "lut")
+    table = p.blobs[lut.table].array
+    blobs = list(p.blobs)
+    blobs[lut.table] = isa.Blob("lut", table[:256 * (len(table) // 513)])
+    with pytest.raises(TargetError, match="table must have 513"):
+        check_program(dataclasses.replace(p, blobs=tuple(blobs)))
 
 
 # --- perf ----------------------------------------------------------------------------------------
@@ -307,3 +324,17 @@ def test_relabelled_int16_tensors_are_rejected_or_run():
         assert all(v.shape == built.program.tensor(n).shape for n, v in out.items())
         outcomes["runs"] += 1
     assert outcomes == {"rejected": 9, "runs": 1}  # runs: fc__q (an int16 fc output)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16"])
+def test_simulator_table_interpolates_like_the_reference_on_every_int16_input(dtype):
+    """The simulator's own §18 kernel against `fixedpoint.apply_lut16`, all 65536 inputs."""
+    lo, hi = fp.QRANGE[dtype]
+    xs = np.arange(-32768, 32768).astype(np.int16)
+    rng = np.random.default_rng(2)
+    for table in (np.where(np.arange(fp.LUT16_ENTRIES) % 2, hi, lo),
+                  rng.integers(lo, hi + 1, fp.LUT16_ENTRIES)):
+        table = table.astype(dtype)
+        got = K.lut(xs, table)
+        assert got.dtype == table.dtype
+        np.testing.assert_array_equal(got, fp.apply_lut16(xs, table))

@@ -68,9 +68,13 @@ def test_op_zoo_with_16bit_weights_is_bit_exact(seed, activations):
 
 
 def _zoo_mixed(name, size):
+    from models.pretrained.efficientnet_lite0 import efficientnet_lite0
     from models.zoo import ARCHITECTURES
 
-    proto, _ = ARCHITECTURES[name](seed=0, batch=1, image_size=size)
+    if name == "efficientnet_lite0":  # real ImageNet weights, at its own 224x224
+        proto = efficientnet_lite0()[0]
+    else:
+        proto, _ = ARCHITECTURES[name](seed=0, batch=1, image_size=size)
     macs = [n.name for n in proto.graph.node if n.op_type in MAC_OPS]
     a16w16 = [macs[0], macs[-1]]  # the stem and the classifier
     a8w16 = [macs[len(macs) // 3]]
@@ -80,7 +84,9 @@ def _zoo_mixed(name, size):
 
 @pytest.mark.parametrize("name, size", [
     ("mobilenetv2", 64), pytest.param("resnet50", 64, marks=pytest.mark.slow),
-    pytest.param("ssd_resnet50", 300, marks=pytest.mark.slow)])
+    pytest.param("vgg16", 32, marks=pytest.mark.slow),
+    pytest.param("ssd_resnet50", 300, marks=pytest.mark.slow),
+    pytest.param("efficientnet_lite0", 224, marks=pytest.mark.slow)])
 def test_zoo_models_with_int8_a16w8_and_a16w16_layers_are_bit_exact(name, size):
     proto, weights16, int16 = _zoo_mixed(name, size)
     result, built = _build(proto, weights16, int16=int16, calib=2)
