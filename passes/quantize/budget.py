@@ -19,18 +19,23 @@ must leave int8 (docs/quantization.md, "Accuracy budget"):
    real partition: neighbours of a raised layer may move to the host with it). If it
    misses the budget, raise more layers (a quarter more each time) and measure again.
 
-Layers are raised to int16 first (A16W8, docs/fixed-point.md §16: 16-bit activations, the
-same int8 weights, still on the NPU) and to float only when int16 cannot meet the budget:
+Layers are raised to 16 bits first, still on the NPU, and to float only when 16 bits cannot
+meet the budget. Two 16-bit precisions: A16W8 (docs/fixed-point.md §16: int16 activations,
+the same int8 weights; tables read int16 through interpolated knots, §18) and A16W16 (int16
+weights too, §17):
 - the variant with every int16-capable layer's activations unquantized (int16's step is
-  1/258 of int8's) is scored once; if even that misses, int16 cannot help and the loop
-  goes on with float (steps 2-4) straight away;
-- otherwise those layers are ranked by the cost of their activations alone (weights stay
-  int8), bisected as in step 3, and confirmed by re-quantizing with them in `int16` and
-  measuring that model with its int16 grids.
+  1/258 of int8's), and the one with their weights unquantized too, are scored once each;
+  if both miss, 16 bits cannot help and the loop goes on with float (steps 2-4);
+- for each precision whose ceiling meets, the layers are ranked by the cost of their
+  16-bit points alone per MAC pass raising them adds (`error_per_pass`) and bisected as
+  in step 3; the plan adding the fewest MAC passes (A16W8: one per raised MAC, A16W16:
+  three) is confirmed by re-quantizing with those layers in `int16` (and
+  `int16_weights`) and measuring that model with its int16 grids; if it misses after
+  widening, the other plan is confirmed.
 
 Flagged layers (`sensitivity.layer_flags`: outputs decoded directly — box regression, DFL
-bins, logits — and activation ranges dominated by a few outliers) go first in the int16
-order: the exclusions peers make by hand, made by the loop only when the budget needs a
+bins, logits — and activation ranges dominated by a few outliers) go first in the 16-bit
+orders: the exclusions peers make by hand, made by the loop only when the budget needs a
 layer raised. The float order stays the measured cost alone (a float layer leaves the NPU).
 
 A raised layer runs in float on the CPU. The budget decides on the fake-quantized model
@@ -55,7 +60,7 @@ from compiler.core.errors import ConfigError
 from compiler.core.executor import ExecutorOptions
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model
-from compiler.core.qops import by_unit_kind
+from compiler.core.qops import by_unit_kind, op_def
 from passes.quantize.api import QuantResult, pristine_float, quantize_model
 from passes.quantize.build import WEIGHTED_KINDS
 from passes.quantize.fidelity import Correct, Metrics, Reference, rank_key
@@ -139,6 +144,23 @@ class BudgetResult:
     result: QuantResult
     baseline: QuantResult
     report: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # every MAC run with a 16-bit operand, not only the raised layers' own: a raised Add
+        # makes its inputs int16, so the convs writing and reading them run 16-bit too
+        self.report["macs_16bit_share"] = sixteen_bit_mac_share(self.result.qgraph)
+
+
+def sixteen_bit_mac_share(qgraph: Any) -> float:
+    """Share of a QGraph's MACs whose input or weights are int16 (§16, §17: 2-4 passes)."""
+    total = wide = 0
+    for op in qgraph.ops:
+        macs = op_def(op.kind).work(op, qgraph).macs if hasattr(op, "weight") else 0
+        total += macs
+        if macs and (np.asarray(op.weight).dtype == np.int16 or any(
+                qgraph.tensor(t).dtype == "int16" for t in op.inputs[:1])):
+            wide += macs
+    return wide / total if total else 0.0
 
 
 def check_budget_data(budget: Budget, ref: Reference) -> None:
@@ -489,8 +511,10 @@ def _plan(run: _Run, capable: list[Layer], weights: bool, rank_ref: Reference,
         configs.append(on)
     metrics = score_configs(sc.fm, sc.result.qgraph, rank_ref, configs, executor, run.keep,
                             f"budget (ranking {'A16W16' if weights else 'A16W8'})")
-    ranked = flagged_first(zip(capable, metrics, strict=True), flags,
-                           rank_key(run.budget.rank_by))
+    total = sum(unit_macs(layer.unit) for layer in sc.layers)
+    ranked = sorted(zip(capable, metrics, strict=True),
+                    key=lambda lm: (lm[0].unit.anchor.name not in flags,
+                                    -error_per_pass(lm[0], lm[1], weights, total)))
     order = [layer for layer, _ in ranked]
     lo, hi = 0, len(order)
     while hi - lo > 1:
@@ -500,6 +524,18 @@ def _plan(run: _Run, capable: list[Layer], weights: bool, rank_ref: Reference,
         else:
             lo = mid
     return _Plan(weights, ranked, hi)
+
+
+def error_per_pass(layer: Layer, alone: Metrics, weights: bool, total_macs: int) -> float:
+    """A layer's 16-bit raising order: its error alone (1 - cosine) per MAC it adds.
+
+    The int16 stages minimise the MAC passes added, so a layer that costs little to raise
+    comes before a big one of the same error (HAWQ-style sensitivity per cost). Layers
+    without MACs (Add, pooling, tables: vector work) cost a thousandth of the model's MACs.
+    Cosine rather than flips: on the ranking samples most layers flip none or one.
+    """
+    macs = unit_macs(layer.unit) * (3 if weights else 1)
+    return (1.0 - alone.cosine) / (macs + total_macs / 1000 + 1)
 
 
 def flagged_first(layers: Iterable[tuple[Layer, Metrics]], flags: Collection[str],

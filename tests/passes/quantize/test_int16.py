@@ -268,3 +268,24 @@ def test_int8_copy_of_an_int16_tensor_keeps_the_int8_clip():
     env = execute(wide.qgraph, feeds, keep_all=True)
     # the copy saturates where |a| exceeds the int8 clip, as the all-int8 tensor does
     assert np.abs(env["a" + q.NARROW_SUFFIX]).max() == 127
+
+
+def test_unnamed_mac_layers_read_an_int8_copy_of_an_int16_tensor():
+    """Only the named layers run 16-bit MACs: conv2 and conv3 read conv1's int16 output
+    (through MaxPool / Pad) as int8 copies, so 16-bit MACs are exactly conv1's."""
+    from passes.quantize.budget import sixteen_bit_mac_share
+
+    result = check_quantized(_net(), calibrator="max", int16=("conv1",), min_cos=0.99)
+    d = _dtypes(result)
+    assert d["r"] == d["p"] == d["p1"] == "int16"
+    ops = {op.name: op for op in result.qgraph.ops}
+    assert ops["conv2"].inputs == ("p" + q.NARROW_SUFFIX,)
+    assert ops["conv3"].inputs == ("p1" + q.NARROW_SUFFIX,)
+    assert d["p" + q.NARROW_SUFFIX] == d["p1" + q.NARROW_SUFFIX] == "int8"
+    macs = {"conv1": 16 * 16 * 64 * 27, "conv2": 8 * 8 * 16 * 576, "conv3": 8 * 8 * 16 * 576,
+            "fc": 10 * 16}
+    assert sixteen_bit_mac_share(result.qgraph) == pytest.approx(
+        macs["conv1"] / sum(macs.values()))
+    # named, conv2 reads the int16 tensor itself
+    both = check_quantized(_net(), calibrator="max", int16=("conv1", "conv2"), min_cos=0.99)
+    assert {op.name: op for op in both.qgraph.ops}["conv2"].inputs == ("p",)
