@@ -260,13 +260,16 @@ def budget_run(model: Path, work: Path, base: list[str], calib: Path, evals: Pat
         "int16": [r["name"] for r in raised if r["to"] == "int16"],
         "float": [r["name"] for r in raised if r["to"] != "int16"],
         "macs_raised_share": rep["macs_raised_share"], "layers": rep["layers"],
+        "macs_16bit_share": rep.get("macs_16bit_share"),
+        "precision": rep.get("int16", {}).get("precision"),
         "latency_ms": rep.get("costs", {}).get("latency_ms"),
         "evaluations": rep["evaluations"], "loop_s": rep["time_s"],
         "seconds": round(res["wall_s"], 1)}
     print(f"  {tag:8s} eval {b['eval']:.5f}  calib {b['calib']:.5f}  (target {target:g} on "
           f"{on}, {'met' if b['met'] else 'NOT met'}; weights {b['weights']}; "
-          f"int16 {len(b['int16'])} layers, float {len(b['float'])}: "
-          f"{b['macs_raised_share']:.1%} of the MACs; {b['evaluations']['total']} "
+          f"int16 {len(b['int16'])} layers ({b['precision']}), float {len(b['float'])}: "
+          f"{b['macs_raised_share']:.1%} of the MACs raised, "
+          f"{b['macs_16bit_share'] or 0:.1%} with a 16-bit operand; {b['evaluations']['total']} "
           f"evaluations, {b['seconds']:.0f} s)", flush=True)
     if b["int16"] or b["float"]:
         print(f"    int16: {', '.join(b['int16'])}; float: {', '.join(b['float'])}")

@@ -86,9 +86,7 @@ def budget_lines(report: dict[str, Any]) -> list[str]:
                   f"  raised to {to}: {len(raised)} of {report['layers']} layers "
                   f"({report['macs_raised_share']:.1%} of the MACs): {names}"]
         if "macs_16bit_share" in report and raised[0]["to"] == "int16":
-            lines.append(f"  MACs with a 16-bit operand (the raised layers and the "
-                         f"neighbours reading or writing their int16 tensors): "
-                         f"{report['macs_16bit_share']:.1%}")
+            lines.append(f"  MACs run with a 16-bit operand: {report['macs_16bit_share']:.1%}")
     wide = report.get("int16", {})
     for plan in wide.get("plans", []):
         lines.append(f"  int16 plan {plan['precision']}: {plan['layers']} layers "

@@ -69,6 +69,7 @@ from compiler.core.ir import Model, is_const
 from compiler.core.numerics import run, session
 from compiler.core.progress import track
 from passes.quantize.api import QuantResult, pristine_float, quantize_model
+from passes.quantize.build import WEIGHTED_KINDS
 from passes.quantize.calibrate import collect_ranges
 from passes.quantize.emit_qdq import float_name
 from passes.quantize.fidelity import (
@@ -179,6 +180,7 @@ class SwitchBuilder:
                        if t.is_quantized and t.scale is not None}
         self.enable = gs.Variable(ENABLE, dtype=np.bool_, shape=[0])
         self.points: dict[str, int] = {}  # activation tensor -> point index
+        self.values: dict[str, gs.Tensor] = {}  # activation tensor -> what its readers read
         self.count = 0
 
     def _switch(self, on_value: gs.Tensor, off_value: gs.Tensor, name: str,
@@ -219,12 +221,40 @@ class SwitchBuilder:
                                                shape=t.shape)], **domain)[0]
         self.points[name] = self.count
         y = self._switch(dq, t, f"{name}__sens")
+        self.values[name] = y
         for node in users:
             node.inputs = [y if x is t else x for x in node.inputs]
         if y is not t and any(x is t for x in self.g.outputs):
             t.name, y.name = f"{name}__sens_float", name
             self.g.outputs = [y if x is t else x for x in self.g.outputs]
         return self.points[name]
+
+    def edge(self, name: str, node: gs.Node) -> int | None:
+        """An 8-bit point on `node`'s reading of activation `name` (after `activation`).
+
+        The same grid as the tensor's own point, so with both on it changes nothing (a
+        second rounding onto the same grid is exact); it models a MAC layer that reads an
+        int8 copy of a tensor widened to int16 for its other readers (docs/fixed-point.md
+        §16): the budget loop's stand-in turns the tensor's point off and keeps this one.
+        None for a tensor without a point or one that is not 8-bit.
+        """
+        qt, src = self.scales.get(name), self.values.get(name)
+        if qt is None or src is None or fp.is_wide(qt.dtype) or \
+                not any(x is src for x in node.inputs):
+            return None
+        dtype = np.dtype(qt.dtype)
+        tag = f"{name}__{node.name}__sens_edge"
+        s = gs.Constant(f"{tag}_s", np.array(qt.scale, np.float32))
+        zp = gs.Constant(f"{tag}_z", np.array(0, dtype))
+        qv = self.g.layer(op="QuantizeLinear", name=f"{tag}/q", inputs=[src, s, zp],
+                          outputs=[gs.Variable(f"{tag}_q", dtype=dtype)])[0]
+        dq = self.g.layer(op="DequantizeLinear", name=f"{tag}/dq", inputs=[qv, s, zp],
+                          outputs=[gs.Variable(f"{tag}_dq", dtype=np.float32,
+                                               shape=src.shape)])[0]
+        k = self.count
+        y = self._switch(dq, src, tag)
+        node.inputs = [y if x is src else x for x in node.inputs]
+        return k
 
     def constant(self, node: gs.Node, index: int, values: np.ndarray,
                  k: int | None = None) -> int:
@@ -352,6 +382,9 @@ def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
                 continue
             layer.inputs.append(k)
             layer.tensors.append(t.name)
+            if unit.kind in WEIGHTED_KINDS:  # reads an int8 copy unless raised itself
+                edge = b.edge(t.name, b.nodes[unit.anchor.name])
+                layer.inputs += [] if edge is None else [edge]
             if t.name not in owner:  # an entry point (graph input, CPU output): first user's
                 owner[t.name] = layer
         layer.own += b.unit_constants(unit)

@@ -305,3 +305,34 @@ def test_the_int16_stand_in_keeps_the_points_of_int8_only_layers():
     alone = [i for layer in capable for i in layer.activations if i not in shared]
     assert alone and not on[alone].any()
     assert on.sum() == len(shared) + (sc.count - len(set(alone) | shared))
+
+
+def test_unraised_mac_layers_keep_an_int8_edge_in_the_stand_in():
+    """An unnamed conv reads an int8 copy of an int16 tensor (build.QGraphBuilder), so the
+    switch model gives each MAC layer's input an edge point on the tensor's own grid: with
+    the tensor's point off and every edge on, the convs see exactly the all-int8 values."""
+    from passes.quantize.api import quantize_model
+    from passes.quantize.budget import _Scorer
+    from passes.quantize.fidelity import Reference
+    from tests.passes.quantize.test_int16 import _net
+    from tests.quant_helpers import feeds_for
+
+    model = _net()
+    base = quantize_model(model, feeds_for(model, 8, seed=0), calibrator="mse")
+    ref = Reference(base.float_model, Feeds(feeds_for(model, 2, seed=3), "t"), 1)
+    sc = _Scorer(base, ref, ())
+    by_name = {layer.unit.anchor.name: layer for layer in sc.layers}
+    conv2, conv3 = by_name["conv2"], by_name["conv3"]
+    assert len(conv2.inputs) == len(conv3.inputs) == 2  # the tensor's point and the edge
+    edges = [conv2.inputs[1], conv3.inputs[1]]
+    wide = by_name["conv1"].outputs  # x (its entry), r and its moves p (MaxPool), p1 (Pad)
+    assert {conv2.inputs[0], conv3.inputs[0]} <= set(wide)
+    on = np.ones(sc.count, np.bool_)
+    all_int8 = sc.score(on)
+    on[wide] = False
+    # max pooling and zero padding commute with rounding: the edges re-create the int8 grid
+    assert sc.score(on).cosine == all_int8.cosine
+    on[edges] = False
+    assert sc.score(on).cosine != all_int8.cosine  # the convs now read unrounded values
+    widened = sc.widened([by_name["conv1"]])  # conv1 raised: its outputs off, edges stay on
+    assert widened[edges].all() and not widened[wide].any()
