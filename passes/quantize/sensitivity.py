@@ -150,6 +150,9 @@ class Layer:
         moves: The value-moving units whose outputs it owns (Reshape, Flatten, ... after it).
         outputs: The activation points among `own` (its outputs and entry points), i.e.
             `own` without the weights and constant operands.
+        edges: (tensor point, edge point) of each 8-bit activation input of a MAC layer:
+            the edge (also in `inputs`) re-rounds the tensor onto its int8 grid for this
+            layer only (`SwitchBuilder.edge`).
     """
 
     unit: Unit
@@ -158,6 +161,7 @@ class Layer:
     tensors: list[str] = field(default_factory=list)
     moves: list[Unit] = field(default_factory=list)
     outputs: list[int] = field(default_factory=list)
+    edges: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def activations(self) -> list[int]:
@@ -384,7 +388,9 @@ def build_switch_model(model: Model, qgraph: q.QGraph, units: list[Unit],
             layer.tensors.append(t.name)
             if unit.kind in WEIGHTED_KINDS:  # reads an int8 copy unless raised itself
                 edge = b.edge(t.name, b.nodes[unit.anchor.name])
-                layer.inputs += [] if edge is None else [edge]
+                if edge is not None:
+                    layer.inputs.append(edge)
+                    layer.edges.append((k, edge))
             if t.name not in owner:  # an entry point (graph input, CPU output): first user's
                 owner[t.name] = layer
         layer.own += b.unit_constants(unit)
@@ -410,6 +416,8 @@ def masks(layers: list[Layer], count: int, method: str) -> list[np.ndarray]:
         else:
             on = np.ones(count, np.bool_)
             on[layer.own] = False
+            # the MAC layers reading its outputs read them unquantized too (their edges)
+            on[[e for other in layers for k, e in other.edges if not on[k]]] = False
         out.append(on)
     return out
 
