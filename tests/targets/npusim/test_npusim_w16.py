@@ -17,12 +17,12 @@ from compiler.core import fixedpoint as fp
 from compiler.core.builder import GraphBuilder
 from compiler.core.errors import TargetError
 from passes.quantize.api import quantize_model
-from passes.quantize.reference import execute
-from targets.npusim import Simulator, build_binary, estimate_perf, isa, load_binary, verify
+from targets.npusim import build_binary, estimate_perf, isa, load_binary
 from targets.npusim import kernels as K
 from targets.npusim.check import check_program
 from targets.npusim.codec import KIND_CODES
 from targets.npusim.testing import op_zoo_model, random_inputs
+from tests.targets.npusim.test_npusim_int16 import _layer_model, _three_way
 
 MAC_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -31,18 +31,6 @@ def _build(proto, weights16, int16=(), calib=4, seed=0):
     result = quantize_model(proto, random_inputs(proto, calib, seed), int16=list(int16),
                             int16_weights=list(weights16))
     return result, build_binary(result.quant_model)
-
-
-def _three_way(proto, result, built, frames=2, seed=1):
-    """verify (simulator vs onnxruntime) and simulator vs the numpy reference, every element."""
-    feeds = random_inputs(proto, frames, seed)
-    report = verify(result.quant_model, built.data, feeds)
-    for out in report.outputs:
-        assert out["elements"] > 0 and out["mismatched"] == 0, out
-    for f, got in enumerate(Simulator(built.data).run_frames(feeds)):
-        ref = execute(result.qgraph, {n: a[f:f + 1] for n, a in feeds.items()})
-        for name, value in got.items():
-            np.testing.assert_array_equal(value, ref[name])
 
 
 def _w16_instructions(program: isa.Program) -> set[str]:
@@ -167,16 +155,8 @@ def test_simulator_gemms_of_16bit_weights_run_in_float64():
 
 # --- cost ---------------------------------------------------------------------------------------
 
-def _conv_model():
-    b = GraphBuilder("w16_perf", 2)
-    x = b.input("x", [1, 64, 32, 32])
-    c = b.conv(x, b.rng.standard_normal((64, 64, 3, 3)) * 0.05, None, name="conv")
-    b.output(b.maxpool(b.relu(c), 2, 2))
-    return b.build()
-
-
 def test_16bit_weights_cost_one_mac_pass_per_weight_digit():
-    proto = _conv_model()
+    proto = _layer_model()  # the 64->64 3x3 conv the int16 cost test uses
     layers, sizes = {}, {}
     for label, w16, a16 in (("int8", [], []), ("w16", ["conv"], []),
                             ("a16w16", ["conv"], ["conv"])):
