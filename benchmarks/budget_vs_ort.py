@@ -305,7 +305,8 @@ def cmd_split(args: argparse.Namespace) -> None:
     """
     from compiler.core.feeds import load_feeds
     from passes.quantize.api import pristine_float, quantize_model
-    from passes.quantize.budget import _Scorer, int16_capable
+    from passes.quantize.budget import _Scorer
+    from passes.quantize.budget16 import int16_capable
     from passes.quantize.fidelity import Reference
 
     corpus, out = Path(args.corpus), {}

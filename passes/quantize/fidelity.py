@@ -240,3 +240,14 @@ class SensitivityReport:
                 "float_accuracy": self.float_accuracy,
                 "baseline": self.baseline.to_dict() if self.baseline else None,
                 "info": self.info, "layers": [r.to_dict() for r in self.layers]}
+
+
+def integer_metrics(result: Any, ref: Reference) -> Metrics:
+    """The fidelity of the written `model.quant.onnx` against `ref`, run in onnxruntime.
+
+    The integer model is bit-exact with the target's binary, so this is what the user
+    ships; the switch model's fake-quant proxy leaves out bias rounding and half-up vs
+    half-even requantization, which can matter (a 40-step CTC decode, docs/quantization.md).
+    """
+    sess = session(result.quant_model)
+    return ref.score(lambda feed: run(sess, feed))

@@ -10,7 +10,8 @@ import pytest
 from compiler.core.errors import ConfigError
 from compiler.core.feeds import Feeds
 from compiler.core.numerics import run, session
-from passes.quantize.budget import Budget, flagged_first, quantize_within_budget
+from passes.quantize.budget import Budget, quantize_within_budget
+from passes.quantize.budget16 import flagged_first
 from passes.quantize.fidelity import Metrics
 from passes.quantize.sensitivity import quantize_sensitivity
 from tests.exporter_graphs import residual_classifier
@@ -174,9 +175,9 @@ def test_flagged_layers_go_first_whatever_their_cost():
     costs = {"a": 0.90, "head": 0.999, "b": 0.95, "outlier": 0.99}
     pairs = [(layer(n), Metrics(cosine=c, agreement=1.0, flips=0)) for n, c in costs.items()]
     order = flagged_first(pairs, {"head": ["feeds_decoding"], "outlier": ["outlier_range"]},
-                          lambda m: m.cosine)
+                          lambda lm: lm[1].cosine)
     assert [lm[0].unit.anchor.name for lm in order] == ["outlier", "head", "a", "b"]
-    assert [lm[0].unit.anchor.name for lm in flagged_first(pairs, {}, lambda m: m.cosine)] \
+    assert [lm[0].unit.anchor.name for lm in flagged_first(pairs, {}, lambda lm: lm[1].cosine)] \
         == ["a", "b", "outlier", "head"]
 
 
@@ -287,7 +288,8 @@ def test_the_int16_stand_in_keeps_the_points_of_int8_only_layers():
     0.996 with every int16-capable layer widened; the int16 model scored 0.944, and the
     stand-in then said 0.946)."""
     from passes.quantize.api import quantize_model
-    from passes.quantize.budget import _Scorer, int16_capable
+    from passes.quantize.budget import _Scorer
+    from passes.quantize.budget16 import int16_capable
     from passes.quantize.fidelity import Reference
     from tests.passes.quantize.test_int16 import _net
     from tests.quant_helpers import feeds_for

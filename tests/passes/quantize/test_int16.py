@@ -273,7 +273,7 @@ def test_int8_copy_of_an_int16_tensor_keeps_the_int8_clip():
 def test_unnamed_mac_layers_read_an_int8_copy_of_an_int16_tensor():
     """Only the named layers run 16-bit MACs: conv2 and conv3 read conv1's int16 output
     (through MaxPool / Pad) as int8 copies, so 16-bit MACs are exactly conv1's."""
-    from passes.quantize.budget import sixteen_bit_mac_share
+    from passes.quantize.budget16 import sixteen_bit_mac_share
 
     result = check_quantized(_net(), calibrator="max", int16=("conv1",), min_cos=0.99)
     d = _dtypes(result)
