@@ -7,12 +7,12 @@ must leave int8 (docs/quantization.md, "Accuracy budget"):
 
 1. Quantize everything (`quantize_model`) and measure it. Within the budget: done, one
    evaluation, the model is unchanged (the loop adds nothing when nothing is needed).
-2. Rank the int8 layers by what each costs on its own (`sensitivity.masks(..., "single")`)
+2. Rank the int8 layers by what each costs on its own (`switch.masks(..., "single")`)
    on the first `rank_samples` samples only: a ranking needs far fewer samples than a
    decision, and this is where most of the loop's evaluations go.
 3. Binary search over the ranking for the smallest k such that the model with the k
    worst layers raised meets the budget (``log2(layers)`` evaluations on all the data).
-   Both steps score variants of one switch model (`sensitivity.build_switch_model`): the
+   Both steps score variants of one switch model (`switch.build_switch_model`): the
    float model with each int8 point behind a switch, so a variant is one onnxruntime
    session at float speed and nothing is re-quantized.
 4. Re-quantize with the raised layers' nodes in `keep_float` and measure that model (its
@@ -71,15 +71,8 @@ from passes.quantize.budget16 import (
 from passes.quantize.build import WEIGHTED_KINDS
 from passes.quantize.fidelity import Correct, Metrics, Reference, integer_metrics, rank_key
 from passes.quantize.patterns import partition
-from passes.quantize.sensitivity import (
-    Layer,
-    build_switch_model,
-    layer_flags,
-    masks,
-    score_config,
-    score_configs,
-    unit_macs,
-)
+from passes.quantize.sensitivity import layer_flags, score_config, score_configs, unit_macs
+from passes.quantize.switch import Layer, build_switch_model, masks
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,8 @@ from compiler.core.feeds import Feeds
 from compiler.core.qops import by_unit_kind, op_def
 from passes.quantize.build import WEIGHTED_KINDS
 from passes.quantize.fidelity import Metrics, Reference, integer_metrics
-from passes.quantize.sensitivity import Layer, score_configs, unit_macs
+from passes.quantize.sensitivity import score_configs, unit_macs
+from passes.quantize.switch import Layer
 
 log = logging.getLogger(__name__)
 

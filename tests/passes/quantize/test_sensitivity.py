@@ -12,12 +12,8 @@ from compiler.core.numerics import run, session
 from passes.quantize.api import pristine_float, quantize_model
 from passes.quantize.compare import Accumulator
 from passes.quantize.patterns import partition
-from passes.quantize.sensitivity import (
-    ENABLE,
-    build_switch_model,
-    decoding_heads,
-    quantize_sensitivity,
-)
+from passes.quantize.sensitivity import decoding_heads, quantize_sensitivity
+from passes.quantize.switch import ENABLE, build_switch_model
 from tests.exporter_graphs import c2f_detect, residual_classifier
 
 
