@@ -101,7 +101,7 @@ def split_weight16(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def wide_weight_acc_bound(weight: np.ndarray, x_dtype: str | np.dtype) -> int:
     """Largest |acc| of a 16-bit-weight layer: max_c Σ|w[c]|·max|x| + (2^31 - 1) (§17).
 
-    The layer's own weights bound it (K·32639·32768 would leave too few multiplier bits).
+    The layer's own weights bound it (K·32512·32768 would leave too few multiplier bits).
     """
     lo, hi = qrange(x_dtype)
     w = np.abs(np.asarray(weight, np.int64)).reshape(len(weight), -1)
@@ -184,7 +184,7 @@ BLOCK = 1 << 20  # elements per float64 temporary when quantizing large weights
 
 
 def weight_scales(peak: np.ndarray, wmax: int = WEIGHT_MAX) -> np.ndarray:
-    """`Sw[c] = f32(max|W[c]| / wmax)` from per-channel peaks (§1; wmax 127, §17: 32639).
+    """`Sw[c] = f32(max|W[c]| / wmax)` from per-channel peaks (§1; wmax 127, §17: 32512).
 
     An all-zero channel gets the layer's largest scale (1.0 if every channel is zero).
     """
@@ -223,9 +223,9 @@ def quantize_weights(w: np.ndarray, name: str = "<node>",
     return q.reshape(w.shape), scale
 
 
-def fake_quant_weights(w: np.ndarray, dtype: str = "int8") -> np.ndarray:
+def fake_quant_weights(w: np.ndarray) -> np.ndarray:
     """Wq·Sw in the weight's dtype: what the integer model computes with (bias correction)."""
-    q, scale = quantize_weights(w, dtype=dtype)
+    q, scale = quantize_weights(w)
     bshape = (-1,) + (1,) * (np.ndim(w) - 1)
     return (q.astype(np.float64) * scale.astype(np.float64).reshape(bshape)).astype(
         np.asarray(w).dtype)

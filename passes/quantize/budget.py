@@ -143,8 +143,8 @@ class BudgetResult:
     report: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # every MAC run with a 16-bit operand, not only the raised layers' own: a raised Add
-        # makes its inputs int16, so the convs writing and reading them run 16-bit too
+        # measured on the written QGraph (MACs whose input or weights are int16), not
+        # derived from the raised layers: what the perf model charges two or four passes
         self.report["macs_16bit_share"] = sixteen_bit_mac_share(self.result.qgraph)
 
 
@@ -183,7 +183,8 @@ class _Scorer:
         The switch model's stand-in for int16 activations (weights stay int8; with
         `weights`, the weights of Conv/Gemm/MatMul layers are unquantized too: int16
         weights, A16W16, docs/fixed-point.md §17). A point that a layer which cannot read or
-        write int16 (a lookup table, ...) also uses stays quantized: that layer reads or
+        write int16 (a per-channel table such as PRelu, average pooling) also uses stays
+        quantized: that layer reads or
         writes int8 whatever its neighbours' precision.
         """
         on = np.ones(self.count, np.bool_)
