@@ -10,7 +10,6 @@ adding the fewest MAC passes is confirmed on the written integer model.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,9 +186,14 @@ def _confirm_int16(run: Any, order: list[Layer], k: int, weights: bool = False
                    ) -> tuple[Any, Metrics, int, bool, str]:
     """Re-quantize with the k worst layers in int16; widen until the real model meets.
 
+    The widening step doubles from one layer (an exponential search): a miss at the noise
+    floor of a small budget set costs one more layer, a real shortfall still closes in
+    MAX_ROUNDS (k + 63 at most).
+
     `weights`: their Conv/Gemm/MatMul weights in int16 too (A16W16).
     """
     result, metrics, met, reason = run.base, None, False, ""
+    step = 1  # +1, +2, +4, ...: at a budget's noise floor one more layer usually suffices
     for _ in range(MAX_ROUNDS):
         names = tuple(n.name for layer in order[:k] for n in layer.unit.nodes[:1])
         wide = tuple(layer.unit.anchor.name for layer in order[:k]
@@ -200,5 +204,5 @@ def _confirm_int16(run: Any, order: list[Layer], k: int, weights: bool = False
         met, reason = run.budget.check(metrics, run.ref.float_metrics.accuracy)
         if met or k >= len(order):
             break
-        k = min(len(order), k + max(1, math.ceil(k / 4)))
+        k, step = min(len(order), k + step), step * 2
     return result, metrics, k, met, reason
