@@ -16,6 +16,7 @@ from compiler.core.errors import TargetError
 from targets.npusim import isa
 from targets.npusim import kernels as K
 from targets.npusim import plans as P
+from targets.npusim.intconv import IntConv
 
 Step = Callable[[], None]
 PARALLEL_MIN_WORK = 1 << 17
@@ -41,6 +42,8 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     w = _blob(sim, ins.weights)
     out_hw = _out_hw(sim, ins)
     m = out_hw[0] * out_hw[1]
+    if _on_engine(sim, x, w):
+        return _int8_conv(sim, ins, x, y, w, out_hw, ins.group)
     patches = P.Patches(sim.workspace, x.shape[1:], x.dtype, tuple(w.shape[2:]), ins.stride,
                         ins.pads, ins.dilation, out_hw, w.dtype)
     wmat, xb = w.reshape(w.shape[0], -1), K.x_max(x.dtype)
@@ -55,6 +58,24 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
         for n in range(x.shape[0]):
             sim.map(lambda r, n=n: patches.fill(x[n], *r), fills)
             sim.map(lambda part, n=n: gemm.run(part, patches.matrix(), y2[n]), gemm.parts)
+    return step
+
+
+def _on_engine(sim: Any, x: np.ndarray, w: np.ndarray) -> bool:
+    """Whether a conv runs on the int8 GEMM engine: 8-bit input, int8 weights, engine on."""
+    return bool(sim.int8_gemm) and x.dtype.itemsize == 1 and w.dtype == np.int8
+
+
+def _int8_conv(sim: Any, ins: isa.Conv, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+               out_hw: tuple[int, int], groups: int) -> Step:
+    """An 8-bit conv (dense, grouped or depthwise) on the int8 GEMM engine (`intconv`)."""
+    rq = _requant(sim, ins, 0, P.row_bound(w.reshape(w.shape[0], -1), K.x_max(x.dtype)))
+    plan = IntConv(sim, x.shape[1:], x.dtype, y.dtype, w, groups,
+                   (ins.stride, ins.pads, ins.dilation, out_hw), rq)
+
+    def step() -> None:
+        for n in range(x.shape[0]):
+            plan.run(x[n], y[n])
     return step
 
 
@@ -83,6 +104,8 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
     kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
+    if _on_engine(sim, x, w):
+        return _int8_conv(sim, ins, x, y, w, out_hw, x.shape[1])
     taps, m = kernel[0] * kernel[1], out_hw[0] * out_hw[1]
     dtype = K.depthwise_dtype(kernel, x.dtype, w.dtype)
     pad = P.Padded(sim.workspace, x.shape[1:], ins.pads, 0, x.dtype)

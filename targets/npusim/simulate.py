@@ -24,7 +24,7 @@ import numpy as np
 
 from compiler.core.blas import blas_threads
 from compiler.core.errors import DataError, TargetError
-from targets.npusim import isa
+from targets.npusim import intgemm, isa
 from targets.npusim.binary import load_binary
 from targets.npusim.ops import COMPILERS
 from targets.npusim.plans import Workspace
@@ -89,7 +89,8 @@ class Simulator:
     """Run an npusim binary: `Simulator("model.bin").run({"input": x}) -> {name: array}`."""
 
     def __init__(self, source: str | os.PathLike | bytes | isa.Program,
-                 blas_threads: int | None = 1, threads: int | None = None) -> None:
+                 blas_threads: int | None = 1, threads: int | None = None,
+                 int8_gemm: bool | None = None) -> None:
         """Load and prepare a program.
 
         Args:
@@ -97,7 +98,12 @@ class Simulator:
             blas_threads: BLAS threads per GEMM call (None: leave the library's setting).
             threads: Worker threads per instruction (None: one per available core, at most
                 `MAX_THREADS`).
+            int8_gemm: Run dense 8-bit convolutions on onnxruntime's int8 GEMM kernels
+                (`intgemm`). None: where a probe proves them exact on this machine
+                (`intgemm.exact`); False: float BLAS only; True: the engine without the
+                probe (tests).
         """
+        self.int8_gemm = intgemm.exact() if int8_gemm is None else bool(int8_gemm)
         self.blas_threads = blas_threads
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._pool: ThreadPoolExecutor | None = None
@@ -202,8 +208,13 @@ class Simulator:
             for item in items:
                 fn(item)
             return
-        for _ in self._pool.map(fn, items):  # re-raises a worker's exception here
-            pass
+        # the calling thread takes the first item: one hand-off fewer per instruction
+        futures = [self._pool.submit(fn, item) for item in items[1:]]
+        try:
+            fn(items[0])
+        finally:
+            for f in futures:
+                f.result()  # re-raises a worker's exception here
 
     def _workers(self) -> None:
         """Start the worker threads on first use; they live as long as the simulator.

@@ -1,0 +1,186 @@
+"""Convolutions of 8-bit activations on the int8 GEMM engine (`intgemm`).
+
+Per frame, the [C, H, W] input is copied once into a padded channels-last uint8 buffer
+(int8 `x` as `x + 128`, the border as the zero point, so a padded element counts as 0).
+The output channels are cut into *blocks*: a dense conv is one block; grouped and
+depthwise convs join consecutive groups into blocks of up to `BLOCK_CHANNELS` output
+channels whose weight is block-diagonal (zeros between groups add exact zeros: wasted
+MACs, which the int8 kernels run faster than numpy runs the useful ones). Each block
+copies its windows into the [OH·OW, kh·kw·C_block] patch matrix (a dense 1x1 stride-1 conv
+reads the buffer itself), makes one engine call for the int32 sums `[OH·OW, N_block]`,
+requantizes them (§3: float64 where `Requant.float_ok` holds, int64 for the other
+channels) and writes them transposed into the [N, OH, OW] output.
+
+It all runs on the calling thread, with single-threaded engine sessions: splitting a conv
+over two worker threads measured no faster on the 2-core build machine (the requantization's
+short numpy calls wait on each other for the GIL), and often slower (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from targets.npusim import plans as P
+from targets.npusim.intgemm import ZERO_POINT, IntGemm
+
+REQUANT_BYTES = 1 << 18  # float64 scratch of one requant block: within a core's L2
+HALF = np.float64(0.5)
+BLOCK_CHANNELS = 32  # output channels of a grouped conv's block-diagonal GEMM (measured)
+
+
+def groups_per_block(groups: int, out_per_group: int) -> int:
+    """Consecutive groups joined into one GEMM (at least one).
+
+    The largest divisor of `groups` whose blocks hold at most `BLOCK_CHANNELS` outputs.
+    """
+    fits = [d for d in range(1, groups + 1)
+            if groups % d == 0 and d * out_per_group <= BLOCK_CHANNELS]
+    return max(fits, default=1)
+
+
+def block_weights(w: np.ndarray, groups: int, per_block: int) -> list[np.ndarray]:
+    """Each block's int8 `[kh·kw·Cin_block, N_block]` GEMM weight, block-diagonal by group.
+
+    K runs over (kh, kw, input channel) like the channels-last windows.
+    """
+    n, cin_g, kh, kw = w.shape
+    n_g = n // groups
+    out = []
+    for first in range(0, groups, per_block):
+        b = np.zeros((kh, kw, per_block * cin_g, per_block * n_g), np.int8)
+        for u in range(per_block):
+            g = first + u
+            b[:, :, u * cin_g:(u + 1) * cin_g, u * n_g:(u + 1) * n_g] = \
+                w[g * n_g:(g + 1) * n_g].transpose(2, 3, 1, 0)
+        out.append(b.reshape(kh * kw * per_block * cin_g, per_block * n_g))
+    return out
+
+
+class IntConv:
+    """One conv instruction's engine sessions and buffers (made at load).
+
+    Args:
+        sim: The simulator (its workspace).
+        x_shape: The ifm's [C, H, W].
+        x_dtype: int8 or uint8.
+        y_dtype: The ofm's type.
+        w: int8 weights [N, C / groups, kh, kw].
+        groups: The conv's groups (C for depthwise).
+        geometry: (stride, pads (top, left, bottom, right), dilation, (OH, OW)).
+        requant: The per-channel §3 constants, shaped [N] (`Requant.make(..., trailing=0)`).
+    """
+
+    def __init__(self, sim: Any, x_shape: tuple[int, ...], x_dtype: np.dtype,
+                 y_dtype: np.dtype, w: np.ndarray, groups: int, geometry: tuple,
+                 requant: P.Requant) -> None:
+        stride, pads, dilation, out_hw = geometry
+        c, h, wd = x_shape
+        n, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+        per_block = groups_per_block(groups, n // groups)
+        weights = block_weights(w, groups, per_block)
+        blocks, (k, nb) = len(weights), weights[0].shape
+        cb, m = c // blocks, out_hw[0] * out_hw[1]
+        self.zero_point = ZERO_POINT[np.dtype(x_dtype)]
+        self.pads, self.hw, self.nb = pads, (h, wd), nb
+        hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
+        self.hwc = sim.workspace.request("int_hwc", (hp, wp, c), np.uint8)
+        self.direct = (blocks == 1 and (kh, kw) == (1, 1) and tuple(stride) == (1, 1)
+                       and not any(pads))
+        self.patches = None if self.direct else sim.workspace.request(
+            "int_patches", (m, k), np.uint8)  # blocks run one after another
+        self.window = ((blocks, out_hw[0], out_hw[1], kh, kw, cb),
+                       (cb, stride[0] * wp * c, stride[1] * c, dilation[0] * wp * c,
+                        dilation[1] * c, 1))
+        self.acc = sim.workspace.request("int_acc", (m, nb), np.int32)
+        self.requant = requant
+        self.exact_cols = [np.flatnonzero(~requant.float_ok[i * nb:(i + 1) * nb])
+                           for i in range(blocks)]  # channels the float64 form misses
+        self.rq_rows = min(m, max(8, REQUANT_BYTES // (8 * nb)))
+        self.gemms = [IntGemm(b, m, self.zero_point, 1) for b in weights]
+        self.scratch = sim.workspace.request("int_rq", (self.rq_rows, nb), np.float64)
+        self.q = sim.workspace.request("int_q", (self.rq_rows, nb), y_dtype)
+
+    def run(self, x: np.ndarray, y: np.ndarray) -> None:
+        """`y` [N, OH, OW] (the output's type) from `x` [C, H, W] (int8 or uint8)."""
+        self._fill(x)
+        y2 = y.reshape(y.shape[0], -1)
+        for block in range(len(self.gemms)):
+            self._block(block, y2)
+
+    def _fill(self, x: np.ndarray) -> None:
+        """`x` into the padded channels-last buffer, border included (the memory is shared)."""
+        buf = self.hwc()
+        top, left, bottom, right = self.pads
+        h, w = self.hw
+        zp = self.zero_point
+        if top:
+            buf[:top] = zp
+        if bottom:
+            buf[top + h:] = zp
+        rows = buf[top:top + h]
+        if left:
+            rows[:, :left] = zp
+        if right:
+            rows[:, left + w:] = zp
+        src = x.transpose(1, 2, 0)
+        interior = rows[:, left:left + w]
+        if zp:  # int8 x as the uint8 x + 128: the bit pattern with its sign bit flipped
+            np.bitwise_xor(src.view(np.uint8), np.uint8(0x80), out=interior)
+        else:
+            np.copyto(interior, src)
+
+    def _block(self, block: int, y2: np.ndarray) -> None:
+        """One block of output channels: windows, one GEMM, requantization."""
+        if self.direct:
+            a = self.hwc().reshape(-1, self.hwc.shape[2])
+        else:
+            shape, strides = self.window
+            view = as_strided(self.hwc(), shape, strides, writeable=False)[block]
+            a = self.patches()
+            np.copyto(a.reshape(shape[1:]), view)
+        acc = self.gemms[block](a, self.acc())
+        n0, m = block * self.nb, acc.shape[0]
+        scratch, q = self.scratch(), self.q()
+        for a0 in range(0, m, self.rq_rows):
+            a1 = min(a0 + self.rq_rows, m)
+            self._requant(acc[a0:a1], scratch[:a1 - a0], q[:a1 - a0], n0,
+                          self.exact_cols[block])
+            np.copyto(y2[n0:n0 + self.nb, a0:a1].T, q[:a1 - a0])
+
+    def _requant(self, src: np.ndarray, scratch: np.ndarray, dst: np.ndarray, n0: int,
+                 exact_cols: np.ndarray) -> None:
+        """§3 of int32 sums `src` [rows, N_block] (channels from `n0`) into contiguous `dst`.
+
+        The float64 form for every channel, then the int64 formula again for `exact_cols`
+        (block-relative), the channels where the float form is not proven (`Requant`).
+        Contiguous: a strided store through the float-to-int cast measured 5x slower than
+        requantizing here and then transposing the bytes.
+        """
+        rq, ch = self.requant, slice(n0, n0 + self.nb)
+        if len(exact_cols) == self.nb:
+            _requant_int64(rq, src, scratch.view(np.int64), dst, ch)
+            return
+        f = scratch
+        np.add(src, rq.bias_f[ch], out=f)
+        np.multiply(f, rq.mult_f[ch], out=f)
+        np.add(f, HALF, out=f)
+        np.floor(f, out=f)
+        np.clip(f, rq.lo, rq.hi, out=dst, casting="unsafe")
+        if len(exact_cols):
+            cols = exact_cols + n0
+            v = src[:, exact_cols].astype(np.int64)
+            _requant_int64(rq, v, v, (part := np.empty(v.shape, dst.dtype)), cols)
+            dst[:, exact_cols] = part
+
+
+def _requant_int64(rq: P.Requant, src: np.ndarray, v: np.ndarray, dst: np.ndarray,
+                   ch: slice | np.ndarray) -> None:
+    """§3's int64 formula over channels `ch` of `rq` (the last axis); `v` int64 scratch."""
+    np.add(src, rq.bias[ch], out=v)
+    np.multiply(v, rq.m0[ch], out=v)
+    np.add(v, rq.rnd[ch], out=v)
+    np.right_shift(v, rq.shift[ch], out=v)
+    np.clip(v, rq.lo, rq.hi, out=dst, casting="unsafe")
