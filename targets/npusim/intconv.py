@@ -3,9 +3,9 @@
 Per frame, the [C, H, W] input is copied once into a padded channels-last uint8 buffer
 (int8 `x` as `x + 128`, the border as the zero point, so a padded element counts as 0).
 The output channels are cut into *blocks*: a dense conv is one block; grouped and
-depthwise convs join consecutive groups into blocks of up to `BLOCK_CHANNELS` output
-channels whose weight is block-diagonal (zeros between groups add exact zeros: wasted
-MACs, which the int8 kernels run faster than numpy runs the useful ones). Each block
+depthwise convs join consecutive groups into blocks whose weight is block-diagonal (zeros
+between groups add exact zeros: wasted MACs, which the int8 kernels run faster than numpy
+runs the useful ones), as many as `block_channels` weighs against the cost of a call. Each block
 copies its windows into the [OH·OW, kh·kw·C_block] patch matrix (a dense 1x1 stride-1 conv
 reads the buffer itself), makes one engine call for the int32 sums `[OH·OW, N_block]`,
 requantizes them (§3: float64 where `Requant.float_ok` holds, int64 for the other
@@ -28,16 +28,29 @@ from targets.npusim.intgemm import ZERO_POINT, IntGemm
 
 REQUANT_BYTES = 1 << 18  # float64 scratch of one requant block: within a core's L2
 HALF = np.float64(0.5)
-BLOCK_CHANNELS = 32  # output channels of a grouped conv's block-diagonal GEMM (measured)
+CALL_MACS = 2e7
+"""One engine call's fixed cost (≈ 40 µs with its numpy calls, measured on the build
+machine) in MACs of the int8 kernels (≈ 500 GMAC/s there)."""
+MIN_BLOCK, MAX_BLOCK = 16, 256
 
 
-def groups_per_block(groups: int, out_per_group: int) -> int:
+def block_channels(m: int, taps: int) -> int:
+    """Output channels per block-diagonal GEMM of a grouped conv of `m` outputs per channel.
+
+    Blocks of `nb` channels cost `C/nb` calls and `m·taps·C·nb` MACs (most of them zeros):
+    their sum is least at `nb = sqrt(CALL_MACS / (m·taps))`, e.g. 27 channels for 3x3 at
+    56x56 and 128 for 5x5 at 7x7 (clamped to [16, 256]).
+    """
+    return int(np.clip(np.sqrt(CALL_MACS / max(1, m * taps)), MIN_BLOCK, MAX_BLOCK))
+
+
+def groups_per_block(groups: int, out_per_group: int, channels: int) -> int:
     """Consecutive groups joined into one GEMM (at least one).
 
-    The largest divisor of `groups` whose blocks hold at most `BLOCK_CHANNELS` outputs.
+    The largest divisor of `groups` whose blocks hold at most `channels` outputs.
     """
     fits = [d for d in range(1, groups + 1)
-            if groups % d == 0 and d * out_per_group <= BLOCK_CHANNELS]
+            if groups % d == 0 and d * out_per_group <= channels]
     return max(fits, default=1)
 
 
@@ -79,7 +92,8 @@ class IntConv:
         stride, pads, dilation, out_hw = geometry
         c, h, wd = x_shape
         n, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-        per_block = groups_per_block(groups, n // groups)
+        per_block = groups_per_block(groups, n // groups,
+                                     block_channels(out_hw[0] * out_hw[1], kh * kw))
         weights = block_weights(w, groups, per_block)
         blocks, (k, nb) = len(weights), weights[0].shape
         cb, m = c // blocks, out_hw[0] * out_hw[1]
@@ -164,7 +178,8 @@ class IntConv:
             _requant_int64(rq, src, scratch.view(np.int64), dst, ch)
             return
         f = scratch
-        np.add(src, rq.bias_f[ch], out=f)
+        f[...] = src  # the int32 -> float64 cast alone, then the add: 2x faster than both in one
+        np.add(f, rq.bias_f[ch], out=f)
         np.multiply(f, rq.mult_f[ch], out=f)
         np.add(f, HALF, out=f)
         np.floor(f, out=f)

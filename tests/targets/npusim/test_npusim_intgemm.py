@@ -19,7 +19,7 @@ from passes.quantize.api import quantize_model
 from targets.npusim import build_binary, intgemm, verify
 from targets.npusim import kernels as K
 from targets.npusim import plans as P
-from targets.npusim.intconv import IntConv, block_weights, groups_per_block
+from targets.npusim.intconv import IntConv, block_channels, block_weights, groups_per_block
 from targets.npusim.simulate import Simulator
 from targets.npusim.testing import op_zoo_model, random_inputs
 
@@ -73,7 +73,13 @@ def test_int_gemm_equals_int64(m, k, n, zp):
 @pytest.mark.parametrize("groups,per_group,want", [(1, 64, 1), (8, 2, 8), (144, 1, 24),
                                                    (7, 5, 1), (40, 1, 20), (4, 48, 1)])
 def test_groups_per_block(groups, per_group, want):
-    assert groups_per_block(groups, per_group) == want
+    assert groups_per_block(groups, per_group, 32) == want
+
+
+def test_block_channels_trade_calls_against_wasted_macs():
+    assert block_channels(56 * 56, 9) == 26  # sqrt(2e7 / 28224)
+    assert block_channels(7 * 7, 25) == 127
+    assert block_channels(112 * 112, 25) == 16 and block_channels(1, 1) == 256
 
 
 def test_block_weights_are_block_diagonal():
