@@ -6,6 +6,9 @@ closure over its views and prepared constants (float32 weight copies, exact K sp
 preallocated scratch: `plans.py`); running a frame is then a loop over closures. Batches run
 frame by frame; within an instruction, independent blocks of output channels run on
 `threads` worker threads (numpy and BLAS release the GIL), each BLAS call single-threaded.
+Convolutions of 8-bit activations run on onnxruntime's int8 GEMM kernels instead of float
+BLAS where a probe proves them exact on this machine (`intgemm`, `intconv`), on the calling
+thread.
 """
 
 from __future__ import annotations
