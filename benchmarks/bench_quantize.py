@@ -2,7 +2,8 @@
 
 npuc runs as the user runs it: `python -m compiler.cli quantize MODEL -o DIR --calib FILE
 --json` with the CLI's default options (calibrator `mse`; `--calibrators default,max` adds a
-`--calibrator max` row). onnxruntime runs `quantize_static` with MinMax, per-channel weights,
+`--calibrator max` row; a `+nobc` suffix adds `--no-bias-correction`). onnxruntime runs
+`quantize_static` with MinMax, per-channel weights,
 QDQ, int8 activations and weights. Both read the same model (zoo ResNet-50 at 224, seeded
 weights) and the same calibration images (the first N crops of the bundled `photos` dataset,
 repeated when N is larger; `benchmarks/scale_curves.py` varies them).
@@ -198,8 +199,7 @@ def compare(model: Path, calib: Path, work: Path, repeat: int,
     runs: dict[str, list[dict]] = {key: [] for key, _, _ in configs} | {"ort": []}
     for _ in range(repeat):
         for key, c, root in configs:
-            extra = [] if c == "default" else ["--calibrator", c]
-            runs[key].append(run_npuc_cli(model, calib, work / f"npuc-{c}", extra, root))
+            runs[key].append(run_npuc_cli(model, calib, work / f"npuc-{c}", npuc_flags(c), root))
         runs["ort"].append(run_ort_process(model, calib, work / "ort"))
     ort = best(runs["ort"])
     rows = {}
@@ -209,6 +209,15 @@ def compare(model: Path, calib: Path, work: Path, repeat: int,
                    "ratio_work": ours["work_s"] / ort["work_s"],
                    "ratio_rss": ours["peak_rss_mb"] / ort["peak_rss_mb"]}
     return {"npuc": rows, "onnxruntime": ort}
+
+
+def npuc_flags(config: str) -> list[str]:
+    """A row's CLI flags: 'default' or a calibrator name, '+nobc' adds --no-bias-correction."""
+    calibrator, _, suffix = config.partition("+")
+    if suffix not in ("", "nobc"):
+        raise SystemExit(f"unknown row suffix {suffix!r} in {config!r} (valid: +nobc)")
+    flags = [] if calibrator == "default" else ["--calibrator", calibrator]
+    return flags + (["--no-bias-correction"] if suffix else [])
 
 
 def load_average() -> str:
@@ -226,8 +235,8 @@ def print_report(report: dict) -> None:
     print(f"  {'onnxruntime quantize_static':26s} {ort['process_s']:9.2f} {ort['work_s']:7.2f} "
           f"{ort['peak_rss_mb']:8.1f}   {ort['process_s_all']}")
     for c, r in report["npuc"].items():
-        calibrator, _, where = c.partition("@")
-        name = "npuc quantize" + ("" if calibrator == "default" else f" --calibrator {calibrator}")
+        config, _, where = c.partition("@")
+        name = " ".join(["npuc quantize", *npuc_flags(config)])
         name += f" ({where})" if where else ""
         print(f"  {name:26s} {r['process_s']:9.2f} {r['work_s']:7.2f} {r['peak_rss_mb']:8.1f}"
               f"   {r['process_s_all']}")
@@ -247,7 +256,8 @@ def main() -> None:
     parser.add_argument("--calib", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--calibrators", default="default,max",
-                        help="npuc rows: 'default' (the CLI's) and/or calibrator names")
+                        help="npuc rows: 'default' (the CLI's) and/or calibrator names, each "
+                        "optionally with '+nobc' (--no-bias-correction)")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
                         help="also run npuc from this checkout (before/after in one run)")
     parser.add_argument("--json", action="store_true")

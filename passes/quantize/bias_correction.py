@@ -6,10 +6,11 @@ with constant weights, this module estimates E[(W_q - W)·x] per output channel 
 calibration data, with x the layer's input in the *float* model, and subtracts it from the
 bias (creating a bias when the layer has none).
 
-The estimate streams: a probe copy of the float model computes, next to every layer, the
-same layer applied to its input with weights W_q - W and no bias, reduced to its mean per
-output channel; onnxruntime runs the probe batch by batch and only those per-channel means
-are accumulated.
+The estimate streams: one forward of the float model fetches the layers' inputs batch by
+batch, and since the layers are linear, E[(W_q - W)·x] is (W_q - W) applied to the mean of
+what each weight tap reads (`_tap_means`): per layer input only its sum over samples is
+kept. No error branch runs (an earlier version ran every layer a second time with
+W_q - W in onnxruntime: twice the MACs and a second copy of the weights).
 """
 
 from __future__ import annotations
@@ -24,14 +25,12 @@ import onnx_graphsurgeon as gs
 from compiler.core.errors import ConfigError, GraphError
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model, static_shape
-from compiler.core.numerics import run, session
-from passes.quantize.calibrate import iter_batches
+from passes.quantize.calibrate import fit_batch, stream_tensors
 from passes.recon import split_layers
 
 log = logging.getLogger(__name__)
 
 WEIGHT_MAX = 127
-PROBE_SUFFIX = "__bias_error"
 WeightQuantizer = Callable[[np.ndarray], np.ndarray]
 
 
@@ -95,8 +94,9 @@ def correct_bias_with_report(float_model: Model,
     out = float_model.copy()
     layers, skipped = eligible_layers(out, only)
     quantized = quantized or {}
-    deltas = {n.name: _delta(n, quantize_weight, quantized.get(n.name)) for n in layers}
-    means = _mean_errors(float_model, layers, deltas, feeds, batch_size)
+    means = _mean_errors(float_model, layers,
+                         lambda n: _delta(n, quantize_weight, quantized.get(n.name)),
+                         feeds, batch_size)
     report = _subtract_all(out, layers, means)
     log.info("bias correction: %d layers corrected, %d skipped", len(report["corrected"]),
              len(skipped))
@@ -200,55 +200,100 @@ def _delta(node: gs.Node, quantize_weight: WeightQuantizer,
     return (delta.T if transposed else delta).astype(np.float32)
 
 
-def _mean_errors(model: Model, layers: list[gs.Node], deltas: dict[str, np.ndarray],
-                 feeds: Feeds, batch_size: int) -> dict[str, np.ndarray]:
+def _mean_errors(model: Model, layers: list[gs.Node],
+                 delta: Callable[[gs.Node], np.ndarray], feeds: Feeds, batch_size: int,
+                 ) -> dict[str, np.ndarray]:
+    """E[op(x, W_q - W)] per output channel, from one forward that fetches the layers' inputs.
+
+    The mean of a linear op's output is the op applied to the mean of what each weight tap
+    reads (`_tap_means`), so no error branch runs: a Conv's mean error is
+    Σ ΔW[o, c, k]·M[c, k] with M[c, k] the mean, over samples and output positions, of the
+    input element tap k reads (0 in the padding), a Gemm's is ΔW·E[x]. Both are linear in
+    the input, so only each input's sum over samples is kept while streaming.
+    """
     if not layers:
         return {}
-    probe, names = _probe(model, [n.name for n in layers], deltas)
-    sess = session(probe)
-    sums = {n: 0.0 for n in names}
-    total = 0
-    for batch in iter_batches(model, feeds, batch_size):
-        count = len(next(iter(batch.values())))
-        values = run(sess, batch)
-        for layer, output in names.items():
-            sums[layer] = sums[layer] + np.asarray(values[output], np.float64) * count
-        total += count
-    return {n: sums[n] / total for n in names}
+    inputs = {n.name: n.inputs[0].name for n in layers}
+    names = list(dict.fromkeys(inputs.values()))
+    sums: dict[str, np.ndarray] = {}
+    samples = dict.fromkeys(names, 0)
+    for batch in stream_tensors(model, feeds, names, fit_batch(model, names, batch_size)):
+        for name in names:
+            x = batch.get(name)
+            if x is None:  # a constant input is yielded with the first batch only
+                continue
+            x = np.asarray(x)
+            acc = sums.setdefault(name, np.zeros(x.shape[1:]))
+            for sample in x:  # in place, sample by sample: no float64 copy of the batch
+                np.add(acc, sample, out=acc)
+            samples[name] += x.shape[0]
+        del batch  # one batch of activations alive at a time
+    # each layer's W_q - W is made here, one at a time: not a second copy of all weights
+    return {n.name: _contract(n, delta(n),
+                              _tap_means(n, sums[inputs[n.name]], samples[inputs[n.name]]))
+            for n in layers}
 
 
-def _probe(model: Model, layer_names: list[str],
-           deltas: dict[str, np.ndarray]) -> tuple[Model, dict[str, str]]:
-    """A copy of `model` with, per layer, an extra output: mean per channel of op(x, W_q - W)."""
-    probe = model.copy()
-    probe.graph.outputs = []  # only the means are fetched; unneeded nodes are dropped
-    by_name = {n.name: n for n in probe.nodes}
-    names = {}
-    for name in layer_names:
-        node = by_name[name]
-        names[name] = _add_error_branch(probe, node, deltas[name])
-    return probe, names
+def _tap_means(node: gs.Node, total: np.ndarray, samples: int) -> np.ndarray:
+    """The mean input each weight tap reads, from the input's sum over `samples` samples.
+
+    Conv: [C, k1, ..., kd], the mean over samples and output positions of the input element
+    tap (k1, ..., kd) reads (0 in the padding); each spatial axis maps through a 0/1 matrix
+    of the rows a tap reads. Gemm: [K], the mean over samples.
+    """
+    if node.op != "Conv":
+        return total.reshape(-1) / max(samples, 1)
+    w = np.asarray(node.inputs[1].values)
+    kernel, spatial = w.shape[2:], total.shape[1:]
+    strides = node.attrs.get("strides") or [1] * len(kernel)
+    dilations = node.attrs.get("dilations") or [1] * len(kernel)
+    begins, outs = _conv_geometry(node, spatial, kernel, strides, dilations)
+    positions = samples
+    for axis, (size, k, s, d, begin, out) in enumerate(
+            zip(spatial, kernel, strides, dilations, begins, outs, strict=True)):
+        reads = np.zeros((k, size))
+        for tap in range(k):
+            rows = np.arange(out) * s + tap * d - begin
+            reads[tap, rows[(rows >= 0) & (rows < size)]] = 1.0
+        total = np.moveaxis(np.tensordot(total, reads, axes=([1 + axis], [1])), -1, 1 + axis)
+        positions *= out
+    return total / max(positions, 1)
 
 
-def _add_error_branch(probe: Model, node: gs.Node, delta: np.ndarray) -> str:
-    weight = gs.Constant(f"{node.name}{PROBE_SUFFIX}_dw", delta)
-    raw = gs.Variable(f"{node.name}{PROBE_SUFFIX}_raw", dtype=np.float32)
-    attrs = {k: v for k, v in node.attrs.items() if k != "beta"}
-    branch = gs.Node(node.op, f"{node.name}{PROBE_SUFFIX}_op", attrs,
-                     inputs=[node.inputs[0], weight], outputs=[raw])
-    rank = len(node.outputs[0].shape)
-    axes = [a for a in range(rank) if a != (1 if node.op == "Conv" else rank - 1)]
-    mean = gs.Variable(f"{node.name}{PROBE_SUFFIX}", dtype=np.float32)
-    inputs, attrs = [raw], {"keepdims": 0}
-    if probe.opset >= 18:
-        inputs.append(gs.Constant(f"{node.name}{PROBE_SUFFIX}_axes", np.array(axes, np.int64)))
-    else:
-        attrs["axes"] = axes
-    reduce = gs.Node("ReduceMean", f"{node.name}{PROBE_SUFFIX}_mean", attrs, inputs=inputs,
-                     outputs=[mean])
-    probe.graph.nodes.extend([branch, reduce])
-    probe.graph.outputs.append(mean)
-    return mean.name
+def _conv_geometry(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...],
+                   strides: list[int], dilations: list[int],
+                   ) -> tuple[list[int], list[int]]:
+    """Leading pads and output sizes per spatial axis (explicit pads or auto_pad)."""
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    n = len(kernel)
+    pads = list(node.attrs.get("pads") or [0] * 2 * n)
+    begins, outs = [], []
+    for i in range(n):
+        span = (kernel[i] - 1) * dilations[i] + 1
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            out = -(-spatial[i] // strides[i])
+            total = max(0, (out - 1) * strides[i] + span - spatial[i])
+            begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
+        else:
+            begin, end = (0, 0) if auto == "VALID" else (pads[i], pads[i + n])
+            out = (spatial[i] + begin + end - span) // strides[i] + 1
+        begins.append(int(begin))
+        outs.append(int(out))
+    return begins, outs
+
+
+def _contract(node: gs.Node, delta: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """The mean error per output channel from a layer's ΔW and its tap means (`_tap_means`)."""
+    d = np.asarray(delta, np.float64)
+    if node.op == "Gemm":
+        alpha = float(node.attrs.get("alpha", 1.0))
+        return alpha * (d @ means if node.attrs.get("transB", 0) else means @ d)
+    groups = int(node.attrs.get("group", 1))
+    out_g, cin_g = d.shape[0] // groups, d.shape[1]
+    taps = means.reshape(groups, cin_g, -1)
+    return np.concatenate([d[g * out_g:(g + 1) * out_g].reshape(out_g, -1)
+                           @ taps[g].reshape(-1) for g in range(groups)])
 
 
 def _subtract_bias(model: Model, node: gs.Node, mean_error: np.ndarray) -> None:

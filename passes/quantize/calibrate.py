@@ -174,7 +174,7 @@ def collect_states(model: Model, feeds: Any, tensors: list[str], method: str = "
     states = {name: new_state(method, **opts) for name in dict.fromkeys(tensors)}
     consts = _classify(model, list(states))[0]
     spreads = {name: Spread() for name in states if name not in consts}
-    batch_size = _fit_batch(model, list(states), batch_size)
+    batch_size = fit_batch(model, list(states), batch_size)
     batches = stream_tensors(model, feeds, list(states), batch_size)
     for step, batch in enumerate(track(batches, f"calibrate ({method}, batches)")):
         with timed("calibrate.statistics"):
@@ -271,7 +271,7 @@ def tap_outputs(model: Model, names: list[str]) -> Model:
     return tapped
 
 
-def _fit_batch(model: Model, names: list[str], batch_size: int) -> int:
+def fit_batch(model: Model, names: list[str], batch_size: int) -> int:
     """`batch_size` lowered so one batch of the (statically shaped) tensors fits the budget."""
     known = model.graph.tensors()
     per_sample = 0

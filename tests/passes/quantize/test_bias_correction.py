@@ -131,3 +131,53 @@ def test_requires_data_and_rejects_bad_quantizer():
         correct_bias(m, fake_quant_weight)
     with pytest.raises(GraphError, match="returned shape"):
         correct_bias(m, lambda w: w.ravel(), data(7, 4))
+
+
+def geometry_net():
+    """Convs of every geometry the tap means must follow, and both Gemm layouts."""
+    b = GraphBuilder("bc_geometry", 9)
+    rng = b.rng
+    x = b.input("x", ["N", 4, 13, 11])
+    h = b.relu(b.node("Conv", [x, b.const(he_normal(rng, (8, 4, 3, 3)), "s2.w")], name="s2",
+                      strides=[2, 1], pads=[0, 1, 2, 2]))
+    h = b.relu(b.node("Conv", [h, b.const(he_normal(rng, (8, 2, 3, 3)), "g4.w")], name="g4",
+                      group=4, dilations=[2, 2], pads=[2, 2, 2, 2]))
+    h = b.relu(b.node("Conv", [h, b.const(he_normal(rng, (6, 8, 4, 2)), "same.w")],
+                      name="same", auto_pad="SAME_UPPER", strides=[2, 2]))
+    h = b.relu(b.node("Conv", [h, b.const(he_normal(rng, (6, 6, 2, 2)), "lower.w")],
+                      name="lower", auto_pad="SAME_LOWER", strides=[3, 1]))
+    flat = b.flatten(b.global_avgpool(h))
+    g1 = b.node("Gemm", [flat, b.const(he_normal(rng, (5, 6)), "t.w")], name="t", transB=1,
+                alpha=0.5)
+    b.output(b.node("Gemm", [g1, b.const(he_normal(rng, (5, 3)), "n.w"),
+                             b.const(np.ones(3, np.float32), "n.b")], name="n"))
+    return load_model(b.build())
+
+
+def test_tap_means_equal_the_error_branch_in_onnxruntime():
+    """The shift equals onnxruntime running each layer on its float input with W_q - W."""
+    from onnx import helper
+
+    from passes.quantize.calibrate import tap_outputs
+
+    m = geometry_net()
+    x = (np.random.default_rng(3).uniform(0, 1, (6, 4, 13, 11)) + 0.3).astype(np.float32)
+    _, report = correct_bias_with_report(m, fake_quant4, x)
+    layers = {n.name: n for n in m.nodes if n.op in ("Conv", "Gemm")}
+    assert sorted(report["corrected"]) == sorted(layers)
+    inputs = run(tap_outputs(m, [n.inputs[0].name for n in layers.values()]), {"x": x})
+    for name, node in layers.items():
+        w = np.asarray(node.inputs[1].values)
+        t = node.op == "Gemm" and not node.attrs.get("transB", 0)
+        delta = (fake_quant4(w.T.copy()).T if t else fake_quant4(w)) - w
+        attrs = {k: v for k, v in node.attrs.items() if k != "beta"}
+        one = helper.make_model(helper.make_graph(
+            [helper.make_node(node.op, ["a", "d"], ["y"], **attrs)], "one",
+            [helper.make_tensor_value_info("a", 1, None)],
+            [helper.make_tensor_value_info("y", 1, None)],
+            [helper.make_tensor("d", 1, delta.shape, delta.astype(np.float32).ravel())]),
+            opset_imports=[helper.make_opsetid("", 13)])
+        y = run(one, {"a": inputs[node.inputs[0].name]})["y"].astype(np.float64)
+        want = y.mean(axis=0) if node.op == "Gemm" else y.mean(axis=(0, 2, 3))
+        np.testing.assert_allclose(report["shifts"][name], want, rtol=1e-5, atol=1e-6)
+        assert np.abs(want).max() > 1e-4
