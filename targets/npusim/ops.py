@@ -42,7 +42,7 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     w = _blob(sim, ins.weights)
     out_hw = _out_hw(sim, ins)
     m = out_hw[0] * out_hw[1]
-    if _on_engine(sim, x, w):
+    if _on_engine(sim, x, y, w):
         return _int8_conv(sim, ins, x, y, w, out_hw, ins.group)
     patches = P.Patches(sim.workspace, x.shape[1:], x.dtype, tuple(w.shape[2:]), ins.stride,
                         ins.pads, ins.dilation, out_hw, w.dtype)
@@ -61,9 +61,13 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     return step
 
 
-def _on_engine(sim: Any, x: np.ndarray, w: np.ndarray) -> bool:
-    """Whether a conv runs on the int8 GEMM engine: 8-bit input, int8 weights, engine on."""
-    return bool(sim.int8_gemm) and x.dtype.itemsize == 1 and w.dtype == np.int8
+def _on_engine(sim: Any, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> bool:
+    """Whether a conv runs on the int8 GEMM engine: 8-bit input, int8 weights, engine on.
+
+    Empty tensors stay on the numpy path (nothing to bind).
+    """
+    return (bool(sim.int8_gemm) and x.dtype.itemsize == 1 and w.dtype == np.int8
+            and min(x.size, y.size, w.size) > 0)
 
 
 def _int8_conv(sim: Any, ins: isa.Conv, x: np.ndarray, y: np.ndarray, w: np.ndarray,
@@ -104,7 +108,7 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
     kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
-    if _on_engine(sim, x, w):
+    if _on_engine(sim, x, y, w):
         return _int8_conv(sim, ins, x, y, w, out_hw, x.shape[1])
     taps, m = kernel[0] * kernel[1], out_hw[0] * out_hw[1]
     dtype = K.depthwise_dtype(kernel, x.dtype, w.dtype)
