@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from compiler.core.errors import TargetError
 from compiler.core.numerics import ort_session, session_options
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class IntGemm:
             m, k, n = self.shape
             if a.shape != (m, k) or out.shape != (m, n) or not (
                     a.flags.c_contiguous and out.flags.c_contiguous):
-                raise ValueError(f"IntGemm {self.shape}: got A {a.shape}, out {out.shape}")
+                raise TargetError(f"int8 GEMM {self.shape}: got A {a.shape}, out {out.shape}")
             io = self.session.io_binding()
             io.bind_input("a", "cpu", 0, np.uint8, [m, k], key[0])
             io.bind_output("y", "cpu", 0, np.int32, [m, n], key[1])

@@ -101,10 +101,10 @@ class Simulator:
             blas_threads: BLAS threads per GEMM call (None: leave the library's setting).
             threads: Worker threads per instruction (None: one per available core, at most
                 `MAX_THREADS`).
-            int8_gemm: Run dense 8-bit convolutions on onnxruntime's int8 GEMM kernels
-                (`intgemm`). None: where a probe proves them exact on this machine
-                (`intgemm.exact`); False: float BLAS only; True: the engine without the
-                probe (tests).
+            int8_gemm: Run 8-bit convolutions (dense, grouped, depthwise) on onnxruntime's
+                int8 GEMM kernels (`intgemm`, `intconv`). None: where a probe proves them
+                exact on this machine (`intgemm.exact`); False: float BLAS only; True: the
+                engine without the probe (tests).
         """
         self.int8_gemm = intgemm.exact() if int8_gemm is None else bool(int8_gemm)
         self.blas_threads = blas_threads
