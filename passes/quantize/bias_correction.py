@@ -206,51 +206,69 @@ def _mean_errors(model: Model, layers: list[gs.Node],
     """E[op(x, W_q - W)] per output channel, from one forward that fetches the layers' inputs.
 
     The mean of a linear op's output is the op applied to the mean of what each weight tap
-    reads (`_tap_means`), so no error branch runs: a Conv's mean error is
-    Σ ΔW[o, c, k]·M[c, k] with M[c, k] the mean, over samples and output positions, of the
-    input element tap k reads (0 in the padding), a Gemm's is ΔW·E[x]. Both are linear in
-    the input, so only each input's sum over samples is kept while streaming.
+    reads, so no error branch runs: a Conv's mean error is Σ ΔW[o, c, k]·M[c, k] with
+    M[c, k] the mean, over samples and output positions, of the input element tap k reads
+    (0 in the padding), a Gemm's is ΔW·E[x]. While streaming, each layer keeps its input
+    summed over samples and, for a Conv, over the rows each tap of the first spatial axis
+    reads ([C, k1, W, ...]: small, whatever the number of samples); the other axes follow
+    at the end (`_tap_means`).
     """
     if not layers:
         return {}
-    inputs = {n.name: n.inputs[0].name for n in layers}
-    names = list(dict.fromkeys(inputs.values()))
+    names = list(dict.fromkeys(n.inputs[0].name for n in layers))
     sums: dict[str, np.ndarray] = {}
-    samples = dict.fromkeys(names, 0)
+    samples = dict.fromkeys((n.name for n in layers), 0)
+    heights: dict[str, int] = {}  # a Conv input's first spatial size (reduced while streaming)
     for batch in stream_tensors(model, feeds, names, fit_batch(model, names, batch_size)):
-        for name in names:
-            x = batch.get(name)
+        for node in layers:
+            x = batch.get(node.inputs[0].name)
             if x is None:  # a constant input is yielded with the first batch only
                 continue
-            x = np.asarray(x)
-            acc = sums.setdefault(name, np.zeros(x.shape[1:]))
-            for sample in x:  # in place, sample by sample: no float64 copy of the batch
-                np.add(acc, sample, out=acc)
-            samples[name] += x.shape[0]
+            part = _row_sums(node, np.asarray(x))
+            if node.name in sums:
+                np.add(sums[node.name], part, out=sums[node.name])
+            else:
+                sums[node.name] = part
+            samples[node.name] += len(x)
+            heights[node.name] = x.shape[2] if node.op == "Conv" else 0
         del batch  # one batch of activations alive at a time
     # each layer's W_q - W is made here, one at a time: not a second copy of all weights
-    return {n.name: _contract(n, delta(n),
-                              _tap_means(n, sums[inputs[n.name]], samples[inputs[n.name]]))
+    return {n.name: _contract(n, delta(n), _tap_means(n, sums[n.name], samples[n.name],
+                                                      heights[n.name]))
             for n in layers}
 
 
-def _tap_means(node: gs.Node, total: np.ndarray, samples: int) -> np.ndarray:
-    """The mean input each weight tap reads, from the input's sum over `samples` samples.
+def _row_sums(node: gs.Node, x: np.ndarray) -> np.ndarray:
+    """A batch summed over samples; for a Conv also over the rows each first-axis tap reads.
 
+    Conv: [C, k1, rest...] from x [N, C, H, rest...]; Gemm: [K] from x [N, K].
+    """
+    if node.op != "Conv":
+        return x.sum(axis=0, dtype=np.float64)
+    k, s, d, begin, out = _geometry(node, x.shape[2:])[0]
+    size, parts = x.shape[2], []
+    for tap in range(k):
+        first = tap * d - begin  # row read by output position p: p·s + first
+        lo, hi = max(0, -(first // s)), min(out - 1, (size - 1 - first) // s)
+        rows = x[:, :, lo * s + first:hi * s + first + 1:s] if lo <= hi else x[:, :, :0]
+        parts.append(rows.sum(axis=(0, 2), dtype=np.float64))
+    return np.stack(parts, axis=1)
+
+
+def _tap_means(node: gs.Node, total: np.ndarray, samples: int, height: int) -> np.ndarray:
+    """The mean input each weight tap reads, from `_row_sums` summed over `samples` samples.
+
+    `height` is the Conv input's first spatial size (that axis is reduced already).
     Conv: [C, k1, ..., kd], the mean over samples and output positions of the input element
-    tap (k1, ..., kd) reads (0 in the padding); each spatial axis maps through a 0/1 matrix
-    of the rows a tap reads. Gemm: [K], the mean over samples.
+    tap (k1, ..., kd) reads (0 in the padding); each further spatial axis maps through a
+    0/1 matrix of the rows a tap reads. Gemm: [K], the mean over samples.
     """
     if node.op != "Conv":
         return total.reshape(-1) / max(samples, 1)
-    w = np.asarray(node.inputs[1].values)
-    kernel, spatial = w.shape[2:], total.shape[1:]
-    strides = node.attrs.get("strides") or [1] * len(kernel)
-    dilations = node.attrs.get("dilations") or [1] * len(kernel)
-    begins, outs = _conv_geometry(node, spatial, kernel, strides, dilations)
-    positions = samples
-    for axis, (size, k, s, d, begin, out) in enumerate(
-            zip(spatial, kernel, strides, dilations, begins, outs, strict=True)):
+    geometry = _geometry(node, (height, *total.shape[2:]))
+    positions = samples * geometry[0][4]
+    for axis, (k, s, d, begin, out) in enumerate(geometry[1:], start=1):
+        size = total.shape[1 + axis]
         reads = np.zeros((k, size))
         for tap in range(k):
             rows = np.arange(out) * s + tap * d - begin
@@ -258,6 +276,15 @@ def _tap_means(node: gs.Node, total: np.ndarray, samples: int) -> np.ndarray:
         total = np.moveaxis(np.tensordot(total, reads, axes=([1 + axis], [1])), -1, 1 + axis)
         positions *= out
     return total / max(positions, 1)
+
+
+def _geometry(node: gs.Node, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per spatial axis of a Conv's input: (kernel, stride, dilation, leading pad, outputs)."""
+    kernel = np.asarray(node.inputs[1].values).shape[2:]
+    strides = node.attrs.get("strides") or [1] * len(kernel)
+    dilations = node.attrs.get("dilations") or [1] * len(kernel)
+    begins, outs = _conv_geometry(node, spatial, kernel, strides, dilations)
+    return list(zip(kernel, strides, dilations, begins, outs, strict=True))
 
 
 def _conv_geometry(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...],

@@ -154,13 +154,27 @@ def geometry_net():
     return load_model(b.build())
 
 
-def test_tap_means_equal_the_error_branch_in_onnxruntime():
+def conv1d_net():
+    """A 1-D conv (stride 2, asymmetric pads) then a dilated one: the first axis alone."""
+    b = GraphBuilder("bc_conv1d", 4)
+    rng = b.rng
+    x = b.input("x", ["N", 4, 13, 11])
+    seq = b.reshape(x, [-1, 4, 143])
+    h = b.relu(b.node("Conv", [seq, b.const(he_normal(rng, (6, 4, 5)), "a.w")], name="a",
+                      strides=[2], pads=[1, 3]))
+    b.output(b.node("Conv", [h, b.const(he_normal(rng, (5, 6, 3)), "b.w")], name="b",
+                    dilations=[3], pads=[2, 2]))
+    return load_model(b.build())
+
+
+@pytest.mark.parametrize("make", [geometry_net, conv1d_net])
+def test_tap_means_equal_the_error_branch_in_onnxruntime(make):
     """The shift equals onnxruntime running each layer on its float input with W_q - W."""
     from onnx import helper
 
     from passes.quantize.calibrate import tap_outputs
 
-    m = geometry_net()
+    m = make()
     x = (np.random.default_rng(3).uniform(0, 1, (6, 4, 13, 11)) + 0.3).astype(np.float32)
     _, report = correct_bias_with_report(m, fake_quant4, x)
     layers = {n.name: n for n in m.nodes if n.op in ("Conv", "Gemm")}
@@ -178,6 +192,6 @@ def test_tap_means_equal_the_error_branch_in_onnxruntime():
             [helper.make_tensor("d", 1, delta.shape, delta.astype(np.float32).ravel())]),
             opset_imports=[helper.make_opsetid("", 13)])
         y = run(one, {"a": inputs[node.inputs[0].name]})["y"].astype(np.float64)
-        want = y.mean(axis=0) if node.op == "Gemm" else y.mean(axis=(0, 2, 3))
+        want = y.mean(axis=tuple(a for a in range(y.ndim) if a != 1))  # all but channels
         np.testing.assert_allclose(report["shifts"][name], want, rtol=1e-5, atol=1e-6)
         assert np.abs(want).max() > 1e-4
