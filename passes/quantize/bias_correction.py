@@ -9,8 +9,9 @@ bias (creating a bias when the layer has none).
 The estimate streams: one forward of the float model fetches the layers' inputs batch by
 batch, and since the layers are linear, E[(W_q - W)·x] is (W_q - W) applied to the mean of
 what each weight tap reads (`_tap_means`): per layer only its input summed over samples
-and over the rows of the first spatial axis each tap reads is kept. No error branch runs (an earlier version ran every layer a second time with
-W_q - W in onnxruntime: twice the MACs and a second copy of the weights).
+and over the rows of the first spatial axis each tap reads is kept. No error branch runs
+(an earlier version ran every layer a second time with W_q - W in onnxruntime: twice the
+MACs and a second copy of the weights).
 """
 
 from __future__ import annotations
