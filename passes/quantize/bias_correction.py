@@ -274,7 +274,10 @@ def _tap_means(node: gs.Node, total: np.ndarray, samples: int, height: int) -> n
         for tap in range(k):
             rows = np.arange(out) * s + tap * d - begin
             reads[tap, rows[(rows >= 0) & (rows < size)]] = 1.0
-        total = np.moveaxis(np.tensordot(total, reads, axes=([1 + axis], [1])), -1, 1 + axis)
+        # einsum's own loops, not BLAS: the same sums whatever BLAS's thread count (a fleet
+        # compiled locally and on Ray workers must give the same model)
+        moved = np.moveaxis(total, 1 + axis, -1)
+        total = np.moveaxis(np.einsum("...h,kh->...k", moved, reads), -1, 1 + axis)
         positions *= out
     return total / max(positions, 1)
 
@@ -314,14 +317,13 @@ def _conv_geometry(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, .
 def _contract(node: gs.Node, delta: np.ndarray, means: np.ndarray) -> np.ndarray:
     """The mean error per output channel from a layer's ΔW and its tap means (`_tap_means`)."""
     d = np.asarray(delta, np.float64)
-    if node.op == "Gemm":
+    if node.op == "Gemm":  # elementwise products summed by numpy, not BLAS (see _tap_means)
         alpha = float(node.attrs.get("alpha", 1.0))
-        return alpha * (d @ means if node.attrs.get("transB", 0) else means @ d)
+        rows = d if node.attrs.get("transB", 0) else d.T
+        return alpha * (rows * means).sum(axis=1)
     groups = int(node.attrs.get("group", 1))
-    out_g, cin_g = d.shape[0] // groups, d.shape[1]
-    taps = means.reshape(groups, cin_g, -1)
-    return np.concatenate([d[g * out_g:(g + 1) * out_g].reshape(out_g, -1)
-                           @ taps[g].reshape(-1) for g in range(groups)])
+    taps = means.reshape(groups, 1, -1)  # [groups, 1, C/groups · taps]
+    return (d.reshape(groups, d.shape[0] // groups, -1) * taps).sum(axis=2).reshape(-1)
 
 
 def _subtract_bias(model: Model, node: gs.Node, mean_error: np.ndarray) -> None:
