@@ -67,6 +67,7 @@ class Profile:
         frames: Frames in the batch.
         threads: Worker threads the simulator used.
         outputs: Each frame's outputs, as `Simulator.run_frames` returns them.
+        int8_gemm: Whether 8-bit convolutions ran on the int8 GEMM engine (`intgemm`).
     """
 
     steps: list[StepTime]
@@ -74,6 +75,7 @@ class Profile:
     frames: int
     threads: int
     outputs: list[dict[str, np.ndarray]]
+    int8_gemm: bool = False
 
     def slowest(self, limit: int | None = None) -> list[StepTime]:
         """Instructions by wall time, slowest first (the first `limit`)."""
@@ -171,7 +173,7 @@ class Simulator:
         total = time.perf_counter() - start
         rows = [StepTime(i, ins.name, ins.kind, "CPU" if ins.unit == isa.CPU else "NPU", t)
                 for i, (ins, t) in enumerate(zip(self.program.code, seconds, strict=True))]
-        return Profile(rows, total, len(frames), self.threads, frames)
+        return Profile(rows, total, len(frames), self.threads, frames, self.int8_gemm)
 
     def _frames(self, feeds: dict[str, Any],
                 seconds: list[float] | None) -> list[dict[str, np.ndarray]]:

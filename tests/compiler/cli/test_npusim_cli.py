@@ -11,6 +11,7 @@ import pytest
 from compiler.cli import main
 from compiler.core.io import save_model
 from passes.quantize.api import quantize_model
+from targets.npusim.intgemm import exact
 from targets.npusim.testing import op_zoo_model, random_inputs
 from tests.conftest import conv_model
 
@@ -123,13 +124,14 @@ def test_run_profile_table_and_json(files, capsys):
     argv = ["run", str(files / "model.bin"), "--inputs", str(files / "inputs.npz")]
     assert main([*argv, "--profile", "4", "--threads", "2"]) == 0
     out = capsys.readouterr().out
-    assert "simulator profile:" in out and "over 3 frame(s), 2 thread(s)" in out
+    assert "simulator profile:" in out and "over 3 frame(s), 2 thread(s), int8 GEMM" in out
     table = out[out.index("instruction"):].splitlines()
     assert len(table) == 2 + 4 and "conv" in out and "%" in table[2]
     assert main([*argv, "--profile", "--json"]) == 0
     data = _json(capsys)["profile"]
     slowest = data["slowest"]
     assert data["frames"] == 3 and len(slowest) == 10
+    assert data["int8_gemm"] is exact()  # the probe's verdict on this machine
     assert [r["ms"] for r in slowest] == sorted((r["ms"] for r in slowest), reverse=True)
     assert {r["unit"] for r in slowest} <= {"NPU", "CPU"} and slowest[0]["ms"] > 0
     assert sum(data["by_op_ms"].values()) <= data["ms_per_frame"] * 1.01
