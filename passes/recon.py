@@ -290,25 +290,30 @@ def _positions(rng: np.random.Generator, n: int, h: int, w: int,
     return idx // (h * w), (idx // w) % h, idx % w
 
 
-def conv_geometry(node: gs.Node, in_hw: tuple[int, int],
-                  kernel: tuple[int, int]) -> tuple[list[int], list[int], list[int], list[int]]:
-    """(strides, dilations, pads [top, left, bottom, right], output [h, w]) of a 2-D Conv."""
-    strides = list(node.attrs.get("strides", [1, 1]))
-    dil = list(node.attrs.get("dilations", [1, 1]))
+def conv_geometry(node: gs.Node, in_hw: Sequence[int], kernel: Sequence[int],
+                  ) -> tuple[list[int], list[int], list[int], list[int]]:
+    """(strides, dilations, pads [begins..., ends...], output sizes) of a Conv, any rank.
+
+    `in_hw` and `kernel` are the spatial input sizes and kernel (2 for a 2-D Conv: pads are
+    [top, left, bottom, right]); auto_pad SAME_UPPER/SAME_LOWER/VALID is resolved.
+    """
+    n = len(kernel)
+    strides = list(node.attrs.get("strides") or [1] * n)
+    dil = list(node.attrs.get("dilations") or [1] * n)
     auto = node.attrs.get("auto_pad", "NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
-    pads = list(node.attrs.get("pads", [0, 0, 0, 0]))
+    pads = list(node.attrs.get("pads") or [0] * 2 * n)
     if auto in ("SAME_UPPER", "SAME_LOWER"):
-        pads = [0, 0, 0, 0]
-        for i in range(2):
+        pads = [0] * 2 * n
+        for i in range(n):
             out = -(-in_hw[i] // strides[i])
             total = max(0, (out - 1) * strides[i] + dil[i] * (kernel[i] - 1) + 1 - in_hw[i])
             small, big = total // 2, total - total // 2
-            pads[i], pads[i + 2] = (small, big) if auto == "SAME_UPPER" else (big, small)
+            pads[i], pads[i + n] = (small, big) if auto == "SAME_UPPER" else (big, small)
     elif auto == "VALID":
-        pads = [0, 0, 0, 0]
-    out_hw = [(in_hw[i] + pads[i] + pads[i + 2] - dil[i] * (kernel[i] - 1) - 1) // strides[i] + 1
-              for i in range(2)]
+        pads = [0] * 2 * n
+    out_hw = [(in_hw[i] + pads[i] + pads[i + n] - dil[i] * (kernel[i] - 1) - 1) // strides[i] + 1
+              for i in range(n)]
     return strides, dil, pads, out_hw
 
 

@@ -27,7 +27,7 @@ from compiler.core.errors import ConfigError, GraphError
 from compiler.core.feeds import Feeds, load_feeds
 from compiler.core.ir import Model, static_shape
 from passes.quantize.calibrate import fit_batch, stream_tensors
-from passes.recon import split_layers
+from passes.recon import conv_geometry, split_layers
 
 log = logging.getLogger(__name__)
 
@@ -285,33 +285,8 @@ def _tap_means(node: gs.Node, total: np.ndarray, samples: int, height: int) -> n
 def _geometry(node: gs.Node, spatial: tuple[int, ...]) -> list[tuple[int, ...]]:
     """Per spatial axis of a Conv's input: (kernel, stride, dilation, leading pad, outputs)."""
     kernel = np.asarray(node.inputs[1].values).shape[2:]
-    strides = node.attrs.get("strides") or [1] * len(kernel)
-    dilations = node.attrs.get("dilations") or [1] * len(kernel)
-    begins, outs = _conv_geometry(node, spatial, kernel, strides, dilations)
-    return list(zip(kernel, strides, dilations, begins, outs, strict=True))
-
-
-def _conv_geometry(node: gs.Node, spatial: tuple[int, ...], kernel: tuple[int, ...],
-                   strides: list[int], dilations: list[int],
-                   ) -> tuple[list[int], list[int]]:
-    """Leading pads and output sizes per spatial axis (explicit pads or auto_pad)."""
-    auto = node.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    n = len(kernel)
-    pads = list(node.attrs.get("pads") or [0] * 2 * n)
-    begins, outs = [], []
-    for i in range(n):
-        span = (kernel[i] - 1) * dilations[i] + 1
-        if auto in ("SAME_UPPER", "SAME_LOWER"):
-            out = -(-spatial[i] // strides[i])
-            total = max(0, (out - 1) * strides[i] + span - spatial[i])
-            begin = total // 2 if auto == "SAME_UPPER" else total - total // 2
-        else:
-            begin, end = (0, 0) if auto == "VALID" else (pads[i], pads[i + n])
-            out = (spatial[i] + begin + end - span) // strides[i] + 1
-        begins.append(int(begin))
-        outs.append(int(out))
-    return begins, outs
+    strides, dilations, pads, outs = conv_geometry(node, spatial, kernel)
+    return list(zip(kernel, strides, dilations, pads[:len(kernel)], outs, strict=True))
 
 
 def _contract(node: gs.Node, delta: np.ndarray, means: np.ndarray) -> np.ndarray:

@@ -27,7 +27,6 @@ from targets.npusim import plans as P
 from targets.npusim.intgemm import ZERO_POINT, IntGemm
 
 REQUANT_BYTES = 1 << 18  # float64 scratch of one requant block: within a core's L2
-HALF = np.float64(0.5)
 CALL_MACS = 2e7
 """One engine call's fixed cost (≈ 40 µs with its numpy calls, measured on the build
 machine) in MACs of the int8 kernels (≈ 500 GMAC/s there)."""
@@ -173,29 +172,18 @@ class IntConv:
         Contiguous: a strided store through the float-to-int cast measured 5x slower than
         requantizing here and then transposing the bytes.
         """
-        rq, ch = self.requant, slice(n0, n0 + self.nb)
+        rq, n1 = self.requant, n0 + self.nb
         if len(exact_cols) == self.nb:
-            _requant_int64(rq, src, scratch.view(np.int64), dst, ch)
+            v = scratch.view(np.int64)
+            v[...] = src
+            rq.apply(v, dst, n0, n1)
             return
         f = scratch
         f[...] = src  # the int32 -> float64 cast alone, then the add: 2x faster than both in one
-        np.add(f, rq.bias_f[ch], out=f)
-        np.multiply(f, rq.mult_f[ch], out=f)
-        np.add(f, HALF, out=f)
-        np.floor(f, out=f)
-        np.clip(f, rq.lo, rq.hi, out=dst, casting="unsafe")
+        np.add(f, rq.bias_f[n0:n1], out=f)
+        rq.apply_float(f, dst, n0, n1)
         if len(exact_cols):
-            cols = exact_cols + n0
             v = src[:, exact_cols].astype(np.int64)
-            _requant_int64(rq, v, v, (part := np.empty(v.shape, dst.dtype)), cols)
+            part = np.empty(v.shape, dst.dtype)
+            rq.apply_at(v, part, exact_cols + n0)
             dst[:, exact_cols] = part
-
-
-def _requant_int64(rq: P.Requant, src: np.ndarray, v: np.ndarray, dst: np.ndarray,
-                   ch: slice | np.ndarray) -> None:
-    """§3's int64 formula over channels `ch` of `rq` (the last axis); `v` int64 scratch."""
-    np.add(src, rq.bias[ch], out=v)
-    np.multiply(v, rq.m0[ch], out=v)
-    np.add(v, rq.rnd[ch], out=v)
-    np.right_shift(v, rq.shift[ch], out=v)
-    np.clip(v, rq.lo, rq.hi, out=dst, casting="unsafe")

@@ -203,20 +203,22 @@ class Requant:
 
     def apply(self, acc: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         """`out = requant(acc + bias)` for rows `[r0, r1)`, in place in the int64 `acc`."""
-        np.add(acc, self.bias[r0:r1], out=acc)
-        np.multiply(acc, self.m0[r0:r1], out=acc)
-        np.add(acc, self.rnd[r0:r1], out=acc)
-        np.right_shift(acc, self.shift[r0:r1], out=acc)
-        np.clip(acc, self.lo, self.hi, out=acc)
-        np.copyto(out, acc, casting="unsafe")
+        self.apply_at(acc, out, slice(r0, r1))
+
+    def apply_at(self, acc: np.ndarray, out: np.ndarray, rows: slice | np.ndarray) -> None:
+        """`apply` for the rows `rows` selects (a slice or an index array)."""
+        np.add(acc, self.bias[rows], out=acc)
+        np.multiply(acc, self.m0[rows], out=acc)
+        np.add(acc, self.rnd[rows], out=acc)
+        np.right_shift(acc, self.shift[rows], out=acc)
+        np.clip(acc, self.lo, self.hi, out=out, casting="unsafe")
 
     def apply_float(self, a: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
         """`out = requant(a)` for `float_ok` rows; `a` (float64, bias included) is scratch."""
         np.multiply(a, self.mult_f[r0:r1], out=a)
         np.add(a, 0.5, out=a)
         np.floor(a, out=a)
-        np.clip(a, self.lo, self.hi, out=a)
-        np.copyto(out, a, casting="unsafe")
+        np.clip(a, self.lo, self.hi, out=out, casting="unsafe")
 
 
 class Patches:
