@@ -93,7 +93,7 @@ def profile_summary(profile: Any, top: int) -> dict[str, Any]:
     frames = max(profile.frames, 1)
     spent = sum(s.seconds for s in profile.steps) or 1.0
     return {"frames": profile.frames, "threads": profile.threads,
-            "int8_gemm": profile.int8_gemm,
+            "int8_gemm": profile.int8_gemm, "native_kernels": profile.native_kernels,
             "ms_per_frame": round(profile.total_seconds * 1e3 / frames, 3),
             "by_op_ms": {k: round(v * 1e3 / frames, 3) for k, v in profile.by_kind().items()},
             "slowest": [{"index": s.index, "name": s.name, "op": s.kind, "unit": s.unit,
@@ -106,7 +106,8 @@ def print_profile(summary: dict[str, Any]) -> None:
     """The profile as a table of the slowest instructions and a per-op line."""
     print(f"\nsimulator profile: {summary['ms_per_frame']:.2f} ms/frame over "
           f"{summary['frames']} frame(s), {summary['threads']} thread(s), int8 GEMM engine "
-          f"{'on' if summary['int8_gemm'] else 'off (float BLAS)'}")
+          f"{'on' if summary['int8_gemm'] else 'off (float BLAS)'}, native kernels "
+          f"{'on' if summary['native_kernels'] else 'off (numpy)'}")
     print("by op (ms/frame): " + ", ".join(f"{k} {v:.2f}"
                                             for k, v in summary["by_op_ms"].items()))
     print(format_table([(r["index"], r["name"], r["op"], r["unit"], r["ms"],

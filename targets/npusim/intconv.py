@@ -11,6 +11,11 @@ reads the buffer itself), makes one engine call for the int32 sums `[OH·OW, N_b
 requantizes them (§3: float64 where `Requant.float_ok` holds, int64 for the other
 channels) and writes them transposed into the [N, OH, OW] output.
 
+With the native kernels (`native`), the copy, the windows and the requantization (int64
+for every channel, fused with the transposed store) are each one C call, and a depthwise
+conv (one filter per channel) runs without a GEMM: `native.Depthwise` sums its taps over
+the channels-last buffer and requantizes row by row.
+
 It all runs on the calling thread, with single-threaded engine sessions: splitting a conv
 over two worker threads measured no faster on the 2-core build machine (the requantization's
 short numpy calls wait on each other for the GIL), and often slower (docs/benchmarks.md).
@@ -23,6 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from targets.npusim import native
 from targets.npusim import plans as P
 from targets.npusim.intgemm import ZERO_POINT, IntGemm
 
@@ -90,20 +96,36 @@ class IntConv:
                  requant: P.Requant) -> None:
         stride, pads, dilation, out_hw = geometry
         c, h, wd = x_shape
-        n, kh, kw = w.shape[0], w.shape[2], w.shape[3]
-        per_block = groups_per_block(groups, n // groups,
+        self.zero_point = ZERO_POINT[np.dtype(x_dtype)]
+        self.pads, self.hw = pads, (h, wd)
+        hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
+        self.hwc = sim.workspace.request("int_hwc", (hp, wp, c), np.uint8)
+        self.native = native.RequantColumns(requant.bias, requant.m0, requant.shift,
+                                            requant.lo, requant.hi) if sim.native_kernels else None
+        self.depthwise = native.Depthwise(
+            w, self.native, (hp, wp, c), out_hw, tuple(stride), tuple(dilation),
+            self.zero_point) if self.native and groups == c == w.shape[0] else None
+        self.gemms: list[IntGemm] = []
+        if self.depthwise is None:
+            self._plan_blocks(sim, w, groups, geometry, (hp, wp, c), y_dtype, requant)
+
+    def _plan_blocks(self, sim: Any, w: np.ndarray, groups: int, geometry: tuple,
+                     buf_shape: tuple[int, int, int], y_dtype: np.dtype,
+                     requant: P.Requant) -> None:
+        """The block-diagonal GEMMs (engine sessions) and their scratch."""
+        stride, pads, dilation, out_hw = geometry
+        (_, wp, c), kh, kw = buf_shape, w.shape[2], w.shape[3]
+        per_block = groups_per_block(groups, w.shape[0] // groups,
                                      block_channels(out_hw[0] * out_hw[1], kh * kw))
         weights = block_weights(w, groups, per_block)
         blocks, (k, nb) = len(weights), weights[0].shape
         cb, m = c // blocks, out_hw[0] * out_hw[1]
-        self.zero_point = ZERO_POINT[np.dtype(x_dtype)]
-        self.pads, self.hw, self.nb = pads, (h, wd), nb
-        hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
-        self.hwc = sim.workspace.request("int_hwc", (hp, wp, c), np.uint8)
+        self.nb = nb
         self.direct = (blocks == 1 and (kh, kw) == (1, 1) and tuple(stride) == (1, 1)
                        and not any(pads))
         self.patches = None if self.direct else sim.workspace.request(
             "int_patches", (m, k), np.uint8)  # blocks run one after another
+        self.geometry = (out_hw, (kh, kw), tuple(stride), tuple(dilation), cb)
         self.window = ((blocks, out_hw[0], out_hw[1], kh, kw, cb),
                        (cb, stride[0] * wp * c, stride[1] * c, dilation[0] * wp * c,
                         dilation[1] * c, 1))
@@ -120,12 +142,18 @@ class IntConv:
         """`y` [N, OH, OW] (the output's type) from `x` [C, H, W] (int8 or uint8)."""
         self._fill(x)
         y2 = y.reshape(y.shape[0], -1)
+        if self.depthwise:
+            self.depthwise(self.hwc(), y2)
+            return
         for block in range(len(self.gemms)):
             self._block(block, y2)
 
     def _fill(self, x: np.ndarray) -> None:
         """`x` into the padded channels-last buffer, border included (the memory is shared)."""
         buf = self.hwc()
+        if self.native and x.flags.c_contiguous:
+            native.fill_hwc(x, buf, self.pads, self.zero_point)
+            return
         top, left, bottom, right = self.pads
         h, w = self.hw
         zp = self.zero_point
@@ -149,6 +177,10 @@ class IntConv:
         """One block of output channels: windows, one GEMM, requantization."""
         if self.direct:
             a = self.hwc().reshape(-1, self.hwc.shape[2])
+        elif self.native:
+            out_hw, kernel, stride, dilation, cb = self.geometry
+            a = self.patches()
+            native.patches(self.hwc(), out_hw, kernel, stride, dilation, block * cb, cb, a)
         else:
             shape, strides = self.window
             view = as_strided(self.hwc(), shape, strides, writeable=False)[block]
@@ -156,6 +188,9 @@ class IntConv:
             np.copyto(a.reshape(shape[1:]), view)
         acc = self.gemms[block](a, self.acc())
         n0, m = block * self.nb, acc.shape[0]
+        if self.native:
+            self.native(acc, y2[n0:n0 + self.nb], n0)
+            return
         scratch, q = self.scratch(), self.q()
         for a0 in range(0, m, self.rq_rows):
             a1 = min(a0 + self.rq_rows, m)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from compiler.core.errors import TargetError
-from targets.npusim import isa
+from targets.npusim import isa, native
 from targets.npusim import kernels as K
 from targets.npusim import plans as P
 from targets.npusim.intconv import IntConv
@@ -61,12 +61,16 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
     return step
 
 
-def _on_engine(sim: Any, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> bool:
-    """Whether a conv runs on the int8 GEMM engine: 8-bit input, int8 weights, engine on.
+def _on_engine(sim: Any, x: np.ndarray, y: np.ndarray, w: np.ndarray,
+               engine: bool | None = None) -> bool:
+    """Whether a conv runs as `IntConv`: 8-bit input, int8 weights, `engine` on.
 
-    Empty tensors stay on the numpy path (nothing to bind).
+    `engine` defaults to the int8 GEMM engine; a depthwise conv also qualifies with the
+    native kernels alone (they run it without a GEMM). Empty tensors stay on the numpy path
+    (nothing to bind).
     """
-    return (bool(sim.int8_gemm) and x.dtype.itemsize == 1 and w.dtype == np.int8
+    on = sim.int8_gemm if engine is None else engine
+    return (bool(on) and x.dtype.itemsize == 1 and w.dtype == np.int8
             and min(x.size, y.size, w.size) > 0)
 
 
@@ -108,7 +112,8 @@ def depthwise(sim: Any, ins: isa.DepthwiseConv) -> Step:
     x, y = sim.views[ins.ifm], sim.views[ins.ofm]
     w = _blob(sim, ins.weights)
     kernel, out_hw = tuple(w.shape[2:]), _out_hw(sim, ins)
-    if _on_engine(sim, x, y, w):
+    native_only = sim.native_kernels and w.shape[0] == x.shape[1]  # IntConv runs no GEMM
+    if _on_engine(sim, x, y, w, engine=sim.int8_gemm or native_only):
         return _int8_conv(sim, ins, x, y, w, out_hw, x.shape[1])
     taps, m = kernel[0] * kernel[1], out_hw[0] * out_hw[1]
     dtype = K.depthwise_dtype(kernel, x.dtype, w.dtype)
@@ -180,6 +185,9 @@ def add(sim: Any, ins: isa.Add) -> Step:
     byte = np.arange(256, dtype=np.uint8)
     table = K.add(byte.view(a.dtype)[:, None], byte.view(b.dtype)[None, :], ins.mult_a,
                   ins.mult_b, ins.shift, ins.lo, ins.hi, y.dtype).reshape(-1)
+    if sim.native_kernels and a.shape == b.shape == y.shape and all(
+            t.flags.c_contiguous for t in (a, b, y)):
+        return lambda: native.lookup2(a, b, table, y)  # one pass, no index array
     lazy_index = sim.workspace.request("add_index", y.shape, np.uint16)
     split = a.shape == b.shape == y.shape and y.ndim >= 2
     chunks = P.ranges(y.shape[1], _threads(sim, y.size // 2)) if split else [None]

@@ -27,7 +27,7 @@ import numpy as np
 
 from compiler.core.blas import blas_threads
 from compiler.core.errors import DataError, TargetError
-from targets.npusim import intgemm, isa
+from targets.npusim import intgemm, isa, native
 from targets.npusim.binary import load_binary
 from targets.npusim.ops import COMPILERS
 from targets.npusim.plans import Workspace
@@ -68,6 +68,7 @@ class Profile:
         threads: Worker threads the simulator used.
         outputs: Each frame's outputs, as `Simulator.run_frames` returns them.
         int8_gemm: Whether 8-bit convolutions ran on the int8 GEMM engine (`intgemm`).
+        native_kernels: Whether the native kernels ran (`native`).
     """
 
     steps: list[StepTime]
@@ -76,6 +77,7 @@ class Profile:
     threads: int
     outputs: list[dict[str, np.ndarray]]
     int8_gemm: bool = False
+    native_kernels: bool = False
 
     def slowest(self, limit: int | None = None) -> list[StepTime]:
         """Instructions by wall time, slowest first (the first `limit`)."""
@@ -95,7 +97,7 @@ class Simulator:
 
     def __init__(self, source: str | os.PathLike | bytes | isa.Program,
                  blas_threads: int | None = 1, threads: int | None = None,
-                 int8_gemm: bool | None = None) -> None:
+                 int8_gemm: bool | None = None, native_kernels: bool | None = None) -> None:
         """Load and prepare a program.
 
         Args:
@@ -107,8 +109,16 @@ class Simulator:
                 int8 GEMM kernels (`intgemm`, `intconv`). None: where a probe proves them
                 exact on this machine (`intgemm.exact`); False: float BLAS only; True: the
                 engine without the probe (tests).
+            native_kernels: Run the requantization, window copies and table lookups in the
+                compiled kernels (`native`). None: where they were built; False: numpy
+                (same results, slower); True: required (TargetError where not built).
         """
         self.int8_gemm = intgemm.exact() if int8_gemm is None else bool(int8_gemm)
+        if native_kernels and not native.available():
+            raise TargetError("npusim native kernels were not built (no C compiler at "
+                              "install time?)")
+        self.native_kernels = (native.available() if native_kernels is None
+                               else bool(native_kernels))
         self.blas_threads = blas_threads
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._pool: ThreadPoolExecutor | None = None
@@ -173,7 +183,8 @@ class Simulator:
         total = time.perf_counter() - start
         rows = [StepTime(i, ins.name, ins.kind, "CPU" if ins.unit == isa.CPU else "NPU", t)
                 for i, (ins, t) in enumerate(zip(self.program.code, seconds, strict=True))]
-        return Profile(rows, total, len(frames), self.threads, frames, self.int8_gemm)
+        return Profile(rows, total, len(frames), self.threads, frames, self.int8_gemm,
+                       self.native_kernels)
 
     def _frames(self, feeds: dict[str, Any],
                 seconds: list[float] | None) -> list[dict[str, np.ndarray]]:

@@ -11,6 +11,7 @@ import pytest
 from compiler.cli import main
 from compiler.core.io import save_model
 from passes.quantize.api import quantize_model
+from targets.npusim import native
 from targets.npusim.intgemm import exact
 from targets.npusim.testing import op_zoo_model, random_inputs
 from tests.conftest import conv_model
@@ -132,6 +133,7 @@ def test_run_profile_table_and_json(files, capsys):
     slowest = data["slowest"]
     assert data["frames"] == 3 and len(slowest) == 10
     assert data["int8_gemm"] is exact()  # the probe's verdict on this machine
+    assert data["native_kernels"] is native.available()
     assert [r["ms"] for r in slowest] == sorted((r["ms"] for r in slowest), reverse=True)
     assert {r["unit"] for r in slowest} <= {"NPU", "CPU"} and slowest[0]["ms"] > 0
     assert sum(data["by_op_ms"].values()) <= data["ms_per_frame"] * 1.01

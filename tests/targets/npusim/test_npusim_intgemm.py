@@ -17,15 +17,13 @@ import pytest
 from compiler.core.builder import GraphBuilder
 from compiler.core.errors import TargetError
 from passes.quantize.api import quantize_model
-from targets.npusim import build_binary, intgemm, verify
+from targets.npusim import build_binary, intgemm, native, verify
 from targets.npusim import kernels as K
 from targets.npusim import plans as P
 from targets.npusim.intconv import IntConv, block_channels, block_weights, groups_per_block
 from targets.npusim.simulate import Simulator
 from targets.npusim.testing import op_zoo_model, random_inputs
-
-needs_engine = pytest.mark.skipif(not intgemm.exact(),
-                                  reason="onnxruntime's int8 GEMM is not exact here")
+from tests.targets.npusim.engines import needs_engine, needs_native
 
 
 def _saturating_gemm(self, a, out):
@@ -124,9 +122,11 @@ def _reference(x, w, groups, stride, pads, dilation, out_hw, rq):
     (21, 14, 7, 1, (1, 1), (0, 0, 0, 0), (1, 1), np.uint8, np.int8),
     (40, 40, 40, 5, (2, 2), (2, 1, 2, 2), (1, 1), np.uint8, np.int8),
     (64, 64, 64, 3, (1, 1), (1, 1, 1, 1), (1, 1), np.int8, np.uint8),
+    (24, 24, 24, 3, (1, 2), (2, 0, 1, 2), (2, 2), np.int8, np.int16),
 ])
+@pytest.mark.parametrize("native_kernels", [False, pytest.param(True, marks=needs_native)])
 def test_int_conv_equals_int64_reference(c, n, groups, kernel, stride, pads, dilation,
-                                         x_dtype, y_dtype):
+                                         x_dtype, y_dtype, native_kernels):
     rng = np.random.default_rng(c + n + kernel)
     h, wd = 13, 11
     x = rng.integers(0, 256, (c, h, wd)).astype(np.uint8).view(x_dtype)
@@ -144,7 +144,7 @@ def test_int_conv_equals_int64_reference(c, n, groups, kernel, stride, pads, dil
                         int(info.max), 0)
     assert np.array_equal(rq.float_ok, ~wide)
     rq.mult_f[wide] = 0.0  # a float result there would be 0: only the int64 columns count
-    sim = SimpleNamespace(workspace=P.Workspace())
+    sim = SimpleNamespace(workspace=P.Workspace(), native_kernels=native_kernels)
     conv = IntConv(sim, x.shape, x.dtype, np.dtype(y_dtype), w, groups,
                    (stride, pads, dilation, (oh, ow)), rq)
     sim.workspace.allocate()
@@ -175,12 +175,16 @@ def test_engine_and_blas_simulators_agree_with_onnxruntime(make):
     result = quantize_model(proto, random_inputs(proto, 4, 0))
     data = build_binary(result.quant_model).data
     feeds = random_inputs(proto, 3, 9)
-    engine = Simulator(data, int8_gemm=True)
-    blas = Simulator(data, int8_gemm=False)
+    engine = Simulator(data, int8_gemm=True, native_kernels=False)
+    blas = Simulator(data, int8_gemm=False, native_kernels=False)
     assert any(k.startswith("int_") for k in engine.workspace._need)
     assert not any(k.startswith("int_") for k in blas.workspace._need)
     a, b = engine.run(feeds), blas.run(feeds)
     for name, value in a.items():
         np.testing.assert_array_equal(value, b[name])
+    if native.available():
+        c = Simulator(data, int8_gemm=True, native_kernels=True).run(feeds)
+        for name, value in a.items():
+            np.testing.assert_array_equal(value, c[name])
     report = verify(result.quant_model, data, feeds)  # the default: the engine, if exact
     assert report.consistent and all(o["mismatched"] == 0 for o in report.outputs)

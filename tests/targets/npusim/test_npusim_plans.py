@@ -19,6 +19,7 @@ from targets.npusim import plans as P
 from targets.npusim.intgemm import exact
 from targets.npusim.simulate import Simulator
 from targets.npusim.testing import op_zoo_model, random_inputs
+from tests.targets.npusim.engines import needs_native
 
 
 def _ties(m0: int, s: int, lo: int, hi: int) -> np.ndarray:
@@ -119,9 +120,9 @@ def test_simulator_threads_do_not_change_results():
 class FakeSim:
     """Just what an op compiler reads: views, blobs, threads, map."""
 
-    def __init__(self, views, blobs=(), threads=2, int8_gemm=False):
+    def __init__(self, views, blobs=(), threads=2, int8_gemm=False, native_kernels=False):
         self.views, self.threads, self.workspace = list(views), threads, P.Workspace()
-        self.int8_gemm = int8_gemm
+        self.int8_gemm, self.native_kernels = int8_gemm, native_kernels
         self.program = SimpleNamespace(blobs=[SimpleNamespace(array=b) for b in blobs])
 
     def map(self, fn, items):
@@ -132,25 +133,28 @@ class FakeSim:
 @pytest.mark.parametrize("da,db,bshape", [(np.int8, np.int8, (1, 6, 5, 7)),
                                           (np.uint8, np.int8, (1, 6, 1, 1)),
                                           (np.uint8, np.uint8, (1, 1, 5, 7))])
-def test_add_table_equals_int64_add(da, db, bshape):
+@pytest.mark.parametrize("native_kernels", [False, pytest.param(True, marks=needs_native)])
+def test_add_table_equals_int64_add(da, db, bshape, native_kernels):
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (1, 6, 5, 7)).astype(np.uint8).view(da)
     b = rng.integers(0, 256, bshape).astype(np.uint8).view(db)
     y = np.empty(a.shape, np.int8)
     ins = isa.Add(a=0, b=1, ofm=2, mult_a=1 << 28, mult_b=-(3 << 26), shift=31, lo=-100,
                   hi=90)
-    ops.add(FakeSim([a, b, y]), ins)()
+    ops.add(FakeSim([a, b, y], native_kernels=native_kernels), ins)()
     want = K.add(a, b, ins.mult_a, ins.mult_b, ins.shift, ins.lo, ins.hi)
     np.testing.assert_array_equal(y, want)
     assert len(np.unique(y)) > 20
 
 
-@pytest.mark.parametrize("engine", [False, True])
+@pytest.mark.parametrize("engine,native_kernels", [
+    (False, False), (True, False), pytest.param(True, True, marks=needs_native),
+    pytest.param(False, True, marks=needs_native)])
 @pytest.mark.parametrize("dtype,kernel,stride,pads,dilation", [
     (np.int8, 3, (1, 1), (1, 1, 1, 1), (1, 1)), (np.uint8, 3, (2, 2), (0, 0, 1, 1), (1, 1)),
     (np.int8, 5, (2, 1), (2, 1, 2, 3), (1, 1)), (np.uint8, 3, (1, 1), (2, 2, 2, 2), (2, 2))])
 def test_depthwise_and_maxpool_equal_reference_kernels(dtype, kernel, stride, pads, dilation,
-                                                       engine):
+                                                       engine, native_kernels):
     if engine and not exact():
         pytest.skip("onnxruntime's int8 GEMM is not exact on this machine")
     rng = np.random.default_rng(kernel)
@@ -165,7 +169,8 @@ def test_depthwise_and_maxpool_equal_reference_kernels(dtype, kernel, stride, pa
     y = np.empty((1, c, oh, ow), np.int8)
     ins = isa.DepthwiseConv(ifm=0, ofm=1, weights=0, bias=1, mult=2, shift=3, stride=stride,
                             pads=pads, dilation=dilation, group=c, lo=-128, hi=127)
-    ops.depthwise(FakeSim([x, y], blobs, int8_gemm=engine), ins)()
+    ops.depthwise(FakeSim([x, y], blobs, int8_gemm=engine, native_kernels=native_kernels),
+                  ins)()
     acc = K.depthwise(x[0], wt, stride, pads, dilation, (oh, ow)) + blobs[1][:, None, None]
     want = K.requant(acc, blobs[2].astype(np.int64)[:, None, None],
                      blobs[3].astype(np.int64)[:, None, None], -128, 127)
