@@ -4,7 +4,9 @@ For each model: quantize with bundled photos (`write_quantized`, what `npuc quan
 build `model.bin`, check the simulator bit-exact against `model.quant.onnx` on the timed
 frames, then time one frame at a time, interleaved, on real photos:
 
-- simulator: `Simulator("model.bin").run(frame)` with its defaults (what `npuc run` does);
+- simulator: `Simulator("model.bin").run(frame)` with its defaults (what `npuc run` does),
+  and the same with its native kernels off (the numpy path a machine without a C compiler
+  at install time runs);
 - onnxruntime: a plain `onnxruntime.InferenceSession("model.qdq.onnx")`, default
   SessionOptions (all graph optimizations, default threads), as a user would run it;
 - the integer model `model.quant.onnx` in the same kind of session (what `npuc eval`,
@@ -119,23 +121,26 @@ def measure(name: str, args: argparse.Namespace, photos: np.ndarray) -> dict:
         frames = photos[args.calib:args.calib + args.frames]
         load_sim = timed(lambda: Simulator(str(binary), threads=args.threads))
         sim = Simulator(str(binary), threads=args.threads)
+        sim_np = Simulator(str(binary), threads=args.threads, native_kernels=False)
         load_ort = timed(lambda: ort.InferenceSession(str(qdq)))
         sess = ort.InferenceSession(str(qdq))
         int_sess = ort.InferenceSession(str(qdq.with_name("model.quant.onnx")))
         feed = sim.input_names[0]
         report = verify(quant, binary.read_bytes(), {feed: frames})
-        sim_t, ort_t, int_t = [], [], []
+        sim_t, ort_t, int_t, np_t = [], [], [], []
         for _ in range(args.repeat):
             for f in range(len(frames)):
                 one = {feed: frames[f:f + 1]}
                 sim_t.append(timed(lambda: sim.run(one)))  # noqa: B023 - called at once
                 ort_t.append(timed(lambda: sess.run(None, one)))  # noqa: B023
                 int_t.append(timed(lambda: int_sess.run(None, one)))  # noqa: B023
+                np_t.append(timed(lambda: sim_np.run(one)))  # noqa: B023
         profile = min((sim.profile({feed: frames[:1]}) for _ in range(3)),
                       key=lambda p: p.total_seconds)
     return row(name, sim_t, ort_t, report, profile, args.top) | {
         "simulator_load_s": round(load_sim, 2), "onnxruntime_load_s": round(load_ort, 2),
         "quant_onnx_ms": round(min(int_t) * 1e3, 1),
+        "numpy_path_ms": round(min(np_t) * 1e3, 1),
         "quant_onnx_ratio": round(min(int_t) / min(ort_t), 2)}
 
 
@@ -150,6 +155,7 @@ def row(name: str, sim_t: list[float], ort_t: list[float], report, profile, top:
             "ratio": round(sim_best / ort_best, 2),
             "simulator_median_ms": round(sim_med, 1), "onnxruntime_median_ms": round(ort_med, 1),
             "ratio_median": round(sim_med / ort_med, 2),
+            "int8_gemm": profile.int8_gemm, "native_kernels": profile.native_kernels,
             "by_kind_ms": {k: round(v * 1e3, 2) for k, v in profile.by_kind().items()},
             "slowest": [{"index": s.index, "name": s.name, "op": s.kind, "unit": s.unit,
                          "ms": round(s.seconds * 1e3, 2),
@@ -161,12 +167,13 @@ def print_rows(rows: list[dict], load: tuple[float, float]) -> None:
     print(f"load average before / after: {load[0]:.2f} / {load[1]:.2f} "
           f"({os.cpu_count()} cores)\n")
     print("| model | simulator ms | onnxruntime QDQ ms | ratio | median ratio | mismatches "
-          "| model.quant.onnx ms (ratio) |")
-    print("|---|---|---|---|---|---|---|")
+          "| model.quant.onnx ms (ratio) | numpy path ms | engine / native |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['simulator_ms']} | {r['onnxruntime_qdq_ms']} | "
               f"{r['ratio']}x | {r['ratio_median']}x | {r['mismatches']} | "
-              f"{r['quant_onnx_ms']} ({r['quant_onnx_ratio']}x) |")
+              f"{r['quant_onnx_ms']} ({r['quant_onnx_ratio']}x) | {r['numpy_path_ms']} | "
+              f"{'on' if r['int8_gemm'] else 'off'} / {'on' if r['native_kernels'] else 'off'} |")
     for r in rows:
         kinds = ", ".join(f"{k} {v:.1f}" for k, v in r["by_kind_ms"].items())
         print(f"\n{r['model']}: simulator ms by op: {kinds}")
