@@ -1,12 +1,16 @@
-"""Builds the simulator's optional native kernels; everything else is in pyproject.toml.
+"""Builds the optional native kernels; everything else is in pyproject.toml.
 
-`targets/npusim/native.c` is plain C loaded through ctypes (no Python or numpy headers).
-`optional=True`: without a C compiler the install still succeeds and the simulator runs its
-numpy path, which gives the same results, slower (targets/npusim/native.py).
+Each is plain C loaded through ctypes (no Python or numpy headers; compiler/core/native.py).
+`optional=True`: without a C compiler the install still succeeds and the numpy paths run,
+which give the same results, slower.
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension(
-    "targets.npusim._npusim_native", ["targets/npusim/native.c"], optional=True,
-    extra_compile_args=["-O3"])])
+KERNELS = {
+    "targets.npusim._npusim_native": "targets/npusim/native.c",  # the simulator
+    "passes.quantize._histogram_native": "passes/quantize/histogram.c",  # calibration
+}
+
+setup(ext_modules=[Extension(name, [source], optional=True, extra_compile_args=["-O3"])
+                   for name, source in KERNELS.items()])

@@ -53,6 +53,7 @@ from passes.quantize.histogram import (
     percentile_threshold,
 )
 from passes.quantize.options import ROUNDINGS
+from passes.quantize.statkernels import min_max
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +191,11 @@ def _update(state: RunningMax | AbsHistogram, spread: Spread | None, values: np.
     """Fold a batch into a tensor's state and spread (one min and one max pass, shared)."""
     if values.size == 0:
         return
-    lo, hi = float(np.min(values)), float(np.max(values))
+    lo, hi = min_max(values)
     if spread is not None:
         spread.fold(lo, hi)
     try:
-        if isinstance(state, AbsHistogram):
-            state.update(values, max(-lo, hi), nonnegative=lo >= 0)
-        else:
-            state.update(values, max(-lo, hi))
+        state.update(values, max(-lo, hi))
     except ValueError as e:
         raise DataError(f"tensor {name!r} has NaN or Inf values on calibration batch {step} "
                         f"(check the model's weights and the data)") from e

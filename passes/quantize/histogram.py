@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.core.errors import ConfigError
+from passes.quantize.statkernels import abs_bin_counts
 
 DEFAULT_BINS = 2048
 KL_QUANT_BINS = 128  # int8 magnitude levels, as in TensorRT's entropy calibrator
@@ -58,15 +59,12 @@ class AbsHistogram:
         """Number of values seen."""
         return int(self.counts.sum())
 
-    def update(self, values: np.ndarray, peak: float | None = None,
-               nonnegative: bool = False) -> None:
+    def update(self, values: np.ndarray, peak: float | None = None) -> None:
         """Add a batch of values.
 
         Args:
             values: The batch.
             peak: Its max|x| when the caller has it already (saves a pass over the data).
-            nonnegative: The caller knows the batch has no negative value (min >= 0), so
-                |x| is x (saves another pass).
 
         Raises:
             ValueError: The batch contains NaN or Inf (the caller names the tensor).
@@ -86,17 +84,9 @@ class AbsHistogram:
         while m > self.edge:
             self._double()
         bins = len(self.counts)
-        scale = np.float32(bins / self.edge)
-        if nonnegative:
-            a = np.multiply(x, scale)  # -0.0 * scale truncates to index 0 like +0.0
-        else:
-            a = np.abs(x)
-            np.multiply(a, scale, out=a)
         # |x| <= edge, so the float32 product is at most bins (|x| = edge, or rounding up):
         # count that index too and fold it into the last bin, rather than clamping every index
-        # float32 -> int32 is vectorised, float32 -> int64 is not (AVX2): truncate to int32
-        # (indices <= bins), then widen for bincount
-        counts = np.bincount(a.astype(np.int32).astype(np.intp), minlength=bins + 1)
+        counts = abs_bin_counts(x, np.float32(bins / self.edge), bins)
         counts[bins - 1] += counts[bins]
         self.counts += counts[:bins]
 

@@ -1,9 +1,7 @@
 """The simulator's native kernels (`native.c`), loaded through ctypes when they were built.
 
-`pip install` compiles `native.c` as an optional extension (setup.py) when a C compiler is
-present; without one the install still succeeds and the simulator keeps its numpy path,
-which computes the same results (the tests run both). The library has no Python API: it is
-plain C loaded with ctypes, so it needs no Python headers and no numpy headers.
+Built and loaded as `compiler.core.native` describes; without them the simulator keeps its
+numpy path, which computes the same results (the tests run both).
 
 Each wrapper checks the shapes, types and contiguity its kernel assumes and raises
 `TargetError` otherwise, so a wrong call cannot read or write outside the arrays.
@@ -13,15 +11,13 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import importlib.machinery
-import logging
 from pathlib import Path
 
 import numpy as np
 
 from compiler.core.errors import TargetError
-
-log = logging.getLogger(__name__)
+from compiler.core.native import address as _ptr
+from compiler.core.native import load_library
 
 _NAME = "_npusim_native"
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
@@ -31,19 +27,10 @@ _KIND = {np.dtype(np.int8): 0, np.dtype(np.uint8): 1, np.dtype(np.int16): 2}
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None where it was not built (or fails to load)."""
-    here = Path(__file__).parent
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = here / f"{_NAME}{suffix}"
-        if path.is_file():
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as e:
-                log.info("npusim native kernels not loaded (%s): numpy path", e)
-                return None
-            _declare(lib)
-            return lib
-    log.info("npusim native kernels not built: numpy path")
-    return None
+    lib = load_library(Path(__file__).parent, _NAME)
+    if lib is not None:
+        _declare(lib)
+    return lib
 
 
 def available() -> bool:
@@ -70,10 +57,6 @@ def _declare(lib: ctypes.CDLL) -> None:
 def _need(ok: bool, what: str) -> None:
     if not ok:
         raise TargetError(f"npusim native kernel: {what}")
-
-
-def _ptr(a: np.ndarray) -> int:
-    return a.ctypes.data
 
 
 class RequantColumns:

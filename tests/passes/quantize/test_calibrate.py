@@ -12,6 +12,7 @@ from compiler.core.builder import GraphBuilder, he_normal
 from compiler.core.errors import ConfigError, DataError, GraphError
 from compiler.core.feeds import Feeds
 from compiler.core.io import load_model
+from passes.quantize import statkernels
 from passes.quantize.calibrate import (
     MIN_THRESHOLD,
     ZERO_RANGE_THRESHOLD,
@@ -193,7 +194,10 @@ def _reference_update(h: AbsHistogram, values: np.ndarray) -> None:
     h.counts += np.bincount(idx, minlength=bins)
 
 
-def test_histogram_fast_paths_count_exactly_as_the_reference(gauss):
+@pytest.mark.parametrize("native", [True, False])
+def test_histogram_fast_paths_count_exactly_as_the_reference(gauss, native, monkeypatch):
+    if not native:
+        monkeypatch.setattr(statkernels, "library", lambda: None)
     relu = np.maximum(gauss, 0).astype(np.float32)
     batches = [gauss[:2000] * 3, relu[2000:4000], relu[4000:6000] * 0.1, np.zeros(10),
                gauss[6000:] * 40, relu[:3000]]
@@ -202,7 +206,7 @@ def test_histogram_fast_paths_count_exactly_as_the_reference(gauss):
         lo, hi = float(b.min()), float(b.max())
         _reference_update(ref, b)
         plain.update(b)
-        fast.update(b, max(-lo, hi), nonnegative=lo >= 0)
+        fast.update(b.astype(np.float32), max(-lo, hi))
     assert ref.counts[0] > 0 and ref.last_bin() >= len(ref.counts) // 2
     for h in (plain, fast):
         np.testing.assert_array_equal(h.counts, ref.counts)
