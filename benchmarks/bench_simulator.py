@@ -119,9 +119,12 @@ def measure(name: str, args: argparse.Namespace, photos: np.ndarray) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as tmp:
         qdq, binary, quant = build_files(name, Path(tmp), photos[:args.calib])
         frames = photos[args.calib:args.calib + args.frames]
-        load_sim = timed(lambda: Simulator(str(binary), threads=args.threads))
-        sim = Simulator(str(binary), threads=args.threads)
-        sim_np = Simulator(str(binary), threads=args.threads, native_kernels=False)
+        engine = False if args.no_engine else None
+        load_sim = timed(lambda: Simulator(str(binary), threads=args.threads,
+                                           int8_gemm=engine))
+        sim = Simulator(str(binary), threads=args.threads, int8_gemm=engine)
+        sim_np = Simulator(str(binary), threads=args.threads, int8_gemm=engine,
+                           native_kernels=False)
         load_ort = timed(lambda: ort.InferenceSession(str(qdq)))
         sess = ort.InferenceSession(str(qdq))
         int_sess = ort.InferenceSession(str(qdq.with_name("model.quant.onnx")))
@@ -197,6 +200,8 @@ def main() -> int:
                         help="simulator worker threads (default: one per core)")
     parser.add_argument("--top", type=int, default=8, help="slowest instructions shown")
     parser.add_argument("--json", action="store_true", help="one JSON object per model")
+    parser.add_argument("--no-engine", action="store_true",
+                        help="float BLAS instead of the int8 GEMM engine (a CPU without VNNI)")
     args = parser.parse_args()
     from models.datasets import load_dataset
 

@@ -100,8 +100,7 @@ class IntConv:
         self.pads, self.hw = pads, (h, wd)
         hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
         self.hwc = sim.workspace.request("int_hwc", (hp, wp, c), np.uint8)
-        self.native = native.RequantColumns(requant.bias, requant.m0, requant.shift,
-                                            requant.lo, requant.hi) if sim.native_kernels else None
+        self.native = native.NativeRequant.like(requant) if sim.native_kernels else None
         self.depthwise = native.Depthwise(
             w, self.native, (hp, wp, c), out_hw, tuple(stride), tuple(dilation),
             self.zero_point) if self.native and groups == c == w.shape[0] else None
@@ -189,7 +188,7 @@ class IntConv:
         acc = self.gemms[block](a, self.acc())
         n0, m = block * self.nb, acc.shape[0]
         if self.native:
-            self.native(acc, y2[n0:n0 + self.nb], n0)
+            self.native.columns(acc, y2[n0:n0 + self.nb], n0)
             return
         scratch, q = self.scratch(), self.q()
         for a0 in range(0, m, self.rq_rows):

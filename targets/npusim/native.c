@@ -7,6 +7,7 @@
  * - npu_requant_t: the §3 requantization `clamp((a*M0 + 2^(s-1)) >> s, lo, hi)` with
  *   `a = acc + bias`, in int64 that wraps like numpy's, of an int32 GEMM result [rows, n]
  *   (channels last), stored transposed into the [n, rows] output (channels first);
+ * - npu_requant_rows: the same of the float GEMM's exact sums, one channel per row;
  * - npu_fill_hwc: a [C, H, W] 8-bit tensor into a padded channels-last uint8 buffer,
  *   with the sign bit flipped for int8 input (x + 128) and the border at the zero point;
  * - npu_patches: the [OH*OW, kh*kw*cb] window matrix of a channels-last buffer;
@@ -131,6 +132,58 @@ int npu_requant_t(const int32_t *acc, int64_t rows, int64_t n, int64_t ld_acc,
                               lo, hi, tile.b);
                 transpose8(tile.b, m, nc, nc, (uint8_t *)out + c0 * ld_out + r0, ld_out, 0);
             }
+        }
+    }
+    return 0;
+}
+
+#define REQUANT_ROW(NAME, S, T)                                                            \
+    NPU_CLONES                                                                             \
+    static void NAME(const S *src, int64_t m, int64_t bias, int64_t m0, int64_t rnd,      \
+                     int64_t shift, int64_t lo, int64_t hi, T *dst)                        \
+    {                                                                                      \
+        for (int64_t i = 0; i < m; i++) {                                                  \
+            int64_t p = wrap((uint64_t)((int64_t)src[i] + bias) * (uint64_t)m0           \
+                             + (uint64_t)rnd);                                             \
+            int64_t sg = -(int64_t)(p < 0);                                                \
+            int64_t v = sg ^ (int64_t)((uint64_t)(p ^ sg) >> shift);                       \
+            v = v < lo ? lo : v;                                                           \
+            v = v > hi ? hi : v;                                                           \
+            dst[i] = (T)v;                                                                 \
+        }                                                                                  \
+    }
+
+/* float sums of the exact float GEMM: integers (float32: below 2^24; float64: below
+ * 2^53), so the conversion to int64 is exact. */
+REQUANT_ROW(requant_row_f32_8, float, uint8_t)
+REQUANT_ROW(requant_row_f32_16, float, int16_t)
+REQUANT_ROW(requant_row_f64_8, double, uint8_t)
+REQUANT_ROW(requant_row_f64_16, double, int16_t)
+
+/* §3 of the float GEMM's exact sums `src` [rows, m] (row stride ld_src; src_kind 0 float32,
+ * 1 float64), one channel per row, into `out` [rows, m] (row stride ld_out, kind as
+ * npu_requant_t). Returns 0, or -1 for an unknown kind. */
+int npu_requant_rows(const void *src, int src_kind, int64_t rows, int64_t m, int64_t ld_src,
+                     const int64_t *bias, const int64_t *m0, const int64_t *rnd,
+                     const int64_t *shift, int64_t lo, int64_t hi, int kind, void *out,
+                     int64_t ld_out)
+{
+    if (kind < 0 || kind > 2 || src_kind < 0 || src_kind > 1)
+        return -1;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t b = bias[r], k = m0[r], d = rnd[r], s = shift[r];
+        if (src_kind == 0) {
+            const float *f = (const float *)src + r * ld_src;
+            if (kind == 2)
+                requant_row_f32_16(f, m, b, k, d, s, lo, hi, (int16_t *)out + r * ld_out);
+            else
+                requant_row_f32_8(f, m, b, k, d, s, lo, hi, (uint8_t *)out + r * ld_out);
+        } else {
+            const double *f = (const double *)src + r * ld_src;
+            if (kind == 2)
+                requant_row_f64_16(f, m, b, k, d, s, lo, hi, (int16_t *)out + r * ld_out);
+            else
+                requant_row_f64_8(f, m, b, k, d, s, lo, hi, (uint8_t *)out + r * ld_out);
         }
     }
     return 0;

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from compiler.core.native import load_library
 _NAME = "_npusim_native"
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 _KIND = {np.dtype(np.int8): 0, np.dtype(np.uint8): 1, np.dtype(np.int16): 2}
+_FLOAT = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
 
 
 @functools.cache
@@ -42,6 +44,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.npu_requant_t.restype = ctypes.c_int
     lib.npu_requant_t.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
                                   ctypes.c_int, _PTR, _I64]
+    lib.npu_requant_rows.restype = ctypes.c_int
+    lib.npu_requant_rows.argtypes = [_PTR, ctypes.c_int, _I64, _I64, _I64, _PTR, _PTR, _PTR,
+                                     _PTR, _I64, _I64, ctypes.c_int, _PTR, _I64]
     lib.npu_fill_hwc.restype = None
     lib.npu_fill_hwc.argtypes = [_PTR, _I64, _I64, _I64, _PTR, _I64, _I64, _I64, _I64,
                                  ctypes.c_uint8, ctypes.c_uint8]
@@ -59,8 +64,11 @@ def _need(ok: bool, what: str) -> None:
         raise TargetError(f"npusim native kernel: {what}")
 
 
-class RequantColumns:
-    """§3 requantization of int32 `[rows, n]` sums into `[n, rows]` outputs, one call.
+class NativeRequant:
+    """§3 requantization of one instruction's sums, per channel, in one call per block.
+
+    `columns`: the int8 engine's int32 `[rows, n]` sums into `[n, rows]` outputs;
+    `rows`: the float GEMM's exact float32/float64 `[n, m]` sums into `[n, m]` outputs.
 
     The per-channel constants are held as contiguous int64 arrays (made once at load).
 
@@ -84,7 +92,12 @@ class RequantColumns:
         # the constants' addresses, once: reading `.ctypes.data` costs about a microsecond
         self._at = tuple(_ptr(a) for a in (self.bias, self.m0, self.rnd, self.shift))
 
-    def __call__(self, acc: np.ndarray, out: np.ndarray, n0: int) -> None:
+    @classmethod
+    def like(cls, requant: Any) -> NativeRequant:
+        """From an instruction's `plans.Requant` (its bias, m0, shift, lo and hi)."""
+        return cls(requant.bias, requant.m0, requant.shift, requant.lo, requant.hi)
+
+    def columns(self, acc: np.ndarray, out: np.ndarray, n0: int) -> None:
         """`out[c, r] = requant(acc[r, c] + bias[n0 + c])` for every column of `acc`.
 
         Args:
@@ -103,13 +116,33 @@ class RequantColumns:
                                 self.lo, self.hi, kind, _ptr(out),
                                 out.strides[0] // out.itemsize)
 
+    def rows(self, src: np.ndarray, out: np.ndarray, r0: int) -> None:
+        """`out[r, j] = requant(src[r, j] + bias[r0 + r])`.
+
+        Args:
+            src: float32 or float64 `[n, m]` exact integer sums, rows contiguous.
+            out: `[n, m]` of int8, uint8 or int16, rows contiguous.
+            r0: The first row's channel.
+        """
+        n, m = src.shape
+        kind, src_kind = _KIND.get(out.dtype), _FLOAT.get(src.dtype)
+        _need(src_kind is not None and src.strides[1] == src.itemsize,
+              "src must be float32/float64, rows packed")
+        _need(kind is not None and out.shape == (n, m) and out.strides[1] == out.itemsize,
+              f"out {out.dtype}{out.shape} for src {src.shape}")
+        _need(0 <= r0 and r0 + n <= len(self.bias), "channels out of range")
+        bias, m0, rnd, shift = (p + 8 * r0 for p in self._at)
+        library().npu_requant_rows(_ptr(src), src_kind, n, m, src.strides[0] // src.itemsize,
+                                   bias, m0, rnd, shift, self.lo, self.hi, kind, _ptr(out),
+                                   out.strides[0] // out.itemsize)
+
 
 class Depthwise:
     """A depthwise conv (one filter per channel), requantized row by row, in one call.
 
     Args:
         w: int8 weights `[C, 1, kh, kw]`.
-        requant: The output channels' constants (`RequantColumns`).
+        requant: The output channels' constants (`NativeRequant`).
         in_shape: The padded channels-last buffer's `[Hp, Wp, C]`.
         out_hw: (OH, OW).
         stride: (sh, sw).
@@ -117,7 +150,7 @@ class Depthwise:
         zero_point: What the buffer adds to each value (128 for int8 input, else 0).
     """
 
-    def __init__(self, w: np.ndarray, requant: RequantColumns, in_shape: tuple[int, int, int],
+    def __init__(self, w: np.ndarray, requant: NativeRequant, in_shape: tuple[int, int, int],
                  out_hw: tuple[int, int], stride: tuple[int, int],
                  dilation: tuple[int, int], zero_point: int) -> None:
         c, kh, kw = w.shape[0], w.shape[2], w.shape[3]

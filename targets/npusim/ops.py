@@ -48,9 +48,9 @@ def conv(sim: Any, ins: isa.Conv) -> Step:
                         ins.pads, ins.dilation, out_hw, w.dtype)
     wmat, xb = w.reshape(w.shape[0], -1), K.x_max(x.dtype)
     threads = _threads(sim, w.shape[0] * m + wmat.size * m // 16)
-    gemm = P.GemmBlocks.make(wmat, ins.group, m, xb,
-                             _requant(sim, ins, 1, P.row_bound(wmat, xb)), threads,
-                             sim.workspace)
+    rq = _requant(sim, ins, 1, P.row_bound(wmat, xb))
+    gemm = P.GemmBlocks.make(wmat, ins.group, m, xb, rq, threads, sim.workspace,
+                             native.NativeRequant.like(rq) if sim.native_kernels else None)
     fills = P.ranges(x.shape[1], threads)
     y2 = y.reshape(y.shape[0], w.shape[0], m)
 

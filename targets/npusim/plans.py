@@ -17,6 +17,7 @@ import numpy as np
 
 from compiler.core import fixedpoint as fp
 from targets.npusim import kernels as K
+from targets.npusim.native import NativeRequant
 
 BLOCK_BYTES = 1 << 19  # int64 accumulator bytes of one block: fits a core's L2 cache
 MIN_BLOCK_ROWS = 64  # fewer output rows per GEMM waste the BLAS kernel
@@ -287,16 +288,19 @@ class GemmBlocks:
 
     Each block's K is split (`kernels.k_splits`, on that block's rows only) so every float32
     (float64 for int16 inputs) partial sum is an exact integer; the pieces are summed in
-    float64, exact below 2^53.
+    float64, exact below 2^53. With `native` (`native.NativeRequant`), each block's sums
+    are requantized in one native call instead of numpy's passes.
     """
 
     parts: list[GemmPart]
     requant: Requant
     k_group: int
+    native: NativeRequant | None = None
 
     @classmethod
     def make(cls, w: np.ndarray, groups: int, m: int, x_bound: int, requant: Requant,
-             threads: int, workspace: Workspace) -> GemmBlocks:
+             threads: int, workspace: Workspace,
+             native: NativeRequant | None = None) -> GemmBlocks:
         """Blocks of the int8 `w` ([N, Kg], N = groups · rows per group) for M columns.
 
         `x_bound` is the activations' largest |x|: above 255 (int16) the GEMM runs in
@@ -318,7 +322,7 @@ class GemmBlocks:
             parts.append(GemmPart(part, workspace.request(f"gemm_f32/{i}", size, dtype),
                                   workspace.request(f"gemm_f64/{i}", size, np.float64),
                                   workspace.request(f"gemm_i64/{i}", size, np.int64)))
-        return cls(parts, requant, w.shape[1])
+        return cls(parts, requant, w.shape[1], native)
 
     def run(self, part: GemmPart, matrix: np.ndarray, out: np.ndarray) -> None:
         """Rows of `part` into `out` ([N, M], the output's type) from the patch `matrix`."""
@@ -336,6 +340,9 @@ class GemmBlocks:
     def _requant(self, b: GemmBlock, src: np.ndarray, acc: np.ndarray, part: GemmPart,
                  out: np.ndarray) -> None:
         """Requantize the block's exact sums `src` run by run (float64 or int64 rows)."""
+        if self.native is not None:
+            self.native.rows(src, out[b.r0:b.r1, b.c0:b.c1], b.r0)
+            return
         rq = self.requant
         for a, z, use_float in b.runs:
             rows, dst = slice(b.r0 + a, b.r0 + z), out[b.r0 + a:b.r0 + z, b.c0:b.c1]

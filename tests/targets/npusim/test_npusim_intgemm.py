@@ -182,9 +182,10 @@ def test_engine_and_blas_simulators_agree_with_onnxruntime(make):
     a, b = engine.run(feeds), blas.run(feeds)
     for name, value in a.items():
         np.testing.assert_array_equal(value, b[name])
-    if native.available():
-        c = Simulator(data, int8_gemm=True, native_kernels=True).run(feeds)
-        for name, value in a.items():
-            np.testing.assert_array_equal(value, c[name])
+    if native.available():  # the native kernels on either GEMM path
+        for engine_on in (True, False):
+            c = Simulator(data, int8_gemm=engine_on, native_kernels=True).run(feeds)
+            for name, value in a.items():
+                np.testing.assert_array_equal(value, c[name])
     report = verify(result.quant_model, data, feeds)  # the default: the engine, if exact
     assert report.consistent and all(o["mismatched"] == 0 for o in report.outputs)

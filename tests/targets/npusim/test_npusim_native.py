@@ -43,28 +43,59 @@ def test_requant_columns_equal_the_int64_formula(rows, n, dtype, ld):
     want = np.empty((rows, n), dtype)
     rq.apply(acc.astype(np.int64), want, 0, n)
     out = np.full((n + 5, rows), 7, dtype)  # channels n0 = 2.. of a wider output
-    shifted = native.RequantColumns(np.r_[[0, 0], rq.bias, [0] * 3],
+    shifted = native.NativeRequant(np.r_[[0, 0], rq.bias, [0] * 3],
                                     np.r_[[1, 1], rq.m0, [1] * 3],
                                     np.r_[[1, 1], rq.shift, [1] * 3], rq.lo, rq.hi)
-    shifted(acc, out[2:2 + n], 2)  # the same constants two channels in
+    shifted.columns(acc, out[2:2 + n], 2)  # the same constants two channels in
     np.testing.assert_array_equal(out[2:2 + n], want.T)
     assert (out[:2] == 7).all() and (out[2 + n:] == 7).all()  # nothing outside is written
     assert len(np.unique(want)) >= min(3, n)
 
 
 def test_requant_rejects_bad_calls():
-    kernel = native.RequantColumns(np.zeros(4), np.ones(4), np.full(4, 3), -128, 127)
+    kernel = native.NativeRequant(np.zeros(4), np.ones(4), np.full(4, 3), -128, 127)
     acc = np.zeros((5, 4), np.int32)
     with pytest.raises(TargetError):
-        kernel(acc, np.empty((4, 6), np.int8), 0)  # wrong output shape
+        kernel.columns(acc, np.empty((4, 6), np.int8), 0)  # wrong output shape
     with pytest.raises(TargetError):
-        kernel(acc, np.empty((4, 5), np.int32), 0)  # no int32 output kind
+        kernel.columns(acc, np.empty((4, 5), np.int32), 0)  # no int32 output kind
     with pytest.raises(TargetError):
-        kernel(acc[:, :3], np.empty((3, 5), np.int8), 2)  # channels past the constants
+        kernel.columns(acc[:, :3], np.empty((3, 5), np.int8), 2)  # past the constants
     with pytest.raises(TargetError):
-        kernel(acc.astype(np.int64), np.empty((4, 5), np.int8), 0)
+        kernel.columns(acc.astype(np.int64), np.empty((4, 5), np.int8), 0)
     with pytest.raises(TargetError):
-        native.RequantColumns(np.zeros(2), np.ones(2), np.array([0, 3]), -128, 127)
+        kernel.rows(acc.astype(np.int32), np.empty((5, 4), np.int8), 0)  # not float
+    with pytest.raises(TargetError):
+        kernel.rows(np.zeros((5, 4), np.float32), np.empty((5, 4), np.int8), 0)  # 5 rows
+    with pytest.raises(TargetError):
+        native.NativeRequant(np.zeros(2), np.ones(2), np.array([0, 3]), -128, 127)
+
+
+@pytest.mark.parametrize("src_dtype,dtype", [(np.float32, np.int8), (np.float32, np.int16),
+                                               (np.float64, np.uint8), (np.float64, np.int16)])
+def test_requant_rows_equal_the_int64_formula(src_dtype, dtype):
+    rng = np.random.default_rng(7)
+    n, m = 19, 61
+    limit = (1 << 24) if src_dtype == np.float32 else (1 << 36)  # exact; float64 past int32
+    acc = rng.integers(-limit, limit, (n, m + 3))
+    acc[0, :5] = [limit - 1, -limit, 0, 1, -1]
+    info = np.iinfo(dtype)
+    bits = limit.bit_length() - 1
+    shift = np.full(n, bits + 30 - (7 if dtype != np.int16 else 15))  # results span the type
+    shift[:4] = rng.integers(1, 63, 4)  # and a few rows of anything, mostly clamped
+    rq = P.Requant.make(rng.integers(-(limit >> 3), limit >> 3, n),
+                        rng.integers(1 << 30, 1 << 31, n), shift, int(info.min),
+                        int(info.max), 0)
+    want = np.empty((n, m), dtype)
+    for r in range(n):  # one channel per row
+        rq.apply(acc[r:r + 1, :m].copy(), want[r:r + 1], r, r + 1)
+    out = np.full((n + 2, m + 1), 5, dtype)
+    kernel = native.NativeRequant(np.r_[[0, 0], rq.bias], np.r_[[1, 1], rq.m0],
+                                  np.r_[[1, 1], rq.shift], rq.lo, rq.hi)
+    kernel.rows(acc.astype(src_dtype)[:, :m], out[2:, :m], 2)  # strided src and out
+    np.testing.assert_array_equal(out[2:, :m], want)
+    assert (out[:2] == 5).all() and (out[:, m] == 5).all()
+    assert len(np.unique(want)) > 30
 
 
 @pytest.mark.parametrize("pads,dtype", [((1, 2, 0, 3), np.int8), ((0, 0, 0, 0), np.uint8),
