@@ -87,3 +87,13 @@ void npq_abs_hist(const float *x, int64_t n, float scale, int64_t bins, int64_t 
         done = end;
     }
 }
+
+#ifndef NPUC_SOURCE_DIGEST
+#define NPUC_SOURCE_DIGEST "unknown"
+#endif
+
+/* The digest of this file that setup.py compiled in (compiler/core/native.py checks it). */
+const char *npuc_source_digest(void)
+{
+    return NPUC_SOURCE_DIGEST;
+}

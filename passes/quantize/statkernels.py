@@ -22,7 +22,7 @@ _WAYS = 4  # the kernel's interleaved count arrays (HIST_WAYS)
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The kernels, or None where they were not built."""
-    lib = load_library(Path(__file__).parent, _NAME)
+    lib = load_library(Path(__file__).parent, _NAME, "histogram.c")
     if lib is not None:
         lib.npq_minmax.restype = ctypes.c_int
         lib.npq_minmax.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p,

@@ -281,3 +281,13 @@ int npu_depthwise(const uint8_t *buf, int64_t wp, int64_t c, int64_t oh, int64_t
     }
     return 0;
 }
+
+#ifndef NPUC_SOURCE_DIGEST
+#define NPUC_SOURCE_DIGEST "unknown"
+#endif
+
+/* The digest of this file that setup.py compiled in (compiler/core/native.py checks it). */
+const char *npuc_source_digest(void)
+{
+    return NPUC_SOURCE_DIGEST;
+}

@@ -29,7 +29,7 @@ _FLOAT = {np.dtype(np.float32): 0, np.dtype(np.float64): 1}
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None where it was not built (or fails to load)."""
-    lib = load_library(Path(__file__).parent, _NAME)
+    lib = load_library(Path(__file__).parent, _NAME, "native.c")
     if lib is not None:
         _declare(lib)
     return lib
