@@ -129,11 +129,13 @@ class IntConv:
                        (cb, stride[0] * wp * c, stride[1] * c, dilation[0] * wp * c,
                         dilation[1] * c, 1))
         self.acc = sim.workspace.request("int_acc", (m, nb), np.int32)
+        self.gemms = [IntGemm(b, m, self.zero_point, 1) for b in weights]
+        if self.native:
+            return  # the numpy requantization's state and scratch are not needed
         self.requant = requant
         self.exact_cols = [np.flatnonzero(~requant.float_ok[i * nb:(i + 1) * nb])
                            for i in range(blocks)]  # channels the float64 form misses
         self.rq_rows = min(m, max(8, REQUANT_BYTES // (8 * nb)))
-        self.gemms = [IntGemm(b, m, self.zero_point, 1) for b in weights]
         self.scratch = sim.workspace.request("int_rq", (self.rq_rows, nb), np.float64)
         self.q = sim.workspace.request("int_q", (self.rq_rows, nb), y_dtype)
 

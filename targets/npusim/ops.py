@@ -175,8 +175,9 @@ def add(sim: Any, ins: isa.Add) -> Step:
 
     Both operands are 8-bit, so the table, computed at load with the int64 formula
     (`kernels.add`), holds every possible result; indices are the operands' raw bytes.
-    Equal shapes are split by channel across threads. An int16 operand takes the int64
-    formula directly (a table would need 2^24 entries or more).
+    With the native kernels, equal contiguous shapes are one pass (`native.lookup2`);
+    otherwise equal shapes are split by channel across threads. An int16 operand takes the
+    int64 formula directly (a table would need 2^24 entries or more).
     """
     a, b, y = sim.views[ins.a], sim.views[ins.b], sim.views[ins.ofm]
     if a.dtype.itemsize != 1 or b.dtype.itemsize != 1:
