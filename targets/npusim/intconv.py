@@ -17,8 +17,9 @@ conv (one filter per channel) runs without a GEMM: `native.Depthwise` sums its t
 the channels-last buffer and requantizes row by row.
 
 It all runs on the calling thread, with single-threaded engine sessions: splitting a conv
-over two worker threads measured no faster on the 2-core build machine (the requantization's
-short numpy calls wait on each other for the GIL), and often slower (docs/benchmarks.md).
+over two worker threads measured no faster on the 2-core build machine, with numpy's
+requantization (its short calls wait on each other for the GIL) and with the native
+kernels (GIL released; 0.7–1.2× per conv, no gain per frame: docs/perf-model.md).
 """
 
 from __future__ import annotations

@@ -12,10 +12,6 @@
  *   with the sign bit flipped for int8 input (x + 128) and the border at the zero point;
  * - npu_patches: the [OH*OW, kh*kw*cb] window matrix of a channels-last buffer;
  * - npu_lookup2: y[i] = table[(a[i] << 8) | b[i]] over 8-bit operands.
- *
- * The arithmetic shift is spelled `sg ^ ((p ^ sg) >>> s)` (sg = all ones for p < 0): the
- * floor division by 2^s for every int64 p, without relying on how the compiler shifts a
- * negative signed value, and in a form x86 vector units have (a logical variable shift).
  */
 #include <stdint.h>
 #include <string.h>
@@ -76,6 +72,19 @@ static void transpose8(const uint8_t *src, int64_t rows, int64_t cols, int64_t l
             dst[c * ld_dst + r] = src[r * ld_src + c] ^ flip;
 }
 
+/* §3 for one a = acc + bias: clamp((a*M0 + 2^(s-1)) >> s, lo, hi). The shift is spelled
+ * sg ^ ((p ^ sg) >>> s) (sg all ones for p < 0): floor division by 2^s for every int64 p,
+ * without relying on how C shifts a negative value, in a form x86 vector units have. */
+static inline int64_t requant1(int64_t a, int64_t m0, int64_t rnd, int64_t shift, int64_t lo,
+                               int64_t hi)
+{
+    int64_t p = wrap((uint64_t)a * (uint64_t)m0 + (uint64_t)rnd);
+    int64_t sg = -(int64_t)(p < 0);
+    int64_t v = sg ^ (int64_t)((uint64_t)(p ^ sg) >> shift);
+    v = v < lo ? lo : v;
+    return v > hi ? hi : v;
+}
+
 #define TILE_ELEMS 16384 /* requantized values between compute and transposed store */
 
 #define REQUANT_ROWS(NAME, T)                                                              \
@@ -87,15 +96,9 @@ static void transpose8(const uint8_t *src, int64_t rows, int64_t cols, int64_t l
         for (int64_t r = 0; r < rows; r++) {                                               \
             const int32_t *src = acc + r * ld_acc;                                         \
             T *dst = tile + r * n;                                                         \
-            for (int64_t c = 0; c < n; c++) {                                              \
-                int64_t p = wrap((uint64_t)((int64_t)src[c] + bias[c]) * (uint64_t)m0[c] \
-                                 + (uint64_t)rnd[c]);                                      \
-                int64_t sg = -(int64_t)(p < 0);                                            \
-                int64_t v = sg ^ (int64_t)((uint64_t)(p ^ sg) >> shift[c]);                \
-                v = v < lo ? lo : v;                                                       \
-                v = v > hi ? hi : v;                                                       \
-                dst[c] = (T)v;                                                             \
-            }                                                                              \
+            for (int64_t c = 0; c < n; c++)                                                \
+                dst[c] = (T)requant1((int64_t)src[c] + bias[c], m0[c], rnd[c], shift[c],   \
+                                     lo, hi);                                              \
         }                                                                                  \
     }
 
@@ -142,15 +145,8 @@ int npu_requant_t(const int32_t *acc, int64_t rows, int64_t n, int64_t ld_acc,
     static void NAME(const S *src, int64_t m, int64_t bias, int64_t m0, int64_t rnd,      \
                      int64_t shift, int64_t lo, int64_t hi, T *dst)                        \
     {                                                                                      \
-        for (int64_t i = 0; i < m; i++) {                                                  \
-            int64_t p = wrap((uint64_t)((int64_t)src[i] + bias) * (uint64_t)m0           \
-                             + (uint64_t)rnd);                                             \
-            int64_t sg = -(int64_t)(p < 0);                                                \
-            int64_t v = sg ^ (int64_t)((uint64_t)(p ^ sg) >> shift);                       \
-            v = v < lo ? lo : v;                                                           \
-            v = v > hi ? hi : v;                                                           \
-            dst[i] = (T)v;                                                                 \
-        }                                                                                  \
+        for (int64_t i = 0; i < m; i++)                                                    \
+            dst[i] = (T)requant1((int64_t)src[i] + bias, m0, rnd, shift, lo, hi);         \
     }
 
 /* float sums of the exact float GEMM: integers (float32: below 2^24; float64: below
